@@ -1,0 +1,17 @@
+"""vaelab: variational latent-variable models for teaching, from the static VAE to Deep Markov
+Models with normalizing flows.
+
+``MODELS`` maps a model name to its ``(Config, Model)`` pair; the trainer, the CLI and the
+dashboard know models only through it and the protocol described in ``vaelab.objectives``.
+"""
+
+from __future__ import annotations
+
+from vaelab.vae import VAE, VAEConfig
+
+MODELS: dict[str, tuple[type, type]] = {
+    "vae": (VAEConfig, VAE),
+}
+
+__version__ = "0.1.0"
+__all__ = ["MODELS", "VAE", "VAEConfig"]

@@ -1,0 +1,160 @@
+"""Command line: ``python -m vaelab train ...`` and ``python -m vaelab evaluate ...``."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import sys
+
+import torch
+
+from vaelab import MODELS
+from vaelab.data import DATASETS, load_dataset
+from vaelab.train import (
+    TrainConfig,
+    TrainingDiverged,
+    evaluate_elbo,
+    evaluate_nll,
+    fit,
+    load_model,
+    select_device,
+)
+
+
+def _parse_sets(pairs: list[str]) -> dict:
+    """``["z_dim=8", "hidden_dims=[64,64]"]`` -> dict, values parsed as Python literals."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set takes key=value, got {pair!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value  # a bare string such as likelihood=gaussian
+    return out
+
+
+def data_spec(name: str, path: str | None, options: dict) -> dict:
+    spec = {"name": name, **options}
+    if path is not None:
+        spec["path"] = path
+    return spec
+
+
+def make_model(name: str, train, overrides: dict):
+    """Model ``name`` sized for the data (``x_dim``, ``a_dim``), with config overrides."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    config_cls, model_cls = MODELS[name]
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise ValueError(f"{config_cls.__name__} has no field(s) {sorted(unknown)}; "
+                         f"fields are {sorted(fields)}")
+    sized = {"x_dim": train.x_dim}
+    if "a_dim" in fields:
+        sized["a_dim"] = train.a_dim
+    return model_cls(config_cls(**{**sized, **overrides}))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    options = _parse_sets(args.data_option)
+    spec = data_spec(args.data, args.data_path, options)
+    train, val, _ = load_dataset(**spec)
+    model = make_model(args.model, train, _parse_sets(args.set))
+    defaults = dict(getattr(model, "train_defaults", {}))
+    given = {k: v for k, v in {
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+        "device": args.device, "max_steps": args.max_steps}.items() if v is not None}
+    config = TrainConfig(**{**defaults, **_parse_sets(args.train_set), **given,
+                            "out_dir": args.out})
+    history = fit(model, train, val, config, resume=args.resume, data_spec=spec)
+    last = {r["kind"]: r for r in history}
+    print(json.dumps({"checkpoint": f"{args.out}/checkpoint.pt", "steps": last["end"]["step"],
+                      "train_nelbo": last.get("train", {}).get("nelbo"),
+                      "val_nelbo": last.get("val", {}).get("nelbo")}))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    device = select_device(args.device)
+    model, ckpt = load_model(args.checkpoint, device)
+    spec = dict(ckpt["data"])
+    if args.data is not None:
+        spec = data_spec(args.data, args.data_path, _parse_sets(args.data_option))
+    if not spec:
+        raise ValueError("the checkpoint records no data set; pass --data (and --data-path)")
+    _, val, test = load_dataset(**spec)
+    torch.manual_seed(args.seed)
+    result = {"model": ckpt["model"], "data": spec.get("name"), "step": ckpt["step"],
+              "unit": "nats per observed time step" if test.is_sequence else "nats per example"}
+    for split, data in (("val", val), ("test", test)):
+        elbo = evaluate_elbo(model, data, samples=args.elbo_samples, device=device)
+        result[f"{split}_neg_elbo_bound"] = elbo["nelbo"]
+        result[f"{split}_kl"] = elbo["kl"]
+        if args.samples > 0:
+            result[f"{split}_nll_importance_K{args.samples}"] = evaluate_nll(
+                model, data, args.samples, batch_size=args.batch_size,
+                chunk_size=args.chunk_size, device=device)
+    print(json.dumps(result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vaelab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def data_args(p: argparse.ArgumentParser, required: bool) -> None:
+        p.add_argument("--data", required=required, default=None, choices=sorted(DATASETS),
+                       help="data set name")
+        p.add_argument("--data-path", default=None, help="file or folder for mnist, "
+                       "polyphonic and arrays")
+        p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="loader keyword, e.g. binarize=static")
+
+    t = sub.add_parser("train", help="train a model and write DIR/checkpoint.pt")
+    t.add_argument("--model", required=True, choices=sorted(MODELS))
+    data_args(t, required=True)
+    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", default=None)
+    t.add_argument("--max-steps", type=int)
+    t.add_argument("--resume", default=None, help="checkpoint to continue from")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="model config field, e.g. z_dim=8")
+    t.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="TrainConfig field, e.g. anneal_epochs=5")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="print a JSON line of validation and test metrics")
+    e.add_argument("--checkpoint", required=True)
+    data_args(e, required=False)
+    e.add_argument("--samples", type=int, default=1000,
+                   help="importance samples K for the NLL estimate (0 skips it)")
+    e.add_argument("--elbo-samples", type=int, default=10,
+                   help="guide samples averaged in the ELBO bound")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--chunk-size", type=int, default=100)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=cmd_evaluate)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

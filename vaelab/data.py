@@ -1,0 +1,344 @@
+"""Batches, built-in data and loaders for standard files.
+
+Every loader returns ``(train, val, test)`` :class:`Data` objects. Static data is ``x [N, X]``;
+sequences are padded ``x [N, T, X]`` with ``lengths [N]`` (padding at the end) and optional
+actions ``a [N, T, A]`` and true latent states ``z [N, T, Z]`` for plots.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Batch:
+    """One mini-batch. ``x [B, X]`` (static) or ``x [B, T, X]``; ``a [B, T, A]``;
+    ``mask [B, T]`` bool, True where observed; ``z`` true latents when known (plots only)."""
+
+    x: Tensor
+    a: Tensor | None = None
+    mask: Tensor | None = None
+    z: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def lengths(self) -> Tensor | None:
+        return None if self.mask is None else self.mask.sum(dim=1)
+
+    def to(self, device: torch.device | str) -> Batch:
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(move(self.x), move(self.a), move(self.mask), move(self.z))
+
+    def repeat(self, k: int) -> Batch:
+        """``k`` copies stacked sample-major: row ``i * B + b`` is copy ``i`` of example ``b``."""
+        rep = lambda t: None if t is None else t.repeat(k, *([1] * (t.dim() - 1)))  # noqa: E731
+        return Batch(rep(self.x), rep(self.a), rep(self.mask), rep(self.z))
+
+
+def check_finite(name: str, t: Tensor | np.ndarray, where: str) -> None:
+    """Raise ``ValueError`` naming ``where`` if ``t`` holds NaN or inf."""
+    t = torch.as_tensor(t)
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(
+            f"{name} from {where} holds {bad} NaN/inf values; clean or impute them first"
+        )
+
+
+@dataclass
+class Data:
+    """A data set held in memory, served as :class:`Batch` es.
+
+    Parameters
+    ----------
+    x : Tensor
+        ``[N, X]`` or padded ``[N, T, X]``.
+    a, z : Tensor, optional
+        Actions ``[N, T, A]`` and true latent states ``[N, T, Z]``.
+    lengths : Tensor, optional
+        ``[N]`` observed steps per sequence; all ``T`` when omitted.
+    binarize : bool
+        Draw ``x ~ Bernoulli(x)`` afresh for every batch (dynamic binarisation).
+    info : dict
+        Anything the plots want (e.g. image shape, the true system).
+    """
+
+    x: Tensor
+    a: Tensor | None = None
+    z: Tensor | None = None
+    lengths: Tensor | None = None
+    binarize: bool = False
+    name: str = "data"
+    info: dict | None = None
+
+    def __post_init__(self) -> None:
+        check_finite("x", self.x, self.name)
+        if self.a is not None:
+            check_finite("a", self.a, self.name)
+        if self.is_sequence and self.lengths is None:
+            self.lengths = torch.full((len(self.x),), self.x.shape[1], dtype=torch.long)
+        if self.binarize and (self.x.min() < 0 or self.x.max() > 1):
+            raise ValueError(f"{self.name}: binarize needs x in [0, 1]; rescale it first")
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def is_sequence(self) -> bool:
+        return self.x.dim() == 3
+
+    @property
+    def x_dim(self) -> int:
+        return self.x.shape[-1]
+
+    @property
+    def a_dim(self) -> int:
+        return 0 if self.a is None else self.a.shape[-1]
+
+    def subset(self, index: Tensor | slice) -> Data:
+        take = lambda t: None if t is None else t[index]  # noqa: E731
+        return replace(self, x=self.x[index], a=take(self.a), z=take(self.z),
+                       lengths=take(self.lengths))
+
+    def batch(self, index: Tensor, generator: torch.Generator | None = None) -> Batch:
+        """The examples at ``index`` as a Batch, sequences trimmed to their longest length."""
+        x = self.x[index]
+        a = mask = z = None
+        if self.is_sequence:
+            lengths = self.lengths[index]
+            t_max = int(lengths.max())
+            x = x[:, :t_max]
+            mask = torch.arange(t_max) < lengths[:, None]  # [B, T]
+            a = None if self.a is None else self.a[index, :t_max]
+            z = None if self.z is None else self.z[index, :t_max]
+        elif self.z is not None:
+            z = self.z[index]
+        if self.binarize:
+            x = torch.bernoulli(x, generator=generator)
+        return Batch(x, a, mask, z)
+
+    def batches(
+        self,
+        batch_size: int,
+        shuffle: bool = True,
+        generator: torch.Generator | None = None,
+        bucket: bool = True,
+    ) -> Iterator[Batch]:
+        """Mini-batches covering the data once. Sequences are drawn from length buckets
+        (sorted by length with a little noise, then batches shuffled) so padding stays small."""
+        n = len(self)
+        if shuffle:
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = torch.arange(n)
+        if self.is_sequence and bucket and shuffle:
+            noise = torch.rand(n, generator=generator) * 0.1 * self.lengths.float().std().nan_to_num(0)
+            order = torch.argsort(self.lengths.float() + noise)
+        chunks = list(order.split(batch_size))
+        if shuffle:
+            chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=generator)]
+        for index in chunks:
+            yield self.batch(index, generator)
+
+    def num_batches(self, batch_size: int) -> int:
+        return -(-len(self) // batch_size)
+
+
+# ----------------------------------------------------------------------------- built-in data
+
+
+def _split(n: int, n_val: int, n_test: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_val + n_test:], perm[:n_val], perm[n_val:n_val + n_test]
+
+
+def load_digits(binarize: bool = True) -> tuple[Data, Data, Data]:
+    """The 8x8 hand-written digits shipped with the package (1797 images, UCI; the copy in
+    scikit-learn), scaled to [0, 1]: 1297 train, 200 validation, 300 test images ``[N, 64]``."""
+    with resources.files("vaelab.assets").joinpath("digits.npz").open("rb") as f:
+        arrays = np.load(f)
+        images, labels = arrays["images"], arrays["labels"]
+    x = torch.from_numpy(images.reshape(len(images), 64).astype(np.float32) / 16.0)
+    info = {"image_shape": (8, 8), "labels": torch.from_numpy(labels.astype(np.int64))}
+    data = Data(x, binarize=binarize, name="digits", info=info)
+    return tuple(_with_labels(data, idx) for idx in _split(len(x), 200, 300))
+
+
+def _with_labels(data: Data, idx: Tensor) -> Data:
+    part = data.subset(idx)
+    part.info = {**data.info, "labels": data.info["labels"][idx]}
+    return part
+
+
+# ----------------------------------------------------------------------------- MNIST
+
+MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (gzip-compressed or not): uint8 images ``[N, 28, 28]`` or labels ``[N]``."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+        magic, = struct.unpack(">I", raw[:4])
+        ndim = magic & 0xFF
+        if magic >> 8 != 0x08 or ndim not in (1, 3):
+            raise ValueError(f"bad magic number {magic:#010x}")
+        shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+        data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+        return data.reshape(shape)
+    except (OSError, EOFError, ValueError, struct.error) as e:
+        raise ValueError(
+            f"{path} is not a valid IDX file ({e}); re-download the MNIST files "
+            f"(uint8 IDX, optionally .gz)"
+        ) from None
+
+
+def _find_mnist(root: Path, stem: str) -> Path:
+    for candidate in (root / f"{stem}.gz", root / stem):
+        if candidate.exists():
+            return candidate
+    expected = ", ".join(f"{s}[.gz]" for s in MNIST_FILES.values())
+    raise FileNotFoundError(
+        f"MNIST file {stem}[.gz] not found in {root}; the folder must hold {expected}"
+    )
+
+
+def load_mnist(
+    path: str | Path, binarize: str = "dynamic", n_val: int = 10000, seed: int = 0
+) -> tuple[Data, Data, Data]:
+    """MNIST from the standard IDX files in folder ``path``: the last ``n_val`` training images
+    are the validation set (50000/10000/10000 by default), pixels scaled to [0, 1].
+
+    binarize : ``"dynamic"`` draws x ~ Bernoulli(pixel) for every batch; ``"static"`` draws
+    once with ``seed`` (a fixed sample; not Larochelle & Murray's set); ``"none"`` keeps grey.
+    """
+    if binarize not in ("dynamic", "static", "none"):
+        raise ValueError(f"binarize must be 'dynamic', 'static' or 'none', got {binarize!r}")
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"MNIST folder {root} does not exist; pass the folder holding "
+                                f"{MNIST_FILES['train_images']}.gz and the other IDX files")
+    arrays = {k: read_idx(_find_mnist(root, stem)) for k, stem in MNIST_FILES.items()}
+    g = torch.Generator().manual_seed(seed)
+
+    def make(images: np.ndarray, labels: np.ndarray, name: str) -> Data:
+        x = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255.0)
+        if binarize == "static":
+            x = torch.bernoulli(x, generator=g)
+        info = {"image_shape": (28, 28), "labels": torch.from_numpy(labels.astype(np.int64))}
+        return Data(x, binarize=binarize == "dynamic", name=name, info=info)
+
+    n_train = len(arrays["train_images"]) - n_val
+    train = make(arrays["train_images"][:n_train], arrays["train_labels"][:n_train], "mnist")
+    val = make(arrays["train_images"][n_train:], arrays["train_labels"][n_train:], "mnist-val")
+    test = make(arrays["test_images"], arrays["test_labels"], "mnist-test")
+    return train, val, test
+
+
+# ----------------------------------------------------------------------------- polyphonic music
+
+NOTE_MIN, NUM_NOTES = 21, 88
+
+
+def piano_roll(sequences: list, name: str) -> Data:
+    """Sequences of time steps, each a collection of MIDI notes in 21..108, as a padded binary
+    piano roll ``x [N, T, 88]`` with ``lengths``."""
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    if len(sequences) == 0 or int(lengths.min()) == 0:
+        raise ValueError(f"{name}: every split needs non-empty sequences")
+    x = torch.zeros(len(sequences), int(lengths.max()), NUM_NOTES)
+    for i, seq in enumerate(sequences):
+        for t, notes in enumerate(seq):
+            for note in notes:
+                if not NOTE_MIN <= note < NOTE_MIN + NUM_NOTES:
+                    raise ValueError(f"{name}: sequence {i} step {t} has note {note}, "
+                                     f"outside the piano's MIDI range 21..108")
+                x[i, t, int(note) - NOTE_MIN] = 1.0
+    return Data(x, lengths=lengths, name=name, info={"kind": "piano_roll"})
+
+
+def load_polyphonic(path: str | Path) -> tuple[Data, Data, Data]:
+    """A polyphonic-music pickle of Boulanger-Lewandowski et al. (2012): a dict with 'train',
+    'valid' and 'test' lists of sequences of tuples of MIDI notes (JSB Chorales, Nottingham,
+    Piano-midi.de, MuseData)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"polyphonic pickle {path} not found; pass the path of e.g. jsb_chorales.pickle"
+        )
+    with open(path, "rb") as f:
+        try:
+            d = pickle.load(f, encoding="latin1")
+        except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
+            raise ValueError(f"{path} is not a readable pickle ({e})") from None
+    return _polyphonic_splits(d, path.stem)
+
+
+def _polyphonic_splits(d: object, name: str) -> tuple[Data, Data, Data]:
+    if not isinstance(d, dict) or not {"train", "valid", "test"} <= set(d):
+        raise ValueError(f"{name}: expected a dict with keys 'train', 'valid', 'test' of "
+                         f"sequences of MIDI notes")
+    return tuple(piano_roll(list(d[k]), f"{name}-{k}") for k in ("train", "valid", "test"))
+
+
+def load_jsb() -> tuple[Data, Data, Data]:
+    """JSB Chorales (229/76/77 chorales, quarter notes), shipped inside the package."""
+    with resources.files("vaelab.assets").joinpath("jsb_chorales.pickle").open("rb") as f:
+        return _polyphonic_splits(pickle.load(f), "jsb")
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def _needs_path(loader: Callable, what: str) -> Callable:
+    def load(path: str | None = None, **kw):
+        if path is None:
+            raise ValueError(f"this data set needs a path: pass {what}")
+        return loader(path, **kw)
+    return load
+
+
+def _systems(name: str) -> Callable:
+    def load(*args, **kw):
+        from vaelab import systems  # built-in dynamical systems with actions
+
+        return getattr(systems, name)(*args, **kw)
+    return load
+
+
+DATASETS: dict[str, Callable[..., tuple[Data, Data, Data]]] = {
+    "digits": lambda **kw: load_digits(**kw),
+    "mnist": _needs_path(load_mnist, "the folder of the MNIST IDX files"),
+    "jsb": lambda **kw: load_jsb(**kw),
+    "polyphonic": _needs_path(load_polyphonic, "a polyphonic-music .pickle file"),
+    "linear": _systems("load_linear"),
+    "pendulum": _systems("load_pendulum"),
+    "arrays": _needs_path(_systems("load_arrays"), "an .npz file with x [N, T, X] (and a)"),
+}
+
+
+def load_dataset(name: str, **kw) -> tuple[Data, Data, Data]:
+    """Load a data set by name (see ``DATASETS``); keyword arguments go to its loader."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choose one of {sorted(DATASETS)}")
+    return DATASETS[name](**kw)

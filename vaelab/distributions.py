@@ -1,0 +1,115 @@
+"""Conditional distribution modules: networks whose ``forward(*context)`` returns a
+``torch.distributions.Distribution``.
+
+The module owns the parameters; the distribution it returns is built inside ``forward`` and
+lives for one step, so gradients always reach the parameters (never cache a distribution
+across optimiser steps: its tensors would belong to an old graph).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Bernoulli, Independent, Normal
+from torch.nn.functional import softplus
+
+from vaelab.nn import MLP
+
+
+def _cat(context: tuple[Tensor, ...]) -> Tensor:
+    return context[0] if len(context) == 1 else torch.cat(context, dim=-1)
+
+
+class DiagGaussian(nn.Module):
+    """Returns N(loc(c), diag(scale(c)^2)) with one event dim, for a context ``c``.
+
+    Parameters
+    ----------
+    in_dim : int
+        Total width of the concatenated context tensors.
+    out_dim : int
+        Event size.
+    hidden_dims : sequence of int
+        Hidden widths of the MLP giving ``loc`` and the pre-softplus scale.
+    min_scale : float
+        Floor added after softplus: the scale never reaches 0, so log-densities stay finite.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dims: Sequence[int] = (),
+        activation: type[nn.Module] = nn.ReLU,
+        min_scale: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        self.net = MLP(in_dim, hidden_dims, 2 * out_dim, activation)
+        self.min_scale = min_scale
+
+    def forward(self, *context: Tensor) -> Independent:
+        loc, s = self.net(_cat(context)).chunk(2, dim=-1)
+        return Independent(Normal(loc, softplus(s) + self.min_scale), 1)
+
+
+class BernoulliLogits(nn.Module):
+    """Returns Bernoulli(logits(c)) over ``out_dim`` independent bits, one event dim."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dims: Sequence[int] = (),
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        self.net = MLP(in_dim, hidden_dims, out_dim, activation)
+
+    def forward(self, *context: Tensor) -> Independent:
+        return Independent(Bernoulli(logits=self.net(_cat(context))), 1)
+
+
+class LearnableNormal(nn.Module):
+    """Returns N(loc, diag(scale^2)) with free parameters and no context: a learnable prior or
+    initial-state distribution, or the "fit N(mu, sigma) by gradient" exercise.
+
+    Parameters
+    ----------
+    dim : int
+        Event size.
+    batch_shape : tuple of int
+        Leading shape to expand to when called with ``forward(*batch_shape)``.
+    """
+
+    def __init__(self, dim: int, loc: float = 0.0, scale: float = 1.0, min_scale: float = 1e-3):
+        super().__init__()
+        if scale <= min_scale:
+            raise ValueError(f"scale must exceed min_scale={min_scale}, got {scale}")
+        self.loc = nn.Parameter(torch.full((dim,), float(loc)))
+        # inverse softplus, so that softplus(raw) + min_scale == scale at initialisation
+        raw = torch.log(torch.expm1(torch.tensor(scale - min_scale)))
+        self.raw_scale = nn.Parameter(raw.expand(dim).clone())
+        self.min_scale = min_scale
+
+    @property
+    def scale(self) -> Tensor:
+        return softplus(self.raw_scale) + self.min_scale
+
+    def forward(self, *batch_shape: int) -> Independent:
+        loc, scale = self.loc.expand(*batch_shape, -1), self.scale.expand(*batch_shape, -1)
+        return Independent(Normal(loc, scale), 1)
+
+
+def standard_normal(like: Tensor) -> Independent:
+    """Returns N(0, I) with one event dim, shaped, typed and placed like ``like`` ``[..., Z]``."""
+    return Independent(Normal(torch.zeros_like(like), torch.ones_like(like)), 1)
+
+
+__all__ = [
+    "BernoulliLogits",
+    "DiagGaussian",
+    "LearnableNormal",
+    "standard_normal",
+]
