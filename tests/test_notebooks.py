@@ -1,0 +1,61 @@
+"""Every notebook runs top to bottom (small-run setting) and is stored without outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+KERNEL = "vaelab-test-python"
+
+
+@pytest.fixture
+def kernel_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A kernelspec that starts ipykernel with the interpreter running the tests (not whatever
+    ``python3`` a user-level kernelspec points to), and the environment the kernel gets."""
+    spec = tmp_path / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "vaelab tests", "language": "python",
+    }))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))  # searched before the user's folders
+    python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "VAELAB_SMALL": "1", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": python_path}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs(path: Path, kernel_env: dict[str, str]) -> None:
+    nb = nbformat.read(path, as_version=4)
+    # a last cell reporting the kernel's interpreter, checked below
+    nb.cells.append(nbformat.v4.new_code_cell("import sys; print(sys.executable, end='')"))
+    client = NotebookClient(nb, timeout=300, kernel_name=KERNEL,
+                            resources={"metadata": {"path": str(path.parent)}})
+    try:
+        client.execute(env=kernel_env)
+    except CellExecutionError as e:
+        pytest.fail(f"{path.name} failed:\n{e}", pytrace=False)
+    assert nb.cells[-1].outputs[0]["text"] == sys.executable
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_stored_without_outputs(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    dirty = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+             and (cell.outputs or cell.execution_count is not None)]
+    assert not dirty, (f"{path.name}: code cells {dirty} hold outputs or execution counts; "
+                       f"clear them (e.g. jupyter nbconvert --clear-output --inplace {path.name})")
+
+
+def test_notebooks_found() -> None:
+    assert NOTEBOOKS, f"no notebooks under {ROOT / 'notebooks'}"
