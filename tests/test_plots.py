@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from vaelab import MODELS, plots
+from vaelab.__main__ import make_model
+from vaelab.data import load_dataset
+
+
+def _history() -> list[dict]:
+    train = [{"kind": "train", "step": s, "epoch": 0, "nelbo": 50.0 - s, "log_likelihood": -40.0,
+              "kl": 10.0 - s, "kl_weight": min(1.0, 0.2 + 0.1 * s), "grad_norm": 3.0}
+             for s in range(1, 6)]
+    val = [{"kind": "val", "step": 5, "epoch": 1, "nelbo": 46.0, "log_likelihood": -39.0,
+            "kl": 7.0}]
+    return train + val + [{"kind": "end", "step": 5, "epoch": 1, "stopped": False}]
+
+
+def test_training_curves_one_axis_per_metric_with_val_markers():
+    fig = plots.training_curves(_history())
+    assert isinstance(fig, Figure)
+    assert [ax.get_title() for ax in fig.axes] == [title for _, title in plots.CURVES]
+    by_title = {ax.get_title(): ax for ax in fig.axes}
+    nelbo = by_title["-ELBO (nats)"]
+    assert len(nelbo.lines) == 2  # train line + validation markers
+    np.testing.assert_array_equal(nelbo.lines[0].get_xdata(), [1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(nelbo.lines[0].get_ydata(), [49, 48, 47, 46, 45])
+    assert nelbo.lines[1].get_marker() == "o"
+    np.testing.assert_array_equal(nelbo.lines[1].get_ydata(), [46.0])
+    assert len(by_title["KL weight"].lines) == 1  # no val markers where val has no value
+
+
+def test_training_curves_empty_history_renders():
+    fig = plots.training_curves([])
+    assert len(fig.axes) == len(plots.CURVES)
+    assert all(len(ax.lines) == 0 for ax in fig.axes)
+    fig.savefig(__import__("io").BytesIO())  # draws under Agg
+
+
+def test_image_grid_tiles_images_in_place():
+    x = torch.rand(5, 12)  # five 3x4 images
+    fig = plots.image_grid(x, (3, 4), ncols=3)
+    (ax,) = fig.axes
+    canvas = ax.images[0].get_array()
+    assert canvas.shape == (2 * 4 + 1, 3 * 5 + 1)  # two rows, three columns, 1-pixel gaps
+    np.testing.assert_allclose(canvas[1:4, 1:5], x[0].reshape(3, 4).numpy())
+    np.testing.assert_allclose(canvas[5:8, 6:10], x[4].reshape(3, 4).numpy())  # row 1, col 1
+    assert canvas.mask[5:8, 11:15].all()  # the sixth cell is empty
+
+
+def test_image_grid_rejects_wrong_size():
+    with pytest.raises(ValueError, match="image_shape"):
+        plots.image_grid(torch.rand(2, 10), (3, 4))
+
+
+def test_latent_trajectories_skip_padding():
+    z = torch.randn(3, 10, 2)
+    mask = torch.arange(10) < torch.tensor([10, 6, 3])[:, None]
+    z[~mask] = float("nan")  # padding may hold anything
+    fig = plots.latent_trajectories(z, mask=mask)
+    assert len(fig.axes) == 2
+    for d, ax in enumerate(fig.axes):
+        assert len(ax.lines) == 3
+        assert [len(line.get_xdata()) for line in ax.lines] == [10, 6, 3]
+        np.testing.assert_allclose(ax.lines[1].get_ydata(), z[1, :6, d].numpy())
+
+
+def test_latent_trajectories_align_to_true_states():
+    # true states are an affine map of the inferred ones: the aligned paths match, R^2 = 1
+    z = torch.randn(2, 8, 3, dtype=torch.float64)
+    z_true = z[..., :2] @ torch.tensor([[2.0, -1.0], [0.5, 1.0]], dtype=torch.float64) + 3.0
+    mask = torch.arange(8) < torch.tensor([8, 5])[:, None]
+    fig = plots.latent_trajectories(z, z_true, mask)
+    assert len(fig.axes) == 2  # one axis per true dimension
+    for d, ax in enumerate(fig.axes):
+        assert len(ax.lines) == 4  # true and aligned for two sequences
+        assert "R^2 = 1.000" in ax.get_title()
+        np.testing.assert_allclose(ax.lines[3].get_ydata(), ax.lines[2].get_ydata(), atol=1e-4)
+        assert len(ax.lines[2].get_xdata()) == 5
+
+
+def test_latent_trajectories_rejects_static():
+    with pytest.raises(ValueError, match="latent_projection"):
+        plots.latent_trajectories(torch.randn(4, 2))
+
+
+def test_latent_projection_matches_svd_and_skips_padding():
+    z = torch.randn(2, 6, 3)
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    z[1, 4:] = 1e6  # padding would dominate the components if it were used
+    fig = plots.latent_projection(z, mask)
+    ax = fig.axes[0]
+    offsets = ax.collections[0].get_offsets()
+    assert len(offsets) == 10
+    points = torch.cat([z[0], z[1, :4]]).double()
+    centred = points - points.mean(0)
+    proj = centred @ torch.linalg.svd(centred, full_matrices=False).Vh[:2].T
+    # principal axes are defined up to sign
+    for k in range(2):
+        np.testing.assert_allclose(np.abs(offsets[:, k]), proj[:, k].abs().numpy(), rtol=1e-4,
+                                   atol=1e-5)
+    np.testing.assert_array_equal(ax.collections[0].get_array(), [0, 1, 2, 3, 4, 5, 0, 1, 2, 3])
+    assert len(ax.lines) == 2  # one path per sequence
+
+
+def test_latent_projection_static_with_labels_and_one_dim():
+    fig = plots.latent_projection(torch.randn(20, 4), labels=torch.arange(20) % 3)
+    assert len(fig.axes) == 2  # scatter + colour bar
+    fig = plots.latent_projection(torch.randn(20, 1))
+    assert np.all(fig.axes[0].collections[0].get_offsets()[:, 1] == 0)
+
+
+def test_piano_roll_one_axis_per_sequence_trimmed():
+    x = torch.bernoulli(torch.full((2, 7, 88), 0.1))
+    mask = torch.arange(7) < torch.tensor([7, 4])[:, None]
+    fig = plots.piano_roll(x, mask, titles=["data", "recon"])
+    assert len(fig.axes) == 2
+    assert fig.axes[0].images[0].get_array().shape == (88, 7)
+    assert fig.axes[1].images[0].get_array().shape == (88, 4)
+    np.testing.assert_array_equal(fig.axes[1].images[0].get_array(), x[1, :4].T.numpy())
+    assert len(plots.piano_roll(x[0]).axes) == 1
+
+
+def test_latent_traversal_decodes_along_each_dimension():
+    train, _, _ = load_dataset("digits")
+    model = make_model("vae", train, {"z_dim": 3, "hidden_dims": [16]}).eval()
+    values = torch.linspace(-2, 2, 5)
+    fig = plots.latent_traversal(model, (8, 8), [0, 2], values)
+    canvas = fig.axes[0].images[0].get_array()
+    assert canvas.shape == (2 * 9 + 1, 5 * 9 + 1)
+    z = torch.zeros(3)
+    z[2] = values[4]
+    expected = model.decode(z[None])[0].reshape(8, 8).numpy()
+    np.testing.assert_allclose(canvas[10:18, 37:45], expected, atol=1e-6)  # row 1, column 4
+    with pytest.raises(ValueError, match="dims"):
+        plots.latent_traversal(model, (8, 8), [3], values)
+
+
+def test_model_figures_for_images():
+    train, val, _ = load_dataset("digits")
+    model = make_model("vae", train, {"hidden_dims": [16]})
+    batch = val.batch(torch.arange(32))
+    figs = plots.model_figures(model, batch, val.info, labels=val.info["labels"][:32])
+    assert set(figs) == {"data (top) and reconstructions (bottom)", "samples",
+                         "latent traversal", "latent space"}
+    assert all(isinstance(f, Figure) for f in figs.values())
+    assert model.training  # the mode is restored
+
+
+@pytest.mark.parametrize("data", ["linear", "jsb"])
+def test_model_figures_for_sequences(data):
+    name = "ssm" if data == "linear" else "dmm"
+    if name not in MODELS:
+        pytest.fail(f"model {name!r} is not registered in vaelab.MODELS")
+    train, val, _ = load_dataset(data)
+    small = {"z_dim": 3, "rnn_dim": 8} | ({"hidden_dim": 8} if name == "ssm" else
+                                           {"emission_dim": 8, "transition_dim": 8})
+    model = make_model(name, train, small)
+    batch = val.batch(torch.arange(4))
+    figs = plots.model_figures(model, batch, val.info)
+    assert "latent space" in figs
+    if data == "jsb":
+        assert len(figs["data"].axes) == 2
+    else:
+        assert len(figs["latent paths"].axes) == batch.z.shape[-1]  # one per true state

@@ -1,0 +1,388 @@
+"""Matplotlib figures for training runs and trained models.
+
+Every function returns a :class:`matplotlib.figure.Figure` built without ``pyplot``, so it is
+safe in threads, under the Agg backend and in Streamlit (``st.pyplot(fig)``), and nothing is
+left open in a global figure manager. Tensors are batch-first (``x [B, X]``, ``x [B, T, X]``,
+``mask [B, T]``) and moved to the CPU here; the functions know only the model protocol
+(``latents``, ``reconstruct``, ``sample``, optional ``decode``), :class:`~vaelab.data.Batch`
+and ``Data.info``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+
+from vaelab.data import Batch
+
+# Training curves: (record key, axis title); -ELBO, log-likelihood and KL also show val markers.
+CURVES = (
+    ("nelbo", "-ELBO (nats)"),
+    ("log_likelihood", "reconstruction log-likelihood"),
+    ("kl", "KL(q || p)"),
+    ("kl_weight", "KL weight"),
+    ("grad_norm", "gradient norm (before clipping)"),
+)
+VAL_KEYS = ("nelbo", "log_likelihood", "kl")
+
+
+def _cpu(t: Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(t, Tensor):
+        return t.detach().to("cpu", torch.float32).numpy()
+    return np.asarray(t, dtype=np.float32)
+
+
+def _lengths(mask: Tensor | None, b: int, t: int) -> list[int]:
+    """Observed steps per sequence; all ``t`` without a mask."""
+    if mask is None:
+        return [t] * b
+    if mask.shape[:2] != (b, t):
+        raise ValueError(f"mask must be [B, T] = [{b}, {t}], got {list(mask.shape)}")
+    return [int(n) for n in mask.to("cpu").sum(dim=1)]
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def training_curves(history: Sequence[dict], figsize: tuple[float, float] = (13, 6)) -> Figure:
+    """Curves of a metrics history as written by :func:`vaelab.train.fit`.
+
+    One axis per entry of ``CURVES`` (five): the train records as a line against the step,
+    the validation records (``kind == "val"``) as markers on the -ELBO, log-likelihood and KL
+    axes. Units are those of the records (nats per observed step, per example for static data).
+    """
+    train = [r for r in history if r.get("kind") == "train"]
+    val = [r for r in history if r.get("kind") == "val"]
+    fig = Figure(figsize=figsize)
+    # a fixed layout: redrawn every few seconds by the dashboard, and constrained layout
+    # doubles the drawing time
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.08, top=0.95, wspace=0.25, hspace=0.4)
+    axes = fig.subplots(2, 3).ravel()
+    fig.delaxes(axes[-1])
+    for ax, (key, title) in zip(axes, CURVES):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        points = [(r["step"], r[key]) for r in train if key in r]
+        if points:
+            steps, values = zip(*points)
+            ax.plot(steps, values, lw=1, color="C0", label="train")
+        vpoints = [(r["step"], r[key]) for r in val if key in r]
+        if key in VAL_KEYS and vpoints:
+            steps, values = zip(*vpoints)
+            ax.plot(steps, values, "o", color="C3", ms=5, label="validation")
+        if not points and not vpoints:
+            ax.text(0.5, 0.5, "no records yet", ha="center", va="center",
+                    transform=ax.transAxes, color="grey")
+    if any(r.get("kind") == "val" for r in history):
+        axes[0].legend(fontsize=8)
+    return fig
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def image_grid(x: Tensor, image_shape: Sequence[int], ncols: int = 8,
+               title: str | None = None, figsize: tuple[float, float] | None = None) -> Figure:
+    """Images ``x [N, H*W]`` (or ``[N, H, W]``), values in [0, 1], tiled ``ncols`` wide in a
+    single axis with one-pixel gaps."""
+    h, w = (int(s) for s in image_shape)
+    images = _cpu(x)
+    if images.ndim < 2 or images[0].size != h * w:
+        raise ValueError(f"x must be [N, {h * w}] or [N, {h}, {w}] for image_shape {(h, w)}, "
+                         f"got {list(images.shape)}")
+    images = images.reshape(-1, h, w)
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, math.ceil(n / ncols))
+    # NaN gaps drawn in a light colour, distinct from any pixel value
+    canvas = np.full((nrows * (h + 1) + 1, ncols * (w + 1) + 1), np.nan, dtype=np.float32)
+    for i, image in enumerate(images):
+        r, c = divmod(i, ncols)
+        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = image
+    if figsize is None:
+        figsize = (min(1.0 * ncols + 0.5, 10), min(1.0 * nrows + 0.6, 10))
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["gray_r"].with_extremes(bad="#cfe0f5")
+    ax.imshow(canvas, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+@torch.no_grad()
+def latent_traversal(model: nn.Module, image_shape: Sequence[int], dims: Sequence[int],
+                     values: Sequence[float] | Tensor) -> Figure:
+    """Decoder means E[x | z] along each latent dimension in ``dims``: row ``i`` sets
+    ``z[dims[i]]`` to each of ``values`` (columns) with the other dimensions at 0, the prior
+    mean. Needs ``model.decode(z [B, Z]) -> x [B, X]``."""
+    decode = getattr(model, "decode", None)
+    if decode is None:
+        raise ValueError(f"{type(model).__name__} has no decode(z); a latent traversal needs "
+                         f"a model that maps z [B, Z] to x [B, X]")
+    z_dim = model.config.z_dim
+    dims = [int(d) for d in dims]
+    bad = [d for d in dims if not 0 <= d < z_dim]
+    if bad or not dims:
+        raise ValueError(f"dims must be non-empty and in 0..{z_dim - 1}, got {dims}")
+    p = next(model.parameters())
+    values = torch.as_tensor(values, dtype=p.dtype).to(p.device)
+    z = torch.zeros(len(dims), len(values), z_dim, dtype=p.dtype, device=p.device)
+    for row, d in enumerate(dims):
+        z[row, :, d] = values
+    x = decode(z.reshape(-1, z_dim))  # [len(dims) * len(values), X]
+    fig = image_grid(x, image_shape, ncols=len(values),
+                     title=f"latent traversal: z_d from {float(values[0]):.2g} to "
+                           f"{float(values[-1]):.2g}, other dims 0")
+    ax = fig.axes[0]
+    h = int(image_shape[0])
+    ax.set_axis_on()
+    ax.set_xticks([])
+    ax.set_yticks([1 + r * (h + 1) + h / 2 for r in range(len(dims))],
+                  [f"z{d}" for d in dims])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    return fig
+
+
+# ----------------------------------------------------------------------------- latents
+
+
+def _affine_fit(z: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares ``target ~ [z, 1] @ W``; returns the fitted values and R^2 per target
+    dimension. Latents are identified only up to an invertible map, so inferred and true
+    states are compared after the best affine alignment."""
+    design = np.concatenate([z, np.ones((len(z), 1), dtype=z.dtype)], axis=1)
+    w, *_ = np.linalg.lstsq(design, target, rcond=None)
+    fitted = design @ w
+    ss_res = ((target - fitted) ** 2).sum(axis=0)
+    ss_tot = ((target - target.mean(axis=0)) ** 2).sum(axis=0)
+    r2 = 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1.0)
+    return fitted, r2
+
+
+def _paths(solid: np.ndarray | None, dashed: np.ndarray | None, lengths: list[int],
+           ylabel: str, titles: Sequence[str] | None, max_sequences: int,
+           max_dims: int) -> Figure:
+    """Paths ``[B, T, D]`` against time, one axis per dimension, one colour per sequence,
+    observed steps only; ``solid`` and ``dashed`` share colours."""
+    first = solid if solid is not None else dashed
+    panels = min(first.shape[-1], max_dims)
+    fig = Figure(figsize=(9, 1.6 * panels + 0.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(panels, 1, sharex=True))
+    for d, ax in enumerate(axes):
+        for i in range(min(len(first), max_sequences)):
+            n, colour = lengths[i], f"C{i % 10}"
+            for series, style in ((solid, "-"), (dashed, "--")):
+                if series is not None:
+                    ax.plot(np.arange(n), series[i, :n, d], color=colour, lw=1.2, ls=style)
+        ax.set_ylabel(f"{ylabel}{d}")
+        if titles is not None:
+            ax.set_title(titles[d], fontsize=9)
+    axes[-1].set_xlabel("time step t")
+    return fig
+
+
+def latent_trajectories(z: Tensor, z_true: Tensor | None = None, mask: Tensor | None = None,
+                        max_sequences: int = 4, max_dims: int = 8) -> Figure:
+    """Latent paths over time, one axis per dimension, one colour per sequence.
+
+    Parameters
+    ----------
+    z : Tensor
+        Inferred latents (e.g. posterior means), ``[B, T, Z]``.
+    z_true : Tensor, optional
+        True states ``[B, T, Z']``. Then each axis is one true dimension: the true path (solid)
+        and the inferred latents mapped onto it by the least-squares affine fit over all
+        observed steps (dashed), with R^2 in the title.
+    mask : Tensor, optional
+        ``[B, T]`` bool, True where observed; padding is not drawn.
+    """
+    if z.dim() != 3:
+        raise ValueError(f"z must be [B, T, Z], got {list(z.shape)}; for static latents "
+                         f"[B, Z] use latent_projection")
+    b, t, _ = z.shape
+    lengths = _lengths(mask, b, t)
+    zs = _cpu(z)
+    if z_true is None:
+        return _paths(zs, None, lengths, "z", None, max_sequences, max_dims)
+    if z_true.dim() != 3 or z_true.shape[:2] != z.shape[:2]:
+        raise ValueError(f"z_true must be [B, T, Z'] with B, T = {b}, {t}, got "
+                         f"{list(z_true.shape)}")
+    truth = _cpu(z_true)
+    observed = np.concatenate([zs[i, :n] for i, n in enumerate(lengths)])
+    target = np.concatenate([truth[i, :n] for i, n in enumerate(lengths)])
+    fitted, r2 = _affine_fit(observed, target)
+    aligned = np.zeros_like(truth)  # back to [B, T, Z'], padding left at 0 and not drawn
+    start = 0
+    for i, n in enumerate(lengths):
+        aligned[i, :n] = fitted[start:start + n]
+        start += n
+    titles = [f"true (solid) vs inferred, affinely aligned (dashed); R^2 = {v:.3f}"
+              for v in r2]
+    return _paths(truth, aligned, lengths, "true z", titles, max_sequences, max_dims)
+
+
+def observation_paths(x: Tensor, x_rec: Tensor | None = None, mask: Tensor | None = None,
+                      max_sequences: int = 4, max_dims: int = 8) -> Figure:
+    """Observed sequences ``x [B, T, X]`` (solid) and reconstructions ``x_rec [B, T, X]``
+    (dashed) over time, one axis per feature; ``mask [B, T]`` hides the padding."""
+    if x.dim() != 3 or (x_rec is not None and x_rec.shape != x.shape):
+        raise ValueError(f"x and x_rec must both be [B, T, X], got {list(x.shape)} and "
+                         f"{None if x_rec is None else list(x_rec.shape)}")
+    lengths = _lengths(mask, x.shape[0], x.shape[1])
+    return _paths(_cpu(x), None if x_rec is None else _cpu(x_rec), lengths, "x", None,
+                  max_sequences, max_dims)
+
+
+def _principal_components(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Projection of ``points [N, Z]`` onto its first two principal components (SVD of the
+    centred data) and the fraction of variance each explains. Z = 1 gives a zero second axis."""
+    centred = points - points.mean(axis=0, keepdims=True)
+    _, s, vh = np.linalg.svd(centred, full_matrices=False)
+    proj = centred @ vh[:2].T  # [N, min(2, Z)]
+    var = s ** 2 / max(float((s ** 2).sum()), 1e-12)
+    if proj.shape[1] == 1:
+        proj = np.concatenate([proj, np.zeros_like(proj)], axis=1)
+        var = np.concatenate([var, [0.0]])
+    return proj, var[:2]
+
+
+def latent_projection(z: Tensor, mask: Tensor | None = None, labels: Tensor | None = None,
+                      max_sequences: int = 16) -> Figure:
+    """Latents on their first two principal components.
+
+    Sequences ``z [B, T, Z]``: each path (observed steps only) as a thin line with points
+    coloured by time step. Static ``z [B, Z]``: a scatter, coloured by ``labels [B]`` if given.
+    With ``Z == 2`` the components are a rotation of the latent plane.
+    """
+    zs = _cpu(z)
+    fig = Figure(figsize=(5.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    if zs.ndim == 3:
+        b, t, _ = zs.shape
+        lengths = _lengths(mask, b, t)[:max_sequences]
+        points = np.concatenate([zs[i, :n] for i, n in enumerate(lengths)])
+        times = np.concatenate([np.arange(n) for n in lengths])
+        proj, var = _principal_components(points)
+        start = 0
+        for n in lengths:
+            ax.plot(proj[start:start + n, 0], proj[start:start + n, 1], color="grey",
+                    lw=0.6, alpha=0.6)
+            start += n
+        art = ax.scatter(proj[:, 0], proj[:, 1], c=times, cmap="viridis", s=8)
+        fig.colorbar(art, ax=ax, label="time step t")
+    elif zs.ndim == 2:
+        proj, var = _principal_components(zs)
+        if labels is None:
+            ax.scatter(proj[:, 0], proj[:, 1], s=8)
+        else:
+            art = ax.scatter(proj[:, 0], proj[:, 1], c=_cpu(labels), cmap="tab10", s=8)
+            fig.colorbar(art, ax=ax, label="label")
+    else:
+        raise ValueError(f"z must be [B, Z] or [B, T, Z], got {list(zs.shape)}")
+    ax.set_xlabel(f"PC1 ({100 * var[0]:.0f}% of variance)")
+    ax.set_ylabel(f"PC2 ({100 * var[1]:.0f}% of variance)")
+    ax.set_title("posterior means, first two principal components", fontsize=10)
+    return fig
+
+
+# ----------------------------------------------------------------------------- piano rolls
+
+
+def piano_roll(x: Tensor, mask: Tensor | None = None, titles: Sequence[str] | None = None,
+               note_min: int = 21) -> Figure:
+    """Piano rolls, notes (MIDI, from ``note_min``) against time, one axis per sequence.
+
+    ``x [T, P]`` or ``[B, T, P]`` binary notes or note probabilities; ``mask [B, T]`` trims
+    the padding."""
+    rolls = _cpu(x)
+    if rolls.ndim == 2:
+        rolls = rolls[None]
+        mask = None if mask is None else mask.reshape(1, -1)
+    if rolls.ndim != 3:
+        raise ValueError(f"x must be [T, P] or [B, T, P], got {list(rolls.shape)}")
+    b, t, p = rolls.shape
+    lengths = _lengths(mask, b, t)
+    fig = Figure(figsize=(9, 2.2 * b + 0.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(b, 1))
+    for i, ax in enumerate(axes):
+        ax.imshow(rolls[i, :lengths[i]].T, origin="lower", aspect="auto", cmap="gray_r",
+                  vmin=0, vmax=1, interpolation="nearest",
+                  extent=(-0.5, lengths[i] - 0.5, note_min - 0.5, note_min + p - 0.5))
+        ax.set_ylabel("MIDI note")
+        if titles is not None and i < len(titles):
+            ax.set_title(titles[i], fontsize=10)
+    axes[-1].set_xlabel("time step t")
+    return fig
+
+
+# ----------------------------------------------------------------------------- dashboard
+
+
+@torch.no_grad()
+def model_figures(model: nn.Module, batch: Batch, info: dict | None = None,
+                  labels: Tensor | None = None, n_samples: int = 16) -> dict[str, Figure]:
+    """The figures that suit a model and its data, by title, for the dashboard.
+
+    Images (``info["image_shape"]``): data above reconstructions, samples, a latent traversal
+    (when the model has ``decode``) and the latent projection. Piano rolls
+    (``info["kind"] == "piano_roll"``): data, reconstruction and sample rolls. Other sequences:
+    latent paths (against ``batch.z`` when known), observations with their reconstructions,
+    and the latent projection. ``batch`` is a fixed set of
+    validation examples, ``labels [B]`` optional classes that colour static latents; the model
+    is used as it is (pass a copy while it trains).
+    """
+    info = info or {}
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    figures: dict[str, Figure] = {}
+    try:
+        z = model.latents(batch)
+        sequence = batch.x.dim() == 3
+        if "image_shape" in info and not sequence:
+            shape = info["image_shape"]
+            k = min(len(batch), 8)
+            recon = model.reconstruct(batch)
+            figures["data (top) and reconstructions (bottom)"] = image_grid(
+                torch.cat([batch.x[:k], recon[:k]]), shape, ncols=k)
+            _, x_sample = model.sample(n_samples)
+            figures["samples"] = image_grid(x_sample, shape, ncols=8)
+            if hasattr(model, "decode"):
+                dims = range(min(model.config.z_dim, 8))
+                figures["latent traversal"] = latent_traversal(
+                    model, shape, dims, torch.linspace(-2.5, 2.5, 9))
+            figures["latent space"] = latent_projection(z, labels=labels)
+        elif sequence and info.get("kind") == "piano_roll":
+            k = min(len(batch), 2)
+            recon = model.reconstruct(batch)
+            mask = None if batch.mask is None else batch.mask[:k]
+            figures["data"] = piano_roll(batch.x[:k], mask)
+            figures["reconstruction (note probabilities)"] = piano_roll(recon[:k], mask)
+            _, x_sample = model.sample(k, steps=batch.x.shape[1])
+            figures["sample (note probabilities)"] = piano_roll(x_sample)
+            figures["latent space"] = latent_projection(z, batch.mask)
+        elif sequence:
+            figures["latent paths"] = latent_trajectories(z, batch.z, batch.mask)
+            figures["observations (solid) and reconstructions (dashed)"] = observation_paths(
+                batch.x, model.reconstruct(batch), batch.mask)
+            k = min(len(batch), 4)
+            _, x_sample = model.sample(k, steps=batch.x.shape[1],
+                                       a=None if batch.a is None else batch.a[:k])
+            figures["samples (driven by the same actions when there are any)"] = \
+                observation_paths(x_sample, None, None if batch.mask is None else batch.mask[:k])
+            figures["latent space"] = latent_projection(z, batch.mask)
+        else:
+            figures["latent space"] = latent_projection(z, labels=labels)
+    finally:
+        model.train(was_training)
+    return figures
