@@ -7,10 +7,12 @@ dashboard know models only through it and the protocol described in ``vaelab.obj
 
 from __future__ import annotations
 
+from vaelab.flows import ConditionalFlowModel, RealNVPConfig
 from vaelab.vae import VAE, VAEConfig
 
 MODELS: dict[str, tuple[type, type]] = {
     "vae": (VAEConfig, VAE),
+    "realnvp": (RealNVPConfig, ConditionalFlowModel),
 }
 
 __version__ = "0.1.0"

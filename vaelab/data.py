@@ -38,12 +38,12 @@ class Batch:
         return None if self.mask is None else self.mask.sum(dim=1)
 
     def to(self, device: torch.device | str) -> Batch:
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)
         return Batch(move(self.x), move(self.a), move(self.mask), move(self.z))
 
     def repeat(self, k: int) -> Batch:
         """``k`` copies stacked sample-major: row ``i * B + b`` is copy ``i`` of example ``b``."""
-        rep = lambda t: None if t is None else t.repeat(k, *([1] * (t.dim() - 1)))  # noqa: E731
+        rep = lambda t: None if t is None else t.repeat(k, *([1] * (t.dim() - 1)))
         return Batch(rep(self.x), rep(self.a), rep(self.mask), rep(self.z))
 
 
@@ -108,7 +108,7 @@ class Data:
         return 0 if self.a is None else self.a.shape[-1]
 
     def subset(self, index: Tensor | slice) -> Data:
-        take = lambda t: None if t is None else t[index]  # noqa: E731
+        take = lambda t: None if t is None else t[index]
         return replace(self, x=self.x[index], a=take(self.a), z=take(self.z),
                        lengths=take(self.lengths))
 
@@ -123,8 +123,9 @@ class Data:
             mask = torch.arange(t_max) < lengths[:, None]  # [B, T]
             a = None if self.a is None else self.a[index, :t_max]
             z = None if self.z is None else self.z[index, :t_max]
-        elif self.z is not None:
-            z = self.z[index]
+        else:
+            a = None if self.a is None else self.a[index]
+            z = None if self.z is None else self.z[index]
         if self.binarize:
             x = torch.bernoulli(x, generator=generator)
         return Batch(x, a, mask, z)
@@ -342,3 +343,40 @@ def load_dataset(name: str, **kw) -> tuple[Data, Data, Data]:
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of {sorted(DATASETS)}")
     return DATASETS[name](**kw)
+
+
+# ----------------------------------------------------------------------------- conditional toy
+
+
+def load_moons(
+    n: int = 4000, noise: float = 0.08, n_val: int = 500, n_test: int = 500, seed: int = 0
+) -> tuple[Data, Data, Data]:
+    """Conditional two-moons, a multimodal toy for conditional density models (a "policy"):
+    the context ``a = (cos theta, sin theta)`` ``[N, 2]`` with ``theta ~ U(0, 2 pi)``, and the
+    modelled variable ``x`` ``[N, 2]`` a point of the two interleaved half circles (centred,
+    Gaussian noise of sd ``noise``) rotated by ``theta``. Every p(x | a) is bimodal and curved,
+    which no conditional Gaussian can fit. ``info["theta"]`` holds the angles."""
+    if n < n_val + n_test + 1 or noise < 0:
+        raise ValueError(f"load_moons needs n > n_val + n_test and noise >= 0, got n={n}, "
+                         f"n_val={n_val}, n_test={n_test}, noise={noise}")
+    g = torch.Generator().manual_seed(seed)
+    t = torch.rand(n, generator=g) * torch.pi
+    upper = torch.rand(n, generator=g) < 0.5
+    moon = torch.where(upper[:, None], torch.stack([t.cos(), t.sin()], dim=1),
+                       torch.stack([1 - t.cos(), 0.5 - t.sin()], dim=1))
+    moon = moon - torch.tensor([0.5, 0.25]) + noise * torch.randn(n, 2, generator=g)
+    theta = torch.rand(n, generator=g) * 2 * torch.pi
+    cos, sin = theta.cos(), theta.sin()
+    rotation = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+    x = (rotation @ moon[:, :, None]).squeeze(-1)  # [N, 2]
+    a = torch.stack([cos, sin], dim=1)  # [N, 2]
+    data = Data(x, a=a, name="moons", info={"theta": theta, "noise": noise})
+    splits = []
+    for idx in _split(n, n_val, n_test, seed):
+        part = data.subset(idx)
+        part.info = {**data.info, "theta": theta[idx]}
+        splits.append(part)
+    return tuple(splits)
+
+
+DATASETS["moons"] = lambda **kw: load_moons(**kw)

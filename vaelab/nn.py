@@ -1,8 +1,9 @@
-"""Plain network pieces shared by every model: an MLP and MADE's masked linear layer."""
+"""Plain network pieces shared by every model: an MLP, MADE's masked linear layer and MADE."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +31,7 @@ class MLP(nn.Sequential):
     ) -> None:
         layers: list[nn.Module] = []
         dims = [in_dim, *hidden_dims]
-        for d_in, d_out in zip(dims[:-1], dims[1:]):
+        for d_in, d_out in pairwise(dims):
             layers += [nn.Linear(d_in, d_out), activation()]
         layers.append(nn.Linear(dims[-1], out_dim))
         super().__init__(*layers)
@@ -76,3 +77,69 @@ def made_degrees(in_dim: int, hidden_dims: Sequence[int]) -> list[Tensor]:
         # cycle through 1..in_dim-1 so every hidden degree is used (deterministic masks)
         degrees.append(torch.arange(h) % max(in_dim - 1, 1) + 1)
     return degrees
+
+
+class MADE(nn.Module):
+    """Masked autoencoder for distribution estimation (Germain et al. 2015, arXiv:1502.03509):
+    an MLP of :class:`MaskedLinear` layers whose output ``k`` for input dim ``d`` depends only
+    on the inputs ``x_{<d}`` (identity order), plus, unmasked, on an optional context.
+
+    Parameters
+    ----------
+    in_dim : int
+        Autoregressive inputs ``D``.
+    hidden_dims : sequence of int
+        Hidden widths (each at least ``D - 1`` so every degree is present).
+    num_outputs : int
+        Outputs per input dim (e.g. 2: shift and pre-gate).
+    context_dim : int
+        Width of a context vector every hidden unit may read (0 for none).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dims: Sequence[int],
+        num_outputs: int = 2,
+        context_dim: int = 0,
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        if in_dim < 1 or num_outputs < 1 or len(hidden_dims) < 1:
+            raise ValueError(
+                f"MADE needs in_dim >= 1, num_outputs >= 1 and one hidden layer or more, got "
+                f"in_dim={in_dim}, num_outputs={num_outputs}, hidden_dims={list(hidden_dims)}"
+            )
+        if min(hidden_dims) < in_dim - 1:
+            raise ValueError(
+                f"hidden widths must be >= in_dim - 1 = {in_dim - 1} so that every degree "
+                f"appears, got {list(hidden_dims)}; widen the hidden layers"
+            )
+        self.in_dim, self.num_outputs, self.context_dim = in_dim, num_outputs, context_dim
+        degrees = made_degrees(in_dim, hidden_dims)
+        layers: list[nn.Module] = []
+        for d_in, d_out in pairwise(degrees):
+            # a hidden unit of degree k may read units of degree <= k
+            mask = (d_out[:, None] >= d_in[None, :]).float()
+            layers.append(MaskedLinear(len(d_in), len(d_out), mask))
+        # output for input dim d (degree d) reads hidden units of degree < d: strictly earlier
+        d_out = torch.arange(1, in_dim + 1).repeat(num_outputs)
+        mask = (d_out[:, None] > degrees[-1][None, :]).float()
+        self.layers = nn.ModuleList(layers)
+        self.output = MaskedLinear(len(degrees[-1]), num_outputs * in_dim, mask)
+        self.context = nn.Linear(context_dim, hidden_dims[0]) if context_dim > 0 else None
+        self.activation = activation()
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Returns ``[..., num_outputs, D]``: row ``k`` holds the ``k``-th output of every dim,
+        the one for dim ``d`` a function of ``x[..., :d]`` (and the context) only."""
+        h = self.layers[0](x)
+        if self.context is not None:
+            if context is None:
+                raise ValueError(f"this MADE reads a context [..., {self.context_dim}]; pass it")
+            h = h + self.context(context)
+        h = self.activation(h)
+        for layer in self.layers[1:]:
+            h = self.activation(layer(h))
+        out = self.output(h)  # [..., K * D]
+        return out.unflatten(-1, (self.num_outputs, self.in_dim))  # [..., K, D]
