@@ -8,10 +8,12 @@ dashboard know models only through it and the protocol described in ``vaelab.obj
 from __future__ import annotations
 
 from vaelab.flows import ConditionalFlowModel, RealNVPConfig
+from vaelab.ssm import SSM, SSMConfig
 from vaelab.vae import VAE, VAEConfig
 
 MODELS: dict[str, tuple[type, type]] = {
     "vae": (VAEConfig, VAE),
+    "ssm": (SSMConfig, SSM),
     "realnvp": (RealNVPConfig, ConditionalFlowModel),
 }
 
