@@ -12,6 +12,7 @@ import torch
 
 from vaelab import MODELS
 from vaelab.data import DATASETS, load_dataset
+from vaelab.kalman import exact_nll
 from vaelab.train import (
     TrainConfig,
     TrainingDiverged,
@@ -95,6 +96,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         elbo = evaluate_elbo(model, data, samples=args.elbo_samples, device=device)
         result[f"{split}_neg_elbo_bound"] = elbo["nelbo"]
         result[f"{split}_kl"] = elbo["kl"]
+        system = data.info.get("system") if data.info else None
+        if system is not None:  # linear-Gaussian data: the true system's exact likelihood
+            result[f"{split}_nll_exact_true_system"] = exact_nll(system, data)
         if args.samples > 0:
             result[f"{split}_nll_importance_K{args.samples}"] = evaluate_nll(
                 model, data, args.samples, batch_size=args.batch_size,
