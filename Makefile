@@ -1,0 +1,30 @@
+# Fresh machine with Python 3.11 + pip:  `make app` (dashboard) or `make test` (test suite).
+# Both create .venv on first use and install torch (pinned in constraints.txt) and vaelab;
+# the stamp file makes later runs skip installation until pyproject.toml or constraints.txt
+# change.
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: app test install clean-venv
+
+app: $(STAMP)
+	$(VENV)/bin/streamlit run app.py --server.headless true
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+install: $(STAMP)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, on its own, so that the pin in constraints.txt picks the build
+$(STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(VENV)/bin/pip install torch==2.13.0 -c constraints.txt
+	$(VENV)/bin/pip install -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from vaelab.__main__ import main
+from vaelab.train import load_checkpoint
+
+
+def _last_json(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_train_then_evaluate(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--model", "vae", "--data", "digits", "--out", str(out),
+                 "--max-steps", "5", "--batch-size", "64", "--set", "hidden_dims=[16]",
+                 "--set", "z_dim=3", "--train-set", "progress=False"])
+    assert code == 0
+    printed = _last_json(capsys.readouterr().out)
+    assert printed["steps"] == 5 and printed["checkpoint"] == f"{out}/checkpoint.pt"
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["config"]["z_dim"] == 3 and ckpt["config"]["hidden_dims"] == [16]
+    assert ckpt["data"] == {"name": "digits"} and ckpt["train_config"]["batch_size"] == 64
+
+    code = main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--samples", "20",
+                 "--elbo-samples", "1", "--batch-size", "100"])
+    assert code == 0
+    result = _last_json(capsys.readouterr().out)
+    assert set(result) == {
+        "model", "data", "step", "unit",
+        "val_neg_elbo_bound", "val_kl", "val_nll_importance_K20",
+        "test_neg_elbo_bound", "test_kl", "test_nll_importance_K20",
+    }
+    assert result["model"] == "vae" and result["data"] == "digits" and result["step"] == 5
+    assert result["unit"] == "nats per example"
+    for split in ("val", "test"):
+        # the importance-sampled NLL estimate sits below the negative ELBO bound
+        assert 0 < result[f"{split}_nll_importance_K20"] < result[f"{split}_neg_elbo_bound"]
+
+
+def test_unknown_model_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--model", "gan", "--data", "digits", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'gan'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--model", "vae", "--data", "mnist"], "needs a path"),
+        (["train", "--model", "vae", "--data", "digits", "--set", "z_dim=0"],
+         "z_dim must be >= 1"),
+        (["train", "--model", "vae", "--data", "digits", "--set", "depth=3"],
+         r"VAEConfig has no field\(s\) \['depth'\]"),
+        (["train", "--model", "vae", "--data", "digits", "--epochs", "0"],
+         "TrainConfig.epochs=0 is out of range"),
+        (["train", "--model", "vae", "--data", "mnist", "--data-path", "/nonexistent/mnist"],
+         "MNIST folder /nonexistent/mnist does not exist"),
+    ],
+)
+def test_bad_train_input_exits_with_code_2(tmp_path, capsys, argv, message):
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert re.search(message, err), err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_evaluate_missing_checkpoint_exits_with_code_2(tmp_path, capsys):
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "none.pt")]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -1,0 +1,261 @@
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from importlib import resources
+
+import numpy as np
+import pytest
+import torch
+
+from vaelab.data import (
+    MNIST_FILES,
+    Batch,
+    Data,
+    load_dataset,
+    load_digits,
+    load_jsb,
+    load_mnist,
+    load_polyphonic,
+)
+
+
+def test_digits_splits():
+    train, val, test = load_digits()
+    assert (len(train), len(val), len(test)) == (1297, 200, 300)
+    for d in (train, val, test):
+        assert d.x_dim == 64 and d.x.min() >= 0 and d.x.max() <= 1 and d.binarize
+        assert len(d.info["labels"]) == len(d) and d.info["image_shape"] == (8, 8)
+    # every one of the 1797 shipped images is used exactly once
+    with resources.files("vaelab.assets").joinpath("digits.npz").open("rb") as f:
+        images = np.load(f)["images"].reshape(-1, 64) / 16.0
+    rows = torch.cat([train.x, val.x, test.x]).double()
+    assert sorted(map(tuple, rows.tolist())) == sorted(map(tuple, images.tolist()))
+    assert not load_digits(binarize=False)[0].binarize
+    # the split is fixed
+    torch.testing.assert_close(load_digits()[1].x, val.x)
+
+
+def test_dynamic_binarisation_draws_fresh_bits_every_epoch():
+    train, _, _ = load_digits()
+    g = torch.Generator().manual_seed(0)
+    first = torch.cat([b.x for b in train.batches(500, shuffle=False, generator=g)])
+    second = torch.cat([b.x for b in train.batches(500, shuffle=False, generator=g)])
+    for x in (first, second):
+        assert set(x.unique().tolist()) <= {0.0, 1.0}
+    assert not torch.equal(first, second)
+    # Bernoulli(x): the mean of the bits is close to the grey values (SE from p(1-p)/n)
+    n, p = first.numel(), train.x.mean()
+    assert abs((first.mean() - p).item()) < 5 * (p * (1 - p) / n).sqrt().item()
+    grey = load_digits(binarize=False)[0]
+    x = next(grey.batches(2000, shuffle=False)).x
+    torch.testing.assert_close(x, grey.x)
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    magic = 0x0800 | array.ndim
+    return struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
+
+
+def _write_mnist(root, n_train=6, n_test=3, gz=True):
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train_images": rng.integers(0, 256, (n_train, 28, 28)),
+        "train_labels": rng.integers(0, 10, n_train),
+        "test_images": rng.integers(0, 256, (n_test, 28, 28)),
+        "test_labels": rng.integers(0, 10, n_test),
+    }
+    root.mkdir(exist_ok=True)
+    for key, stem in MNIST_FILES.items():
+        data = _idx_bytes(arrays[key])
+        if gz:
+            (root / f"{stem}.gz").write_bytes(gzip.compress(data))
+        else:
+            (root / stem).write_bytes(data)
+    return arrays
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_loader_reads_idx_files(tmp_path, gz):
+    arrays = _write_mnist(tmp_path, gz=gz)
+    train, val, test = load_mnist(tmp_path, binarize="none", n_val=2)
+    assert (len(train), len(val), len(test)) == (4, 2, 3)
+    expected = arrays["train_images"].reshape(6, 784) / 255.0
+    torch.testing.assert_close(train.x, torch.tensor(expected[:4], dtype=torch.float32))
+    torch.testing.assert_close(val.x, torch.tensor(expected[4:], dtype=torch.float32))
+    assert test.info["labels"].tolist() == arrays["test_labels"].tolist()
+    assert train.info["image_shape"] == (28, 28) and not train.binarize
+
+
+def test_mnist_binarize_modes(tmp_path):
+    _write_mnist(tmp_path)
+    grey = load_mnist(tmp_path, binarize="none", n_val=2)[0].x
+    static = load_mnist(tmp_path, binarize="static", n_val=2)[0]
+    assert set(static.x.unique().tolist()) == {0.0, 1.0} and not static.binarize
+    torch.testing.assert_close(load_mnist(tmp_path, binarize="static", n_val=2)[0].x, static.x)
+    assert (static.x[grey == 0] == 0).all() and (static.x[grey == 1] == 1).all()
+    dynamic = load_mnist(tmp_path, binarize="dynamic", n_val=2)[0]
+    torch.testing.assert_close(dynamic.x, grey)  # grey kept, bits drawn per batch
+    bits = next(dynamic.batches(4, shuffle=False)).x
+    assert set(bits.unique().tolist()) == {0.0, 1.0}
+    with pytest.raises(ValueError, match="binarize must be 'dynamic', 'static' or 'none'"):
+        load_mnist(tmp_path, binarize="yes")
+
+
+def test_mnist_missing_folder_or_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist.*train-images-idx3-ubyte"):
+        load_mnist(tmp_path / "nowhere")
+    _write_mnist(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(FileNotFoundError, match=r"t10k-labels-idx1-ubyte\[\.gz\] not found"):
+        load_mnist(tmp_path, n_val=2)
+
+
+@pytest.mark.parametrize("content", [b"garbage", gzip.compress(b"\x00\x00\x09\x03abc")])
+def test_mnist_corrupt_file(tmp_path, content):
+    _write_mnist(tmp_path)
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(content)
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz is not a valid IDX file"):
+        load_mnist(tmp_path, n_val=2)
+
+
+def test_truncated_idx_file(tmp_path):
+    _write_mnist(tmp_path, gz=False)
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ValueError, match="not a valid IDX file"):
+        load_mnist(tmp_path, n_val=2)
+
+
+def test_nan_data_is_rejected():
+    x = torch.rand(5, 3)
+    x[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="x from my-data holds 1 NaN/inf values"):
+        Data(x, name="my-data")
+    a = torch.zeros(2, 4, 1)
+    a[0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="a from seqs holds 1 NaN/inf"):
+        Data(torch.zeros(2, 4, 3), a=a, name="seqs")
+    with pytest.raises(ValueError, match="binarize needs x in"):
+        Data(torch.full((2, 3), 2.0), binarize=True)
+
+
+SONGS = {
+    "train": [[(60, 64), (62,), ()], [(21, 108)]],
+    "valid": [[(70,)] * 4],
+    "test": [[(55, 59, 62), (55,)]],
+}
+
+
+def _pickle(tmp_path, obj, name="songs.pickle"):
+    path = tmp_path / name
+    path.write_bytes(pickle.dumps(obj))
+    return path
+
+
+def test_polyphonic_piano_roll(tmp_path):
+    train, valid, test = load_polyphonic(_pickle(tmp_path, SONGS))
+    assert train.x.shape == (2, 3, 88) and valid.x.shape == (1, 4, 88)
+    assert train.lengths.tolist() == [3, 1] and test.lengths.tolist() == [2]
+    expected = torch.zeros(2, 3, 88)
+    for i, song in enumerate(SONGS["train"]):
+        for t, notes in enumerate(song):
+            for n in notes:
+                expected[i, t, n - 21] = 1
+    torch.testing.assert_close(train.x, expected)
+    batch = train.batch(torch.tensor([1, 0]))
+    assert batch.mask.tolist() == [[True, False, False], [True, True, True]]
+    assert batch.x.shape == (2, 3, 88)
+    # trimmed to the longest sequence in the batch
+    assert train.batch(torch.tensor([1])).x.shape == (1, 1, 88)
+    assert train.x_dim == 88 and train.a_dim == 0 and train.is_sequence
+
+
+@pytest.mark.parametrize(
+    "obj, match",
+    [
+        ({"train": [], "valid": []}, "expected a dict with keys 'train', 'valid', 'test'"),
+        ([1, 2, 3], "expected a dict with keys"),
+        ({**SONGS, "train": [[(20,)]]}, "note 20, outside the piano's MIDI range"),
+        ({**SONGS, "test": [[(109,)]]}, "note 109, outside"),
+        ({**SONGS, "valid": [[]]}, "non-empty sequences"),
+    ],
+)
+def test_polyphonic_bad_content(tmp_path, obj, match):
+    with pytest.raises(ValueError, match=match):
+        load_polyphonic(_pickle(tmp_path, obj))
+
+
+def test_polyphonic_bad_file(tmp_path):
+    bad = tmp_path / "bad.pickle"
+    bad.write_bytes(b"this is not a pickle")
+    with pytest.raises(ValueError, match="is not a readable pickle"):
+        load_polyphonic(bad)
+    with pytest.raises(FileNotFoundError, match="missing.pickle not found"):
+        load_polyphonic(tmp_path / "missing.pickle")
+
+
+def test_load_jsb():
+    train, valid, test = load_jsb()
+    assert (len(train), len(valid), len(test)) == (229, 76, 77)
+    for d in (train, valid, test):
+        assert d.x_dim == 88 and d.lengths.min() >= 1
+        assert set(d.x.unique().tolist()) == {0.0, 1.0}
+        # padding after each sequence's end is zero
+        t = torch.arange(d.x.shape[1])
+        assert (d.x[t[None, :] >= d.lengths[:, None]] == 0).all()
+
+
+def test_load_dataset_registry():
+    assert len(load_dataset("digits")[0]) == 1297
+    with pytest.raises(ValueError, match="unknown data set 'cifar'"):
+        load_dataset("cifar")
+    with pytest.raises(ValueError, match="needs a path"):
+        load_dataset("mnist")
+
+
+def test_batch_repeat_is_sample_major():
+    x = torch.arange(6.0).view(3, 2)
+    mask = torch.tensor([[True], [False], [True]])
+    rep = Batch(x, mask=mask).repeat(4)
+    assert len(rep) == 12
+    for i in range(4):
+        for b in range(3):
+            assert torch.equal(rep.x[i * 3 + b], x[b])
+            assert torch.equal(rep.mask[i * 3 + b], mask[b])
+    assert rep.a is None and rep.z is None
+
+
+def _sequences(lengths):
+    n, t_max = len(lengths), max(lengths)
+    x = torch.zeros(n, t_max, 2)
+    x[:, :, 0] = torch.arange(n, dtype=torch.float32)[:, None]  # the index, at every step
+    return Data(x, lengths=torch.tensor(lengths))
+
+
+@pytest.mark.parametrize("bucket", [True, False])
+def test_batches_cover_every_index_once_per_epoch(bucket):
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 40, (103,), generator=g).tolist()
+    data = _sequences(lengths)
+    for _ in range(2):  # two epochs
+        seen = []
+        for batch in data.batches(10, shuffle=True, generator=g, bucket=bucket):
+            idx = batch.x[:, 0, 0].long()
+            seen += idx.tolist()
+            assert batch.mask.sum(1).tolist() == [lengths[i] for i in idx]
+            assert batch.x.shape[1] == max(lengths[i] for i in idx)
+        assert sorted(seen) == list(range(103))
+
+
+def test_bucketing_reduces_padding():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 100, (200,), generator=g).tolist()
+    data = _sequences(lengths)
+
+    def padded_steps(bucket):
+        gen = torch.Generator().manual_seed(1)
+        return sum(b.mask.numel() for b in data.batches(20, generator=gen, bucket=bucket))
+
+    assert padded_steps(True) < 0.7 * padded_steps(False)

@@ -1,0 +1,264 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import vaelab.train
+from vaelab.data import Batch, load_digits
+from vaelab.train import (
+    CHECKPOINT_FORMAT,
+    TrainConfig,
+    TrainingDiverged,
+    evaluate_elbo,
+    fit,
+    load_checkpoint,
+    load_model,
+)
+from vaelab.vae import VAE, VAEConfig
+
+
+@pytest.fixture(scope="module")
+def digits():
+    train, val, _ = load_digits()  # dynamically binarised: the data RNG matters on resume
+    return train.subset(slice(0, 160)), val.subset(slice(0, 48))
+
+
+def small_vae(x_dim: int = 64) -> VAE:
+    return VAE(VAEConfig(x_dim=x_dim, z_dim=2, hidden_dims=[16]))
+
+
+def config(tmp_path=None, **kw) -> TrainConfig:
+    base = {"epochs": 2, "batch_size": 32, "lr": 3e-3, "anneal_epochs": 1.0, "lr_decay": 0.99,
+            "progress": False, "device": "cpu",
+            "out_dir": None if tmp_path is None else str(tmp_path)}
+    return TrainConfig(**{**base, **kw})
+
+
+def timeless(history: list[dict]) -> list[dict]:
+    """History without the wall-clock field, which differs between runs."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+def test_same_seed_gives_identical_history(digits):
+    train, val = digits
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(123)  # fit must reseed itself: a different global state is ignored
+        model = small_vae()
+        torch.manual_seed(torch.randint(1000, ()).item() + len(runs))
+        runs.append(timeless(fit(model, train, val, config(epochs=1, seed=7))))
+    assert runs[0] == runs[1]
+    kinds = [r["kind"] for r in runs[0]]
+    assert kinds == ["train"] * 5 + ["val", "end"]
+    assert all(math.isfinite(r["nelbo"]) for r in runs[0] if r["kind"] != "end")
+    # annealing: weight rises linearly from min_kl_weight over one epoch (5 steps)
+    weights = [r["kl_weight"] for r in runs[0] if r["kind"] == "train"]
+    assert weights == pytest.approx([0.2 + 0.8 * s / 5 for s in range(5)])
+    # a different seed gives a different run
+    other = timeless(fit(small_vae(), train, val, config(epochs=1, seed=8)))
+    assert other != runs[0]
+
+
+def test_checkpoint_round_trip_gives_the_same_elbo(digits, tmp_path):
+    train, val = digits
+    model = small_vae()
+    fit(model, train, val, config(tmp_path, epochs=1), data_spec={"name": "digits"})
+    path = tmp_path / "checkpoint.pt"
+    loaded, ckpt = load_model(path)
+    assert not loaded.training
+    assert ckpt["format"] == CHECKPOINT_FORMAT and ckpt["model"] == "vae"
+    assert ckpt["config"]["hidden_dims"] == [16] and ckpt["data"] == {"name": "digits"}
+    assert ckpt["step"] == 5 and ckpt["epoch"] == 1
+    batch = Batch(torch.bernoulli(val.x[:10]))
+    torch.manual_seed(5)
+    expected = model.elbo(batch).elbo.detach()
+    torch.manual_seed(5)
+    torch.testing.assert_close(loaded.elbo(batch).elbo.detach(), expected, rtol=0, atol=0)
+    # the file is plain tensors and containers: loadable without unpickling code
+    raw = torch.load(path, weights_only=True)
+    assert raw["step"] == 5 and raw["history"] == ckpt["history"]
+
+
+def _params(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_params(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_resume_after_an_epoch_matches_a_straight_run(digits, tmp_path):
+    train, val = digits
+    torch.manual_seed(0)
+    straight = small_vae()
+    hist_straight = fit(straight, train, val, config(tmp_path / "a", epochs=2))
+
+    torch.manual_seed(0)
+    first = small_vae()
+    fit(first, train, val, config(tmp_path / "b", epochs=1))
+    torch.manual_seed(99)  # resuming must restore every random state itself
+    resumed = small_vae()
+    hist_resumed = fit(resumed, train, val, config(tmp_path / "b", epochs=2),
+                       resume=tmp_path / "b" / "checkpoint.pt")
+    _assert_same_params(_params(straight), _params(resumed))
+    assert timeless(hist_resumed) == timeless(hist_straight)
+
+
+def test_resume_from_a_mid_epoch_stop_matches_a_straight_run(digits, tmp_path):
+    train, val = digits
+    torch.manual_seed(0)
+    straight = small_vae()
+    hist_straight = fit(straight, train, val, config(tmp_path / "a", epochs=2))
+
+    torch.manual_seed(0)
+    first = small_vae()
+    hist_first = fit(first, train, val, config(tmp_path / "b", epochs=2, max_steps=7))
+    assert hist_first[-1]["step"] == 7
+    ckpt = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert (ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]) == (7, 1, 2)
+    resumed = small_vae()
+    hist_resumed = fit(resumed, train, val, config(tmp_path / "b", epochs=2),
+                       resume=tmp_path / "b" / "checkpoint.pt")
+    _assert_same_params(_params(straight), _params(resumed))
+    assert timeless(hist_resumed) == timeless(hist_straight)
+
+
+def test_interrupted_save_keeps_the_previous_checkpoint(digits, tmp_path, monkeypatch):
+    train, val = digits
+    fit(small_vae(), train, val, config(tmp_path, epochs=1))
+    path = tmp_path / "checkpoint.pt"
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(vaelab.train.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        fit(small_vae(), train, val, config(tmp_path, epochs=2), resume=path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary files
+    _, ckpt = load_model(path)
+    assert ckpt["step"] == 5
+
+
+def test_nan_loss_raises_and_keeps_the_last_checkpoint(digits, tmp_path, monkeypatch):
+    train, val = digits
+    model = small_vae()
+    path = tmp_path / "checkpoint.pt"
+    real_elbo, calls = model.elbo, []
+
+    def elbo(batch, analytic_kl=None):
+        terms = real_elbo(batch, analytic_kl)
+        if model.training:
+            calls.append(1)
+            if len(calls) == 7:  # the 7th training step, after the epoch-1 checkpoint
+                terms.log_likelihood = terms.log_likelihood * float("nan")
+        return terms
+
+    monkeypatch.setattr(model, "elbo", elbo)
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss at step 7.*checkpoint"):
+        fit(model, train, val, config(tmp_path, epochs=3))
+    loaded, ckpt = load_model(path)
+    assert ckpt["step"] == 5 and ckpt["epoch"] == 1
+    assert math.isfinite(evaluate_elbo(loaded, val)["nelbo"])
+
+
+def test_nan_parameter_raises_and_keeps_the_last_checkpoint(digits, tmp_path):
+    train, val = digits
+    model = small_vae()
+    path = tmp_path / "checkpoint.pt"
+
+    def poison(record):
+        # after the epoch-1 checkpoint (step 5), a weight turns NaN at step 6
+        if record["kind"] == "train" and record["step"] == 6:
+            assert load_checkpoint(path)["step"] == 5
+            with torch.no_grad():
+                model.encoder.net[0].weight[0, 0] = float("nan")
+
+    with pytest.raises(TrainingDiverged, match=r"non-finite .* at step 7"):
+        fit(model, train, val, config(tmp_path, epochs=3), callback=poison)
+    loaded, ckpt = load_model(path)
+    assert ckpt["step"] == 5
+    assert all(torch.isfinite(p).all() for p in loaded.parameters())
+    assert math.isfinite(evaluate_elbo(loaded, val)["nelbo"])
+
+
+def test_nan_gradient_raises(digits, monkeypatch):
+    train, _ = digits
+    model = small_vae()
+    # a finite loss whose gradient is NaN
+    real_elbo = model.elbo
+
+    def elbo(batch, analytic_kl=None):
+        terms = real_elbo(batch, analytic_kl)
+        nan_grad = torch.sqrt(terms.kl * 0 - 1e-30 * 0)  # sqrt(0): finite value, inf grad
+        terms.kl = terms.kl + nan_grad
+        return terms
+
+    monkeypatch.setattr(model, "elbo", elbo)
+    with pytest.raises(TrainingDiverged, match="non-finite gradient norm at step 1"):
+        fit(model, train, None, config(epochs=1))
+
+
+def test_callback_returning_false_stops_and_checkpoints(digits, tmp_path):
+    train, val = digits
+    seen = []
+
+    def stop_at_three(record):
+        seen.append(record["kind"])
+        return not (record["kind"] == "train" and record["step"] == 3)
+
+    history = fit(small_vae(), train, val, config(tmp_path, epochs=2), callback=stop_at_three)
+    assert history[-1] == {"kind": "end", "step": 3, "epoch": 0, "stopped": True}
+    assert seen == ["train"] * 3 + ["end"]
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert (ckpt["step"], ckpt["batch_in_epoch"]) == (3, 3)
+
+
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lr": 0.0}, "lr"),
+        ({"betas": (0.9, 1.0)}, "betas"),
+        ({"clip_norm": -1.0}, "clip_norm"),
+        ({"lr_decay": 1.5}, "lr_decay"),
+        ({"min_kl_weight": 2.0}, "min_kl_weight"),
+        ({"max_steps": 0}, "max_steps"),
+        ({"eval_every": -1}, "eval_every"),
+    ],
+)
+def test_bad_train_config_is_rejected(kw, field):
+    with pytest.raises(ValueError, match=rf"TrainConfig\.{field}=.* is out of range"):
+        TrainConfig(**kw)
+
+
+def test_unknown_device_is_rejected():
+    with pytest.raises(ValueError, match="unknown device 'gpu7'"):
+        TrainConfig(device="gpu7")
+
+
+def test_fit_rejects_a_model_of_the_wrong_size(digits):
+    train, val = digits
+    with pytest.raises(ValueError, match="model x_dim=10 but the data has 64 features"):
+        fit(small_vae(x_dim=10), train, val, config())
+
+
+def test_resume_rejects_a_missing_or_foreign_checkpoint(digits, tmp_path):
+    train, val = digits
+    with pytest.raises(FileNotFoundError, match="checkpoint .* not found"):
+        fit(small_vae(), train, val, config(), resume=tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    torch.save({"format": "something else"}, bad)
+    with pytest.raises(ValueError, match="is not a vaelab checkpoint"):
+        load_checkpoint(bad)
+    bad.write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="is not a readable vaelab checkpoint"):
+        load_checkpoint(bad)
