@@ -302,7 +302,14 @@ def fit(
             if i < state.batch_in_epoch:
                 continue  # resuming mid-epoch: replay the same order, skip what was done
             batch = batch.to(device)
-            terms = model.elbo(batch)
+            try:
+                terms = model.elbo(batch)
+            except ValueError as err:
+                # torch.distributions' argument checks reject NaN/inf parameters (or a scale
+                # of exactly 0) before the loss exists: that is divergence, not bad input
+                if "satisfy the constraint" in str(err) or not _all_finite(model):
+                    raise TrainingDiverged(_diverged("parameters", state.step, out)) from err
+                raise
             w = config.beta * kl_weight(state.step, anneal_steps, config.min_kl_weight)
             objective = loss(terms, w)
             if not torch.isfinite(objective):
@@ -355,6 +362,10 @@ def fit(
     bar.close()
     emit({"kind": "end", "step": state.step, "epoch": state.epoch, "stopped": stopped})
     return state.history
+
+
+def _all_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def _diverged(what: str, step: int, out: Path | None) -> str:
