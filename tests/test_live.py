@@ -6,8 +6,20 @@ import pytest
 import torch
 
 from vaelab.__main__ import make_model
-from vaelab.data import load_dataset
-from vaelab.live import TrainingRun, check_compatible, dataset_needs_path, start_run
+from vaelab.data import Batch, load_dataset
+from vaelab.live import (
+    Registry,
+    TrainingRun,
+    active_units,
+    check_compatible,
+    dataset_needs_path,
+    diagnose,
+    kl_per_dim,
+    latent_activity,
+    make_view,
+    reference_metrics,
+    start_run,
+)
 from vaelab.train import TrainConfig, load_model
 
 TIMEOUT = 60.0  # seconds; a tiny run takes well under one on two cores
@@ -172,3 +184,123 @@ def test_dataset_needs_path():
     assert dataset_needs_path("mnist")
     with pytest.raises(ValueError, match="unknown data set"):
         dataset_needs_path("nope")
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+
+def test_latent_activity_is_the_variance_of_posterior_means(digits):
+    train_data, val, _ = digits
+    model = make_model("vae", train_data, {"z_dim": 3, "hidden_dims": [16]}).eval()
+    batch = val.batch(torch.arange(50))
+    z = model.latents(batch)
+    activity = latent_activity(model, batch)
+    torch.testing.assert_close(activity, z.var(dim=0, unbiased=False), rtol=1e-4, atol=1e-7)
+    assert active_units(torch.tensor([0.5, 0.011, 0.009, 0.0])) == 2
+
+
+def test_a_constant_latent_dimension_is_inactive(digits):
+    train_data, val, _ = digits
+    model = make_model("vae", train_data, {"z_dim": 3, "hidden_dims": [16]}).eval()
+    with torch.no_grad():  # q(z_1 | x) ignores x: its mean is the same for every example
+        layer = model.encoder.net[-1]  # the MLP's output layer: [loc (Z), pre-scale (Z)]
+        layer.weight[1].zero_()  # output 1 is the loc of z_1 (loc and scale are chunked)
+        layer.bias[1] = 0.7
+    entry = diagnose(model, val.batch(torch.arange(100)))
+    assert entry["activity"][1] == pytest.approx(0.0, abs=1e-12)
+    assert entry["activity"][0] > 0.01 and entry["activity"][2] > 0.01
+    assert entry["active_units"] == 2
+
+
+def test_activity_of_sequences_uses_observed_steps_only():
+    class Echo(torch.nn.Module):  # posterior means = the observations themselves
+        config = type("C", (), {"z_dim": 1})()
+
+        def latents(self, batch):
+            return batch.x
+
+        def parameters(self):
+            yield torch.zeros(1)
+
+    x = torch.tensor([[[1.0], [3.0], [1e6]], [[2.0], [4.0], [5.0]]])  # [2, 3, 1]
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    activity = latent_activity(Echo(), Batch(x, mask=mask))
+    expected = torch.tensor([1.0, 3.0, 2.0, 4.0, 5.0]).var(unbiased=False)
+    torch.testing.assert_close(activity, expected[None])
+
+
+def test_vae_kl_per_dim_sums_to_the_analytic_kl(digits):
+    train_data, val, _ = digits
+    model = make_model("vae", train_data, {"z_dim": 4, "hidden_dims": [16]}).eval()
+    batch = val.batch(torch.arange(40))
+    per_dim = model.kl_per_dim(batch)
+    assert per_dim.shape == (4,) and bool((per_dim >= 0).all())
+    total = model.elbo(batch, analytic_kl=True).kl.mean()  # deterministic: analytic KL
+    torch.testing.assert_close(per_dim.sum(), total, rtol=1e-5, atol=1e-6)
+    # and each dimension by the closed form 0.5 * (mu^2 + s^2 - 1 - log s^2), written out
+    q = model.encoder(batch.x).base_dist
+    closed = 0.5 * (q.loc ** 2 + q.scale ** 2 - 1 - 2 * q.scale.log())
+    torch.testing.assert_close(per_dim, closed.mean(dim=0), rtol=1e-5, atol=1e-6)
+    assert kl_per_dim(model, batch).shape == (4,)
+
+
+def test_diagnose_without_kl_per_dim_or_latents():
+    train, _, _ = load_dataset("moons")
+    flow = make_model("realnvp", train, {"hidden_dim": 8})
+    assert diagnose(flow, train.batch(torch.arange(8))) == {}
+    train, val, _ = load_dataset("linear")
+    ssm = make_model("ssm", train, {"hidden_dim": 8, "rnn_dim": 8}).eval()
+    entry = diagnose(ssm, val.batch(torch.arange(4)))
+    assert len(entry["activity"]) == ssm.config.z_dim
+    if not hasattr(ssm, "kl_per_dim"):
+        assert entry["kl_per_dim"] is None
+
+
+def test_reference_metrics_give_the_exact_nll_of_the_true_system():
+    from vaelab.kalman import exact_nll as kalman_exact_nll
+
+    train, val, _ = load_dataset("linear")
+    ref = reference_metrics(train, val)
+    assert ref["exact_nll_val"] == pytest.approx(kalman_exact_nll(val.info["system"], val))
+    assert reference_metrics(*load_dataset("digits")[:2]) == {}
+
+
+def test_view_is_fixed_validation_examples(digits):
+    train_data, val, _ = digits
+    a, b = make_view(train_data, val), make_view(train_data, val)
+    torch.testing.assert_close(a.batch.x, b.batch.x)  # the same binarisation every time
+    assert len(a.batch) == 200 and "labels" not in a.info
+    torch.testing.assert_close(a.labels, val.info["labels"][:200])
+    seq = make_view(*load_dataset("jsb")[:2])
+    assert len(seq.batch) == 8 and seq.batch.mask is not None
+
+
+def test_registry_one_active_run_and_reattach(digits, tmp_path):
+    registry = Registry(keep=2)
+    train_data, val, _ = digits
+    run_id, run = registry.start(make_model("vae", train_data, {"hidden_dims": [8]}),
+                                 train_data, val, TrainConfig(progress=False, epochs=100,
+                                                              out_dir=str(tmp_path / "a")))
+    try:
+        assert registry.get(run_id) is run and registry.active() == (run_id, run)
+        with pytest.raises(RuntimeError, match="already"):
+            registry.start(make_model("vae", train_data, {}), train_data, val,
+                           TrainConfig(progress=False, max_steps=1))
+    finally:
+        run.stop()
+        assert run.join(TIMEOUT)
+    assert registry.active() is None and registry.get("nope") is None
+    ids = []
+    for i in range(2):
+        ids.append(registry.start(make_model("vae", train_data, {"hidden_dims": [8]}),
+                                  train_data, val, TrainConfig(progress=False, max_steps=1,
+                                                               out_dir=str(tmp_path / str(i))))[0])
+        assert registry.get(ids[-1]).join(TIMEOUT)
+    assert registry.get(run_id) is None and all(registry.get(i) for i in ids)  # keeps 2
+
+
+def test_run_diagnose_once_per_step(digits, tmp_path):
+    run = _run(digits, tmp_path, max_steps=2).start()
+    assert run.join(TIMEOUT)
+    first = run.diagnose()
+    assert first["step"] == 2 and run.diagnose() is first and len(run.diagnostics) == 1

@@ -22,7 +22,9 @@ def _history() -> list[dict]:
 def test_training_curves_one_axis_per_metric_with_val_markers():
     fig = plots.training_curves(_history())
     assert isinstance(fig, Figure)
-    assert [ax.get_title() for ax in fig.axes] == [title for _, title in plots.CURVES]
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[:5] == [title for _, title in plots.CURVES]
+    assert titles[5].startswith("active units")
     by_title = {ax.get_title(): ax for ax in fig.axes}
     nelbo = by_title["-ELBO (nats)"]
     assert len(nelbo.lines) == 2  # train line + validation markers
@@ -35,9 +37,63 @@ def test_training_curves_one_axis_per_metric_with_val_markers():
 
 def test_training_curves_empty_history_renders():
     fig = plots.training_curves([])
-    assert len(fig.axes) == len(plots.CURVES)
+    assert len(fig.axes) == len(plots.CURVES) + 1
     assert all(len(ax.lines) == 0 for ax in fig.axes)
     fig.savefig(__import__("io").BytesIO())  # draws under Agg
+
+
+def test_training_curves_exact_reference_and_active_units():
+    diagnostics = [{"step": 2, "active_units": 1, "activity": [0.5, 0.0, 0.0]},
+                   {"step": 5, "active_units": 2, "activity": [0.5, 0.2, 0.0]}]
+    fig = plots.training_curves(_history(), {"exact_nll_val": 44.5}, diagnostics)
+    nelbo, units = fig.axes[0], fig.axes[5]
+    exact = [line for line in nelbo.lines if "exact" in str(line.get_label())]
+    assert len(exact) == 1 and list(exact[0].get_ydata()) == [44.5, 44.5]  # horizontal line
+    np.testing.assert_array_equal(units.lines[0].get_xdata(), [2, 5])
+    np.testing.assert_array_equal(units.lines[0].get_ydata(), [1, 2])
+
+
+def test_latent_usage_bars_and_threshold():
+    entry = {"step": 7, "activity": [0.5, 0.001, 0.02], "active_units": 2,
+             "kl_per_dim": [1.0, 0.0, 0.25]}
+    fig = plots.latent_usage(entry)
+    kl_ax, act_ax = fig.axes
+    np.testing.assert_allclose([b.get_height() for b in kl_ax.patches], [1.0, 0.0, 0.25])
+    assert "2 of 3 active" in act_ax.get_title()
+    # inactive dimension drawn grey, active ones in colour
+    colours = [b.get_facecolor() for b in act_ax.patches]
+    assert colours[0] == colours[2] != colours[1]
+    assert len(plots.latent_usage({**entry, "kl_per_dim": None}).axes) == 1
+
+
+def test_flow_log_density_matches_the_flow_and_integrates_to_one():
+    train, _, _ = load_dataset("moons")
+    model = make_model("realnvp", train, {"hidden_dim": 16, "num_layers": 2}).double().eval()
+    context = torch.tensor([0.6, 0.8], dtype=torch.float64)
+    xs = torch.linspace(-9, 9, 301, dtype=torch.float64)
+    ys = torch.linspace(-8, 8, 281, dtype=torch.float64)
+    log_p = plots.flow_log_density(model, context, xs, ys)
+    assert log_p.shape == (281, 301)
+    # row i is y = ys[i], column j is x = xs[j]
+    point = torch.tensor([[xs[40], ys[200]]])
+    torch.testing.assert_close(log_p[200, 40], model.flow(context[None]).log_prob(point)[0])
+    # an independent check of the grid: a density integrates to 1 (Riemann sum on a wide box;
+    # the untrained flow is close to its Gaussian base, well inside the box)
+    mass = float(log_p.exp().sum() * (xs[1] - xs[0]) * (ys[1] - ys[0]))
+    assert abs(mass - 1) < 0.01
+
+
+def test_flow_density_one_axis_per_context_with_samples():
+    train, val, _ = load_dataset("moons")
+    model = make_model("realnvp", train, {"hidden_dim": 16, "num_layers": 2})
+    fig = plots.flow_density(model, val.a[:3], extent=2.0, resolution=20, n_samples=50)
+    assert len(fig.axes) == 3
+    for ax, a in zip(fig.axes, val.a[:3]):
+        assert len(ax.collections[-1].get_offsets()) == 50  # samples on top of the contours
+        assert f"{float(a[0]):.2f}" in ax.get_title()
+    with pytest.raises(ValueError, match="conditional flow"):
+        plots.flow_log_density(make_model("vae", load_dataset("digits")[0], {}), val.a[0],
+                               torch.zeros(2), torch.zeros(2))
 
 
 def test_image_grid_tiles_images_in_place():

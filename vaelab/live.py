@@ -5,6 +5,11 @@ through fit's ``callback``: every metrics record is appended to a locked list, a
 the parameters is taken between steps for plots, ``pause()`` makes the callback wait on an
 event and ``stop()`` makes it return ``False`` (fit then saves a checkpoint and ends). No
 Streamlit here, so it can be tested on its own.
+
+Also here, for the page: a :class:`Registry` of runs shared by every browser session of the
+server process (one training at a time; a reloaded page re-attaches by run id), the fixed
+validation view the figures use, and latent diagnostics (per-dimension KL, active units,
+exact log-likelihood of a known linear-Gaussian system).
 """
 
 from __future__ import annotations
@@ -15,13 +20,17 @@ import inspect
 import tempfile
 import threading
 import time
+import uuid
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from vaelab.data import DATASETS, Data
+from vaelab.data import DATASETS, Batch, Data
 from vaelab.train import TrainConfig, TrainingDiverged, fit, load_checkpoint
+
+ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016 (arXiv:1509.00519): active if Cov_x(E_q[z_u]) > this
 
 
 def dataset_needs_path(name: str) -> bool:
@@ -44,6 +53,100 @@ def check_compatible(model: nn.Module, data: Data, n: int = 2) -> None:
                          f"{data.name}: {e}") from None
     if terms.log_likelihood.shape != (len(batch),):
         raise ValueError(f"elbo must return [B] terms, got {list(terms.log_likelihood.shape)}")
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+
+@dataclasses.dataclass
+class View:
+    """A fixed set of validation examples for the figures: ``batch`` (fixed binarisation),
+    ``info`` (``Data.info`` without the labels) and ``labels [B]`` when the data has them."""
+
+    batch: Batch
+    info: dict
+    labels: Tensor | None = None
+
+
+def make_view(train: Data, val: Data | None, size: int | None = None) -> View:
+    """The first ``size`` examples of ``val`` (of ``train`` when there is no validation set):
+    by default 8 sequences or 256 static examples."""
+    data = val if val is not None and len(val) else train
+    size = size or (8 if data.is_sequence else 256)
+    index = torch.arange(min(len(data), size))
+    info = dict(data.info or {})
+    labels = info.pop("labels", None)
+    return View(data.batch(index, torch.Generator().manual_seed(0)), info,
+                None if labels is None else labels[index])
+
+
+def observed(z: Tensor, mask: Tensor | None) -> Tensor:
+    """Latents ``z [B, Z]`` as they are, ``z [B, T, Z]`` as ``[N, Z]`` over the observed steps
+    of ``mask [B, T]`` (all steps without a mask)."""
+    if z.dim() == 2:
+        return z
+    if z.dim() != 3:
+        raise ValueError(f"latents must be [B, Z] or [B, T, Z], got {list(z.shape)}")
+    return z.reshape(-1, z.shape[-1]) if mask is None else z[mask.to(z.device)]
+
+
+@torch.no_grad()
+def latent_activity(model: nn.Module, batch: Batch) -> Tensor:
+    """Returns the activity of every latent dimension, ``[Z]``: the variance across examples
+    (and observed time steps) of the posterior mean, Cov_x(E_q[z_u]) of Burda et al. 2016."""
+    z = observed(model.latents(batch), batch.mask)  # [N, Z]
+    return z.double().var(dim=0, unbiased=False).to(torch.float32)
+
+
+def active_units(activity: Tensor, threshold: float = ACTIVE_THRESHOLD) -> int:
+    """Returns how many dimensions have ``activity > threshold`` (the active units)."""
+    return int((activity > threshold).sum())
+
+
+@torch.no_grad()
+def kl_per_dim(model: nn.Module, batch: Batch) -> Tensor | None:
+    """Returns ``model.kl_per_dim(batch)`` ``[Z]`` when the model offers it (an optional
+    protocol method: the KL per latent dimension averaged over examples / observed steps),
+    else None."""
+    method = getattr(model, "kl_per_dim", None)
+    return None if method is None else method(batch).detach().to("cpu", torch.float32)
+
+
+def has_latents(model: nn.Module) -> bool:
+    """True for latent-variable models (config has ``z_dim``); a flow has none."""
+    return hasattr(getattr(model, "config", None), "z_dim")
+
+
+def diagnose(model: nn.Module, batch: Batch) -> dict:
+    """Returns ``{"activity": [Z], "active_units": int, "kl_per_dim": [Z] or None}`` as
+    lists of floats for ``model`` (eval mode) on ``batch``; ``{}`` for a model without latents."""
+    if not has_latents(model):
+        return {}
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    activity = latent_activity(model, batch).cpu()
+    kl = kl_per_dim(model, batch)
+    return {"activity": activity.tolist(), "active_units": active_units(activity),
+            "kl_per_dim": None if kl is None else kl.tolist()}
+
+
+def exact_nll(system, data: Data) -> float:
+    """Returns the exact -log p(x | a) per observed step of ``data`` under the linear-Gaussian
+    ``system`` (Kalman filter): the one place the dashboard calls vaelab.kalman."""
+    from vaelab import kalman
+
+    return float(kalman.exact_nll(system, data))
+
+
+def reference_metrics(train: Data, val: Data | None) -> dict:
+    """Figures known from the data alone: ``{"exact_nll_val": ...}`` (and ``_train`` on at
+    most 500 sequences) when ``Data.info`` carries the true linear-Gaussian ``system``."""
+    out = {}
+    for split, data in (("val", val), ("train", train)):
+        system = (data.info or {}).get("system") if data is not None else None
+        if system is not None and len(data):
+            out[f"exact_nll_{split}"] = exact_nll(system, data.subset(slice(0, 500)))
+    return out
 
 
 class TrainingRun:
@@ -77,6 +180,9 @@ class TrainingRun:
         self.snapshot_every = snapshot_every
         self._model = model
         self._template = copy.deepcopy(model).to("cpu")  # CPU twin that snapshots load into
+        self.view = make_view(train, val)  # what the page's figures show
+        self.reference = reference_metrics(train, val)
+        self.diagnostics: list[dict] = []  # one per diagnose() on a new step
         self._lock = threading.Lock()
         # a resumed run shows its whole history, as fit keeps it in the checkpoint
         self._records: list[dict] = [] if resume is None else list(
@@ -180,6 +286,17 @@ class TrainingRun:
             model.load_state_dict(state)
         return model.eval()
 
+    def diagnose(self) -> dict:
+        """Latent diagnostics (:func:`diagnose`) of the latest snapshot on :attr:`view`,
+        appended to :attr:`diagnostics` with its step, once per new step (called by the page
+        on its own thread, so training never waits for it). Returns the latest entry."""
+        step = self.step
+        if self.diagnostics and self.diagnostics[-1]["step"] == step:
+            return self.diagnostics[-1]
+        entry = {"step": step, **diagnose(self.model, self.view.batch)}
+        self.diagnostics.append(entry)
+        return entry
+
     # ------------------------------------------------------------------ worker
 
     def _copy_state(self) -> dict:
@@ -222,6 +339,44 @@ class TrainingRun:
             self._status = final
             self.ended_at = time.time()
         self._waiting.clear()
+
+
+class Registry:
+    """The runs of one server process, by id: every browser session sees the same ones, a
+    page stores its run's id (in the URL) and re-attaches to it after a reload, and
+    :meth:`start` refuses a second run while one is active. Keeps the ``keep`` latest."""
+
+    def __init__(self, keep: int = 8) -> None:
+        self.keep = keep
+        self._runs: OrderedDict[str, TrainingRun] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, run_id: str | None) -> TrainingRun | None:
+        with self._lock:
+            return self._runs.get(run_id) if run_id else None
+
+    def active(self) -> tuple[str, TrainingRun] | None:
+        """The id and run still training, paused or stopping, if any."""
+        with self._lock:
+            return next(((k, r) for k, r in self._runs.items() if r.active), None)
+
+    def start(self, *args, **kwargs) -> tuple[str, TrainingRun]:
+        """Make and start a :class:`TrainingRun` (same arguments); returns its id and the run.
+        Raises ``RuntimeError`` naming the fix when another run is active."""
+        with self._lock:
+            current = next((r for r in self._runs.values() if r.active), None)
+            run = start_run(current, *args, **kwargs)
+            run_id = uuid.uuid4().hex[:12]
+            self._runs[run_id] = run
+            while len(self._runs) > self.keep:
+                oldest = next(iter(self._runs))
+                if self._runs[oldest].active:
+                    break
+                del self._runs[oldest]
+        return run_id, run
+
+
+RUNS = Registry()  # the server's runs; module state survives Streamlit's script reruns
 
 
 def start_run(current: TrainingRun | None, *args, **kwargs) -> TrainingRun:

@@ -30,6 +30,7 @@ CURVES = (
     ("grad_norm", "gradient norm (before clipping)"),
 )
 VAL_KEYS = ("nelbo", "log_likelihood", "kl")
+ACTIVE_THRESHOLD = 0.01  # as vaelab.live.ACTIVE_THRESHOLD (Burda et al. 2016)
 
 
 def _cpu(t: Tensor | np.ndarray) -> np.ndarray:
@@ -50,12 +51,18 @@ def _lengths(mask: Tensor | None, b: int, t: int) -> list[int]:
 # ----------------------------------------------------------------------------- training
 
 
-def training_curves(history: Sequence[dict], figsize: tuple[float, float] = (13, 6)) -> Figure:
+def training_curves(history: Sequence[dict], reference: dict | None = None,
+                    diagnostics: Sequence[dict] | None = None,
+                    figsize: tuple[float, float] = (13, 6)) -> Figure:
     """Curves of a metrics history as written by :func:`vaelab.train.fit`.
 
-    One axis per entry of ``CURVES`` (five): the train records as a line against the step,
-    the validation records (``kind == "val"``) as markers on the -ELBO, log-likelihood and KL
-    axes. Units are those of the records (nats per observed step, per example for static data).
+    One axis per entry of ``CURVES`` and a sixth for the active units: the train records as a
+    line against the step, the validation records (``kind == "val"``) as markers on the
+    -ELBO, log-likelihood and KL axes. ``reference["exact_nll_val"]`` / ``["exact_nll_train"]``
+    (exact -log p(x) of the true system) are drawn as horizontal lines on the -ELBO axis;
+    ``diagnostics`` (entries ``{"step", "active_units", "activity"}`` from
+    :func:`vaelab.live.diagnose`) give the active-units axis. Units are those of the records
+    (nats per observed step, per example for static data).
     """
     train = [r for r in history if r.get("kind") == "train"]
     val = [r for r in history if r.get("kind") == "val"]
@@ -64,7 +71,6 @@ def training_curves(history: Sequence[dict], figsize: tuple[float, float] = (13,
     # doubles the drawing time
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.08, top=0.95, wspace=0.25, hspace=0.4)
     axes = fig.subplots(2, 3).ravel()
-    fig.delaxes(axes[-1])
     for ax, (key, title) in zip(axes, CURVES):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
@@ -79,8 +85,56 @@ def training_curves(history: Sequence[dict], figsize: tuple[float, float] = (13,
         if not points and not vpoints:
             ax.text(0.5, 0.5, "no records yet", ha="center", va="center",
                     transform=ax.transAxes, color="grey")
-    if any(r.get("kind") == "val" for r in history):
-        axes[0].legend(fontsize=8)
+    reference = reference or {}
+    for split, colour in (("train", "C2"), ("val", "C1")):
+        if f"exact_nll_{split}" in reference:
+            axes[0].axhline(reference[f"exact_nll_{split}"], color=colour, ls="--", lw=1,
+                            label=f"exact -log p(x), true system ({split})")
+    if val or reference:
+        axes[0].legend(fontsize=7)
+    ax = axes[-1]
+    ax.set_title(f"active units (Cov_x E_q[z_u] > {ACTIVE_THRESHOLD})", fontsize=10)
+    ax.set_xlabel("step")
+    points = [(d["step"], d["active_units"]) for d in diagnostics or () if "active_units" in d]
+    if points:
+        steps, values = zip(*points)
+        ax.plot(steps, values, "o-", ms=3, lw=1, color="C4")
+        z_dim = len(diagnostics[-1]["activity"])
+        ax.set_ylim(-0.3, z_dim + 0.3)
+        ax.axhline(z_dim, color="grey", lw=0.8, ls=":")
+    else:
+        ax.text(0.5, 0.5, "no latents" if diagnostics is None else "no records yet",
+                ha="center", va="center", transform=ax.transAxes, color="grey")
+    return fig
+
+
+def latent_usage(entry: dict, threshold: float = ACTIVE_THRESHOLD) -> Figure:
+    """Per-dimension view of posterior collapse for one diagnostics entry (see
+    :func:`vaelab.live.diagnose`): the KL of every latent dimension as bars when the model
+    offers ``kl_per_dim``, and the activity Cov_x(E_q[z_u]) of every dimension (log scale)
+    with the active-unit threshold; inactive dimensions in grey."""
+    activity = np.asarray(entry["activity"], dtype=np.float64)
+    kl = entry.get("kl_per_dim")
+    dims = np.arange(len(activity))
+    colours = np.where(activity > threshold, "C0", "lightgrey")
+    fig = Figure(figsize=(9, 3.2))
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.16, top=0.86, wspace=0.25)
+    axes = fig.subplots(1, 2 if kl is not None else 1, squeeze=False)[0]
+    ax = axes[-1]
+    ax.bar(dims, np.maximum(activity, 1e-8), color=colours)
+    ax.set_yscale("log")
+    ax.axhline(threshold, color="C3", ls="--", lw=1, label=f"threshold {threshold}")
+    ax.set_title(f"activity Cov_x(E_q[z_u]): {int((activity > threshold).sum())} of "
+                 f"{len(activity)} active (step {entry.get('step', '?')})", fontsize=10)
+    ax.set_xlabel("latent dimension u")
+    ax.set_xticks(dims)
+    ax.legend(fontsize=8)
+    if kl is not None:
+        kl = np.asarray(kl, dtype=np.float64)
+        axes[0].bar(dims, kl, color=colours)
+        axes[0].set_title(f"KL per dimension (nats; total {kl.sum():.3f})", fontsize=10)
+        axes[0].set_xlabel("latent dimension u")
+        axes[0].set_xticks(dims)
     return fig
 
 
@@ -149,6 +203,19 @@ def latent_traversal(model: nn.Module, image_shape: Sequence[int], dims: Sequenc
                   [f"z{d}" for d in dims])
     for spine in ax.spines.values():
         spine.set_visible(False)
+    return fig
+
+
+@torch.no_grad()
+def decoded_image(model: nn.Module, z_values: dict[int, float], image_shape: Sequence[int],
+                  title: str | None = None) -> Figure:
+    """The decoder mean E[x | z] as one image, ``z`` at the prior mean 0 except the dims in
+    ``z_values`` (dim -> value): the dashboard's latent sliders."""
+    p = next(model.parameters())
+    z = torch.zeros(1, model.config.z_dim, dtype=p.dtype, device=p.device)
+    for d, v in z_values.items():
+        z[0, int(d)] = float(v)
+    fig = image_grid(model.decode(z), image_shape, ncols=1, title=title, figsize=(3, 3.2))
     return fig
 
 
@@ -324,6 +391,54 @@ def piano_roll(x: Tensor, mask: Tensor | None = None, titles: Sequence[str] | No
     return fig
 
 
+# ----------------------------------------------------------------------------- flows
+
+
+@torch.no_grad()
+def flow_log_density(model: nn.Module, context: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
+    """Returns log p(x | a) of a conditional flow model (``model.flow(a)`` a distribution over
+    ``x [2]``) on the grid ``xs [Nx] x ys [Ny]``, ``[Ny, Nx]`` (row ``i`` is ``y = ys[i]``), for
+    one context ``context [A]``."""
+    flow = getattr(model, "flow", None)
+    if flow is None or model.config.x_dim != 2:
+        raise ValueError("density contours need a conditional flow model (model.flow(a)) over "
+                         "2-D x, such as realnvp on moons")
+    p = next(model.parameters())
+    gx, gy = torch.meshgrid(xs.to(p), ys.to(p), indexing="xy")  # [Ny, Nx] each
+    points = torch.stack([gx, gy], dim=-1).reshape(-1, 2)  # [Ny * Nx, 2]
+    a = context.to(p).reshape(1, -1).expand(len(points), -1)  # [Ny * Nx, A]
+    return flow(a).log_prob(points).reshape(gx.shape)
+
+
+@torch.no_grad()
+def flow_density(model: nn.Module, contexts: Tensor, extent: float = 2.5,
+                 resolution: int = 80, n_samples: int = 300) -> Figure:
+    """Density contours of p(x | a) for each context ``contexts [K, A]`` (one axis each, on
+    the square ``[-extent, extent]^2``) with ``n_samples`` samples x ~ p(x | a) on top."""
+    contexts = contexts[:, None] if contexts.dim() == 1 else contexts
+    k = len(contexts)
+    grid = torch.linspace(-extent, extent, resolution)
+    fig = Figure(figsize=(3.2 * k, 3.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, k, sharex=True, sharey=True))
+    model_was_training = model.training
+    model.eval()
+    try:
+        for ax, a in zip(axes, contexts):
+            density = flow_log_density(model, a, grid, grid).exp()
+            ax.contourf(_cpu(grid), _cpu(grid), _cpu(density), levels=12, cmap="Blues")
+            _, x = model.sample(n_samples, a=a.reshape(1, -1).expand(n_samples, -1).to(
+                next(model.parameters())))
+            x = _cpu(x)
+            ax.scatter(x[:, 0], x[:, 1], s=2, color="C3", alpha=0.5)
+            ax.set_xlim(-extent, extent)
+            ax.set_ylim(-extent, extent)
+            ax.set_aspect("equal")
+            ax.set_title("a = (" + ", ".join(f"{float(v):.2f}" for v in a) + ")", fontsize=9)
+    finally:
+        model.train(model_was_training)
+    return fig
+
+
 # ----------------------------------------------------------------------------- dashboard
 
 
@@ -336,7 +451,8 @@ def model_figures(model: nn.Module, batch: Batch, info: dict | None = None,
     (when the model has ``decode``) and the latent projection. Piano rolls
     (``info["kind"] == "piano_roll"``): data, reconstruction and sample rolls. Other sequences:
     latent paths (against ``batch.z`` when known), observations with their reconstructions,
-    and the latent projection. ``batch`` is a fixed set of
+    and the latent projection. A conditional flow over 2-D x (``model.flow``, contexts
+    ``batch.a``): density contours per context. ``batch`` is a fixed set of
     validation examples, ``labels [B]`` optional classes that colour static latents; the model
     is used as it is (pass a copy while it trains).
     """
@@ -371,6 +487,13 @@ def model_figures(model: nn.Module, batch: Batch, info: dict | None = None,
             _, x_sample = model.sample(k, steps=batch.x.shape[1])
             figures["sample (note probabilities)"] = piano_roll(x_sample)
             figures["latent space"] = latent_projection(z, batch.mask)
+        elif getattr(model, "flow", None) is not None and batch.a is not None \
+                and batch.x.shape[-1] == 2:
+            # a conditional flow: densities for a few contexts of the batch, samples on top
+            extent = float(batch.x.abs().max()) * 1.15
+            figures["density p(x | a) per context, samples on top"] = flow_density(
+                model, batch.a[:4], extent=extent)
+            figures["base points z = g^-1(x | a)"] = latent_projection(z, labels=labels)
         elif sequence:
             figures["latent paths"] = latent_trajectories(z, batch.z, batch.mask)
             figures["observations (solid) and reconstructions (dashed)"] = observation_paths(

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Normal, kl_divergence
 
 from vaelab.data import Batch
 from vaelab.distributions import BernoulliLogits, DiagGaussian, standard_normal
@@ -96,6 +97,15 @@ class VAE(nn.Module):
     def reconstruct(self, batch: Batch) -> Tensor:
         """Returns the decoder mean at the posterior mean, ``[B, X]``."""
         return self.decode(self.latents(batch))
+
+    @torch.no_grad()
+    def kl_per_dim(self, batch: Batch) -> Tensor:
+        """Returns KL(q(z_d | x) || N(0, 1)) per latent dimension, averaged over the batch,
+        ``[Z]``: the diagonal Gaussians' KL splits over dimensions, so it sums to the mean
+        analytic KL (the dashboard's view of posterior collapse)."""
+        q_z = self.encoder(self._check(batch)).base_dist  # Normal, batch [B, Z]
+        p_z = Normal(torch.zeros_like(q_z.loc), torch.ones_like(q_z.scale))
+        return kl_divergence(q_z, p_z).mean(dim=0)
 
     @torch.no_grad()
     def decode(self, z: Tensor) -> Tensor:
