@@ -311,3 +311,16 @@ def test_learnable_normal_reaches_closed_form_mle():
         opt.step()
     torch.testing.assert_close(dist.loc.detach(), data.mean(0), atol=1e-3, rtol=0)
     torch.testing.assert_close(dist.scale.detach(), data.std(0, correction=0), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("guide", GUIDES)
+def test_kl_per_dim_sums_to_the_elbo_kl(guide):
+    model = SSM(SSMConfig(guide=guide, rnn_dim=8, hidden_dim=16))
+    train, _, _ = load_linear(n_train=8, n_val=1, n_test=1, steps=6, min_steps=3)
+    batch = next(train.batches(8, shuffle=False))
+    torch.manual_seed(3)
+    per_dim = model.kl_per_dim(batch)
+    torch.manual_seed(3)  # the same guide path
+    terms = model.elbo(batch, analytic_kl=True)
+    assert per_dim.shape == (model.config.z_dim,)
+    torch.testing.assert_close(per_dim.sum(), terms.kl.sum() / terms.steps.sum())

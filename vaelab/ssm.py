@@ -39,7 +39,7 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Independent, Normal
+from torch.distributions import Independent, Normal, kl_divergence
 from torch.nn.functional import softplus
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -226,6 +226,15 @@ class SSM(nn.Module):
         kl = kl_term(q_z, p_z, z, analytic)  # [B, T]
         return ELBOTerms(masked_sum(log_px, mask), masked_sum(kl, mask),
                          mask.sum(dim=1).to(log_px.dtype))
+
+    @torch.no_grad()
+    def kl_per_dim(self, batch: Batch) -> Tensor:
+        """Returns KL(q(z_t | .) || p(z_t | z_{t-1}, a_{t-1})) per latent dimension, ``[Z]``,
+        averaged over observed steps along one sampled guide path (diagonal Gaussians)."""
+        x, a, mask = self._check(batch)
+        z, q_z = self._guide(x, a, mask, sample=True)  # [B, T, Z]
+        kl = kl_divergence(q_z.base_dist, self.prior(z, a).base_dist)  # [B, T, Z]
+        return kl[mask].mean(dim=0)
 
     @torch.no_grad()
     def sample(self, n: int, steps: int | None = None, a: Tensor | None = None):
