@@ -7,6 +7,7 @@ dashboard know models only through it and the protocol described in ``vaelab.obj
 
 from __future__ import annotations
 
+from vaelab.dmm import DMM, DMMIAF, DMMConfig, DMMIAFConfig
 from vaelab.flows import ConditionalFlowModel, RealNVPConfig
 from vaelab.ssm import SSM, SSMConfig
 from vaelab.vae import VAE, VAEConfig
@@ -15,7 +16,12 @@ MODELS: dict[str, tuple[type, type]] = {
     "vae": (VAEConfig, VAE),
     "ssm": (SSMConfig, SSM),
     "realnvp": (RealNVPConfig, ConditionalFlowModel),
+    "dmm": (DMMConfig, DMM),
+    "dmm_iaf": (DMMIAFConfig, DMMIAF),
 }
 
 __version__ = "0.1.0"
-__all__ = ["MODELS", "VAE", "VAEConfig"]
+__all__ = [
+    "DMM", "DMMIAF", "MODELS", "SSM", "VAE", "ConditionalFlowModel", "DMMConfig", "DMMIAFConfig",
+    "RealNVPConfig", "SSMConfig", "VAEConfig",
+]

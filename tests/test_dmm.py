@@ -1,0 +1,330 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Independent, Normal
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from tests.helpers import assert_every_parameter_gets_gradient
+from vaelab import MODELS
+from vaelab.data import Batch, load_jsb
+from vaelab.dmm import DMM, DMMIAF, DMMConfig, DMMIAFConfig, reverse_sequences
+from vaelab.objectives import importance_log_likelihood
+from vaelab.train import TrainConfig, evaluate_elbo, fit
+
+SMALL = {"x_dim": 6, "z_dim": 3, "emission_dim": 8, "transition_dim": 8, "rnn_dim": 10}
+
+
+def small_dmm(**kw) -> DMM:
+    return DMM(DMMConfig(**{**SMALL, **kw}))
+
+
+def small_dmm_iaf(**kw) -> DMMIAF:
+    return DMMIAF(DMMIAFConfig(**{**SMALL, "iaf_dim": 8, **kw}))
+
+
+def ragged_batch(lengths: list[int], x_dim: int = 6, pad: float = float("nan")) -> Batch:
+    t_max = max(lengths)
+    x = torch.bernoulli(torch.full((len(lengths), t_max, x_dim), 0.3))
+    mask = torch.arange(t_max) < torch.tensor(lengths)[:, None]
+    x[~mask] = pad
+    return Batch(x, mask=mask)
+
+
+# ----------------------------------------------------------------------------- reversal
+
+
+def test_reverse_sequences_matches_loop_and_round_trips():
+    x = torch.randn(4, 7, 3)
+    lengths = torch.tensor([7, 3, 1, 5])
+    expected = x.clone()
+    for b, n in enumerate(lengths.tolist()):
+        expected[b, :n] = x[b, :n].flip(0)
+    out = reverse_sequences(x, lengths)
+    assert torch.equal(out, expected)
+    assert torch.equal(reverse_sequences(out, lengths), x)
+    # works for [B, T] too (no feature axis)
+    assert torch.equal(reverse_sequences(x[..., 0], lengths), expected[..., 0])
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+@pytest.mark.parametrize("make", [small_dmm, small_dmm_iaf])
+def test_padding_never_changes_the_elbo(make):
+    model = make().double()
+    long = ragged_batch([8])
+    short = ragged_batch([5])
+    # the short sequence padded with NaN inside a batch with a longer one
+    x = torch.full((2, 8, 6), float("nan"), dtype=torch.float64)
+    x[0, :5], x[1] = short.x[0], long.x[0]
+    mask = torch.arange(8) < torch.tensor([5, 8])[:, None]
+    padded = Batch(x, mask=mask)
+    noise = torch.randn(2, 8, 3, dtype=torch.float64)
+    analytic_options = [False] if model.iaf is not None else [True, False]
+    for analytic in analytic_options:
+        alone = model.elbo(Batch(short.x.double()), analytic, noise=noise[:1, :5])
+        both = model.elbo(padded, analytic, noise=noise)
+        torch.testing.assert_close(both.log_likelihood[0], alone.log_likelihood[0])
+        torch.testing.assert_close(both.kl[0], alone.kl[0])
+        assert both.steps.tolist() == [5.0, 8.0]
+    # other padding values give the very same numbers, and NaN never reaches a gradient
+    zeros = Batch(torch.where(mask[..., None], x, 0.0), mask=mask)
+    a = model.elbo(padded, noise=noise)
+    b = model.elbo(zeros, noise=noise)
+    assert torch.equal(a.elbo, b.elbo)
+    a.elbo.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_mask_none_means_all_observed():
+    model = small_dmm()
+    batch = ragged_batch([6, 6], pad=0.0)
+    noise = torch.randn(2, 6, 3)
+    with_mask = model.elbo(batch, noise=noise)
+    without = model.elbo(Batch(batch.x), noise=noise)
+    torch.testing.assert_close(with_mask.elbo, without.elbo)
+
+
+# ----------------------------------------------------------------------------- KL
+
+
+def test_analytic_and_monte_carlo_kl_agree_in_expectation():
+    model = small_dmm()
+    with torch.no_grad():  # move the guide away from the prior so the KL is sizeable
+        model.combiner.hidden_to_loc_scale.bias.normal_()
+    batch = ragged_batch([7, 4])
+    n = 4000
+    with torch.no_grad():
+        analytic = model.elbo(batch, analytic_kl=True, samples=n).kl.view(n, 2)
+        mc = model.elbo(batch, analytic_kl=False, samples=n).kl.view(n, 2)
+    se = (analytic.var(dim=0) / n + mc.var(dim=0) / n).sqrt()
+    diff = analytic.mean(dim=0) - mc.mean(dim=0)
+    assert (analytic.mean(dim=0) > 20 * se).all()  # a non-trivial KL
+    assert (diff.abs() < 5 * se).all(), (diff, se)
+    # the analytic estimator has the smaller variance (why the paper uses it)
+    assert (analytic.var(dim=0) < mc.var(dim=0)).all()
+
+
+def test_monte_carlo_elbo_is_log_joint_minus_log_q():
+    """terms.elbo with analytic_kl=False is log p(x, z) - log q(z | x) for the sampled path,
+    checked against a step-by-step computation with the readable modules."""
+    model = small_dmm().double()
+    batch = Batch(ragged_batch([5]).x.double())
+    noise = torch.randn(1, 5, 3, dtype=torch.float64)
+    terms = model.elbo(batch, analytic_kl=False, noise=noise)
+    h_rnn = model.rnn_states(batch.x, torch.tensor([5]))
+    z_q, z_p, total = model.z_q_0[None], model.z_0[None], 0.0
+    for t in range(5):
+        q = model.combiner(z_q, h_rnn[:, t])
+        z = q.base_dist.loc + q.base_dist.scale * noise[:, t]
+        total = total + model.transition(z_p).log_prob(z) - q.log_prob(z)
+        total = total + model.emitter(z).log_prob(batch.x[:, t])
+        z_q = z_p = z
+    torch.testing.assert_close(terms.elbo, total)
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("make", [small_dmm, small_dmm_iaf])
+def test_every_parameter_gets_a_gradient(make):
+    assert_every_parameter_gets_gradient(make(), ragged_batch([6, 3, 4]))
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+def test_transition_starts_from_the_identity():
+    model = small_dmm(z_dim=5)
+    lin = model.transition.z_to_loc
+    assert torch.equal(lin.weight, torch.eye(5)) and torch.equal(lin.bias, torch.zeros(5))
+    z = torch.randn(7, 5)
+    tr = model.transition
+    gate = torch.sigmoid(tr.gate(z))
+    proposed = tr.proposed_mean(z)
+    p = tr(z)
+    torch.testing.assert_close(p.base_dist.loc, (1 - gate) * z + gate * proposed)
+    scale = torch.nn.functional.softplus(tr.z_to_scale(proposed.relu())) + 1e-3
+    torch.testing.assert_close(p.base_dist.scale, scale)
+
+
+def test_latents_follow_the_readable_combiner():
+    """The fast guide (RNN part projected for all steps) equals Combiner.forward step by step."""
+    model = small_dmm()
+    batch = ragged_batch([6, 4])
+    x = torch.where(batch.mask[..., None], batch.x, 0.0)
+    lengths = batch.lengths
+    h_rnn = model.rnn_states(x, lengths)
+    z = model.z_q_0.expand(2, -1)
+    means = []
+    for t in range(6):
+        z = model.combiner(z, h_rnn[:, t]).mean
+        means.append(z)
+    expected = torch.stack(means, dim=1) * batch.mask[..., None]
+    torch.testing.assert_close(model.latents(batch), expected)
+    recon = model.reconstruct(batch)
+    assert recon.shape == (2, 6, 6) and ((recon >= 0) & (recon <= 1)).all()
+
+
+def test_rnn_states_equal_a_packed_backward_rnn_at_observed_steps():
+    """Independent reference: the RNN over reversed, packed sequences (pack_padded_sequence),
+    which never sees padding at all."""
+    model = small_dmm()
+    batch = ragged_batch([6, 2, 4], pad=7.0)
+    lengths = batch.lengths
+    packed = pack_padded_sequence(reverse_sequences(batch.x, lengths), lengths,
+                                  batch_first=True, enforce_sorted=False)
+    out, _ = model.rnn(packed, model.h_0.expand(-1, 3, -1).contiguous())
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=6)
+    expected = reverse_sequences(out, lengths)
+    got = model.rnn_states(batch.x, lengths)
+    torch.testing.assert_close(got[batch.mask], expected[batch.mask])
+
+
+def test_rnn_states_summarise_the_future_only():
+    """h_rnn_t depends on x_{t:T}: changing x_s changes h_rnn_t for t <= s only."""
+    model = small_dmm()
+    x = torch.bernoulli(torch.full((1, 6, 6), 0.5))
+    lengths = torch.tensor([6])
+    h = model.rnn_states(x, lengths)
+    x2 = x.clone()
+    x2[0, 3] = 1 - x2[0, 3]
+    h2 = model.rnn_states(x2, lengths)
+    changed = (h - h2).abs().amax(dim=-1)[0] > 0
+    assert changed.tolist() == [True, True, True, True, False, False]
+
+
+@pytest.mark.parametrize("make", [small_dmm, small_dmm_iaf])
+def test_samples_share_one_rnn_pass_like_repeated_batches(make):
+    model = make()
+    batch = ragged_batch([5, 3])
+    noise = torch.randn(6, 5, 3)
+    analytic = model.config.analytic_kl
+    shared = model.elbo(batch, analytic, noise=noise, samples=3)
+    repeated = model.elbo(batch.repeat(3), analytic, noise=noise)
+    torch.testing.assert_close(shared.elbo, repeated.elbo)
+    torch.testing.assert_close(shared.steps, repeated.steps)
+
+
+def test_importance_log_likelihood_equals_the_generic_estimator():
+    model = small_dmm()
+    batch = ragged_batch([5, 3, 4])
+    torch.manual_seed(1)
+    fast = model.importance_log_likelihood(batch, num_samples=50, chunk_size=20)
+    torch.manual_seed(1)
+    generic = importance_log_likelihood(model, batch, num_samples=50, chunk_size=20)
+    torch.testing.assert_close(fast, generic)
+    with torch.no_grad():
+        elbo = model.elbo(batch, analytic_kl=False, samples=50).elbo.view(50, 3)
+    assert (fast > elbo.mean(dim=0)).all()  # log-mean-exp above the mean bound (Jensen)
+
+
+@pytest.mark.parametrize("make", [small_dmm, small_dmm_iaf])
+def test_sample_shapes_and_ranges(make):
+    z, x = make().sample(4, steps=9)
+    assert z.shape == (4, 9, 3) and x.shape == (4, 9, 6)
+    assert torch.isfinite(z).all() and ((x >= 0) & (x <= 1)).all()
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_short_training_on_jsb_lowers_the_negative_elbo():
+    train, _, _ = load_jsb()
+    subset = train.subset(slice(0, 30))
+    model = DMM(DMMConfig(z_dim=8, emission_dim=32, transition_dim=32, rnn_dim=48))
+    before = evaluate_elbo(model, subset, samples=3)["nelbo"]
+    config = TrainConfig(**{**DMM.train_defaults, "epochs": 15, "lr": 3e-3, "batch_size": 10,
+                            "anneal_epochs": 0, "progress": False, "eval_every": 0})
+    fit(model, subset, None, config)
+    after = evaluate_elbo(model, subset, samples=3)["nelbo"]
+    # from ~88 log 2 = 61 nats per step (coin flips) to well below it
+    assert before > 55 and after < before - 20, (before, after)
+
+
+def test_models_are_registered_with_valid_train_defaults():
+    assert MODELS["dmm"] == (DMMConfig, DMM)
+    assert MODELS["dmm_iaf"] == (DMMIAFConfig, DMMIAF)
+    config = TrainConfig(**DMM.train_defaults)
+    assert (config.batch_size, config.lr, config.betas) == (20, 3e-4, (0.96, 0.999))
+    assert math.isclose(config.lr_decay, 0.99996) and config.anneal_epochs == 1000
+    defaults = DMMConfig()
+    assert (defaults.z_dim, defaults.emission_dim, defaults.transition_dim,
+            defaults.rnn_dim, defaults.x_dim) == (100, 100, 200, 600, 88)
+    assert DMMIAFConfig().num_iafs == 1 and not DMMIAFConfig().analytic_kl
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_shapes_raise_and_name_the_fix():
+    model = small_dmm()
+    with pytest.raises(ValueError, match="add a time axis"):
+        model.elbo(Batch(torch.zeros(3, 6)))
+    with pytest.raises(ValueError, match="x_dim=4"):
+        model.elbo(Batch(torch.zeros(3, 5, 4)))
+    with pytest.raises(ValueError, match=r"mask must be bool \[B, T\]"):
+        model.elbo(Batch(torch.zeros(3, 5, 6), mask=torch.ones(3, 4, dtype=torch.bool)))
+    gap = torch.tensor([[True, False, True]])
+    with pytest.raises(ValueError, match="padding at the end"):
+        model.elbo(Batch(torch.zeros(1, 3, 6), mask=gap))
+    with pytest.raises(ValueError, match="at least one observed step"):
+        model.elbo(Batch(torch.zeros(1, 3, 6), mask=torch.zeros(1, 3, dtype=torch.bool)))
+    with pytest.raises(ValueError, match=r"noise must be \[2, 5, 3\]"):
+        model.elbo(ragged_batch([5, 2]), noise=torch.zeros(2, 5, 4))
+    with pytest.raises(ValueError, match="samples must be >= 1"):
+        model.elbo(ragged_batch([5, 2]), samples=0)
+    with pytest.raises(ValueError, match="n and steps must be >= 1"):
+        model.sample(0)
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"z_dim": 0}, "z_dim must be >= 1"),
+    ({"rnn_dim": -1}, "rnn_dim must be >= 1"),
+    ({"num_iafs": -1}, "num_iafs must be >= 0"),
+    ({"num_iafs": 1}, "set analytic_kl=False"),
+    ({"rnn_dropout": 0.2}, "set rnn_layers >= 2"),
+    ({"rnn_dropout": 1.0}, r"rnn_dropout must be in \[0, 1\)"),
+    ({"min_scale": 0.0}, "min_scale must be > 0"),
+    ({"rnn_nonlinearity": "sigmoid"}, "rnn_nonlinearity must be 'tanh' or 'relu'"),
+])
+def test_config_checks(kw, match):
+    with pytest.raises(ValueError, match=match):
+        DMMConfig(**kw)
+
+
+def test_iaf_guide_refuses_the_analytic_kl():
+    model = small_dmm_iaf()
+    with pytest.raises(ValueError, match="pass analytic_kl=False"):
+        model.elbo(ragged_batch([3]), analytic_kl=True)
+
+
+def test_two_layer_relu_rnn_with_dropout_runs():
+    model = small_dmm(rnn_layers=2, rnn_dropout=0.1, rnn_nonlinearity="relu")
+    assert model.rnn.nonlinearity == "relu"
+    terms = model.elbo(ragged_batch([4, 2]))
+    assert terms.elbo.shape == (2,) and torch.isfinite(terms.elbo).all()
+    assert model.h_0.shape == (2, 1, 10)
+
+
+def test_guide_is_a_normal_per_step_without_flows():
+    """Without IAFs the per-step guide is the Gaussian whose KL the analytic term uses."""
+    model = small_dmm()
+    q = model.combiner(torch.zeros(2, 3), torch.zeros(2, 10))
+    assert isinstance(q, Independent) and isinstance(q.base_dist, Normal)
+    assert q.event_shape == (3,) and (q.base_dist.scale >= 1e-3).all()
+
+
+def test_kl_per_dim_sums_to_the_elbo_kl():
+    model = DMM(DMMConfig(z_dim=4, emission_dim=8, transition_dim=8, rnn_dim=8))
+    train, _, _ = load_jsb()
+    batch = train.batch(torch.arange(5))
+    torch.manual_seed(3)
+    per_dim = model.kl_per_dim(batch)
+    torch.manual_seed(3)  # the same guide path
+    terms = model.elbo(batch, analytic_kl=True)
+    assert per_dim.shape == (4,)
+    torch.testing.assert_close(per_dim.sum(), terms.kl.sum() / terms.steps.sum())
