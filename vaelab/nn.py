@@ -143,3 +143,27 @@ class MADE(nn.Module):
             h = self.activation(layer(h))
         out = self.output(h)  # [..., K * D]
         return out.unflatten(-1, (self.num_outputs, self.in_dim))  # [..., K, D]
+
+
+def reverse_sequences(x: Tensor, lengths: Tensor) -> Tensor:
+    """Reverse each sequence in time over its own length; padding stays at the end.
+
+    Parameters
+    ----------
+    x : Tensor
+        ``[B, T, ...]`` padded sequences.
+    lengths : Tensor
+        ``[B]`` observed steps per sequence, each in ``1..T``.
+
+    Returns
+    -------
+    Tensor
+        ``[B, T, ...]`` with ``out[b, t] = x[b, lengths[b] - 1 - t]`` for ``t < lengths[b]``
+        and ``out[b, t] = x[b, t]`` after. Applying it twice gives ``x`` back.
+    """
+    t = torch.arange(x.shape[1], device=x.device)
+    lengths = lengths.to(x.device)
+    index = lengths[:, None] - 1 - t  # [B, T]
+    index = torch.where(index >= 0, index, t)  # padding maps to itself
+    index = index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(1, index)

@@ -46,7 +46,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from vaelab.data import Batch
 from vaelab.distributions import DiagGaussian, LearnableNormal
 from vaelab.kalman import LinearGaussianSSM
-from vaelab.nn import activation
+from vaelab.nn import activation, reverse_sequences
 from vaelab.objectives import ELBOTerms, kl_term, masked_sum
 
 GUIDES = ("filtering", "smoothing")
@@ -97,14 +97,6 @@ class LinearGaussian(nn.Module):
     def forward(self, *context: Tensor) -> Independent:
         loc = self.linear(context[0] if len(context) == 1 else torch.cat(context, dim=-1))
         return Independent(Normal(loc, self.scale.expand_as(loc)), 1)
-
-
-def reverse_sequences(x: Tensor, lengths: Tensor) -> Tensor:
-    """Reverse each sequence of ``x [B, T, D]`` within its own length (padding stays put);
-    its own inverse."""
-    t = torch.arange(x.shape[1], device=x.device)
-    index = torch.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)  # [B, T]
-    return x.gather(1, index[..., None].expand_as(x))
 
 
 class SSM(nn.Module):
