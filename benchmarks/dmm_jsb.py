@@ -22,25 +22,12 @@ import torch
 
 from vaelab.data import Data, load_jsb, load_polyphonic
 from vaelab.dmm import DMM, DMMConfig
-from vaelab.train import TrainConfig, evaluate_elbo, fit, select_device
+from vaelab.train import TrainConfig, evaluate_elbo, evaluate_nll, fit, select_device
 
 REFERENCES = {
     "jsb_chorales": {"neg_elbo": "Pyro 6.87, Krishnan et al. 6.926", "nll": "Krishnan 6.388"},
 }
 PICKLES = ("jsb_chorales", "nottingham", "piano_midi", "musedata")
-
-
-@torch.no_grad()
-def importance_nll(model: DMM, data: Data, num_samples: int, batch_size: int,
-                   chunk_size: int, device: torch.device) -> float:
-    """-log p(x) per observed step, importance-sampled with the guide (K paths, chunked)."""
-    model.eval()
-    total, steps = 0.0, 0.0
-    for batch in data.batches(batch_size, shuffle=False):
-        batch = batch.to(device)
-        total += float(model.importance_log_likelihood(batch, num_samples, chunk_size).sum())
-        steps += float(batch.mask.sum())
-    return -total / steps
 
 
 def run(name: str, splits: tuple[Data, Data, Data], args: argparse.Namespace) -> dict:
@@ -89,7 +76,7 @@ def run(name: str, splits: tuple[Data, Data, Data], args: argparse.Namespace) ->
         result[f"{split}_neg_elbo_bound"] = round(elbo["nelbo"], 4)
         result[f"{split}_kl"] = round(elbo["kl"], 4)
         if args.samples > 0:
-            result[f"{split}_nll_importance_K{args.samples}"] = round(importance_nll(
+            result[f"{split}_nll_importance_K{args.samples}"] = round(evaluate_nll(
                 model, data, args.samples, args.eval_batch_size, args.chunk_size, device), 4)
     result["evaluation_s"] = round(time.perf_counter() - t1, 1)
     return result
