@@ -67,7 +67,8 @@ def run(name: str, splits: tuple[Data, Data, Data], args: argparse.Namespace) ->
     # the first epoch includes warm-up (allocations, thread pools); report the rest
     steady = epoch_times[1:] or epoch_times
     result = {
-        "data": name, "model": model.name, "device": str(device), "threads": torch.get_num_threads(),
+        "data": name, "model": model.name, "device": str(device),
+        "threads": torch.get_num_threads(),
         "epochs": epochs, "training_s": round(wall, 1),
         "s_per_epoch": round(sorted(steady)[len(steady) // 2], 3),
         "s_per_epoch_first": round(epoch_times[0], 3) if epoch_times else None,

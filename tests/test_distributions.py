@@ -39,7 +39,8 @@ def test_diag_gaussian_scale_is_softplus_plus_min_scale():
 
 
 def test_independent_normal_log_prob_equals_hand_written_density():
-    loc, scale = torch.randn(4, 3, dtype=torch.float64), torch.rand(4, 3, dtype=torch.float64) + 0.1
+    loc = torch.randn(4, 3, dtype=torch.float64)
+    scale = torch.rand(4, 3, dtype=torch.float64) + 0.1
     x = torch.randn(4, 3, dtype=torch.float64)
     by_hand = (-0.5 * ((x - loc) / scale) ** 2 - torch.log(scale)
                - 0.5 * math.log(2 * math.pi)).sum(dim=-1)

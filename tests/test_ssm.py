@@ -253,7 +253,8 @@ def test_gap_equals_kl_to_exact_posterior(guide):
 
 def test_trained_guide_closes_the_gap():
     """With the true point-mass system frozen in the model, training only the smoothing guide
-    (< 20 s) shrinks log p - ELBO from 170 nats per step to below 2 nats per step (1.56 measured)."""
+    (< 20 s) shrinks log p - ELBO from 170 nats per step to below 2 nats per step (1.56
+    measured)."""
     train, _, test = load_linear(n_train=500, n_val=1, n_test=100, steps=10)
     sys = train.info["system"]
     model = SSM(SSMConfig(linear=True, guide="smoothing", rnn_dim=32))

@@ -145,7 +145,8 @@ class Data:
         else:
             order = torch.arange(n)
         if self.is_sequence and bucket and shuffle:
-            noise = torch.rand(n, generator=generator) * 0.1 * self.lengths.float().std().nan_to_num(0)
+            spread = 0.1 * self.lengths.float().std().nan_to_num(0)
+            noise = torch.rand(n, generator=generator) * spread
             order = torch.argsort(self.lengths.float() + noise)
         chunks = list(order.split(batch_size))
         if shuffle:
@@ -194,7 +195,8 @@ MNIST_FILES = {
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (gzip-compressed or not): uint8 images ``[N, 28, 28]`` or labels ``[N]``."""
+    """Read an IDX file (gzip-compressed or not): uint8 images ``[N, 28, 28]`` or labels
+    ``[N]``."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:

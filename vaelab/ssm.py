@@ -175,14 +175,16 @@ class SSM(nn.Module):
 
     # ------------------------------------------------------------------------- model
 
-    def _guide(self, x: Tensor, a: Tensor, mask: Tensor, sample: bool) -> tuple[Tensor, Independent]:
+    def _guide(self, x: Tensor, a: Tensor, mask: Tensor, sample: bool
+               ) -> tuple[Tensor, Independent]:
         size, steps, _ = x.shape
         h = self._backward_states(x, a, mask) if self.config.guide == "smoothing" else None
         z_prev = self.z_q0.expand(size, -1)  # [B, Z]
         a_prev = a.new_zeros(size, self.config.a_dim)
         zs, locs, scales = [], [], []
         for t in range(steps):  # sequential: z_t depends on the sampled z_{t-1}
-            context = (z_prev, a_prev, x[:, t]) if h is None else (z_prev, a_prev, x[:, t], h[:, t])
+            context = (z_prev, a_prev, x[:, t]) if h is None else (
+                z_prev, a_prev, x[:, t], h[:, t])
             q_t = self.combiner(*context)
             z_prev = q_t.rsample() if sample else q_t.mean  # reparameterised: gradients flow
             zs.append(z_prev)
