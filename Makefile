@@ -7,13 +7,22 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: app test install clean-venv
+.PHONY: app test install browser clean-venv
 
 app: $(STAMP)
 	$(VENV)/bin/streamlit run app.py --server.headless true
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(VENV)/bin/python -m pytest
+
+# The end-to-end dashboard test drives Debian's Chromium (never a browser download): install it
+# when missing, as root or through sudo; otherwise say how.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; \
+	  else echo "Chromium is missing: install it (apt-get install chromium) for the browser test"; \
+	  exit 1; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
 
 install: $(STAMP)
 
