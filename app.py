@@ -3,7 +3,7 @@ explore its latents.
 
 Run with ``streamlit run app.py``. A thin front end: models come from ``vaelab.MODELS``, data
 from ``vaelab.data.DATASETS``, the config is built like the CLI's, training is
-``vaelab.train.fit`` in a :class:`vaelab.live.TrainingRun` thread kept in the server-wide
+``vaelab.train.fit`` in a :class:`vaelab.live.TrainingRun` process kept in the server-wide
 :data:`vaelab.live.RUNS` registry (its id is in the URL, so a reloaded page re-attaches and a
 second training is refused), figures from ``vaelab.plots``. The page polls the run with
 ``st.fragment(run_every=...)``; figures are PNGs redrawn only on new records, at most every
@@ -25,14 +25,15 @@ from vaelab import MODELS, plots
 from vaelab.__main__ import _parse_sets, data_spec, make_model
 from vaelab.audio import piano_roll_wav
 from vaelab.data import DATASETS, load_dataset
-from vaelab.live import RUNS, check_compatible, dataset_needs_path
+from vaelab.live import RUNS, check_compatible, dataset_needs_path, warm_up
 from vaelab.train import TrainConfig, load_checkpoint, load_model
 
 POLL_SECONDS = 2.0  # how often the page looks at the run
 CURVE_SECONDS = 3.0  # training curves redrawn at most this often while training
 FIGURE_SECONDS = 15.0  # model figures (latents, samples) at most this often while training
-# Drawing holds the GIL (and a core) that training wants: while a run trains, a figure that
-# took d seconds to draw waits at least d / DRAW_BUDGET seconds before it is drawn again.
+# Training runs in its own process, so drawing never holds its GIL, but drawing still takes a
+# core it may want: while a run trains, a figure that took d seconds to draw waits at least
+# d / DRAW_BUDGET seconds before it is drawn again.
 DRAW_BUDGET = 0.05
 DPI = 90
 LEARNING_RATES = [1e-4, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2]
@@ -51,6 +52,7 @@ VIEWS = ("training curves", "latents and samples", "explore")
 
 st.set_page_config(page_title="vaelab", layout="wide")
 state = st.session_state
+warm_up()  # the training processes' fork server imports torch while the sidebar is filled in
 
 
 def field_defaults(config_cls: type) -> dict:

@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +25,7 @@ from vaelab.live import (
     reference_metrics,
     start_run,
 )
-from vaelab.train import TrainConfig, load_model
+from vaelab.train import TrainConfig, load_checkpoint, load_model
 
 TIMEOUT = 60.0  # seconds; a tiny run takes well under one on two cores
 
@@ -167,6 +172,84 @@ def test_resume_from_checkpoint_continues_the_count(digits, tmp_path):
     train_steps = [r["step"] for r in second.history if r["kind"] == "train"]
     assert train_steps == [1, 2, 3, 4, 5, 6, 7]  # the first four come from the checkpoint
     assert load_model(second.checkpoint_path)[1]["step"] == 7
+
+
+def test_training_goes_on_while_the_dashboard_holds_the_gil(digits, tmp_path):
+    # The point of the training process: a page busy in Python (script reruns, drawing) holds
+    # the dashboard's GIL, and a training thread would stand still meanwhile.
+    run = _run(digits, tmp_path, epochs=500).start()
+    try:
+        assert run.pid is not None and run.pid != os.getpid()
+        _wait(lambda: run.step >= 5)
+        t, s = time.monotonic(), run.step
+        time.sleep(1.0)
+        rate = (run.step - s) / (time.monotonic() - t)  # steps per second, undisturbed
+        before, t = run.step, time.monotonic()
+        sum(range(70_000_000))  # one C call: holds the GIL throughout (no thread runs)
+        held = time.monotonic() - t
+        time.sleep(0.15)  # the listener thread catches up with what was sent meanwhile
+        gained = run.step - before
+        assert held > 0.5, "the GIL was not held long enough to tell; raise the count"
+        # A thread would have gained only ~rate * 0.15 steps. The process trains throughout,
+        # if slower while the busy parent takes a core: a third of its speed is asked for.
+        assert gained > rate * (0.15 + held / 3), (gained, rate, held)
+    finally:
+        run.stop()
+        assert run.join(TIMEOUT)
+
+
+def test_killed_training_process_is_reported(digits, tmp_path):
+    run = _run(digits, tmp_path, epochs=500).start()
+    _wait(lambda: run.step >= 2)
+    os.kill(run.pid, signal.SIGKILL)
+    assert run.join(TIMEOUT) and not run.active
+    assert run.status == ("failed: the training process ended unexpectedly "
+                          "(killed by signal 9)")
+    assert isinstance(run.error, RuntimeError)
+    assert run.history and run.model is not None  # what came in before stays
+
+
+CHILD_OF_A_KILLED_PARENT = """
+import sys, time
+from vaelab.__main__ import make_model
+from vaelab.data import load_dataset
+from vaelab.live import TrainingRun
+from vaelab.train import TrainConfig
+train, val, _ = load_dataset("digits")
+run = TrainingRun(make_model("vae", train, {"hidden_dims": [16]}), train, val,
+                  TrainConfig(batch_size=64, epochs=500, progress=False, out_dir=sys.argv[1]),
+                  threads=1).start()
+while run.step < 3:
+    time.sleep(0.01)
+print(run.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_training_process_ends_when_the_dashboard_is_killed(tmp_path):
+    # no orphans: killed without a chance to clean up, the dashboard still stops its run,
+    # which saves a checkpoint on its way out
+    parent = subprocess.Popen([sys.executable, "-c", CHILD_OF_A_KILLED_PARENT, str(tmp_path)],
+                              cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        child = int(parent.stdout.readline())
+    finally:
+        parent.kill()
+        parent.wait(TIMEOUT)
+    end = time.monotonic() + TIMEOUT
+    while Path(f"/proc/{child}").exists() and time.monotonic() < end:
+        try:  # reap it if it is ours to reap (it is not: its parent is the fork server)
+            os.waitpid(child, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        status = Path(f"/proc/{child}/stat")
+        if status.exists() and status.read_text().split(") ")[-1].startswith("Z"):
+            break  # a zombie: it has ended, its parent has not collected it yet
+        time.sleep(0.05)
+    assert time.monotonic() < end, "the training process outlived the dashboard"
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["step"] >= 3 and ckpt["history"][-1]["kind"] == "train"
 
 
 def test_check_compatible_names_the_problem():

@@ -1,10 +1,13 @@
-"""Training in a background thread, watched and steered from another (the dashboard).
+"""Training in a separate process, watched and steered from the dashboard.
 
-:class:`TrainingRun` calls :func:`vaelab.train.fit` in a worker thread and talks to it only
-through fit's ``callback``: every metrics record is appended to a locked list, a CPU copy of
-the parameters is taken between steps for plots, ``pause()`` makes the callback wait on an
-event and ``stop()`` makes it return ``False`` (fit then saves a checkpoint and ends). No
-Streamlit here, so it can be tested on its own.
+:class:`TrainingRun` calls :func:`vaelab.train.fit` in a daemon process (forkserver, else
+spawn), so the page's script reruns and figure drawing, which hold the dashboard's GIL, never
+hold up training. It talks to the process only through fit's ``callback``, which runs there:
+metrics records come back over a queue in batches, a CPU copy of the parameters at most once
+a second (and on pause) for plots, ``pause()`` makes the callback wait on an event and
+``stop()`` makes it return ``False`` (fit then saves a checkpoint and ends). A listener
+thread in the dashboard keeps the history and status. No Streamlit here, so it can be tested
+on its own.
 
 Also here, for the page: a :class:`Registry` of runs shared by every browser session of the
 server process (one training at a time; a reloaded page re-attaches by run id), the fixed
@@ -14,13 +17,23 @@ exact log-likelihood of a known linear-Gaussian system).
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import copy
 import dataclasses
 import inspect
+import io
+import multiprocessing
+import pickle
+import queue
+import signal
+import sys
 import tempfile
 import threading
 import time
+import types
 import uuid
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 
@@ -43,7 +56,7 @@ def dataset_needs_path(name: str) -> bool:
 @torch.no_grad()
 def check_compatible(model: nn.Module, data: Data, n: int = 2) -> None:
     """Raise ``ValueError`` with the model's own message if ``model.elbo`` rejects a batch of
-    ``data`` (e.g. a static model on sequences), before any thread is started."""
+    ``data`` (e.g. a static model on sequences), before any training process is started."""
     batch = data.batch(torch.arange(min(n, len(data))))
     device = next(model.parameters()).device
     try:
@@ -149,28 +162,177 @@ def reference_metrics(train: Data, val: Data | None) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- training process
+
+FLUSH_SECONDS = 0.1  # the child sends its metrics records in batches at most this often
+PARENT_CHECK_SECONDS = 0.5  # how often the child looks whether the dashboard is still alive
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """forkserver where the platform has it: every child is forked from one small server that
+    has imported vaelab (and torch) once, so a start costs a fork, not an interpreter start;
+    never plain fork, as Streamlit and torch hold threads in the parent. spawn elsewhere."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        # torch._dynamo is imported by the first optimiser step (over a second): do it once
+        context.set_forkserver_preload(["vaelab", "vaelab.live", "torch._dynamo"])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+_CONTEXT = _context()
+
+
+@contextlib.contextmanager
+def _bare_main():
+    """Hide ``__main__`` while a process starts: multiprocessing would otherwise run the
+    parent's main script again in the child (under Streamlit that is app.py itself, and a
+    script without an ``if __name__ == "__main__"`` guard would start training again). The
+    child needs only vaelab, which the fork server has imported."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+def warm_up() -> None:
+    """Start the fork server now, in the background (it imports vaelab and torch once, a few
+    seconds), so that the first training starts at once; cheap when it already runs."""
+    if _CONTEXT.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
+def _state_bytes(model: nn.Module) -> bytes:
+    """The parameters of ``model`` as ``torch.save`` bytes of a CPU state dict (readable with
+    ``weights_only=True``; plain bytes cross the process boundary without shared memory)."""
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().to("cpu") for k, v in model.state_dict().items()}, buffer)
+    return buffer.getvalue()
+
+
+class _Reporter:
+    """fit's callback in the training process: batches records onto ``queue``, sends a
+    parameter snapshot at most every ``snapshot_every`` seconds (and on val/end records and
+    pauses), sits in ``go.wait`` while paused, and returns False once ``stop`` is set or the
+    dashboard process has died (fit then saves a checkpoint and ends)."""
+
+    def __init__(self, model: nn.Module, queue, go, stop, snapshot_every: float) -> None:
+        self.model, self.queue, self.go, self.stop = model, queue, go, stop
+        self.snapshot_every = snapshot_every
+        self.pending: list[dict] = []
+        self.last_flush = self.last_check = time.monotonic()
+        self.last_snapshot = -float("inf")
+
+    def flush(self) -> None:
+        if self.pending:
+            self.queue.put(("records", self.pending))  # never blocks: a feeder thread writes
+            self.pending = []
+        self.last_flush = time.monotonic()
+
+    def parent_alive(self) -> bool:
+        parent = multiprocessing.parent_process()
+        return parent is None or parent.is_alive()
+
+    def __call__(self, record: dict) -> bool:
+        # Runs between optimiser steps, so the parameters are consistent.
+        now = time.monotonic()
+        self.pending.append(dict(record))
+        snapshot = record["kind"] != "train" or now - self.last_snapshot >= self.snapshot_every
+        if snapshot or now - self.last_flush >= FLUSH_SECONDS:
+            self.flush()
+        if snapshot:
+            self.queue.put(("state", _state_bytes(self.model)))
+            self.last_snapshot = now
+        if now - self.last_check >= PARENT_CHECK_SECONDS:
+            self.last_check = now
+            if not self.parent_alive():
+                return False  # the dashboard was killed: save a checkpoint and end
+        if not self.go.is_set():
+            self.flush()
+            self.queue.put(("waiting", True, _state_bytes(self.model)))  # plots of a paused run
+            while not self.go.wait(PARENT_CHECK_SECONDS):
+                if not self.parent_alive():
+                    return False
+            self.queue.put(("waiting", False, None))
+        return not self.stop.is_set()
+
+
+def _train_in_child(payload: bytes, queue, go, stop, received, snapshot_every: float,
+                    threads: int | None) -> None:
+    """Entry point of the training process: unpickle model, data and config, run ``fit``
+    with a :class:`_Reporter`, and end with ``("done", status, error, final state bytes)``,
+    waiting until the dashboard sets ``received`` (or has died)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the dashboard's: it stops us
+    if threads is not None:
+        torch.set_num_threads(threads)
+    model = None
+    reporter = _Reporter(model, queue, go, stop, snapshot_every)
+    error: BaseException | None = None
+    try:
+        model, train, val, config, data_spec, resume = pickle.loads(payload)
+        reporter.model = model
+        history = fit(model, train, val, config, callback=reporter, resume=resume,
+                      data_spec=data_spec)
+        end = history[-1] if history else {}
+        final = "stopped" if end.get("stopped") else "finished"
+    except TrainingDiverged as e:
+        error, final = e, f"failed: {e}"
+    except Exception as e:  # noqa: BLE001 - reported to the page instead of lost
+        error, final = e, f"failed: {type(e).__name__}: {e}"
+    reporter.flush()
+    try:
+        pickle.dumps(error)
+    except Exception:  # noqa: BLE001 - an exception that cannot cross: send its text
+        error = RuntimeError(str(error))
+    try:
+        state = None if model is None else _state_bytes(model)
+    except Exception:  # noqa: BLE001 - a model broken by the failure: keep the last snapshot
+        state = None
+    queue.put(("done", final, error, state))
+    # Wait for the dashboard to take it all; a dead one never will, and then the queue's
+    # feeder thread, stuck on a full pipe, must not keep the process alive.
+    while not received.wait(PARENT_CHECK_SECONDS):
+        if not reporter.parent_alive():
+            queue.cancel_join_thread()
+            break
+    queue.close()
+
+
 class TrainingRun:
-    """One training run of ``fit`` in a daemon thread.
+    """One training run of ``fit`` in a separate daemon process.
+
+    The page's script reruns and figure drawing hold the dashboard's GIL; in a process of its
+    own, training never waits for them. The two sides talk through a queue (records in
+    batches, parameter snapshots as bytes, the final status) and two events (pause, stop);
+    a listener thread in the dashboard keeps :attr:`history` and :attr:`status` up to date.
 
     Parameters
     ----------
     model, train, val, config
-        As for :func:`vaelab.train.fit`. ``config.out_dir`` is the run folder holding
-        ``checkpoint.pt``; when it is None a fresh temporary folder is used.
+        As for :func:`vaelab.train.fit`; they are pickled into the training process, and
+        ``model`` receives the final parameters when the run ends. ``config.out_dir`` is the
+        run folder holding ``checkpoint.pt``; when it is None a fresh temporary folder is used.
     data_spec : dict, optional
         Stored in the checkpoint so the data can be reloaded.
     resume : path, optional
         A checkpoint to continue from (passed to ``fit``).
     snapshot_every : float
         Seconds between parameter copies for :attr:`model` while training.
+    threads : int, optional
+        ``torch.set_num_threads`` in the training process; None keeps torch's default.
 
     ``status`` is ``"not started"``, ``"running"``, ``"paused"``, ``"stopping"``,
-    ``"stopped"``, ``"finished"`` or ``"failed: <message>"``.
+    ``"stopped"``, ``"finished"`` or ``"failed: <message>"`` (also when the training process
+    dies, e.g. killed).
     """
 
     def __init__(self, model: nn.Module, train: Data, val: Data | None, config: TrainConfig,
                  data_spec: dict | None = None, resume: str | Path | None = None,
-                 snapshot_every: float = 1.0) -> None:
+                 snapshot_every: float = 1.0, threads: int | None = None) -> None:
         out_dir = config.out_dir or tempfile.mkdtemp(prefix="vaelab-run-")
         self.config = dataclasses.replace(config, out_dir=str(out_dir))
         self.model_name = getattr(model, "name", type(model).__name__)
@@ -178,6 +340,7 @@ class TrainingRun:
         self.resume_from = resume
         self.train, self.val = train, val
         self.snapshot_every = snapshot_every
+        self.threads = threads
         self._model = model
         self._template = copy.deepcopy(model).to("cpu")  # CPU twin that snapshots load into
         self.view = make_view(train, val)  # what the page's figures show
@@ -187,13 +350,16 @@ class TrainingRun:
         # a resumed run shows its whole history, as fit keeps it in the checkpoint
         self._records: list[dict] = [] if resume is None else list(
             load_checkpoint(resume)["history"])
-        self._state: dict | None = None  # latest CPU state dict taken between steps
-        self._snapshot_time = -float("inf")
-        self._go = threading.Event()  # set = run, clear = paused
+        self._state: bytes | None = None  # latest snapshot from the training process
+        self._decoded: tuple[bytes, dict] | None = None  # (bytes, state dict) cache
+        self._go = _CONTEXT.Event()  # set = run, clear = paused
         self._go.set()
-        self._waiting = threading.Event()  # set while the worker sits paused in the callback
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._stop = _CONTEXT.Event()
+        self._queue = _CONTEXT.Queue()
+        self._received = _CONTEXT.Event()  # the listener has the child's last message
+        self._waiting = threading.Event()  # set while the child sits paused in the callback
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._listener: threading.Thread | None = None
         self._status = "not started"
         self.error: BaseException | None = None
         self.started_at: float | None = None
@@ -202,15 +368,28 @@ class TrainingRun:
     # ------------------------------------------------------------------ control
 
     def start(self) -> TrainingRun:
-        """Start the worker thread; a run starts once."""
+        """Start the training process (and the thread listening to it); a run starts once."""
         with self._lock:
-            if self._thread is not None:
+            if self._process is not None:
                 raise RuntimeError("this TrainingRun was already started; make a new one")
+            try:
+                payload = pickle.dumps((self._model, self.train, self.val, self.config,
+                                        self.data_spec, self.resume_from))
+            except (pickle.PicklingError, TypeError, AttributeError) as e:
+                raise ValueError(f"cannot send the model and data to the training process "
+                                 f"({e}); use a model from vaelab.MODELS") from None
+            self._process = _CONTEXT.Process(
+                target=_train_in_child, name=f"vaelab-{self.model_name}", daemon=True,
+                args=(payload, self._queue, self._go, self._stop, self._received,
+                      self.snapshot_every, self.threads))
             self._status = "running"
             self.started_at = time.time()
-            self._thread = threading.Thread(target=self._work, name=f"vaelab-{self.model_name}",
-                                            daemon=True)
-        self._thread.start()
+            with _bare_main():
+                self._process.start()
+            self._listener = threading.Thread(target=self._listen, daemon=True,
+                                              name=f"vaelab-{self.model_name}-listener")
+            self._listener.start()
+        _STARTED.add(self)
         return self
 
     def pause(self) -> None:
@@ -236,13 +415,13 @@ class TrainingRun:
             self._go.set()
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for the worker to end; True if it has."""
-        if self._thread is not None:
-            self._thread.join(timeout)
+        """Wait for the run to end (process gone, every record received); True if it has."""
+        if self._listener is not None:
+            self._listener.join(timeout)
         return not self.active
 
     def wait_paused(self, timeout: float | None = None) -> bool:
-        """Wait until the worker actually sits paused; True if it does."""
+        """Wait until the training process actually sits paused; True if it does."""
         return self._waiting.wait(timeout)
 
     # ------------------------------------------------------------------ state
@@ -254,12 +433,18 @@ class TrainingRun:
 
     @property
     def active(self) -> bool:
-        """True while the worker thread is alive (running, paused or stopping)."""
-        return self._thread is not None and self._thread.is_alive()
+        """True until the run has ended and its last message is in (running, paused or
+        stopping)."""
+        return self._listener is not None and self._listener.is_alive()
+
+    @property
+    def pid(self) -> int | None:
+        """The training process's id once started."""
+        return None if self._process is None else self._process.pid
 
     @property
     def history(self) -> list[dict]:
-        """A copy of the metrics records so far."""
+        """A copy of the metrics records received so far."""
         with self._lock:
             return list(self._records)
 
@@ -276,20 +461,24 @@ class TrainingRun:
     @property
     def model(self) -> nn.Module:
         """A CPU copy of the model in eval mode, with the parameters of the latest snapshot
-        (taken between steps), or the trained model's parameters once the worker has ended."""
+        (taken between steps, at most every ``snapshot_every`` s), or the final parameters
+        once the run has ended."""
         with self._lock:
-            state = self._state
-        if not self.active and self._thread is not None:
-            state = self._copy_state()
+            data, decoded = self._state, self._decoded
         model = copy.deepcopy(self._template)
-        if state is not None:
-            model.load_state_dict(state)
+        if data is not None:
+            if decoded is None or decoded[0] is not data:
+                decoded = (data, torch.load(io.BytesIO(data), weights_only=True))
+                with self._lock:
+                    self._decoded = decoded
+            model.load_state_dict(decoded[1])
         return model.eval()
 
     def diagnose(self) -> dict:
         """Latent diagnostics (:func:`diagnose`) of the latest snapshot on :attr:`view`,
-        appended to :attr:`diagnostics` with its step, once per new step (called by the page
-        on its own thread, so training never waits for it). Returns the latest entry."""
+        appended to :attr:`diagnostics` with its step, once per new step (called by the page,
+        in the dashboard's process, so training never waits for it). Returns the latest
+        entry."""
         step = self.step
         if self.diagnostics and self.diagnostics[-1]["step"] == step:
             return self.diagnostics[-1]
@@ -297,48 +486,72 @@ class TrainingRun:
         self.diagnostics.append(entry)
         return entry
 
-    # ------------------------------------------------------------------ worker
+    # ------------------------------------------------------------------ listener
 
-    def _copy_state(self) -> dict:
-        return {k: v.detach().to("cpu", copy=True) for k, v in self._model.state_dict().items()}
-
-    def _callback(self, record: dict) -> bool:
-        # Runs on the worker thread between optimiser steps, so the parameters are consistent.
-        now = time.monotonic()
-        if record["kind"] != "train" or now - self._snapshot_time >= self.snapshot_every:
-            state = self._copy_state()
-            self._snapshot_time = now
-        else:
-            state = None
-        with self._lock:
-            self._records.append(dict(record))
-            if state is not None:
-                self._state = state
-        if not self._go.is_set():
-            self._waiting.set()
-            with self._lock:
-                self._state = self._copy_state()  # plots of a paused run show its last step
-            self._go.wait()
-            self._waiting.clear()
-        return not self._stop.is_set()
-
-    def _work(self) -> None:
-        try:
-            history = fit(self._model, self.train, self.val, self.config,
-                          callback=self._callback, resume=self.resume_from,
-                          data_spec=self.data_spec)
-            end = history[-1] if history else {}
-            final = "stopped" if end.get("stopped") else "finished"
-        except TrainingDiverged as e:
-            self.error = e
-            final = f"failed: {e}"
-        except Exception as e:  # noqa: BLE001 - reported to the page instead of lost
-            self.error = e
-            final = f"failed: {type(e).__name__}: {e}"
+    def _listen(self) -> None:
+        # A thread of the dashboard's process: receives what the child sends until "done",
+        # or notices that the child has died without saying so.
+        process, final, error, state = self._process, None, None, None
+        while final is None:
+            try:
+                message = self._queue.get(timeout=0.25)
+            except queue.Empty:
+                if process.is_alive():
+                    continue
+                try:  # gone: take what it wrote before it ended
+                    message = self._queue.get(timeout=1.0)
+                except queue.Empty:
+                    break
+            kind = message[0]
+            if kind == "records":
+                with self._lock:
+                    self._records.extend(message[1])
+            elif kind == "state":
+                with self._lock:
+                    self._state = message[1]
+            elif kind == "waiting":
+                if message[1]:
+                    with self._lock:
+                        self._state = message[2]
+                    self._waiting.set()
+                else:
+                    self._waiting.clear()
+            elif kind == "done":
+                final, error, state = message[1:]
+                self._received.set()
+        process.join(None if final is not None else 5.0)
+        if final is None:
+            code = process.exitcode
+            how = f"killed by signal {-code}" if code is not None and code < 0 else \
+                f"exit code {code}"
+            final = f"failed: the training process ended unexpectedly ({how})"
+            error = RuntimeError(final[len("failed: "):])
+        if state is not None:
+            with torch.no_grad():  # the model passed in ends trained, as with fit itself
+                self._model.load_state_dict(torch.load(io.BytesIO(state), weights_only=True))
         with self._lock:
             self._status = final
+            self.error = error
+            if state is not None:
+                self._state = state
             self.ended_at = time.time()
         self._waiting.clear()
+        self._queue.close()
+
+
+_STARTED: weakref.WeakSet[TrainingRun] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all(timeout: float = 10.0) -> None:
+    """On the dashboard's exit, stop every run so it saves a checkpoint; the training
+    processes are daemons, so multiprocessing ends any that are still there afterwards."""
+    runs = [run for run in list(_STARTED) if run.active]
+    for run in runs:
+        run.stop()
+    end = time.monotonic() + timeout
+    for run in runs:
+        run.join(max(0.0, end - time.monotonic()))
 
 
 class Registry:

@@ -1,0 +1,161 @@
+"""How much the dashboard slows training: steps per second of the same run (vae on digits,
+the dashboard's default sizes, torch 1 thread in the trainer) alone, through
+:class:`vaelab.live.TrainingRun` without a page, and inside ``streamlit run app.py`` with a
+headless Chromium page attached showing the training curves. The two conditions alternate
+(A/B/A/B...) in one run so that background load affects both alike; each pair gives a
+slowdown, and the mean and spread of those are printed.
+
+Speeds come from the trainer's own clock: the ``seconds`` of every train record (time since
+the previous one, validation and checkpoints included) over steps ``warmup+1 ...
+warmup+steps``, read from the run's history (alone) or from its checkpoint (in the page).
+
+    python benchmarks/dashboard_overhead.py --steps 1500 --warmup 100 --rounds 3
+
+Needs Debian's Chromium at /usr/bin/chromium and the ``playwright`` package (test extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def speed(history: list[dict], warmup: int, steps: int) -> float:
+    """Steps per second over train steps ``warmup+1 ... warmup+steps`` of ``history``."""
+    seconds = [r["seconds"] for r in history
+               if r["kind"] == "train" and warmup < r["step"] <= warmup + steps]
+    if len(seconds) != steps:
+        raise RuntimeError(f"expected {steps} timed steps, got {len(seconds)}")
+    return steps / sum(seconds)
+
+
+def alone(warmup: int, steps: int, out: Path) -> float:
+    """Steps/s of the run through TrainingRun, no page, no server work."""
+    from vaelab.__main__ import make_model
+    from vaelab.data import load_dataset
+    from vaelab.live import TrainingRun
+    from vaelab.train import TrainConfig
+
+    train, val, _ = load_dataset("digits")
+    model = make_model("vae", train, {})  # the dashboard's defaults are the config's
+    config = TrainConfig(**{**getattr(model, "train_defaults", {}), "epochs": 100000,
+                            "device": "cpu", "max_steps": warmup + steps, "progress": False,
+                            "out_dir": str(out)})
+    run = TrainingRun(model, train, val, config, data_spec={"name": "digits"},
+                      threads=1).start()
+    if not run.join(3600) or run.status != "finished":
+        raise RuntimeError(f"the run ended as {run.status!r}")
+    return speed(run.history, warmup, steps)
+
+
+def in_page(browser, url: str, warmup: int, steps: int, out: Path) -> float:
+    """Steps/s of the run started from the page, the training curves on screen throughout."""
+    from playwright.sync_api import expect
+
+    from vaelab.train import load_checkpoint
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1700})
+    page.set_default_timeout(3_600_000)
+    expect.set_options(timeout=3_600_000)
+    try:
+        page.goto(url)
+        expect(page.get_by_text("press Train")).to_be_visible()
+        for label, value in (("epochs", "100000"), ("max steps, in total (0 = no limit)",
+                                                    str(warmup + steps)),
+                             ("runs folder", str(out))):
+            box = page.get_by_label(label, exact=True)
+            box.fill(value)
+            box.press("Enter")
+        train = page.get_by_test_id("stButton").get_by_role("button", name="Train", exact=True)
+        expect(train).to_be_enabled()
+        train.click()
+        expect(page.get_by_text(re.compile(r"curves drawn at step [1-9]"))).to_be_visible()
+        expect(page.get_by_text(re.compile(r"status: finished"))).to_be_visible()
+    except BaseException:
+        page.screenshot(path=str(out.parent / "failed.png"), full_page=True)
+        print(f"the page, when it failed: {out.parent / 'failed.png'}", file=sys.stderr)
+        raise
+    finally:
+        page.close()
+    checkpoints = sorted(out.glob("*/checkpoint.pt"), key=lambda p: p.stat().st_mtime)
+    return speed(load_checkpoint(checkpoints[-1])["history"], warmup, steps)
+
+
+def serve(port: int, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1",  # the trainer's torch: 1 thread
+           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    with open(log, "w") as f:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+             "--server.address", "127.0.0.1", "--server.port", str(port),
+             "--server.fileWatcherType", "none"], cwd=ROOT, stdout=f,
+            stderr=subprocess.STDOUT, env=env)
+    end = time.monotonic() + 120
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
+                return server
+        except OSError:
+            if server.poll() is not None:
+                break
+            time.sleep(0.5)
+    server.terminate()
+    raise RuntimeError(f"streamlit did not start:\n{log.read_text()[-2000:]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=1500, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=100, help="untimed steps first")
+    parser.add_argument("--rounds", type=int, default=3, help="A/B pairs")
+    parser.add_argument("--port", type=int, default=8597)
+    args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = "1"
+    from playwright.sync_api import sync_playwright
+
+    work = Path(tempfile.mkdtemp(prefix="vaelab-overhead-"))
+    server = serve(args.port, work / "streamlit.log")
+    results = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                        headless=True)
+            try:
+                for i in range(args.rounds):
+                    a = alone(args.warmup, args.steps, work / f"alone{i}")
+                    b = in_page(browser, f"http://127.0.0.1:{args.port}", args.warmup,
+                                args.steps, work / f"page{i}")
+                    results.append((a, b, 100 * (1 - b / a)))
+                    print(f"round {i + 1}: alone {a:7.1f} steps/s   with page {b:7.1f} steps/s"
+                          f"   slowdown {results[-1][2]:5.1f} %", flush=True)
+            finally:
+                browser.close()
+    finally:
+        server.terminate()
+        server.wait(30)
+    slow = [r[2] for r in results]
+    spread = statistics.stdev(slow) if len(slow) > 1 else float("nan")
+    print(f"vae on digits, {args.steps} steps after {args.warmup}, torch 1 thread, "
+          f"{os.cpu_count()} CPUs")
+    print(f"alone     {statistics.mean(r[0] for r in results):7.1f} steps/s (mean)")
+    print(f"with page {statistics.mean(r[1] for r in results):7.1f} steps/s (mean)")
+    print(f"slowdown  {statistics.mean(slow):5.1f} % +- {spread:.1f} (sd over {len(slow)} "
+          f"pairs; min {min(slow):.1f}, max {max(slow):.1f})")
+
+
+if __name__ == "__main__":
+    main()
