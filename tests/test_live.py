@@ -191,8 +191,9 @@ def test_training_goes_on_while_the_dashboard_holds_the_gil(digits, tmp_path):
         gained = run.step - before
         assert held > 0.5, "the GIL was not held long enough to tell; raise the count"
         # A thread would have gained only ~rate * 0.15 steps. The process trains throughout,
-        # if slower while the busy parent takes a core: a third of its speed is asked for.
-        assert gained > rate * (0.15 + held / 3), (gained, rate, held)
+        # if slower while the busy parent takes a core (and more so on a loaded 2-core CI
+        # machine, where a third of its speed was too much to ask): a tenth is asked for.
+        assert gained > rate * (0.15 + held / 10), (gained, rate, held)
     finally:
         run.stop()
         assert run.join(TIMEOUT)
