@@ -43,7 +43,15 @@ def run(name: str, splits: tuple[Data, Data, Data], args: argparse.Namespace) ->
                             "device": args.device, "eval_every": args.eval_every,
                             "checkpoint_every": max(1, args.eval_every),
                             "out_dir": args.out and str(Path(args.out) / name),
-                            "progress": args.progress})
+                            "progress": args.progress,
+                            **({} if args.weight_decay is None
+                               else {"weight_decay": args.weight_decay})})
+    resume = None
+    if args.resume:
+        if not config.out_dir or not (Path(config.out_dir) / "checkpoint.pt").exists():
+            raise SystemExit(f"--resume needs a checkpoint in --out: "
+                             f"{config.out_dir}/checkpoint.pt does not exist")
+        resume = Path(config.out_dir) / "checkpoint.pt"
     epoch_times: list[float] = []
     mark = [time.perf_counter()]
 
@@ -61,7 +69,7 @@ def run(name: str, splits: tuple[Data, Data, Data], args: argparse.Namespace) ->
             print(f"  epoch {record['epoch']}: val -ELBO {record['nelbo']:.3f}", flush=True)
 
     t0 = time.perf_counter()
-    history = fit(model, train, val, config, callback=callback)
+    history = fit(model, train, val, config, callback=callback, resume=resume)
     wall = time.perf_counter() - t0
     epochs = history[-1]["epoch"]
     # the first epoch includes warm-up (allocations, thread pools); report the rest
@@ -122,6 +130,10 @@ def main() -> None:
     p.add_argument("--eval-val", action="store_true", help="also report the validation set")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder for checkpoints (one per data set)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint in --out (up to --epochs in all)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="L2 weight decay (default: the DMM's, Pyro's 2.0 rescaled to our loss)")
     p.add_argument("--progress", action="store_true", help="tqdm bar")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's, one per core)")

@@ -184,6 +184,30 @@ def test_rnn_states_equal_a_packed_backward_rnn_at_observed_steps():
     torch.testing.assert_close(got[batch.mask], expected[batch.mask])
 
 
+def test_fast_guide_equals_the_plain_loop_with_the_same_gradients():
+    """The guide's hand-written backward (_CombinerScan) against autograd through the loop."""
+    model = small_dmm().double()
+    batch = ragged_batch([7, 4, 1])
+    x, _, lengths = model._check(Batch(batch.x.double(), mask=batch.mask))
+    noise = torch.randn(2 * 3, 7, 3, dtype=torch.double)
+    weights = [torch.randn(6, 7, 3, dtype=torch.double) for _ in range(3)]
+    results = []
+    for plain in (True, False):
+        model.plain_loop = plain
+        z, loc, scale, _ = model.guide(x, lengths, noise, samples=2)
+        objective = sum((w * v).sum() for w, v in zip(weights, (z, loc, scale)))
+        grads = torch.autograd.grad(objective, list(model.parameters()), allow_unused=True)
+        results.append(((z, loc, scale), grads))
+    (plain_out, plain_grads), (fast_out, fast_grads) = results
+    for a, b in zip(plain_out, fast_out):
+        torch.testing.assert_close(a, b)
+    for (name, _), a, b in zip(model.named_parameters(), plain_grads, fast_grads):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, msg=name)
+    assert fast_grads[[n for n, _ in model.named_parameters()].index("z_q_0")] is not None
+
+
 def test_rnn_states_summarise_the_future_only():
     """h_rnn_t depends on x_{t:T}: changing x_s changes h_rnn_t for t <= s only."""
     model = small_dmm()

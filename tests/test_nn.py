@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from vaelab.nn import MLP, MaskedLinear, activation, made_degrees
+from vaelab.nn import MLP, MaskedLinear, activation, elman_rnn, made_degrees
 
 
 @pytest.mark.parametrize("hidden", [[], [7], [5, 6]])
@@ -53,3 +53,20 @@ def test_made_degrees():
         assert len(d) == h
         assert d.min() >= 1 and d.max() <= 3  # hidden degrees in 1..in_dim-1
     assert sorted(set(degrees[1].tolist())) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_elman_rnn_equals_nn_rnn_with_exact_gradients(nonlinearity):
+    rnn = nn.RNN(4, 5, batch_first=True, nonlinearity=nonlinearity).double()
+    x = torch.randn(3, 6, 4, dtype=torch.double, requires_grad=True)
+    h_0 = torch.randn(3, 5, dtype=torch.double, requires_grad=True)
+    torch.testing.assert_close(elman_rnn(rnn, x, h_0), rnn(x, h_0[None])[0])
+    # the hand-written backward against finite differences, weights included
+    assert torch.autograd.gradcheck(lambda x, h_0, *params: elman_rnn(rnn, x, h_0),
+                                    (x, h_0, *rnn.parameters()))
+
+
+def test_elman_rnn_refuses_what_it_does_not_implement():
+    with pytest.raises(ValueError, match="one-layer, batch-first"):
+        elman_rnn(nn.RNN(4, 5, num_layers=2, batch_first=True), torch.randn(2, 3, 4),
+                  torch.zeros(2, 5))

@@ -233,11 +233,23 @@ def test_callback_returning_false_stops_and_checkpoints(digits, tmp_path):
         ({"min_kl_weight": 2.0}, "min_kl_weight"),
         ({"max_steps": 0}, "max_steps"),
         ({"eval_every": -1}, "eval_every"),
+        ({"weight_decay": -0.1}, "weight_decay"),
     ],
 )
 def test_bad_train_config_is_rejected(kw, field):
     with pytest.raises(ValueError, match=rf"TrainConfig\.{field}=.* is out of range"):
         TrainConfig(**kw)
+
+
+def test_weight_decay_shrinks_the_weights(digits):
+    train, _ = digits
+    norms = []
+    for weight_decay in (0.0, 50.0):
+        torch.manual_seed(0)
+        model = small_vae()
+        fit(model, train, None, config(weight_decay=weight_decay))
+        norms.append(float(torch.cat([p.flatten() for p in model.parameters()]).norm()))
+    assert norms[1] < 0.95 * norms[0]
 
 
 def test_unknown_device_is_rejected():

@@ -37,6 +37,7 @@ class TrainConfig:
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     clip_norm: float = 10.0
+    weight_decay: float = 0.0  # L2 penalty added to the gradient (Adam's coupled weight decay)
     lr_decay: float = 1.0  # multiplies the learning rate after every step
     beta: float = 1.0  # final KL weight (beta-VAE); 1 gives the true ELBO
     anneal_epochs: float = 0.0  # linear KL warm-up length; 0 switches annealing off
@@ -57,6 +58,7 @@ class TrainConfig:
             "lr": self.lr > 0,
             "betas": len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
             "clip_norm": self.clip_norm > 0,
+            "weight_decay": self.weight_decay >= 0,
             "lr_decay": 0 < self.lr_decay <= 1,
             "beta": self.beta >= 0,
             "anneal_epochs": self.anneal_epochs >= 0,
@@ -246,7 +248,8 @@ def fit(
     device = select_device(config.device)
     generator = _seed_all(config.seed)
     model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas,
+                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
     state = TrainState()
     epoch_rng = generator.get_state()
