@@ -41,6 +41,16 @@ def test_train_then_evaluate(tmp_path, capsys):
         assert 0 < result[f"{split}_nll_importance_K20"] < result[f"{split}_neg_elbo_bound"]
 
 
+def test_flow_prior_vae_from_the_command_line_with_lowercase_booleans(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--model", "vae", "--data", "digits", "--out", str(out),
+                 "--max-steps", "3", "--set", "prior_flows=2", "--set", "analytic_kl=false",
+                 "--train-set", "progress=false"])
+    assert code == 0
+    config = load_checkpoint(out / "checkpoint.pt")["config"]
+    assert config["prior_flows"] == 2 and config["analytic_kl"] is False
+
+
 def test_unknown_model_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--model", "gan", "--data", "digits", "--out", str(tmp_path)])

@@ -31,6 +31,9 @@ def _parse_sets(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"--set takes key=value, got {pair!r}")
+        if value.lower() in ("true", "false"):  # analytic_kl=false as well as =False
+            out[key] = value.lower() == "true"
+            continue
         try:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):

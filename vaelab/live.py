@@ -120,9 +120,10 @@ def active_units(activity: Tensor, threshold: float = ACTIVE_THRESHOLD) -> int:
 def kl_per_dim(model: nn.Module, batch: Batch) -> Tensor | None:
     """Returns ``model.kl_per_dim(batch)`` ``[Z]`` when the model offers it (an optional
     protocol method: the KL per latent dimension averaged over examples / observed steps),
-    else None."""
+    else None (also when the method returns None: the model's KL does not split)."""
     method = getattr(model, "kl_per_dim", None)
-    return None if method is None else method(batch).detach().to("cpu", torch.float32)
+    kl = None if method is None else method(batch)
+    return None if kl is None else kl.detach().to("cpu", torch.float32)
 
 
 def has_latents(model: nn.Module) -> bool:

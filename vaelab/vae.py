@@ -1,6 +1,8 @@
-"""Static VAE: Gaussian encoder q(z | x), Bernoulli or Gaussian decoder p(x | z), N(0, I) prior.
+"""Static VAE: Gaussian encoder q(z | x), Bernoulli or Gaussian decoder p(x | z), and a
+N(0, I) prior or, optionally, a learnable RealNVP prior.
 
-Kingma & Welling 2014 (arXiv:1312.6114); tutorial: Doersch 2016 (arXiv:1606.05908).
+Kingma & Welling 2014 (arXiv:1312.6114); tutorial: Doersch 2016 (arXiv:1606.05908); flow
+prior: the coupling flow of Dinh et al. 2017 (arXiv:1605.08803) over N(0, I).
 """
 
 from __future__ import annotations
@@ -9,10 +11,11 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Normal, kl_divergence
+from torch.distributions import Distribution, Normal, kl_divergence
 
 from vaelab.data import Batch
 from vaelab.distributions import BernoulliLogits, DiagGaussian, standard_normal
+from vaelab.flows import ConditionalRealNVP
 from vaelab.nn import activation
 from vaelab.objectives import ELBOTerms, kl_term
 
@@ -26,11 +29,18 @@ class VAEConfig:
     activation: str = "tanh"
     analytic_kl: bool = True
     min_scale: float = 1e-3
+    prior_flows: int = 0  # RealNVP coupling layers in a learnable prior; 0 keeps N(0, I)
+    prior_hidden: int = 64  # width of the couplings' two hidden layers
 
     def __post_init__(self) -> None:
-        for name in ("x_dim", "z_dim"):
+        for name in ("x_dim", "z_dim", "prior_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.prior_flows < 0:
+            raise ValueError(f"prior_flows must be >= 0, got {self.prior_flows}")
+        if self.prior_flows > 0 and self.analytic_kl:
+            raise ValueError("prior_flows > 0 needs analytic_kl=False: the KL against a flow "
+                             "prior has no closed form (the Monte Carlo estimate is used)")
         if self.likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(
                 f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}"
@@ -44,6 +54,10 @@ class VAE(nn.Module):
 
     p(z) = N(0, I),  p(x | z) = Bernoulli(logits(z)) or N(mu(z), sigma(z)^2),
     q(z | x) = N(mu(x), diag sigma(x)^2).
+
+    With ``prior_flows > 0``, p(z) is N(0, I) pushed through RealNVP couplings and learnt with
+    the rest: the aggregate posterior need not match a fixed Gaussian, and the KL term becomes
+    the one-sample ``log q(z | x) - log p(z)``.
     """
 
     name = "vae"
@@ -58,6 +72,17 @@ class VAE(nn.Module):
             self.decoder = BernoulliLogits(c.z_dim, c.x_dim, hidden_rev, act)
         else:
             self.decoder = DiagGaussian(c.z_dim, c.x_dim, hidden_rev, act, c.min_scale)
+        self.prior = None
+        if c.prior_flows > 0:  # unconditional: the couplings read a width-0 context
+            self.prior = ConditionalRealNVP(c.z_dim, 0, [c.prior_hidden] * 2, c.prior_flows,
+                                            conditional_base=False)
+
+    def p_z(self, like: Tensor) -> Distribution:
+        """Returns p(z), batch shape ``like.shape[:-1]``, event ``[Z]``: N(0, I) or the
+        RealNVP prior."""
+        if self.prior is None:
+            return standard_normal(like)
+        return self.prior(like.new_zeros(*like.shape[:-1], 0))
 
     def _check(self, batch: Batch) -> Tensor:
         x = batch.x
@@ -78,14 +103,15 @@ class VAE(nn.Module):
         z = q_z.rsample()  # [B, Z], reparameterised: z = mu + sigma * eps
         log_px = self.decoder(z).log_prob(x)
         analytic = self.config.analytic_kl if analytic_kl is None else analytic_kl
-        kl = kl_term(q_z, standard_normal(z), z, analytic)
+        kl = kl_term(q_z, self.p_z(z), z, analytic)
         return ELBOTerms(log_px, kl, torch.ones_like(log_px))
 
     @torch.no_grad()
     def sample(self, n: int, steps: int | None = None, a: Tensor | None = None):
-        """Returns ``(z [n, Z], x [n, X])`` with x the decoder mean (pixel probabilities)."""
+        """Returns ``(z [n, Z], x [n, X])``, z from the prior and x the decoder mean (pixel
+        probabilities)."""
         p = next(self.parameters())
-        z = torch.randn(n, self.config.z_dim, device=p.device, dtype=p.dtype)
+        z = self.p_z(p.new_zeros(n, self.config.z_dim)).sample()
         return z, self.decoder(z).mean
 
     @torch.no_grad()
@@ -102,7 +128,10 @@ class VAE(nn.Module):
     def kl_per_dim(self, batch: Batch) -> Tensor:
         """Returns KL(q(z_d | x) || N(0, 1)) per latent dimension, averaged over the batch,
         ``[Z]``: the diagonal Gaussians' KL splits over dimensions, so it sums to the mean
-        analytic KL (the dashboard's view of posterior collapse)."""
+        analytic KL (the dashboard's view of posterior collapse). None with a flow prior,
+        whose KL does not split over dimensions."""
+        if self.prior is not None:
+            return None
         q_z = self.encoder(self._check(batch)).base_dist  # Normal, batch [B, Z]
         p_z = Normal(torch.zeros_like(q_z.loc), torch.ones_like(q_z.scale))
         return kl_divergence(q_z, p_z).mean(dim=0)
