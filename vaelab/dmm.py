@@ -328,7 +328,9 @@ class DMM(nn.Module):
             raise ValueError(f"noise must be [{n}, {steps}, {self.config.z_dim}], got "
                              f"{list(noise.shape)}")
         half_weight_t = 0.5 * self.combiner.hidden_to_loc_scale.weight.t()  # [R, 2Z]
-        if self.iaf is None and not self.plain_loop:
+        # the fast path keeps tanh(W z_{t-1} + b) of every step for its backward; without
+        # gradients (evaluation with many samples) the plain loop keeps nothing
+        if self.iaf is None and not self.plain_loop and torch.is_grad_enabled():
             to_time = (rnn_part.transpose(0, 1).contiguous(), noise.transpose(0, 1).contiguous())
             lin = self.combiner.z_to_hidden
             z, loc, scale = _CombinerScan.apply(*to_time, self.z_q_0, lin.weight, lin.bias,
