@@ -243,7 +243,9 @@ class DMM(nn.Module):
         self.z_0 = nn.Parameter(torch.zeros(c.z_dim))  # p(z_1) = transition(z_0)
         self.z_q_0 = nn.Parameter(torch.zeros(c.z_dim))  # guide's z_0
         self.h_0 = nn.Parameter(torch.zeros(c.rnn_layers, 1, c.rnn_dim))  # RNN initial state
-        self.plain_loop = False  # True: the guide's loop through autograd (slower; for tests)
+        # True: nn.RNN and the guide's loop through autograd, without the hand-written
+        # backward passes (same numbers, slower; for tests and benchmarks/dmm_speed.py)
+        self.plain_loop = False
 
     # ------------------------------------------------------------------------- input checks
 
@@ -285,7 +287,7 @@ class DMM(nn.Module):
         quadratic in T; twice as slow on JSB).
         """
         x_rev = reverse_sequences(x, lengths)
-        if self.config.rnn_layers == 1 and x.device.type == "cpu":
+        if self.config.rnn_layers == 1 and x.device.type == "cpu" and not self.plain_loop:
             # same numbers as self.rnn, faster backward on CPU (cuDNN is faster on a GPU)
             out = elman_rnn(self.rnn, x_rev, self.h_0[0].expand(x.shape[0], -1))
         else:
