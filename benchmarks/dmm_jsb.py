@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from vaelab.data import Data, load_jsb, load_polyphonic
-from vaelab.dmm import DMM, DMMIAF, DMMConfig, DMMIAFConfig
+from vaelab.dmm import DMM, DMMIAF, DMMConfig, DMMIAFConfig, pyro_weight_decay
 from vaelab.train import TrainConfig, evaluate_elbo, evaluate_nll, fit, select_device
 
 REFERENCES = {
@@ -40,12 +40,8 @@ def run(name: str, splits: tuple[Data, Data, Data], args: argparse.Namespace) ->
         model = DMM(DMMConfig(x_dim=train.x_dim))
     device = select_device(args.device)
     weight_decay = args.weight_decay
-    if weight_decay is None:
-        # Pyro's 2.0 is on the loss summed over a batch; ours is divided by the batch's
-        # observed steps, so the same penalty is 2.0 over the mean steps per batch of this
-        # data (about 1150 on JSB, the DMM's default; several times more on the others)
-        batch_size = DMM.train_defaults["batch_size"]
-        weight_decay = 2.0 / (float(train.lengths.sum()) / train.num_batches(batch_size))
+    if weight_decay is None:  # Pyro's, rescaled to this data's steps per batch
+        weight_decay = pyro_weight_decay(train, DMM.train_defaults["batch_size"])
     config = TrainConfig(**{**DMM.train_defaults, "epochs": args.epochs, "seed": args.seed,
                             "device": args.device, "eval_every": args.eval_every,
                             "checkpoint_every": max(1, args.eval_every),

@@ -10,7 +10,14 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from tests.helpers import assert_every_parameter_gets_gradient
 from vaelab import MODELS
 from vaelab.data import Batch, load_jsb
-from vaelab.dmm import DMM, DMMIAF, DMMConfig, DMMIAFConfig, reverse_sequences
+from vaelab.dmm import (
+    DMM,
+    DMMIAF,
+    DMMConfig,
+    DMMIAFConfig,
+    pyro_weight_decay,
+    reverse_sequences,
+)
 from vaelab.objectives import importance_log_likelihood
 from vaelab.train import TrainConfig, evaluate_elbo, fit
 
@@ -275,6 +282,8 @@ def test_models_are_registered_with_valid_train_defaults():
     config = TrainConfig(**DMM.train_defaults)
     assert (config.batch_size, config.lr, config.betas) == (20, 3e-4, (0.96, 0.999))
     assert math.isclose(config.lr_decay, 0.99996) and config.anneal_epochs == 1000
+    # Pyro's weight decay 2.0 on a summed loss, rescaled to our per-step loss on JSB
+    assert math.isclose(config.weight_decay, pyro_weight_decay(load_jsb()[0]), rel_tol=1e-3)
     defaults = DMMConfig()
     assert (defaults.z_dim, defaults.emission_dim, defaults.transition_dim,
             defaults.rnn_dim, defaults.x_dim) == (100, 100, 200, 600, 88)
