@@ -21,8 +21,16 @@ from pathlib import Path
 import torch
 
 from vaelab.data import Data, load_jsb, load_polyphonic
-from vaelab.dmm import DMM, DMMIAF, DMMConfig, DMMIAFConfig, pyro_weight_decay
-from vaelab.train import TrainConfig, evaluate_elbo, evaluate_nll, fit, select_device
+from vaelab.dmm import DMM, DMMIAF, DMMConfig, DMMIAFConfig
+from vaelab.train import (
+    TrainConfig,
+    evaluate_elbo,
+    evaluate_nll,
+    fit,
+    load_checkpoint,
+    per_step_decay,
+    select_device,
+)
 
 REFERENCES = {
     "jsb_chorales": {"neg_elbo": "Pyro 6.87 (6.82 with 1 IAF, 6.80 with 2), Krishnan et al. "
@@ -35,18 +43,18 @@ def run(name: str, splits: tuple[Data, Data, Data], args: argparse.Namespace) ->
     train, val, test = splits
     torch.manual_seed(args.seed)
     if args.num_iafs > 0:  # the IAF guide's KL is a Monte Carlo estimate (no closed form)
-        model = DMMIAF(DMMIAFConfig(x_dim=train.x_dim, num_iafs=args.num_iafs))
+        model = DMMIAF(DMMIAFConfig(x_dim=train.x_dim, num_iafs=args.num_iafs,
+                                    rnn_nonlinearity=args.rnn_nonlinearity))
     else:
-        model = DMM(DMMConfig(x_dim=train.x_dim))
+        model = DMM(DMMConfig(x_dim=train.x_dim, rnn_nonlinearity=args.rnn_nonlinearity))
     device = select_device(args.device)
-    weight_decay = args.weight_decay
-    if weight_decay is None:  # Pyro's, rescaled to this data's steps per batch
-        weight_decay = pyro_weight_decay(train, DMM.train_defaults["batch_size"])
+    decay_sum = DMM.train_defaults["weight_decay_sum"] if args.weight_decay_sum is None \
+        else args.weight_decay_sum  # Pyro's, on the summed loss; fit rescales it to ours
     config = TrainConfig(**{**DMM.train_defaults, "epochs": args.epochs, "seed": args.seed,
                             "device": args.device, "eval_every": args.eval_every,
                             "checkpoint_every": max(1, args.eval_every),
                             "out_dir": args.out and str(Path(args.out) / name),
-                            "progress": args.progress, "weight_decay": weight_decay})
+                            "progress": args.progress, "weight_decay_sum": decay_sum})
     resume = None
     if args.resume:
         if not config.out_dir or not (Path(config.out_dir) / "checkpoint.pt").exists():
@@ -77,21 +85,34 @@ def run(name: str, splits: tuple[Data, Data, Data], args: argparse.Namespace) ->
     steady = epoch_times[1:] or epoch_times
     result = {
         "data": name, "model": model.name, "device": str(device),
-        "threads": torch.get_num_threads(), "weight_decay": round(config.weight_decay, 7),
+        "threads": torch.get_num_threads(), "weight_decay_sum": decay_sum,
+        "weight_decay": round(per_step_decay(decay_sum, train, config.batch_size), 7),
         "epochs": epochs, "training_s": round(wall, 1),
         "s_per_epoch": round(sorted(steady)[len(steady) // 2], 3),
         "s_per_epoch_first": round(epoch_times[0], 3) if epoch_times else None,
     }
     t1 = time.perf_counter()
-    for split, data in (("val", val), ("test", test)):
-        if split == "val" and not args.eval_val:
-            continue
-        elbo = evaluate_elbo(model, data, samples=args.elbo_samples, device=device)
-        result[f"{split}_neg_elbo_bound"] = round(elbo["nelbo"], 4)
-        result[f"{split}_kl"] = round(elbo["kl"], 4)
-        if args.samples > 0:
-            result[f"{split}_nll_importance_K{args.samples}"] = round(evaluate_nll(
-                model, data, args.samples, args.eval_batch_size, args.chunk_size, device), 4)
+    selections = {"last": None}
+    best = Path(config.out_dir) / "best.pt" if config.out_dir else None
+    if args.select != "last" and best is not None and best.exists():
+        selections["best"] = best  # the epoch with the lowest validation -ELBO
+    if args.select == "best" and "best" in selections:
+        del selections["last"]
+    for label, path in selections.items():
+        if path is not None:
+            ckpt = load_checkpoint(path, map_location=device)
+            model.load_state_dict(ckpt["state_dict"])
+            result["best_epoch"] = ckpt["epoch"]
+        for split, data in (("val", val), ("test", test)):
+            if split == "val" and not args.eval_val:
+                continue
+            key = f"{label}_{split}"
+            elbo = evaluate_elbo(model, data, samples=args.elbo_samples, device=device)
+            result[f"{key}_neg_elbo_bound"] = round(elbo["nelbo"], 4)
+            result[f"{key}_kl"] = round(elbo["kl"], 4)
+            if args.samples > 0:
+                result[f"{key}_nll_importance_K{args.samples}"] = round(evaluate_nll(
+                    model, data, args.samples, args.eval_batch_size, args.chunk_size, device), 4)
     result["evaluation_s"] = round(time.perf_counter() - t1, 1)
     return result
 
@@ -102,13 +123,18 @@ def report(result: dict, args: argparse.Namespace) -> None:
           f"{result['epochs']} epochs in {result['training_s']} s, "
           f"{result['s_per_epoch']} s/epoch (median after the first; first "
           f"{result['s_per_epoch_first']} s)")
-    print("  per observed time step, test set        ours      reference")
-    print(f"  -ELBO (a bound; {args.elbo_samples} samples)       "
-          f"{result['test_neg_elbo_bound']:8.3f}   {ref['neg_elbo']}")
-    key = f"test_nll_importance_K{args.samples}"
-    if key in result:
-        print(f"  NLL, importance-sampled (K={args.samples:<5})  {result[key]:8.3f}   "
-              f"{ref['nll']} (K=2000)")
+    for label in ("last", "best"):
+        if f"{label}_test_neg_elbo_bound" not in result:
+            continue
+        which = (f"final epoch {result['epochs']}" if label == "last" else
+                 f"epoch {result['best_epoch']}, best validation -ELBO")
+        print(f"  per observed time step, test set, {which}")
+        print(f"    -ELBO (a bound; {args.elbo_samples} samples)        "
+              f"{result[f'{label}_test_neg_elbo_bound']:8.3f}   {ref['neg_elbo']}")
+        key = f"{label}_test_nll_importance_K{args.samples}"
+        if key in result:
+            print(f"    NLL, importance-sampled (K={args.samples:<5})   {result[key]:8.3f}   "
+                  f"{ref['nll']} (K=2000)")
     print(json.dumps(result))
 
 
@@ -133,8 +159,14 @@ def main() -> None:
     p.add_argument("--out", default=None, help="folder for checkpoints (one per data set)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in --out (up to --epochs in all)")
-    p.add_argument("--weight-decay", type=float, default=None,
-                   help="L2 weight decay (default: Pyro's 2.0 rescaled to our per-step loss)")
+    p.add_argument("--weight-decay-sum", type=float, default=None,
+                   help="L2 weight decay on the batch's summed loss, as Pyro states it "
+                        "(default 2.0, Pyro's); the printed weight_decay is it per step")
+    p.add_argument("--rnn-nonlinearity", choices=("tanh", "relu"), default="tanh",
+                   help="the guide's backward RNN (Pyro's example: relu)")
+    p.add_argument("--select", choices=("last", "best", "both"), default="both",
+                   help="evaluate the final weights, those of the best validation -ELBO "
+                        "(best.pt, needs --out), or both")
     p.add_argument("--progress", action="store_true", help="tqdm bar")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's, one per core)")

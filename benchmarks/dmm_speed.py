@@ -22,6 +22,7 @@ import torch
 from vaelab.data import load_jsb
 from vaelab.dmm import DMM, DMMConfig
 from vaelab.objectives import loss
+from vaelab.train import per_step_decay
 
 
 def main() -> None:
@@ -37,7 +38,8 @@ def main() -> None:
     model = DMM(DMMConfig())
     defaults = DMM.train_defaults
     optimizer = torch.optim.Adam(model.parameters(), lr=defaults["lr"],
-                                 betas=defaults["betas"], weight_decay=defaults["weight_decay"])
+                                 betas=defaults["betas"], weight_decay=per_step_decay(
+                                     defaults["weight_decay_sum"], train, defaults["batch_size"]))
     batches = list(train.batches(defaults["batch_size"], generator=torch.Generator()
                                  .manual_seed(0)))
 

@@ -21,6 +21,7 @@ def test_train_then_evaluate(tmp_path, capsys):
     assert code == 0
     printed = _last_json(capsys.readouterr().out)
     assert printed["steps"] == 5 and printed["checkpoint"] == f"{out}/checkpoint.pt"
+    assert printed["best"] is None  # stopped inside the first epoch: no validation yet
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["config"]["z_dim"] == 3 and ckpt["config"]["hidden_dims"] == [16]
     assert ckpt["data"] == {"name": "digits"} and ckpt["train_config"]["batch_size"] == 64
@@ -83,3 +84,18 @@ def test_bad_train_input_exits_with_code_2(tmp_path, capsys, argv, message):
 def test_evaluate_missing_checkpoint_exits_with_code_2(tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(tmp_path / "none.pt")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_train_keeps_the_best_validation_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--model", "vae", "--data", "digits", "--out", str(out),
+                 "--epochs", "2", "--batch-size", "256", "--set", "hidden_dims=[16]",
+                 "--train-set", "progress=False"])
+    assert code == 0
+    printed = _last_json(capsys.readouterr().out)
+    assert printed["best"] == str(out / "best.pt")
+    best = load_checkpoint(out / "best.pt")
+    vals = [r["nelbo"] for r in best["history"] if r["kind"] == "val"]
+    assert vals[-1] == min(vals)  # saved at the epoch of its lowest validation -ELBO
+    assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--samples", "0"]) == 0
+    assert _last_json(capsys.readouterr().out)["step"] == best["step"]

@@ -15,11 +15,10 @@ from vaelab.dmm import (
     DMMIAF,
     DMMConfig,
     DMMIAFConfig,
-    pyro_weight_decay,
     reverse_sequences,
 )
 from vaelab.objectives import importance_log_likelihood
-from vaelab.train import TrainConfig, evaluate_elbo, fit
+from vaelab.train import TrainConfig, evaluate_elbo, fit, per_step_decay
 
 SMALL = {"x_dim": 6, "z_dim": 3, "emission_dim": 8, "transition_dim": 8, "rnn_dim": 10}
 
@@ -283,7 +282,10 @@ def test_models_are_registered_with_valid_train_defaults():
     assert (config.batch_size, config.lr, config.betas) == (20, 3e-4, (0.96, 0.999))
     assert math.isclose(config.lr_decay, 0.99996) and config.anneal_epochs == 1000
     # Pyro's weight decay 2.0 on a summed loss, rescaled to our per-step loss on JSB
-    assert math.isclose(config.weight_decay, pyro_weight_decay(load_jsb()[0]), rel_tol=1e-3)
+    assert config.weight_decay_sum == 2.0 and config.weight_decay == 0
+    # on JSB that is 2.0 over ~1150 observed steps per batch of 20 chorales
+    per_step = per_step_decay(2.0, load_jsb()[0], 20)
+    assert math.isclose(per_step, 2.0 / 1150, rel_tol=1e-2)
     defaults = DMMConfig()
     assert (defaults.z_dim, defaults.emission_dim, defaults.transition_dim,
             defaults.rnn_dim, defaults.x_dim) == (100, 100, 200, 600, 88)

@@ -15,6 +15,7 @@ from vaelab.train import (
     fit,
     load_checkpoint,
     load_model,
+    per_step_decay,
 )
 from vaelab.vae import VAE, VAEConfig
 
@@ -132,6 +133,7 @@ def test_interrupted_save_keeps_the_previous_checkpoint(digits, tmp_path, monkey
     fit(small_vae(), train, val, config(tmp_path, epochs=1))
     path = tmp_path / "checkpoint.pt"
     before = path.read_bytes()
+    best_before = (tmp_path / "best.pt").read_bytes()
 
     def broken_save(obj, f, *args, **kwargs):
         f.write(b"half a checkpoint")
@@ -141,8 +143,9 @@ def test_interrupted_save_keeps_the_previous_checkpoint(digits, tmp_path, monkey
     with pytest.raises(OSError, match="disk full"):
         fit(small_vae(), train, val, config(tmp_path, epochs=2), resume=path)
     monkeypatch.undo()
-    assert path.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary files
+    assert path.read_bytes() == before and (tmp_path / "best.pt").read_bytes() == best_before
+    # no temporary files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "checkpoint.pt"]
     _, ckpt = load_model(path)
     assert ckpt["step"] == 5
 
@@ -234,6 +237,7 @@ def test_callback_returning_false_stops_and_checkpoints(digits, tmp_path):
         ({"max_steps": 0}, "max_steps"),
         ({"eval_every": -1}, "eval_every"),
         ({"weight_decay": -0.1}, "weight_decay"),
+        ({"weight_decay_sum": -1.0}, "weight_decay_sum"),
     ],
 )
 def test_bad_train_config_is_rejected(kw, field):
@@ -250,6 +254,21 @@ def test_weight_decay_shrinks_the_weights(digits):
         fit(model, train, None, config(weight_decay=weight_decay))
         norms.append(float(torch.cat([p.flatten() for p in model.parameters()]).norm()))
     assert norms[1] < 0.95 * norms[0]
+
+
+def test_weight_decay_on_the_summed_loss_is_rescaled_per_step(digits):
+    train, _ = digits  # 160 examples, batches of 32: 32 examples (steps) per batch
+    assert per_step_decay(8.0, train, 32) == pytest.approx(8.0 / 32)
+    assert per_step_decay(8.0, train, 50) == pytest.approx(8.0 / (160 / 4))
+    params = []
+    for kw in ({"weight_decay_sum": 8.0}, {"weight_decay": 8.0 / 32}, {}):
+        torch.manual_seed(0)
+        model = small_vae()
+        fit(model, train, None, config(**kw))
+        params.append(_params(model))
+    _assert_same_params(params[0], params[1])
+    with pytest.raises(AssertionError):
+        _assert_same_params(params[0], params[2])
 
 
 def test_unknown_device_is_rejected():
@@ -274,3 +293,39 @@ def test_resume_rejects_a_missing_or_foreign_checkpoint(digits, tmp_path):
     bad.write_bytes(b"not a zip file")
     with pytest.raises(ValueError, match="is not a readable vaelab checkpoint"):
         load_checkpoint(bad)
+
+
+def test_best_checkpoint_keeps_the_weights_of_the_lowest_validation_elbo(digits, tmp_path,
+                                                                           monkeypatch):
+    train, val = digits
+    scripted = iter([5.0, 3.0, 4.0, 3.5, 2.0])  # validation -ELBO after epochs 1..5
+    monkeypatch.setattr(vaelab.train, "evaluate_elbo",
+                        lambda *a, **k: {"nelbo": next(scripted), "kl": 0.0})
+    model = small_vae()
+    snapshots = {}
+
+    def keep(record):
+        if record["kind"] == "val":
+            snapshots[record["epoch"]] = _params(model)
+
+    fit(model, train, val, config(tmp_path, epochs=3), callback=keep)
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["epoch"] == 2 and load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 3
+    _assert_same_params(best["state_dict"], snapshots[2])
+    with pytest.raises(AssertionError):
+        _assert_same_params(best["state_dict"], snapshots[3])
+    # resuming remembers the best so far: 3.5 at epoch 4 is not better than 3.0, 2.0 is
+    fit(model, train, val, config(tmp_path, epochs=4), callback=keep,
+        resume=tmp_path / "checkpoint.pt")
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 2
+    fit(model, train, val, config(tmp_path, epochs=5), callback=keep,
+        resume=tmp_path / "checkpoint.pt")
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["epoch"] == 5
+    _assert_same_params(best["state_dict"], snapshots[5])
+
+
+def test_no_best_checkpoint_without_validation(digits, tmp_path):
+    train, _ = digits
+    fit(small_vae(), train, None, config(tmp_path, epochs=1))
+    assert (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "best.pt").exists()

@@ -7,6 +7,7 @@ import ast
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -77,7 +78,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                             "out_dir": args.out})
     history = fit(model, train, val, config, resume=args.resume, data_spec=spec)
     last = {r["kind"]: r for r in history}
-    print(json.dumps({"checkpoint": f"{args.out}/checkpoint.pt", "steps": last["end"]["step"],
+    best = Path(args.out) / "best.pt"  # lowest validation -ELBO so far
+    print(json.dumps({"checkpoint": f"{args.out}/checkpoint.pt",
+                      "best": str(best) if best.exists() else None,
+                      "steps": last["end"]["step"],
                       "train_nelbo": last.get("train", {}).get("nelbo"),
                       "val_nelbo": last.get("val", {}).get("nelbo")}))
     return 0

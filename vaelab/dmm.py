@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.distributions import Independent, Normal, kl_divergence
 from torch.nn.functional import linear, softplus
 
-from vaelab.data import Batch, Data
+from vaelab.data import Batch
 from vaelab.distributions import BernoulliLogits
 from vaelab.flows import IAFStack
 from vaelab.nn import MLP, elman_rnn, reverse_sequences
@@ -213,17 +213,6 @@ class _CombinerScan(torch.autograd.Function):
         return (grad_out, None, carry.sum(0), grad_weight, flat_pre.sum(0), grad_half, None)
 
 
-def pyro_weight_decay(train: Data, batch_size: int = 20, summed: float = 2.0) -> float:
-    """Returns the weight decay for our loss equal to Pyro's ``summed`` (2.0 in its example).
-
-    Pyro applies it to the loss summed over a mini-batch; ours is divided by the batch's
-    observed steps, and Adam is invariant to the gradient's scale, so the same penalty is
-    ``summed`` over the mean observed steps per batch (about 1150 for 20 JSB chorales,
-    several times more on the other polyphonic data sets).
-    """
-    return summed / (float(train.lengths.sum()) / train.num_batches(batch_size))
-
-
 class DMM(nn.Module):
     """Deep Markov Model with a backward-RNN guide (Krishnan et al. 2017, arXiv:1609.09869)."""
 
@@ -233,8 +222,8 @@ class DMM(nn.Module):
         "batch_size": 20, "lr": 3e-4, "betas": (0.96, 0.999), "clip_norm": 10.0,
         "lr_decay": 0.99996, "anneal_epochs": 1000, "min_kl_weight": 0.2, "epochs": 5000,
         "eval_every": 10, "checkpoint_every": 10,
-        # pyro_weight_decay on the built-in JSB Chorales (a test keeps the two equal)
-        "weight_decay": 2.0 / 1150,
+        # Pyro's ClippedAdam weight decay, on its summed loss: fit rescales it to our loss
+        "weight_decay_sum": 2.0,
     }
 
     def __init__(self, config: DMMConfig) -> None:
