@@ -1,0 +1,28 @@
+"""The DMM benchmark script runs end to end (one epoch) and reports what its help promises."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "dmm_jsb.py"), "--epochs", "2",
+           "--eval-every", "1", "--samples", "3", "--elbo-samples", "1", "--threads", "1",
+           "--rnn-nonlinearity", "relu", "--weight-decay-sum", "4.0", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["epochs"] == 2 and result["weight_decay_sum"] == 4.0
+    assert 0 < result["weight_decay"] < 4.0 / 500  # per step: JSB batches hold ~1150 steps
+    assert result["best_epoch"] in (1, 2)
+    for label in ("last", "best"):
+        bound = result[f"{label}_test_neg_elbo_bound"]
+        assert bound > result[f"{label}_test_nll_importance_K3"] > 0
+    assert "best validation -ELBO" in done.stdout
+    ckpt = (tmp_path / "jsb_chorales" / "checkpoint.pt")
+    assert ckpt.exists() and (tmp_path / "jsb_chorales" / "best.pt").exists()
