@@ -54,7 +54,8 @@ def run(name: str, splits: tuple[Data, Data, Data], args: argparse.Namespace) ->
                             "device": args.device, "eval_every": args.eval_every,
                             "checkpoint_every": max(1, args.eval_every),
                             "out_dir": args.out and str(Path(args.out) / name),
-                            "progress": args.progress, "weight_decay_sum": decay_sum})
+                            "progress": args.progress, "weight_decay_sum": decay_sum,
+                            "bucket_jitter": args.bucket_jitter})
     resume = None
     if args.resume:
         if not config.out_dir or not (Path(config.out_dir) / "checkpoint.pt").exists():
@@ -85,7 +86,8 @@ def run(name: str, splits: tuple[Data, Data, Data], args: argparse.Namespace) ->
     steady = epoch_times[1:] or epoch_times
     result = {
         "data": name, "model": model.name, "device": str(device),
-        "threads": torch.get_num_threads(), "weight_decay_sum": decay_sum,
+        "threads": torch.get_num_threads(), "bucket_jitter": config.bucket_jitter,
+        "rnn_nonlinearity": args.rnn_nonlinearity, "weight_decay_sum": decay_sum,
         "weight_decay": round(per_step_decay(decay_sum, train, config.batch_size), 7),
         "epochs": epochs, "training_s": round(wall, 1),
         "s_per_epoch": round(sorted(steady)[len(steady) // 2], 3),
@@ -167,6 +169,9 @@ def main() -> None:
     p.add_argument("--select", choices=("last", "best", "both"), default="both",
                    help="evaluate the final weights, those of the best validation -ELBO "
                         "(best.pt, needs --out), or both")
+    p.add_argument("--bucket-jitter", type=float, default=TrainConfig.bucket_jitter,
+                   help="length-bucket noise in length standard deviations (inf: a plain "
+                        "shuffle, as Pyro's example)")
     p.add_argument("--progress", action="store_true", help="tqdm bar")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's, one per core)")

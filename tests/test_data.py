@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import struct
 from importlib import resources
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -234,14 +236,14 @@ def _sequences(lengths):
     return Data(x, lengths=torch.tensor(lengths))
 
 
-@pytest.mark.parametrize("bucket", [True, False])
-def test_batches_cover_every_index_once_per_epoch(bucket):
+@pytest.mark.parametrize("bucket,jitter", [(True, 0.1), (True, 2.0), (False, 0.1)])
+def test_batches_cover_every_index_once_per_epoch(bucket, jitter):
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(1, 40, (103,), generator=g).tolist()
     data = _sequences(lengths)
     for _ in range(2):  # two epochs
         seen = []
-        for batch in data.batches(10, shuffle=True, generator=g, bucket=bucket):
+        for batch in data.batches(10, shuffle=True, generator=g, bucket=bucket, jitter=jitter):
             idx = batch.x[:, 0, 0].long()
             seen += idx.tolist()
             assert batch.mask.sum(1).tolist() == [lengths[i] for i in idx]
@@ -259,3 +261,30 @@ def test_bucketing_reduces_padding():
         return sum(b.mask.numel() for b in data.batches(20, generator=gen, bucket=bucket))
 
     assert padded_steps(True) < 0.7 * padded_steps(False)
+
+
+def test_bucket_jitter_trades_padding_for_mixing():
+    g = torch.Generator().manual_seed(0)
+    data = _sequences(torch.randint(1, 100, (200,), generator=g).tolist())
+
+    def epochs(jitter, n=6):
+        gen = torch.Generator().manual_seed(1)
+        return [[sorted(b.x[:, 0, 0].long().tolist())
+                 for b in data.batches(20, generator=gen, jitter=jitter)] for _ in range(n)]
+
+    def padded(runs):
+        return sum(len(b) * max(data.lengths[b]) for run in runs for b in run)
+
+    def repeats(runs):  # pairs batched together in one epoch that are together again next
+        def pairs(run):
+            return {(i, j) for b in run for i in b for j in b if i < j}
+        return sum(len(pairs(a) & pairs(b)) / len(pairs(a)) for a, b in pairwise(runs))
+
+    tight, loose, shuffled = epochs(0.1), epochs(2.0), epochs(math.inf)
+    assert padded(tight) < padded(loose) < padded(shuffled)
+    assert repeats(tight) > 2 * repeats(loose) > 2 * repeats(shuffled)
+    # an infinite jitter is the plain shuffle
+    gen = torch.Generator().manual_seed(1)
+    plain = [sorted(b.x[:, 0, 0].long().tolist())
+             for b in data.batches(20, generator=gen, bucket=False)]
+    assert plain == shuffled[0]

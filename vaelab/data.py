@@ -8,6 +8,7 @@ actions ``a [N, T, A]`` and true latent states ``z [N, T, Z]`` for plots.
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import struct
 from collections.abc import Callable, Iterator
@@ -136,16 +137,20 @@ class Data:
         shuffle: bool = True,
         generator: torch.Generator | None = None,
         bucket: bool = True,
+        jitter: float = 0.1,
     ) -> Iterator[Batch]:
         """Mini-batches covering the data once. Sequences are drawn from length buckets
-        (sorted by length with a little noise, then batches shuffled) so padding stays small."""
+        (sorted by length plus uniform noise of up to ``jitter`` length standard deviations,
+        then batches shuffled) so padding stays small. A small jitter keeps nearly the same
+        sequences together every epoch; a large one mixes them more at the cost of padding;
+        ``math.inf`` (or ``bucket=False``) is a plain shuffle."""
         n = len(self)
         if shuffle:
             order = torch.randperm(n, generator=generator)
         else:
             order = torch.arange(n)
-        if self.is_sequence and bucket and shuffle:
-            spread = 0.1 * self.lengths.float().std().nan_to_num(0)
+        if self.is_sequence and bucket and shuffle and math.isfinite(jitter):
+            spread = jitter * self.lengths.float().std().nan_to_num(0)
             noise = torch.rand(n, generator=generator) * spread
             order = torch.argsort(self.lengths.float() + noise)
         chunks = list(order.split(batch_size))

@@ -34,6 +34,8 @@ class TrainingDiverged(RuntimeError):
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
+    # sequences: length-bucket noise in length standard deviations (Data.batches); inf: shuffle
+    bucket_jitter: float = 0.1
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     clip_norm: float = 10.0
@@ -58,6 +60,7 @@ class TrainConfig:
         checks = {
             "epochs": self.epochs >= 1,
             "batch_size": self.batch_size >= 1,
+            "bucket_jitter": self.bucket_jitter >= 0,
             "lr": self.lr > 0,
             "betas": len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
             "clip_norm": self.clip_norm > 0,
@@ -325,7 +328,8 @@ def fit(
     t_last = time.perf_counter()
     while state.epoch < config.epochs and not done and not stopped:
         generator.set_state(epoch_rng)
-        batches = train.batches(config.batch_size, shuffle=True, generator=generator)
+        batches = train.batches(config.batch_size, shuffle=True, generator=generator,
+                                jitter=config.bucket_jitter)
         for i, batch in enumerate(batches):
             if i < state.batch_in_epoch:
                 continue  # resuming mid-epoch: replay the same order, skip what was done
