@@ -55,7 +55,8 @@ def run(name: str, splits: tuple[Data, Data, Data], args: argparse.Namespace) ->
                             "checkpoint_every": max(1, args.eval_every),
                             "out_dir": args.out and str(Path(args.out) / name),
                             "progress": args.progress, "weight_decay_sum": decay_sum,
-                            "bucket_jitter": args.bucket_jitter})
+                            "bucket_jitter": args.bucket_jitter,
+                            "clip_value_sum": args.clip_value_sum})
     resume = None
     if args.resume:
         if not config.out_dir or not (Path(config.out_dir) / "checkpoint.pt").exists():
@@ -87,7 +88,8 @@ def run(name: str, splits: tuple[Data, Data, Data], args: argparse.Namespace) ->
     result = {
         "data": name, "model": model.name, "device": str(device),
         "threads": torch.get_num_threads(), "bucket_jitter": config.bucket_jitter,
-        "rnn_nonlinearity": args.rnn_nonlinearity, "weight_decay_sum": decay_sum,
+        "rnn_nonlinearity": args.rnn_nonlinearity, "clip_value_sum": config.clip_value_sum,
+        "weight_decay_sum": decay_sum,
         "weight_decay": round(per_step_decay(decay_sum, train, config.batch_size), 7),
         "epochs": epochs, "training_s": round(wall, 1),
         "s_per_epoch": round(sorted(steady)[len(steady) // 2], 3),
@@ -172,6 +174,9 @@ def main() -> None:
     p.add_argument("--bucket-jitter", type=float, default=TrainConfig.bucket_jitter,
                    help="length-bucket noise in length standard deviations (inf: a plain "
                         "shuffle, as Pyro's example)")
+    p.add_argument("--clip-value-sum", type=float, default=0.0,
+                   help="clamp each gradient element of the summed loss (Pyro's ClippedAdam: "
+                        "10); 0: off, only the global norm clip")
     p.add_argument("--progress", action="store_true", help="tqdm bar")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's, one per core)")

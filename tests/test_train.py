@@ -238,6 +238,8 @@ def test_callback_returning_false_stops_and_checkpoints(digits, tmp_path):
         ({"eval_every": -1}, "eval_every"),
         ({"weight_decay": -0.1}, "weight_decay"),
         ({"weight_decay_sum": -1.0}, "weight_decay_sum"),
+        ({"clip_value_sum": -1.0}, "clip_value_sum"),
+        ({"bucket_jitter": -0.5}, "bucket_jitter"),
     ],
 )
 def test_bad_train_config_is_rejected(kw, field):
@@ -269,6 +271,28 @@ def test_weight_decay_on_the_summed_loss_is_rescaled_per_step(digits):
     _assert_same_params(params[0], params[1])
     with pytest.raises(AssertionError):
         _assert_same_params(params[0], params[2])
+
+
+def test_clip_value_sum_clamps_every_gradient_element_per_step(digits, monkeypatch):
+    train, _ = digits  # batches of 32 examples: the summed loss is 32 times ours
+    seen = []
+    real = torch.nn.utils.clip_grad_value_
+
+    def spy(parameters, value):
+        parameters = list(parameters)
+        before = max(float(p.grad.abs().max()) for p in parameters)
+        real(parameters, value)
+        seen.append((value, before, max(float(p.grad.abs().max()) for p in parameters)))
+
+    monkeypatch.setattr(vaelab.train.nn.utils, "clip_grad_value_", spy)
+    fit(small_vae(), train, None, config(epochs=1, clip_value_sum=3.2))
+    assert len(seen) == 5
+    for value, before, after in seen:
+        assert value == pytest.approx(3.2 / 32)
+        assert before > value and after == pytest.approx(value)  # it did clamp
+    seen.clear()
+    fit(small_vae(), train, None, config(epochs=1))  # off by default
+    assert seen == []
 
 
 def test_unknown_device_is_rejected():

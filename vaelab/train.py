@@ -39,6 +39,9 @@ class TrainConfig:
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     clip_norm: float = 10.0
+    # clamp every gradient element of the batch's *summed* loss to +-clip_value_sum (Pyro's
+    # ClippedAdam "clip_norm", despite its name); 0 switches it off
+    clip_value_sum: float = 0.0
     weight_decay: float = 0.0  # L2 penalty added to the gradient (Adam's coupled weight decay)
     # the same penalty stated for the loss *summed* over a batch (Pyro's convention); fit
     # divides it by the mean observed steps per batch of the training data, see per_step_decay
@@ -64,6 +67,7 @@ class TrainConfig:
             "lr": self.lr > 0,
             "betas": len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
             "clip_norm": self.clip_norm > 0,
+            "clip_value_sum": self.clip_value_sum >= 0,
             "weight_decay": self.weight_decay >= 0,
             "weight_decay_sum": self.weight_decay_sum >= 0,
             "lr_decay": 0 < self.lr_decay <= 1,
@@ -348,6 +352,9 @@ def fit(
                 raise TrainingDiverged(_diverged("loss", state.step, out))
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
+            if config.clip_value_sum:  # Pyro's clamp on the summed loss, per step here
+                nn.utils.clip_grad_value_(model.parameters(),
+                                          config.clip_value_sum / float(terms.steps.sum()))
             grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm))
             if not math.isfinite(grad_norm):
                 raise TrainingDiverged(_diverged("gradient norm", state.step, out))
