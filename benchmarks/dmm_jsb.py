@@ -48,13 +48,11 @@ def run(name: str, splits: tuple[Data, Data, Data], args: argparse.Namespace) ->
     else:
         model = DMM(DMMConfig(x_dim=train.x_dim, rnn_nonlinearity=args.rnn_nonlinearity))
     device = select_device(args.device)
-    decay_sum = DMM.train_defaults["weight_decay_sum"] if args.weight_decay_sum is None \
-        else args.weight_decay_sum  # Pyro's, on the summed loss; fit rescales it to ours
     config = TrainConfig(**{**DMM.train_defaults, "epochs": args.epochs, "seed": args.seed,
                             "device": args.device, "eval_every": args.eval_every,
                             "checkpoint_every": max(1, args.eval_every),
                             "out_dir": args.out and str(Path(args.out) / name),
-                            "progress": args.progress, "weight_decay_sum": decay_sum,
+                            "progress": args.progress, "weight_decay_sum": args.weight_decay_sum,
                             "bucket_jitter": args.bucket_jitter,
                             "clip_value_sum": args.clip_value_sum})
     resume = None
@@ -89,19 +87,21 @@ def run(name: str, splits: tuple[Data, Data, Data], args: argparse.Namespace) ->
         "data": name, "model": model.name, "device": str(device),
         "threads": torch.get_num_threads(), "bucket_jitter": config.bucket_jitter,
         "rnn_nonlinearity": args.rnn_nonlinearity, "clip_value_sum": config.clip_value_sum,
-        "weight_decay_sum": decay_sum,
-        "weight_decay": round(per_step_decay(decay_sum, train, config.batch_size), 7),
+        "weight_decay_sum": config.weight_decay_sum,  # fit divides it by steps per batch:
+        "weight_decay": round(per_step_decay(config.weight_decay_sum, train, config.batch_size),
+                              7),
         "epochs": epochs, "training_s": round(wall, 1),
         "s_per_epoch": round(sorted(steady)[len(steady) // 2], 3),
         "s_per_epoch_first": round(epoch_times[0], 3) if epoch_times else None,
     }
     t1 = time.perf_counter()
-    selections = {"last": None}
     best = Path(config.out_dir) / "best.pt" if config.out_dir else None
-    if args.select != "last" and best is not None and best.exists():
-        selections["best"] = best  # the epoch with the lowest validation -ELBO
-    if args.select == "best" and "best" in selections:
-        del selections["last"]
+    has_best = best is not None and best.exists()  # the lowest validation -ELBO's weights
+    selections = {}
+    if args.select != "best" or not has_best:
+        selections["last"] = None
+    if args.select != "last" and has_best:
+        selections["best"] = best
     for label, path in selections.items():
         if path is not None:
             ckpt = load_checkpoint(path, map_location=device)
@@ -163,9 +163,10 @@ def main() -> None:
     p.add_argument("--out", default=None, help="folder for checkpoints (one per data set)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in --out (up to --epochs in all)")
-    p.add_argument("--weight-decay-sum", type=float, default=None,
+    p.add_argument("--weight-decay-sum", type=float,
+                   default=DMM.train_defaults["weight_decay_sum"],
                    help="L2 weight decay on the batch's summed loss, as Pyro states it "
-                        "(default 2.0, Pyro's); the printed weight_decay is it per step")
+                        "(default: Pyro's); the printed weight_decay is it per step")
     p.add_argument("--rnn-nonlinearity", choices=("tanh", "relu"), default="tanh",
                    help="the guide's backward RNN (Pyro's example: relu)")
     p.add_argument("--select", choices=("last", "best", "both"), default="both",
@@ -174,7 +175,7 @@ def main() -> None:
     p.add_argument("--bucket-jitter", type=float, default=TrainConfig.bucket_jitter,
                    help="length-bucket noise in length standard deviations (inf: a plain "
                         "shuffle, as Pyro's example)")
-    p.add_argument("--clip-value-sum", type=float, default=0.0,
+    p.add_argument("--clip-value-sum", type=float, default=TrainConfig.clip_value_sum,
                    help="clamp each gradient element of the summed loss (Pyro's ClippedAdam: "
                         "10); 0: off, only the global norm clip")
     p.add_argument("--progress", action="store_true", help="tqdm bar")
