@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from vaelab.data import Data, load_jsb, load_polyphonic
+from vaelab.data import load_dataset
 from vaelab.dmm import DMM, DMMIAF, DMMConfig, DMMIAFConfig
 from vaelab.train import (
     TrainConfig,
@@ -39,14 +39,17 @@ REFERENCES = {
 PICKLES = ("jsb_chorales", "nottingham", "piano_midi", "musedata")
 
 
-def run(name: str, splits: tuple[Data, Data, Data], args: argparse.Namespace) -> dict:
-    train, val, test = splits
+def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
+    """Train on the data set ``load_dataset(**spec)`` (recorded in the checkpoints, so that
+    ``python -m vaelab evaluate --checkpoint`` needs no --data) and evaluate."""
+    train, val, test = load_dataset(**spec)
     torch.manual_seed(args.seed)
     if args.num_iafs > 0:  # the IAF guide's KL is a Monte Carlo estimate (no closed form)
         model = DMMIAF(DMMIAFConfig(x_dim=train.x_dim, num_iafs=args.num_iafs,
                                     rnn_nonlinearity=args.rnn_nonlinearity))
     else:
-        model = DMM(DMMConfig(x_dim=train.x_dim, rnn_nonlinearity=args.rnn_nonlinearity))
+        model = DMM(DMMConfig(x_dim=train.x_dim, rnn_nonlinearity=args.rnn_nonlinearity,
+                              analytic_kl=not args.mc_kl))
     device = select_device(args.device)
     config = TrainConfig(**{**DMM.train_defaults, "epochs": args.epochs, "seed": args.seed,
                             "device": args.device, "eval_every": args.eval_every,
@@ -78,7 +81,7 @@ def run(name: str, splits: tuple[Data, Data, Data], args: argparse.Namespace) ->
             print(f"  epoch {record['epoch']}: val -ELBO {record['nelbo']:.3f}", flush=True)
 
     t0 = time.perf_counter()
-    history = fit(model, train, val, config, callback=callback, resume=resume)
+    history = fit(model, train, val, config, callback=callback, resume=resume, data_spec=spec)
     wall = time.perf_counter() - t0
     epochs = history[-1]["epoch"]
     # the first epoch includes warm-up (allocations, thread pools); report the rest
@@ -86,7 +89,8 @@ def run(name: str, splits: tuple[Data, Data, Data], args: argparse.Namespace) ->
     result = {
         "data": name, "model": model.name, "device": str(device),
         "threads": torch.get_num_threads(), "bucket_jitter": config.bucket_jitter,
-        "rnn_nonlinearity": args.rnn_nonlinearity, "clip_value_sum": config.clip_value_sum,
+        "rnn_nonlinearity": args.rnn_nonlinearity, "analytic_kl": model.config.analytic_kl,
+        "clip_value_sum": config.clip_value_sum,
         "weight_decay_sum": config.weight_decay_sum,  # fit divides it by steps per batch:
         "weight_decay": round(per_step_decay(config.weight_decay_sum, train, config.batch_size),
                               7),
@@ -169,6 +173,9 @@ def main() -> None:
                         "(default: Pyro's); the printed weight_decay is it per step")
     p.add_argument("--rnn-nonlinearity", choices=("tanh", "relu"), default="tanh",
                    help="the guide's backward RNN (Pyro's example: relu)")
+    p.add_argument("--mc-kl", action="store_true",
+                   help="train the flow-free DMM with the one-sample Monte Carlo KL (Pyro's "
+                        "default) instead of the closed form")
     p.add_argument("--select", choices=("last", "best", "both"), default="both",
                    help="evaluate the final weights, those of the best validation -ELBO "
                         "(best.pt, needs --out), or both")
@@ -187,15 +194,14 @@ def main() -> None:
 
     if args.dataset:
         names = PICKLES if "all" in args.dataset else args.dataset
-        jobs = [(n, lambda n=n: load_polyphonic(Path(args.data_dir) / f"{n}.pickle"))
+        jobs = [(n, {"name": "polyphonic", "path": str(Path(args.data_dir) / f"{n}.pickle")})
                 for n in names]
     elif args.data:
-        jobs = [(Path(args.data).stem, lambda: load_polyphonic(args.data))]
+        jobs = [(Path(args.data).stem, {"name": "polyphonic", "path": args.data})]
     else:
-        jobs = [("jsb_chorales", load_jsb)]
-    for name, load in jobs:
-        report(run(name, load(), args), args)
-
+        jobs = [("jsb_chorales", {"name": "jsb"})]  # shipped in vaelab
+    for name, spec in jobs:
+        report(run(name, spec, args), args)
 
 if __name__ == "__main__":
     main()

@@ -7,18 +7,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vaelab.train import load_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "dmm_jsb.py"), "--epochs", "2",
            "--eval-every", "1", "--samples", "3", "--elbo-samples", "1", "--threads", "1",
-           "--rnn-nonlinearity", "relu", "--weight-decay-sum", "4.0", "--out", str(tmp_path)]
+           "--rnn-nonlinearity", "relu", "--weight-decay-sum", "4.0", "--mc-kl",
+           "--out", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
                           check=False)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["epochs"] == 2 and result["weight_decay_sum"] == 4.0
+    assert result["analytic_kl"] is False and result["rnn_nonlinearity"] == "relu"
     assert 0 < result["weight_decay"] < 4.0 / 500  # per step: JSB batches hold ~1150 steps
     assert result["best_epoch"] in (1, 2)
     for label in ("last", "best"):
@@ -27,3 +31,7 @@ def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
     assert "best validation -ELBO" in done.stdout
     ckpt = (tmp_path / "jsb_chorales" / "checkpoint.pt")
     assert ckpt.exists() and (tmp_path / "jsb_chorales" / "best.pt").exists()
+    state = load_checkpoint(ckpt)  # records the model's settings and the data set it saw
+    assert state["config"]["analytic_kl"] is False
+    assert state["config"]["rnn_nonlinearity"] == "relu"
+    assert state["data"] == {"name": "jsb"}

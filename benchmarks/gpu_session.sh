@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The GPU figures of the README, as run on a lent H100 (the workplace's `device` tool): first
+# the clean speed figures alone on the GPU, then long JSB runs in the background (setsid, so they
+# outlive this command), then the CUDA tests and the stability benchmark.
+#   bash benchmarks/gpu_session.sh start DATA_DIR RUNS   # DATA_DIR: the polyphonic pickles
+#   bash benchmarks/gpu_session.sh status RUNS OUT       # val lines so far, logs into OUT
+#   bash benchmarks/gpu_session.sh collect RUNS OUT      # stop; logs and GPU checkpoints
+set -u
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+stamp() { while IFS= read -r l; do printf '%s %s\n' "$(date +%s)" "$l"; done; }
+case $1 in
+start)
+  data=$2 runs=$3; mkdir -p "$runs"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
+  # speed, the GPU to itself: JSB 20 epochs, the others 3 (the first epoch is warm-up)
+  python3 benchmarks/dmm_jsb.py --device cuda --epochs 20 --eval-every 0 --samples 0 2>&1 | tail -4
+  python3 benchmarks/dmm_jsb.py --device cuda --num-iafs 2 --epochs 10 --eval-every 0 --samples 0 2>&1 | tail -4
+  python3 benchmarks/dmm_jsb.py --device cuda --dataset nottingham piano_midi musedata \
+      --data-dir "$data" --epochs 3 --eval-every 0 --samples 0 2>&1 | grep '^{'
+  # long runs, checkpoints every 25 epochs: two on the GPU, seeds and Pyro's settings on the
+  # spare CPU cores (one thread each), to compare validation curves at equal epochs
+  launch() {  # name, cores, arguments
+    setsid bash -c "$(declare -f stamp); taskset -c $2 python3 benchmarks/dmm_jsb.py \
+      --epochs 5000 --eval-every 25 --out $runs/$1 --samples 0 ${*:3} 2>&1 | stamp" \
+      > "$runs/$1.log" 2>&1 < /dev/null &
+  }
+  launch dmm_gpu 0-1 --device cuda
+  launch iaf2_gpu 2-3 --device cuda --num-iafs 2
+  cpu="--device cpu --threads 1"
+  launch cpu_seed1 5 $cpu --seed 1
+  launch cpu_seed2 6 $cpu --seed 2
+  launch cpu_seed3 7 $cpu --seed 3
+  launch cpu_shuffle0 8 $cpu --bucket-jitter inf
+  launch cpu_shuffle1 9 $cpu --bucket-jitter inf --seed 1
+  launch cpu_mckl0 10 $cpu --mc-kl
+  launch cpu_mckl1 11 $cpu --mc-kl --seed 1
+  launch cpu_pyro0 12 $cpu --rnn-nonlinearity relu --clip-value-sum 10 --bucket-jitter inf
+  python3 -m pytest tests/test_gpu.py -q -p no:cacheprovider 2>&1 | tail -3
+  python3 benchmarks/dmm_stability.py --device cuda 2>&1 | tail -3
+  ;;
+status)  # RUNS OUT: the last lines, and all logs into OUT
+  for f in "$2"/*.log; do echo "== $f"; tail -n 2 "$f"; done
+  tar czf "$3/logs.tgz" -C "$2" $(cd "$2" && ls *.log)
+  ;;
+collect)  # RUNS OUT: stop every run (checkpoints are atomic), bring back logs and GPU weights
+  pkill -f benchmarks/dmm_jsb.py; sleep 3
+  tar czf "$3/logs.tgz" -C "$2" $(cd "$2" && ls *.log)
+  for n in dmm_gpu iaf2_gpu; do
+    for f in checkpoint best; do cp "$2/$n/jsb_chorales/$f.pt" "$3/${n}_$f.pt"; done
+  done
+  ;;
+esac
