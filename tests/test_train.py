@@ -332,7 +332,13 @@ def test_best_checkpoint_keeps_the_weights_of_the_lowest_validation_elbo(digits,
         if record["kind"] == "val":
             snapshots[record["epoch"]] = _params(model)
 
+    saves = []
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda *a, **k: (saves.append(1), real_save(*a, **k)))
     fit(model, train, val, config(tmp_path, epochs=3), callback=keep)
+    monkeypatch.setattr(torch, "save", real_save)
+    # one write per epoch: when best.pt and checkpoint.pt hold the same state, it is written once
+    assert len(saves) == 3
     best = load_checkpoint(tmp_path / "best.pt")
     assert best["epoch"] == 2 and load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 3
     _assert_same_params(best["state_dict"], snapshots[2])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -102,6 +103,19 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 # ----------------------------------------------------------------------------- checkpoints
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` hold ``src``'s bytes, atomically: a hard link where the file system has
+    them (no second write; ``save_checkpoint`` replaces ``src`` later rather than rewriting
+    it, so ``dst`` keeps these bytes), else a copy."""
+    tmp = dst.with_name(dst.name + ".link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -393,12 +407,18 @@ def fit(
                 stopped = not emit({"kind": "val", "step": state.step, "epoch": state.epoch,
                                     **metrics})
                 model.train()
-                if metrics["nelbo"] < best:  # early stopping by selection: keep the best
-                    best = metrics["nelbo"]
-                    checkpoint("best.pt")
-            if stopped or state.epoch % config.checkpoint_every == 0 \
-                    or state.epoch == config.epochs:
+                improved = metrics["nelbo"] < best  # early stopping by selection: keep the best
+                best = min(best, metrics["nelbo"])
+            else:
+                improved = False
+            due = (stopped or state.epoch % config.checkpoint_every == 0
+                   or state.epoch == config.epochs)
+            if due:
                 checkpoint()
+            if improved and due and out is not None:  # the state just saved: no second write
+                _link_or_copy(out / "checkpoint.pt", out / "best.pt")
+            elif improved:
+                checkpoint("best.pt")
             continue
         checkpoint()  # stopped or max_steps mid-epoch
     bar.close()
