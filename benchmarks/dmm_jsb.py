@@ -203,5 +203,6 @@ def main() -> None:
     for name, spec in jobs:
         report(run(name, spec, args), args)
 
+
 if __name__ == "__main__":
     main()

@@ -8,6 +8,8 @@ on a machine without one (CI has none; they were run on the lent H100, see the R
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -22,23 +24,17 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 CUDA = torch.device("cuda")
 
 
-def _on(batch: Batch, device) -> Batch:
-    return Batch(batch.x.to(device), mask=batch.mask.to(device))
-
-
 @pytest.mark.parametrize("make", [small_dmm, small_dmm_iaf])
 def test_dmm_elbo_and_gradients_on_cuda_equal_the_cpu(make):
     """Same weights, same guide noise: the ELBO and every gradient agree (float64)."""
     cpu = make().double()
-    gpu = make().double()
-    gpu.load_state_dict(cpu.state_dict())
-    gpu.to(CUDA)
+    gpu = copy.deepcopy(cpu).to(CUDA)
     batch = ragged_batch([9, 5, 2, 9])
     batch = Batch(batch.x.double(), mask=batch.mask)
     noise = torch.randn(4, 9, cpu.config.z_dim, dtype=torch.double)
     results = []
     for model, device in ((cpu, "cpu"), (gpu, CUDA)):
-        terms = model.elbo(_on(batch, device), noise=noise.to(device))
+        terms = model.elbo(batch.to(device), noise=noise.to(device))
         value = terms.elbo.sum()
         grads = torch.autograd.grad(value, list(model.parameters()))
         results.append((terms.elbo.detach().cpu(), [g.cpu() for g in grads]))
@@ -52,9 +48,7 @@ def test_dmm_elbo_and_gradients_on_cuda_equal_the_cpu(make):
 def test_cuda_rnn_path_equals_the_cpu_elman_rnn():
     """rnn_states takes cuDNN on CUDA and elman_rnn on the CPU: same states at observed steps."""
     cpu = small_dmm().double()
-    gpu = small_dmm().double()
-    gpu.load_state_dict(cpu.state_dict())
-    gpu.to(CUDA)
+    gpu = copy.deepcopy(cpu).to(CUDA)
     batch = ragged_batch([7, 3, 6])
     x, _, lengths = cpu._check(Batch(batch.x.double(), mask=batch.mask))
     h_cpu = cpu.rnn_states(x, lengths)
