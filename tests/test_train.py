@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from vaelab.train import (
     load_checkpoint,
     load_model,
     per_step_decay,
+    save_checkpoint,
 )
 from vaelab.vae import VAE, VAEConfig
 
@@ -359,3 +361,23 @@ def test_no_best_checkpoint_without_validation(digits, tmp_path):
     train, _ = digits
     fit(small_vae(), train, None, config(tmp_path, epochs=1))
     assert (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "best.pt").exists()
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_best_checkpoint_shares_the_saved_state_by_link_or_copy(digits, tmp_path, monkeypatch,
+                                                                links):
+    """best.pt due with checkpoint.pt: a hard link where the file system allows, else a copy;
+    either way it keeps its bytes when checkpoint.pt is replaced later."""
+    train, val = digits
+    if not links:
+        def no_link(*_):
+            raise OSError("no hard links here")
+        monkeypatch.setattr(vaelab.train.os, "link", no_link)
+    fit(small_vae(), train, val, config(tmp_path, epochs=1))
+    best, last = tmp_path / "best.pt", tmp_path / "checkpoint.pt"
+    assert best.read_bytes() == last.read_bytes()
+    assert os.path.samefile(best, last) == links
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "checkpoint.pt"]
+    before = best.read_bytes()
+    save_checkpoint(last, {"format": "later"})  # how fit writes: a new file replaces the old
+    assert best.read_bytes() == before

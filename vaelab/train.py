@@ -114,7 +114,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, tmp)
     except OSError:
-        shutil.copyfile(src, tmp)
+        with open(src, "rb") as f_in, open(tmp, "wb") as f_out:
+            shutil.copyfileobj(f_in, f_out)
+            f_out.flush()
+            os.fsync(f_out.fileno())  # as durable as save_checkpoint's own file
     os.replace(tmp, dst)
 
 
