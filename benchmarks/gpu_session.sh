@@ -5,6 +5,10 @@
 #   bash benchmarks/gpu_session.sh start DATA_DIR RUNS   # DATA_DIR: the polyphonic pickles
 #   bash benchmarks/gpu_session.sh status RUNS OUT       # val lines so far, logs into OUT
 #   bash benchmarks/gpu_session.sh collect RUNS OUT      # stop; logs and GPU checkpoints
+# The fifth session's lease (the other three data sets, and JSB's importance sampling with large K):
+#   bash benchmarks/gpu_session.sh others DATA_DIR RUNS   # Nottingham, Piano-midi, MuseData
+#   bash benchmarks/gpu_session.sh is_k CHECKPOINT K...    # val and test NLL for each K
+#   bash benchmarks/gpu_session.sh evaluate RUNS OUT K     # stop; evaluate every checkpoint
 set -u
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 stamp() { while IFS= read -r l; do printf '%s %s\n' "$(date +%s)" "$l"; done; }
@@ -38,6 +42,33 @@ start)
   launch cpu_pyro0 12 $cpu --rnn-nonlinearity relu --clip-value-sum 10 --bucket-jitter inf
   python3 -m pytest tests/test_gpu.py -q -p no:cacheprovider 2>&1 | tail -3
   python3 benchmarks/dmm_stability.py --device cuda 2>&1 | tail -3
+  ;;
+others)  # the same settings as JSB's (Pyro's), 5000-epoch schedule, checkpoints every 25 epochs
+  data=$2 runs=$3; mkdir -p "$runs"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  for d in nottingham piano_midi musedata; do
+    setsid bash -c "$(declare -f stamp); python3 benchmarks/dmm_jsb.py --device cuda \
+      --dataset $d --data-dir $data --epochs 5000 --eval-every 25 --out $runs/$d \
+      --samples 0 2>&1 | stamp" > "$runs/$d.log" 2>&1 < /dev/null &
+  done
+  ;;
+is_k)  # CHECKPOINT K...: the importance-sampled NLL of one checkpoint as K grows
+  for k in "${@:3}"; do
+    /usr/bin/time -f "K=$k: %e s" python3 -m vaelab evaluate --checkpoint "$2" --data jsb --device cuda \
+      --samples "$k" --chunk-size 1000 --elbo-samples 100
+  done
+  ;;
+evaluate)  # RUNS OUT K: stop the runs; evaluate each last checkpoint (val, test), in parallel;
+  # the checkpoints come back to OUT so that a later lease can --resume them
+  pkill -f benchmarks/dmm_jsb.py; sleep 3
+  for c in "$2"/*/*/checkpoint.pt; do
+    name=$(basename "$(dirname "$c")")
+    python3 -m vaelab evaluate --checkpoint "$c" --device cuda --samples "$4" --chunk-size 250 \
+      > "$3/eval_$name.json" 2> "$3/eval_$name.err" &
+    cp "$c" "$3/${name}_checkpoint.pt"
+  done
+  wait; cat "$3"/eval_*.json
+  tar czf "$3/logs.tgz" -C "$2" $(cd "$2" && ls *.log)
   ;;
 status)  # RUNS OUT: the last lines, and all logs into OUT
   for f in "$2"/*.log; do echo "== $f"; tail -n 2 "$f"; done

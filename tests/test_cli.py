@@ -31,11 +31,12 @@ def test_train_then_evaluate(tmp_path, capsys):
     assert code == 0
     result = _last_json(capsys.readouterr().out)
     assert set(result) == {
-        "model", "data", "step", "unit",
+        "model", "data", "step", "epoch", "unit",
         "val_neg_elbo_bound", "val_kl", "val_nll_importance_K20",
         "test_neg_elbo_bound", "test_kl", "test_nll_importance_K20",
     }
     assert result["model"] == "vae" and result["data"] == "digits" and result["step"] == 5
+    assert result["epoch"] == 0  # five steps into the first epoch
     assert result["unit"] == "nats per example"
     for split in ("val", "test"):
         # the importance-sampled NLL estimate sits below the negative ELBO bound

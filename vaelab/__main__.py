@@ -98,6 +98,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _, val, test = load_dataset(**spec)
     torch.manual_seed(args.seed)
     result = {"model": ckpt["model"], "data": spec.get("name"), "step": ckpt["step"],
+              "epoch": ckpt["epoch"],
               "unit": "nats per observed time step" if test.is_sequence else "nats per example"}
     for split, data in (("val", val), ("test", test)):
         elbo = evaluate_elbo(model, data, samples=args.elbo_samples, device=device)
