@@ -57,7 +57,9 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
                             "out_dir": args.out and str(Path(args.out) / name),
                             "progress": args.progress, "weight_decay_sum": args.weight_decay_sum,
                             "bucket_jitter": args.bucket_jitter,
-                            "clip_value_sum": args.clip_value_sum})
+                            "clip_value_sum": args.clip_value_sum,
+                            "anneal_epochs": args.anneal_epochs,
+                            "min_kl_weight": args.min_kl_weight})
     resume = None
     if args.resume:
         if not config.out_dir or not (Path(config.out_dir) / "checkpoint.pt").exists():
@@ -91,6 +93,7 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
         "threads": torch.get_num_threads(), "bucket_jitter": config.bucket_jitter,
         "rnn_nonlinearity": args.rnn_nonlinearity, "analytic_kl": model.config.analytic_kl,
         "clip_value_sum": config.clip_value_sum,
+        "anneal_epochs": config.anneal_epochs, "min_kl_weight": config.min_kl_weight,
         "weight_decay_sum": config.weight_decay_sum,  # fit divides it by steps per batch:
         "weight_decay": round(per_step_decay(config.weight_decay_sum, train, config.batch_size),
                               7),
@@ -176,6 +179,11 @@ def main() -> None:
     p.add_argument("--mc-kl", action="store_true",
                    help="train the flow-free DMM with the one-sample Monte Carlo KL (Pyro's "
                         "default) instead of the closed form")
+    p.add_argument("--anneal-epochs", type=float, default=DMM.train_defaults["anneal_epochs"],
+                   help="KL weight rises linearly to 1 over these epochs (Pyro: 1000; "
+                        "Krishnan et al.'s JSB runs: 5000 updates, about 417 epochs)")
+    p.add_argument("--min-kl-weight", type=float, default=DMM.train_defaults["min_kl_weight"],
+                   help="KL weight at the first step (Pyro: 0.2; Krishnan et al.: 0.01)")
     p.add_argument("--select", choices=("last", "best", "both"), default="both",
                    help="evaluate the final weights, those of the best validation -ELBO "
                         "(best.pt, needs --out), or both")

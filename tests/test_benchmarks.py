@@ -16,7 +16,7 @@ def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "dmm_jsb.py"), "--epochs", "2",
            "--eval-every", "1", "--samples", "3", "--elbo-samples", "1", "--threads", "1",
            "--rnn-nonlinearity", "relu", "--weight-decay-sum", "4.0", "--mc-kl",
-           "--out", str(tmp_path)]
+           "--anneal-epochs", "417", "--min-kl-weight", "0.01", "--out", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
                           check=False)
     assert done.returncode == 0, done.stderr
@@ -35,3 +35,9 @@ def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
     assert state["config"]["analytic_kl"] is False
     assert state["config"]["rnn_nonlinearity"] == "relu"
     assert state["data"] == {"name": "jsb"}
+    # Krishnan et al.'s annealing reached fit: KL weight 0.01 at the first step, 1 at epoch 417
+    assert (state["train_config"]["anneal_epochs"], state["train_config"]["min_kl_weight"]) == (
+        417, 0.01)
+    assert result["anneal_epochs"] == 417 and result["min_kl_weight"] == 0.01
+    first = next(r for r in state["history"] if r["kind"] == "train")
+    assert abs(first["kl_weight"] - 0.01) < 1e-3
