@@ -12,6 +12,14 @@
 set -u
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 stamp() { while IFS= read -r l; do printf '%s %s\n' "$(date +%s)" "$l"; done; }
+# a long run in the background (outlives the command), 5000-epoch schedule, checkpoints every
+# 25 epochs into $runs/NAME, log $runs/NAME.log
+launch() {  # name, cores, arguments
+  setsid bash -c "$(declare -f stamp); taskset -c $2 python3 benchmarks/dmm_jsb.py \
+    --epochs 5000 --eval-every 25 --out $runs/$1 --samples 0 ${*:3} 2>&1 | stamp" \
+    > "$runs/$1.log" 2>&1 < /dev/null &
+}
+logs() { tar czf "$2/logs.tgz" -C "$1" $(cd "$1" && ls *.log); }  # RUNS OUT
 case $1 in
 start)
   data=$2 runs=$3; mkdir -p "$runs"
@@ -24,11 +32,6 @@ start)
       --data-dir "$data" --epochs 3 --eval-every 0 --samples 0 2>&1 | grep '^{'
   # long runs, checkpoints every 25 epochs: two on the GPU, seeds and Pyro's settings on the
   # spare CPU cores (one thread each), to compare validation curves at equal epochs
-  launch() {  # name, cores, arguments
-    setsid bash -c "$(declare -f stamp); taskset -c $2 python3 benchmarks/dmm_jsb.py \
-      --epochs 5000 --eval-every 25 --out $runs/$1 --samples 0 ${*:3} 2>&1 | stamp" \
-      > "$runs/$1.log" 2>&1 < /dev/null &
-  }
   launch dmm_gpu 0-1 --device cuda
   launch iaf2_gpu 2-3 --device cuda --num-iafs 2
   cpu="--device cpu --threads 1"
@@ -47,9 +50,7 @@ others)  # the same settings as JSB's (Pyro's), 5000-epoch schedule, checkpoints
   data=$2 runs=$3; mkdir -p "$runs"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   for d in nottingham piano_midi musedata; do
-    setsid bash -c "$(declare -f stamp); python3 benchmarks/dmm_jsb.py --device cuda \
-      --dataset $d --data-dir $data --epochs 5000 --eval-every 25 --out $runs/$d \
-      --samples 0 2>&1 | stamp" > "$runs/$d.log" 2>&1 < /dev/null &
+    launch $d 0-15 --device cuda --dataset $d --data-dir "$data"
   done
   ;;
 is_k)  # CHECKPOINT K...: the importance-sampled NLL of one checkpoint as K grows
@@ -68,15 +69,15 @@ evaluate)  # RUNS OUT K: stop the runs; evaluate each last checkpoint (val, test
     cp "$c" "$3/${name}_checkpoint.pt"
   done
   wait; cat "$3"/eval_*.json
-  tar czf "$3/logs.tgz" -C "$2" $(cd "$2" && ls *.log)
+  logs "$2" "$3"
   ;;
 status)  # RUNS OUT: the last lines, and all logs into OUT
   for f in "$2"/*.log; do echo "== $f"; tail -n 2 "$f"; done
-  tar czf "$3/logs.tgz" -C "$2" $(cd "$2" && ls *.log)
+  logs "$2" "$3"
   ;;
 collect)  # RUNS OUT: stop every run (checkpoints are atomic), bring back logs and GPU weights
   pkill -f benchmarks/dmm_jsb.py; sleep 3
-  tar czf "$3/logs.tgz" -C "$2" $(cd "$2" && ls *.log)
+  logs "$2" "$3"
   for n in dmm_gpu iaf2_gpu; do
     for f in checkpoint best; do cp "$2/$n/jsb_chorales/$f.pt" "$3/${n}_$f.pt"; done
   done
