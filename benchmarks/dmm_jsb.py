@@ -8,7 +8,9 @@ and the importance-sampled NLL (an estimate of -log p(x), K whole latent paths f
 
 References (JSB Chorales test set, nats per time step): Pyro's DMM tutorial -ELBO 6.87;
 Krishnan, Shalit & Sontag 2017 (arXiv:1609.09869) Table 3: bound 6.926, importance-sampled
-6.388 with 2000 samples. Pyro's example took ~5.3 s per JSB epoch on this 2-core CPU.
+6.388 with 2000 samples (their Nottingham 2.77, Piano-midi 7.83, MuseData 6.83). Long runs
+on a CPU can go in slices: --time-limit stops with a checkpoint, --resume continues it.
+Pyro's example took ~5.3 s per JSB epoch on this 2-core CPU.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ from vaelab.train import (
 REFERENCES = {
     "jsb_chorales": {"neg_elbo": "Pyro 6.87 (6.82 with 1 IAF, 6.80 with 2), Krishnan et al. "
                               "6.926", "nll": "Krishnan 6.388"},
+    # Krishnan et al. 2017, Table 3 (their DMM, importance-sampled with 2000 samples)
+    "nottingham": {"neg_elbo": "-", "nll": "Krishnan 2.77"},
+    "piano_midi": {"neg_elbo": "-", "nll": "Krishnan 7.83"},
+    "musedata": {"neg_elbo": "-", "nll": "Krishnan 6.83"},
 }
 PICKLES = ("jsb_chorales", "nottingham", "piano_midi", "musedata")
 
@@ -68,8 +74,10 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
         resume = Path(config.out_dir) / "checkpoint.pt"
     epoch_times: list[float] = []
     mark = [time.perf_counter()]
+    deadline = None if args.time_limit is None else mark[0] + 60 * args.time_limit
+    out_of_time = [False]
 
-    def callback(record: dict) -> None:
+    def callback(record: dict) -> bool:
         # per-epoch training time, validation excluded: the last train step of each epoch
         if record["kind"] == "train" and record["step"] % train.num_batches(
                 config.batch_size) == 0:
@@ -81,11 +89,15 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
         elif record["kind"] == "val":
             mark[0] = time.perf_counter()
             print(f"  epoch {record['epoch']}: val -ELBO {record['nelbo']:.3f}", flush=True)
+        if record["kind"] == "train" and deadline is not None and time.perf_counter() > deadline:
+            out_of_time[0] = True  # fit saves a checkpoint (mid-epoch too) that --resume continues
+            return False
+        return True
 
     t0 = time.perf_counter()
     history = fit(model, train, val, config, callback=callback, resume=resume, data_spec=spec)
     wall = time.perf_counter() - t0
-    epochs = history[-1]["epoch"]
+    epochs = history[-1]["epoch"]  # completed epochs
     # the first epoch includes warm-up (allocations, thread pools); report the rest
     steady = epoch_times[1:] or epoch_times
     result = {
@@ -97,8 +109,9 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
         "weight_decay_sum": config.weight_decay_sum,  # fit divides it by steps per batch:
         "weight_decay": round(per_step_decay(config.weight_decay_sum, train, config.batch_size),
                               7),
-        "epochs": epochs, "training_s": round(wall, 1),
-        "s_per_epoch": round(sorted(steady)[len(steady) // 2], 3),
+        "epochs": epochs, "steps": history[-1]["step"], "stopped_at_time_limit": out_of_time[0],
+        "training_s": round(wall, 1),
+        "s_per_epoch": round(sorted(steady)[len(steady) // 2], 3) if steady else None,
         "s_per_epoch_first": round(epoch_times[0], 3) if epoch_times else None,
     }
     t1 = time.perf_counter()
@@ -134,6 +147,9 @@ def report(result: dict, args: argparse.Namespace) -> None:
           f"{result['epochs']} epochs in {result['training_s']} s, "
           f"{result['s_per_epoch']} s/epoch (median after the first; first "
           f"{result['s_per_epoch_first']} s)")
+    if result["stopped_at_time_limit"]:
+        print(f"  stopped at --time-limit after {result['steps']} steps, not converged; the "
+              f"checkpoint in --out continues with --resume")
     for label in ("last", "best"):
         if f"{label}_test_neg_elbo_bound" not in result:
             continue
@@ -193,10 +209,15 @@ def main() -> None:
     p.add_argument("--clip-value-sum", type=float, default=TrainConfig.clip_value_sum,
                    help="clamp each gradient element of the summed loss (Pyro's ClippedAdam: "
                         "10); 0: off, only the global norm clip")
+    p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                   help="stop each data set's training after this many minutes (checkpoint "
+                        "saved, so --resume continues it), then evaluate what was learnt")
     p.add_argument("--progress", action="store_true", help="tqdm bar")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's, one per core)")
     args = p.parse_args()
+    if args.time_limit is not None and args.time_limit < 0:
+        p.error(f"--time-limit must be >= 0 minutes, got {args.time_limit}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 

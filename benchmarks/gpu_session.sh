@@ -46,11 +46,14 @@ start)
   python3 -m pytest tests/test_gpu.py -q -p no:cacheprovider 2>&1 | tail -3
   python3 benchmarks/dmm_stability.py --device cuda 2>&1 | tail -3
   ;;
-others)  # the same settings as JSB's (Pyro's), 5000-epoch schedule, checkpoints every 25 epochs
+others)  # the same settings as JSB's (Pyro's), 5000-epoch schedule, checkpoints every 25 epochs;
+  # a run whose checkpoint is already in RUNS/NAME/NAME (an earlier lease, or CPU slices of
+  # dmm_jsb.py --time-limit copied there) continues with --resume
   data=$2 runs=$3; mkdir -p "$runs"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   for d in nottingham piano_midi musedata; do
-    launch $d 0-15 --device cuda --dataset $d --data-dir "$data"
+    resume=; [ -f "$runs/$d/$d/checkpoint.pt" ] && resume=--resume
+    launch $d 0-15 --device cuda --dataset $d --data-dir "$data" $resume
   done
   ;;
 is_k)  # CHECKPOINT K...: the importance-sampled NLL of one checkpoint as K grows

@@ -41,3 +41,41 @@ def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
     assert result["anneal_epochs"] == 417 and result["min_kl_weight"] == 0.01
     first = next(r for r in state["history"] if r["kind"] == "train")
     assert abs(first["kl_weight"] - 0.01) < 1e-3
+
+
+def test_dmm_jsb_time_limit_stops_with_a_checkpoint_that_resume_continues(tmp_path):
+    base = [sys.executable, str(ROOT / "benchmarks" / "dmm_jsb.py"), "--epochs", "1",
+            "--eval-every", "1", "--samples", "0", "--elbo-samples", "1", "--threads", "1",
+            "--select", "last", "--out", str(tmp_path)]
+
+    def run(*extra: str) -> tuple[dict, str]:
+        done = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=300,
+                              cwd=ROOT, check=False)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1]), done.stdout
+
+    ckpt = tmp_path / "jsb_chorales" / "checkpoint.pt"
+    # a limit of 0 minutes: stops after the first step, mid-epoch, and still evaluates
+    result, out = run("--time-limit", "0")
+    assert result["stopped_at_time_limit"] is True
+    assert (result["steps"], result["epochs"]) == (1, 0)
+    assert result["last_test_neg_elbo_bound"] > 0
+    assert "--resume" in out
+    state = load_checkpoint(ckpt)
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (1, 0, 1)
+    # --resume finishes the epoch from that step
+    result, _ = run("--resume")
+    assert result["stopped_at_time_limit"] is False and result["epochs"] == 1
+    state = load_checkpoint(ckpt)
+    steps_per_epoch = result["steps"]
+    assert state["epoch"] == 1 and state["step"] == steps_per_epoch > 1
+    # the first slice's step is counted once: 1 step before, the rest of the epoch after
+    assert [r["step"] for r in state["history"] if r["kind"] == "train"] == list(
+        range(1, steps_per_epoch + 1))
+
+
+def test_dmm_jsb_rejects_a_negative_time_limit():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dmm_jsb.py"),
+                           "--time-limit", "-1"], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT, check=False)
+    assert done.returncode == 2 and "--time-limit must be >= 0" in done.stderr
