@@ -75,7 +75,6 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
     epoch_times: list[float] = []
     mark = [time.perf_counter()]
     deadline = None if args.time_limit is None else mark[0] + 60 * args.time_limit
-    out_of_time = [False]
 
     def callback(record: dict) -> bool:
         # per-epoch training time, validation excluded: the last train step of each epoch
@@ -89,10 +88,10 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
         elif record["kind"] == "val":
             mark[0] = time.perf_counter()
             print(f"  epoch {record['epoch']}: val -ELBO {record['nelbo']:.3f}", flush=True)
-        if record["kind"] == "train" and deadline is not None and time.perf_counter() > deadline:
-            out_of_time[0] = True  # fit saves a checkpoint (mid-epoch too) that --resume continues
-            return False
-        return True
+        # past the deadline: False stops fit, which saves a checkpoint (mid-epoch too) that
+        # --resume continues
+        return not (record["kind"] == "train" and deadline is not None
+                    and time.perf_counter() > deadline)
 
     t0 = time.perf_counter()
     history = fit(model, train, val, config, callback=callback, resume=resume, data_spec=spec)
@@ -109,7 +108,8 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
         "weight_decay_sum": config.weight_decay_sum,  # fit divides it by steps per batch:
         "weight_decay": round(per_step_decay(config.weight_decay_sum, train, config.batch_size),
                               7),
-        "epochs": epochs, "steps": history[-1]["step"], "stopped_at_time_limit": out_of_time[0],
+        "epochs": epochs, "steps": history[-1]["step"],
+        "stopped_at_time_limit": history[-1]["stopped"],  # the callback's only stop
         "training_s": round(wall, 1),
         "s_per_epoch": round(sorted(steady)[len(steady) // 2], 3) if steady else None,
         "s_per_epoch_first": round(epoch_times[0], 3) if epoch_times else None,
