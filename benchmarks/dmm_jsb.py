@@ -65,7 +65,8 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
                             "bucket_jitter": args.bucket_jitter,
                             "clip_value_sum": args.clip_value_sum,
                             "anneal_epochs": args.anneal_epochs,
-                            "min_kl_weight": args.min_kl_weight})
+                            "min_kl_weight": args.min_kl_weight,
+                            "train_samples": args.train_samples})
     resume = None
     if args.resume:
         if not config.out_dir or not (Path(config.out_dir) / "checkpoint.pt").exists():
@@ -76,7 +77,11 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
     mark = [time.perf_counter()]
     deadline = None if args.time_limit is None else mark[0] + 60 * args.time_limit
 
+    first_step: list[int] = []  # the first step of this run (--resume starts later)
+
     def callback(record: dict) -> bool:
+        if record["kind"] == "train" and not first_step:
+            first_step.append(record["step"])
         # per-epoch training time, validation excluded: the last train step of each epoch
         if record["kind"] == "train" and record["step"] % train.num_batches(
                 config.batch_size) == 0:
@@ -103,12 +108,15 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
         "data": name, "model": model.name, "device": str(device),
         "threads": torch.get_num_threads(), "bucket_jitter": config.bucket_jitter,
         "rnn_nonlinearity": args.rnn_nonlinearity, "analytic_kl": model.config.analytic_kl,
-        "clip_value_sum": config.clip_value_sum,
+        "clip_value_sum": config.clip_value_sum, "train_samples": config.train_samples,
         "anneal_epochs": config.anneal_epochs, "min_kl_weight": config.min_kl_weight,
         "weight_decay_sum": config.weight_decay_sum,  # fit divides it by steps per batch:
         "weight_decay": round(per_step_decay(config.weight_decay_sum, train, config.batch_size),
                               7),
         "epochs": epochs, "steps": history[-1]["step"],
+        # this run's share, which training_s timed (all of it unless --resume)
+        "epochs_this_run": round((history[-1]["step"] - first_step[0] + 1)
+                                 / train.num_batches(config.batch_size), 2) if first_step else 0,
         "stopped_at_time_limit": history[-1]["stopped"],  # the callback's only stop
         "training_s": round(wall, 1),
         "s_per_epoch": round(sorted(steady)[len(steady) // 2], 3) if steady else None,
@@ -144,7 +152,8 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
 def report(result: dict, args: argparse.Namespace) -> None:
     ref = REFERENCES.get(result["data"], {"neg_elbo": "-", "nll": "-"})
     print(f"\n{result['data']} on {result['device']} ({result['threads']} threads): "
-          f"{result['epochs']} epochs in {result['training_s']} s, "
+          f"{result['epochs']} epochs ({result['epochs_this_run']} in this run) in "
+          f"{result['training_s']} s, "
           f"{result['s_per_epoch']} s/epoch (median after the first; first "
           f"{result['s_per_epoch_first']} s)")
     if result["stopped_at_time_limit"]:
@@ -200,6 +209,9 @@ def main() -> None:
                         "Krishnan et al.'s JSB runs: 5000 updates, about 417 epochs)")
     p.add_argument("--min-kl-weight", type=float, default=DMM.train_defaults["min_kl_weight"],
                    help="KL weight at the first step (Pyro: 0.2; Krishnan et al.: 0.01)")
+    p.add_argument("--train-samples", type=int, default=1,
+                   help="guide samples per sequence in each training step, their ELBOs "
+                        "averaged (less gradient noise from a Monte Carlo KL; Pyro: 1)")
     p.add_argument("--select", choices=("last", "best", "both"), default="both",
                    help="evaluate the final weights, those of the best validation -ELBO "
                         "(best.pt, needs --out), or both")

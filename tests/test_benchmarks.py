@@ -16,12 +16,14 @@ def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "dmm_jsb.py"), "--epochs", "2",
            "--eval-every", "1", "--samples", "3", "--elbo-samples", "1", "--threads", "1",
            "--rnn-nonlinearity", "relu", "--weight-decay-sum", "4.0", "--mc-kl",
-           "--anneal-epochs", "417", "--min-kl-weight", "0.01", "--out", str(tmp_path)]
+           "--anneal-epochs", "417", "--min-kl-weight", "0.01", "--train-samples", "2",
+           "--out", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
                           check=False)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["epochs"] == 2 and result["weight_decay_sum"] == 4.0
+    assert result["epochs"] == result["epochs_this_run"] == 2
+    assert result["weight_decay_sum"] == 4.0
     assert result["analytic_kl"] is False and result["rnn_nonlinearity"] == "relu"
     assert 0 < result["weight_decay"] < 4.0 / 500  # per step: JSB batches hold ~1150 steps
     assert result["best_epoch"] in (1, 2)
@@ -39,6 +41,7 @@ def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
     assert (state["train_config"]["anneal_epochs"], state["train_config"]["min_kl_weight"]) == (
         417, 0.01)
     assert result["anneal_epochs"] == 417 and result["min_kl_weight"] == 0.01
+    assert result["train_samples"] == state["train_config"]["train_samples"] == 2
     first = next(r for r in state["history"] if r["kind"] == "train")
     assert abs(first["kl_weight"] - 0.01) < 1e-3
 
@@ -57,6 +60,7 @@ def test_dmm_jsb_time_limit_stops_with_a_checkpoint_that_resume_continues(tmp_pa
     ckpt = tmp_path / "jsb_chorales" / "checkpoint.pt"
     # a limit of 0 minutes: stops after the first step, mid-epoch, and still evaluates
     result, out = run("--time-limit", "0")
+    first_slice = result["epochs_this_run"]
     assert result["stopped_at_time_limit"] is True
     assert (result["steps"], result["epochs"]) == (1, 0)
     assert result["last_test_neg_elbo_bound"] > 0
@@ -69,6 +73,9 @@ def test_dmm_jsb_time_limit_stops_with_a_checkpoint_that_resume_continues(tmp_pa
     state = load_checkpoint(ckpt)
     steps_per_epoch = result["steps"]
     assert state["epoch"] == 1 and state["step"] == steps_per_epoch > 1
+    # each slice's timing covers its own share: one step, then all the others
+    assert first_slice == round(1 / steps_per_epoch, 2)
+    assert result["epochs_this_run"] == round((steps_per_epoch - 1) / steps_per_epoch, 2)
     # the first slice's step is counted once: 1 step before, the rest of the epoch after
     assert [r["step"] for r in state["history"] if r["kind"] == "train"] == list(
         range(1, steps_per_epoch + 1))

@@ -8,6 +8,7 @@ import torch
 
 import vaelab.train
 from vaelab.data import Batch, load_digits
+from vaelab.objectives import ELBOTerms
 from vaelab.train import (
     CHECKPOINT_FORMAT,
     TrainConfig,
@@ -242,6 +243,7 @@ def test_callback_returning_false_stops_and_checkpoints(digits, tmp_path):
         ({"weight_decay_sum": -1.0}, "weight_decay_sum"),
         ({"clip_value_sum": -1.0}, "clip_value_sum"),
         ({"bucket_jitter": -0.5}, "bucket_jitter"),
+        ({"train_samples": 0}, "train_samples"),
     ],
 )
 def test_bad_train_config_is_rejected(kw, field):
@@ -293,8 +295,31 @@ def test_clip_value_sum_clamps_every_gradient_element_per_step(digits, monkeypat
         assert value == pytest.approx(3.2 / 32)
         assert before > value and after == pytest.approx(value)  # it did clamp
     seen.clear()
+    seen.clear()  # several guide draws per step: the same summed loss per batch, same clamp
+    fit(small_vae(), train, None, config(epochs=1, clip_value_sum=3.2, train_samples=2))
+    assert [value for value, _, _ in seen] == pytest.approx([3.2 / 32] * 5)
+    seen.clear()
     fit(small_vae(), train, None, config(epochs=1))  # off by default
     assert seen == []
+
+
+def test_train_samples_average_the_elbo_of_several_guide_draws(digits, monkeypatch):
+    train, _ = digits
+    model = small_vae()
+    rows, seen = [], []
+    real_elbo, real_loss = model.elbo, vaelab.train.loss
+    # the VAE's elbo takes no samples: it sees the batch repeated, sample-major
+    monkeypatch.setattr(model, "elbo", lambda b: rows.append(len(b)) or real_elbo(b))
+    monkeypatch.setattr(vaelab.train, "loss",
+                        lambda terms, w: seen.append((terms, w)) or real_loss(terms, w))
+    history = fit(model, train, None, config(epochs=1, train_samples=3))
+    assert rows == [96] * 5  # 5 batches of 32, three draws each
+    for terms, w in seen:  # the loss is the mean of the three draws' losses
+        fields = (terms.log_likelihood, terms.kl, terms.steps)
+        draws = [ELBOTerms(*(t[i * 32:(i + 1) * 32] for t in fields)) for i in range(3)]
+        torch.testing.assert_close(real_loss(terms, w),
+                                   torch.stack([real_loss(d, w) for d in draws]).mean())
+    assert history[0]["nelbo"] == pytest.approx(-float(seen[0][0].elbo.detach().mean()))
 
 
 def test_unknown_device_is_rejected():

@@ -3,6 +3,7 @@ KL annealing, and the importance-sampled log-likelihood shared by every model.""
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -47,6 +48,22 @@ def masked_sum(x: Tensor, mask: Tensor | None) -> Tensor:
     if mask is None:
         return x.sum(dim=1)
     return torch.where(mask, x, torch.zeros_like(x)).sum(dim=1)
+
+
+def elbo_samples(model: torch.nn.Module, batch: Batch, samples: int = 1) -> ELBOTerms:
+    """Returns the ELBO terms of ``samples`` guide draws per example, ``[S*B]`` each,
+    sample-major like ``batch.repeat(S)``; :func:`loss` on them averages the S ELBOs.
+
+    A model whose ``elbo`` takes ``samples`` shares the work that does not depend on the draw
+    (the DMM runs its backward RNN once); any other model sees the batch repeated.
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if samples == 1:
+        return model.elbo(batch)
+    if "samples" in inspect.signature(model.elbo).parameters:
+        return model.elbo(batch, samples=samples)
+    return model.elbo(batch.repeat(samples))
 
 
 def loss(terms: ELBOTerms, kl_weight: float = 1.0) -> Tensor:

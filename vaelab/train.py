@@ -21,7 +21,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vaelab.data import Data
-from vaelab.objectives import ELBOTerms, importance_log_likelihood, kl_weight, loss
+from vaelab.objectives import (
+    ELBOTerms,
+    elbo_samples,
+    importance_log_likelihood,
+    kl_weight,
+    loss,
+)
 
 CHECKPOINT_FORMAT = "vaelab-checkpoint-1"
 Callback = Callable[[dict], "bool | None"]
@@ -51,6 +57,9 @@ class TrainConfig:
     beta: float = 1.0  # final KL weight (beta-VAE); 1 gives the true ELBO
     anneal_epochs: float = 0.0  # linear KL warm-up length; 0 switches annealing off
     min_kl_weight: float = 0.2  # KL weight at step 0 when annealing (Krishnan et al. 2017)
+    # guide samples per example in each step; the loss averages their ELBOs, so the gradient
+    # is the same in expectation with less variance (for Monte Carlo KLs, e.g. IAF guides)
+    train_samples: int = 1
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA when present
     out_dir: str | None = None  # where checkpoint.pt is written; None keeps nothing on disk
@@ -75,6 +84,7 @@ class TrainConfig:
             "beta": self.beta >= 0,
             "anneal_epochs": self.anneal_epochs >= 0,
             "min_kl_weight": 0 <= self.min_kl_weight <= 1,
+            "train_samples": self.train_samples >= 1,
             "checkpoint_every": self.checkpoint_every >= 1,
             "eval_every": self.eval_every >= 0,
             "max_steps": self.max_steps is None or self.max_steps >= 1,
@@ -356,7 +366,7 @@ def fit(
                 continue  # resuming mid-epoch: replay the same order, skip what was done
             batch = batch.to(device)
             try:
-                terms = model.elbo(batch)
+                terms = elbo_samples(model, batch, config.train_samples)
             except ValueError as err:
                 # torch.distributions' argument checks reject NaN/inf parameters (or a scale
                 # of exactly 0) before the loss exists: that is divergence, not bad input
@@ -370,8 +380,8 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             if config.clip_value_sum:  # Pyro's clamp on the summed loss, per step here
-                nn.utils.clip_grad_value_(model.parameters(),
-                                          config.clip_value_sum / float(terms.steps.sum()))
+                batch_steps = float(terms.steps.sum()) / config.train_samples
+                nn.utils.clip_grad_value_(model.parameters(), config.clip_value_sum / batch_steps)
             grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm))
             if not math.isfinite(grad_norm):
                 raise TrainingDiverged(_diverged("gradient norm", state.step, out))
