@@ -122,6 +122,10 @@ with st.sidebar:
                           format_func=lambda v: f"{v:.0e}", key=f"lr_{model_name}")
     anneal = st.number_input("KL annealing epochs (0 = off)", 0.0, 10000.0,
                              float(tdef["anneal_epochs"]), step=1.0, key=f"anneal_{model_name}")
+    train_samples = st.number_input(
+        "guide samples per example in each step", 1, 64, int(tdef["train_samples"]),
+        key="train_samples", help="their ELBOs are averaged: less gradient noise (from a "
+        "Monte Carlo KL, as with IAF guides) for proportionally more work per step")
     seed = st.number_input("seed", 0, 2**31 - 1, int(tdef["seed"]), key="seed")
     max_steps = st.number_input("max steps, in total (0 = no limit)", 0, 10**9, 0,
                                 key="max_steps")
@@ -176,7 +180,8 @@ def prepare(resume: str | None) -> tuple:
     """Data, model, TrainConfig and data spec from the widgets (or the resume checkpoint)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     train_values = {"epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
-                    "anneal_epochs": float(anneal), "seed": int(seed), "device": device,
+                    "anneal_epochs": float(anneal), "train_samples": int(train_samples),
+                    "seed": int(seed), "device": device,
                     "max_steps": int(max_steps) or None, "progress": False}
     if resume:
         model, ckpt = load_model(resume)
