@@ -23,7 +23,6 @@ emitter are evaluated for every time step in one batched call each.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -36,7 +35,7 @@ from vaelab.data import Batch
 from vaelab.distributions import BernoulliLogits
 from vaelab.flows import IAFStack
 from vaelab.nn import MLP, elman_rnn, reverse_sequences
-from vaelab.objectives import ELBOTerms, masked_sum
+from vaelab.objectives import ELBOTerms, importance_log_likelihood, masked_sum
 
 
 @dataclass
@@ -402,20 +401,10 @@ class DMM(nn.Module):
         """Returns the importance-sampled estimate of log p(x) per sequence, ``[B]``.
 
         log p(x) ~= log (1/K) sum_k p(x, z^k) / q(z^k | x) over K whole latent paths from the
-        guide. Same estimate as :func:`vaelab.objectives.importance_log_likelihood`, but the
-        backward RNN runs once per chunk instead of once per path.
+        guide: :func:`vaelab.objectives.importance_log_likelihood`, whose chunks share one
+        backward-RNN pass (``elbo(samples=k)``).
         """
-        if num_samples < 1 or chunk_size < 1:
-            raise ValueError(f"num_samples and chunk_size must be >= 1, got {num_samples} "
-                             f"and {chunk_size}")
-        chunks, remaining = [], num_samples
-        while remaining > 0:
-            k = min(chunk_size, remaining)
-            terms = self.elbo(batch, analytic_kl=False, samples=k)
-            chunks.append(terms.elbo.view(k, len(batch)))  # [k, B], sample-major
-            remaining -= k
-        log_w = torch.cat(chunks, dim=0)  # [K, B]
-        return torch.logsumexp(log_w, dim=0) - math.log(num_samples)
+        return importance_log_likelihood(self, batch, num_samples, chunk_size)
 
     @torch.no_grad()
     def kl_per_dim(self, batch: Batch) -> Tensor:

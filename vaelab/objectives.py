@@ -50,20 +50,21 @@ def masked_sum(x: Tensor, mask: Tensor | None) -> Tensor:
     return torch.where(mask, x, torch.zeros_like(x)).sum(dim=1)
 
 
-def elbo_samples(model: torch.nn.Module, batch: Batch, samples: int = 1) -> ELBOTerms:
+def elbo_samples(model: torch.nn.Module, batch: Batch, samples: int = 1, **kw) -> ELBOTerms:
     """Returns the ELBO terms of ``samples`` guide draws per example, ``[S*B]`` each,
     sample-major like ``batch.repeat(S)``; :func:`loss` on them averages the S ELBOs.
 
     A model whose ``elbo`` takes ``samples`` shares the work that does not depend on the draw
-    (the DMM runs its backward RNN once); any other model sees the batch repeated.
+    (the DMM runs its backward RNN once); any other model sees the batch repeated. ``kw``
+    goes to ``model.elbo`` (e.g. ``analytic_kl=False``).
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     if samples == 1:
-        return model.elbo(batch)
+        return model.elbo(batch, **kw)
     if "samples" in inspect.signature(model.elbo).parameters:
-        return model.elbo(batch, samples=samples)
-    return model.elbo(batch.repeat(samples))
+        return model.elbo(batch, samples=samples, **kw)
+    return model.elbo(batch.repeat(samples), **kw)
 
 
 def loss(terms: ELBOTerms, kl_weight: float = 1.0) -> Tensor:
@@ -89,8 +90,8 @@ def importance_log_likelihood(
     log p(x) ~= log (1/K) sum_k p(x, z_k) / q(z_k | x), z_k ~ q(z | x)   (Burda et al. 2016,
     arXiv:1509.00519). A one-sample Monte Carlo ELBO is exactly ``log p(x, z) - log q(z | x)``,
     so any model following the protocol works: the batch is repeated ``chunk_size`` times, the
-    Monte Carlo ELBO taken, and the K log-weights combined with ``logsumexp``. It is a
-    stochastic lower bound on log p(x) that tightens as K grows.
+    Monte Carlo ELBO taken (see :func:`elbo_samples`), and the K log-weights combined with
+    ``logsumexp``. It is a stochastic lower bound on log p(x) that tightens as K grows.
     """
     if num_samples < 1 or chunk_size < 1:
         raise ValueError(
@@ -100,8 +101,8 @@ def importance_log_likelihood(
     remaining = num_samples
     while remaining > 0:
         k = min(chunk_size, remaining)
-        terms = model.elbo(batch.repeat(k), analytic_kl=False)
-        chunks.append(terms.elbo.view(k, len(batch)))  # [k, B], repeat is sample-major
+        terms = elbo_samples(model, batch, k, analytic_kl=False)  # one RNN pass in the DMM
+        chunks.append(terms.elbo.view(k, len(batch)))  # [k, B], sample-major
         remaining -= k
     log_w = torch.cat(chunks, dim=0)  # [K, B]
     return torch.logsumexp(log_w, dim=0) - math.log(num_samples)

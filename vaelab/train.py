@@ -225,14 +225,10 @@ def evaluate_nll(model: nn.Module, data: Data, num_samples: int = 1000, batch_si
     total, steps = 0.0, 0.0
     generator = torch.Generator().manual_seed(0)
     batches = data.batches(batch_size, shuffle=False, generator=generator)
-    # a model may offer a faster estimator of the same quantity (the DMM shares one RNN pass
-    # between the K paths); otherwise the generic one
-    estimate = getattr(model, "importance_log_likelihood", None) or (
-        lambda b, k, c: importance_log_likelihood(model, b, k, c))
     for batch in tqdm(batches, total=data.num_batches(batch_size), disable=not progress,
                       desc="IS log p(x)"):
         batch = batch.to(device)
-        total += float(estimate(batch, num_samples, chunk_size).sum())
+        total += float(importance_log_likelihood(model, batch, num_samples, chunk_size).sum())
         steps += float(batch.mask.sum()) if batch.mask is not None else len(batch)
     model.train(was_training)
     return -total / steps
