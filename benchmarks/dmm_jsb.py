@@ -50,12 +50,13 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
     ``python -m vaelab evaluate --checkpoint`` needs no --data) and evaluate."""
     train, val, test = load_dataset(**spec)
     torch.manual_seed(args.seed)
+    shared = {"x_dim": train.x_dim, "rnn_nonlinearity": args.rnn_nonlinearity,
+              "softplus_variance": args.softplus_variance,
+              "standard_initial_prior": args.standard_initial_prior}
     if args.num_iafs > 0:  # the IAF guide's KL is a Monte Carlo estimate (no closed form)
-        model = DMMIAF(DMMIAFConfig(x_dim=train.x_dim, num_iafs=args.num_iafs,
-                                    rnn_nonlinearity=args.rnn_nonlinearity))
+        model = DMMIAF(DMMIAFConfig(**shared, num_iafs=args.num_iafs))
     else:
-        model = DMM(DMMConfig(x_dim=train.x_dim, rnn_nonlinearity=args.rnn_nonlinearity,
-                              analytic_kl=not args.mc_kl))
+        model = DMM(DMMConfig(**shared, analytic_kl=not args.mc_kl))
     device = select_device(args.device)
     config = TrainConfig(**{**DMM.train_defaults, "epochs": args.epochs, "seed": args.seed,
                             "device": args.device, "eval_every": args.eval_every,
@@ -66,7 +67,8 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
                             "clip_value_sum": args.clip_value_sum,
                             "anneal_epochs": args.anneal_epochs,
                             "min_kl_weight": args.min_kl_weight,
-                            "train_samples": args.train_samples})
+                            "train_samples": args.train_samples, "lr": args.lr,
+                            "lr_decay": args.lr_decay})
     resume = None
     if args.resume:
         if not config.out_dir or not (Path(config.out_dir) / "checkpoint.pt").exists():
@@ -108,8 +110,11 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
         "data": name, "model": model.name, "device": str(device),
         "threads": torch.get_num_threads(), "bucket_jitter": config.bucket_jitter,
         "rnn_nonlinearity": args.rnn_nonlinearity, "analytic_kl": model.config.analytic_kl,
+        "softplus_variance": model.config.softplus_variance,
+        "standard_initial_prior": model.config.standard_initial_prior,
         "clip_value_sum": config.clip_value_sum, "train_samples": config.train_samples,
         "anneal_epochs": config.anneal_epochs, "min_kl_weight": config.min_kl_weight,
+        "lr": config.lr, "lr_decay": config.lr_decay,
         "weight_decay_sum": config.weight_decay_sum,  # fit divides it by steps per batch:
         "weight_decay": round(per_step_decay(config.weight_decay_sum, train, config.batch_size),
                               7),
@@ -204,11 +209,21 @@ def main() -> None:
     p.add_argument("--mc-kl", action="store_true",
                    help="train the flow-free DMM with the one-sample Monte Carlo KL (Pyro's "
                         "default) instead of the closed form")
+    p.add_argument("--softplus-variance", action="store_true",
+                   help="softplus gives each Gaussian's variance, not its scale (Krishnan et "
+                        "al.'s code)")
+    p.add_argument("--standard-initial-prior", action="store_true",
+                   help="p(z_1) = N(0, I) and the guide starts from z_0 = 0 (Krishnan et al.'s "
+                        "code), instead of a trained z_0 and z_q_0 (Pyro)")
     p.add_argument("--anneal-epochs", type=float, default=DMM.train_defaults["anneal_epochs"],
                    help="KL weight rises linearly to 1 over these epochs (Pyro: 1000; "
                         "Krishnan et al.'s JSB runs: 5000 updates, about 417 epochs)")
     p.add_argument("--min-kl-weight", type=float, default=DMM.train_defaults["min_kl_weight"],
                    help="KL weight at the first step (Pyro: 0.2; Krishnan et al.: 0.01)")
+    p.add_argument("--lr", type=float, default=DMM.train_defaults["lr"],
+                   help="Adam's learning rate (Pyro: 3e-4; Krishnan et al.: 8e-4)")
+    p.add_argument("--lr-decay", type=float, default=DMM.train_defaults["lr_decay"],
+                   help="learning-rate factor per step (Pyro: 0.99996; Krishnan et al.: 1, none)")
     p.add_argument("--train-samples", type=int, default=1,
                    help="guide samples per sequence in each training step, their ELBOs "
                         "averaged (less gradient noise from a Monte Carlo KL; Pyro: 1)")

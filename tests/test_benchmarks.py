@@ -17,7 +17,8 @@ def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
            "--eval-every", "1", "--samples", "3", "--elbo-samples", "1", "--threads", "1",
            "--rnn-nonlinearity", "relu", "--weight-decay-sum", "4.0", "--mc-kl",
            "--anneal-epochs", "417", "--min-kl-weight", "0.01", "--train-samples", "2",
-           "--out", str(tmp_path)]
+           "--lr", "8e-4", "--lr-decay", "1", "--softplus-variance",
+           "--standard-initial-prior", "--out", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
                           check=False)
     assert done.returncode == 0, done.stderr
@@ -36,6 +37,8 @@ def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
     state = load_checkpoint(ckpt)  # records the model's settings and the data set it saw
     assert state["config"]["analytic_kl"] is False
     assert state["config"]["rnn_nonlinearity"] == "relu"
+    for record in (state["config"], result):  # Krishnan et al.'s parameterisation
+        assert record["softplus_variance"] is record["standard_initial_prior"] is True
     assert state["data"] == {"name": "jsb"}
     # Krishnan et al.'s annealing reached fit: KL weight 0.01 at the first step, 1 at epoch 417
     assert (state["train_config"]["anneal_epochs"], state["train_config"]["min_kl_weight"]) == (
@@ -44,6 +47,11 @@ def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
     assert result["train_samples"] == state["train_config"]["train_samples"] == 2
     first = next(r for r in state["history"] if r["kind"] == "train")
     assert abs(first["kl_weight"] - 0.01) < 1e-3
+    # Krishnan et al.'s learning rate, constant
+    assert (state["train_config"]["lr"], state["train_config"]["lr_decay"]) == (8e-4, 1.0)
+    assert (result["lr"], result["lr_decay"]) == (8e-4, 1.0)
+    last = [r for r in state["history"] if r["kind"] == "train"][-1]
+    assert first["lr"] == last["lr"] == 8e-4 and last["step"] > 1
 
 
 def test_dmm_jsb_time_limit_stops_with_a_checkpoint_that_resume_continues(tmp_path):

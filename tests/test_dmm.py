@@ -21,6 +21,8 @@ from vaelab.objectives import elbo_samples, importance_log_likelihood, loss
 from vaelab.train import TrainConfig, evaluate_elbo, fit, per_step_decay
 
 SMALL = {"x_dim": 6, "z_dim": 3, "emission_dim": 8, "transition_dim": 8, "rnn_dim": 10}
+# Krishnan et al.'s choices where Pyro's example differs (DMMConfig's comparison options)
+KRISHNAN = {"softplus_variance": True, "standard_initial_prior": True}
 
 
 def small_dmm(**kw) -> DMM:
@@ -97,8 +99,9 @@ def test_mask_none_means_all_observed():
 # ----------------------------------------------------------------------------- KL
 
 
-def test_analytic_and_monte_carlo_kl_agree_in_expectation():
-    model = small_dmm()
+@pytest.mark.parametrize("options", [{}, KRISHNAN])
+def test_analytic_and_monte_carlo_kl_agree_in_expectation(options):
+    model = small_dmm(**options)
     with torch.no_grad():  # move the guide away from the prior so the KL is sizeable
         model.combiner.hidden_to_loc_scale.bias.normal_()
     batch = ragged_batch([7, 4])
@@ -114,10 +117,12 @@ def test_analytic_and_monte_carlo_kl_agree_in_expectation():
     assert (analytic.var(dim=0) < mc.var(dim=0)).all()
 
 
-def test_monte_carlo_elbo_is_log_joint_minus_log_q():
+@pytest.mark.parametrize("options", [{}, KRISHNAN])
+def test_monte_carlo_elbo_is_log_joint_minus_log_q(options):
     """terms.elbo with analytic_kl=False is log p(x, z) - log q(z | x) for the sampled path,
     checked against a step-by-step computation with the readable modules."""
-    model = small_dmm().double()
+    model = small_dmm(**options).double()
+    standard = Independent(Normal(torch.zeros(1, 3, dtype=torch.float64), 1.0), 1)
     batch = Batch(ragged_batch([5]).x.double())
     noise = torch.randn(1, 5, 3, dtype=torch.float64)
     terms = model.elbo(batch, analytic_kl=False, noise=noise)
@@ -126,7 +131,8 @@ def test_monte_carlo_elbo_is_log_joint_minus_log_q():
     for t in range(5):
         q = model.combiner(z_q, h_rnn[:, t])
         z = q.base_dist.loc + q.base_dist.scale * noise[:, t]
-        total = total + model.transition(z_p).log_prob(z) - q.log_prob(z)
+        p = standard if t == 0 and options else model.transition(z_p)  # p(z_1) = N(0, I)
+        total = total + p.log_prob(z) - q.log_prob(z)
         total = total + model.emitter(z).log_prob(batch.x[:, t])
         z_q = z_p = z
     torch.testing.assert_close(terms.elbo, total)
@@ -135,7 +141,8 @@ def test_monte_carlo_elbo_is_log_joint_minus_log_q():
 # ----------------------------------------------------------------------------- gradients
 
 
-@pytest.mark.parametrize("make", [small_dmm, small_dmm_iaf])
+@pytest.mark.parametrize("make", [small_dmm, small_dmm_iaf,
+                                  lambda: small_dmm_iaf(**KRISHNAN)])
 def test_every_parameter_gets_a_gradient(make):
     assert_every_parameter_gets_gradient(make(), ragged_batch([6, 3, 4]))
 
@@ -190,9 +197,12 @@ def test_rnn_states_equal_a_packed_backward_rnn_at_observed_steps():
     torch.testing.assert_close(got[batch.mask], expected[batch.mask])
 
 
-def test_fast_guide_equals_the_plain_loop_with_the_same_gradients():
+@pytest.mark.parametrize("options", [{}, KRISHNAN])
+def test_fast_guide_equals_the_plain_loop_with_the_same_gradients(options):
     """The guide's hand-written backward (_CombinerScan) against autograd through the loop."""
-    model = small_dmm().double()
+    model = small_dmm(**options).double()
+    with torch.no_grad():  # scales away from softplus' linear regime, where forms differ most
+        model.combiner.hidden_to_loc_scale.bias.normal_(0.0, 3.0)
     batch = ragged_batch([7, 4, 1])
     x, _, lengths = model._check(Batch(batch.x.double(), mask=batch.mask))
     noise = torch.randn(2 * 3, 7, 3, dtype=torch.double)
@@ -211,7 +221,10 @@ def test_fast_guide_equals_the_plain_loop_with_the_same_gradients():
         assert (a is None) == (b is None), name
         if a is not None:
             torch.testing.assert_close(a, b, msg=name)
-    assert fast_grads[[n for n, _ in model.named_parameters()].index("z_q_0")] is not None
+    names = [n for n, _ in model.named_parameters()]
+    assert ("z_q_0" in names) == (not options)  # trained unless the guide starts from 0
+    if not options:
+        assert fast_grads[names.index("z_q_0")] is not None
 
 
 def test_rnn_states_summarise_the_future_only():
@@ -391,6 +404,37 @@ def test_guide_is_a_normal_per_step_without_flows():
     q = model.combiner(torch.zeros(2, 3), torch.zeros(2, 10))
     assert isinstance(q, Independent) and isinstance(q.base_dist, Normal)
     assert q.event_shape == (3,) and (q.base_dist.scale >= 1e-3).all()
+
+
+def test_krishnan_options_variance_through_softplus_and_a_standard_initial_prior():
+    model = small_dmm(**KRISHNAN)
+    # softplus gives the variance: scale^2 = softplus(.) + min_scale^2, in both networks
+    z = torch.randn(5, 3)
+    tr = model.transition
+    pre = tr.z_to_scale(tr.proposed_mean(z).relu())
+    torch.testing.assert_close(tr(z).base_dist.scale ** 2,
+                               torch.nn.functional.softplus(pre) + 1e-6)
+    h_rnn = torch.randn(5, 10)
+    h = 0.5 * (torch.tanh(model.combiner.z_to_hidden(z)) + h_rnn)
+    pre = model.combiner.hidden_to_loc_scale(h)[:, 3:]
+    torch.testing.assert_close(model.combiner(z, h_rnn).base_dist.scale ** 2,
+                               torch.nn.functional.softplus(pre) + 1e-6)
+    # z_0 and z_q_0 are fixed zeros, not parameters, and p(z_1) = N(0, I) whatever z_0 holds
+    names = {n for n, _ in model.named_parameters()}
+    assert not names & {"z_0", "z_q_0"} and torch.equal(model.z_0, torch.zeros(3))
+    path = torch.randn(2, 4, 3)
+    p = model.prior(path)
+    assert torch.equal(p.base_dist.loc[:, 0], torch.zeros(2, 3))
+    assert torch.equal(p.base_dist.scale[:, 0], torch.ones(2, 3))
+    torch.testing.assert_close(p.base_dist.loc[:, 1:], tr(path[:, :-1]).base_dist.loc)
+    # ancestral samples start from N(0, I)
+    torch.manual_seed(0)
+    first = model.sample(4000, steps=2)[0][:, 0]  # [4000, 3]
+    assert first.mean(0).abs().max() < 0.1 and (first.std(0) - 1).abs().max() < 0.05
+    # the default model's p(z_1) is the transition from its trained z_0
+    default = small_dmm()
+    torch.testing.assert_close(default.prior(path).base_dist.loc[:, 0],
+                               default.transition(default.z_0.expand(2, -1)).base_dist.loc)
 
 
 def test_kl_per_dim_sums_to_the_elbo_kl():

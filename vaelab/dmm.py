@@ -61,6 +61,12 @@ class DMMConfig:
     # below what the data need: a unit-scale latent rarely needs a posterior width < 1e-3.
     min_scale: float = 1e-3
     analytic_kl: bool = True  # closed-form KL per step (the paper); False: one-sample MC
+    # Two choices of Krishnan et al.'s code that Pyro's example makes differently, for
+    # comparisons: softplus gives every Gaussian's variance, not its scale
+    # (scale = sqrt(softplus(.) + min_scale^2)); p(z_1) = N(0, I) and the guide starts from
+    # z_0 = 0, neither trained
+    softplus_variance: bool = False
+    standard_initial_prior: bool = False
 
     def __post_init__(self) -> None:
         for name in ("x_dim", "z_dim", "emission_dim", "transition_dim", "rnn_dim",
@@ -85,6 +91,14 @@ class DMMConfig:
                              "has no closed form; set analytic_kl=False")
 
 
+def positive_scale(s: Tensor, min_scale: float, softplus_variance: bool) -> Tensor:
+    """A Gaussian's scale from an unconstrained ``s``: ``softplus(s) + min_scale`` (Pyro), or
+    ``sqrt(softplus(s) + min_scale^2)`` when softplus gives the variance (Krishnan et al.)."""
+    if softplus_variance:
+        return torch.sqrt(softplus(s) + min_scale**2)
+    return softplus(s) + min_scale
+
+
 class Emitter(nn.Module):
     """Returns p(x_t | z_t) = Bernoulli(logits(z_t)), one event dim over the notes."""
 
@@ -102,16 +116,18 @@ class GatedTransition(nn.Module):
     A gate g in (0, 1) mixes a linear path (initialised to the identity, so an untrained
     model starts near a random walk) with a non-linear proposal:
     ``loc = (1 - g) * linear(z) + g * proposed``, ``scale = softplus(linear(relu(proposed)))
-    + min_scale``.
+    + min_scale`` (or the variance through softplus, :func:`positive_scale`).
     """
 
-    def __init__(self, z_dim: int, transition_dim: int, min_scale: float) -> None:
+    def __init__(self, z_dim: int, transition_dim: int, min_scale: float,
+                 softplus_variance: bool = False) -> None:
         super().__init__()
         self.gate = MLP(z_dim, [transition_dim], z_dim)  # sigmoid applied in forward
         self.proposed_mean = MLP(z_dim, [transition_dim], z_dim)
         self.z_to_loc = nn.Linear(z_dim, z_dim)
         self.z_to_scale = nn.Linear(z_dim, z_dim)
         self.min_scale = min_scale
+        self.softplus_variance = softplus_variance
         with torch.no_grad():
             self.z_to_loc.weight.copy_(torch.eye(z_dim))
             self.z_to_loc.bias.zero_()
@@ -121,7 +137,8 @@ class GatedTransition(nn.Module):
         gate = torch.sigmoid(self.gate(z_prev))
         proposed = self.proposed_mean(z_prev)
         loc = (1 - gate) * self.z_to_loc(z_prev) + gate * proposed
-        scale = softplus(self.z_to_scale(torch.relu(proposed))) + self.min_scale
+        scale = positive_scale(self.z_to_scale(torch.relu(proposed)), self.min_scale,
+                               self.softplus_variance)
         return Independent(Normal(loc, scale), 1)
 
 
@@ -133,16 +150,19 @@ class Combiner(nn.Module):
     the RNN part projected for all steps at once (:meth:`project_rnn`, :meth:`step`).
     """
 
-    def __init__(self, z_dim: int, rnn_dim: int, min_scale: float) -> None:
+    def __init__(self, z_dim: int, rnn_dim: int, min_scale: float,
+                 softplus_variance: bool = False) -> None:
         super().__init__()
         self.z_to_hidden = nn.Linear(z_dim, rnn_dim)
         self.hidden_to_loc_scale = nn.Linear(rnn_dim, 2 * z_dim)  # [loc | pre-softplus scale]
         self.min_scale = min_scale
+        self.softplus_variance = softplus_variance
 
     def forward(self, z_prev: Tensor, h_rnn: Tensor) -> Independent:
         h = 0.5 * (torch.tanh(self.z_to_hidden(z_prev)) + h_rnn)
         loc, s = self.hidden_to_loc_scale(h).chunk(2, dim=-1)
-        return Independent(Normal(loc, softplus(s) + self.min_scale), 1)
+        return Independent(Normal(loc, positive_scale(s, self.min_scale,
+                                                      self.softplus_variance)), 1)
 
     def project_rnn(self, h_rnn: Tensor) -> Tensor:
         """The RNN's share of ``[loc | pre-scale]``, ``1/2 A h_rnn + c``, for all steps."""
@@ -155,7 +175,7 @@ class Combiner(nn.Module):
         splits ``A h + c`` into the precomputed RNN part and the z-dependent part."""
         tanh_z = torch.tanh(self.z_to_hidden(z_prev))  # [B, R]
         loc, s = torch.addmm(rnn_part, tanh_z, half_weight_t).chunk(2, dim=-1)
-        return loc, softplus(s) + self.min_scale
+        return loc, positive_scale(s, self.min_scale, self.softplus_variance)
 
 
 class _CombinerScan(torch.autograd.Function):
@@ -171,27 +191,31 @@ class _CombinerScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rnn_part: Tensor, noise: Tensor, z_q_0: Tensor, weight: Tensor,
-                bias: Tensor, half_weight_t: Tensor, min_scale: float
-                ) -> tuple[Tensor, Tensor, Tensor]:
+                bias: Tensor, half_weight_t: Tensor, min_scale: float,
+                softplus_variance: bool) -> tuple[Tensor, Tensor, Tensor]:
         # rnn_part [T, N, 2Z], noise [T, N, Z], z_q_0 [Z], weight [R, Z] and bias [R] of
         # z_to_hidden, half_weight_t [R, 2Z]
         steps, n, z_dim = noise.shape
         tanh_z = noise.new_empty(steps, n, weight.shape[0])  # [T, N, R]
-        z, loc, scale, sig = (torch.empty_like(noise) for _ in range(4))
+        z, loc, scale, d_scale = (torch.empty_like(noise) for _ in range(4))
         z_prev = z_q_0.expand(n, -1)
         for t in range(steps):
             torch.addmm(bias, z_prev, weight.t(), out=tanh_z[t]).tanh_()
             out = torch.addmm(rnn_part[t], tanh_z[t], half_weight_t)  # [N, 2Z]
             loc[t], s = out[:, :z_dim], out[:, z_dim:]
-            torch.add(softplus(s), min_scale, out=scale[t])
-            torch.sigmoid(s, out=sig[t])  # softplus' derivative, for the backward
+            torch.sigmoid(s, out=d_scale[t])  # softplus' derivative, for the backward
+            if softplus_variance:  # scale = sqrt(softplus(s) + m^2): d/ds = sigmoid / 2 scale
+                torch.add(softplus(s), min_scale**2, out=scale[t]).sqrt_()
+                d_scale[t].div_(scale[t]).mul_(0.5)
+            else:
+                torch.add(softplus(s), min_scale, out=scale[t])
             z_prev = torch.addcmul(loc[t], scale[t], noise[t], out=z[t])
-        ctx.save_for_backward(noise, z, tanh_z, sig, z_q_0, weight, half_weight_t)
+        ctx.save_for_backward(noise, z, tanh_z, d_scale, z_q_0, weight, half_weight_t)
         return z, loc, scale
 
     @staticmethod
     def backward(ctx, grad_z: Tensor, grad_loc: Tensor, grad_scale: Tensor):
-        noise, z, tanh_z, sig, z_q_0, weight, half_weight_t = ctx.saved_tensors
+        noise, z, tanh_z, d_scale, z_q_0, weight, half_weight_t = ctx.saved_tensors
         steps, n, z_dim = noise.shape
         grad_out = noise.new_empty(steps, n, 2 * z_dim)  # dL/d[loc | pre-scale]
         grad_pre = torch.empty_like(tanh_z)  # dL/d(W z_{t-1} + b)
@@ -199,7 +223,7 @@ class _CombinerScan(torch.autograd.Function):
         for t in range(steps - 1, -1, -1):
             d_z = grad_z[t] + carry
             torch.add(grad_loc[t], d_z, out=grad_out[t, :, :z_dim])
-            torch.mul(torch.addcmul(grad_scale[t], d_z, noise[t]), sig[t],
+            torch.mul(torch.addcmul(grad_scale[t], d_z, noise[t]), d_scale[t],
                       out=grad_out[t, :, z_dim:])
             d = torch.mm(grad_out[t], half_weight_t.t(), out=grad_pre[t])
             d.mul_(1 - tanh_z[t] * tanh_z[t])
@@ -209,7 +233,8 @@ class _CombinerScan(torch.autograd.Function):
         flat_pre = grad_pre.reshape(-1, r)  # [T*N, R]
         grad_weight = flat_pre.t() @ z_prev.reshape(-1, z_dim)
         grad_half = tanh_z.reshape(-1, r).t() @ grad_out.reshape(-1, 2 * z_dim)
-        return (grad_out, None, carry.sum(0), grad_weight, flat_pre.sum(0), grad_half, None)
+        grad_z_q_0 = carry.sum(0) if ctx.needs_input_grad[2] else None
+        return (grad_out, None, grad_z_q_0, grad_weight, flat_pre.sum(0), grad_half, None, None)
 
 
 class DMM(nn.Module):
@@ -229,16 +254,21 @@ class DMM(nn.Module):
         super().__init__()
         self.config = c = config
         self.emitter = Emitter(c.x_dim, c.z_dim, c.emission_dim)
-        self.transition = GatedTransition(c.z_dim, c.transition_dim, c.min_scale)
-        self.combiner = Combiner(c.z_dim, c.rnn_dim, c.min_scale)
+        self.transition = GatedTransition(c.z_dim, c.transition_dim, c.min_scale,
+                                          c.softplus_variance)
+        self.combiner = Combiner(c.z_dim, c.rnn_dim, c.min_scale, c.softplus_variance)
         self.rnn = nn.RNN(c.x_dim, c.rnn_dim, num_layers=c.rnn_layers,
                           nonlinearity=c.rnn_nonlinearity, batch_first=True,
                           dropout=c.rnn_dropout)
         self.iaf = None
         if c.num_iafs > 0:
             self.iaf = IAFStack(c.z_dim, c.num_iafs, c.iaf_dim)
-        self.z_0 = nn.Parameter(torch.zeros(c.z_dim))  # p(z_1) = transition(z_0)
-        self.z_q_0 = nn.Parameter(torch.zeros(c.z_dim))  # guide's z_0
+        if c.standard_initial_prior:  # p(z_1) = N(0, I); the guide starts from 0
+            self.register_buffer("z_0", torch.zeros(c.z_dim))
+            self.register_buffer("z_q_0", torch.zeros(c.z_dim))
+        else:
+            self.z_0 = nn.Parameter(torch.zeros(c.z_dim))  # p(z_1) = transition(z_0)
+            self.z_q_0 = nn.Parameter(torch.zeros(c.z_dim))  # guide's z_0
         self.h_0 = nn.Parameter(torch.zeros(c.rnn_layers, 1, c.rnn_dim))  # RNN initial state
         # True: nn.RNN and the guide's loop through autograd, without the hand-written
         # backward passes (same numbers, slower; for tests and benchmarks/dmm_speed.py)
@@ -333,7 +363,8 @@ class DMM(nn.Module):
             to_time = (rnn_part.transpose(0, 1).contiguous(), noise.transpose(0, 1).contiguous())
             lin = self.combiner.z_to_hidden
             z, loc, scale = _CombinerScan.apply(*to_time, self.z_q_0, lin.weight, lin.bias,
-                                                half_weight_t, self.combiner.min_scale)
+                                                half_weight_t, self.combiner.min_scale,
+                                                self.config.softplus_variance)
             return z.transpose(0, 1), loc.transpose(0, 1), scale.transpose(0, 1), None
         z_prev = self.z_q_0.expand(n, -1)
         zs, locs, scales, log_qs = [], [], [], []
@@ -352,6 +383,18 @@ class DMM(nn.Module):
         log_q = torch.stack(log_qs, dim=1) if log_qs else None
         return (torch.stack(zs, dim=1), torch.stack(locs, dim=1), torch.stack(scales, dim=1),
                 log_q)
+
+    def prior(self, z: Tensor) -> Independent:
+        """p(z_t | z_{t-1}) for every step of the paths ``z [N, T, Z]`` in one call, batch
+        ``[N, T]``: the transition on ``[z_0, z_1 .. z_{T-1}]``, or N(0, I) at t = 1 with
+        ``standard_initial_prior``."""
+        z_prev = torch.cat([self.z_0.expand(len(z), 1, -1), z[:, :-1]], dim=1)  # [N, T, Z]
+        p_z = self.transition(z_prev)
+        if not self.config.standard_initial_prior:
+            return p_z
+        first = (torch.arange(z.shape[1], device=z.device) == 0)[:, None]  # [T, 1]
+        loc = torch.where(first, 0.0, p_z.base_dist.loc)
+        return Independent(Normal(loc, torch.where(first, 1.0, p_z.base_dist.scale)), 1)
 
     # ------------------------------------------------------------------------- ELBO
 
@@ -381,10 +424,7 @@ class DMM(nn.Module):
         z, loc, scale, log_q = self.guide(x, lengths, noise, samples)  # [S*B, T, Z]
         if samples > 1:
             x, mask = x.repeat(samples, 1, 1), mask.repeat(samples, 1)
-        n = z.shape[0]
-        # the prior of every step in one call: p(z_t | z_{t-1}) on [z_0, z_1 .. z_{T-1}]
-        z_prev = torch.cat([self.z_0.expand(n, 1, -1), z[:, :-1]], dim=1)  # [S*B, T, Z]
-        p_z = self.transition(z_prev)  # batch [S*B, T], event [Z]
+        p_z = self.prior(z)  # every step in one call: batch [S*B, T], event [Z]
         log_px = self.emitter(z).log_prob(x)  # [S*B, T], all steps in one call
         if analytic:
             kl = kl_divergence(Independent(Normal(loc, scale), 1), p_z)  # [S*B, T]
@@ -412,8 +452,7 @@ class DMM(nn.Module):
         ``[Z]``, averaged over observed steps along one sampled guide path."""
         x, mask, lengths = self._check(batch)
         z, loc, scale, _ = self.guide(x, lengths)  # [B, T, Z]
-        z_prev = torch.cat([self.z_0.expand(len(z), 1, -1), z[:, :-1]], dim=1)  # [B, T, Z]
-        kl = kl_divergence(Normal(loc, scale), self.transition(z_prev).base_dist)  # [B, T, Z]
+        kl = kl_divergence(Normal(loc, scale), self.prior(z).base_dist)  # [B, T, Z]
         return kl[mask].mean(dim=0)
 
     # ------------------------------------------------------------------------- sampling, plots
@@ -429,8 +468,11 @@ class DMM(nn.Module):
             raise ValueError(f"n and steps must be >= 1, got {n} and {steps}")
         z_prev = self.z_0.expand(n, -1)
         zs = []
-        for _ in range(steps):
-            z_prev = self.transition(z_prev).sample()
+        for t in range(steps):
+            if t == 0 and self.config.standard_initial_prior:
+                z_prev = torch.randn_like(z_prev)  # p(z_1) = N(0, I)
+            else:
+                z_prev = self.transition(z_prev).sample()
             zs.append(z_prev)
         z = torch.stack(zs, dim=1)  # [n, T, Z]
         return z, self.emitter(z).mean
