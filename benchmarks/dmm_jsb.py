@@ -52,7 +52,8 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     shared = {"x_dim": train.x_dim, "rnn_nonlinearity": args.rnn_nonlinearity,
               "softplus_variance": args.softplus_variance,
-              "standard_initial_prior": args.standard_initial_prior}
+              "standard_initial_prior": args.standard_initial_prior,
+              "emission_dim": args.emission_dim, "transition_dim": args.transition_dim}
     if args.num_iafs > 0:  # the IAF guide's KL is a Monte Carlo estimate (no closed form)
         model = DMMIAF(DMMIAFConfig(**shared, num_iafs=args.num_iafs))
     else:
@@ -112,6 +113,7 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
         "rnn_nonlinearity": args.rnn_nonlinearity, "analytic_kl": model.config.analytic_kl,
         "softplus_variance": model.config.softplus_variance,
         "standard_initial_prior": model.config.standard_initial_prior,
+        "emission_dim": model.config.emission_dim, "transition_dim": model.config.transition_dim,
         "clip_value_sum": config.clip_value_sum, "train_samples": config.train_samples,
         "anneal_epochs": config.anneal_epochs, "min_kl_weight": config.min_kl_weight,
         "lr": config.lr, "lr_decay": config.lr_decay,
@@ -209,6 +211,10 @@ def main() -> None:
     p.add_argument("--mc-kl", action="store_true",
                    help="train the flow-free DMM with the one-sample Monte Carlo KL (Pyro's "
                         "default) instead of the closed form")
+    p.add_argument("--emission-dim", type=int, default=DMMConfig.emission_dim,
+                   help="the emitter's hidden width (Pyro: 100; Krishnan et al.: 200)")
+    p.add_argument("--transition-dim", type=int, default=DMMConfig.transition_dim,
+                   help="the gated transition's hidden width (Pyro: 200; Krishnan et al.: 400)")
     p.add_argument("--softplus-variance", action="store_true",
                    help="softplus gives each Gaussian's variance, not its scale (Krishnan et "
                         "al.'s code)")

@@ -18,7 +18,8 @@ def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
            "--rnn-nonlinearity", "relu", "--weight-decay-sum", "4.0", "--mc-kl",
            "--anneal-epochs", "417", "--min-kl-weight", "0.01", "--train-samples", "2",
            "--lr", "8e-4", "--lr-decay", "1", "--softplus-variance",
-           "--standard-initial-prior", "--out", str(tmp_path)]
+           "--standard-initial-prior", "--emission-dim", "16", "--transition-dim", "24",
+           "--out", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
                           check=False)
     assert done.returncode == 0, done.stderr
@@ -39,6 +40,7 @@ def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
     assert state["config"]["rnn_nonlinearity"] == "relu"
     for record in (state["config"], result):  # Krishnan et al.'s parameterisation
         assert record["softplus_variance"] is record["standard_initial_prior"] is True
+        assert (record["emission_dim"], record["transition_dim"]) == (16, 24)
     assert state["data"] == {"name": "jsb"}
     # Krishnan et al.'s annealing reached fit: KL weight 0.01 at the first step, 1 at epoch 417
     assert (state["train_config"]["anneal_epochs"], state["train_config"]["min_kl_weight"]) == (
