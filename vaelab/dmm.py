@@ -3,12 +3,13 @@
 Krishnan, Shalit & Sontag 2017, "Structured Inference Networks for Nonlinear State Space
 Models" (arXiv:1609.09869). Decomposition and names in the spirit of Pyro's DMM example.
 
-Generative model, for t = 1..T, with a trainable z_0:
+Generative model, for t = 1..T, with a trainable z_0 (``standard_initial_prior``: p(z_1) =
+N(0, I), as in Krishnan et al.'s code):
 
     p(z_t | z_{t-1}) = N(loc(z_{t-1}), diag scale(z_{t-1})^2)    (gated transition)
     p(x_t | z_t)     = Bernoulli(logits(z_t)) over 88 piano keys  (emitter)
 
-Guide ("ST-R" in the paper), with a trainable z_q_0:
+Guide ("ST-R" in the paper), with a trainable z_q_0 (0 with ``standard_initial_prior``):
 
     q(z_t | z_{t-1}, x_{t:T}) = N(loc(h_t), diag scale(h_t)^2),
     h_t = 1/2 (tanh(W z_{t-1} + b) + h_rnn_t),  h_rnn_t a backward RNN over x_{t:T},
@@ -364,7 +365,7 @@ class DMM(nn.Module):
             lin = self.combiner.z_to_hidden
             z, loc, scale = _CombinerScan.apply(*to_time, self.z_q_0, lin.weight, lin.bias,
                                                 half_weight_t, self.combiner.min_scale,
-                                                self.config.softplus_variance)
+                                                self.combiner.softplus_variance)
             return z.transpose(0, 1), loc.transpose(0, 1), scale.transpose(0, 1), None
         z_prev = self.z_q_0.expand(n, -1)
         zs, locs, scales, log_qs = [], [], [], []
