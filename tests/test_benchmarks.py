@@ -19,7 +19,7 @@ def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
            "--anneal-epochs", "417", "--min-kl-weight", "0.01", "--train-samples", "2",
            "--lr", "8e-4", "--lr-decay", "1", "--softplus-variance",
            "--standard-initial-prior", "--emission-dim", "16", "--transition-dim", "24",
-           "--out", str(tmp_path)]
+           "--clip-norm", "0.0166", "--out", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
                           check=False)
     assert done.returncode == 0, done.stderr
@@ -54,12 +54,16 @@ def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
     assert (result["lr"], result["lr_decay"]) == (8e-4, 1.0)
     last = [r for r in state["history"] if r["kind"] == "train"][-1]
     assert first["lr"] == last["lr"] == 8e-4 and last["step"] > 1
+    # Krishnan et al.'s clip, which scales every step's gradient: fit records the norm before
+    assert state["train_config"]["clip_norm"] == result["clip_norm"] == 0.0166
+    assert all(r["grad_norm"] > 0.0166 for r in state["history"] if r["kind"] == "train")
 
 
 def test_dmm_jsb_time_limit_stops_with_a_checkpoint_that_resume_continues(tmp_path):
     base = [sys.executable, str(ROOT / "benchmarks" / "dmm_jsb.py"), "--epochs", "1",
             "--eval-every", "1", "--samples", "0", "--elbo-samples", "1", "--threads", "1",
-            "--select", "last", "--out", str(tmp_path)]
+            "--select", "last", "--rnn-type", "lstm", "--input-embedding",
+            "--rnn-output-dropout", "0.1", "--out", str(tmp_path)]
 
     def run(*extra: str) -> tuple[dict, str]:
         done = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=300,
@@ -77,6 +81,12 @@ def test_dmm_jsb_time_limit_stops_with_a_checkpoint_that_resume_continues(tmp_pa
     assert "--resume" in out
     state = load_checkpoint(ckpt)
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (1, 0, 1)
+    # Krishnan et al.'s guide (LSTM, input embedding, output dropout) reached the model, and
+    # its own parameters (the embedding, the cell state) are in the checkpoint to resume from
+    for record in (state["config"], result):
+        assert (record["rnn_type"], record["input_embedding"], record["rnn_output_dropout"]) == (
+            "lstm", True, 0.1)
+    assert {"embed.0.weight", "c_0", "rnn.weight_hh_l0"} <= set(state["state_dict"])
     # --resume finishes the epoch from that step
     result, _ = run("--resume")
     assert result["stopped_at_time_limit"] is False and result["epochs"] == 1

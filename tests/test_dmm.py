@@ -23,6 +23,8 @@ from vaelab.train import TrainConfig, evaluate_elbo, fit, per_step_decay
 SMALL = {"x_dim": 6, "z_dim": 3, "emission_dim": 8, "transition_dim": 8, "rnn_dim": 10}
 # Krishnan et al.'s choices where Pyro's example differs (DMMConfig's comparison options)
 KRISHNAN = {"softplus_variance": True, "standard_initial_prior": True}
+# and their guide: an LSTM over a ReLU embedding of x_t, dropout on its outputs in training
+LSTM_GUIDE = {"rnn_type": "lstm", "input_embedding": True, "rnn_output_dropout": 0.1}
 
 
 def small_dmm(**kw) -> DMM:
@@ -60,7 +62,8 @@ def test_reverse_sequences_matches_loop_and_round_trips():
 # ----------------------------------------------------------------------------- masks
 
 
-@pytest.mark.parametrize("make", [small_dmm, small_dmm_iaf])
+@pytest.mark.parametrize("make", [small_dmm, small_dmm_iaf,
+                                  lambda: small_dmm(**LSTM_GUIDE).eval()])
 def test_padding_never_changes_the_elbo(make):
     model = make().double()
     long = ragged_batch([8])
@@ -142,7 +145,8 @@ def test_monte_carlo_elbo_is_log_joint_minus_log_q(options):
 
 
 @pytest.mark.parametrize("make", [small_dmm, small_dmm_iaf,
-                                  lambda: small_dmm_iaf(**KRISHNAN)])
+                                  lambda: small_dmm_iaf(**KRISHNAN),
+                                  lambda: small_dmm(**KRISHNAN, **LSTM_GUIDE)])
 def test_every_parameter_gets_a_gradient(make):
     assert_every_parameter_gets_gradient(make(), ragged_batch([6, 3, 4]))
 
@@ -182,15 +186,20 @@ def test_latents_follow_the_readable_combiner():
     assert recon.shape == (2, 6, 6) and ((recon >= 0) & (recon <= 1)).all()
 
 
-def test_rnn_states_equal_a_packed_backward_rnn_at_observed_steps():
+@pytest.mark.parametrize("options", [{}, LSTM_GUIDE])
+def test_rnn_states_equal_a_packed_backward_rnn_at_observed_steps(options):
     """Independent reference: the RNN over reversed, packed sequences (pack_padded_sequence),
     which never sees padding at all."""
-    model = small_dmm()
+    model = small_dmm(**options).eval()  # eval: no dropout on the outputs
     batch = ragged_batch([6, 2, 4], pad=7.0)
     lengths = batch.lengths
-    packed = pack_padded_sequence(reverse_sequences(batch.x, lengths), lengths,
-                                  batch_first=True, enforce_sorted=False)
-    out, _ = model.rnn(packed, model.h_0.expand(-1, 3, -1).contiguous())
+    inputs = reverse_sequences(batch.x, lengths)
+    state = model.h_0.expand(-1, 3, -1).contiguous()
+    if options:  # ReLU embedding, and the LSTM's cell state
+        inputs = torch.relu(inputs @ model.embed[0].weight.T + model.embed[0].bias)
+        state = (state, model.c_0.expand(-1, 3, -1).contiguous())
+    packed = pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False)
+    out, _ = model.rnn(packed, state)
     out, _ = pad_packed_sequence(out, batch_first=True, total_length=6)
     expected = reverse_sequences(out, lengths)
     got = model.rnn_states(batch.x, lengths)
@@ -378,6 +387,10 @@ def test_bad_shapes_raise_and_name_the_fix():
     ({"rnn_dropout": 1.0}, r"rnn_dropout must be in \[0, 1\)"),
     ({"min_scale": 0.0}, "min_scale must be > 0"),
     ({"rnn_nonlinearity": "sigmoid"}, "rnn_nonlinearity must be 'tanh' or 'relu'"),
+    ({"rnn_type": "gru"}, "rnn_type must be 'rnn' or 'lstm'"),
+    ({"rnn_type": "lstm", "rnn_nonlinearity": "relu"}, "applies to rnn_type='rnn' only"),
+    ({"rnn_output_dropout": 1.0}, r"rnn_output_dropout must be in \[0, 1\)"),
+    ({"rnn_dropout": 0.1}, "use rnn_output_dropout"),
 ])
 def test_config_checks(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -396,6 +409,29 @@ def test_two_layer_relu_rnn_with_dropout_runs():
     terms = model.elbo(ragged_batch([4, 2]))
     assert terms.elbo.shape == (2,) and torch.isfinite(terms.elbo).all()
     assert model.h_0.shape == (2, 1, 10)
+
+
+def test_lstm_guide_output_dropout_acts_in_training_only():
+    model = small_dmm(**LSTM_GUIDE, rnn_dim=400)
+    assert isinstance(model.rnn, torch.nn.LSTM) and model.rnn.input_size == 400
+    batch = ragged_batch([6, 4], pad=0.0)
+    x, lengths = batch.x, batch.lengths
+    torch.manual_seed(0)
+    train_a, train_b = model.rnn_states(x, lengths), model.rnn_states(x, lengths)
+    model.eval()
+    plain = model.rnn_states(x, lengths)
+    assert torch.equal(plain, model.rnn_states(x, lengths))
+    # in training each output is dropped (0) with probability 0.1, or kept and scaled by 1/0.9
+    observed = batch.mask[..., None].expand_as(plain)
+    for out in (train_a, train_b):
+        dropped = (out == 0) & (plain != 0) & observed
+        kept = observed & ~dropped
+        torch.testing.assert_close(out[kept], plain[kept] / 0.9)
+        assert 0.05 < dropped.sum() / observed.sum() < 0.15
+    assert not torch.equal(train_a, train_b)  # a fresh mask each call
+    # no dropout configured: training and evaluation give the same states
+    model = small_dmm(rnn_type="lstm")
+    torch.testing.assert_close(model.rnn_states(x, lengths), model.eval().rnn_states(x, lengths))
 
 
 def test_guide_is_a_normal_per_step_without_flows():
