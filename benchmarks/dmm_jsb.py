@@ -68,7 +68,8 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
                             "progress": args.progress, "weight_decay_sum": args.weight_decay_sum,
                             "bucket_jitter": args.bucket_jitter,
                             "clip_value_sum": args.clip_value_sum,
-                            "clip_norm": args.clip_norm,
+                            "clip_norm": args.clip_norm, "adam_eps": args.adam_eps,
+                            "betas": (args.beta1, DMM.train_defaults["betas"][1]),
                             "anneal_epochs": args.anneal_epochs,
                             "min_kl_weight": args.min_kl_weight,
                             "train_samples": args.train_samples, "lr": args.lr,
@@ -119,7 +120,7 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
         "emission_dim": model.config.emission_dim, "transition_dim": model.config.transition_dim,
         "rnn_type": model.config.rnn_type, "input_embedding": model.config.input_embedding,
         "rnn_output_dropout": model.config.rnn_output_dropout,
-        "clip_norm": config.clip_norm,
+        "clip_norm": config.clip_norm, "adam_eps": config.adam_eps, "betas": config.betas,
         "clip_value_sum": config.clip_value_sum, "train_samples": config.train_samples,
         "anneal_epochs": config.anneal_epochs, "min_kl_weight": config.min_kl_weight,
         "lr": config.lr, "lr_decay": config.lr_decay,
@@ -261,6 +262,12 @@ def main() -> None:
                         "(Pyro: 10, rarely reached). Krishnan et al. clip at 1 the loss per "
                         "sequence, which on JSB (60 steps per chorale) is about 0.0166 here: "
                         "every step's gradient is then scaled to that norm")
+    p.add_argument("--adam-eps", type=float, default=TrainConfig.adam_eps,
+                   help="Adam's epsilon, on our loss per observed step. Krishnan et al.'s 1e-8 "
+                        "on their loss per sequence is about 1.66e-10 here on JSB; it matters "
+                        "with --clip-norm 0.0166, which makes every gradient small")
+    p.add_argument("--beta1", type=float, default=DMM.train_defaults["betas"][0],
+                   help="Adam's first-moment decay (Pyro: 0.96; Krishnan et al.: 0.9)")
     p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                    help="stop each data set's training after this many minutes (checkpoint "
                         "saved, so --resume continues it), then evaluate what was learnt")

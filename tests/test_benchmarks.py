@@ -19,7 +19,8 @@ def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
            "--anneal-epochs", "417", "--min-kl-weight", "0.01", "--train-samples", "2",
            "--lr", "8e-4", "--lr-decay", "1", "--softplus-variance",
            "--standard-initial-prior", "--emission-dim", "16", "--transition-dim", "24",
-           "--clip-norm", "0.0166", "--out", str(tmp_path)]
+           "--clip-norm", "0.0166", "--adam-eps", "1.66e-10", "--beta1", "0.9",
+           "--out", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
                           check=False)
     assert done.returncode == 0, done.stderr
@@ -57,6 +58,10 @@ def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
     # Krishnan et al.'s clip, which scales every step's gradient: fit records the norm before
     assert state["train_config"]["clip_norm"] == result["clip_norm"] == 0.0166
     assert all(r["grad_norm"] > 0.0166 for r in state["history"] if r["kind"] == "train")
+    # and their Adam: epsilon rescaled to our per-step loss, first-moment decay 0.9
+    assert tuple(result["betas"]) == tuple(state["train_config"]["betas"]) == (0.9, 0.999)
+    group = state["optimizer"]["param_groups"][0]
+    assert (group["eps"], tuple(group["betas"])) == (1.66e-10, (0.9, 0.999))
 
 
 def test_dmm_jsb_time_limit_stops_with_a_checkpoint_that_resume_continues(tmp_path):

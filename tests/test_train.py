@@ -235,6 +235,7 @@ def test_callback_returning_false_stops_and_checkpoints(digits, tmp_path):
         ({"lr": 0.0}, "lr"),
         ({"betas": (0.9, 1.0)}, "betas"),
         ({"clip_norm": -1.0}, "clip_norm"),
+        ({"adam_eps": 0.0}, "adam_eps"),
         ({"lr_decay": 1.5}, "lr_decay"),
         ({"min_kl_weight": 2.0}, "min_kl_weight"),
         ({"max_steps": 0}, "max_steps"),

@@ -45,6 +45,9 @@ class TrainConfig:
     bucket_jitter: float = 0.1
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
+    # Adam's epsilon. It is the one setting not invariant to the loss's scale: ours is per
+    # observed step, so a per-sequence loss's 1e-8 is 1e-8 / (mean steps per sequence) here
+    adam_eps: float = 1e-8
     clip_norm: float = 10.0
     # clamp every gradient element of the batch's *summed* loss to +-clip_value_sum (Pyro's
     # ClippedAdam "clip_norm", despite its name); 0 switches it off
@@ -76,6 +79,7 @@ class TrainConfig:
             "bucket_jitter": self.bucket_jitter >= 0,
             "lr": self.lr > 0,
             "betas": len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "adam_eps": self.adam_eps > 0,
             "clip_norm": self.clip_norm > 0,
             "clip_value_sum": self.clip_value_sum >= 0,
             "weight_decay": self.weight_decay >= 0,
@@ -297,7 +301,7 @@ def fit(
     weight_decay = config.weight_decay + per_step_decay(config.weight_decay_sum, train,
                                                         config.batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas,
-                                 weight_decay=weight_decay)
+                                 eps=config.adam_eps, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
     state = TrainState()
     epoch_rng = generator.get_state()
