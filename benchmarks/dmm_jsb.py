@@ -69,6 +69,7 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
                             "bucket_jitter": args.bucket_jitter,
                             "clip_value_sum": args.clip_value_sum,
                             "clip_norm": args.clip_norm, "adam_eps": args.adam_eps,
+                            "decay_before_clip": args.decay_before_clip,
                             "betas": (args.beta1, DMM.train_defaults["betas"][1]),
                             "anneal_epochs": args.anneal_epochs,
                             "min_kl_weight": args.min_kl_weight,
@@ -121,6 +122,7 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
         "rnn_type": model.config.rnn_type, "input_embedding": model.config.input_embedding,
         "rnn_output_dropout": model.config.rnn_output_dropout,
         "clip_norm": config.clip_norm, "adam_eps": config.adam_eps, "betas": config.betas,
+        "decay_before_clip": config.decay_before_clip,
         "clip_value_sum": config.clip_value_sum, "train_samples": config.train_samples,
         "anneal_epochs": config.anneal_epochs, "min_kl_weight": config.min_kl_weight,
         "lr": config.lr, "lr_decay": config.lr_decay,
@@ -266,6 +268,9 @@ def main() -> None:
                    help="Adam's epsilon, on our loss per observed step. Krishnan et al.'s 1e-8 "
                         "on their loss per sequence is about 1.66e-10 here on JSB; it matters "
                         "with --clip-norm 0.0166, which makes every gradient small")
+    p.add_argument("--decay-before-clip", action="store_true",
+                   help="the weight decay's gradient is clipped with the loss's (Krishnan et "
+                        "al.: L2 in the cost), not added after the clip (torch, Pyro)")
     p.add_argument("--beta1", type=float, default=DMM.train_defaults["betas"][0],
                    help="Adam's first-moment decay (Pyro: 0.96; Krishnan et al.: 0.9)")
     p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",

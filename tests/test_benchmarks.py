@@ -20,6 +20,7 @@ def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
            "--lr", "8e-4", "--lr-decay", "1", "--softplus-variance",
            "--standard-initial-prior", "--emission-dim", "16", "--transition-dim", "24",
            "--clip-norm", "0.0166", "--adam-eps", "1.66e-10", "--beta1", "0.9",
+           "--decay-before-clip",
            "--out", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
                           check=False)
@@ -62,6 +63,9 @@ def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
     assert tuple(result["betas"]) == tuple(state["train_config"]["betas"]) == (0.9, 0.999)
     group = state["optimizer"]["param_groups"][0]
     assert (group["eps"], tuple(group["betas"])) == (1.66e-10, (0.9, 0.999))
+    # the L2 term goes into the clipped gradient (fit), so Adam adds none of its own
+    assert state["train_config"]["decay_before_clip"] is result["decay_before_clip"] is True
+    assert group["weight_decay"] == 0.0
 
 
 def test_dmm_jsb_time_limit_stops_with_a_checkpoint_that_resume_continues(tmp_path):

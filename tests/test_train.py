@@ -278,6 +278,35 @@ def test_weight_decay_on_the_summed_loss_is_rescaled_per_step(digits):
         _assert_same_params(params[0], params[2])
 
 
+def test_decay_before_clip_puts_the_l2_gradient_inside_the_clipped_norm(digits, monkeypatch):
+    """Krishnan et al.'s order: the clip sees grad(loss) + weight_decay * p, and Adam adds no
+    decay of its own; torch's order: the clip sees grad(loss) alone."""
+    train, _ = digits
+    seen = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def spy(parameters, max_norm):
+        parameters = list(parameters)
+        seen.append(([p.grad.clone() for p in parameters],
+                     [p.detach().clone() for p in parameters]))
+        return real(parameters, max_norm)
+
+    monkeypatch.setattr(vaelab.train.nn.utils, "clip_grad_norm_", spy)
+    runs = {}
+    for name, kw in {"none": {}, "after": {"weight_decay": 0.5},
+                     "before": {"weight_decay": 0.5, "decay_before_clip": True}}.items():
+        seen.clear()
+        torch.manual_seed(0)  # the same initial weights in all three
+        model = small_vae()
+        fit(model, train, None, config(max_steps=1, seed=3, clip_norm=1e-3, **kw))
+        runs[name] = seen[0]
+    grads, params = runs["none"]
+    for g_none, g_after, g_before, p in zip(grads, runs["after"][0], runs["before"][0], params,
+                                            strict=True):
+        torch.testing.assert_close(g_after, g_none)  # Adam adds it later, after the clip
+        torch.testing.assert_close(g_before, g_none + 0.5 * p)
+
+
 def test_clip_value_sum_clamps_every_gradient_element_per_step(digits, monkeypatch):
     train, _ = digits  # batches of 32 examples: the summed loss is 32 times ours
     seen = []

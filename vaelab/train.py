@@ -56,6 +56,10 @@ class TrainConfig:
     # the same penalty stated for the loss *summed* over a batch (Pyro's convention); fit
     # divides it by the mean observed steps per batch of the training data, see per_step_decay
     weight_decay_sum: float = 0.0
+    # False: Adam adds the decay to the clipped gradient (torch's and Pyro's order); True: the
+    # L2 term is part of the loss whose gradient is clipped (Krishnan et al.'s code), so a
+    # tight clip_norm scales it down with the rest
+    decay_before_clip: bool = False
     lr_decay: float = 1.0  # multiplies the learning rate after every step
     beta: float = 1.0  # final KL weight (beta-VAE); 1 gives the true ELBO
     anneal_epochs: float = 0.0  # linear KL warm-up length; 0 switches annealing off
@@ -301,7 +305,8 @@ def fit(
     weight_decay = config.weight_decay + per_step_decay(config.weight_decay_sum, train,
                                                         config.batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas,
-                                 eps=config.adam_eps, weight_decay=weight_decay)
+                                 eps=config.adam_eps,
+                                 weight_decay=0.0 if config.decay_before_clip else weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
     state = TrainState()
     epoch_rng = generator.get_state()
@@ -379,6 +384,10 @@ def fit(
                 raise TrainingDiverged(_diverged("loss", state.step, out))
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
+            if config.decay_before_clip and weight_decay:  # d/dp of weight_decay/2 * |p|^2
+                for p in model.parameters():
+                    if p.grad is not None:
+                        p.grad.add_(p.detach(), alpha=weight_decay)
             if config.clip_value_sum:  # Pyro's clamp on the summed loss, per step here
                 batch_steps = float(terms.steps.sum()) / config.train_samples
                 nn.utils.clip_grad_value_(model.parameters(), config.clip_value_sum / batch_steps)
