@@ -42,6 +42,14 @@ def test_train_then_evaluate(tmp_path, capsys):
         # the importance-sampled NLL estimate sits below the negative ELBO bound
         assert 0 < result[f"{split}_nll_importance_K20"] < result[f"{split}_neg_elbo_bound"]
 
+    # one split only: its keys alone
+    code = main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--samples", "20",
+                 "--elbo-samples", "1", "--batch-size", "100", "--split", "test"])
+    assert code == 0
+    only_test = _last_json(capsys.readouterr().out)
+    assert not any(key.startswith("val_") for key in only_test)
+    assert {"test_neg_elbo_bound", "test_kl", "test_nll_importance_K20"} <= set(only_test)
+
 
 def test_flow_prior_vae_from_the_command_line_with_lowercase_booleans(tmp_path, capsys):
     out = tmp_path / "run"

@@ -101,6 +101,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               "epoch": ckpt["epoch"],
               "unit": "nats per observed time step" if test.is_sequence else "nats per example"}
     for split, data in (("val", val), ("test", test)):
+        if args.split not in (split, "both"):
+            continue
         elbo = evaluate_elbo(model, data, samples=args.elbo_samples, device=device)
         result[f"{split}_neg_elbo_bound"] = elbo["nelbo"]
         result[f"{split}_kl"] = elbo["kl"]
@@ -151,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="importance samples K for the NLL estimate (0 skips it)")
     e.add_argument("--elbo-samples", type=int, default=10,
                    help="guide samples averaged in the ELBO bound")
+    e.add_argument("--split", choices=("val", "test", "both"), default="both",
+                   help="which held-out set(s) to evaluate (one halves a long K=2000 run)")
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--chunk-size", type=int, default=100)
     e.add_argument("--device", default="auto")
