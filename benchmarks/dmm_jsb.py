@@ -282,6 +282,9 @@ def main() -> None:
     args = p.parse_args()
     if args.time_limit is not None and args.time_limit < 0:
         p.error(f"--time-limit must be >= 0 minutes, got {args.time_limit}")
+    if args.elbo_samples < 1 or args.samples < 0:
+        p.error(f"--elbo-samples must be >= 1 and --samples >= 0 (0 skips the importance-"
+                f"sampled NLL), got {args.elbo_samples} and {args.samples}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 

@@ -115,3 +115,10 @@ def test_dmm_jsb_rejects_a_negative_time_limit():
                            "--time-limit", "-1"], capture_output=True, text=True, timeout=60,
                           cwd=ROOT, check=False)
     assert done.returncode == 2 and "--time-limit must be >= 0" in done.stderr
+
+
+def test_dmm_jsb_rejects_no_elbo_samples():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dmm_jsb.py"),
+                           "--elbo-samples", "0"], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT, check=False)
+    assert done.returncode == 2 and "--elbo-samples must be >= 1" in done.stderr

@@ -50,6 +50,17 @@ def test_train_then_evaluate(tmp_path, capsys):
     assert not any(key.startswith("val_") for key in only_test)
     assert {"test_neg_elbo_bound", "test_kl", "test_nll_importance_K20"} <= set(only_test)
 
+    # --elbo-samples 0 skips the bound, as --samples 0 skips the NLL estimate
+    code = main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--samples", "20",
+                 "--elbo-samples", "0", "--batch-size", "100", "--split", "test"])
+    assert code == 0
+    no_bound = _last_json(capsys.readouterr().out)
+    assert set(no_bound) == {"model", "data", "step", "epoch", "unit", "test_nll_importance_K20"}
+    # a negative count is refused, naming the setting
+    assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--samples", "0",
+                 "--elbo-samples", "-1"]) == 2
+    assert "samples must be >= 1" in capsys.readouterr().err
+
 
 def test_flow_prior_vae_from_the_command_line_with_lowercase_booleans(tmp_path, capsys):
     out = tmp_path / "run"

@@ -202,6 +202,8 @@ def evaluate_elbo(model: nn.Module, data: Data, batch_size: int = 256, samples: 
                   device: torch.device | None = None) -> dict:
     """Returns ``{"nelbo", "log_likelihood", "kl"}`` per observed step (per example for static
     data), each ELBO averaged over ``samples`` draws from the guide."""
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1 guide draws per example, got {samples}")
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
