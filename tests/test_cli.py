@@ -57,9 +57,9 @@ def test_train_then_evaluate(tmp_path, capsys):
     no_bound = _last_json(capsys.readouterr().out)
     assert set(no_bound) == {"model", "data", "step", "epoch", "unit", "test_nll_importance_K20"}
     # a negative count is refused, naming the setting
-    assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--samples", "0",
-                 "--elbo-samples", "-1"]) == 2
-    assert "samples must be >= 1" in capsys.readouterr().err
+    for flag in ("--samples", "--elbo-samples"):
+        assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), flag, "-1"]) == 2
+        assert "--samples and --elbo-samples must be >= 0" in capsys.readouterr().err
 
 
 def test_flow_prior_vae_from_the_command_line_with_lowercase_booleans(tmp_path, capsys):

@@ -436,3 +436,10 @@ def test_best_checkpoint_shares_the_saved_state_by_link_or_copy(digits, tmp_path
     before = best.read_bytes()
     save_checkpoint(last, {"format": "later"})  # how fit writes: a new file replaces the old
     assert best.read_bytes() == before
+
+
+@pytest.mark.parametrize("samples", [0, -2])
+def test_evaluate_elbo_refuses_no_guide_draws(digits, samples):
+    _, val = digits
+    with pytest.raises(ValueError, match=rf"samples must be >= 1 .*got {samples}"):
+        evaluate_elbo(small_vae(), val, samples=samples)

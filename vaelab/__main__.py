@@ -88,6 +88,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.samples < 0 or args.elbo_samples < 0:
+        raise ValueError(f"--samples and --elbo-samples must be >= 0 (0 skips that figure), "
+                         f"got {args.samples} and {args.elbo_samples}")
     device = select_device(args.device)
     model, ckpt = load_model(args.checkpoint, device)
     spec = dict(ckpt["data"])
