@@ -203,7 +203,8 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--samples", type=int, default=2000, help="importance samples K (0 skips)")
     p.add_argument("--elbo-samples", type=int, default=10)
-    p.add_argument("--chunk-size", type=int, default=100)
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="importance paths per chunk (default: fitted to each batch's length)")
     p.add_argument("--eval-batch-size", type=int, default=16)
     p.add_argument("--eval-every", type=int, default=50, help="validation every N epochs")
     p.add_argument("--eval-val", action="store_true", help="also report the validation set")

@@ -7,7 +7,9 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal
 
+from vaelab import objectives
 from vaelab.data import Batch
+from vaelab.dmm import DMM, DMMConfig
 from vaelab.objectives import (
     ELBOTerms,
     importance_log_likelihood,
@@ -112,3 +114,44 @@ def test_importance_log_likelihood_chunking_does_not_change_the_estimate():
     torch.testing.assert_close(a, torch.logsumexp(log_w, 0) - math.log(12))
     b = importance_log_likelihood(model, batch, num_samples=12, chunk_size=5)
     assert b.shape == (3,) and torch.isfinite(b).all()
+
+
+def _spy_chunks(monkeypatch):
+    """Records the number of paths of each chunk importance_log_likelihood draws."""
+    sizes = []
+    real = objectives.elbo_samples
+
+    def spy(model, batch, samples=1, **kw):
+        sizes.append(samples)
+        return real(model, batch, samples, **kw)
+
+    monkeypatch.setattr(objectives, "elbo_samples", spy)
+    return objectives, sizes
+
+
+def test_importance_log_likelihood_default_chunk_fits_long_sequences_in_the_row_budget(
+        monkeypatch):
+    objectives, sizes = _spy_chunks(monkeypatch)
+    model = DMM(DMMConfig(x_dim=5, z_dim=2, emission_dim=4, transition_dim=4, rnn_dim=6))
+    lengths = torch.tensor([300, 120, 40])
+    mask = torch.arange(300)[None, :] < lengths[:, None]
+    batch = Batch(torch.bernoulli(torch.full((3, 300, 5), 0.5)), mask=mask)
+    monkeypatch.setattr(objectives, "IS_CHUNK_ROWS", 3 * 300 * 7)  # 7 paths of 3 x 300 rows
+    estimate = importance_log_likelihood(model, batch, num_samples=20)
+    assert sizes == [7, 7, 6]
+    assert estimate.shape == (3,) and torch.isfinite(estimate).all()
+    sizes.clear()  # a budget below one path still draws one path at a time
+    monkeypatch.setattr(objectives, "IS_CHUNK_ROWS", 100)
+    importance_log_likelihood(model, batch, num_samples=3)
+    assert sizes == [1, 1, 1]
+    sizes.clear()  # an explicit chunk_size overrides the budget
+    importance_log_likelihood(model, batch, num_samples=5, chunk_size=5)
+    assert sizes == [5]
+
+
+def test_importance_log_likelihood_default_chunk_takes_short_batches_whole(monkeypatch):
+    _, sizes = _spy_chunks(monkeypatch)
+    model = VAE(VAEConfig(x_dim=4, z_dim=2, hidden_dims=[8]))
+    importance_log_likelihood(model, Batch(torch.bernoulli(torch.full((3, 4), 0.5))),
+                              num_samples=500)
+    assert sizes == [500]  # 500 paths x 3 examples is far below the budget: one chunk

@@ -160,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--split", choices=("val", "test", "both"), default="both",
                    help="which held-out set(s) to evaluate (one halves a long K=2000 run)")
     e.add_argument("--batch-size", type=int, default=16)
-    e.add_argument("--chunk-size", type=int, default=100)
+    e.add_argument("--chunk-size", type=int, default=None,
+                   help="importance paths per chunk (default: as many as keep a chunk within "
+                        "2^18 path x sequence x step rows, about 1 GB for the DMM)")
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=cmd_evaluate)

@@ -469,7 +469,7 @@ class DMM(nn.Module):
 
     @torch.no_grad()
     def importance_log_likelihood(self, batch: Batch, num_samples: int = 1000,
-                                  chunk_size: int = 100) -> Tensor:
+                                  chunk_size: int | None = None) -> Tensor:
         """Returns the importance-sampled estimate of log p(x) per sequence, ``[B]``.
 
         log p(x) ~= log (1/K) sum_k p(x, z^k) / q(z^k | x) over K whole latent paths from the

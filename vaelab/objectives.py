@@ -81,9 +81,23 @@ def kl_weight(step: int, anneal_steps: int, min_weight: float) -> float:
     return min(1.0, min_weight + (1.0 - min_weight) * step / anneal_steps)
 
 
+# Rows (path x sequence x time step) one chunk of importance samples may hold: about 1 GB at
+# the DMM's widths, so that long sequences (Piano-midi, thousands of steps) cannot exhaust memory.
+IS_CHUNK_ROWS = 2**18
+
+
+def auto_chunk_size(batch: Batch, num_samples: int, max_rows: int | None = None) -> int:
+    """The largest number of paths per chunk, at most ``num_samples``, whose rows
+    (paths x examples x padded steps) stay within ``max_rows`` (default ``IS_CHUNK_ROWS``);
+    at least 1."""
+    max_rows = IS_CHUNK_ROWS if max_rows is None else max_rows
+    rows_per_path = batch.x.shape[0] * (batch.x.shape[1] if batch.mask is not None else 1)
+    return max(1, min(num_samples, max_rows // max(rows_per_path, 1)))
+
+
 @torch.no_grad()
 def importance_log_likelihood(
-    model: torch.nn.Module, batch: Batch, num_samples: int = 1000, chunk_size: int = 100
+    model: torch.nn.Module, batch: Batch, num_samples: int = 1000, chunk_size: int | None = None
 ) -> Tensor:
     """Returns the importance-sampled estimate of log p(x) per example, ``[B]``.
 
@@ -92,7 +106,10 @@ def importance_log_likelihood(
     so any model following the protocol works: the batch is repeated ``chunk_size`` times, the
     Monte Carlo ELBO taken (see :func:`elbo_samples`), and the K log-weights combined with
     ``logsumexp``. It is a stochastic lower bound on log p(x) that tightens as K grows.
+    ``chunk_size=None`` picks it from the batch's size (:func:`auto_chunk_size`).
     """
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(batch, max(num_samples, 1))
     if num_samples < 1 or chunk_size < 1:
         raise ValueError(
             f"num_samples and chunk_size must be >= 1, got {num_samples} and {chunk_size}"

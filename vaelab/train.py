@@ -225,10 +225,11 @@ def evaluate_elbo(model: nn.Module, data: Data, batch_size: int = 256, samples: 
 
 @torch.no_grad()
 def evaluate_nll(model: nn.Module, data: Data, num_samples: int = 1000, batch_size: int = 16,
-                 chunk_size: int = 100, device: torch.device | None = None,
+                 chunk_size: int | None = None, device: torch.device | None = None,
                  progress: bool = False) -> float:
     """Importance-sampled NLL per observed step (per example for static data): an estimate of
-    -log p(x), not a bound. See :func:`vaelab.objectives.importance_log_likelihood`."""
+    -log p(x), not a bound. See :func:`vaelab.objectives.importance_log_likelihood`; the default
+    ``chunk_size`` fits each chunk to its batch's length, so long sequences stay within memory."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
