@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--chunk-size", type=int, default=None,
                    help="importance paths per chunk (default: as many as keep a chunk within "
-                        "2^18 path x sequence x step rows, about 1 GB for the DMM)")
+                        "2^18 path x sequence x step rows)")
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=cmd_evaluate)

@@ -81,8 +81,9 @@ def kl_weight(step: int, anneal_steps: int, min_weight: float) -> float:
     return min(1.0, min_weight + (1.0 - min_weight) * step / anneal_steps)
 
 
-# Rows (path x sequence x time step) one chunk of importance samples may hold: about 1 GB at
-# the DMM's widths, so that long sequences (Piano-midi, thousands of steps) cannot exhaust memory.
+# Rows (path x sequence x time step) one chunk of importance samples may hold, so that long
+# sequences (Piano-midi, thousands of steps) cannot exhaust memory: evaluating Piano-midi's and
+# MuseData's test sets in batches of 16 peaked at 2.2 and 3.5 GB resident (README).
 IS_CHUNK_ROWS = 2**18
 
 
