@@ -87,13 +87,11 @@ def kl_weight(step: int, anneal_steps: int, min_weight: float) -> float:
 IS_CHUNK_ROWS = 2**18
 
 
-def auto_chunk_size(batch: Batch, num_samples: int, max_rows: int | None = None) -> int:
+def auto_chunk_size(batch: Batch, num_samples: int) -> int:
     """The largest number of paths per chunk, at most ``num_samples``, whose rows
-    (paths x examples x padded steps) stay within ``max_rows`` (default ``IS_CHUNK_ROWS``);
-    at least 1."""
-    max_rows = IS_CHUNK_ROWS if max_rows is None else max_rows
+    (paths x examples x padded steps) stay within ``IS_CHUNK_ROWS``; at least 1."""
     rows_per_path = batch.x.shape[0] * (batch.x.shape[1] if batch.mask is not None else 1)
-    return max(1, min(num_samples, max_rows // max(rows_per_path, 1)))
+    return max(1, min(num_samples, IS_CHUNK_ROWS // max(rows_per_path, 1)))
 
 
 @torch.no_grad()
@@ -109,12 +107,12 @@ def importance_log_likelihood(
     ``logsumexp``. It is a stochastic lower bound on log p(x) that tightens as K grows.
     ``chunk_size=None`` picks it from the batch's size (:func:`auto_chunk_size`).
     """
-    if chunk_size is None:
-        chunk_size = auto_chunk_size(batch, max(num_samples, 1))
-    if num_samples < 1 or chunk_size < 1:
+    if num_samples < 1 or (chunk_size is not None and chunk_size < 1):
         raise ValueError(
             f"num_samples and chunk_size must be >= 1, got {num_samples} and {chunk_size}"
         )
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(batch, num_samples)
     chunks = []
     remaining = num_samples
     while remaining > 0:
