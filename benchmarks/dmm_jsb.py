@@ -125,7 +125,7 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
         "decay_before_clip": config.decay_before_clip,
         "clip_value_sum": config.clip_value_sum, "train_samples": config.train_samples,
         "anneal_epochs": config.anneal_epochs, "min_kl_weight": config.min_kl_weight,
-        "lr": config.lr, "lr_decay": config.lr_decay,
+        "lr": config.lr, "lr_decay": config.lr_decay, "transpose": train.transpose,
         "weight_decay_sum": config.weight_decay_sum,  # fit divides it by steps per batch:
         "weight_decay": round(per_step_decay(config.weight_decay_sum, train, config.batch_size),
                               7),
@@ -248,6 +248,9 @@ def main() -> None:
                    help="Adam's learning rate (Pyro: 3e-4; Krishnan et al.: 8e-4)")
     p.add_argument("--lr-decay", type=float, default=DMM.train_defaults["lr_decay"],
                    help="learning-rate factor per step (Pyro: 0.99996; Krishnan et al.: 1, none)")
+    p.add_argument("--transpose", type=int, default=0, metavar="SEMITONES",
+                   help="key augmentation: shift each training chorale by a random number of "
+                        "semitones up to this, afresh every batch (0: off, as the papers)")
     p.add_argument("--train-samples", type=int, default=1,
                    help="guide samples per sequence in each training step, their ELBOs "
                         "averaged (less gradient noise from a Monte Carlo KL; Pyro: 1)")
@@ -298,6 +301,8 @@ def main() -> None:
     else:
         jobs = [("jsb_chorales", {"name": "jsb"})]  # shipped in vaelab
     for name, spec in jobs:
+        if args.transpose:  # recorded in the checkpoint's data spec, so --resume keeps it
+            spec["transpose"] = args.transpose
         report(run(name, spec, args), args)
 
 

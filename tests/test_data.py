@@ -20,6 +20,7 @@ from vaelab.data import (
     load_jsb,
     load_mnist,
     load_polyphonic,
+    transpose_rolls,
 )
 
 
@@ -207,6 +208,72 @@ def test_load_jsb():
         # padding after each sequence's end is zero
         t = torch.arange(d.x.shape[1])
         assert (d.x[t[None, :] >= d.lengths[:, None]] == 0).all()
+
+
+def _shift_of(original, shifted, max_shift):
+    """The semitone shift that turns ``original [T, N]`` into ``shifted``, or None."""
+    for s in range(-max_shift, max_shift + 1):
+        # a roll wraps around the keyboard, a true shift may not: check the range too
+        if torch.equal(torch.roll(original, s, dims=-1), shifted):
+            notes = original.nonzero()[:, 1]
+            if len(notes) == 0 or 0 <= notes.min() + s and notes.max() + s < original.shape[-1]:
+                return s
+    return None
+
+
+def test_transpose_shifts_each_sequence_within_the_keyboard():
+    x = torch.zeros(4, 5, 88)
+    x[0, :3, [40, 44, 47]] = 1  # a chord in the middle: any shift up to 6
+    x[1, :5, 2] = 1  # two semitones above the lowest key: at most 2 down
+    x[2, :2, 87] = 1  # the highest key: never up
+    x[3, :4, [0, 87]] = 1  # both ends: no room at all
+    g = torch.Generator().manual_seed(0)
+    seen = [set() for _ in x]
+    for _ in range(300):
+        y = transpose_rolls(x, 6, g)
+        for i in range(len(x)):
+            s = _shift_of(x[i], y[i], 6)
+            assert s is not None, f"sequence {i} is not a shift of the original"
+            seen[i].add(s)
+    assert seen[0] == set(range(-6, 7))
+    assert seen[1] == set(range(-2, 7))
+    assert seen[2] == set(range(-6, 1))
+    assert seen[3] == {0}
+
+
+def test_transpose_is_reproducible_and_spares_silence_and_padding():
+    x = torch.zeros(3, 4, 88)
+    x[0, :2, 30] = 1
+    x[1, :4, [10, 50]] = 1  # x[2] is silent
+    a = transpose_rolls(x, 5, torch.Generator().manual_seed(3))
+    b = transpose_rolls(x, 5, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    assert torch.equal(a[2], x[2]) and (a[0, 2:] == 0).all()  # padding stays zero
+    assert torch.equal(a.sum(dim=(1, 2)), x.sum(dim=(1, 2)))  # no note lost
+
+
+def test_polyphonic_transpose_augments_the_training_set_only(tmp_path):
+    train, valid, test = load_polyphonic(_pickle(tmp_path, SONGS), transpose=4)
+    assert (train.transpose, valid.transpose, test.transpose) == (4, 0, 0)
+    g = torch.Generator().manual_seed(0)
+    shifts = set()
+    for _ in range(50):
+        batch = train.batch(torch.tensor([0, 1]), g)
+        full = train.x[[0, 1]]
+        for i in range(2):
+            s = _shift_of(full[i], batch.x[i], 4)
+            assert s is not None
+            shifts.add(s)
+        assert torch.equal(valid.batch(torch.tensor([0])).x, valid.x[[0]])
+    assert len(shifts) > 1  # the shift is drawn afresh for every batch
+    assert load_jsb(transpose=2)[0].transpose == 2
+
+
+def test_transpose_rejects_bad_settings():
+    with pytest.raises(ValueError, match="transpose must be >= 0 semitones, got -1"):
+        Data(torch.zeros(2, 3, 88), transpose=-1)
+    with pytest.raises(ValueError, match="transpose shifts piano rolls"):
+        Data(torch.zeros(2, 88), transpose=2)
 
 
 def test_load_dataset_registry():

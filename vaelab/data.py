@@ -72,6 +72,10 @@ class Data:
         ``[N]`` observed steps per sequence; all ``T`` when omitted.
     binarize : bool
         Draw ``x ~ Bernoulli(x)`` afresh for every batch (dynamic binarisation).
+    transpose : int
+        Piano rolls only: shift each sequence by a whole number of semitones drawn afresh for
+        every batch from ``[-transpose, transpose]``, within what keeps its notes on the
+        keyboard (key augmentation, a regulariser for training sets; 0 = off).
     info : dict
         Anything the plots want (e.g. image shape, the true system).
     """
@@ -81,6 +85,7 @@ class Data:
     z: Tensor | None = None
     lengths: Tensor | None = None
     binarize: bool = False
+    transpose: int = 0
     name: str = "data"
     info: dict | None = None
 
@@ -92,6 +97,12 @@ class Data:
             self.lengths = torch.full((len(self.x),), self.x.shape[1], dtype=torch.long)
         if self.binarize and (self.x.min() < 0 or self.x.max() > 1):
             raise ValueError(f"{self.name}: binarize needs x in [0, 1]; rescale it first")
+        if self.transpose < 0:
+            raise ValueError(f"{self.name}: transpose must be >= 0 semitones, got "
+                             f"{self.transpose}")
+        if self.transpose and not self.is_sequence:
+            raise ValueError(f"{self.name}: transpose shifts piano rolls [N, T, notes]; "
+                             f"set it to 0 for data of shape {list(self.x.shape)}")
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -129,6 +140,8 @@ class Data:
             z = None if self.z is None else self.z[index]
         if self.binarize:
             x = torch.bernoulli(x, generator=generator)
+        if self.transpose:
+            x = transpose_rolls(x, self.transpose, generator)
         return Batch(x, a, mask, z)
 
     def batches(
@@ -285,10 +298,32 @@ def piano_roll(sequences: list, name: str) -> Data:
     return Data(x, lengths=lengths, name=name, info={"kind": "piano_roll"})
 
 
-def load_polyphonic(path: str | Path) -> tuple[Data, Data, Data]:
+def transpose_rolls(x: Tensor, max_shift: int, generator: torch.Generator | None = None
+                    ) -> Tensor:
+    """Returns the piano rolls ``x [B, T, N]``, each shifted up or down by its own whole number
+    of semitones, uniform over the shifts in ``[-max_shift, max_shift]`` that keep all of its
+    notes in range (a sequence near the keyboard's edge is shifted less)."""
+    notes = torch.arange(x.shape[-1], device=x.device)
+    played = x.amax(dim=1) > 0  # [B, N]
+    lowest = torch.where(played, notes, x.shape[-1]).amin(dim=1)  # [B]; N when silent
+    highest = torch.where(played, notes, -1).amax(dim=1)
+    down = torch.clamp(lowest, max=max_shift)  # largest shifts that keep every note on
+    up = torch.clamp(x.shape[-1] - 1 - highest, max=max_shift)
+    u = torch.rand(len(x), generator=generator).to(x.device)
+    shift = (u * (down + up + 1)).long().clamp(max=down + up) - down  # [B], in [-down, up]
+    source = notes - shift[:, None]  # [B, N]: note n of the result is note n - shift of x
+    valid = (source >= 0) & (source < x.shape[-1])
+    index = source.clamp(0, x.shape[-1] - 1)[:, None, :].expand(-1, x.shape[1], -1)
+    shifted = torch.gather(x, 2, index)  # [B, T, N]
+    return torch.where(valid[:, None, :], shifted, torch.zeros((), dtype=x.dtype,
+                                                               device=x.device))
+
+
+def load_polyphonic(path: str | Path, transpose: int = 0) -> tuple[Data, Data, Data]:
     """A polyphonic-music pickle of Boulanger-Lewandowski et al. (2012): a dict with 'train',
     'valid' and 'test' lists of sequences of tuples of MIDI notes (JSB Chorales, Nottingham,
-    Piano-midi.de, MuseData)."""
+    Piano-midi.de, MuseData). ``transpose`` (semitones) augments the training set only:
+    see :class:`Data`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -299,20 +334,23 @@ def load_polyphonic(path: str | Path) -> tuple[Data, Data, Data]:
             d = pickle.load(f, encoding="latin1")
         except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
             raise ValueError(f"{path} is not a readable pickle ({e})") from None
-    return _polyphonic_splits(d, path.stem)
+    return _polyphonic_splits(d, path.stem, transpose)
 
 
-def _polyphonic_splits(d: object, name: str) -> tuple[Data, Data, Data]:
+def _polyphonic_splits(d: object, name: str, transpose: int = 0) -> tuple[Data, Data, Data]:
     if not isinstance(d, dict) or not {"train", "valid", "test"} <= set(d):
         raise ValueError(f"{name}: expected a dict with keys 'train', 'valid', 'test' of "
                          f"sequences of MIDI notes")
-    return tuple(piano_roll(list(d[k]), f"{name}-{k}") for k in ("train", "valid", "test"))
+    train, val, test = (piano_roll(list(d[k]), f"{name}-{k}") for k in ("train", "valid",
+                                                                        "test"))
+    return replace(train, transpose=transpose), val, test
 
 
-def load_jsb() -> tuple[Data, Data, Data]:
-    """JSB Chorales (229/76/77 chorales, quarter notes), shipped inside the package."""
+def load_jsb(transpose: int = 0) -> tuple[Data, Data, Data]:
+    """JSB Chorales (229/76/77 chorales, quarter notes), shipped inside the package;
+    ``transpose`` as in :func:`load_polyphonic`."""
     with resources.files("vaelab.assets").joinpath("jsb_chorales.pickle").open("rb") as f:
-        return _polyphonic_splits(pickle.load(f), "jsb")
+        return _polyphonic_splits(pickle.load(f), "jsb", transpose)
 
 
 # ----------------------------------------------------------------------------- registry
