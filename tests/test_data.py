@@ -280,6 +280,8 @@ def test_load_dataset_registry():
     assert len(load_dataset("digits")[0]) == 1297
     with pytest.raises(ValueError, match="unknown data set 'cifar'"):
         load_dataset("cifar")
+    with pytest.raises(ValueError, match="'digits' has no such option.*'transpose'"):
+        load_dataset("digits", transpose=3)
     with pytest.raises(ValueError, match="needs a path"):
         load_dataset("mnist")
 

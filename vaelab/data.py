@@ -387,7 +387,13 @@ def load_dataset(name: str, **kw) -> tuple[Data, Data, Data]:
     """Load a data set by name (see ``DATASETS``); keyword arguments go to its loader."""
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of {sorted(DATASETS)}")
-    return DATASETS[name](**kw)
+    try:
+        return DATASETS[name](**kw)
+    except TypeError as e:  # an option this loader does not take, e.g. transpose for digits
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise ValueError(f"data set {name!r} has no such option ({e}); drop it or pick a data "
+                         f"set that takes it") from None
 
 
 # ----------------------------------------------------------------------------- conditional toy
