@@ -301,7 +301,7 @@ def main() -> None:
     else:
         jobs = [("jsb_chorales", {"name": "jsb"})]  # shipped in vaelab
     for name, spec in jobs:
-        if args.transpose:  # recorded in the checkpoint's data spec, so --resume keeps it
+        if args.transpose:  # part of the data spec, which the checkpoints record
             spec["transpose"] = args.transpose
         report(run(name, spec, args), args)
 

@@ -72,7 +72,7 @@ def test_dmm_jsb_time_limit_stops_with_a_checkpoint_that_resume_continues(tmp_pa
     base = [sys.executable, str(ROOT / "benchmarks" / "dmm_jsb.py"), "--epochs", "1",
             "--eval-every", "1", "--samples", "0", "--elbo-samples", "1", "--threads", "1",
             "--select", "last", "--rnn-type", "lstm", "--input-embedding",
-            "--rnn-output-dropout", "0.1", "--out", str(tmp_path)]
+            "--rnn-output-dropout", "0.1", "--transpose", "2", "--out", str(tmp_path)]
 
     def run(*extra: str) -> tuple[dict, str]:
         done = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=300,
@@ -96,9 +96,12 @@ def test_dmm_jsb_time_limit_stops_with_a_checkpoint_that_resume_continues(tmp_pa
         assert (record["rnn_type"], record["input_embedding"], record["rnn_output_dropout"]) == (
             "lstm", True, 0.1)
     assert {"embed.0.weight", "c_0", "rnn.weight_hh_l0"} <= set(state["state_dict"])
+    # key augmentation is part of the data spec that the checkpoint records
+    assert state["data"] == {"name": "jsb", "transpose": 2} and result["transpose"] == 2
     # --resume finishes the epoch from that step
     result, _ = run("--resume")
     assert result["stopped_at_time_limit"] is False and result["epochs"] == 1
+    assert result["transpose"] == 2
     state = load_checkpoint(ckpt)
     steps_per_epoch = result["steps"]
     assert state["epoch"] == 1 and state["step"] == steps_per_epoch > 1
