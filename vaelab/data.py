@@ -281,9 +281,9 @@ def load_mnist(
 NOTE_MIN, NUM_NOTES = 21, 88
 
 
-def piano_roll(sequences: list, name: str) -> Data:
+def piano_roll(sequences: list, name: str, transpose: int = 0) -> Data:
     """Sequences of time steps, each a collection of MIDI notes in 21..108, as a padded binary
-    piano roll ``x [N, T, 88]`` with ``lengths``."""
+    piano roll ``x [N, T, 88]`` with ``lengths`` (``transpose``: see :class:`Data`)."""
     lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
     if len(sequences) == 0 or int(lengths.min()) == 0:
         raise ValueError(f"{name}: every split needs non-empty sequences")
@@ -295,7 +295,7 @@ def piano_roll(sequences: list, name: str) -> Data:
                     raise ValueError(f"{name}: sequence {i} step {t} has note {note}, "
                                      f"outside the piano's MIDI range 21..108")
                 x[i, t, int(note) - NOTE_MIN] = 1.0
-    return Data(x, lengths=lengths, name=name, info={"kind": "piano_roll"})
+    return Data(x, lengths=lengths, transpose=transpose, name=name, info={"kind": "piano_roll"})
 
 
 def transpose_rolls(x: Tensor, max_shift: int, generator: torch.Generator | None = None
@@ -341,9 +341,9 @@ def _polyphonic_splits(d: object, name: str, transpose: int = 0) -> tuple[Data, 
     if not isinstance(d, dict) or not {"train", "valid", "test"} <= set(d):
         raise ValueError(f"{name}: expected a dict with keys 'train', 'valid', 'test' of "
                          f"sequences of MIDI notes")
-    train, val, test = (piano_roll(list(d[k]), f"{name}-{k}") for k in ("train", "valid",
-                                                                        "test"))
-    return replace(train, transpose=transpose), val, test
+    return (piano_roll(list(d["train"]), f"{name}-train", transpose),  # augment training only
+            piano_roll(list(d["valid"]), f"{name}-valid"),
+            piano_roll(list(d["test"]), f"{name}-test"))
 
 
 def load_jsb(transpose: int = 0) -> tuple[Data, Data, Data]:
