@@ -2,7 +2,7 @@
 explore its latents.
 
 Run with ``streamlit run app.py``. A thin front end: models come from ``vaelab.MODELS``, data
-from ``vaelab.data.DATASETS``, the config is built like the CLI's, training is
+from ``vaelab.datasets.DATASETS``, the config is built like the CLI's, training is
 ``vaelab.train.fit`` in a :class:`vaelab.live.TrainingRun` process kept in the server-wide
 :data:`vaelab.live.RUNS` registry (its id is in the URL, so a reloaded page re-attaches and a
 second training is refused), figures from ``vaelab.plots``. The page polls the run with
@@ -22,9 +22,9 @@ import streamlit as st
 import torch
 
 from vaelab import MODELS, plots
-from vaelab.__main__ import _parse_sets, data_spec, make_model
 from vaelab.audio import piano_roll_wav
-from vaelab.data import DATASETS, load_dataset
+from vaelab.config import data_spec, make_model, parse_sets
+from vaelab.datasets import DATASETS, load_dataset
 from vaelab.live import RUNS, check_compatible, dataset_needs_path, warm_up
 from vaelab.train import TrainConfig, load_checkpoint, load_model
 
@@ -192,7 +192,7 @@ def prepare(resume: str | None) -> tuple:
     else:
         spec = data_spec(data_name, data_path or None, {})
         train, val, _ = load_dataset(**spec)
-        model = make_model(model_name, train, {**overrides, **_parse_sets(
+        model = make_model(model_name, train, {**overrides, **parse_sets(
             [s.strip() for s in extra.split(";") if s.strip()])})
         train_config = {**getattr(model, "train_defaults", {}), **train_values}
     check_compatible(model, train)

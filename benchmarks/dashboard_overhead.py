@@ -45,8 +45,8 @@ def speed(history: list[dict], warmup: int, steps: int) -> float:
 
 def alone(warmup: int, steps: int, out: Path) -> float:
     """Steps/s of the run through TrainingRun, no page, no server work."""
-    from vaelab.__main__ import make_model
-    from vaelab.data import load_dataset
+    from vaelab.config import make_model
+    from vaelab.datasets import load_dataset
     from vaelab.live import TrainingRun
     from vaelab.train import TrainConfig
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from vaelab.data import load_dataset
+from vaelab.datasets import load_dataset
 from vaelab.dmm import DMM, DMMIAF, DMMConfig, DMMIAFConfig
 from vaelab.train import (
     TrainConfig,

@@ -15,13 +15,13 @@ from vaelab.data import (
     MNIST_FILES,
     Batch,
     Data,
-    load_dataset,
     load_digits,
     load_jsb,
     load_mnist,
     load_polyphonic,
     transpose_rolls,
 )
+from vaelab.datasets import load_dataset
 
 
 def test_digits_splits():

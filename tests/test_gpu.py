@@ -15,8 +15,9 @@ import torch
 
 from tests.test_dmm import ragged_batch, small_dmm, small_dmm_iaf
 from vaelab import MODELS
-from vaelab.__main__ import make_model
-from vaelab.data import Batch, load_dataset
+from vaelab.config import make_model
+from vaelab.data import Batch
+from vaelab.datasets import load_dataset
 from vaelab.train import TrainConfig, fit, load_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

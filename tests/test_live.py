@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vaelab.__main__ import make_model
-from vaelab.data import Batch, load_dataset
+from vaelab.config import make_model
+from vaelab.data import Batch
+from vaelab.datasets import load_dataset
 from vaelab.live import (
     Registry,
     TrainingRun,
@@ -212,8 +213,8 @@ def test_killed_training_process_is_reported(digits, tmp_path):
 
 CHILD_OF_A_KILLED_PARENT = """
 import sys, time
-from vaelab.__main__ import make_model
-from vaelab.data import load_dataset
+from vaelab.config import make_model
+from vaelab.datasets import load_dataset
 from vaelab.live import TrainingRun
 from vaelab.train import TrainConfig
 train, val, _ = load_dataset("digits")

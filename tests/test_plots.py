@@ -6,8 +6,8 @@ import torch
 from matplotlib.figure import Figure
 
 from vaelab import MODELS, plots
-from vaelab.__main__ import make_model
-from vaelab.data import load_dataset
+from vaelab.config import make_model
+from vaelab.datasets import load_dataset
 
 
 def _history() -> list[dict]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vaelab.data import load_dataset
+from vaelab.datasets import load_dataset
 from vaelab.kalman import LinearGaussianSSM
 from vaelab.ssm import SSM, SSMConfig
 from vaelab.systems import from_arrays, load_arrays, load_linear, load_pendulum

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -12,7 +10,8 @@ from pathlib import Path
 import torch
 
 from vaelab import MODELS
-from vaelab.data import DATASETS, load_dataset
+from vaelab.config import data_spec, make_model, parse_sets
+from vaelab.datasets import DATASETS, load_dataset
 from vaelab.kalman import exact_nll
 from vaelab.train import (
     TrainConfig,
@@ -25,56 +24,16 @@ from vaelab.train import (
 )
 
 
-def _parse_sets(pairs: list[str]) -> dict:
-    """``["z_dim=8", "hidden_dims=[64,64]"]`` -> dict, values parsed as Python literals."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"--set takes key=value, got {pair!r}")
-        if value.lower() in ("true", "false"):  # analytic_kl=false as well as =False
-            out[key] = value.lower() == "true"
-            continue
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value  # a bare string such as likelihood=gaussian
-    return out
-
-
-def data_spec(name: str, path: str | None, options: dict) -> dict:
-    spec = {"name": name, **options}
-    if path is not None:
-        spec["path"] = path
-    return spec
-
-
-def make_model(name: str, train, overrides: dict):
-    """Model ``name`` sized for the data (``x_dim``, ``a_dim``), with config overrides."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    config_cls, model_cls = MODELS[name]
-    fields = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise ValueError(f"{config_cls.__name__} has no field(s) {sorted(unknown)}; "
-                         f"fields are {sorted(fields)}")
-    sized = {"x_dim": train.x_dim}
-    if "a_dim" in fields:
-        sized["a_dim"] = train.a_dim
-    return model_cls(config_cls(**{**sized, **overrides}))
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    options = _parse_sets(args.data_option)
+    options = parse_sets(args.data_option)
     spec = data_spec(args.data, args.data_path, options)
     train, val, _ = load_dataset(**spec)
-    model = make_model(args.model, train, _parse_sets(args.set))
+    model = make_model(args.model, train, parse_sets(args.set))
     defaults = dict(getattr(model, "train_defaults", {}))
     given = {k: v for k, v in {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "device": args.device, "max_steps": args.max_steps}.items() if v is not None}
-    config = TrainConfig(**{**defaults, **_parse_sets(args.train_set), **given,
+    config = TrainConfig(**{**defaults, **parse_sets(args.train_set), **given,
                             "out_dir": args.out})
     history = fit(model, train, val, config, resume=args.resume, data_spec=spec)
     last = {r["kind"]: r for r in history}
@@ -95,7 +54,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model, ckpt = load_model(args.checkpoint, device)
     spec = dict(ckpt["data"])
     if args.data is not None:
-        spec = data_spec(args.data, args.data_path, _parse_sets(args.data_option))
+        spec = data_spec(args.data, args.data_path, parse_sets(args.data_option))
     if not spec:
         raise ValueError("the checkpoint records no data set; pass --data (and --data-path)")
     _, val, test = load_dataset(**spec)

@@ -11,7 +11,7 @@ import gzip
 import math
 import pickle
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -353,49 +353,6 @@ def load_jsb(transpose: int = 0) -> tuple[Data, Data, Data]:
         return _polyphonic_splits(pickle.load(f), "jsb", transpose)
 
 
-# ----------------------------------------------------------------------------- registry
-
-
-def _needs_path(loader: Callable, what: str) -> Callable:
-    def load(path: str | None = None, **kw):
-        if path is None:
-            raise ValueError(f"this data set needs a path: pass {what}")
-        return loader(path, **kw)
-    return load
-
-
-def _systems(name: str) -> Callable:
-    def load(*args, **kw):
-        from vaelab import systems  # built-in dynamical systems with actions
-
-        return getattr(systems, name)(*args, **kw)
-    return load
-
-
-DATASETS: dict[str, Callable[..., tuple[Data, Data, Data]]] = {
-    "digits": lambda **kw: load_digits(**kw),
-    "mnist": _needs_path(load_mnist, "the folder of the MNIST IDX files"),
-    "jsb": lambda **kw: load_jsb(**kw),
-    "polyphonic": _needs_path(load_polyphonic, "a polyphonic-music .pickle file"),
-    "linear": _systems("load_linear"),
-    "pendulum": _systems("load_pendulum"),
-    "arrays": _needs_path(_systems("load_arrays"), "an .npz file with x [N, T, X] (and a)"),
-}
-
-
-def load_dataset(name: str, **kw) -> tuple[Data, Data, Data]:
-    """Load a data set by name (see ``DATASETS``); keyword arguments go to its loader."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; choose one of {sorted(DATASETS)}")
-    try:
-        return DATASETS[name](**kw)
-    except TypeError as e:  # an option this loader does not take, e.g. transpose for digits
-        if "unexpected keyword argument" not in str(e):
-            raise
-        raise ValueError(f"data set {name!r} has no such option ({e}); drop it or pick a data "
-                         f"set that takes it") from None
-
-
 # ----------------------------------------------------------------------------- conditional toy
 
 
@@ -429,5 +386,3 @@ def load_moons(
         splits.append(part)
     return tuple(splits)
 
-
-DATASETS["moons"] = lambda **kw: load_moons(**kw)

@@ -40,7 +40,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from vaelab.data import DATASETS, Batch, Data
+from vaelab.data import Batch, Data
+from vaelab.datasets import DATASETS
 from vaelab.train import TrainConfig, TrainingDiverged, fit, load_checkpoint
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016 (arXiv:1509.00519): active if Cov_x(E_q[z_u]) > this
