@@ -1,4 +1,9 @@
-"""Every notebook runs top to bottom (small-run setting) and is stored without outputs."""
+"""Every notebook runs top to bottom (small-run setting) as Jupyter runs it (ipykernel's inline
+matplotlib backend, not Agg), shows the figures it declares, and is stored without outputs.
+
+Each notebook declares in its metadata how many figures a reader sees
+(``metadata["vaelab"]["figures"]``: the number of ``image/png`` outputs of a small run), so a
+plot cell that prints ``<Figure size ...>`` instead of drawing fails here."""
 
 from __future__ import annotations
 
@@ -29,8 +34,14 @@ def kernel_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str
     }))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))  # searched before the user's folders
     python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "VAELAB_SMALL": "1", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": python_path}
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # ipykernel picks inline
+    return {**env, "VAELAB_SMALL": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": python_path}
+
+
+def count_images(nb: nbformat.NotebookNode) -> int:
+    """The ``image/png`` outputs of an executed notebook: the figures a reader sees."""
+    return sum("image/png" in out.get("data", {}) for cell in nb.cells if cell.cell_type == "code"
+               for out in cell.outputs)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -45,6 +56,16 @@ def test_notebook_runs(path: Path, kernel_env: dict[str, str]) -> None:
     except CellExecutionError as e:
         pytest.fail(f"{path.name} failed:\n{e}", pytrace=False)
     assert nb.cells[-1].outputs[0]["text"] == sys.executable
+    expected = nb.metadata.get("vaelab", {}).get("figures")
+    assert expected is not None, f"{path.name}: declare metadata.vaelab.figures"
+    shown = count_images(nb)
+    assert shown == expected, (f"{path.name} shows {shown} figures (image/png outputs), "
+                               f"declares {expected}; a figure that prints '<Figure ...>' is "
+                               f"not displayed")
+    printed = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+               for out in cell.outputs if "<Figure size" in out.get("data", {}).get(
+                   "text/plain", "") and "image/png" not in out.get("data", {})]
+    assert not printed, f"{path.name}: cells {printed} print a Figure's repr instead of drawing it"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

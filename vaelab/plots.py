@@ -10,16 +10,50 @@ and ``Data.info``.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib
 import numpy as np
 import torch
-from matplotlib.figure import Figure
+from matplotlib import figure as mpl_figure
 from torch import Tensor, nn
 
 from vaelab.data import Batch
+
+
+class Figure(mpl_figure.Figure):
+    """A matplotlib Figure that displays itself in Jupyter as the last expression of a cell,
+    whatever the backend (these figures are built without pyplot, so the inline backend never
+    sees them), and saves for slides with :func:`save_figure`."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+        return buffer.getvalue()
+
+
+def save_figure(fig: mpl_figure.Figure, path: str | Path, formats: Sequence[str] = ("png", "svg"),
+                dpi: int = 200) -> list[Path]:
+    """Write ``fig`` as ``path.<format>`` for every format (PNG at ``dpi``, slide resolution;
+    SVG and PDF are vector); returns the files written. ``path`` may carry a suffix, which is
+    replaced."""
+    allowed = {"png", "svg", "pdf"}
+    bad = [f for f in formats if f not in allowed]
+    if bad or not formats:
+        raise ValueError(f"save_figure formats must be among {sorted(allowed)}, got "
+                         f"{list(formats)}")
+    stem = Path(path)
+    stem = stem.with_suffix("") if stem.suffix.lstrip(".") in allowed else stem
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt in formats:
+        out = stem.with_name(f"{stem.name}.{fmt}")
+        fig.savefig(out, format=fmt, dpi=dpi, bbox_inches="tight")
+        written.append(out)
+    return written
 
 # Training curves: (record key, axis title); -ELBO, log-likelihood and KL also show val markers.
 CURVES = (
