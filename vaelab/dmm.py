@@ -430,6 +430,11 @@ class DMM(nn.Module):
 
     # ------------------------------------------------------------------------- ELBO
 
+    def forward(self, batch: Batch, **kw) -> ELBOTerms:
+        """The ELBO terms, as :meth:`elbo` (``kw`` goes to it): training calls the model
+        through ``forward`` so that a DistributedDataParallel wrapper synchronises gradients."""
+        return self.elbo(batch, **kw)
+
     def elbo(self, batch: Batch, analytic_kl: bool | None = None, noise: Tensor | None = None,
              samples: int = 1) -> ELBOTerms:
         """Returns the ELBO terms per sequence, ``[B]`` each, summed over observed steps.

@@ -416,6 +416,11 @@ class ConditionalFlowModel(nn.Module):
                              f"realnvp models static data")
         return x, self._context(batch.a, x)
 
+    def forward(self, batch: Batch, **kw) -> ELBOTerms:
+        """The ELBO terms, as :meth:`elbo` (``kw`` goes to it): training calls the model
+        through ``forward`` so that a DistributedDataParallel wrapper synchronises gradients."""
+        return self.elbo(batch, **kw)
+
     def elbo(self, batch: Batch, analytic_kl: bool | None = None) -> ELBOTerms:
         """Returns the exact ``log p(x | a)`` ``[B]`` as ``log_likelihood``, zero KL and one
         step per example. ``analytic_kl`` is ignored (there is no latent)."""

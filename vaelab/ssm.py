@@ -209,6 +209,11 @@ class SSM(nn.Module):
         scale = torch.cat([p_1.stddev[:, None], p_t.stddev], dim=1)
         return Independent(Normal(loc, scale), 1)
 
+    def forward(self, batch: Batch, **kw) -> ELBOTerms:
+        """The ELBO terms, as :meth:`elbo` (``kw`` goes to it): training calls the model
+        through ``forward`` so that a DistributedDataParallel wrapper synchronises gradients."""
+        return self.elbo(batch, **kw)
+
     def elbo(self, batch: Batch, analytic_kl: bool | None = None) -> ELBOTerms:
         """Returns the sequential ELBO terms per sequence, ``[B]`` each, summed over observed
         steps, with one reparameterised path z ~ q(z | x, a)."""

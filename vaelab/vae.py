@@ -93,6 +93,11 @@ class VAE(nn.Module):
             )
         return x
 
+    def forward(self, batch: Batch, **kw) -> ELBOTerms:
+        """The ELBO terms, as :meth:`elbo` (``kw`` goes to it): training calls the model
+        through ``forward`` so that a DistributedDataParallel wrapper synchronises gradients."""
+        return self.elbo(batch, **kw)
+
     def elbo(self, batch: Batch, analytic_kl: bool | None = None) -> ELBOTerms:
         """Returns the ELBO terms per example, ``[B]`` each, with one reparameterised sample.
 
