@@ -1,0 +1,127 @@
+"""The notebook 05 checkers accept the right answers and name each typical mistake."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.distributions import TransformedDistribution
+
+from vaelab.exercises import Mistake, flows
+from vaelab.exercises.flows import (
+    check_coupling_forward,
+    check_coupling_log_det,
+    check_flow_log_prob,
+    coupling_case,
+)
+
+
+def bounded(raw, bound):
+    return bound * torch.tanh(raw / bound)
+
+
+def forward_right(x, mask, shift, raw, bound):
+    return mask * x + (1 - mask) * (x * bounded(raw, bound).exp() + shift)
+
+
+def log_det_right(mask, raw, bound):
+    return ((1 - mask) * bounded(raw, bound)).sum(dim=-1)
+
+
+def log_prob_right(x, transform, base):
+    u = transform.inv(x)
+    return base.log_prob(u) - transform.log_abs_det_jacobian(u, x)
+
+
+def test_the_case_is_a_real_test() -> None:
+    # the random layer is far from the identity, and tanh's bound bends its log-scales
+    case = coupling_case(0)
+    layer, x, raw = case["layer"], case["x"], case["raw"]
+    assert (layer(x) - x).abs().max() > 0.5
+    assert (bounded(raw, case["bound"]) - raw).abs().max() > 0.1
+    assert 0 < case["mask"].sum() < len(case["mask"])
+    assert not torch.equal(coupling_case(0)["mask"], coupling_case(1)["mask"])
+
+
+def test_right_answers_pass(capsys: pytest.CaptureFixture) -> None:
+    check_coupling_forward(forward_right)
+    check_coupling_log_det(log_det_right)
+    check_flow_log_prob(log_prob_right)
+    # the library's own answer passes too
+    check_flow_log_prob(lambda x, t, base: TransformedDistribution(base, [t]).log_prob(x))
+    assert capsys.readouterr().out.count("correct") == 4
+
+
+FORWARD_MISTAKES = {
+    "mask is inverted": lambda x, b, t, r, k: (1 - b) * x + b * (x * bounded(r, k).exp() + t),
+    "scale is exp\\(l\\), not l": lambda x, b, t, r, k: b * x + (1 - b) * (x * bounded(r, k) + t),
+    "not bounded": lambda x, b, t, r, k: b * x + (1 - b) * (x * r.exp() + t),
+    "default bound 3": lambda x, b, t, r, k: forward_right(x, b, t, r, 3.0),
+    "inverse map": lambda x, b, t, r, k: b * x + (1 - b) * (x - t) * (-bounded(r, k)).exp(),
+    "shift is scaled too": lambda x, b, t, r, k: b * x + (1 - b) * (x + t) * bounded(r, k).exp(),
+    "untouched half is missing": lambda x, b, t, r, k: (1 - b) * (x * bounded(r, k).exp() + t),
+    "off by up to": lambda x, b, t, r, k: forward_right(x, b, t, r, k) + 1e-3,
+    "shape": lambda x, b, t, r, k: forward_right(x, b, t, r, k).sum(-1),
+    "NaN": lambda x, b, t, r, k: forward_right(x, b, t, r, k) * torch.nan,
+    "torch.Tensor": lambda x, b, t, r, k: forward_right(x, b, t, r, k).numpy(),
+}
+
+
+@pytest.mark.parametrize("match", FORWARD_MISTAKES)
+def test_forward_mistakes_are_named(match: str) -> None:
+    with pytest.raises(Mistake, match=match):
+        check_coupling_forward(FORWARD_MISTAKES[match])
+
+
+LOG_DET_MISTAKES = {
+    "inverse layer's log-determinant": lambda b, r, k: -log_det_right(b, r, k),
+    "over all dimensions": lambda b, r, k: bounded(r, k).sum(-1),
+    "mask is inverted": lambda b, r, k: (b * bounded(r, k)).sum(-1),
+    "sums exp\\(l\\)": lambda b, r, k: ((1 - b) * bounded(r, k).exp()).sum(-1),
+    "not bounded": lambda b, r, k: ((1 - b) * r).sum(-1),
+    "default bound 3": lambda b, r, k: log_det_right(b, r, 3.0),
+    "sum the log-scales over the event": lambda b, r, k: (1 - b) * bounded(r, k),
+    "returned shape": lambda b, r, k: log_det_right(b, r, k).sum(),  # summed over the batch too
+    "returned a tuple": lambda b, r, k: (log_det_right(b, r, k), r),
+    "off by up to": lambda b, r, k: log_det_right(b, r, k) * 1.01,
+}
+
+
+@pytest.mark.parametrize("match", LOG_DET_MISTAKES)
+def test_log_det_mistakes_are_named(match: str) -> None:
+    with pytest.raises(Mistake, match=match):
+        check_coupling_log_det(LOG_DET_MISTAKES[match])
+
+
+def _pushed(x, t, base):
+    y = t(x)
+    return base.log_prob(y) - t.log_abs_det_jacobian(x, y)
+
+
+LOG_PROB_MISTAKES = {
+    "enters with a minus sign": lambda x, t, base: base.log_prob(t.inv(x))
+    + t.log_abs_det_jacobian(t.inv(x), x),
+    "base density is evaluated at x": lambda x, t, base: base.log_prob(x)
+    - t.log_abs_det_jacobian(t.inv(x), x),
+    "Jacobian term is missing": lambda x, t, base: base.log_prob(t.inv(x)),
+    "pushed forward": _pushed,
+    "off by up to": lambda x, t, base: log_prob_right(x, t, base) - 0.5,
+}
+
+
+@pytest.mark.parametrize("match", LOG_PROB_MISTAKES)
+def test_log_prob_mistakes_are_named(match: str) -> None:
+    with pytest.raises(Mistake, match=match):
+        check_flow_log_prob(LOG_PROB_MISTAKES[match])
+
+
+def test_hints_are_distinct() -> None:
+    # no two typical mistakes give the same numbers, so each message is the one that applies
+    case = coupling_case(1)
+    x, b, t, r, k = (case[n] for n in ("x", "mask", "shift", "raw", "bound"))
+    values = [f(x, b, t, r, k) for n, f in FORWARD_MISTAKES.items()
+              if n not in ("shape", "NaN", "torch.Tensor")]
+    values += [forward_right(x, b, t, r, k)]
+    for i, u in enumerate(values):
+        for v in values[i + 1:]:
+            assert not torch.allclose(u, v, rtol=1e-5, atol=1e-6)
+    assert flows.SEEDS == (0, 1)

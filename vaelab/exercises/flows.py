@@ -1,0 +1,156 @@
+"""Checkers for notebook 05 (normalizing flows): an affine coupling layer's forward map and
+its log-determinant, and the change-of-variables log-density of a one-layer flow.
+
+Every checker builds a random :class:`~vaelab.flows.AffineCoupling` (random weights, so that no
+layer sits at its identity initialisation), runs the student's function on random inputs in
+float64 and compares it with the library; a disagreement that matches a typical mistake is
+named (:class:`~vaelab.exercises.common.Mistake`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, Independent, Normal, TransformedDistribution
+
+from vaelab.exercises.common import Mistake, check_close, check_shape
+from vaelab.flows import AffineCoupling, CouplingNet
+
+SEEDS = (0, 1)  # two random layers per check, with the two alternating masks
+
+
+def coupling_case(seed: int, batch: int = 32, dim: int = 5, context_dim: int = 3,
+                  bound: float = 2.0) -> dict:
+    """A random coupling layer and inputs, float64: ``x [B, D]``, the 0/1 ``mask [D]``
+    (1 = untouched), the context ``c [B, C]``, the network's ``shift`` and ``raw`` log-scale
+    ``[B, D]`` at ``mask * x``, and the library's ``layer`` (``cache_size=0``)."""
+    g = torch.Generator().manual_seed(seed)
+    net = CouplingNet(dim, context_dim, [16]).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            # raw log-scales of order 1-3, where tanh's bound visibly bends them
+            p.copy_(0.7 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    mask = ((torch.arange(dim) + seed) % 2 == 0).double()
+    x = torch.randn(batch, dim, generator=g, dtype=torch.float64)
+    c = torch.randn(batch, context_dim, generator=g, dtype=torch.float64)
+    layer = AffineCoupling(net, mask, c, log_scale_bound=bound, cache_size=0)
+    with torch.no_grad():
+        shift, raw = net(mask * x, c)
+    return {"x": x, "mask": mask, "c": c, "shift": shift, "raw": raw, "bound": bound,
+            "layer": layer}
+
+
+def _call(name: str, fn: Callable, *args) -> Tensor:
+    with torch.no_grad():
+        out = fn(*args)
+    if isinstance(out, tuple):
+        raise Mistake(f"{name} returned a tuple; return one tensor")
+    return out
+
+
+def check_coupling_forward(coupling_forward: Callable) -> None:
+    """Check ``coupling_forward(x, mask, shift, raw, bound) -> y [B, D]``: the forward map
+    ``y = b x + (1 - b)(x exp(l) + t)`` with ``l = bound * tanh(raw / bound)``, against
+    :class:`vaelab.flows.AffineCoupling`."""
+    name = "coupling_forward"
+    for seed in SEEDS:
+        case = coupling_case(seed)
+        x, b, t, raw, bound = (case[k] for k in ("x", "mask", "shift", "raw", "bound"))
+        with torch.no_grad():
+            expected = case["layer"](x)
+        got = check_shape(name, _call(name, coupling_forward, x, b, t, raw, bound), x.shape)
+        l_ = bound * torch.tanh(raw / bound)
+        hints = {
+            "the mask is inverted: b = 1 marks the untouched half, so y = b * x + (1 - b) * "
+            "(...)": (1 - b) * x + b * (x * l_.exp() + t),
+            "the scale is exp(l), not l: the network outputs a log-scale":
+                b * x + (1 - b) * (x * l_ + t),
+            "the log-scale is not bounded: use l = bound * tanh(raw / bound)":
+                b * x + (1 - b) * (x * raw.exp() + t),
+            "the log-scale uses the default bound 3 instead of the argument bound":
+                b * x + (1 - b) * (x * (3 * torch.tanh(raw / 3)).exp() + t),
+            "this is the inverse map (x - t) * exp(-l); the forward map scales, then shifts":
+                b * x + (1 - b) * (x - t) * (-l_).exp(),
+            "the shift is scaled too: y = x * exp(l) + t, not (x + t) * exp(l)":
+                b * x + (1 - b) * (x + t) * l_.exp(),
+            "the untouched half is missing: add b * x":
+                (1 - b) * (x * l_.exp() + t),
+        }
+        check_close(name, got, expected, rtol=1e-7, atol=1e-9, hints=hints)
+    print(f"{name}: correct on {len(SEEDS)} random coupling layers")
+
+
+def check_coupling_log_det(coupling_log_det: Callable) -> None:
+    """Check ``coupling_log_det(mask, raw, bound) -> [B]``: the forward
+    ``log|det dy/dx| = sum_d (1 - b_d) l_d`` with ``l = bound * tanh(raw / bound)``, against
+    :meth:`vaelab.flows.AffineCoupling.log_abs_det_jacobian`."""
+    name = "coupling_log_det"
+    for seed in SEEDS:
+        case = coupling_case(seed)
+        x, b, raw, bound, layer = (case[k] for k in ("x", "mask", "raw", "bound", "layer"))
+        with torch.no_grad():
+            expected = layer.log_abs_det_jacobian(x, layer(x))
+        got = _call(name, coupling_log_det, b, raw, bound)
+        if isinstance(got, Tensor) and tuple(got.shape) == tuple(x.shape):
+            raise Mistake(f"{name} returned shape {list(got.shape)}, expected "
+                          f"{list(expected.shape)}: sum the log-scales over the event "
+                          f"dimension (dim=-1), one log-determinant per example")
+        check_shape(name, got, expected.shape)
+        l_ = bound * torch.tanh(raw / bound)
+        keep = 1 - b
+        hints = {
+            "that is the inverse layer's log-determinant (-sum l); the forward map scales "
+            "by exp(+l)": -(keep * l_).sum(-1),
+            "it sums the log-scales over all dimensions; the untouched half (mask 1) has "
+            "derivative 1 and adds nothing": l_.sum(-1),
+            "the mask is inverted: sum over the dimensions with mask 0 (the transformed half)":
+                (b * l_).sum(-1),
+            "it sums exp(l); the diagonal of the Jacobian is exp(l), its log is l":
+                (keep * l_.exp()).sum(-1),
+            "the log-scale is not bounded: use l = bound * tanh(raw / bound)":
+                (keep * raw).sum(-1),
+            "the log-scale uses the default bound 3 instead of the argument bound":
+                (keep * 3 * torch.tanh(raw / 3)).sum(-1),
+        }
+        check_close(name, got, expected, rtol=1e-7, atol=1e-9, hints=hints)
+    print(f"{name}: correct on {len(SEEDS)} random coupling layers")
+
+
+def check_flow_log_prob(flow_log_prob: Callable) -> None:
+    """Check ``flow_log_prob(x, transform, base) -> [B]``: the change of variables
+    ``log p(x) = log p_base(u) - log|det df/du|`` at ``u = f^{-1}(x)`` for one transform
+    ``f`` (``u -> x``), against ``TransformedDistribution(base, [transform]).log_prob``."""
+    name = "flow_log_prob"
+    for seed in SEEDS:
+        case = coupling_case(seed)
+        layer, x = case["layer"], case["x"]
+        g = torch.Generator().manual_seed(100 + seed)
+        d = x.shape[-1]
+        base: Distribution = Independent(Normal(
+            torch.randn(d, generator=g, dtype=x.dtype),
+            0.5 + torch.rand(d, generator=g, dtype=x.dtype)), 1)
+        with torch.no_grad():
+            expected = TransformedDistribution(base, [layer]).log_prob(x)
+            u = layer.inv(x)
+            log_det = layer.log_abs_det_jacobian(u, x)
+            pushed = layer(x)
+            hints = {
+                "the log-determinant enters with a minus sign: log p(x) = log p_base(u) - "
+                "log|det df/du|": base.log_prob(u) + log_det,
+                "the base density is evaluated at x; evaluate it at the base point "
+                "u = transform.inv(x)": base.log_prob(x) - log_det,
+                "the Jacobian term is missing: subtract transform.log_abs_det_jacobian(u, x)":
+                    base.log_prob(u),
+                "x was pushed forward (transform(x)); the base point is the inverse, "
+                "u = transform.inv(x)": base.log_prob(pushed)
+                - layer.log_abs_det_jacobian(x, pushed),
+            }
+        got = check_shape(name, _call(name, flow_log_prob, x, layer, base), expected.shape)
+        check_close(name, got, expected, rtol=1e-7, atol=1e-9, hints=hints)
+    print(f"{name}: correct on {len(SEEDS)} random one-layer flows")
+
+
+__all__ = ["check_coupling_forward", "check_coupling_log_det", "check_flow_log_prob",
+           "coupling_case"]
