@@ -9,7 +9,7 @@ One module per notebook topic; every checker is importable from ``vaelab.exercis
 
 from __future__ import annotations
 
-from vaelab.exercises import flows  # noqa: F401  (notebook 05)
+from vaelab.exercises import distributions, flows, vae  # noqa: F401  (notebooks 01, 02, 05)
 from vaelab.exercises.common import Mistake, check_close, check_shape
 
 __all__ = ["Mistake", "check_close", "check_shape"]

@@ -1,0 +1,65 @@
+"""The notebook-02 checker accepts the hand-derived and autograd gradients and names each
+typical mistake."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.distributions import Normal
+from torch.nn.functional import softplus
+
+from vaelab.exercises import Mistake, distributions
+
+
+def by_hand(x, mu, rho):
+    sigma = softplus(rho)
+    return (-1 / sigma + (x - mu) ** 2 / sigma**3) * torch.sigmoid(rho)
+
+
+def by_autograd(x, mu, rho):
+    rho = rho.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(Normal(mu, softplus(rho)).log_prob(x).sum(), rho)
+    return grad
+
+
+@pytest.mark.parametrize("fn", [by_hand, by_autograd])
+def test_accepts_correct(fn) -> None:
+    distributions.check_scale_gradient(fn)
+
+
+def d_sigma(x, mu, rho):
+    sigma = softplus(rho)
+    return -1 / sigma + (x - mu) ** 2 / sigma**3
+
+
+MISTAKES = {
+    "d/dsigma, not d/drho": d_sigma,
+    "not 1 / \\(1 \\+ exp\\(rho\\)\\)":
+        lambda x, mu, rho: d_sigma(x, mu, rho) * torch.sigmoid(-rho),
+    "sigma = exp\\(rho\\)": lambda x, mu, rho: d_sigma(x, mu, rho) * softplus(rho),
+    "sign is wrong": lambda x, mu, rho: -by_hand(x, mu, rho),
+    "2 of": lambda x, mu, rho: (-1 / softplus(rho) + (x - mu) ** 2 / (2 * softplus(rho) ** 3))
+    * torch.sigmoid(rho),
+    "-log sigma term is missing": lambda x, mu, rho: (x - mu) ** 2 / softplus(rho) ** 3
+    * torch.sigmoid(rho),
+    "sigma as the variance": lambda x, mu, rho: (-1 / (2 * softplus(rho))
+                                                 + (x - mu) ** 2 / (2 * softplus(rho) ** 2))
+    * torch.sigmoid(rho),
+    "returned shape": lambda x, mu, rho: by_hand(x, mu, rho).sum(),
+    "off by up to": lambda x, mu, rho: by_hand(x, mu, rho) + 0.01,
+    "raised ZeroDivisionError": lambda x, mu, rho: 1 / 0,
+}
+
+
+@pytest.mark.parametrize("message", MISTAKES)
+def test_names_mistake(message: str) -> None:
+    with pytest.raises(Mistake, match=message):
+        distributions.check_scale_gradient(MISTAKES[message])
+
+
+def test_not_implemented_passes_through() -> None:
+    def todo(x, mu, rho):
+        raise NotImplementedError()
+
+    with pytest.raises(NotImplementedError):
+        distributions.check_scale_gradient(todo)

@@ -1,0 +1,159 @@
+"""The notebook-01 checkers accept the library's answers and name each typical mistake."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.distributions import Independent, Normal, kl_divergence
+
+from vaelab.exercises import Mistake, vae
+from vaelab.objectives import importance_log_likelihood
+
+# ------------------------------------------------------------------ the Gaussian KL
+
+def kl_library(mu, logvar):
+    q = Independent(Normal(mu, (0.5 * logvar).exp()), 1)
+    return kl_divergence(q, Independent(Normal(torch.zeros_like(mu), torch.ones_like(mu)), 1))
+
+
+def kl_formula(mu, logvar):
+    return -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(dim=-1)
+
+
+@pytest.mark.parametrize("fn", [kl_library, kl_formula])
+def test_gaussian_kl_accepts_correct(fn) -> None:
+    vae.check_gaussian_kl(fn)
+
+
+KL_MISTAKES = {
+    "factor 1/2 missing": (lambda m, lv: -(1 + lv - m**2 - lv.exp()).sum(-1)),
+    "applied twice": (lambda m, lv: -0.25 * (1 + lv - m**2 - lv.exp()).sum(-1)),
+    "wrong sign": (lambda m, lv: 0.5 * (1 + lv - m**2 - lv.exp()).sum(-1)),
+    "variance passed as scale": (lambda m, lv: kl_library(m, 2 * lv)),
+    "averaged over the latent": (lambda m, lv: -0.5 * (1 + lv - m**2 - lv.exp()).mean(-1)),
+    "mu\\^2 term": (lambda m, lv: -0.5 * (1 + lv + m**2 - lv.exp()).sum(-1)),
+    "logvar where exp\\(logvar\\)": (lambda m, lv: -0.5 * (1 - m**2).sum(-1)),
+    "constant 1": (lambda m, lv: -0.5 * (lv - m**2 - lv.exp()).sum(-1)),
+    "summed over the batch": (lambda m, lv: -0.5 * (1 + lv - m**2 - lv.exp()).sum(0)),
+    "one KL per dimension": (lambda m, lv: -0.5 * (1 + lv - m**2 - lv.exp())),
+    "single number": (lambda m, lv: -0.5 * (1 + lv - m**2 - lv.exp()).sum()),
+    "off by up to": (lambda m, lv: kl_formula(m, lv) + 0.1),
+}
+
+
+@pytest.mark.parametrize("message", KL_MISTAKES)
+def test_gaussian_kl_names_mistake(message: str) -> None:
+    with pytest.raises(Mistake, match=message):
+        vae.check_gaussian_kl(KL_MISTAKES[message])
+
+
+def test_not_implemented_passes_through() -> None:
+    def todo(*args):
+        raise NotImplementedError()
+
+    for check in (vae.check_gaussian_kl, vae.check_reparameterize, vae.check_iwae):
+        with pytest.raises(NotImplementedError):
+            check(todo)
+
+
+def test_crash_is_reported_as_mistake() -> None:
+    with pytest.raises(Mistake, match="gaussian_kl raised TypeError"):
+        vae.check_gaussian_kl(lambda mu, logvar: mu + "a")
+
+
+# ------------------------------------------------------------------ reparameterisation
+
+def reparam_formula(mu, logvar, eps):
+    return mu + (0.5 * logvar).exp() * eps
+
+
+def reparam_torch(mu, logvar, eps):
+    # Normal.rsample is loc + scale * eps; the same, through torch.distributions' parameters
+    q = Normal(mu, (0.5 * logvar).exp())
+    return q.loc + q.scale * eps
+
+
+@pytest.mark.parametrize("fn", [reparam_formula, reparam_torch])
+def test_reparameterize_accepts_correct(fn) -> None:
+    vae.check_reparameterize(fn)
+
+
+def test_rsample_is_what_the_checker_expects() -> None:
+    # the checker's formula is torch's own rsample with the same standard-normal draws
+    mu, logvar = torch.randn(4, 3), torch.randn(4, 3)
+    torch.manual_seed(5)
+    z = Normal(mu, (0.5 * logvar).exp()).rsample()
+    torch.manual_seed(5)
+    torch.testing.assert_close(z, reparam_formula(mu, logvar, torch.randn(4, 3)))
+
+
+REPARAM_MISTAKES = {
+    "variance exp\\(logvar\\)": (lambda m, lv, e: m + lv.exp() * e),
+    "logvar itself as the scale": (lambda m, lv, e: m + lv * e),
+    "subtracted the noise": (lambda m, lv, e: m - (0.5 * lv).exp() * e),
+    "returned the mean": (lambda m, lv, e: m * 1.0),
+    "ignored the mean": (lambda m, lv, e: (0.5 * lv).exp() * e),
+    "multiply eps, not be added": (lambda m, lv, e: m + (0.5 * lv).exp() + e),
+    "do not draw your own noise": (lambda m, lv, e: m + (0.5 * lv).exp() * torch.randn_like(e)),
+    "no gradient flows": (lambda m, lv, e: (m + (0.5 * lv).exp() * e).detach()),
+    "does not depend on logvar": (lambda m, lv, e: m + (0.5 * lv.detach()).exp() * e),
+    "returned shape": (lambda m, lv, e: (m + (0.5 * lv).exp() * e)[0]),
+}
+
+
+@pytest.mark.parametrize("message", REPARAM_MISTAKES)
+def test_reparameterize_names_mistake(message: str) -> None:
+    with pytest.raises(Mistake, match=message):
+        vae.check_reparameterize(REPARAM_MISTAKES[message])
+
+
+# ------------------------------------------------------------------ the IWAE bound
+
+def iwae_formula(log_px_z, log_pz, log_qz):
+    return torch.logsumexp(log_px_z + log_pz - log_qz, dim=0) - math.log(len(log_px_z))
+
+
+def test_iwae_accepts_correct() -> None:
+    vae.check_iwae(iwae_formula)
+
+
+def test_iwae_checker_formula_is_the_library_estimator() -> None:
+    # importance_log_likelihood on a model whose ELBO terms are known: the checker's formula
+    from vaelab import VAE, VAEConfig
+    from vaelab.data import Batch
+
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(x_dim=4, z_dim=2, hidden_dims=[8]))
+    batch = Batch(x=torch.bernoulli(torch.full((3, 4), 0.5)))
+    k = 6
+    torch.manual_seed(1)
+    library = importance_log_likelihood(model, batch, k, chunk_size=k)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        q = model.encoder(batch.repeat(k).x)
+        z = q.rsample()
+        log_px_z = model.decoder(z).log_prob(batch.repeat(k).x).view(k, 3)
+        log_pz = model.p_z(z).log_prob(z).view(k, 3)
+        log_qz = q.log_prob(z).view(k, 3)
+    torch.testing.assert_close(library, iwae_formula(log_px_z, log_pz, log_qz))
+
+
+IWAE_MISTAKES = {
+    "subtract log K": (lambda lx, lp, lq: torch.logsumexp(lx + lp - lq, dim=0)),
+    "mean of the log-weights": (lambda lx, lp, lq: (lx + lp - lq).mean(0)),
+    "sign of log q": (lambda lx, lp, lq: iwae_formula(lx, lp, -lq)),
+    "sign of log p\\(z\\)": (lambda lx, lp, lq: iwae_formula(lx, -lp, lq)),
+    "log p\\(z\\) is missing": (lambda lx, lp, lq: iwae_formula(lx, 0 * lp, lq)),
+    "maximum log-weight": (lambda lx, lp, lq: (lx + lp - lq).max(0).values),
+    "underflows": (lambda lx, lp, lq: (lx + lp - lq).exp().mean(0).log()),
+    "over the batch": (lambda lx, lp, lq: torch.logsumexp(lx + lp - lq, dim=1)
+                       - math.log(lx.shape[1])),
+}
+
+
+@pytest.mark.parametrize("message", IWAE_MISTAKES)
+def test_iwae_names_mistake(message: str) -> None:
+    with pytest.raises(Mistake, match=message):
+        vae.check_iwae(IWAE_MISTAKES[message])

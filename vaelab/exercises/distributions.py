@@ -1,0 +1,58 @@
+"""Checkers for notebook 02 (learnable distributions): the gradient of a learnable scale.
+
+The scale of N(x; mu, sigma) is learned through an unconstrained rho, sigma = softplus(rho),
+as in :class:`vaelab.distributions.LearnableNormal`; the student differentiates the
+log-density with respect to rho by hand and the checker compares with autograd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from torch.distributions import Normal
+from torch.nn.functional import softplus
+
+from vaelab.exercises.common import Mistake, check_close, check_shape
+
+N = 6
+
+
+def check_scale_gradient(scale_gradient: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
+    """``scale_gradient(x [N], mu [N], rho [N]) -> [N]``: d/drho log N(x; mu, softplus(rho))
+    element by element, compared with autograd through ``torch.distributions.Normal``."""
+    g = torch.Generator().manual_seed(3)
+    x = 2 * torch.randn(N, generator=g, dtype=torch.float64)
+    mu = torch.randn(N, generator=g, dtype=torch.float64)
+    rho = torch.linspace(-1.5, 1.5, N, dtype=torch.float64)  # sigmoid(rho) far from 1/2 and 1
+    try:
+        got = scale_gradient(x.clone(), mu.clone(), rho.clone())
+    except NotImplementedError:
+        raise
+    except Exception as err:
+        raise Mistake(f"scale_gradient raised {type(err).__name__}: {err}") from err
+    check_shape("scale_gradient", got, (N,))
+    r = rho.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(Normal(mu, softplus(r)).log_prob(x).sum(), r)
+    sigma, sq = softplus(rho), (x - mu) ** 2
+    d_sigma = -1 / sigma + sq / sigma**3  # d/dsigma log N
+    hints = {
+        "this is d/dsigma, not d/drho: multiply by dsigma/drho = sigmoid(rho), the derivative "
+        "of softplus (the chain rule)": d_sigma,
+        "dsoftplus/drho is sigmoid(rho) = 1 / (1 + exp(-rho)), not 1 / (1 + exp(rho))":
+            d_sigma * torch.sigmoid(-rho),
+        "this is the gradient for sigma = exp(rho) (dsigma/drho = sigma), not softplus(rho)":
+            d_sigma * sigma,
+        "the sign is wrong: this is the gradient of -log N (the loss), not of log N": -expected,
+        "the 2 of (x - mu)^2 / (2 sigma^2) was not differentiated: d/dsigma of that term is "
+        "-(x - mu)^2 / sigma^3": (-1 / sigma + sq / (2 * sigma**3)) * torch.sigmoid(rho),
+        "the -log sigma term is missing: its derivative -1 / sigma belongs in the gradient":
+            sq / sigma**3 * torch.sigmoid(rho),
+        "you treated sigma as the variance: the density's scale is the standard deviation "
+        "sigma": (-1 / (2 * sigma) + sq / (2 * sigma**2)) * torch.sigmoid(rho),
+    }
+    check_close("scale_gradient", got, expected, hints=hints)
+
+
+__all__ = ["check_scale_gradient"]
