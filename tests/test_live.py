@@ -16,6 +16,7 @@ from vaelab.datasets import load_dataset
 from vaelab.live import (
     Registry,
     TrainingRun,
+    accepted_data,
     active_units,
     check_compatible,
     dataset_needs_path,
@@ -23,7 +24,10 @@ from vaelab.live import (
     kl_per_dim,
     latent_activity,
     make_view,
+    read_upload,
     reference_metrics,
+    remaining,
+    resume_config,
     start_run,
 )
 from vaelab.train import TrainConfig, load_checkpoint, load_model
@@ -102,17 +106,22 @@ def test_pause_blocks_progress_and_resume_continues(digits, tmp_path):
     run.start()
     _wait(lambda: run.step >= 2)
     run.pause()
-    assert run.status == "paused"
+    run.pause()  # a request: asking twice is asking once
+    assert run.status in ("pausing", "paused")  # the worker says when it sits paused
     assert run.wait_paused(TIMEOUT)
+    assert run.status == "paused"
     held = len(run.history)
     time.sleep(0.3)
     assert len(run.history) == held and run.active
     # the snapshot of a paused run is its current parameters
     assert run.model is not None
     run.resume()
+    run.resume()
     assert run.status == "running"
     assert run.join(TIMEOUT)
     assert run.status == "finished" and run.step == 30
+    run.pause(), run.resume(), run.stop()  # requests to an ended run change nothing
+    assert run.status == "finished"
 
 
 def test_stop_while_paused(digits, tmp_path):
@@ -353,6 +362,77 @@ def test_reference_metrics_give_the_exact_nll_of_the_true_system():
     ref = reference_metrics(train, val)
     assert ref["exact_nll_val"] == pytest.approx(kalman_exact_nll(val.info["system"], val))
     assert reference_metrics(*load_dataset("digits")[:2]) == {}
+    # the pendulum's info["system"] is only a name: no exact likelihood, and no crash
+    pendulum = load_dataset("pendulum")
+    assert pendulum[0].info["system"] == "pendulum"
+    assert reference_metrics(*pendulum[:2]) == {}
+
+
+def test_accepted_data_per_model():
+    table = {model: {d for d, why in accepted_data(model).items() if why is None}
+             for model in ("vae", "ssm", "dmm", "dmm_iaf", "realnvp")}
+    paths = {"mnist", "polyphonic", "arrays"}  # checked only once a path is given
+    assert table["vae"] == {"digits"} | paths
+    assert table["realnvp"] == {"digits", "moons"} | paths
+    assert table["ssm"] == {"jsb", "linear", "pendulum"} | paths
+    assert table["dmm"] == table["dmm_iaf"] == {"jsb"} | paths
+    assert "sequences" in accepted_data("vae")["jsb"]
+    assert "single vectors" in accepted_data("dmm")["digits"]
+    assert "0/1 data" in accepted_data("dmm")["pendulum"]
+    with pytest.raises(ValueError, match="unknown model"):
+        accepted_data("gpt")
+
+
+def test_read_upload_gives_a_clean_message(digits, tmp_path):
+    import tempfile
+
+    before = set(Path(tempfile.gettempdir()).glob("vaelab-upload-*"))
+    for content in (b"not a checkpoint", b"PK\x03\x04" + b"\0" * 64):
+        with pytest.raises(ValueError, match="bad.pt is not a vaelab checkpoint") as info:
+            read_upload("bad.pt", content)
+        text = str(info.value)
+        assert "weights_only" not in text and tempfile.gettempdir() not in text
+    run = _run(digits, tmp_path, max_steps=2).start()
+    assert run.join(TIMEOUT)
+    assert read_upload("good.pt", run.checkpoint_path.read_bytes()) == "vae at step 2"
+    assert set(Path(tempfile.gettempdir()).glob("vaelab-upload-*")) == before  # removed
+
+
+def test_resume_config_keeps_the_runs_own_settings(digits, tmp_path):
+    run = _run(digits, tmp_path, epochs=7, max_steps=2, lr=2e-3).start()
+    assert run.join(TIMEOUT)
+    ckpt = load_checkpoint(run.checkpoint_path)
+    config = resume_config(ckpt, tmp_path / "next")
+    assert (config.epochs, config.max_steps, config.lr) == (7, 2, 2e-3)
+    assert config.out_dir == str(tmp_path / "next") and not config.progress
+    assert remaining(ckpt) == "it reached its max steps (2)"
+    ckpt["train_config"]["max_steps"] = None
+    assert remaining(ckpt) is None
+    ckpt["epoch"] = 7
+    assert remaining(ckpt) == "it reached its 7 epochs"
+
+
+def test_stop_before_the_first_step_is_honoured(digits, tmp_path):
+    run = _run(digits, tmp_path, epochs=50).start()
+    run.stop()  # at once: the worker has not even unpickled the model
+    run.stop()
+    assert run.status == "stopping"
+    assert run.join(TIMEOUT) and run.status == "stopped"
+    assert run.step <= 1  # fit looks at the request after its first step
+
+
+def test_record_times_and_progress(digits, tmp_path):
+    before = time.time()
+    run = _run(digits, tmp_path, epochs=3, max_steps=25).start()
+    assert run.join(TIMEOUT)
+    times = run.record_times
+    assert len(times) == len(run.history) and times == sorted(times)
+    assert before <= times[0] <= times[-1] <= time.time()
+    progress = run.progress()
+    assert progress["step"] == 25 and progress["planned"] == 25  # max_steps < 3 epochs
+    assert progress["steps_per_second"] > 0 and progress["eta_seconds"] is None
+    assert run.settings()["train_config"]["max_steps"] == 25
+    assert run.settings()["model_config"]["hidden_dims"] == [32]
 
 
 def test_view_is_fixed_validation_examples(digits):
@@ -392,5 +472,8 @@ def test_registry_one_active_run_and_reattach(digits, tmp_path):
 def test_run_diagnose_once_per_step(digits, tmp_path):
     run = _run(digits, tmp_path, max_steps=2).start()
     assert run.join(TIMEOUT)
-    first = run.diagnose()
-    assert first["step"] == 2 and run.diagnose() is first and len(run.diagnostics) == 1
+    first = run.diagnose()  # the background thread has done the final one already
+    assert first["step"] == 2 and run.diagnose() is first
+    steps = [d["step"] for d in run.diagnostics]
+    assert steps == sorted(set(steps)) and steps[-1] == 2  # once per snapshot step
+    assert run.latest_diagnostics() is first and first["seconds"] >= 0

@@ -21,9 +21,12 @@ import atexit
 import contextlib
 import copy
 import dataclasses
+import functools
 import inspect
 import io
+import math
 import multiprocessing
+import os
 import pickle
 import queue
 import signal
@@ -40,8 +43,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from vaelab import MODELS
+from vaelab.config import make_model
 from vaelab.data import Batch, Data
-from vaelab.datasets import DATASETS
+from vaelab.datasets import DATASETS, load_dataset
 from vaelab.train import TrainConfig, TrainingDiverged, fit, load_checkpoint
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016 (arXiv:1509.00519): active if Cov_x(E_q[z_u]) > this
@@ -67,6 +72,106 @@ def check_compatible(model: nn.Module, data: Data, n: int = 2) -> None:
                          f"{data.name}: {e}") from None
     if terms.log_likelihood.shape != (len(batch),):
         raise ValueError(f"elbo must return [B] terms, got {list(terms.log_likelihood.shape)}")
+
+
+# The data set a model is shown with first: the one its notebook teaches it on.
+PREFERRED_DATA = {"vae": "digits", "ssm": "linear", "dmm": "jsb", "dmm_iaf": "jsb",
+                  "realnvp": "moons"}
+
+
+@functools.cache
+def builtin_dataset(name: str) -> tuple[Data, Data, Data]:
+    """``load_dataset(name)`` of a built-in data set (no path), loaded once per process."""
+    if dataset_needs_path(name):
+        raise ValueError(f"data set {name!r} needs a path; load it with load_dataset")
+    return load_dataset(name)
+
+
+def incompatibility(model_name: str, data: Data) -> str | None:
+    """Why model ``model_name`` (default config, sized for ``data``) cannot train on ``data``,
+    in a newcomer's words, or None when it can. Decided by the model itself
+    (:func:`check_compatible` on two examples), then explained from the data's shape."""
+    try:
+        check_compatible(make_model(model_name, data, {}), data)
+    except ValueError as e:
+        text = str(e)
+    else:
+        return None
+    what = data.name.split("-")[0]
+    if "support" in text and "Bernoulli" in text:
+        return f"{model_name}'s Bernoulli likelihood needs 0/1 data; {what} is real-valued"
+    if "time axis" in text and not data.is_sequence:
+        return (f"{model_name} models sequences x [N, T, X]; {what} holds single vectors "
+                f"x [N, X]: pick vae or realnvp")
+    if data.is_sequence and "must be [B," in text:
+        return (f"{model_name} models single vectors x [N, X]; {what} holds sequences "
+                f"x [N, T, X]: pick a sequence model (ssm, dmm, dmm_iaf)")
+    return f"{model_name} cannot train on {what}"
+
+
+@functools.cache
+def _accepted(model_name: str) -> tuple[tuple[str, str | None], ...]:
+    return tuple((name, None if dataset_needs_path(name) else
+                  incompatibility(model_name, builtin_dataset(name)[0])) for name in DATASETS)
+
+
+def accepted_data(model_name: str) -> dict[str, str | None]:
+    """Every data set of ``DATASETS`` -> None if model ``model_name`` accepts it, else the
+    reason it does not. Built-in data sets are checked once per process; those that need a
+    path are listed as accepted (their data are checked when training starts)."""
+    if model_name not in MODELS:
+        raise ValueError(f"unknown model {model_name!r}; choose one of {sorted(MODELS)}")
+    return dict(_accepted(model_name))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def read_upload(name: str, content: bytes) -> str:
+    """Check the bytes of an uploaded checkpoint; returns ``"<model> at step N"``.
+
+    They are read like any checkpoint (``weights_only=True``, from a temporary folder that
+    is removed at once). Raises ``ValueError`` with a short message for the page, without
+    torch's own text or any server path.
+    """
+    with tempfile.TemporaryDirectory(prefix="vaelab-upload-") as folder:
+        path = Path(folder) / "checkpoint.pt"
+        path.write_bytes(content)
+        try:
+            ckpt = load_checkpoint(path)
+        except (ValueError, FileNotFoundError):
+            ckpt = None
+    if ckpt is None or not isinstance(ckpt.get("step"), int):
+        raise ValueError(f"{name} is not a vaelab checkpoint: only a checkpoint.pt written by "
+                         f"vaelab training (the dashboard or 'python -m vaelab train') can be "
+                         f"uploaded")
+    if ckpt.get("model") not in MODELS:
+        raise ValueError(f"{name} holds a model vaelab does not know ({ckpt.get('model')!r}); "
+                         f"models are {', '.join(MODELS)}")
+    return f"{ckpt['model']} at step {ckpt['step']}"
+
+
+def resume_config(ckpt: dict, out_dir: str | Path, device: str | None = None) -> TrainConfig:
+    """The :class:`TrainConfig` that continues checkpoint ``ckpt`` with its own settings
+    (epochs, max steps, learning rate, ...), writing to ``out_dir``; ``device`` (default:
+    the checkpoint's, the CPU where CUDA is missing) and no progress bar."""
+    values = dict(ckpt["train_config"])
+    if device is None:
+        device = values.get("device", "cpu")
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            device = "cpu"
+    return TrainConfig(**{**values, "device": device, "progress": False, "out_dir": str(out_dir)})
+
+
+def remaining(ckpt: dict) -> str | None:
+    """None when checkpoint ``ckpt`` has training left to do, else why not (it reached its
+    epochs or max steps)."""
+    config = ckpt["train_config"]
+    if config.get("max_steps") is not None and ckpt["step"] >= config["max_steps"]:
+        return f"it reached its max steps ({config['max_steps']})"
+    if ckpt["epoch"] >= config["epochs"]:
+        return f"it reached its {config['epochs']} epochs"
+    return None
 
 
 # ----------------------------------------------------------------------------- diagnostics
@@ -155,17 +260,24 @@ def exact_nll(system, data: Data) -> float:
 
 def reference_metrics(train: Data, val: Data | None) -> dict:
     """Figures known from the data alone: ``{"exact_nll_val": ...}`` (and ``_train`` on at
-    most 500 sequences) when ``Data.info`` carries the true linear-Gaussian ``system``."""
+    most 500 sequences) when ``Data.info["system"]`` is the true
+    :class:`~vaelab.kalman.LinearGaussianSSM`. Other systems (the pendulum's is only its
+    name, ``"pendulum"``) have no exact likelihood: ``{}``."""
+    from vaelab.kalman import LinearGaussianSSM
+
     out = {}
     for split, data in (("val", val), ("train", train)):
         system = (data.info or {}).get("system") if data is not None else None
-        if system is not None and len(data):
+        if isinstance(system, LinearGaussianSSM) and len(data):
             out[f"exact_nll_{split}"] = exact_nll(system, data.subset(slice(0, 500)))
     return out
 
 
 # ----------------------------------------------------------------------------- training process
 
+DIAGNOSE_BUDGET = 0.1  # background diagnostics: at most this share of the dashboard's time
+DIAGNOSE_MIN_SECONDS = 2.0  # and at least this long between two passes
+DIAGNOSE_FIRST_SECONDS = 0.5  # the first pass waits this long for a snapshot
 FLUSH_SECONDS = 0.1  # the child sends its metrics records in batches at most this often
 PARENT_CHECK_SECONDS = 0.5  # how often the child looks whether the dashboard is still alive
 
@@ -226,13 +338,15 @@ class _Reporter:
         self.model, self.queue, self.go, self.stop = model, queue, go, stop
         self.snapshot_every = snapshot_every
         self.pending: list[dict] = []
+        self.times: list[float] = []  # wall-clock time each pending record was made
         self.last_flush = self.last_check = time.monotonic()
         self.last_snapshot = -float("inf")
 
     def flush(self) -> None:
         if self.pending:
-            self.queue.put(("records", self.pending))  # never blocks: a feeder thread writes
-            self.pending = []
+            # never blocks: a feeder thread writes
+            self.queue.put(("records", self.pending, self.times))
+            self.pending, self.times = [], []
         self.last_flush = time.monotonic()
 
     def parent_alive(self) -> bool:
@@ -243,11 +357,12 @@ class _Reporter:
         # Runs between optimiser steps, so the parameters are consistent.
         now = time.monotonic()
         self.pending.append(dict(record))
+        self.times.append(time.time())
         snapshot = record["kind"] != "train" or now - self.last_snapshot >= self.snapshot_every
         if snapshot or now - self.last_flush >= FLUSH_SECONDS:
             self.flush()
         if snapshot:
-            self.queue.put(("state", _state_bytes(self.model)))
+            self.queue.put(("state", _state_bytes(self.model), record["step"]))
             self.last_snapshot = now
         if now - self.last_check >= PARENT_CHECK_SECONDS:
             self.last_check = now
@@ -255,11 +370,12 @@ class _Reporter:
                 return False  # the dashboard was killed: save a checkpoint and end
         if not self.go.is_set():
             self.flush()
-            self.queue.put(("waiting", True, _state_bytes(self.model)))  # plots of a paused run
+            # plots of a paused run
+            self.queue.put(("waiting", True, _state_bytes(self.model), record["step"]))
             while not self.go.wait(PARENT_CHECK_SECONDS):
                 if not self.parent_alive():
                     return False
-            self.queue.put(("waiting", False, None))
+            self.queue.put(("waiting", False, None, None))
         return not self.stop.is_set()
 
 
@@ -269,6 +385,7 @@ def _train_in_child(payload: bytes, queue, go, stop, received, snapshot_every: f
     with a :class:`_Reporter`, and end with ``("done", status, error, final state bytes)``,
     waiting until the dashboard sets ``received`` (or has died)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the dashboard's: it stops us
+    queue.put(("started", os.getpid()))  # the worker, not the page, says it runs
     if threads is not None:
         torch.set_num_threads(threads)
     model = None
@@ -327,9 +444,16 @@ class TrainingRun:
     threads : int, optional
         ``torch.set_num_threads`` in the training process; None keeps torch's default.
 
-    ``status`` is ``"not started"``, ``"running"``, ``"paused"``, ``"stopping"``,
+    ``status`` is ``"not started"``, ``"starting"`` (the process is on its way),
+    ``"running"``, ``"pausing"`` (asked to, not there yet), ``"paused"``, ``"stopping"``,
     ``"stopped"``, ``"finished"`` or ``"failed: <message>"`` (also when the training process
-    dies, e.g. killed).
+    dies, e.g. killed). The worker owns it: :meth:`pause`, :meth:`resume` and :meth:`stop`
+    are requests (idempotent, never racing), and ``"running"`` / ``"paused"`` / the final
+    status are what the training process and its listener report.
+
+    While the run trains, a thread of this process computes the latent diagnostics
+    (:meth:`diagnose`) of the latest snapshot now and then, taking at most
+    ``DIAGNOSE_BUDGET`` of the time, so that the page only reads them.
     """
 
     def __init__(self, model: nn.Module, train: Data, val: Data | None, config: TrainConfig,
@@ -348,10 +472,15 @@ class TrainingRun:
         self.view = make_view(train, val)  # what the page's figures show
         self.reference = reference_metrics(train, val)
         self.diagnostics: list[dict] = []  # one per diagnose() on a new step
+        self.diagnostics_error: str | None = None
         self._lock = threading.Lock()
+        self._diagnose_lock = threading.Lock()
+        self._times: list[float] = []  # wall-clock time each record was made in the worker
+        self._snapshot_step = 0  # the step of the parameters in self._state
         # a resumed run shows its whole history, as fit keeps it in the checkpoint
         self._records: list[dict] = [] if resume is None else list(
             load_checkpoint(resume)["history"])
+        self._resumed = len(self._records)  # records from the checkpoint, not timed here
         self._state: bytes | None = None  # latest snapshot from the training process
         self._decoded: tuple[bytes, dict] | None = None  # (bytes, state dict) cache
         self._go = _CONTEXT.Event()  # set = run, clear = paused
@@ -362,7 +491,10 @@ class TrainingRun:
         self._waiting = threading.Event()  # set while the child sits paused in the callback
         self._process: multiprocessing.process.BaseProcess | None = None
         self._listener: threading.Thread | None = None
-        self._status = "not started"
+        self._diagnoser: threading.Thread | None = None
+        self._ended = threading.Event()
+        self._phase = "not started"  # "starting", then "running" once the worker says so
+        self._final: str | None = None  # the worker's last word
         self.error: BaseException | None = None
         self.started_at: float | None = None
         self.ended_at: float | None = None
@@ -384,42 +516,47 @@ class TrainingRun:
                 target=_train_in_child, name=f"vaelab-{self.model_name}", daemon=True,
                 args=(payload, self._queue, self._go, self._stop, self._received,
                       self.snapshot_every, self.threads))
-            self._status = "running"
+            self._phase = "starting"
             self.started_at = time.time()
             with _bare_main():
                 self._process.start()
             self._listener = threading.Thread(target=self._listen, daemon=True,
                                               name=f"vaelab-{self.model_name}-listener")
             self._listener.start()
+            if has_latents(self._template):
+                self._diagnoser = threading.Thread(target=self._diagnose_loop, daemon=True,
+                                                   name=f"vaelab-{self.model_name}-diagnose")
+                self._diagnoser.start()
         _STARTED.add(self)
         return self
 
     def pause(self) -> None:
-        """Hold training at the next metrics record (the step in progress completes)."""
+        """Ask training to hold at the next metrics record (the step in progress completes);
+        the status is ``"pausing"`` until the worker sits paused. A no-op once stopping or
+        ended, and when already paused."""
         with self._lock:
-            if self._status == "running":
+            if self._final is None and not self._stop.is_set():
                 self._go.clear()
-                self._status = "paused"
 
     def resume(self) -> None:
-        """Continue a paused run."""
+        """Continue a paused (or pausing) run; a no-op otherwise."""
         with self._lock:
-            if self._status == "paused":
-                self._status = "running"
-                self._go.set()
+            self._go.set()
 
     def stop(self) -> None:
-        """Ask fit to stop at the next record; it writes a checkpoint first. Non-blocking."""
+        """Ask fit to stop at the next record; it writes a checkpoint first. Non-blocking,
+        idempotent, and honoured also before the worker's first step."""
         with self._lock:
-            if self._status in ("running", "paused"):
-                self._status = "stopping"
             self._stop.set()
             self._go.set()
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for the run to end (process gone, every record received); True if it has."""
-        if self._listener is not None:
-            self._listener.join(timeout)
+        """Wait for the run to end (process gone, every record received, last diagnostics
+        computed); True if it has."""
+        end = None if timeout is None else time.monotonic() + timeout
+        for thread in (self._listener, self._diagnoser):
+            if thread is not None:
+                thread.join(None if end is None else max(0.0, end - time.monotonic()))
         return not self.active
 
     def wait_paused(self, timeout: float | None = None) -> bool:
@@ -431,7 +568,54 @@ class TrainingRun:
     @property
     def status(self) -> str:
         with self._lock:
-            return self._status
+            if self._final is not None:
+                return self._final
+            if self._phase == "not started":
+                return self._phase
+            if self._stop.is_set():
+                return "stopping"
+            if not self._go.is_set():
+                return "paused" if self._waiting.is_set() else "pausing"
+            return self._phase
+
+    @property
+    def record_times(self) -> list[float]:
+        """Wall-clock time (``time.time()``) each record of :attr:`history` was made in the
+        worker; NaN for the records a resumed run took over from its checkpoint."""
+        with self._lock:
+            return [math.nan] * self._resumed + list(self._times)
+
+    @property
+    def snapshot_step(self) -> int:
+        """The step of the parameters that :attr:`model` holds."""
+        with self._lock:
+            return self._snapshot_step
+
+    def settings(self) -> dict:
+        """``{"model": name, "model_config": {...}, "train_config": {...}, "data": spec}``:
+        what this run was started with, for a page to show (plain values)."""
+        return {"model": self.model_name,
+                "model_config": dataclasses.asdict(self._template.config),
+                "train_config": dataclasses.asdict(self.config),
+                "data": dict(self.data_spec or {})}
+
+    def planned_steps(self) -> int:
+        """The step this run ends at if nothing stops it: its epochs' steps, or max_steps."""
+        total = self.config.epochs * self.train.num_batches(self.config.batch_size)
+        return min(total, self.config.max_steps) if self.config.max_steps else total
+
+    def progress(self, window: int = 50) -> dict:
+        """``{"step", "planned", "steps_per_second", "eta_seconds"}``: the speed over the
+        last ``window`` train records (the trainer's own clock, validation included) and
+        the time left at that speed (None while unknown or once ended)."""
+        history = self.history
+        seconds = [r["seconds"] for r in history[self._resumed:] if r["kind"] == "train"]
+        seconds = seconds[-window:]
+        rate = len(seconds) / sum(seconds) if seconds and sum(seconds) > 0 else None
+        step, planned = self.step, self.planned_steps()
+        eta = (planned - step) / rate if rate and self.active else None
+        return {"step": step, "planned": planned, "steps_per_second": rate,
+                "eta_seconds": eta}
 
     @property
     def active(self) -> bool:
@@ -465,8 +649,11 @@ class TrainingRun:
         """A CPU copy of the model in eval mode, with the parameters of the latest snapshot
         (taken between steps, at most every ``snapshot_every`` s), or the final parameters
         once the run has ended."""
+        return self._snapshot()[0]
+
+    def _snapshot(self) -> tuple[nn.Module, int]:
         with self._lock:
-            data, decoded = self._state, self._decoded
+            data, decoded, step = self._state, self._decoded, self._snapshot_step
         model = copy.deepcopy(self._template)
         if data is not None:
             if decoded is None or decoded[0] is not data:
@@ -474,19 +661,47 @@ class TrainingRun:
                 with self._lock:
                     self._decoded = decoded
             model.load_state_dict(decoded[1])
-        return model.eval()
+        return model.eval(), step
 
     def diagnose(self) -> dict:
         """Latent diagnostics (:func:`diagnose`) of the latest snapshot on :attr:`view`,
-        appended to :attr:`diagnostics` with its step, once per new step (called by the page,
-        in the dashboard's process, so training never waits for it). Returns the latest
-        entry."""
-        step = self.step
-        if self.diagnostics and self.diagnostics[-1]["step"] == step:
-            return self.diagnostics[-1]
-        entry = {"step": step, **diagnose(self.model, self.view.batch)}
-        self.diagnostics.append(entry)
-        return entry
+        appended to :attr:`diagnostics` with the snapshot's step (and ``"seconds"``, the
+        time it took), once per snapshot step; in the dashboard's process, so training
+        never waits for it. Returns the latest entry."""
+        with self._diagnose_lock:
+            model, step = self._snapshot()
+            if self.diagnostics and self.diagnostics[-1]["step"] == step:
+                return self.diagnostics[-1]
+            start = time.monotonic()
+            entry = {"step": step, **diagnose(model, self.view.batch)}
+            entry["seconds"] = time.monotonic() - start
+            self.diagnostics.append(entry)
+            return entry
+
+    def latest_diagnostics(self) -> dict | None:
+        """The newest :attr:`diagnostics` entry (with its ``"step"``), None before the first."""
+        return self.diagnostics[-1] if self.diagnostics else None
+
+    def _diagnose_loop(self) -> None:
+        # A thread of the dashboard's process: diagnostics of new snapshots, at most
+        # DIAGNOSE_BUDGET of the time (a pass that took d s waits d / budget - d s), and once
+        # more on the final parameters.
+        next_at = time.monotonic() + DIAGNOSE_FIRST_SECONDS
+        while True:
+            ended = self._ended.wait(0.2)
+            if not ended and time.monotonic() < next_at:
+                continue
+            if self.snapshot_step > 0 and (
+                    not self.diagnostics or self.diagnostics[-1]["step"] != self.snapshot_step):
+                try:
+                    cost = self.diagnose()["seconds"]
+                except Exception as e:  # noqa: BLE001 - shown on the page, training goes on
+                    self.diagnostics_error = f"{type(e).__name__}: {e}"
+                    return
+                next_at = time.monotonic() + max(DIAGNOSE_MIN_SECONDS,
+                                                 cost / DIAGNOSE_BUDGET - cost)
+            if ended:
+                return
 
     # ------------------------------------------------------------------ listener
 
@@ -505,16 +720,20 @@ class TrainingRun:
                 except queue.Empty:
                     break
             kind = message[0]
-            if kind == "records":
+            if kind == "started":
+                with self._lock:
+                    self._phase = "running"
+            elif kind == "records":
                 with self._lock:
                     self._records.extend(message[1])
+                    self._times.extend(message[2])
             elif kind == "state":
                 with self._lock:
-                    self._state = message[1]
+                    self._state, self._snapshot_step = message[1], message[2]
             elif kind == "waiting":
                 if message[1]:
                     with self._lock:
-                        self._state = message[2]
+                        self._state, self._snapshot_step = message[2], message[3]
                     self._waiting.set()
                 else:
                     self._waiting.clear()
@@ -532,12 +751,14 @@ class TrainingRun:
             with torch.no_grad():  # the model passed in ends trained, as with fit itself
                 self._model.load_state_dict(torch.load(io.BytesIO(state), weights_only=True))
         with self._lock:
-            self._status = final
+            self._final = final
             self.error = error
             if state is not None:
                 self._state = state
+                self._snapshot_step = self._records[-1]["step"] if self._records else 0
             self.ended_at = time.time()
         self._waiting.clear()
+        self._ended.set()
         self._queue.close()
 
 
