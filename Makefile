@@ -7,13 +7,18 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: app test install browser clean-venv
+.PHONY: app test install browser clean-venv site
 
 app: $(STAMP)
 	$(VENV)/bin/streamlit run app.py --server.headless true
 
 test: $(STAMP) browser
 	$(VENV)/bin/python -m pytest
+
+# The course as a static site: every notebook executed and rendered to HTML, with an index, in
+# build/site/ (`make site VAELAB_SMALL=1` for the short run of each notebook).
+site: $(STAMP)
+	VAELAB_SMALL=$(VAELAB_SMALL) $(VENV)/bin/python -m vaelab course site build/site
 
 # The end-to-end dashboard test drives Debian's Chromium (never a browser download): install it
 # when missing, as root or through sudo; otherwise say how.

@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=cmd_evaluate)
 
+    from vaelab.course import add_course_parser  # course release / course site
+    add_course_parser(sub)
+
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -1,0 +1,167 @@
+"""The student release (nbgrader's markers) and the static site of the course."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from tests.test_notebooks import KERNEL, NOTEBOOKS, kernel_env  # noqa: F401  (fixture)
+from vaelab import course
+from vaelab.__main__ import main
+
+ROOT = Path(__file__).resolve().parent.parent
+new_code, new_markdown = nbformat.v4.new_code_cell, nbformat.v4.new_markdown_cell
+
+
+def solution_bodies(nb: nbformat.NotebookNode) -> list[list[str]]:
+    """The stripped non-blank lines between each pair of solution markers."""
+    bodies = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        lines = cell.source.split("\n")
+        for start, stop in course._between(lines, course.BEGIN_SOLUTION, course.END_SOLUTION,
+                                           "test"):
+            bodies.append([s.strip() for s in lines[start + 1:stop] if s.strip()])
+    return bodies
+
+
+def toy_notebook() -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    code = new_code("def square(x):\n    ### BEGIN SOLUTION\n    y = x * x  # secret\n"
+                    "    return y\n    ### END SOLUTION\n\nprint(square)")
+    code.outputs = [nbformat.v4.new_output("stream", text="<function square>")]
+    code.execution_count = 3
+    nb.cells = [new_markdown("# Toy\n\nWhy?\n=== BEGIN MARK SCHEME ===\nBecause 42.\n"
+                             "=== END MARK SCHEME ===\nEnd."), code,
+                new_code("assert square(3) == 9")]
+    return nb
+
+
+def test_release_replaces_solutions_and_mark_schemes(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    nbformat.write(toy_notebook(), src / "toy.ipynb")
+    nbformat.write(nbformat.v4.new_notebook(cells=[new_markdown("# Plain")]), src / "plain.ipynb")
+    written = course.release(tmp_path / "out", src)
+    assert [p.name for p in written] == ["plain.ipynb", "toy.ipynb"]
+    student = nbformat.read(tmp_path / "out" / "toy.ipynb", as_version=4)
+    assert student.cells[0].source == "# Toy\n\nWhy?\nEnd."
+    assert student.cells[1].source == ("def square(x):\n    # YOUR CODE HERE\n"
+                                       "    raise NotImplementedError()\n\nprint(square)")
+    assert student.cells[1].outputs == [] and student.cells[1].execution_count is None
+    assert student.cells[2].source == "assert square(3) == 9"  # test cells stay
+    plain = nbformat.read(tmp_path / "out" / "plain.ipynb", as_version=4)
+    assert plain.cells[0].source == "# Plain"
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "`toy.ipynb`: Toy (1 exercise(s))" in readme and "student" in readme
+    # the source is left alone
+    assert "secret" in nbformat.read(src / "toy.ipynb", as_version=4).cells[1].source
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ("### BEGIN SOLUTION\nx = 1", "never closed"),
+    ("x = 1\n### END SOLUTION", "without a '### BEGIN SOLUTION'"),
+    ("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION", "before the"),
+    ("x = 1  # === BEGIN MARK SCHEME ===\n=== BEGIN MARK SCHEME ===", "marker in a code cell"),
+])
+def test_unbalanced_markers_are_errors(tmp_path: Path, source: str, message: str) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    nbformat.write(nbformat.v4.new_notebook(cells=[new_code(source)]), src / "bad.ipynb")
+    with pytest.raises(ValueError, match=f"bad.ipynb, cell 0: .*{re.escape(message)}"):
+        course.release(tmp_path / "out", src)
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_release_refuses_bad_folders(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist; pass --source"):
+        course.release(tmp_path / "out", tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no .ipynb notebooks"):
+        course.release(tmp_path / "out", tmp_path / "empty")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="exists and is not empty"):
+        course.release(tmp_path / "full")
+    assert main(["course", "release", str(tmp_path / "full")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: release folder") and "Traceback" not in err
+
+
+def test_release_of_the_course_holds_no_solution_code(tmp_path: Path) -> None:
+    assert main(["course", "release", str(tmp_path / "release")]) == 0
+    total = 0
+    for path in NOTEBOOKS:
+        solution = nbformat.read(path, as_version=4)
+        student_path = tmp_path / "release" / path.name
+        student = nbformat.read(student_path, as_version=4)
+        text = "\n".join(c.source for c in student.cells)
+        assert course.BEGIN_SOLUTION not in text and course.END_SOLUTION not in text
+        assert course.BEGIN_SCHEME not in text
+        bodies = solution_bodies(solution)
+        total += len(bodies)
+        assert text.count("raise NotImplementedError()") >= len(bodies)
+        student_lines = {s.strip() for s in text.split("\n")}
+        for body in bodies:
+            # each solution body's distinctive lines (not a bare `return`) are gone
+            distinctive = [line for line in body if len(line) > 12 and line != "return z"]
+            assert distinctive, f"{path.name}: a solution body too short to check"
+            survived = [line for line in distinctive if line in student_lines]
+            assert not survived, f"{path.name}: solution lines survive the release: {survived}"
+    # notebooks 01 and 02 hold exercises at least
+    assert total >= 4
+
+
+def test_released_notebook_stops_at_its_first_exercise(tmp_path: Path,
+                                                       kernel_env: dict[str, str]  # noqa: F811
+                                                       ) -> None:
+    path = ROOT / "notebooks" / "02_learnable_distributions.ipynb"
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / path.name).write_bytes(path.read_bytes())
+    course.release(tmp_path / "release", src)
+    nb = nbformat.read(tmp_path / "release" / path.name, as_version=4)
+    first = next(i for i, c in enumerate(nb.cells) if "raise NotImplementedError()" in c.source)
+    test_cell = next(i for i in range(first + 1, len(nb.cells))
+                     if nb.cells[i].cell_type == "code")
+    assert "vaelab.exercises" in nb.cells[test_cell].source or "check_" in \
+        nb.cells[test_cell].source
+    nb.cells = nb.cells[:test_cell + 1]  # up to the first exercise's test cell
+    client = NotebookClient(nb, timeout=120, kernel_name=KERNEL, allow_errors=True,
+                            resources={"metadata": {"path": str(path.parent)}})
+    client.execute(env=kernel_env)
+    errors = {i: o for i, c in enumerate(nb.cells) if c.cell_type == "code"
+              for o in c.outputs if o.output_type == "error"}
+    assert list(errors) == [test_cell], f"errors in cells {list(errors)}"
+    assert errors[test_cell]["ename"] in ("NotImplementedError", "Mistake")
+
+
+class Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag == "a":
+            self.links += [v for k, v in attrs if k == "href"]
+
+
+def test_site_builds_with_an_index_linking_every_notebook(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    # rendered as stored (no execution): test_notebooks executes them already
+    assert main(["course", "site", str(tmp_path / "site"), "--no-execute"]) == 0
+    index = tmp_path / "site" / "index.html"
+    parser = Links()
+    parser.feed(index.read_text())
+    assert parser.links == [f"{p.stem}.html" for p in NOTEBOOKS]
+    for path in NOTEBOOKS:
+        page = (tmp_path / "site" / f"{path.stem}.html").read_text()
+        title = course._title(nbformat.read(path, as_version=4), path.stem)
+        assert "<html" in page and title.split("·")[-1].strip() in page
+    assert "notebook pages" in capsys.readouterr().out
