@@ -9,7 +9,12 @@ One module per notebook topic; every checker is importable from ``vaelab.exercis
 
 from __future__ import annotations
 
-from vaelab.exercises import distributions, flows, vae  # noqa: F401  (notebooks 01, 02, 05)
+from vaelab.exercises import (  # noqa: F401  (notebooks 01, 02, 05; 03 and 04)
+    distributions,
+    flows,
+    sequential,
+    vae,
+)
 from vaelab.exercises.common import Mistake, check_close, check_shape
 
 __all__ = ["Mistake", "check_close", "check_shape"]
