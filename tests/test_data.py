@@ -1,11 +1,17 @@
 from __future__ import annotations
 
+import collections
+import copyreg
 import gzip
 import math
+import os
 import pickle
+import pickletools
+import re
 import struct
 from importlib import resources
 from itertools import pairwise
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +21,7 @@ from vaelab.data import (
     MNIST_FILES,
     Batch,
     Data,
+    _polyphonic_splits,
     load_digits,
     load_jsb,
     load_mnist,
@@ -22,6 +29,8 @@ from vaelab.data import (
     transpose_rolls,
 )
 from vaelab.datasets import load_dataset
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def test_digits_splits():
@@ -193,7 +202,7 @@ def test_polyphonic_bad_content(tmp_path, obj, match):
 def test_polyphonic_bad_file(tmp_path):
     bad = tmp_path / "bad.pickle"
     bad.write_bytes(b"this is not a pickle")
-    with pytest.raises(ValueError, match="is not a readable pickle"):
+    with pytest.raises(ValueError, match="bad.pickle is not a readable pickle"):
         load_polyphonic(bad)
     with pytest.raises(FileNotFoundError, match="missing.pickle not found"):
         load_polyphonic(tmp_path / "missing.pickle")
@@ -270,8 +279,11 @@ def test_polyphonic_transpose_augments_the_training_set_only(tmp_path):
 
 
 def test_transpose_rejects_bad_settings():
-    with pytest.raises(ValueError, match="transpose must be >= 0 semitones, got -1"):
+    with pytest.raises(ValueError, match=r"transpose must be >= 0 semitones \(a whole number\), "
+                       r"got -1"):
         Data(torch.zeros(2, 3, 88), transpose=-1)
+    with pytest.raises(ValueError, match="whole number.*got 1.5"):
+        Data(torch.zeros(2, 3, 88), transpose=1.5)
     with pytest.raises(ValueError, match="transpose shifts piano rolls"):
         Data(torch.zeros(2, 88), transpose=2)
 
@@ -357,3 +369,222 @@ def test_bucket_jitter_trades_padding_for_mixing():
     plain = [sorted(b.x[:, 0, 0].long().tolist())
              for b in data.batches(20, generator=gen, bucket=False)]
     assert plain == shuffled[0]
+
+
+# ----------------------------------------------------------------------------- no code from data
+
+
+class _Touch:
+    """Unpickling this would create ``marker`` (a stand-in for any command)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+class _System:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+def test_polyphonic_pickle_cannot_run_code(tmp_path, protocol):
+    marker = tmp_path / "marker"
+    payload = {**SONGS, "train": [[(60,)], _Touch(marker)]}
+    path = tmp_path / "evil.pickle"
+    path.write_bytes(pickle.dumps(payload, protocol=protocol))
+    # protocols 0-2 name getattr(Path, "touch"), 4-5 the method itself
+    with pickle_error(path, r"((builtins|__builtin__)\.getattr|pathlib\.Path\.touch)"):
+        load_polyphonic(path)
+    assert not marker.exists()
+    # the real thing works, so the test above is not vacuous
+    pickle.loads(path.read_bytes())
+    assert marker.exists()
+
+
+def pickle_error(path, refused):
+    return pytest.raises(ValueError, match=rf"{re.escape(str(path))}: a polyphonic pickle holds "
+                         rf"only lists/tuples of MIDI note numbers; this file asks to import "
+                         rf"{refused}, which could run code; it was not loaded")
+
+
+def test_polyphonic_pickle_refuses_os_system_and_any_global(tmp_path):
+    path = _pickle(tmp_path, _System(), "system.pickle")
+    with pickle_error(path, "(posix|nt|os).system"):
+        load_polyphonic(path)
+    # numpy arrays, sets built through globals (protocol 2) and classes are refused alike
+    for i, obj in enumerate([np.array([60]), {60, 64}, collections.OrderedDict(SONGS)]):
+        path = tmp_path / f"global{i}.pickle"
+        path.write_bytes(pickle.dumps(obj, protocol=2))
+        with pytest.raises(ValueError, match="asks to import .*it was not loaded"):
+            load_polyphonic(path)
+    # an extension code and a persistent id are refused without reaching any object
+    copyreg.add_extension("posix", "system", 0xBEEF)
+    try:
+        (tmp_path / "ext.pickle").write_bytes(b"\x80\x02\x83\xef\xbe.")  # EXT2 0xBEEF
+        with pytest.raises(ValueError, match="asks to import posix.system"):
+            load_polyphonic(tmp_path / "ext.pickle")
+    finally:
+        copyreg.remove_extension("posix", "system", 0xBEEF)
+    (tmp_path / "pid.pickle").write_bytes(b"\x80\x02X\x01\x00\x00\x00aQ.")
+    with pytest.raises(ValueError, match="refers to an outside object"):
+        load_polyphonic(tmp_path / "pid.pickle")
+
+
+@pytest.mark.parametrize("name", ["jsb_chorales", "nottingham", "piano_midi", "musedata"])
+def test_real_polyphonic_pickles_load_without_globals(name):
+    path = SHARED / "polyphonic" / f"{name}.pickle"
+    if not path.exists():
+        pytest.skip(f"{path} is not on this machine")
+    raw = path.read_bytes()
+    # the files hold no global at all: nothing the restricted unpickler refuses
+    assert not {op.name for op, _, _ in pickletools.genops(raw)} & {
+        "GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "EXT1", "EXT2", "EXT4"}
+    if name == "jsb_chorales":  # the packaged copy is the same file
+        with resources.files("vaelab.assets").joinpath("jsb_chorales.pickle").open("rb") as f:
+            assert f.read() == raw
+        splits = load_polyphonic(path)
+        for ours, plain in zip(splits, _polyphonic_splits(pickle.loads(raw), "x")):
+            assert torch.equal(ours.x, plain.x) and torch.equal(ours.lengths, plain.lengths)
+
+
+@pytest.mark.parametrize(
+    "obj, match",
+    [
+        ({**SONGS, "train": [[("60",)]]}, r"note '60' \(type str\); notes are whole MIDI numbers"),
+        ({**SONGS, "train": [[(60.5,)]]}, r"note 60.5 \(type float\)"),
+        ({**SONGS, "valid": [[(True,)]]},
+         r"songs.pickle: the pickle holds True \(type bool\) at \['valid'\]\[0\]\[0\]\[0\]"),
+        ({**SONGS, "test": [[60, 64]]},
+         r"test: sequence 0 step 0 is 60 \(type int\), not a collection of notes"),
+        ({**SONGS, "test": [[(60,), "64"]]}, r"step 1 is '64' \(type str\), not a collection"),
+        ({**SONGS, "train": [5]}, r"sequence 0 is 5 \(type int\).*each sequence is a list"),
+        ({**SONGS, "train": "abc"}, "expected a list of sequences, got a str"),
+        ({**SONGS, "test": [[(None,)]]}, r"holds None \(type NoneType\) at \['test'\]"),
+        ({**SONGS, "test": [[{60, 64}]]}, r"\(type set\) at \['test'\]\[0\]\[0\]"),
+        ({**SONGS, 5: []}, r"has a key 5 \(type int\)"),
+    ],
+)
+def test_polyphonic_wrong_notes_and_nesting(tmp_path, obj, match):
+    path = tmp_path / "songs.pickle"
+    path.write_bytes(pickle.dumps(obj, protocol=4))  # protocol 4 builds sets without globals
+    with pytest.raises(ValueError, match=match):
+        load_polyphonic(path)
+
+
+def test_polyphonic_whole_float_notes_are_notes(tmp_path):
+    floats = {k: [[tuple(float(n) for n in step) for step in s] for s in v]
+              for k, v in SONGS.items()}
+    for ours, ints in zip(load_polyphonic(_pickle(tmp_path, floats)),
+                          load_polyphonic(_pickle(tmp_path, SONGS, "ints.pickle"))):
+        assert torch.equal(ours.x, ints.x)
+
+
+def test_polyphonic_wrong_path_kind(tmp_path):
+    with pytest.raises(ValueError, match="is a folder; pass the polyphonic pickle file itself"):
+        load_polyphonic(tmp_path)
+    with pytest.raises(ValueError, match="path must be a path"):
+        load_polyphonic(3)
+    with pytest.raises(ValueError, match=r"transpose must be a whole number, got 1.5"):
+        load_polyphonic(_pickle(tmp_path, SONGS), transpose=1.5)
+    with pytest.raises(ValueError, match="transpose must be >= 0, got -1"):
+        load_jsb(transpose=-1)
+
+
+# ----------------------------------------------------------------------------- IDX and arguments
+
+
+@pytest.mark.parametrize("split", ["train", "t10k"])
+def test_mnist_label_and_image_counts_must_agree(tmp_path, split):
+    _write_mnist(tmp_path, gz=False)
+    labels = tmp_path / f"{split}-labels-idx1-ubyte"
+    labels.write_bytes(_idx_bytes(np.zeros(2, np.uint8)))
+    n = 6 if split == "train" else 3
+    with pytest.raises(ValueError, match=rf"{split}-images-idx3-ubyte holds {n} images but "
+                       rf".*{split}-labels-idx1-ubyte holds 2 labels; both must come from the "
+                       rf"same download"):
+        load_mnist(tmp_path, n_val=2)
+
+
+def test_mnist_swapped_files(tmp_path):
+    _write_mnist(tmp_path, gz=False)
+    images, labels = (tmp_path / f"t10k-{k}" for k in ("images-idx3-ubyte", "labels-idx1-ubyte"))
+    a, b = images.read_bytes(), labels.read_bytes()
+    images.write_bytes(b), labels.write_bytes(a)
+    with pytest.raises(ValueError, match=r"must hold images \[N, H, W\].*got shapes \[3\] and "
+                       r"\[3, 28, 28\]; are the two files swapped"):
+        load_mnist(tmp_path, n_val=2)
+
+
+@pytest.mark.parametrize("n_val, match", [
+    (6, "n_val=6 validation images leave none to train on: .* holds 6 images; choose n_val < 6"),
+    (60000, "n_val=60000 validation images leave none"),
+    (0, "n_val must be >= 1, got 0"),
+    (-3, "n_val must be >= 1, got -3"),
+    (2.5, r"n_val must be a whole number, got 2.5 \(type float\)"),
+    ("2", r"n_val must be a whole number, got '2' \(type str\)"),
+    (True, "n_val must be a whole number, got True"),
+])
+def test_mnist_n_val_out_of_range(tmp_path, n_val, match):
+    _write_mnist(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        load_mnist(tmp_path, n_val=n_val)
+    assert len(load_mnist(tmp_path, n_val=5)[0]) == 1  # the largest n_val that leaves one
+
+
+def test_idx_truncated_or_padded_names_the_byte_counts(tmp_path):
+    _write_mnist(tmp_path, gz=False)
+    path = tmp_path / "train-images-idx3-ubyte"
+    raw = path.read_bytes()
+    path.write_bytes(raw[:-10])
+    with pytest.raises(ValueError, match=r"header promises 6 x 28 x 28 = 4704 bytes of data, "
+                       r"the file holds 4694: it is truncated"):
+        load_mnist(tmp_path, n_val=2)
+    path.write_bytes(raw + b"\0")
+    with pytest.raises(ValueError, match="the file holds 4705: it is too long"):
+        load_mnist(tmp_path, n_val=2)
+    path.write_bytes(raw[:10])  # inside the header
+    with pytest.raises(ValueError, match="its header needs 16 bytes, the file holds 10"):
+        load_mnist(tmp_path, n_val=2)
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match="holds 0 bytes, fewer than the 4-byte magic"):
+        load_mnist(tmp_path, n_val=2)
+    gz = tmp_path / "t10k-images-idx3-ubyte.gz"  # a truncated download of the .gz
+    gz.write_bytes(gzip.compress(_idx_bytes(np.zeros((3, 28, 28))))[:-30])
+    (tmp_path / "t10k-images-idx3-ubyte").unlink()
+    path.write_bytes(raw)
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.gz is not a valid IDX file"):
+        load_mnist(tmp_path, n_val=2)
+
+
+def test_mnist_folder_and_file_mixed_up(tmp_path):
+    _write_mnist(tmp_path)
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz is a file; pass the folder "
+                       "holding it"):
+        load_mnist(tmp_path / "train-images-idx3-ubyte.gz")
+    (tmp_path / "t10k-images-idx3-ubyte.gz").unlink()
+    (tmp_path / "t10k-images-idx3-ubyte.gz").mkdir()
+    with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.gz is a folder; it should be "
+                       "the MNIST file itself"):
+        load_mnist(tmp_path, n_val=2)
+    from vaelab.data import read_idx
+    with pytest.raises(ValueError, match="is a folder, not an IDX file"):
+        read_idx(tmp_path)
+    with pytest.raises(FileNotFoundError, match="IDX file .*nothing not found"):
+        read_idx(tmp_path / "nothing")
+    with pytest.raises(ValueError, match=r"path must be a path \(str\), got 7"):
+        load_mnist(7)
+
+
+@pytest.mark.parametrize("loader, kw, match", [
+    (load_digits, {"binarize": "yes"}, r"binarize must be True or False, got 'yes' \(type str"),
+    (load_digits, {"binarize": 1}, "binarize must be True or False, got 1"),
+    (load_mnist, {"path": ".", "seed": 0.5}, "seed must be a whole number, got 0.5"),
+    (load_jsb, {"transpose": "3"}, "transpose must be a whole number, got '3'"),
+    (load_jsb, {"transpose": True}, "transpose must be a whole number, got True"),
+])
+def test_loader_arguments_of_the_wrong_type(loader, kw, match):
+    with pytest.raises(ValueError, match=match):
+        loader(**kw)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import gzip
 import math
+import os
 import pickle
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -58,6 +60,44 @@ def check_finite(name: str, t: Tensor | np.ndarray, where: str) -> None:
         )
 
 
+def check_int(name: str, value: object, low: int | None = None, high: int | None = None
+              ) -> int:
+    """``value`` as an int, or a ``ValueError`` naming ``name``, the value and the range."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise ValueError(f"{name} must be a whole number, got {value!r} (type "  # noqa: TRY004
+                         f"{type(value).__name__}); pass e.g. {name}={low or 0}")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        span = (f">= {low}" if high is None else f"<= {high}" if low is None
+                else f"in {low}..{high}")
+        raise ValueError(f"{name} must be {span}, got {value}")
+    return value
+
+
+def check_number(name: str, value: object, low: float | None = None, positive: bool = False
+                 ) -> float:
+    """``value`` as a finite float (``>= low``, or ``> 0`` when ``positive``), or a
+    ``ValueError`` naming ``name``."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.number):
+        raise ValueError(f"{name} must be a number, got {value!r} (type {type(value).__name__})")  # noqa: TRY004
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return value
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` if it is True or False, else a ``ValueError`` naming ``name``."""
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name} must be True or False, got {value!r} (type "  # noqa: TRY004
+                         f"{type(value).__name__})")
+    return bool(value)
+
+
 @dataclass
 class Data:
     """A data set held in memory, served as :class:`Batch` es.
@@ -97,9 +137,10 @@ class Data:
             self.lengths = torch.full((len(self.x),), self.x.shape[1], dtype=torch.long)
         if self.binarize and (self.x.min() < 0 or self.x.max() > 1):
             raise ValueError(f"{self.name}: binarize needs x in [0, 1]; rescale it first")
-        if self.transpose < 0:
-            raise ValueError(f"{self.name}: transpose must be >= 0 semitones, got "
-                             f"{self.transpose}")
+        if (isinstance(self.transpose, bool) or not isinstance(self.transpose, int)
+                or self.transpose < 0):
+            raise ValueError(f"{self.name}: transpose must be >= 0 semitones (a whole "
+                             f"number), got {self.transpose!r}")
         if self.transpose and not self.is_sequence:
             raise ValueError(f"{self.name}: transpose shifts piano rolls [N, T, notes]; "
                              f"set it to 0 for data of shape {list(self.x.shape)}")
@@ -187,6 +228,7 @@ def _split(n: int, n_val: int, n_test: int, seed: int = 0) -> tuple[Tensor, Tens
 def load_digits(binarize: bool = True) -> tuple[Data, Data, Data]:
     """The 8x8 hand-written digits shipped with the package (1797 images, UCI; the copy in
     scikit-learn), scaled to [0, 1]: 1297 train, 200 validation, 300 test images ``[N, 64]``."""
+    binarize = check_bool("binarize", binarize)
     with resources.files("vaelab.assets").joinpath("digits.npz").open("rb") as f:
         arrays = np.load(f)
         images, labels = arrays["images"], arrays["labels"]
@@ -212,22 +254,42 @@ MNIST_FILES = {
 }
 
 
+def _check_path(name: str, path: object) -> Path:
+    if not isinstance(path, str | os.PathLike):
+        raise ValueError(f"{name} must be a path (str), got {path!r} (type {type(path).__name__})")  # noqa: TRY004
+    return Path(path)
+
+
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (gzip-compressed or not): uint8 images ``[N, 28, 28]`` or labels
+    """Read an IDX file (gzip-compressed or not): uint8 images ``[N, H, W]`` or labels
     ``[N]``."""
-    path = Path(path)
+    path = _check_path("path", path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not an IDX file; pass a file such as "
+                         f"{path / MNIST_FILES['train_images']}.gz")
+    if not path.exists():
+        raise FileNotFoundError(f"IDX file {path} not found; download the MNIST files")
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
             raw = f.read()
+        if len(raw) < 4:
+            raise ValueError(f"it holds {len(raw)} bytes, fewer than the 4-byte magic number")
         magic, = struct.unpack(">I", raw[:4])
         ndim = magic & 0xFF
         if magic >> 8 != 0x08 or ndim not in (1, 3):
             raise ValueError(f"bad magic number {magic:#010x}")
-        shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-        data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
-        return data.reshape(shape)
-    except (OSError, EOFError, ValueError, struct.error) as e:
+        header = 4 + 4 * ndim
+        if len(raw) < header:
+            raise ValueError(f"its header needs {header} bytes, the file holds {len(raw)}")
+        shape = struct.unpack(f">{ndim}I", raw[4:header])
+        if len(raw) - header != math.prod(shape):
+            raise ValueError(
+                f"its header promises {' x '.join(map(str, shape))} = {math.prod(shape)} "
+                f"bytes of data, the file holds {len(raw) - header}: it is "
+                f"{'truncated' if len(raw) - header < math.prod(shape) else 'too long'}")
+        return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+    except (OSError, EOFError, ValueError, struct.error, zlib.error) as e:
         raise ValueError(
             f"{path} is not a valid IDX file ({e}); re-download the MNIST files "
             f"(uint8 IDX, optionally .gz)"
@@ -236,6 +298,9 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 def _find_mnist(root: Path, stem: str) -> Path:
     for candidate in (root / f"{stem}.gz", root / stem):
+        if candidate.is_dir():
+            raise ValueError(f"{candidate} is a folder; it should be the MNIST file itself "
+                             f"(unpack or re-download it)")
         if candidate.exists():
             return candidate
     expected = ", ".join(f"{s}[.gz]" for s in MNIST_FILES.values())
@@ -255,21 +320,48 @@ def load_mnist(
     """
     if binarize not in ("dynamic", "static", "none"):
         raise ValueError(f"binarize must be 'dynamic', 'static' or 'none', got {binarize!r}")
-    root = Path(path)
+    n_val = check_int("n_val", n_val, low=1)
+    seed = check_int("seed", seed)
+    root = _check_path("path", path)
+    if root.is_file():
+        raise ValueError(f"{root} is a file; pass the folder holding it and the other MNIST "
+                         f"IDX files ({', '.join(MNIST_FILES.values())}, optionally .gz)")
     if not root.is_dir():
         raise FileNotFoundError(f"MNIST folder {root} does not exist; pass the folder holding "
                                 f"{MNIST_FILES['train_images']}.gz and the other IDX files")
-    arrays = {k: read_idx(_find_mnist(root, stem)) for k, stem in MNIST_FILES.items()}
+    files = {k: _find_mnist(root, stem) for k, stem in MNIST_FILES.items()}
+    arrays = {k: read_idx(file) for k, file in files.items()}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or labels.ndim != 1:
+            raise ValueError(f"{files[f'{split}_images'].name} must hold images [N, H, W] and "
+                             f"{files[f'{split}_labels'].name} labels [N], got shapes "
+                             f"{list(images.shape)} and {list(labels.shape)}; are the two "
+                             f"files swapped?")
+        if len(images) != len(labels):
+            raise ValueError(f"{files[f'{split}_images']} holds {len(images)} images but "
+                             f"{files[f'{split}_labels']} holds {len(labels)} labels; both must "
+                             f"come from the same download (re-download them)")
+    if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
+        raise ValueError(f"training images are {list(arrays['train_images'].shape[1:])} but "
+                         f"test images {list(arrays['test_images'].shape[1:])} pixels; both "
+                         f"files must come from the same data set")
+    n_images = len(arrays["train_images"])
+    if n_val >= n_images:
+        raise ValueError(f"n_val={n_val} validation images leave none to train on: "
+                         f"{files['train_images']} holds {n_images} images; choose "
+                         f"n_val < {n_images}")
     g = torch.Generator().manual_seed(seed)
+    image_shape = tuple(int(s) for s in arrays["train_images"].shape[1:])
 
     def make(images: np.ndarray, labels: np.ndarray, name: str) -> Data:
         x = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255.0)
         if binarize == "static":
             x = torch.bernoulli(x, generator=g)
-        info = {"image_shape": (28, 28), "labels": torch.from_numpy(labels.astype(np.int64))}
+        info = {"image_shape": image_shape, "labels": torch.from_numpy(labels.astype(np.int64))}
         return Data(x, binarize=binarize == "dynamic", name=name, info=info)
 
-    n_train = len(arrays["train_images"]) - n_val
+    n_train = n_images - n_val
     train = make(arrays["train_images"][:n_train], arrays["train_labels"][:n_train], "mnist")
     val = make(arrays["train_images"][n_train:], arrays["train_labels"][n_train:], "mnist-val")
     test = make(arrays["test_images"], arrays["test_labels"], "mnist-test")
@@ -280,10 +372,98 @@ def load_mnist(
 
 NOTE_MIN, NUM_NOTES = 21, 88
 
+# What unpickling a Boulanger-Lewandowski file may produce. Python 3 builds these from opcodes
+# alone; anything else (a function, a class, numpy) needs a global, which is never imported.
+PICKLE_TYPES = (dict, list, tuple, int, float, str)
+
+
+class RefusedPickle(ValueError):
+    """A pickle asked for something a polyphonic-music file never holds; nothing was run."""
+
+
+class NotesUnpickler(pickle.Unpickler):
+    """Reads a polyphonic-music pickle without running code: ``find_class``, the only way a
+    pickle can reach a function or a class (and so call one), refuses every global, and
+    persistent ids are refused too. ``where`` names the file in the errors."""
+
+    def __init__(self, file, where: str) -> None:
+        super().__init__(file, encoding="latin1")  # Python 2 pickles store keys as bytes
+        self.where = where
+
+    def find_class(self, module: str, name: str):
+        raise RefusedPickle(
+            f"{self.where}: a polyphonic pickle holds only lists/tuples of MIDI note numbers; "
+            f"this file asks to import {module}.{name}, which could run code; it was not "
+            f"loaded. Use the original file of Boulanger-Lewandowski et al. (2012)")
+
+    def persistent_load(self, pid):
+        raise RefusedPickle(
+            f"{self.where}: a polyphonic pickle holds only lists/tuples of MIDI note numbers; "
+            f"this file refers to an outside object (persistent id {str(pid)[:50]!r}); it was "
+            f"not loaded")
+
+
+def read_notes_pickle(file, where: str) -> object:
+    """Unpickle a polyphonic-music file (an open binary file) with :class:`NotesUnpickler`,
+    then check that it holds only dicts, lists, tuples, ints, floats and strs."""
+    try:
+        obj = NotesUnpickler(file, where).load()
+    except RefusedPickle:
+        raise
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise ValueError(f"{where} is not a readable pickle ({type(e).__name__}: {e}); use "
+                         f"the original file") from None
+    stack = [(obj, "")]  # iterative: a deeply nested file must not overflow the stack
+    while stack:
+        item, at = stack.pop()
+        if type(item) not in PICKLE_TYPES:
+            raise ValueError(f"{where}: the pickle holds {item!r:.40} (type "
+                             f"{type(item).__name__}) at "
+                             f"{at or 'the top'}; a polyphonic pickle holds only dicts, lists, "
+                             f"tuples and numbers")
+        if type(item) is dict:
+            for key, value in item.items():
+                if type(key) is not str:
+                    raise ValueError(f"{where}: the pickle has a key {key!r} (type "
+                                     f"{type(key).__name__}) at {at or 'the top'}; the keys "
+                                     f"are 'train', 'valid' and 'test'")
+                stack.append((value, f"{at}[{key!r}]"))
+        elif type(item) in (list, tuple):
+            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item)
+                         if type(v) is not int)  # notes, the bulk of the file, are fine
+    return obj
+
+
+def _note_number(note: object, name: str, i: int, t: int) -> int:
+    if isinstance(note, float) and note.is_integer():
+        note = int(note)  # 60.0 is note 60
+    if isinstance(note, bool | np.bool_) or not isinstance(note, int | np.integer):
+        raise ValueError(f"{name}: sequence {i} step {t} has note {note!r} (type "  # noqa: TRY004
+                         f"{type(note).__name__}); notes are whole MIDI numbers 21..108")
+    if not NOTE_MIN <= note < NOTE_MIN + NUM_NOTES:
+        raise ValueError(f"{name}: sequence {i} step {t} has note {note}, outside the "
+                         f"piano's MIDI range 21..108")
+    return int(note)
+
 
 def piano_roll(sequences: list, name: str, transpose: int = 0) -> Data:
     """Sequences of time steps, each a collection of MIDI notes in 21..108, as a padded binary
     piano roll ``x [N, T, 88]`` with ``lengths`` (``transpose``: see :class:`Data`)."""
+    collection = list | tuple | set | frozenset | np.ndarray
+    if not isinstance(sequences, list | tuple):
+        raise ValueError(f"{name}: expected a list of sequences, got a "  # noqa: TRY004
+                         f"{type(sequences).__name__}")
+    for i, seq in enumerate(sequences):
+        if not isinstance(seq, list | tuple):
+            raise ValueError(f"{name}: sequence {i} is {seq!r:.40} (type "  # noqa: TRY004
+                             f"{type(seq).__name__}); "
+                             f"each sequence is a list of time steps, each a tuple of notes")
+        for t, notes in enumerate(seq):
+            if not isinstance(notes, collection):
+                raise ValueError(f"{name}: sequence {i} step {t} is {notes!r:.40} (type "  # noqa: TRY004
+                                 f"{type(notes).__name__}), not a collection of notes; write "
+                                 f"each step as a tuple of MIDI numbers, e.g. (60, 64, 67), "
+                                 f"or () for silence")
     lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
     if len(sequences) == 0 or int(lengths.min()) == 0:
         raise ValueError(f"{name}: every split needs non-empty sequences")
@@ -291,10 +471,7 @@ def piano_roll(sequences: list, name: str, transpose: int = 0) -> Data:
     for i, seq in enumerate(sequences):
         for t, notes in enumerate(seq):
             for note in notes:
-                if not NOTE_MIN <= note < NOTE_MIN + NUM_NOTES:
-                    raise ValueError(f"{name}: sequence {i} step {t} has note {note}, "
-                                     f"outside the piano's MIDI range 21..108")
-                x[i, t, int(note) - NOTE_MIN] = 1.0
+                x[i, t, _note_number(note, name, i, t) - NOTE_MIN] = 1.0
     return Data(x, lengths=lengths, transpose=transpose, name=name, info={"kind": "piano_roll"})
 
 
@@ -324,16 +501,17 @@ def load_polyphonic(path: str | Path, transpose: int = 0) -> tuple[Data, Data, D
     'valid' and 'test' lists of sequences of tuples of MIDI notes (JSB Chorales, Nottingham,
     Piano-midi.de, MuseData). ``transpose`` (semitones) augments the training set only:
     see :class:`Data`."""
-    path = Path(path)
+    transpose = check_int("transpose", transpose, low=0)
+    path = _check_path("path", path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; pass the polyphonic pickle file itself, e.g. "
+                         f"{path / 'jsb_chorales.pickle'}")
     if not path.is_file():
         raise FileNotFoundError(
             f"polyphonic pickle {path} not found; pass the path of e.g. jsb_chorales.pickle"
         )
     with open(path, "rb") as f:
-        try:
-            d = pickle.load(f, encoding="latin1")
-        except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
-            raise ValueError(f"{path} is not a readable pickle ({e})") from None
+        d = read_notes_pickle(f, str(path))
     return _polyphonic_splits(d, path.stem, transpose)
 
 
@@ -341,16 +519,18 @@ def _polyphonic_splits(d: object, name: str, transpose: int = 0) -> tuple[Data, 
     if not isinstance(d, dict) or not {"train", "valid", "test"} <= set(d):
         raise ValueError(f"{name}: expected a dict with keys 'train', 'valid', 'test' of "
                          f"sequences of MIDI notes")
-    return (piano_roll(list(d["train"]), f"{name}-train", transpose),  # augment training only
-            piano_roll(list(d["valid"]), f"{name}-valid"),
-            piano_roll(list(d["test"]), f"{name}-test"))
+    return (piano_roll(d["train"], f"{name}-train", transpose),  # augment training only
+            piano_roll(d["valid"], f"{name}-valid"),
+            piano_roll(d["test"], f"{name}-test"))
 
 
 def load_jsb(transpose: int = 0) -> tuple[Data, Data, Data]:
     """JSB Chorales (229/76/77 chorales, quarter notes), shipped inside the package;
     ``transpose`` as in :func:`load_polyphonic`."""
+    transpose = check_int("transpose", transpose, low=0)
     with resources.files("vaelab.assets").joinpath("jsb_chorales.pickle").open("rb") as f:
-        return _polyphonic_splits(pickle.load(f), "jsb", transpose)
+        d = read_notes_pickle(f, "vaelab/assets/jsb_chorales.pickle")
+    return _polyphonic_splits(d, "jsb", transpose)
 
 
 # ----------------------------------------------------------------------------- conditional toy
@@ -364,7 +544,10 @@ def load_moons(
     modelled variable ``x`` ``[N, 2]`` a point of the two interleaved half circles (centred,
     Gaussian noise of sd ``noise``) rotated by ``theta``. Every p(x | a) is bimodal and curved,
     which no conditional Gaussian can fit. ``info["theta"]`` holds the angles."""
-    if n < n_val + n_test + 1 or noise < 0:
+    n, n_val, n_test = (check_int(k, v, low=1) for k, v in
+                        (("n", n), ("n_val", n_val), ("n_test", n_test)))
+    noise, seed = check_number("noise", noise, low=0), check_int("seed", seed)
+    if n < n_val + n_test + 1:
         raise ValueError(f"load_moons needs n > n_val + n_test and noise >= 0, got n={n}, "
                          f"n_val={n_val}, n_test={n_test}, noise={noise}")
     g = torch.Generator().manual_seed(seed)
