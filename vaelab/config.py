@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import numbers
+import types
+import typing
 
 from torch import nn
 
@@ -44,11 +47,95 @@ def make_model(name: str, train: Data, overrides: dict) -> nn.Module:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     config_cls, model_cls = MODELS[name]
     fields = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise ValueError(f"{config_cls.__name__} has no field(s) {sorted(unknown)}; "
-                         f"fields are {sorted(fields)}")
+    overrides = check_types(config_cls, overrides)
     sized = {"x_dim": train.x_dim}
     if "a_dim" in fields:
         sized["a_dim"] = train.a_dim
     return model_cls(config_cls(**{**sized, **overrides}))
+
+
+_PLURAL = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+
+
+def _describe(hint) -> str:
+    """A type hint in words, for error messages."""
+    if hint is type(None):
+        return "None"
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if origin is list:
+        return f"a list of {_PLURAL.get(typing.get_args(hint)[0], 'values')}, e.g. [64,64]"
+    if origin is tuple:
+        args = typing.get_args(hint)
+        return (f"a pair of {_PLURAL.get(args[0], 'values')}, e.g. (0.9,0.999)" if len(args) == 2
+                else "a tuple")
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        hint, getattr(hint, "__name__", str(hint)))
+
+
+def _conform(value, hint):
+    """``value`` as type ``hint`` (an int is a float; a list or tuple a tuple), or raise
+    ``TypeError``. Only the plain types configs use are known."""
+    if hint is type(None):
+        if value is None:
+            return None
+        raise TypeError
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        for h in typing.get_args(hint):
+            try:
+                return _conform(value, h)
+            except TypeError:
+                pass
+        raise TypeError
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError
+        args = typing.get_args(hint)
+        if origin is list:
+            return [_conform(v, args[0]) for v in value]
+        if len(args) != len(value):
+            raise TypeError
+        return tuple(_conform(v, h) for v, h in zip(value, args, strict=True))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError
+    if hint is int:  # numpy's integers too
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        raise TypeError
+    if hint is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise TypeError
+    return value  # a type configs do not use: left to the config's own checks
+
+
+def check_types(config_cls: type, values: dict, flag: str = "--set") -> dict:
+    """``values`` checked against the field types of dataclass ``config_cls``; returns them
+    with ints widened to floats and lists to tuples where the field says so.
+
+    Raises ``ValueError`` naming the first unknown field or wrongly typed value (as the CLI's
+    ``flag`` would take it, e.g. ``--set z_dim=abc``) and what it should be.
+    """
+    hints = typing.get_type_hints(config_cls)
+    fields = [f.name for f in dataclasses.fields(config_cls)]
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{config_cls.__name__} has no field(s) {unknown}; "
+                         f"fields are {sorted(fields)}")
+    out = {}
+    for key, value in values.items():
+        try:
+            out[key] = _conform(value, hints[key])
+        except TypeError:
+            raise ValueError(
+                f"{flag} {key}={value!r} has the wrong type: {config_cls.__name__}.{key} "
+                f"takes {_describe(hints[key])}") from None
+    return out
