@@ -140,3 +140,105 @@ def test_load_arrays_file(tmp_path):
     np.savez(tmp_path / "extra.npz", x=x, y=x)
     with pytest.raises(ValueError, match=r"unexpected arrays \['y'\]"):
         load_arrays(tmp_path / "extra.npz")
+
+
+# ----------------------------------------------------------------------------- bad arguments
+
+
+@pytest.mark.parametrize("loader", [load_linear, load_pendulum])
+@pytest.mark.parametrize("kw, match", [
+    ({"n_train": "5"}, r"n_train must be a whole number, got '5' \(type str\)"),
+    ({"n_val": 0}, "n_val must be >= 1, got 0"),
+    ({"n_test": 2.0}, "n_test must be a whole number, got 2.0"),
+    ({"steps": 1.5}, "steps must be a whole number, got 1.5"),
+    ({"steps": 1}, "steps must be >= 2"),
+    ({"min_steps": 0}, r"min_steps must be in 1..\d+, got 0"),
+    ({"steps": 5, "min_steps": 6}, "min_steps must be in 1..5, got 6"),
+    ({"min_steps": 2.5}, "min_steps must be a whole number"),
+    ({"seed": "0"}, "seed must be a whole number, got '0'"),
+    ({"dt": 0}, "dt must be > 0, got 0.0"),
+    ({"dt": "fast"}, r"dt must be a number, got 'fast' \(type str\)"),
+    ({"damping": -1}, "damping must be >= 0, got -1.0"),
+    ({"obs_std": float("nan")}, "obs_std must be finite, got nan"),
+    ({"obs_std": -0.1}, r"obs_std must be (> 0|>= 0), got -0.1"),
+    ({"n_train": True}, "n_train must be a whole number, got True"),
+])
+def test_system_loaders_name_bad_arguments(loader, kw, match):
+    with pytest.raises(ValueError, match=match):
+        loader(**{"n_train": 5, "n_val": 1, "n_test": 1, "steps": 4, **kw})
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"force_std": -1}, "force_std must be >= 0, got -1.0"),
+    ({"process_std": 0.1}, r"process_std must be a pair \(position, velocity\)"),
+    ({"init_std": (1.0, 0.0)}, "init_std must be > 0, got 0.0"),
+    ({"process_std": (0.1, "a")}, "process_std must be a number, got 'a'"),
+])
+def test_linear_system_parameters(kw, match):
+    with pytest.raises(ValueError, match=match):
+        load_linear(n_train=5, n_val=1, n_test=1, steps=4, **kw)
+    # the named parameters reach the system
+    sys = load_linear(n_train=5, n_val=1, n_test=1, steps=4, dt=0.5, obs_std=0.3)[0].info["system"]
+    assert float(sys.A[0, 2]) == 0.5 and float(sys.R[0, 0]) == pytest.approx(0.09)
+
+
+def test_pendulum_parameters():
+    with pytest.raises(ValueError, match="torque_std must be >= 0, got -2.0"):
+        load_pendulum(torque_std=-2)
+    with pytest.raises(ValueError, match="gravity must be finite"):
+        load_pendulum(gravity=float("inf"))
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"val_fraction": "0.1"}, "val_fraction must be a number, got '0.1'"),
+    ({"test_fraction": 1.0}, r"must be in \[0, 1\), got 0.1 and 1.0"),
+    ({"val_fraction": -0.1}, r"must be in \[0, 1\), got -0.1"),
+    ({"seed": 1.5}, "seed must be a whole number, got 1.5"),
+    ({"name": 3}, "name must be a str, got 3"),
+])
+def test_from_arrays_rejects_bad_options(kw, match):
+    x, a = arrays()
+    with pytest.raises(ValueError, match=match):
+        from_arrays(x, a, **kw)
+
+
+def test_load_arrays_wrong_files(tmp_path):
+    x, a = arrays()
+    np.savez(tmp_path / "empty.npz")
+    with pytest.raises(ValueError, match=r"empty.npz holds no arrays; write it with np.savez"):
+        load_arrays(tmp_path / "empty.npz")
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(ValueError, match=r"x.npy is a single .npy array, not an .npz archive"):
+        load_arrays(tmp_path / "x.npy")
+    (tmp_path / "notes.txt").write_text("1,2,3\n")
+    with pytest.raises(ValueError, match=r"notes.txt is not an .npz file \(it is not a zip"):
+        load_arrays(tmp_path / "notes.txt")
+    good = tmp_path / "good.npz"
+    np.savez(good, x=x)
+    (tmp_path / "cut.npz").write_bytes(good.read_bytes()[:100])  # a broken download
+    with pytest.raises(ValueError, match="cut.npz is not a readable .npz file"):
+        load_arrays(tmp_path / "cut.npz")
+    np.savez(tmp_path / "objects.npz", x=np.array([[1], [1, 2]], dtype=object))
+    with pytest.raises(ValueError, match="objects.npz is not a readable .npz file"):
+        load_arrays(tmp_path / "objects.npz")
+    with pytest.raises(ValueError, match="is a folder; pass the .npz file itself"):
+        load_arrays(tmp_path)
+    with pytest.raises(ValueError, match="path must be a path"):
+        load_arrays(None)
+    # lengths beyond T or 0, and a and x of different N or T
+    np.savez(tmp_path / "long.npz", x=x, lengths=np.full(20, 7))
+    with pytest.raises(ValueError, match="lengths must be in 1..T=6, got values from 7 to 7"):
+        load_arrays(tmp_path / "long.npz")
+    np.savez(tmp_path / "zero.npz", x=x, lengths=np.r_[0, np.full(19, 6)])
+    with pytest.raises(ValueError, match="lengths must be in 1..T=6, got values from 0 to 6"):
+        load_arrays(tmp_path / "zero.npz")
+    for bad in (a[:10], a[:, :5]):
+        np.savez(tmp_path / "mixed.npz", x=x, a=bad)
+        with pytest.raises(ValueError, match=r"a must be \[N, T, act\] = \[20, 6, act\] like x"):
+            load_arrays(tmp_path / "mixed.npz")
+    np.savez(tmp_path / "nan.npz", x=np.full((4, 3, 1), np.nan))
+    with pytest.raises(ValueError, match="x holds NaN/inf at 12 observed steps"):
+        load_arrays(tmp_path / "nan.npz")
+    # the options reach from_arrays
+    train, val, _ = load_arrays(good, val_fraction=0.25, name="mine")
+    assert len(val) == 5 and train.name == "mine"

@@ -15,13 +15,15 @@ z_{t+1}), true states ``z [N, T, Z]`` where known, and ``lengths [N]``.
 from __future__ import annotations
 
 import math
+import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from vaelab.data import Data
+from vaelab.data import Data, check_int, check_number
 from vaelab.kalman import LinearGaussianSSM
 
 
@@ -30,14 +32,24 @@ def _splits(n: int, n_val: int, n_test: int, seed: int) -> tuple[Tensor, Tensor,
     return perm[n_val + n_test:], perm[:n_val], perm[n_val:n_val + n_test]
 
 
-def _check_sizes(n_train: int, n_val: int, n_test: int, steps: int, min_steps: int | None):
-    if min(n_train, n_val, n_test) < 1:
-        raise ValueError(f"n_train, n_val and n_test must be >= 1, got {n_train}, {n_val}, "
-                         f"{n_test}")
-    if steps < 2:
+def _check_sizes(n_train: int, n_val: int, n_test: int, steps: int, min_steps: int | None,
+                 seed: int) -> None:
+    for key, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
+        check_int(key, value, low=1)
+    check_int("seed", seed)
+    if check_int("steps", steps) < 2:
         raise ValueError(f"steps must be >= 2 (a sequence needs a transition), got {steps}")
-    if min_steps is not None and not 1 <= min_steps <= steps:
-        raise ValueError(f"min_steps must be in 1..steps={steps}, got {min_steps}")
+    if min_steps is not None:
+        check_int("min_steps", min_steps, low=1, high=steps)
+
+
+def _check_stds(**stds: object) -> None:
+    """Every standard deviation a finite number > 0 (the Kalman filter and smoother factor
+    covariances built from them), or a ValueError naming it."""
+    for key, value in stds.items():
+        values = value if isinstance(value, tuple | list) else (value,)
+        for v in values:
+            check_number(key, v, positive=True)
 
 
 def _smooth_actions(n: int, steps: int, dim: int, scale: float, g: torch.Generator) -> Tensor:
@@ -87,6 +99,13 @@ def point_mass_system(
     Noises are diagonal (``process_std`` for position and velocity, ``obs_std``), so a model
     with diagonal Gaussian transition and emitter can represent the system exactly.
     """
+    check_number("dt", dt, positive=True)
+    check_number("damping", damping, low=0)
+    for key, pair in (("process_std", process_std), ("init_std", init_std)):
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise ValueError(f"{key} must be a pair (position, velocity) of standard "
+                             f"deviations, got {pair!r}")
+    _check_stds(process_std=process_std, obs_std=obs_std, init_std=init_std)
     eye, zero = torch.eye(2, dtype=torch.float64), torch.zeros(2, 2, dtype=torch.float64)
     A = torch.cat([torch.cat([eye, dt * eye], 1), torch.cat([zero, (1 - damping * dt) * eye], 1)])
     B = torch.cat([0.5 * dt**2 * eye, dt * eye])
@@ -106,20 +125,25 @@ def load_linear(
     min_steps: int | None = None,
     force_std: float = 1.0,
     seed: int = 0,
-    **system: float,
+    dt: float = 0.25,
+    damping: float = 0.5,
+    process_std: tuple[float, float] = (0.1, 0.2),
+    obs_std: float = 0.2,
+    init_std: tuple[float, float] = (1.0, 0.5),
 ) -> tuple[Data, Data, Data]:
     """A 2-D point mass pushed by smooth random forces, position observed in noise.
 
     ``x [N, T, 2]`` positions, ``a [N, T, 2]`` forces, ``z [N, T, 4]`` true (position,
     velocity); ``info["system"]`` holds the true :class:`LinearGaussianSSM` (float64) for
     :func:`vaelab.kalman.kalman_log_likelihood`. ``min_steps`` < ``steps`` draws lengths
-    uniformly in ``min_steps..steps`` (sequences padded at the end). Other keywords go to
-    :func:`point_mass_system`.
+    uniformly in ``min_steps..steps`` (sequences padded at the end). ``dt`` to ``init_std``
+    are the parameters of :func:`point_mass_system`.
     """
-    _check_sizes(n_train, n_val, n_test, steps, min_steps)
+    _check_sizes(n_train, n_val, n_test, steps, min_steps, seed)
+    check_number("force_std", force_std, low=0)
     n = n_train + n_val + n_test
     g = torch.Generator().manual_seed(seed)
-    sys = point_mass_system(**system)
+    sys = point_mass_system(dt, damping, process_std, obs_std, init_std)
     a = _smooth_actions(n, steps, 2, force_std, g)
     z, x = sys.sample(a, generator=g)
     info = {"system": sys, "state_names": ["p_x", "p_y", "v_x", "v_y"],
@@ -153,7 +177,13 @@ def load_pendulum(
     ``x [N, T, 2]``, ``a [N, T, 1]`` torques, ``z [N, T, 2]`` true (theta, omega), theta not
     wrapped so trajectories stay continuous in plots.
     """
-    _check_sizes(n_train, n_val, n_test, steps, min_steps)
+    _check_sizes(n_train, n_val, n_test, steps, min_steps, seed)
+    check_number("dt", dt, positive=True)
+    check_number("gravity", gravity)
+    check_number("damping", damping, low=0)
+    for key, value in (("torque_std", torque_std), ("process_std", process_std),
+                       ("obs_std", obs_std)):
+        check_number(key, value, low=0)
     n = n_train + n_val + n_test
     g = torch.Generator().manual_seed(seed)
     a = _smooth_actions(n, steps, 1, torque_std, g)
@@ -213,6 +243,13 @@ def from_arrays(
     lengths : array ``[N]`` of int, optional
         Observed steps per sequence (1..T); all T when omitted. Padding may hold NaN.
     """
+    for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= check_number(key, value) < 1:
+            raise ValueError(f"val_fraction and test_fraction must be in [0, 1), got "
+                             f"{val_fraction} and {test_fraction}")
+    check_int("seed", seed)
+    if not isinstance(name, str):
+        raise ValueError(f"name must be a str, got {name!r}")  # noqa: TRY004 (house style)
     x = _as_tensor("x", x).double()
     if x.dim() != 3:
         fix = "; add a feature axis: x[..., None]" if x.dim() == 2 else ""
@@ -252,9 +289,6 @@ def from_arrays(
     x = torch.where(observed[..., None], x, torch.zeros_like(x))
     if a is not None:
         a = torch.where(observed[..., None], a, torch.zeros_like(a))
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1):
-        raise ValueError(f"val_fraction and test_fraction must be in [0, 1), got "
-                         f"{val_fraction} and {test_fraction}")
     n_val, n_test = max(1, round(val_fraction * n)), max(1, round(test_fraction * n))
     if n_val + n_test >= n:
         raise ValueError(f"{n} sequences leave nothing to train on after {n_val} validation "
@@ -262,19 +296,40 @@ def from_arrays(
     return _make_splits(x, a, None, lengths, n_val, n_test, seed, name, {"system": None})
 
 
-def load_arrays(path: str | Path, **kw) -> tuple[Data, Data, Data]:
+def load_arrays(
+    path: str | Path,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    name: str | None = None,
+) -> tuple[Data, Data, Data]:
     """Sequences from an ``.npz`` file holding ``x [N, T, obs]``, optionally ``a [N, T, act]``
-    and ``lengths [N]``; keywords go to :func:`from_arrays`."""
+    and ``lengths [N]``; the other arguments as in :func:`from_arrays` (``name``: the file's
+    stem by default)."""
+    how = "write it with np.savez(path, x=x, a=a, lengths=lengths)"
+    if not isinstance(path, str | os.PathLike):
+        raise ValueError(f"path must be a path (str), got {path!r}")  # noqa: TRY004
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; pass the .npz file itself ({how})")
     if not path.is_file():
         raise FileNotFoundError(f"array file {path} not found; pass an .npz written by "
                                 f"np.savez(path, x=x, a=a, lengths=lengths)")
+    with open(path, "rb") as f:
+        start = f.read(6)
+    if start == b"\x93NUMPY":
+        raise ValueError(f"{path} is a single .npy array, not an .npz archive of named arrays; "
+                         f"{how}")
+    if not start.startswith(b"PK"):
+        raise ValueError(f"{path} is not an .npz file (it is not a zip archive); {how}")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path} is not a readable .npz file ({e}); write it with np.savez"
-                         ) from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} is not a readable .npz file ({e}); {how} from numeric "
+                         f"arrays") from None
+    if not arrays:
+        raise ValueError(f"{path} holds no arrays; {how}")
     if "x" not in arrays:
         raise ValueError(f"{path} has arrays {sorted(arrays)} but no 'x'; save the "
                          f"observations as np.savez(path, x=x, a=a)")
@@ -282,8 +337,8 @@ def load_arrays(path: str | Path, **kw) -> tuple[Data, Data, Data]:
     if unknown:
         raise ValueError(f"{path} holds unexpected arrays {sorted(unknown)}; only x, a and "
                          f"lengths are read")
-    kw.setdefault("name", path.stem)
-    return from_arrays(arrays["x"], arrays.get("a"), arrays.get("lengths"), **kw)
+    return from_arrays(arrays["x"], arrays.get("a"), arrays.get("lengths"), val_fraction,
+                       test_fraction, seed, path.stem if name is None else name)
 
 
 __all__ = ["from_arrays", "load_arrays", "load_linear", "load_pendulum", "point_mass_system"]
