@@ -3,38 +3,92 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import shlex
 import sys
 from pathlib import Path
 
 import torch
 
 from vaelab import MODELS
-from vaelab.config import data_spec, make_model, parse_sets
+from vaelab.config import check_types, data_spec, make_model, parse_sets
 from vaelab.datasets import DATASETS, load_dataset
 from vaelab.kalman import exact_nll
 from vaelab.train import (
+    CheckpointWriteError,
     TrainConfig,
     TrainingDiverged,
+    TrainingInterrupted,
+    build_model,
     evaluate_elbo,
     evaluate_nll,
     fit,
+    load_checkpoint,
     load_model,
+    same_data_spec,
+    same_values,
+    seed_everything,
     select_device,
 )
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    options = parse_sets(args.data_option)
-    spec = data_spec(args.data, args.data_path, options)
-    train, val, _ = load_dataset(**spec)
-    model = make_model(args.model, train, parse_sets(args.set))
-    defaults = dict(getattr(model, "train_defaults", {}))
+def _train_config(args: argparse.Namespace, base: dict) -> TrainConfig:
+    """``base`` (the model's defaults, or a resumed checkpoint's settings), then --train-set,
+    then the flags given, each checked against TrainConfig's field types."""
+    sets = check_types(TrainConfig, parse_sets(args.train_set, "--train-set"), "--train-set")
     given = {k: v for k, v in {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "device": args.device, "max_steps": args.max_steps}.items() if v is not None}
-    config = TrainConfig(**{**defaults, **parse_sets(args.train_set), **given,
-                            "out_dir": args.out})
+    return TrainConfig(**{**base, **sets, **given, "out_dir": args.out})
+
+
+def _resumed(args: argparse.Namespace, spec: dict) -> tuple[dict, dict]:
+    """The checkpoint --resume names and the TrainConfig values it ran with, after checking
+    that the command line asks for its model and data (a resume keeps both)."""
+    ckpt = load_checkpoint(args.resume)
+    if ckpt["model"] != args.model:
+        raise ValueError(f"--resume {args.resume} holds a {ckpt['model']!r} model but --model "
+                         f"is {args.model!r}; pass --model {ckpt['model']}")
+    for key, value in parse_sets(args.set, "--set").items():
+        if key not in ckpt["config"] or not same_values(ckpt["config"][key], value):
+            raise ValueError(
+                f"--set {key}={value!r} disagrees with --resume {args.resume}, whose model has "
+                f"{key}={ckpt['config'].get(key)!r}; a resumed run keeps its model (its config "
+                f"comes from the checkpoint): drop --set {key}, or train a new model into "
+                f"another --out folder")
+    if ckpt["data"] and not same_data_spec(spec, ckpt["data"]):
+        key = next(k for k in sorted(set(spec) | set(ckpt["data"]))
+                   if not same_data_spec({k: spec.get(k)}, {k: ckpt["data"].get(k)}))
+        raise ValueError(f"--resume {args.resume} trained on data {key}="
+                         f"{ckpt['data'].get(key)!r}, but the command line gives "
+                         f"{spec.get(key)!r}; a resumed run keeps its data")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    base = {k: v for k, v in ckpt["train_config"].items() if k in fields}
+    if (args.device is None and str(base.get("device", "")).startswith("cuda")
+            and not torch.cuda.is_available()):
+        base["device"] = "cpu"  # trained on a GPU, continued where there is none
+    return ckpt, base
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass a folder (new or existing) for "
+                         f"checkpoint.pt")
+    spec = data_spec(args.data, args.data_path, parse_sets(args.data_option, "--data-option"))
+    if args.resume is not None:
+        ckpt, base = _resumed(args, spec)
+    else:
+        ckpt, base = None, dict(getattr(MODELS[args.model][1], "train_defaults", {}))
+        check_types(MODELS[args.model][0], parse_sets(args.set, "--set"))  # before any loading
+    config = _train_config(args, base)
+    train, val, _ = load_dataset(**spec)
+    seed_everything(config.seed)  # before the model is built: the seed fixes its weights
+    if ckpt is not None:  # the checkpoint's own model config
+        model = build_model(ckpt["model"], ckpt["config"])
+    else:
+        model = make_model(args.model, train, parse_sets(args.set, "--set"))
     history = fit(model, train, val, config, resume=args.resume, data_spec=spec)
     last = {r["kind"]: r for r in history}
     best = Path(args.out) / "best.pt"  # lowest validation -ELBO so far
@@ -50,6 +104,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.samples < 0 or args.elbo_samples < 0:
         raise ValueError(f"--samples and --elbo-samples must be >= 0 (0 skips that figure), "
                          f"got {args.samples} and {args.elbo_samples}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1 sequences (or examples) per batch, got "
+                         f"{args.batch_size}")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise ValueError(f"--chunk-size must be >= 1 importance paths per chunk (or left out "
+                         f"to fit each batch), got {args.chunk_size}")
+    if not 0 <= args.seed < 2**32:
+        raise ValueError(f"--seed must be in [0, 2**32), got {args.seed}")
     device = select_device(args.device)
     model, ckpt = load_model(args.checkpoint, device)
     spec = dict(ckpt["data"])
@@ -102,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--seed", type=int)
     t.add_argument("--device", default=None)
     t.add_argument("--max-steps", type=int)
-    t.add_argument("--resume", default=None, help="checkpoint to continue from")
+    t.add_argument("--resume", default=None,
+                   help="checkpoint to continue from: its model config, data and settings are "
+                        "kept; --epochs, --max-steps, --lr, --batch-size (and a few "
+                        "--train-set fields, see vaelab.train.RESUMABLE) may change and apply")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model config field, e.g. z_dim=8")
     t.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
@@ -132,13 +197,39 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except TrainingInterrupted as err:  # Ctrl-C: fit saved what it could and says so
+        print(f"\ninterrupted: {err}", file=sys.stderr)
+        if err.checkpoint is not None and args.command == "train":
+            print(f"to resume: python -m vaelab {_resume_command(argv, err.checkpoint)}",
+                  file=sys.stderr)
+        return 130
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    except CheckpointWriteError as err:  # disk full, no permission: not the user's input
+        print(f"error: {err.strerror}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a file that cannot be read (permissions, a folder for a file)
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
+
+def _resume_command(argv: list[str] | None, checkpoint: Path) -> str:
+    """The train command line again, with ``--resume checkpoint`` instead of any other."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    kept = []
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word == "--resume":
+            skip = True
+        elif not word.startswith("--resume="):
+            kept.append(word)
+    return shlex.join([*kept, "--resume", str(checkpoint)])
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -128,35 +128,35 @@ class TrainConfig:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for key, value in check_types(TrainConfig, values, flag="TrainConfig:").items():
             setattr(self, key, value)
-        checks = {
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "bucket_jitter": self.bucket_jitter >= 0,
-            "lr": self.lr > 0,
-            "betas": len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
-            "adam_eps": self.adam_eps > 0,
-            "clip_norm": self.clip_norm > 0,
-            "clip_value_sum": self.clip_value_sum >= 0,
-            "weight_decay": self.weight_decay >= 0,
-            "weight_decay_sum": self.weight_decay_sum >= 0,
-            "lr_decay": 0 < self.lr_decay <= 1,
-            "beta": self.beta >= 0,
-            "anneal_epochs": self.anneal_epochs >= 0,
-            "min_kl_weight": 0 <= self.min_kl_weight <= 1,
-            "train_samples": self.train_samples >= 1,
-            "checkpoint_every": self.checkpoint_every >= 1,
-            "eval_every": self.eval_every >= 0,
-            "max_steps": self.max_steps is None or self.max_steps >= 1,
-            "max_abs_loss": self.max_abs_loss > 0,
-            "seed": 0 <= self.seed < 2**32,  # numpy's range
+        nan = [k for k, v in values.items() if isinstance(v, float) and math.isnan(v)]
+        checks = {  # field: (holds, the rule in words)
+            "epochs": (self.epochs >= 1, ">= 1"),
+            "batch_size": (self.batch_size >= 1, ">= 1"),
+            "bucket_jitter": (self.bucket_jitter >= 0, ">= 0 (inf: plain shuffling)"),
+            "lr": (0 < self.lr < math.inf, "> 0 and finite"),
+            "betas": (all(0 <= b < 1 for b in self.betas), "two values in [0, 1)"),
+            "adam_eps": (self.adam_eps > 0, "> 0"),
+            "clip_norm": (self.clip_norm > 0, "> 0 (inf: no clipping)"),
+            "clip_value_sum": (self.clip_value_sum >= 0, ">= 0 (0: off)"),
+            "weight_decay": (self.weight_decay >= 0, ">= 0"),
+            "weight_decay_sum": (self.weight_decay_sum >= 0, ">= 0"),
+            "lr_decay": (0 < self.lr_decay <= 1, "in (0, 1]"),
+            "beta": (self.beta >= 0, ">= 0"),
+            "anneal_epochs": (self.anneal_epochs >= 0, ">= 0 (0: no annealing)"),
+            "min_kl_weight": (0 <= self.min_kl_weight <= 1, "in [0, 1]"),
+            "train_samples": (self.train_samples >= 1, ">= 1"),
+            "checkpoint_every": (self.checkpoint_every >= 1, ">= 1 epochs"),
+            "eval_every": (self.eval_every >= 0, ">= 0 epochs (0: no validation)"),
+            "max_steps": (self.max_steps is None or self.max_steps >= 1, ">= 1 or None"),
+            "max_abs_loss": (self.max_abs_loss > 0, "> 0"),
+            "seed": (0 <= self.seed < 2**32, "in [0, 2**32) (numpy's range)"),
         }
-        bad = [k for k, ok in checks.items() if not ok]
+        bad = nan + [k for k, (ok, _) in checks.items() if not ok]
         if bad:
             k = bad[0]
-            raise ValueError(
-                f"TrainConfig.{k}={getattr(self, k)!r} is out of range; see the comments in "
-                f"vaelab/train.py for the allowed values"
-            )
+            rule = checks[k][1] if k in checks else "a number, not NaN"
+            raise ValueError(f"TrainConfig.{k}={getattr(self, k)!r} is out of range: it must "
+                             f"be {rule}")
         select_device(self.device)  # raises on an unknown or absent device
 
 
@@ -645,10 +645,10 @@ def _start(model: nn.Module, train: Data, config: TrainConfig, data_spec: dict |
                 out, dict(data_spec or {}), callback)
 
 
-def _same(a, b) -> bool:
+def same_values(a, b) -> bool:
     """Config values equal, lists and tuples alike (a checkpoint may hold either)."""
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+        return len(a) == len(b) and all(same_values(x, y) for x, y in zip(a, b, strict=True))
     return a == b
 
 
@@ -662,14 +662,14 @@ def _restore(run: _Run, resume: str | Path, train: Data) -> None:
                          f"{model.name!r}")
     mine = asdict(model.config)
     for key, value in ckpt["config"].items():
-        if key not in mine or not _same(mine[key], value):
+        if key not in mine or not same_values(mine[key], value):
             raise ValueError(
                 f"cannot resume {resume}: model config {key} is {value!r} in the checkpoint but "
                 f"{mine.get(key)!r} here; a resumed run keeps its model (drop --set {key}, or "
                 f"train a new model into another --out folder)")
-    if run.data_spec and ckpt["data"] and not _same_data(run.data_spec, ckpt["data"]):
+    if run.data_spec and ckpt["data"] and not same_data_spec(run.data_spec, ckpt["data"]):
         key = next(k for k in sorted(set(run.data_spec) | set(ckpt["data"]))
-                   if not _same_data({k: run.data_spec.get(k)}, {k: ckpt["data"].get(k)}))
+                   if not same_data_spec({k: run.data_spec.get(k)}, {k: ckpt["data"].get(k)}))
         raise ValueError(
             f"cannot resume {resume}: its data {key} is {ckpt['data'].get(key)!r} but "
             f"{run.data_spec.get(key)!r} here; a resumed run keeps its data")
@@ -677,7 +677,7 @@ def _restore(run: _Run, resume: str | Path, train: Data) -> None:
     stored = ckpt["train_config"]
     mine = asdict(config)
     changed = {k: (stored[k], mine[k]) for k in stored
-               if k in mine and not _same(stored[k], mine[k])}
+               if k in mine and not same_values(stored[k], mine[k])}
     refused = sorted(set(changed) - RESUMABLE)
     if refused:
         key = refused[0]
@@ -732,11 +732,11 @@ def _restore(run: _Run, resume: str | Path, train: Data) -> None:
                                     if k not in ("progress", "out_dir", "device")}})
 
 
-def _same_data(a: dict, b: dict) -> bool:
+def same_data_spec(a: dict, b: dict) -> bool:
     """Two data specs name the same data (paths compared resolved)."""
     norm = lambda spec: {k: (str(Path(v).resolve()) if k == "path" and v is not None else v)
                          for k, v in spec.items()}
-    return _same(norm(a), norm(b))
+    return same_values(norm(a), norm(b))
 
 
 def _remaining_batches(run: _Run, train: Data) -> Iterator[tuple[int, Batch]]:
