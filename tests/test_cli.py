@@ -90,7 +90,7 @@ def test_unknown_model_is_a_usage_error(tmp_path, capsys):
         (["train", "--model", "vae", "--data", "digits", "--epochs", "0"],
          "TrainConfig.epochs=0 is out of range"),
         (["train", "--model", "vae", "--data", "mnist", "--data-path", "/nonexistent/mnist"],
-         "MNIST folder /nonexistent/mnist does not exist"),
+         "/nonexistent/mnist does not exist"),
     ],
 )
 def test_bad_train_input_exits_with_code_2(tmp_path, capsys, argv, message):
