@@ -5,6 +5,11 @@ and the importance-sampled NLL (an estimate of -log p(x), K whole latent paths f
     python benchmarks/dmm_jsb.py --data ../shared/data/polyphonic/jsb_chorales.pickle
     python benchmarks/dmm_jsb.py --epochs 5 --samples 100          # short run, shipped JSB
     python benchmarks/dmm_jsb.py --dataset all --epochs 5            # the four pickles
+    python benchmarks/dmm_jsb.py --preset krishnan --samples 2000   # the best JSB settings
+
+``--preset NAME`` (``vaelab.presets``: pyro, krishnan, quick) sets the defaults of the model and
+training flags; flags given explicitly override it. The checkpoints record the resolved
+settings (``config``, ``train_config``); the result line also names the preset.
 
 References (JSB Chorales test set, nats per time step): Pyro's DMM tutorial -ELBO 6.87;
 Krishnan, Shalit & Sontag 2017 (arXiv:1609.09869) Table 3: bound 6.926, importance-sampled
@@ -24,6 +29,7 @@ import torch
 
 from vaelab.datasets import load_dataset
 from vaelab.dmm import DMM, DMMIAF, DMMConfig, DMMIAFConfig
+from vaelab.presets import PRESETS, apply_preset
 from vaelab.train import (
     TrainConfig,
     evaluate_elbo,
@@ -45,26 +51,59 @@ REFERENCES = {
 PICKLES = ("jsb_chorales", "nottingham", "piano_midi", "musedata")
 
 
-def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
-    """Train on the data set ``load_dataset(**spec)`` (recorded in the checkpoints, so that
-    ``python -m vaelab evaluate --checkpoint`` needs no --data) and evaluate."""
-    train, val, test = load_dataset(**spec)
-    torch.manual_seed(args.seed)
-    shared = {"x_dim": train.x_dim, "rnn_nonlinearity": args.rnn_nonlinearity,
+# preset fields that flags set (flag dest -> field); the preset's other fields pass through
+MODEL_FLAGS = {"rnn_nonlinearity": "rnn_nonlinearity", "rnn_type": "rnn_type",
+               "input_embedding": "input_embedding", "rnn_output_dropout": "rnn_output_dropout",
+               "emission_dim": "emission_dim", "transition_dim": "transition_dim",
+               "softplus_variance": "softplus_variance",
+               "standard_initial_prior": "standard_initial_prior", "num_iafs": "num_iafs"}
+TRAIN_FLAGS = {"epochs": "epochs", "seed": "seed", "weight_decay_sum": "weight_decay_sum",
+               "bucket_jitter": "bucket_jitter", "clip_value_sum": "clip_value_sum",
+               "clip_norm": "clip_norm", "adam_eps": "adam_eps",
+               "decay_before_clip": "decay_before_clip", "anneal_epochs": "anneal_epochs",
+               "min_kl_weight": "min_kl_weight", "train_samples": "train_samples", "lr": "lr",
+               "lr_decay": "lr_decay", "eval_every": "eval_every"}
+
+
+def preset_defaults(name: str) -> dict:
+    """The flag defaults that ``--preset name`` sets (argparse dest -> value)."""
+    model, train = apply_preset(name)
+    defaults = {dest: model[f] for dest, f in MODEL_FLAGS.items() if f in model}
+    defaults.update({dest: train[f] for dest, f in TRAIN_FLAGS.items() if f in train})
+    if "analytic_kl" in model:
+        defaults["mc_kl"] = not model["analytic_kl"]
+    if "betas" in train:
+        beta2 = DMM.train_defaults["betas"][1]
+        if train["betas"][1] != beta2:
+            raise ValueError(f"preset {name!r} sets Adam's beta2={train['betas'][1]}, which "
+                             f"dmm_jsb.py cannot set (its --beta1 pairs with {beta2}); use "
+                             f"python -m vaelab train --preset {name}")
+        defaults["beta1"] = train["betas"][0]
+    return defaults
+
+
+def configs(args: argparse.Namespace, x_dim: int, out_dir: str | None = None
+            ) -> tuple[DMMConfig, TrainConfig]:
+    """The model config and TrainConfig of a run: ``DMM.train_defaults``, under the preset's
+    settings, under the flags (whose defaults the preset already moved)."""
+    model_preset, train_preset = apply_preset(args.preset) if args.preset else ({}, {})
+    model_preset.pop("analytic_kl", None)  # --mc-kl's default already holds it
+    shared = {**model_preset, "x_dim": x_dim, "rnn_nonlinearity": args.rnn_nonlinearity,
               "softplus_variance": args.softplus_variance,
               "standard_initial_prior": args.standard_initial_prior,
               "emission_dim": args.emission_dim, "transition_dim": args.transition_dim,
               "rnn_type": args.rnn_type, "input_embedding": args.input_embedding,
               "rnn_output_dropout": args.rnn_output_dropout}
     if args.num_iafs > 0:  # the IAF guide's KL is a Monte Carlo estimate (no closed form)
-        model = DMMIAF(DMMIAFConfig(**shared, num_iafs=args.num_iafs))
+        model_config = DMMIAFConfig(**{**shared, "analytic_kl": False,
+                                       "num_iafs": args.num_iafs})
     else:
-        model = DMM(DMMConfig(**shared, analytic_kl=not args.mc_kl))
-    device = select_device(args.device)
-    config = TrainConfig(**{**DMM.train_defaults, "epochs": args.epochs, "seed": args.seed,
+        model_config = DMMConfig(**shared, analytic_kl=not args.mc_kl)
+    config = TrainConfig(**{**DMM.train_defaults, **train_preset,
+                            "epochs": args.epochs, "seed": args.seed,
                             "device": args.device, "eval_every": args.eval_every,
                             "checkpoint_every": max(1, args.eval_every),
-                            "out_dir": args.out and str(Path(args.out) / name),
+                            "out_dir": out_dir,
                             "progress": args.progress, "weight_decay_sum": args.weight_decay_sum,
                             "bucket_jitter": args.bucket_jitter,
                             "clip_value_sum": args.clip_value_sum,
@@ -75,6 +114,17 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
                             "min_kl_weight": args.min_kl_weight,
                             "train_samples": args.train_samples, "lr": args.lr,
                             "lr_decay": args.lr_decay})
+    return model_config, config
+
+
+def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
+    """Train on the data set ``load_dataset(**spec)`` (recorded in the checkpoints, so that
+    ``python -m vaelab evaluate --checkpoint`` needs no --data) and evaluate."""
+    train, val, test = load_dataset(**spec)
+    torch.manual_seed(args.seed)
+    model_config, config = configs(args, train.x_dim, args.out and str(Path(args.out) / name))
+    model = DMMIAF(model_config) if model_config.num_iafs > 0 else DMM(model_config)
+    device = select_device(args.device)
     resume = None
     if args.resume:
         if not config.out_dir or not (Path(config.out_dir) / "checkpoint.pt").exists():
@@ -113,9 +163,11 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
     # the first epoch includes warm-up (allocations, thread pools); report the rest
     steady = epoch_times[1:] or epoch_times
     result = {
-        "data": name, "model": model.name, "device": str(device),
+        "data": name, "model": model.name, "device": str(device), "preset": args.preset,
         "threads": torch.get_num_threads(), "bucket_jitter": config.bucket_jitter,
-        "rnn_nonlinearity": args.rnn_nonlinearity, "analytic_kl": model.config.analytic_kl,
+        "rnn_nonlinearity": model.config.rnn_nonlinearity,
+        "analytic_kl": model.config.analytic_kl, "z_dim": model.config.z_dim,
+        "rnn_dim": model.config.rnn_dim, "batch_size": config.batch_size,
         "softplus_variance": model.config.softplus_variance,
         "standard_initial_prior": model.config.standard_initial_prior,
         "emission_dim": model.config.emission_dim, "transition_dim": model.config.transition_dim,
@@ -190,8 +242,12 @@ def report(result: dict, args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``--preset``'s settings as the defaults of the flags."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help=f"named settings from vaelab.presets ({', '.join(sorted(PRESETS))}) as "
+                        f"the defaults of the flags below; explicit flags override them")
     p.add_argument("--data", default=None,
                    help="polyphonic pickle (default: the JSB Chorales shipped in vaelab)")
     p.add_argument("--dataset", nargs="+", default=None,
@@ -220,23 +276,24 @@ def main() -> None:
                    help="the guide's backward RNN (Pyro's example: relu)")
     p.add_argument("--rnn-type", choices=("rnn", "lstm"), default="rnn",
                    help="the guide's backward RNN: Elman (Pyro) or LSTM (Krishnan et al.)")
-    p.add_argument("--input-embedding", action="store_true",
+    p.add_argument("--input-embedding", action=argparse.BooleanOptionalAction, default=False,
                    help="a ReLU layer embeds x_t to the RNN's width before the guide's RNN "
                         "(Krishnan et al.)")
     p.add_argument("--rnn-output-dropout", type=float, default=0.0,
                    help="dropout on the guide RNN's outputs while training (Krishnan et al.: "
                         "0.1)")
-    p.add_argument("--mc-kl", action="store_true",
+    p.add_argument("--mc-kl", action=argparse.BooleanOptionalAction, default=False,
                    help="train the flow-free DMM with the one-sample Monte Carlo KL (Pyro's "
                         "default) instead of the closed form")
     p.add_argument("--emission-dim", type=int, default=DMMConfig.emission_dim,
                    help="the emitter's hidden width (Pyro: 100; Krishnan et al.: 200)")
     p.add_argument("--transition-dim", type=int, default=DMMConfig.transition_dim,
                    help="the gated transition's hidden width (Pyro: 200; Krishnan et al.: 400)")
-    p.add_argument("--softplus-variance", action="store_true",
+    p.add_argument("--softplus-variance", action=argparse.BooleanOptionalAction, default=False,
                    help="softplus gives each Gaussian's variance, not its scale (Krishnan et "
                         "al.'s code)")
-    p.add_argument("--standard-initial-prior", action="store_true",
+    p.add_argument("--standard-initial-prior", action=argparse.BooleanOptionalAction,
+                   default=False,
                    help="p(z_1) = N(0, I) and the guide starts from z_0 = 0 (Krishnan et al.'s "
                         "code), instead of a trained z_0 and z_q_0 (Pyro)")
     p.add_argument("--anneal-epochs", type=float, default=DMM.train_defaults["anneal_epochs"],
@@ -272,7 +329,7 @@ def main() -> None:
                    help="Adam's epsilon, on our loss per observed step. Krishnan et al.'s 1e-8 "
                         "on their loss per sequence is about 1.66e-10 here on JSB; it matters "
                         "with --clip-norm 0.0166, which makes every gradient small")
-    p.add_argument("--decay-before-clip", action="store_true",
+    p.add_argument("--decay-before-clip", action=argparse.BooleanOptionalAction, default=False,
                    help="the weight decay's gradient is clipped with the loss's (Krishnan et "
                         "al.: L2 in the cost), not added after the clip (torch, Pyro)")
     p.add_argument("--beta1", type=float, default=DMM.train_defaults["betas"][0],
@@ -283,12 +340,22 @@ def main() -> None:
     p.add_argument("--progress", action="store_true", help="tqdm bar")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's, one per core)")
-    args = p.parse_args()
+    preset = p.parse_known_args(argv)[0].preset
+    if preset is not None:
+        if preset not in PRESETS:
+            p.error(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        p.set_defaults(**preset_defaults(preset))
+    args = p.parse_args(argv)
     if args.time_limit is not None and args.time_limit < 0:
         p.error(f"--time-limit must be >= 0 minutes, got {args.time_limit}")
     if args.elbo_samples < 1 or args.samples < 0:
         p.error(f"--elbo-samples must be >= 1 and --samples >= 0 (0 skips the importance-"
                 f"sampled NLL), got {args.elbo_samples} and {args.samples}")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 

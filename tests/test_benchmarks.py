@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
 
 from vaelab.train import load_checkpoint
 
@@ -125,3 +129,179 @@ def test_dmm_jsb_rejects_no_elbo_samples():
                            "--elbo-samples", "0"], capture_output=True, text=True, timeout=60,
                           cwd=ROOT, check=False)
     assert done.returncode == 2 and "--elbo-samples must be >= 1" in done.stderr
+
+
+# ----------------------------------------------------------------------------- Pyro's DMM
+
+
+def _pyro_and_ours(min_scale: float = 1e-12):
+    """vaelab's DMM (ReLU RNN, Monte Carlo KL) and the Pyro reference with the same weights,
+    in float64, small widths; every weight random (z_0, z_q_0, h_0 and the identity too)."""
+    from benchmarks.pyro_dmm import PyroDMM
+    from vaelab.dmm import DMM, DMMConfig
+
+    dims = {"x_dim": 6, "z_dim": 3, "emission_dim": 5, "transition_dim": 7, "rnn_dim": 8}
+    ours = DMM(DMMConfig(**dims, rnn_nonlinearity="relu", analytic_kl=False,
+                         min_scale=min_scale)).double()
+    theirs = PyroDMM(**dims).double()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.normal_(0, 0.5)
+        pairs = [(theirs.emitter.z_to_hidden, ours.emitter.net.net[0]),
+                 (theirs.emitter.hidden_to_hidden, ours.emitter.net.net[2]),
+                 (theirs.emitter.hidden_to_x, ours.emitter.net.net[4]),
+                 (theirs.transition.gate_in, ours.transition.gate[0]),
+                 (theirs.transition.gate_out, ours.transition.gate[2]),
+                 (theirs.transition.proposal_in, ours.transition.proposed_mean[0]),
+                 (theirs.transition.proposal_out, ours.transition.proposed_mean[2]),
+                 (theirs.transition.z_to_loc, ours.transition.z_to_loc),
+                 (theirs.transition.z_to_scale, ours.transition.z_to_scale),
+                 (theirs.combiner.z_to_hidden, ours.combiner.z_to_hidden)]
+        for dst, src in pairs:
+            dst.weight.copy_(src.weight)
+            dst.bias.copy_(src.bias)
+        w, b = ours.combiner.hidden_to_loc_scale.weight, ours.combiner.hidden_to_loc_scale.bias
+        z = dims["z_dim"]
+        theirs.combiner.hidden_to_loc.weight.copy_(w[:z])
+        theirs.combiner.hidden_to_loc.bias.copy_(b[:z])
+        theirs.combiner.hidden_to_scale.weight.copy_(w[z:])
+        theirs.combiner.hidden_to_scale.bias.copy_(b[z:])
+        theirs.rnn.load_state_dict(ours.rnn.state_dict())
+        for name in ("z_0", "z_q_0", "h_0"):
+            getattr(theirs, name).copy_(getattr(ours, name))
+    return ours, theirs
+
+
+def test_pyro_dmm_has_our_architecture_and_elbo():
+    """The Pyro programs (model, guide, masks, annealing through poutine.scale, the packed
+    reversed RNN) score a guide path exactly as vaelab's DMM does with the same weights."""
+    import pyro
+    from pyro import poutine
+
+    from benchmarks.pyro_dmm import prepare_batch
+    from vaelab.data import Batch, Data
+
+    pyro.clear_param_store()  # pyro.module would otherwise load stale weights by name
+    ours, theirs = _pyro_and_ours()
+    x = torch.bernoulli(torch.full((4, 5, 6), 0.4, dtype=torch.float64))
+    data = Data(x, lengths=torch.tensor([3, 5, 2, 4]))
+    x, x_rev, mask, lengths = prepare_batch(data, torch.arange(4))
+    assert lengths.tolist() == [5, 4, 3, 2] and x.shape == (4, 5, 6)  # sorted, trimmed
+    assert torch.equal(mask, torch.arange(5) < lengths[:, None])
+    noise = torch.randn(4, 5, 3, dtype=torch.float64)
+    terms = ours.elbo(Batch(x, mask=mask), noise=noise)
+    z = ours.guide(x, lengths, noise)[0]  # the path the ELBO scored
+    for annealing in (1.0, 0.3):
+        path = {f"z_{t + 1}": z[:, t] for t in range(5)}
+        guide = poutine.trace(poutine.condition(theirs.guide, data=path)).get_trace(
+            x, x_rev, mask, lengths, annealing)
+        model = poutine.trace(poutine.condition(theirs.model, data=path)).get_trace(
+            x, x_rev, mask, lengths, annealing)
+        elbo = model.log_prob_sum() - guide.log_prob_sum()
+        expected = terms.log_likelihood.sum() - annealing * terms.kl.sum()
+        torch.testing.assert_close(elbo, expected, rtol=1e-9, atol=1e-9)
+    # and padding matters to neither: a masked step's z (and x) change nothing
+    assert set(model.nodes) >= {"z_5", "x_5"}
+
+
+def test_pyro_annealing_factor_rises_linearly_to_one():
+    from benchmarks.pyro_dmm import annealing_factor
+
+    n, epochs = 12, 3
+    factors = [annealing_factor(e, i, n, epochs, 0.2) for e in range(epochs + 1)
+               for i in range(n)]
+    assert factors[0] == pytest.approx(0.2 + 0.8 / (n * epochs))  # Pyro counts from 1
+    assert factors[n * epochs - 1] == pytest.approx(1.0)
+    assert all(f == 1.0 for f in factors[n * epochs:])
+    steps = torch.diff(torch.tensor(factors[:n * epochs]))
+    torch.testing.assert_close(steps, torch.full_like(steps, 0.8 / (n * epochs)))
+    assert annealing_factor(0, 0, n, 0, 0.2) == 1.0  # 0 epochs: no annealing
+
+
+def test_pyro_training_rejects_unknown_settings_and_static_data():
+    from benchmarks.pyro_dmm import PyroTraining
+    from vaelab.data import Data, load_jsb
+
+    train = load_jsb()[0]
+    with pytest.raises(ValueError, match=r"unknown Pyro settings \['lrate'\].*'lr'"):
+        PyroTraining(train, lrate=1e-3)
+    with pytest.raises(ValueError, match="sequences"):
+        PyroTraining(Data(torch.rand(5, 88)))
+
+
+def test_dmm_speed_vs_pyro_times_one_tiny_epoch_of_each():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dmm_speed.py"),
+                           "--vs-pyro", "--epochs", "1", "--max-batches", "1", "--threads",
+                           "1"], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert "mini-batches of 20: at most 1;" in lines[0]
+    rows = {}
+    for line in lines:
+        for what in ("Pyro examples/dmm.py", "vaelab, defaults", "vaelab, closest to Pyro",
+                     "vaelab, closest, on Pyro's plain shuffle"):
+            if line.strip().startswith(what):
+                rows[what] = [float(v) for v in line[60:].split()[:4]]
+    assert len(rows) == 4, done.stdout
+    for low, median, high, peak_mb in rows.values():
+        assert 0 < low <= median <= high and peak_mb >= 0
+    ratios = dict(line.split("=") for line in lines[-3:])
+    assert list(ratios) == ["ratio_closest", "ratio_pyro_padding", "ratio"]  # defaults last
+    pyro_median = rows["Pyro examples/dmm.py"][1]
+    assert float(ratios["ratio"]) == pytest.approx(
+        pyro_median / rows["vaelab, defaults"][1], rel=0.01, abs=0.01)
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+def test_dmm_jsb_preset_sets_defaults_that_explicit_flags_override():
+    from benchmarks.dmm_jsb import configs, parse_args
+
+    model, train = configs(parse_args(["--preset", "pyro"]), 88)
+    assert (model.rnn_nonlinearity, model.analytic_kl) == ("relu", False)
+    assert (train.clip_value_sum, train.clip_norm, train.bucket_jitter) == (
+        10.0, math.inf, math.inf)
+    model, train = configs(parse_args(["--preset", "pyro", "--rnn-nonlinearity", "tanh",
+                                       "--no-mc-kl", "--lr", "1e-3", "--clip-norm", "5"]), 88)
+    assert (model.rnn_nonlinearity, model.analytic_kl) == ("tanh", True)
+    assert (train.lr, train.clip_norm, train.clip_value_sum) == (1e-3, 5.0, 10.0)
+    # --preset krishnan is the README's best JSB command, flag for flag
+    readme = ["--anneal-epochs", "417", "--min-kl-weight", "0.01", "--lr", "8e-4",
+              "--lr-decay", "1", "--softplus-variance", "--standard-initial-prior",
+              "--emission-dim", "200", "--transition-dim", "400", "--epochs", "1300"]
+    assert configs(parse_args(["--preset", "krishnan"]), 88) == configs(parse_args(readme), 88)
+    # a field without a flag (quick's widths) reaches the model; no preset: the old defaults
+    model, train = configs(parse_args(["--preset", "quick", "--emission-dim", "40"]), 88)
+    assert (model.z_dim, model.rnn_dim, model.emission_dim, train.batch_size) == (16, 64, 40, 20)
+    model, train = configs(parse_args([]), 88)
+    assert (model.z_dim, model.rnn_nonlinearity, train.lr, train.epochs) == (100, "tanh", 3e-4,
+                                                                            5000)
+
+
+def test_dmm_jsb_rejects_an_unknown_preset_naming_the_known_ones(capsys):
+    from benchmarks.dmm_jsb import parse_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--preset", "fast"])
+    assert exit_info.value.code == 2
+    assert "unknown preset 'fast'; choose one of ['krishnan', 'pyro', 'quick']" in (
+        capsys.readouterr().err)
+
+
+def test_dmm_jsb_preset_reaches_the_checkpoints_and_the_result(tmp_path):
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "dmm_jsb.py"), "--preset", "quick",
+           "--epochs", "1", "--eval-every", "1", "--samples", "0", "--elbo-samples", "1",
+           "--threads", "1", "--lr", "2e-3", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["preset"] == "quick" and (result["z_dim"], result["rnn_dim"]) == (16, 64)
+    assert result["lr"] == 2e-3  # the explicit flag, over the preset's 1e-3
+    for name in ("checkpoint.pt", "best.pt"):  # the resolved settings
+        state = load_checkpoint(tmp_path / "jsb_chorales" / name)
+        assert (state["config"]["z_dim"], state["config"]["transition_dim"]) == (16, 32)
+        assert (state["train_config"]["lr"], state["train_config"]["anneal_epochs"]) == (2e-3, 5)
+        assert state["data"] == {"name": "jsb"}  # evaluate reloads the data from this
