@@ -588,3 +588,68 @@ def test_mnist_folder_and_file_mixed_up(tmp_path):
 def test_loader_arguments_of_the_wrong_type(loader, kw, match):
     with pytest.raises(ValueError, match=match):
         loader(**kw)
+
+
+# ----------------------------------------------------------------------------- data specs
+
+
+def test_validate_data_spec_accepts_what_the_loaders_take(tmp_path):
+    from vaelab.datasets import validate_data_spec
+    path = _pickle(tmp_path, SONGS)
+    spec = {"name": "polyphonic", "path": path, "transpose": 2}
+    assert validate_data_spec(spec) == {"name": "polyphonic", "path": str(path), "transpose": 2}
+    assert validate_data_spec({"name": "digits", "path": None}) == {"name": "digits"}
+    assert validate_data_spec({"name": "linear", "process_std": [0.1, 0.2], "min_steps": None,
+                               "steps": 5}) == {"name": "linear", "process_std": [0.1, 0.2],
+                                                "min_steps": None, "steps": 5}
+    _write_mnist(tmp_path / "mnist")
+    assert validate_data_spec({"name": "mnist", "path": str(tmp_path / "mnist"), "n_val": 2})
+
+
+@pytest.mark.parametrize("spec, error, match", [
+    (["digits"], ValueError, r"a data spec must be a dict .*got list"),
+    ({"path": "x"}, ValueError, r"has no 'name'; add one of \['arrays', 'digits'"),
+    ({"name": "cifar"}, ValueError, "unknown data set 'cifar'; choose one of"),
+    ({"name": ["digits"]}, ValueError, r"unknown data set \['digits'\]"),
+    ({"name": "digits", "transpose": 3}, ValueError,
+     r"'digits' has no such option\(s\) \['transpose'\]; its options are \['binarize'\]"),
+    ({"name": "jsb", "path": "x.pickle"}, ValueError, r"'jsb' has no such option\(s\) \['path'\]"),
+    ({"name": "digits", "__class__": "os.system"}, ValueError, r"no such option\(s\) \['__class"),
+    ({"name": "arrays", "path": "a.npz", "name_": 1}, ValueError, r"option\(s\) \['name_'\]"),
+    ({"name": "moons", "noise": {"a": 1}}, ValueError,
+     r"data option noise=\{'a': 1\} \(type dict\) is not a plain value"),
+    ({"name": "moons", "noise": np.float32(0.1)}, ValueError, "type float32.* not a plain value"),
+    ({"name": "polyphonic"}, ValueError, "'polyphonic' needs a path: pass a polyphonic-music"),
+    ({"name": "polyphonic", "path": 3}, ValueError, r"path must be a non-empty str.*type int"),
+    ({"name": "polyphonic", "path": ""}, ValueError, "path must be a non-empty str"),
+    ({"name": "polyphonic", "path": "/nowhere/x.pickle"}, FileNotFoundError,
+     r"path /nowhere/x.pickle does not exist; pass a polyphonic-music .pickle file"),
+])
+def test_validate_data_spec_names_the_field(spec, error, match):
+    from vaelab.datasets import validate_data_spec
+    with pytest.raises(error, match=match):
+        validate_data_spec(spec)
+
+
+def test_data_spec_path_kind_and_load_dataset_validates_first(tmp_path, monkeypatch):
+    from vaelab import datasets
+    path = _pickle(tmp_path, SONGS)
+    with pytest.raises(ValueError, match=r"path .* is a folder, but this data set reads a file"):
+        datasets.validate_data_spec({"name": "polyphonic", "path": str(tmp_path)})
+    with pytest.raises(ValueError, match=r"path .* is a file, but this data set reads a folder"):
+        datasets.validate_data_spec({"name": "mnist", "path": str(path)})
+    # load_dataset checks the whole spec before the loader runs: nothing is read
+    calls = []
+
+    def fake(path, transpose=0):
+        calls.append(path)
+
+    monkeypatch.setattr(datasets, "DATASETS", {**datasets.DATASETS, "polyphonic":
+                        datasets._needs_path(fake, "a file", "file")})
+    with pytest.raises(ValueError, match="no such option"):
+        datasets.load_dataset("polyphonic", path=str(path), transpose=1, extra=2)
+    with pytest.raises(FileNotFoundError):
+        datasets.load_dataset("polyphonic", path=str(tmp_path / "gone.pickle"))
+    assert calls == []
+    datasets.load_dataset("polyphonic", path=str(path))
+    assert calls == [str(path)]

@@ -1,4 +1,5 @@
-"""The registry of data sets by name: ``load_dataset("jsb")``, ``DATASETS``.
+"""The registry of data sets by name: ``load_dataset("jsb")``, ``DATASETS``, and the check of
+a data spec (``{"name": ..., "path": ..., **options}``, what a checkpoint records).
 
 It sits above :mod:`vaelab.data` (batches, files) and :mod:`vaelab.systems` (simulated
 dynamical systems), so that imports flow one way: data -> kalman -> systems -> datasets.
@@ -7,7 +8,9 @@ dynamical systems), so that imports flow one way: data -> kalman -> systems -> d
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 from vaelab import systems
 from vaelab.data import Data, load_digits, load_jsb, load_mnist, load_moons, load_polyphonic
@@ -15,35 +18,109 @@ from vaelab.data import Data, load_digits, load_jsb, load_mnist, load_moons, loa
 Loader = Callable[..., tuple[Data, Data, Data]]
 
 
-def _needs_path(loader: Loader, what: str) -> Loader:
+def _needs_path(loader: Loader, what: str, kind: str) -> Loader:
     def load(path: str | None = None, **kw):
         if path is None:
             raise ValueError(f"this data set needs a path: pass {what}")
         return loader(path, **kw)
     load.__signature__ = inspect.signature(loader)  # the loader's real options, for checks
+    load.__doc__ = loader.__doc__
+    load.path_what, load.path_kind = what, kind  # "file" or "folder"
     return load
 
 
 DATASETS: dict[str, Loader] = {
     "digits": load_digits,
-    "mnist": _needs_path(load_mnist, "the folder of the MNIST IDX files"),
+    "mnist": _needs_path(load_mnist, "the folder of the MNIST IDX files", "folder"),
     "jsb": load_jsb,
-    "polyphonic": _needs_path(load_polyphonic, "a polyphonic-music .pickle file"),
+    "polyphonic": _needs_path(load_polyphonic, "a polyphonic-music .pickle file", "file"),
     "linear": systems.load_linear,
     "pendulum": systems.load_pendulum,
-    "arrays": _needs_path(systems.load_arrays, "an .npz file with x [N, T, X] (and a)"),
+    "arrays": _needs_path(systems.load_arrays, "an .npz file with x [N, T, X] (and a)", "file"),
     "moons": load_moons,
 }
 
 
-def load_dataset(name: str, **kw) -> tuple[Data, Data, Data]:
-    """Load a data set by name (see ``DATASETS``); keyword arguments go to its loader."""
-    if name not in DATASETS:
+def _plain(value: object) -> bool:
+    """A JSON-like value: a number, str, bool, None, or a list/tuple of such values."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return True
+    return isinstance(value, list | tuple) and all(_plain(v) for v in value)
+
+
+def loader_options(name: str) -> list[str]:
+    """The options (keyword arguments) that data set ``name``'s loader takes, ``path`` too."""
+    params = inspect.signature(DATASETS[name]).parameters.values()
+    # "name" is the data set's in a spec, so a loader's own "name" (load_arrays) is not an option
+    return [p.name for p in params if p.name != "name"
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def validate_data_spec(spec: object) -> dict:
+    """Check a data spec before anything is read from it, and return it as a new dict.
+
+    A data spec is data, not a command: a dict whose ``name`` is a key of ``DATASETS``, whose
+    other keys are the parameters of that data set's loader, whose ``path`` (for the loaders
+    that read a file or folder) is a str naming a file or folder that exists, as the loader
+    needs, and whose options are plain values (numbers, strs, bools, None, lists of them).
+    Raises ``ValueError`` (``FileNotFoundError`` for a missing path) naming the field and the
+    fix.
+    """
+    if not isinstance(spec, dict):
+        raise ValueError(f"a data spec must be a dict {{'name': ..., 'path': ..., **options}}, "  # noqa: TRY004
+                         f"got {type(spec).__name__}")
+    if "name" not in spec:
+        raise ValueError(f"the data spec {spec!r:.80} has no 'name'; add one of "
+                         f"{sorted(DATASETS)}")
+    name = spec["name"]
+    if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of {sorted(DATASETS)}")
-    try:
-        return DATASETS[name](**kw)
-    except TypeError as e:  # an option this loader does not take, e.g. transpose for digits
-        if "unexpected keyword argument" not in str(e):
-            raise
-        raise ValueError(f"data set {name!r} has no such option ({e}); drop it or pick a data "
-                         f"set that takes it") from None
+    options = loader_options(name)
+    unknown = sorted(str(k) for k in spec if k != "name" and k not in options)
+    if unknown and not (unknown == ["path"] and spec["path"] is None):
+        takes = [o for o in options if o != "path"]
+        raise ValueError(f"data set {name!r} has no such option(s) {unknown}; its options are "
+                         f"{takes or 'none'}: drop the others or pick a data set that takes them")
+    out = {"name": name}
+    for key, value in spec.items():
+        if key in ("name", "path"):
+            continue
+        if not _plain(value):
+            raise ValueError(f"data option {key}={value!r:.60} (type {type(value).__name__}) is "
+                             f"not a plain value; options are numbers, strs, bools, None or "
+                             f"lists of them")
+        out[key] = value
+    if "path" in options:
+        out["path"] = _check_spec_path(name, spec.get("path"))
+    return out
+
+
+def _check_spec_path(name: str, path: object) -> str:
+    loader = DATASETS[name]
+    what, kind = loader.path_what, loader.path_kind
+    if path is None:
+        raise ValueError(f"data set {name!r} needs a path: pass {what}")
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"data set {name!r}: path must be a non-empty str, {what}; got "
+                         f"{path!r:.60} (type {type(path).__name__})")
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"data set {name!r}: path {path} does not exist; pass {what} "
+                                f"(a checkpoint records the path it was trained from: put the "
+                                f"data back there or name it again)")
+    if kind == "folder" and not p.is_dir():
+        raise ValueError(f"data set {name!r}: path {path} is a file, but this data set reads a "
+                         f"folder; pass {what}")
+    if kind == "file" and not p.is_file():
+        raise ValueError(f"data set {name!r}: path {path} is a folder, but this data set reads "
+                         f"a file; pass {what}")
+    return path
+
+
+def load_dataset(name: str, **kw) -> tuple[Data, Data, Data]:
+    """Load a data set by name (see ``DATASETS``); keyword arguments go to its loader. The spec
+    ``{"name": name, **kw}`` is checked by :func:`validate_data_spec` before anything is read."""
+    spec = validate_data_spec({"name": name, **kw})
+    return DATASETS[name](**{k: v for k, v in spec.items() if k != "name"})
