@@ -12,7 +12,10 @@ one-sample Monte Carlo estimate), ``ClippedAdam`` and every default of its comma
 mini-batches of 20 from a plain shuffle each epoch, each sorted by length and trimmed to its
 longest sequence, and the annealing factor's linear rise. The data are vaelab's packaged JSB
 Chorales (``vaelab.data.load_jsb``), the same 229 training chorales that Pyro's loader reads;
-``pyro.contrib.examples`` is not imported (its util module needs torchvision).
+``pyro.contrib.examples`` is not imported (its util module needs torchvision). With
+``num_iafs > 0`` the guide shares one list of flows across time steps as the example does, so
+their one-entry cache holds only the last step's sample and ``Trace_ELBO`` inverts the IAF
+(one MADE pass per dimension) at every other step: the example's cost, reproduced.
 
 Benchmark-only: nothing in ``vaelab/`` imports Pyro.
 """
