@@ -9,6 +9,7 @@ import pickle
 import pickletools
 import re
 import struct
+import warnings
 from importlib import resources
 from itertools import pairwise
 from pathlib import Path
@@ -653,3 +654,18 @@ def test_data_spec_path_kind_and_load_dataset_validates_first(tmp_path, monkeypa
     assert calls == []
     datasets.load_dataset("polyphonic", path=str(path))
     assert calls == [str(path)]
+
+
+def test_batches_reject_bad_settings():
+    data = _sequences([3, 1, 2])
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        next(data.batches(0))
+    with pytest.raises(ValueError, match="batch_size must be a whole number, got 2.5"):
+        next(data.batches(2.5))
+    for jitter in (-1.0, math.nan):
+        with pytest.raises(ValueError, match="jitter must be >= 0 length standard deviations"):
+            next(data.batches(2, jitter=jitter))
+    # one sequence: no spread to jitter by, and no warning about it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(list(_sequences([4]).batches(2))) == 1

@@ -198,13 +198,17 @@ class Data:
         then batches shuffled) so padding stays small. A small jitter keeps nearly the same
         sequences together every epoch; a large one mixes them more at the cost of padding;
         ``math.inf`` (or ``bucket=False``) is a plain shuffle."""
+        check_int("batch_size", batch_size, low=1)
+        if not jitter >= 0:  # NaN too
+            raise ValueError(f"jitter must be >= 0 length standard deviations (math.inf for a "
+                             f"plain shuffle), got {jitter}")
         n = len(self)
         if shuffle:
             order = torch.randperm(n, generator=generator)
         else:
             order = torch.arange(n)
         if self.is_sequence and bucket and shuffle and math.isfinite(jitter):
-            spread = jitter * self.lengths.float().std().nan_to_num(0)
+            spread = jitter * self.lengths.float().std() if n > 1 else 0.0  # std of 1 is NaN
             noise = torch.rand(n, generator=generator) * spread
             order = torch.argsort(self.lengths.float() + noise)
         chunks = list(order.split(batch_size))
