@@ -10,16 +10,21 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
+from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 KERNEL = "vaelab-test-python"
+# The small run (VAELAB_SMALL=1) of a notebook takes well under a minute on an idle 2-core CPU;
+# three minutes, for one notebook and for any one cell, leaves room for a busy machine and
+# still stops a notebook that trains at full size by mistake (or hangs) in a reasonable time.
+NOTEBOOK_TIMEOUT_S = 180
 
 
 @pytest.fixture
@@ -49,12 +54,20 @@ def test_notebook_runs(path: Path, kernel_env: dict[str, str]) -> None:
     nb = nbformat.read(path, as_version=4)
     # a last cell reporting the kernel's interpreter, checked below
     nb.cells.append(nbformat.v4.new_code_cell("import sys; print(sys.executable, end='')"))
-    client = NotebookClient(nb, timeout=300, kernel_name=KERNEL,
+    client = NotebookClient(nb, timeout=NOTEBOOK_TIMEOUT_S, kernel_name=KERNEL,
                             resources={"metadata": {"path": str(path.parent)}})
+    start = time.perf_counter()
     try:
         client.execute(env=kernel_env)
     except CellExecutionError as e:
         pytest.fail(f"{path.name} failed:\n{e}", pytrace=False)
+    except CellTimeoutError as e:  # the per-cell limit
+        pytest.fail(f"{path.name}: a cell ran past {NOTEBOOK_TIMEOUT_S} s in the small run: {e}",
+                    pytrace=False)
+    elapsed = time.perf_counter() - start
+    assert elapsed < NOTEBOOK_TIMEOUT_S, (
+        f"{path.name}: the small run took {elapsed:.0f} s, over {NOTEBOOK_TIMEOUT_S} s; keep "
+        f"VAELAB_SMALL=1 runs short (a few training steps)")
     assert nb.cells[-1].outputs[0]["text"] == sys.executable
     expected = nb.metadata.get("vaelab", {}).get("figures")
     assert expected is not None, f"{path.name}: declare metadata.vaelab.figures"
