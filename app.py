@@ -1,20 +1,24 @@
 """vaelab dashboard: pick a model and a data set, train it in the background, watch it learn,
 explore its latents.
 
-Run with ``streamlit run app.py``. A thin front end: models come from ``vaelab.MODELS``, data
-from ``vaelab.datasets.DATASETS``, the config is built like the CLI's, training is
+Run with ``streamlit run app.py``. A thin front end: models come from ``vaelab.MODELS``,
+data from ``vaelab.datasets.DATASETS`` (only those the model accepts,
+:func:`vaelab.live.accepted_data`), the config is built like the CLI's, training is
 ``vaelab.train.fit`` in a :class:`vaelab.live.TrainingRun` process kept in the server-wide
-:data:`vaelab.live.RUNS` registry (its id is in the URL, so a reloaded page re-attaches and a
-second training is refused), figures from ``vaelab.plots``. The page polls the run with
-``st.fragment(run_every=...)``; figures are PNGs redrawn only on new records, at most every
-few seconds, and only those of the selected view.
+:data:`vaelab.live.RUNS` registry. The worker owns the run's state: the buttons send it
+requests, and the page always shows the run that is actually training (one at a time per
+server), else the run named in the URL, so double clicks, bursts and reloads cannot race.
+The page polls the run with ``st.fragment(run_every=...)``: training curves are Streamlit's
+own (Vega-Lite) charts redrawn at every poll; latent diagnostics are computed in the
+background and say at which step; model figures (matplotlib) are redrawn at most every few
+seconds and only in their own view.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
-import tempfile
+import math
 import time
 from pathlib import Path
 
@@ -25,17 +29,29 @@ from vaelab import MODELS, plots
 from vaelab.audio import piano_roll_wav
 from vaelab.config import data_spec, make_model, parse_sets
 from vaelab.datasets import DATASETS, load_dataset
-from vaelab.live import RUNS, check_compatible, dataset_needs_path, warm_up
-from vaelab.train import TrainConfig, load_checkpoint, load_model
+from vaelab.live import (
+    PREFERRED_DATA,
+    RUNS,
+    accepted_data,
+    builtin_dataset,
+    check_compatible,
+    checkpoint_summary,
+    curve_panels,
+    dataset_needs_path,
+    metrics_csv,
+    read_upload,
+    resume_config,
+    sample_piano_roll,
+    warm_up,
+)
+from vaelab.train import TrainConfig, load_model
 
-POLL_SECONDS = 2.0  # how often the page looks at the run
-CURVE_SECONDS = 3.0  # training curves redrawn at most this often while training
+POLL_SECONDS = 1.0  # how often the page looks at the run (and redraws the training curves)
 FIGURE_SECONDS = 15.0  # model figures (latents, samples) at most this often while training
-# Training runs in its own process, so drawing never holds its GIL, but drawing still takes a
-# core it may want: while a run trains, a figure that took d seconds to draw waits at least
-# d / DRAW_BUDGET seconds before it is drawn again.
+# Drawing takes a core that training may want: while a run trains, a model figure that took
+# d seconds to draw waits at least d / DRAW_BUDGET seconds before it is drawn again.
 DRAW_BUDGET = 0.05
-DPI = 90
+DPI = 100
 LEARNING_RATES = [1e-4, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2]
 # model config fields with a widget: (field, label, min, max, step)
 INT_FIELDS = (
@@ -49,10 +65,37 @@ INT_FIELDS = (
     ("num_layers", "coupling layers", 1, 32, 1),
 )
 VIEWS = ("training curves", "latents and samples", "explore")
+# One paragraph per model for a newcomer: what it is, its paper, the notebook that teaches it.
+MODEL_CARDS = {
+    "vae": "**Variational autoencoder.** An encoder q(z | x) maps an image to a Gaussian over "
+           "a few latent numbers z, a decoder p(x | z) maps z back to pixel probabilities; "
+           "training maximises the ELBO, log p(x) minus the gap KL(q || posterior). "
+           "Kingma & Welling 2014 (arXiv:1312.6114). Taught in notebooks/01_vae_elbo.ipynb "
+           "and 02_learnable_distributions.ipynb.",
+    "ssm": "**Sequential VAE (deep state-space model).** A latent state z_t evolves by "
+           "p(z_t | z_{t-1}, a_{t-1}) and emits x_t; an RNN guide infers the states from the "
+           "whole sequence. On the linear system the exact log-likelihood is known (Kalman "
+           "filter), so the gap ELBO vs log p(x) can be watched. Krishnan et al. 2015 "
+           "(arXiv:1511.05121). Taught in notebooks/03_sequential_vae.ipynb.",
+    "dmm": "**Deep Markov Model.** Nonlinear (gated) transitions and emissions of a latent "
+           "Markov chain, a backward-RNN guide with a combiner; trained on polyphonic music "
+           "(88 piano keys per step). Krishnan, Shalit & Sontag 2017 (arXiv:1609.09869). "
+           "Taught in notebooks/04_deep_markov_model.ipynb.",
+    "dmm_iaf": "**Deep Markov Model with an IAF guide.** The DMM whose guide distribution is "
+               "made more flexible by inverse autoregressive flows; its KL has no closed form "
+               "and is estimated by Monte Carlo. Kingma et al. 2016 (arXiv:1606.04934) on "
+               "Krishnan et al. 2017. Taught in notebooks/04_deep_markov_model.ipynb and "
+               "05_normalizing_flows.ipynb.",
+    "realnvp": "**RealNVP normalizing flow.** An invertible map of a Gaussian, made of affine "
+               "coupling layers, gives the exact density p(x | a) by the change of variables; "
+               "no latent variables, no ELBO: training maximises log p(x | a) itself. Dinh "
+               "et al. 2017 (arXiv:1605.08803). Taught in notebooks/05_normalizing_flows.ipynb.",
+}
 
 st.set_page_config(page_title="vaelab", layout="wide")
 state = st.session_state
 warm_up()  # the training processes' fork server imports torch while the sidebar is filled in
+torch.set_num_threads(1)  # the page's own torch work (figures, diagnostics) takes one core
 
 
 def field_defaults(config_cls: type) -> dict:
@@ -67,35 +110,97 @@ def field_defaults(config_cls: type) -> dict:
 
 
 def attached_run():
-    """The run this page shows: the one named in the URL, else the server's active one."""
-    run_id = st.query_params.get("run")
-    run = RUNS.get(run_id)
-    if run is None:
-        found = RUNS.active()
-        run_id, run = found if found else (None, None)
-        if run_id:
-            st.query_params["run"] = run_id
-        elif "run" in st.query_params:
-            del st.query_params["run"]  # a stale id (e.g. the server restarted)
-    return run_id, run
+    """The run this page shows: the one training on this server (there is at most one), else
+    the one named in the URL."""
+    found = RUNS.active()
+    run_id, run = found if found else (st.query_params.get("run"), None)
+    run = run or RUNS.get(run_id)
+    return (run_id, run) if run is not None else (None, None)
 
 
 def device_label(name: str) -> str:
-    return f"GPU: {torch.cuda.get_device_name(0)}" if name == "cuda" else "CPU"
+    if name != "cuda":
+        return "CPU"
+    props = torch.cuda.get_device_properties(0)
+    return f"GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB"
+
+
+def sync_sidebar(settings: dict) -> None:
+    """Set the sidebar's widgets to a run's settings (before the widgets exist)."""
+    name = settings["model"]
+    config_cls = MODELS[name][0]
+    defaults, config = field_defaults(config_cls), settings["model_config"]
+    state.model = name
+    spec = settings["data"]
+    if spec.get("name") in DATASETS:
+        state[f"data_{name}"] = spec["name"]
+        if "path" in spec:
+            state[f"path_{spec['name']}"] = str(spec["path"])
+    shown = {"x_dim", "a_dim"}
+    for field, *_ in INT_FIELDS:
+        if field in config and field in defaults:
+            state[f"{field}_{name}"] = int(config[field])
+            shown.add(field)
+    if "hidden_dims" in config:
+        state[f"hidden_dims_{name}"] = int(config["hidden_dims"][0])
+        if len(set(config["hidden_dims"])) == 1 and \
+                len(config["hidden_dims"]) == len(defaults["hidden_dims"]):
+            shown.add("hidden_dims")
+    state[f"extra_{name}"] = "; ".join(f"{k}={v!r}" for k, v in config.items()
+                                       if k not in shown and v != defaults.get(k))
+    train = settings["train_config"]
+    state[f"epochs_{name}"] = int(train["epochs"])
+    state[f"bs_{name}"] = int(train["batch_size"])
+    state[f"lr_{name}"] = float(train["lr"])
+    state[f"anneal_{name}"] = float(train["anneal_epochs"])
+    state.train_samples = int(train["train_samples"])
+    state.seed = int(train["seed"])
+    state.max_steps = int(train["max_steps"] or 0)
+    if train["device"] in devices:
+        state.device = train["device"]
+    if train.get("out_dir"):
+        state.out_root = str(Path(train["out_dir"]).parent)
+
+
+run_id, run = attached_run()
+if run_id is not None and st.query_params.get("run") != run_id:
+    st.query_params["run"] = run_id  # a reload (or another session) finds it again
+elif run_id is None and "run" in st.query_params:
+    del st.query_params["run"]  # a stale id (e.g. the server restarted)
+devices = ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
+if run is not None and state.get("synced") != run_id:
+    sync_sidebar(run.settings())  # a reloaded page, or a run resumed from a checkpoint
+    state.synced = run_id
+
+
+def widget(key: str, default):
+    """Give widget ``key`` its default once; afterwards the session state holds its value
+    (so a run's settings can be put into the sidebar, see :func:`sync_sidebar`)."""
+    state.setdefault(key, default)
+    return key
 
 
 # ----------------------------------------------------------------------------- sidebar
 
 with st.sidebar:
     st.header("Model and data")
-    model_name = st.selectbox("model", list(MODELS), key="model")
+    model_name = st.selectbox("model", list(MODELS), key=widget("model", "vae"))
     config_cls, model_cls = MODELS[model_name]
     model_defaults = field_defaults(config_cls)
-    datasets = list(DATASETS)
-    data_name = st.selectbox("data set", datasets, index=datasets.index("digits"), key="data")
+    accepted = accepted_data(model_name)
+    offered = [name for name, why in accepted.items() if why is None]
+    refused = "; ".join(f"{name}: {why}" for name, why in accepted.items() if why)
+    data_key = widget(f"data_{model_name}", PREFERRED_DATA.get(model_name, offered[0]))
+    if state[data_key] not in offered:
+        state[data_key] = offered[0]
+    data_name = st.selectbox(
+        "data set", offered, key=data_key,
+        help=f"the data sets {model_name} can train on. Not offered: {refused}" if refused
+        else f"every data set suits {model_name}")
     data_path = ""
     if dataset_needs_path(data_name):
-        data_path = st.text_input("path to the data (file or folder)", key=f"path_{data_name}",
+        data_path = st.text_input("path to the data (file or folder)",
+                                  key=widget(f"path_{data_name}", ""),
                                   help="mnist: the folder of the IDX files; polyphonic: a "
                                        ".pickle; arrays: an .npz with x [N, T, X] (and a)")
 
@@ -103,58 +208,60 @@ with st.sidebar:
     for field, label, low, high, step in INT_FIELDS:
         if field in model_defaults and (field != "num_iafs" or model_defaults[field] > 0):
             default = min(max(int(model_defaults[field]), low), high)
-            overrides[field] = st.number_input(label, low, high, default, step=step,
-                                               key=f"{field}_{model_name}")
+            overrides[field] = st.number_input(
+                label, low, high, step=step, key=widget(f"{field}_{model_name}", default))
     if "hidden_dims" in model_defaults:  # same depth as the default, every layer this wide
-        width = st.number_input("hidden size", 2, 2048, int(model_defaults["hidden_dims"][0]),
-                                step=8, key=f"hidden_dims_{model_name}")
+        width = st.number_input("hidden size", 2, 2048, step=8, key=widget(
+            f"hidden_dims_{model_name}", int(model_defaults["hidden_dims"][0])))
         overrides["hidden_dims"] = [width] * len(model_defaults["hidden_dims"])
-    extra = st.text_input("other config fields (key=value; key=value)", key=f"extra_{model_name}",
+    extra = st.text_input("other config fields (key=value; key=value)",
+                          key=widget(f"extra_{model_name}", ""),
                           help=f"fields of {config_cls.__name__}: {', '.join(model_defaults)}")
 
     st.header("Training")
     tdef = {**field_defaults(TrainConfig), **getattr(model_cls, "train_defaults", {})}
-    epochs = st.number_input("epochs", 1, 100000, int(tdef["epochs"]), key=f"epochs_{model_name}")
-    batch_size = st.number_input("batch size", 1, 4096, int(tdef["batch_size"]),
-                                 key=f"bs_{model_name}")
-    lr_options = sorted({*LEARNING_RATES, float(tdef["lr"])})
-    lr = st.select_slider("learning rate", lr_options, value=float(tdef["lr"]),
-                          format_func=lambda v: f"{v:.0e}", key=f"lr_{model_name}")
-    anneal = st.number_input("KL annealing epochs (0 = off)", 0.0, 10000.0,
-                             float(tdef["anneal_epochs"]), step=1.0, key=f"anneal_{model_name}")
+    epochs = st.number_input("epochs", 1, 100000,
+                             key=widget(f"epochs_{model_name}", int(tdef["epochs"])))
+    batch_size = st.number_input("batch size", 1, 4096,
+                                 key=widget(f"bs_{model_name}", int(tdef["batch_size"])))
+    lr_key = widget(f"lr_{model_name}", float(tdef["lr"]))
+    lr = st.select_slider("learning rate", sorted({*LEARNING_RATES, float(tdef["lr"]),
+                                                   float(state[lr_key])}),
+                          format_func=lambda v: f"{v:.0e}", key=lr_key)
+    anneal = st.number_input("KL annealing epochs (0 = off)", 0.0, 10000.0, step=1.0,
+                             key=widget(f"anneal_{model_name}", float(tdef["anneal_epochs"])))
     train_samples = st.number_input(
-        "guide samples per example in each step", 1, 64, int(tdef["train_samples"]),
-        key="train_samples", help="their ELBOs are averaged: less gradient noise (from a "
-        "Monte Carlo KL, as with IAF guides) for proportionally more work per step")
-    seed = st.number_input("seed", 0, 2**31 - 1, int(tdef["seed"]), key="seed")
-    max_steps = st.number_input("max steps, in total (0 = no limit)", 0, 10**9, 0,
-                                key="max_steps")
-    devices = ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
-    device = st.selectbox("device", devices, key="device", format_func=device_label)
-    out_root = st.text_input("runs folder", "runs", key="out_root",
+        "guide samples per example in each step", 1, 64,
+        key=widget("train_samples", int(tdef["train_samples"])),
+        help="their ELBOs are averaged: less gradient noise (from a Monte Carlo KL, as with "
+             "IAF guides) for proportionally more work per step")
+    seed = st.number_input("seed", 0, 2**31 - 1, key=widget("seed", int(tdef["seed"])))
+    max_steps = st.number_input("max steps, in total (0 = no limit)", 0, 10**9,
+                                key=widget("max_steps", 0))
+    device = st.selectbox("device", devices, key=widget("device", devices[0]),
+                          format_func=device_label)
+    out_root = st.text_input("runs folder", key=widget("out_root", "runs"),
                              help="each run writes RUNS/<model>-<data>-<time>/checkpoint.pt")
 
     st.header("Checkpoint")
-    resume_path = st.text_input("resume from a checkpoint file (optional)", key="resume",
-                                help="a checkpoint.pt; its model and data are used")
+    resume_path = st.text_input("resume from a checkpoint file (optional)",
+                                key=widget("resume", ""),
+                                help="a checkpoint.pt; its model, data and settings are used")
     upload = st.file_uploader("or upload a checkpoint", type=["pt"], key="upload")
     if upload is None:
         state.pop("uploaded", None)
     elif state.get("uploaded", {}).get("file_id") != upload.file_id:
-        # saved to a file, then read back like any checkpoint: weights_only=True, validated
-        path = Path(tempfile.mkdtemp(prefix="vaelab-upload-")) / "checkpoint.pt"
-        path.write_bytes(upload.getvalue())
-        try:
-            ckpt = load_checkpoint(path)
-            if ckpt.get("model") not in MODELS:
-                raise ValueError(f"it holds an unknown model {ckpt.get('model')!r}")
-            state.uploaded = {"file_id": upload.file_id, "path": str(path),
-                              "text": f"{ckpt['model']} at step {ckpt['step']}"}
-        except (ValueError, FileNotFoundError, KeyError) as e:
-            state.uploaded = {"file_id": upload.file_id, "error": f"{upload.name}: {e}"}
-    if "uploaded" in state:
+        try:  # read from a temporary folder that is removed at once
+            state.uploaded = {"file_id": upload.file_id, "name": upload.name,
+                              **read_upload(upload.name, upload.getvalue())}
+        except ValueError as e:
+            state.uploaded = {"file_id": upload.file_id, "error": str(e)}
+    if "uploaded" in state:  # right under the uploader
         if "error" in state.uploaded:
-            st.error(f"Not a usable vaelab checkpoint. {state.uploaded['error']}")
+            st.error(state.uploaded["error"])
+        elif state.uploaded["remaining"]:
+            st.warning(f"uploaded checkpoint: {state.uploaded['text']}; nothing to continue: "
+                       f"{state.uploaded['remaining']}")
         else:
             st.success(f"uploaded checkpoint: {state.uploaded['text']}; press "
                        f"'Resume from checkpoint'")
@@ -163,93 +270,120 @@ with st.sidebar:
 # ----------------------------------------------------------------------------- actions
 
 
-def resume_source(run) -> str | None:
-    """The checkpoint that 'Resume from checkpoint' continues: an upload, else the path box,
-    else the checkpoint of the run on the page."""
-    uploaded = state.get("uploaded") or {}
-    if "path" in uploaded:
-        return uploaded["path"]
+def resume_source(run) -> tuple[str | None, str]:
+    """What 'Resume from checkpoint' continues, and why not when it cannot: an upload (a
+    rejected one disables it), else the path box, else the checkpoint of the run on the page.
+    Returns ``(source, help)``; ``source`` is ``"upload"`` or a path, None when unavailable."""
+    if "uploaded" in state:
+        uploaded = state.uploaded
+        if "error" in uploaded:
+            return None, "the uploaded file is not a vaelab checkpoint"
+        if uploaded["remaining"]:
+            return None, (f"the uploaded checkpoint has nothing to continue: "
+                          f"{uploaded['remaining']}")
+        return "upload", f"continue the uploaded {uploaded['text']} with its own settings"
     if resume_path:
-        return resume_path
-    if run is not None and run.checkpoint_path.is_file():
-        return str(run.checkpoint_path)
-    return None
+        path = resume_path
+    elif run is not None and run.checkpoint_path.is_file():
+        path = str(run.checkpoint_path)
+    else:
+        return None, "no checkpoint yet: train, stop, then resume; or upload one"
+    try:
+        info = checkpoint_summary(path)
+    except (FileNotFoundError, ValueError) as e:
+        return None, str(e)
+    if info["remaining"]:
+        return None, f"{path}: nothing to continue, {info['remaining']}"
+    return path, f"continue {info['text']} from {path} with its own settings"
 
 
 def prepare(resume: str | None) -> tuple:
-    """Data, model, TrainConfig and data spec from the widgets (or the resume checkpoint)."""
+    """Model, data, TrainConfig, data spec and checkpoint path of a new run: from the
+    widgets, or from a checkpoint (its model, data and settings)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    train_values = {"epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
-                    "anneal_epochs": float(anneal), "train_samples": int(train_samples),
-                    "seed": int(seed), "device": device,
-                    "max_steps": int(max_steps) or None, "progress": False}
-    if resume:
-        model, ckpt = load_model(resume)
-        spec = dict(ckpt["data"]) or data_spec(data_name, data_path or None, {})
-        train_config = {**ckpt["train_config"], "epochs": max(int(epochs), ckpt["epoch"] + 1),
-                        "max_steps": int(max_steps) or None, "device": device, "progress": False}
-        train, val, _ = load_dataset(**spec)
-    else:
+    if resume is None:
         spec = data_spec(data_name, data_path or None, {})
-        train, val, _ = load_dataset(**spec)
+        train, val, _ = builtin_dataset(data_name) if not data_path else load_dataset(**spec)
         model = make_model(model_name, train, {**overrides, **parse_sets(
             [s.strip() for s in extra.split(";") if s.strip()])})
-        train_config = {**getattr(model, "train_defaults", {}), **train_values}
+        check_compatible(model, train)
+        out_dir = Path(out_root) / f"{model.name}-{spec['name']}-{stamp}"
+        config = TrainConfig(**{
+            **getattr(model, "train_defaults", {}), "epochs": int(epochs),
+            "batch_size": int(batch_size), "lr": float(lr), "anneal_epochs": float(anneal),
+            "train_samples": int(train_samples), "seed": int(seed), "device": device,
+            "max_steps": int(max_steps) or None, "progress": False, "out_dir": str(out_dir)})
+        return model, train, val, config, spec, None
+    if resume == "upload":
+        info = state.uploaded
+        out_dir = Path(out_root) / f"{info['model']}-{info['data'].get('name', 'data')}-{stamp}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        resume = out_dir / "uploaded.pt"  # kept with the run it started
+        resume.write_bytes(upload.getvalue())
+    model, ckpt = load_model(resume)
+    spec = dict(ckpt["data"])
+    if not spec:
+        raise ValueError("the checkpoint does not record its data set; resume it with "
+                         "'python -m vaelab train --resume' and the data options")
+    train, val, _ = load_dataset(**spec)
     check_compatible(model, train)
-    name = f"{model.name}-{spec['name']}-{stamp}"
-    config = TrainConfig(**{**train_config, "out_dir": str(Path(out_root) / name)})
-    return model, train, val, config, spec
+    out_dir = Path(resume).parent if Path(resume).name == "uploaded.pt" else \
+        Path(out_root) / f"{model.name}-{spec['name']}-{stamp}"
+    return model, train, val, resume_config(ckpt, out_dir), spec, resume
 
 
 def start(resume: str | None) -> None:
     state.pop("error", None)
     try:
-        model, train, val, config, spec = prepare(resume)
+        model, train, val, config, spec, resume = prepare(resume)
         run_id, _ = RUNS.start(model, train, val, config, data_spec=spec, resume=resume)
     except (ValueError, FileNotFoundError, RuntimeError, ImportError, AttributeError,
             TypeError, KeyError) as e:
         state.error = f"{type(e).__name__}: {e}"
         return
     st.query_params["run"] = run_id
-    for key in ("curves", "figures"):
-        state.pop(key, None)
+    state.pop("figures", None)
 
 
 def on_pause() -> None:
-    run = attached_run()[1]
-    if run is not None:
-        run.resume() if run.status == "paused" else run.pause()
+    found = RUNS.active()  # the one training on this server, whatever the page last showed
+    if found:
+        found[1].pause()
+
+
+def on_continue() -> None:
+    found = RUNS.active()
+    if found:
+        found[1].resume()
 
 
 def on_stop() -> None:
-    run = attached_run()[1]
-    if run is not None:
-        run.stop()
+    found = RUNS.active()
+    if found:
+        found[1].stop()
 
 
 # ----------------------------------------------------------------------------- page
 
 st.title("vaelab: variational latent-variable models")
-run_id, run = attached_run()
+st.markdown(MODEL_CARDS.get(model_name, ""))
 active = run is not None and run.active
-source = resume_source(run)
+source, source_help = resume_source(run)
 b1, b2, b3, b4 = st.columns(4)
-if b1.button("Train", disabled=active, type="primary", key="train"):
+if b1.button("Train", disabled=active, type="primary", key="train") and not active:
     start(None)  # here, not on_click, so it reads this run's widget values
     st.rerun()
-b2.button("Continue" if active and run.status == "paused" else "Pause", on_click=on_pause,
-          disabled=not active, key="pause")
+if active and run.status in ("paused", "pausing"):
+    b2.button("Continue", on_click=on_continue, key="continue")
+else:
+    b2.button("Pause", on_click=on_pause, disabled=not active, key="pause")
 b3.button("Stop", on_click=on_stop, disabled=not active, key="stop")
 if b4.button("Resume from checkpoint", disabled=active or source is None, key="resume_run",
-             help=f"continue training from {source}" if source else "no checkpoint yet"):
+             help=source_help) and not active and source is not None:
     start(source)
     st.rerun()
 if "error" in state:
     st.error(state.error)
-if run is not None and not active and run.checkpoint_path.is_file():
-    st.download_button("Download checkpoint", run.checkpoint_path.read_bytes(),
-                       file_name=f"{run.model_name}-step{run.step}.pt",
-                       mime="application/octet-stream", key="download")
 view = st.radio("view", VIEWS, horizontal=True, key="view", label_visibility="collapsed")
 state.polling = active
 
@@ -261,39 +395,103 @@ def png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def cached(name: str, run_id: str, records: int, every: float, active: bool, draw):
-    """``draw()``'s result, kept in the session and drawn again only when the run has new
-    records, and then, while it trains, at most every ``every`` seconds and at most
-    ``DRAW_BUDGET`` of the time."""
-    old = state.get(name)
-    now = time.monotonic()
-    if old is not None and old["run"] == run_id and old["records"] > 0 and (
-            old["records"] == records or (active and now - old["time"] < max(
-                every, old["cost"] / DRAW_BUDGET))):
-        return old["value"]
-    value = draw()
-    state[name] = {"run": run_id, "records": records, "time": now, "value": value,
-                   "cost": time.monotonic() - now}
-    return value
+def svg(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="svg")
+    return buffer.getvalue()
 
 
-def draw_curves(run) -> tuple[list[bytes], int]:
-    entry = run.diagnose()  # {"step"} only for a model without latents
-    latents = "activity" in entry
-    images = [png(plots.training_curves(run.history, run.reference,
-                                        run.diagnostics if latents else None))]
-    if latents:
-        images.append(png(plots.latent_usage(entry)))
-    return images, entry["step"]
+def status_line(run) -> str:
+    history = run.history
+    last = {r["kind"]: r for r in history}
+    progress = run.progress()
+    text = (f"**{run.model_name}** on **{(run.data_spec or {}).get('name', '?')}** "
+            f"({device_label(torch.device(run.config.device).type)}) — status: "
+            f"**{run.status}**, step {run.step} of {progress['planned']}")
+    if progress["steps_per_second"]:
+        text += f", {progress['steps_per_second']:.1f} steps/s"
+    if progress["eta_seconds"] is not None:
+        text += f", about {progress['eta_seconds'] / 60:.1f} min left"
+    if "train" in last:
+        text += f", train -ELBO {last['train']['nelbo']:.3f}"
+    if "val" in last:
+        text += f", validation -ELBO {last['val']['nelbo']:.3f} (epoch {last['val']['epoch']})"
+    if "exact_nll_val" in run.reference:
+        text += f", exact -log p(x) of the true system {run.reference['exact_nll_val']:.3f}"
+    return text
 
 
-def draw_figures(run) -> tuple[list[tuple[str, bytes]], str | None]:
-    try:
-        figures = plots.model_figures(run.model, run.view.batch, run.view.info,
-                                      labels=run.view.labels)
-    except (ValueError, RuntimeError, TypeError, NotImplementedError) as e:
-        return [], f"model figures unavailable: {type(e).__name__}: {e}"
-    return [(title, png(fig)) for title, fig in figures.items()], None
+def show_curves(run) -> None:
+    history, times = run.history, run.record_times
+    latents = run.has_latents
+    panels = curve_panels(history, flow=not latents, sequence=run.train.is_sequence,
+                          reference=run.reference,
+                          diagnostics=run.diagnostics if latents else None)
+    log = st.toggle("log scale (symmetric log, for values of both signs)", key="log_scale")
+    columns = st.columns(3)
+    for i, panel in enumerate(panels):
+        with columns[i % 3]:
+            if panel["rows"]:
+                st.altair_chart(plots.curve_chart(panel, log=log), width="stretch")
+            else:
+                st.markdown(f"**{panel['title']}**: no points yet")
+            st.caption(panel["caption"] + (f" ({panel['unit']})" if panel["unit"] else ""))
+    trained = [i for i, r in enumerate(history) if r["kind"] == "train"]
+    if trained:
+        newest = trained[-1]
+        stamp = times[newest]
+        when = "before this session" if math.isnan(stamp) else (  # NaN: from a checkpoint
+            time.strftime("%H:%M:%S", time.localtime(stamp)) + f".{int(stamp % 1 * 1000):03d}")
+        st.caption(f"newest point: step {history[newest]['step']}, recorded at {when}; "
+                   f"curves redrawn every {POLL_SECONDS:.0f} s while training")
+    if "exact_nll_val" in run.reference:
+        st.caption("dashed: the exact -log p(x) of the true linear-Gaussian system (Kalman "
+                   "filter), the best any model can reach; the -ELBO is an upper bound on "
+                   "the model's own -log p(x), so the gap shows both model and guide error")
+    entry = run.latest_diagnostics() if latents else None
+    if run.diagnostics_error:
+        st.warning(f"latent diagnostics stopped: {run.diagnostics_error}")
+    elif entry is not None:
+        st.altair_chart(plots.latent_usage_chart(entry), width="stretch")
+        st.caption(f"computed at step {entry['step']} (a pass took {entry['seconds']:.1f} s, "
+                   f"done in the background at most every few seconds). Activity: how much "
+                   f"a latent's posterior mean varies across the data; KL per dimension: "
+                   f"nats that dimension carries")
+    elif latents:
+        st.caption("latent diagnostics: computed in the background after the first steps")
+
+
+def show_figures(run, run_id: str) -> None:
+    old, now = state.get("figures"), time.monotonic()
+    step = run.snapshot_step
+    if old is None or old["run"] != run_id or (old["step"] != step and (
+            not run.active or now - old["time"] >= max(FIGURE_SECONDS,
+                                                       old["cost"] / DRAW_BUDGET))):
+        try:
+            figures = plots.model_figures(run.model, run.view.batch, run.view.info,
+                                          labels=run.view.labels)
+            images = [(title, png(fig), fig) for title, fig in figures.items()]
+            warning = None
+        except (ValueError, RuntimeError, TypeError, NotImplementedError) as e:
+            images, warning = [], f"model figures unavailable: {type(e).__name__}: {e}"
+        old = state.figures = {"run": run_id, "step": step, "time": now, "value": images,
+                               "warning": warning, "cost": time.monotonic() - now}
+    if old["warning"]:
+        st.warning(old["warning"])
+    st.caption(f"computed at step {old['step']}" + (
+        f"; redrawn at most every {FIGURE_SECONDS:.0f} s while training" if run.active else ""))
+    columns = st.columns(2)
+    for i, (title, image, fig) in enumerate(old["value"]):
+        with columns[i % 2]:
+            st.subheader(title)
+            st.image(image)
+            if not run.active:
+                name = title.split(" (")[0].replace(" ", "_")
+                c1, c2 = st.columns(2)
+                c1.download_button("PNG", image, file_name=f"{name}.png", mime="image/png",
+                                   key=f"png_{i}")
+                c2.download_button("SVG", svg(fig), file_name=f"{name}.svg",
+                                   mime="image/svg+xml", key=f"svg_{i}")
 
 
 @st.fragment(run_every=POLL_SECONDS if active else None)
@@ -302,40 +500,15 @@ def live_view() -> None:
     if run is None:
         st.info("Choose a model and a data set in the sidebar, then press Train.")
         return
-    history = run.history
-    last = {r["kind"]: r for r in history}
-    elapsed = (run.ended_at or time.time()) - (run.started_at or time.time())
-    summary = (f"**{run.model_name}** on **{(run.data_spec or {}).get('name', '?')}** "
-               f"({device_label(torch.device(run.config.device).type)}) — status: "
-               f"**{run.status}**, step {run.step}, {elapsed:.0f} s")
-    if "train" in last:
-        summary += f", train -ELBO {last['train']['nelbo']:.3f}"
-    if "val" in last:
-        summary += f", validation -ELBO {last['val']['nelbo']:.3f} (epoch {last['val']['epoch']})"
-    if "exact_nll_val" in run.reference:
-        summary += f", exact -log p(x) of the true system {run.reference['exact_nll_val']:.3f}"
-    st.markdown(summary)
+    st.markdown(status_line(run))
     if run.status.startswith("failed"):
         st.error(run.status)
     st.caption(f"checkpoint: {run.checkpoint_path}")
     running = run.active
     if view == VIEWS[0]:
-        images, step = cached("curves", run_id, len(history), CURVE_SECONDS, running,
-                              lambda: draw_curves(run))
-        st.caption(f"curves drawn at step {step}" + (f", redrawn at most every "
-                                                     f"{CURVE_SECONDS:.0f} s" if running else ""))
-        for image in images:
-            st.image(image)
-    elif view == VIEWS[1] and history:
-        images, warning = cached("figures", run_id, len(history), FIGURE_SECONDS, running,
-                                 lambda: draw_figures(run))
-        if warning:
-            st.warning(warning)
-        columns = st.columns(2)
-        for i, (title, image) in enumerate(images):
-            with columns[i % 2]:
-                st.subheader(title)
-                st.image(image)
+        show_curves(run)
+    elif view == VIEWS[1] and run.history:
+        show_figures(run, run_id)
     if state.get("polling") and not running:
         st.rerun()  # the run ended: refresh the buttons and stop polling
 
@@ -355,8 +528,7 @@ def explore(run) -> None:
         st.subheader("listen: a sampled sequence, synthesised from its piano roll")
         steps = st.slider("time steps", 8, 128, 48, key="audio_steps")
         if st.button("new sample", key="audio_sample") or "audio" not in state:
-            _, p_notes = model.sample(1, steps=steps)
-            state.audio = torch.bernoulli(p_notes[0]).cpu()  # [T, 88] notes on or off
+            state.audio = sample_piano_roll(model, steps)  # [T, 88] notes on or off
         st.image(png(plots.piano_roll(state.audio, titles=["sample"])))
         st.audio(piano_roll_wav(state.audio), format="audio/wav")
         st.caption("a data sequence, for comparison")
@@ -374,5 +546,15 @@ def explore(run) -> None:
 
 
 live_view()
+if run is not None and not active:
+    d1, d2 = st.columns(2)
+    if run.checkpoint_path.is_file():
+        d1.download_button("Download checkpoint", run.checkpoint_path.read_bytes(),
+                           file_name=f"{run.model_name}-step{run.step}.pt",
+                           mime="application/octet-stream", key="download")
+    if run.history:
+        d2.download_button("Download metrics (CSV)", metrics_csv(run.history),
+                           file_name=f"{run.model_name}-metrics.csv", mime="text/csv",
+                           key="download_csv")
 if view == VIEWS[2] and run is not None and run.history:
     explore(run)

@@ -1,5 +1,10 @@
+"""The dashboard through Streamlit's AppTest: every model on every built-in data set it
+accepts (train, charts, pause, stop, resume), the controls under repeated clicks, reloads,
+uploads. Tiny models; the runs are stopped by the tests, so they take seconds each."""
+
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
@@ -8,26 +13,28 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from vaelab import MODELS
-from vaelab.live import RUNS
+from vaelab.live import RUNS, accepted_data, dataset_needs_path
 from vaelab.train import load_checkpoint
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
-LIMIT = 60.0  # seconds to wait for a tiny run (a few seconds on two cores)
-# every model on built-in data, sized to train a few steps in about a second
-CASES = {
-    "vae": ("digits", {"hidden_dims_vae": 16}),
-    "ssm": ("linear", {"z_dim_ssm": 4, "hidden_dim_ssm": 8, "rnn_dim_ssm": 8}),
-    "dmm": ("jsb", {"z_dim_dmm": 4, "rnn_dim_dmm": 8, "emission_dim_dmm": 8,
-                    "transition_dim_dmm": 8}),
-    "dmm_iaf": ("jsb", {"z_dim_dmm_iaf": 4, "rnn_dim_dmm_iaf": 8, "emission_dim_dmm_iaf": 8,
-                        "transition_dim_dmm_iaf": 8, "iaf_dim_dmm_iaf": 8}),
-    "realnvp": ("moons", {"hidden_dim_realnvp": 16, "num_layers_realnvp": 2}),
+LIMIT = 120.0  # seconds to wait for a tiny run's steps (the first takes seconds on 2 loaded cores)
+# every model sized to train a few steps a second
+SIZES = {
+    "vae": {"hidden_dims_vae": 16},
+    "ssm": {"z_dim_ssm": 4, "hidden_dim_ssm": 8, "rnn_dim_ssm": 8},
+    "dmm": {"z_dim_dmm": 4, "rnn_dim_dmm": 8, "emission_dim_dmm": 8, "transition_dim_dmm": 8},
+    "dmm_iaf": {"z_dim_dmm_iaf": 4, "rnn_dim_dmm_iaf": 8, "emission_dim_dmm_iaf": 8,
+                "transition_dim_dmm_iaf": 8, "iaf_dim_dmm_iaf": 8},
+    "realnvp": {"hidden_dim_realnvp": 16, "num_layers_realnvp": 2},
 }
+# every model x every built-in data set (no path needed) it accepts
+CASES = [(model, data) for model in MODELS for data, why in accepted_data(model).items()
+         if why is None and not dataset_needs_path(data)]
 
 
 @pytest.fixture
 def app() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=30)
+    at = AppTest.from_file(APP, default_timeout=60)
     at.run()
     assert not at.exception, at.exception
     yield at
@@ -38,8 +45,8 @@ def app() -> AppTest:
 
 
 def _run(at: AppTest):
-    return RUNS.get(at.query_params["run"][0] if isinstance(at.query_params["run"], list)
-                    else at.query_params["run"])
+    run_id = at.query_params["run"]
+    return RUNS.get(run_id[0] if isinstance(run_id, list) else run_id)
 
 
 def _poll_until(at: AppTest, done) -> None:
@@ -54,14 +61,30 @@ def _poll_until(at: AppTest, done) -> None:
     at.run()
 
 
-def _configure(at: AppTest, model: str, data: str, sizes: dict, tmp_path, **train) -> None:
+def _configure(at: AppTest, model: str, data: str, tmp_path, **values) -> None:
     at.selectbox(key="model").set_value(model).run()
-    at.selectbox(key="data").set_value(data).run()
-    for key, value in sizes.items():
-        at.number_input(key=key).set_value(value)
-    for key, value in train.items():
+    at.selectbox(key=f"data_{model}").set_value(data).run()
+    for key, value in {**SIZES[model], **values}.items():
         at.number_input(key=key).set_value(value)
     at.text_input(key="out_root").set_value(str(tmp_path))
+
+
+def _stale_click(at: AppTest, key: str) -> None:
+    """Click button ``key`` as a browser does that still shows the previous page (the second
+    click of a double click lands before the page updates): even when it is now disabled."""
+    button = at.button(key=key)
+    button.proto.disabled = False
+    button.click().run()
+    assert not at.exception, at.exception
+
+
+def _charts(at: AppTest) -> list:
+    return at.get("vega_lite_chart")
+
+
+def _texts(at: AppTest) -> list[str]:
+    return [e.value for kind in ("markdown", "caption", "info", "warning", "error", "success")
+            for e in at.get(kind)]
 
 
 def test_page_renders_with_every_model(app):
@@ -71,7 +94,14 @@ def test_page_renders_with_every_model(app):
     assert app.selectbox(key="device").value == ("cuda" if torch.cuda.is_available() else "cpu")
     for name in MODELS:
         app.selectbox(key="model").set_value(name).run()
-        assert not app.exception, (name, app.exception)
+        assert not app.exception and not app.warning, (name, app.exception)
+        box = app.selectbox(key=f"data_{name}")
+        accepted = accepted_data(name)
+        assert list(box.options) == [d for d, why in accepted.items() if why is None]
+        for data, why in accepted.items():  # each refused data set is named with its reason
+            assert why is None or f"{data}: {why}" in box.help
+        assert any(name in m.value.lower() or "arxiv" in m.value.lower()
+                   for m in app.markdown)  # the model's card
     assert any("press Train" in i.value for i in app.info)
 
 
@@ -79,105 +109,141 @@ def test_path_box_only_for_data_that_need_one(app):
     keys = [w.key for w in app.sidebar.text_input]
     assert "path_digits" not in keys
     for name in ("mnist", "polyphonic", "arrays"):
-        app.selectbox(key="data").set_value(name).run()
+        app.selectbox(key="data_vae").set_value(name).run()
         assert f"path_{name}" in [w.key for w in app.sidebar.text_input]
-    app.selectbox(key="data").set_value("mnist").run()
+    app.selectbox(key="data_vae").set_value("mnist").run()
     app.button(key="train").click().run()  # no path given: the loader's message is shown
     assert not app.exception
     assert any("needs a path" in e.value for e in app.error)
     assert "run" not in app.query_params
 
 
-@pytest.mark.parametrize("model", list(CASES))
-def test_each_model_trains_and_shows_its_figures(app, tmp_path, model):
-    data, sizes = CASES[model]
+@pytest.mark.parametrize(("model", "data"), CASES, ids=[f"{m}-{d}" for m, d in CASES])
+def test_every_model_on_every_accepted_data_set(app, tmp_path, model, data):
     samples = 2 if model == "dmm_iaf" else 1  # the flow guide's Monte Carlo KL: average two
-    _configure(app, model, data, sizes, tmp_path, max_steps=3, train_samples=samples)
+    _configure(app, model, data, tmp_path, **{f"epochs_{model}": 1000},
+               train_samples=samples)
     app.button(key="train").click().run()
     assert not app.error, [e.value for e in app.error]
     run = _run(app)
-    assert run.model_name == model and run.config.train_samples == samples
+    assert run.model_name == model and run.data_spec["name"] == data
+    _poll_until(app, lambda: run.step >= 2)
+    # live, interactive training curves with points in them
+    assert _charts(app) and any("newest point: step" in t for t in _texts(app))
+    if model == "realnvp":  # a flow's panels: its log-likelihood, no KL or KL weight
+        assert not any("KL" in t for t in _texts(app) if t.startswith("**"))
+    if data == "linear":  # the exact log-likelihood of the true system is shown
+        assert "exact -log p(x)" in " ".join(_texts(app)) and run.reference
+    # pause: the worker says when it sits paused; the page shows Continue
+    app.button(key="pause").click().run()
+    _poll_until(app, lambda: run.status == "paused")
+    held = run.step
+    assert app.button(key="continue") and not any(t.strip() == "None" for t in _texts(app))
+    app.button(key="continue").click().run()
+    _poll_until(app, lambda: run.step > held)
+    app.button(key="stop").click().run()
     _poll_until(app, lambda: not run.active)
-    assert run.status == "finished" and run.step == 3, run.status
-    # training curves, with the latent diagnostics for latent-variable models
-    assert any("curves drawn at step 3" in c.value for c in app.caption)
-    assert len(app.image) == (1 if model == "realnvp" else 2)
-    if model == "ssm":  # the exact log-likelihood of the true system is shown
-        assert "exact -log p(x)" in app.markdown[0].value and run.reference
+    assert run.status == "stopped", run.status
+    stopped_at = load_checkpoint(run.checkpoint_path)["step"]
+    assert stopped_at == run.step
+    # the model figures of the snapshot, labelled with their step
     app.radio(key="view").set_value("latents and samples").run()
     assert not app.exception and not app.warning, [w.value for w in app.warning]
-    titles = [s.value for s in app.subheader]
-    expected = {"vae": "latent traversal", "ssm": "latent paths", "dmm": "data",
-                "dmm_iaf": "sample (note probabilities)",
-                "realnvp": "density p(x | a) per context, samples on top"}[model]
-    assert expected in titles and len(app.image) == len(titles)
+    assert len(app.image) == len(app.subheader) > 0
+    assert any(f"computed at step {run.step}" in c.value for c in app.caption)
     app.radio(key="view").set_value("explore").run()
     assert not app.exception, app.exception
-    if data == "jsb":
-        assert len(app.get("audio")) == 2  # a sample and a data sequence
-    if model == "vae":
-        app.slider(key="z_slider_0").set_value(2.0).run()
-        assert not app.exception and len(app.image) == 1
     assert app.get("download_button")
-
-
-def test_stop_then_resume_from_checkpoint_continues_the_count(app, tmp_path):
-    data, sizes = CASES["vae"]
-    _configure(app, "vae", data, sizes, tmp_path, epochs_vae=500)
-    app.button(key="train").click().run()
-    first = _run(app)
-    _poll_until(app, lambda: first.step >= 3)
-    assert app.button(key="train").disabled  # never two trainings at once
-    app.button(key="stop").click().run()
-    _poll_until(app, lambda: not first.active)
-    assert first.status == "stopped"
-    stopped_at = load_checkpoint(first.checkpoint_path)["step"]
-    assert stopped_at == first.step >= 3
-    app.number_input(key="max_steps").set_value(stopped_at + 4).run()
+    app.radio(key="view").set_value("training curves").run()
+    # resume continues the run's own settings, whatever the sidebar shows now
+    app.number_input(key=f"epochs_{model}").set_value(1).run()
     assert not app.button(key="resume_run").disabled
     app.button(key="resume_run").click().run()
     assert not app.error, [e.value for e in app.error]
     second = _run(app)
-    assert second is not first
+    assert second is not run and second.config.epochs == 1000
+    assert app.number_input(key=f"epochs_{model}").value == 1000  # the sidebar follows
+    _poll_until(app, lambda: second.step > stopped_at)
+    app.button(key="stop").click().run()
     _poll_until(app, lambda: not second.active)
-    assert second.status == "finished", second.status
     steps = [r["step"] for r in second.history if r["kind"] == "train"]
-    assert steps[-5:] == list(range(stopped_at, stopped_at + 5))  # continues, no restart
-    assert steps[0] == 1 and load_checkpoint(second.checkpoint_path)["step"] == stopped_at + 4
+    assert steps == list(range(1, second.step + 1))  # the count continues, no restart
 
 
-def test_uploaded_checkpoint_is_validated(app, tmp_path):
-    app.file_uploader(key="upload").set_value(("bad.pt", b"not a checkpoint", "x")).run()
-    assert not app.exception
-    assert any("Not a usable vaelab checkpoint" in e.value for e in app.sidebar.error)
-    assert app.button(key="resume_run").disabled
-    # a real one: train two steps, then upload its checkpoint and resume from it
-    _configure(app, "vae", "digits", CASES["vae"][1], tmp_path / "a", max_steps=2)
-    app.file_uploader(key="upload").set_value(None)
+def test_double_click_on_train_shows_the_run_that_trains(app, tmp_path):
+    _configure(app, "vae", "digits", tmp_path, epochs_vae=500)
     app.button(key="train").click().run()
     first = _run(app)
+    _stale_click(app, "train")  # the second click of a double click
+    assert not app.error, [e.value for e in app.error]
+    assert _run(app) is first and RUNS.active()[1] is first
+    assert app.button(key="train").disabled
+
+
+def test_start_stop_burst_leaves_nothing_unseen(app, tmp_path):
+    _configure(app, "vae", "digits", tmp_path, epochs_vae=500)
+    runs = []
+    for _ in range(3):
+        app.button(key="train").click().run()
+        runs.append(RUNS.active()[1])
+        _stale_click(app, "stop")  # Stop in the run's first second is honoured
+        _stale_click(app, "stop")
+        assert _run(app) is runs[-1]
+        _poll_until(app, lambda: not runs[-1].active)
+    assert len({id(r) for r in runs}) == 3 and RUNS.active() is None
+    assert all(r.status == "stopped" for r in runs), [r.status for r in runs]
+    assert all(r.step <= 5 for r in runs)
+
+
+def test_rejected_upload_gives_a_clean_message_and_disables_resume(app, tmp_path):
+    _configure(app, "vae", "digits", tmp_path / "a", max_steps=0, epochs_vae=500)
+    app.button(key="train").click().run()
+    first = _run(app)
+    _poll_until(app, lambda: first.step >= 2)
+    app.button(key="stop").click().run()
     _poll_until(app, lambda: not first.active)
-    content = first.checkpoint_path.read_bytes()
-    app.file_uploader(key="upload").set_value(("good.pt", content, "x")).run()
-    assert any("vae at step 2" in s.value for s in app.sidebar.success)
-    app.number_input(key="max_steps").set_value(3)
+    assert not app.button(key="resume_run").disabled  # the run's own checkpoint
+    before = set(Path(tempfile.gettempdir()).glob("vaelab-upload-*"))
+    app.file_uploader(key="upload").set_value(("bad.pt", b"not a checkpoint", "x")).run()
+    assert not app.exception
+    (message,) = [e.value for e in app.sidebar.error]
+    assert "bad.pt is not a vaelab checkpoint" in message
+    assert "weights_only" not in message and tempfile.gettempdir() not in message
+    assert app.button(key="resume_run").disabled  # not the previous run's checkpoint
+    assert set(Path(tempfile.gettempdir()).glob("vaelab-upload-*")) == before
+    # a good one: resumed with its own settings, and the sidebar shows them
+    app.file_uploader(key="upload").set_value(
+        ("good.pt", first.checkpoint_path.read_bytes(), "x")).run()
+    assert any("vae at step" in s.value for s in app.sidebar.success)
+    app.selectbox(key="model").set_value("ssm").run()  # the sidebar shows another model
     app.text_input(key="out_root").set_value(str(tmp_path / "b"))
     app.button(key="resume_run").click().run()
     second = _run(app)
+    assert second.model_name == "vae" and str(second.resume_from).startswith(str(tmp_path / "b"))
+    assert app.selectbox(key="model").value == "vae"
+    assert app.number_input(key="hidden_dims_vae").value == 16
+    _poll_until(app, lambda: second.step > first.step)
+    app.button(key="stop").click().run()
     _poll_until(app, lambda: not second.active)
-    assert second.status == "finished" and second.step == 3
-    assert str(second.resume_from) != str(first.checkpoint_path)  # the uploaded copy
+    assert second.status == "stopped"
 
 
-def test_a_reloaded_page_reattaches_to_the_running_training(app, tmp_path):
-    _configure(app, "vae", "digits", CASES["vae"][1], tmp_path, epochs_vae=500)
+def test_a_reloaded_page_reattaches_with_the_runs_settings(app, tmp_path):
+    _configure(app, "ssm", "pendulum", tmp_path, epochs_ssm=777)
     app.button(key="train").click().run()
     run = _run(app)
     try:
-        fresh = AppTest.from_file(APP, default_timeout=30)  # a new browser session, no URL id
+        fresh = AppTest.from_file(APP, default_timeout=60)  # a new browser session, no URL id
         fresh.run()
         assert _run(fresh) is run
         assert fresh.button(key="train").disabled and not fresh.button(key="stop").disabled
+        # the sidebar shows the attached run's settings, not the defaults
+        assert fresh.selectbox(key="model").value == "ssm"
+        assert fresh.selectbox(key="data_ssm").value == "pendulum"
+        assert fresh.number_input(key="epochs_ssm").value == 777
+        assert fresh.number_input(key="z_dim_ssm").value == 4
+        assert fresh.text_input(key="out_root").value == str(tmp_path)
+        assert not fresh.warning, [w.value for w in fresh.warning]
         fresh.button(key="stop").click().run()  # any session can stop it
         _poll_until(fresh, lambda: not run.active)
         assert run.status == "stopped"

@@ -19,6 +19,7 @@ from vaelab.live import (
     accepted_data,
     active_units,
     check_compatible,
+    checkpoint_summary,
     dataset_needs_path,
     diagnose,
     kl_per_dim,
@@ -394,7 +395,9 @@ def test_read_upload_gives_a_clean_message(digits, tmp_path):
         assert "weights_only" not in text and tempfile.gettempdir() not in text
     run = _run(digits, tmp_path, max_steps=2).start()
     assert run.join(TIMEOUT)
-    assert read_upload("good.pt", run.checkpoint_path.read_bytes()) == "vae at step 2"
+    good = read_upload("good.pt", run.checkpoint_path.read_bytes())
+    assert good["text"] == "vae at step 2" and good["remaining"] == "it reached its max steps (2)"
+    assert checkpoint_summary(run.checkpoint_path) == good
     assert set(Path(tempfile.gettempdir()).glob("vaelab-upload-*")) == before  # removed
 
 

@@ -127,8 +127,8 @@ def accepted_data(model_name: str) -> dict[str, str | None]:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def read_upload(name: str, content: bytes) -> str:
-    """Check the bytes of an uploaded checkpoint; returns ``"<model> at step N"``.
+def read_upload(name: str, content: bytes) -> dict:
+    """Check the bytes of an uploaded checkpoint; returns its :func:`summary`.
 
     They are read like any checkpoint (``weights_only=True``, from a temporary folder that
     is removed at once). Raises ``ValueError`` with a short message for the page, without
@@ -148,7 +148,30 @@ def read_upload(name: str, content: bytes) -> str:
     if ckpt.get("model") not in MODELS:
         raise ValueError(f"{name} holds a model vaelab does not know ({ckpt.get('model')!r}); "
                          f"models are {', '.join(MODELS)}")
-    return f"{ckpt['model']} at step {ckpt['step']}"
+    return summary(ckpt)
+
+
+def summary(ckpt: dict) -> dict:
+    """``{"model", "step", "epoch", "data", "text", "remaining"}`` of a checkpoint dict:
+    ``text`` is ``"<model> at step N"``, ``remaining`` is :func:`remaining`."""
+    return {"model": ckpt["model"], "step": ckpt["step"], "epoch": ckpt["epoch"],
+            "data": dict(ckpt.get("data") or {}), "remaining": remaining(ckpt),
+            "text": f"{ckpt['model']} at step {ckpt['step']}"}
+
+
+@functools.lru_cache(maxsize=64)
+def _summary(path: str, mtime_ns: int) -> dict:
+    return summary(load_checkpoint(path))
+
+
+def checkpoint_summary(path: str | Path) -> dict:
+    """:func:`summary` of the checkpoint file at ``path``, read again only when the file
+    changes. Raises ``FileNotFoundError`` / ``ValueError`` as :func:`load_checkpoint`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found; give the path of a "
+                                f"checkpoint.pt")
+    return dict(_summary(str(path.resolve()), path.stat().st_mtime_ns))
 
 
 def resume_config(ckpt: dict, out_dir: str | Path, device: str | None = None) -> TrainConfig:
@@ -469,6 +492,7 @@ class TrainingRun:
         self.threads = threads
         self._model = model
         self._template = copy.deepcopy(model).to("cpu")  # CPU twin that snapshots load into
+        self.has_latents = has_latents(model)  # a flow has none: other panels, no diagnostics
         self.view = make_view(train, val)  # what the page's figures show
         self.reference = reference_metrics(train, val)
         self.diagnostics: list[dict] = []  # one per diagnose() on a new step
@@ -523,7 +547,7 @@ class TrainingRun:
             self._listener = threading.Thread(target=self._listen, daemon=True,
                                               name=f"vaelab-{self.model_name}-listener")
             self._listener.start()
-            if has_latents(self._template):
+            if self.has_latents:
                 self._diagnoser = threading.Thread(target=self._diagnose_loop, daemon=True,
                                                    name=f"vaelab-{self.model_name}-diagnose")
                 self._diagnoser.start()
@@ -824,3 +848,105 @@ def start_run(current: TrainingRun | None, *args, **kwargs) -> TrainingRun:
         raise RuntimeError(f"a run is already {current.status}; stop it (or wait for it to "
                            f"finish) before starting another")
     return TrainingRun(*args, **kwargs).start()
+
+
+# ----------------------------------------------------------------------------- page data
+
+# The training-curve panels: (panel, record key, what it shows). Latent-variable models and
+# flows get their own; units are filled in per data set (nats per observed step or example).
+LATENT_PANELS = (
+    ("-ELBO", "nelbo", ("the negative evidence lower bound, -(E_q[log p(x|z)] - KL): what "
+     "training lowers; validation points at each epoch's end")),
+    ("reconstruction log-likelihood", "log_likelihood", ("E_q[log p(x|z)]: how well "
+     "decoded latents explain the data (higher is better)")),
+    ("KL(q || p)", "kl", ("how far the guide q(z|x) moves from the prior: the nats the latents "
+     "carry; near 0 means posterior collapse")),
+    ("KL weight", "kl_weight", ("the annealing factor on the KL term (rises linearly from "
+     "min_kl_weight to 1 over the warm-up); unitless")),
+    ("gradient norm", "grad_norm", ("the L2 norm of the gradient before clipping; spikes "
+     "show unstable steps")),
+)
+FLOW_PANELS = (
+    ("-log-likelihood", "nelbo", ("the flow's exact -log p(x | a) (change of variables): "
+     "what training lowers; validation points at each epoch's end")),
+    ("gradient norm", "grad_norm", ("the L2 norm of the gradient before clipping; spikes "
+     "show unstable steps")),
+)
+VAL_PANEL_KEYS = ("nelbo", "log_likelihood", "kl")
+
+
+def thinned(n: int, max_points: int) -> list[int]:
+    """Indices ``0 .. n-1`` thinned to at most about ``max_points``: every k-th, and always
+    the last (the newest point is never dropped)."""
+    if n <= max_points:
+        return list(range(n))
+    k = -(-n // max_points)  # ceil
+    index = list(range(0, n, k))
+    return index if index[-1] == n - 1 else [*index, n - 1]
+
+
+def curve_panels(history: list[dict], flow: bool, sequence: bool,
+                 reference: dict | None = None, diagnostics: list[dict] | None = None,
+                 max_points: int = 1000) -> list[dict]:
+    """The training curves as plain rows for interactive charts, one dict per panel:
+    ``{"title", "unit", "caption", "rows": [{"step", "value", "series"}, ...]}``.
+
+    Train records form the series ``"train"`` (thinned to ``max_points``, newest kept),
+    validation records ``"validation"``; ``reference["exact_nll_val"]`` / ``_train`` become
+    the series ``"exact -log p(x), true system (val)"`` on the -ELBO panel (a constant, one
+    row at the first and last step); ``diagnostics`` entries give an ``"active units"``
+    panel. Units: nats per observed time step for sequences, per example otherwise.
+    """
+    unit = "nats per observed step" if sequence else "nats per example"
+    train = [r for r in history if r.get("kind") == "train"]
+    val = [r for r in history if r.get("kind") == "val"]
+    keep = [train[i] for i in thinned(len(train), max_points)]
+    panels = []
+    for title, key, caption in FLOW_PANELS if flow else LATENT_PANELS:
+        rows = [{"step": r["step"], "value": float(r[key]), "series": "train"}
+                for r in keep if key in r]
+        if key in VAL_PANEL_KEYS:
+            rows += [{"step": r["step"], "value": float(r[key]), "series": "validation"}
+                     for r in val if key in r]
+        if key == "nelbo" and rows:
+            steps = [row["step"] for row in rows]
+            for split in ("val", "train"):
+                if f"exact_nll_{split}" in (reference or {}):
+                    rows += [{"step": s, "value": float(reference[f"exact_nll_{split}"]),
+                              "series": f"exact -log p(x), true system ({split})"}
+                             for s in (min(steps), max(steps))]
+        panels.append({"title": title, "key": key, "caption": caption, "rows": rows,
+                       "unit": unit if key in ("nelbo", "log_likelihood", "kl") else ""})
+    if diagnostics is not None:
+        rows = [{"step": d["step"], "value": float(d["active_units"]), "series": "active"}
+                for d in diagnostics if "active_units" in d]
+        panels.append({
+            "title": "active units", "key": "active_units", "unit": "latent dimensions",
+            "caption": f"dimensions u whose posterior mean varies across the data, "
+                       f"Cov_x(E_q[z_u]) > {ACTIVE_THRESHOLD} (Burda et al. 2016); "
+                       f"computed in the background, every few seconds",
+            "rows": rows})
+    return panels
+
+
+@torch.no_grad()
+def sample_piano_roll(model: nn.Module, steps: int) -> Tensor:
+    """Returns a sampled piano roll ``[steps, X]`` of 0/1 notes: each note drawn with the
+    emitter mean E[x_t | z_t] of ``model.sample`` as its probability. A Gaussian emitter
+    (the SSM on piano rolls) has means outside [0, 1]: they are clipped to [0, 1] first."""
+    _, mean = model.sample(1, steps=steps)
+    return torch.bernoulli(mean[0].clamp(0.0, 1.0)).cpu()
+
+
+def metrics_csv(history: list[dict]) -> str:
+    """The metrics records as CSV text, one row per record, every key a column."""
+    import csv
+
+    columns: dict[str, None] = {}
+    for record in history:
+        columns.update(dict.fromkeys(record))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return out.getvalue()

@@ -395,6 +395,103 @@ def latent_projection(z: Tensor, mask: Tensor | None = None, labels: Tensor | No
     return fig
 
 
+def posterior_bands(truth: Tensor, bands: dict[str, tuple[Tensor, Tensor]], t: int | None = None,
+                    names: Sequence[str] | None = None, density_dim: int = 0,
+                    unit: str = "state units") -> Figure:
+    """Marginals of one sequence's latent states against its true state: one axis per state
+    dimension, each band its mean (line) and mean +- 2 standard deviations (shaded), the true
+    state in black; with ``t`` a vertical line at step t and a last axis with each band's
+    Gaussian density of dimension ``density_dim`` at step t and the true value there.
+
+    Parameters
+    ----------
+    truth : Tensor
+        ``[T, D]`` true states.
+    bands : dict
+        label -> ``(mean [T, D], std [T, D])``, e.g. a Kalman smoother's and a guide's.
+    t : int, optional
+        The time step (0-based) to mark and to show the densities of.
+    names : sequence of str, optional
+        ``D`` state names for the axis labels (``z_1 .. z_D`` by default).
+    """
+    truth_np = _cpu(truth)
+    if truth_np.ndim != 2:
+        raise ValueError(f"truth must be [T, D] (one sequence), got {list(truth_np.shape)}")
+    steps, dims = truth_np.shape
+    for label, (mean, std) in bands.items():
+        if tuple(mean.shape) != (steps, dims) or tuple(std.shape) != (steps, dims):
+            raise ValueError(f"band {label!r}: mean and std must be [{steps}, {dims}] like "
+                             f"truth, got {list(mean.shape)} and {list(std.shape)}")
+    if t is not None and not 0 <= t < steps:
+        raise ValueError(f"t must be in 0..{steps - 1}, got {t}")
+    names = list(names) if names is not None else [f"z_{i + 1}" for i in range(dims)]
+    panels = dims + (t is not None)
+    fig = Figure(figsize=(3.6 * panels, 3.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, panels))
+    time = np.arange(1, steps + 1)
+    for d in range(dims):
+        ax = axes[d]
+        ax.plot(time, truth_np[:, d], color="k", lw=1.5, label="true state")
+        for i, (label, (mean, std)) in enumerate(bands.items()):
+            m, s = _cpu(mean)[:, d], _cpu(std)[:, d]
+            ax.plot(time, m, color=f"C{i}", lw=1.2, label=f"{label}: mean")
+            ax.fill_between(time, m - 2 * s, m + 2 * s, color=f"C{i}", alpha=0.25,
+                            label=f"{label}: +-2 sd")
+        if t is not None:
+            ax.axvline(t + 1, color="grey", ls=":", lw=1)
+        ax.set_xlabel("time step t")
+        ax.set_ylabel(f"{names[d]} ({unit})")
+    axes[0].legend(fontsize=7)
+    if t is not None:
+        ax = axes[-1]
+        true_value = truth_np[t, density_dim]
+        centres = [float(_cpu(m)[t, density_dim]) for m, _ in bands.values()] + [true_value]
+        widths = [float(_cpu(s)[t, density_dim]) for _, s in bands.values()]
+        lo = min(centres) - 4 * max(widths)
+        hi = max(centres) + 4 * max(widths)
+        grid = np.linspace(lo, hi, 400)
+        for i, (label, (mean, std)) in enumerate(bands.items()):
+            m, s = float(_cpu(mean)[t, density_dim]), float(_cpu(std)[t, density_dim])
+            density = np.exp(-0.5 * ((grid - m) / s) ** 2) / (s * math.sqrt(2 * math.pi))
+            ax.plot(grid, density, color=f"C{i}", label=label)
+        ax.axvline(true_value, color="k", lw=1.5, label="true state")
+        ax.set_xlabel(f"{names[density_dim]} at t = {t + 1} ({unit})")
+        ax.set_ylabel(f"density (1 / {unit})")
+        ax.legend(fontsize=7)
+    return fig
+
+
+def run_comparison(runs: dict[str, Sequence[dict]],
+                   keys: Sequence[str] = ("nelbo", "kl", "kl_weight"),
+                   smooth: int = 1) -> Figure:
+    """Training curves of several runs on shared axes, one axis per record key (titles from
+    ``CURVES``), one colour per run: e.g. a run with KL annealing against one without.
+    ``runs`` maps a label to a history of :func:`vaelab.train.fit`; ``smooth`` > 1 draws the
+    running mean over that many train records."""
+    if not runs:
+        raise ValueError("runs is empty; pass {label: history}")
+    titles = dict(CURVES)
+    fig = Figure(figsize=(4.2 * len(keys), 3.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(keys)))
+    for ax, key in zip(axes, keys):
+        for i, (label, history) in enumerate(runs.items()):
+            points = [(r["step"], r[key]) for r in history
+                      if r.get("kind") == "train" and key in r]
+            if not points:
+                continue
+            steps, values = (np.asarray(v, dtype=np.float64) for v in zip(*points))
+            if smooth > 1 and len(values) >= smooth:
+                values = np.convolve(values, np.ones(smooth) / smooth, mode="valid")
+                steps = steps[smooth - 1:]
+            ax.plot(steps, values, color=f"C{i}", lw=1.2, label=label)
+        ax.set_title(titles.get(key, key), fontsize=10)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("nats per time step" if key in ("nelbo", "log_likelihood", "kl")
+                      else key)
+        ax.legend(fontsize=8)
+    return fig
+
+
 # ----------------------------------------------------------------------------- piano rolls
 
 
@@ -473,6 +570,114 @@ def flow_density(model: nn.Module, contexts: Tensor, extent: float = 2.5,
     return fig
 
 
+def _density_grid(extent: float, resolution: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """The points of a square grid on ``[-extent, extent]^2``: ``(grid [G], points [G*G, 2])``,
+    row ``i`` of the reshaped ``[G, G]`` being ``x_2 = grid[i]``."""
+    grid = torch.linspace(-extent, extent, resolution, dtype=like.dtype, device=like.device)
+    gx, gy = torch.meshgrid(grid, grid, indexing="xy")  # [G, G] each
+    return grid, torch.stack([gx, gy], dim=-1).reshape(-1, 2)
+
+
+@torch.no_grad()
+def conditional_densities(models: dict[str, nn.Module], context: Tensor, extent: float = 2.5,
+                          resolution: int = 100, data: Tensor | None = None,
+                          samples: dict[str, Tensor] | None = None) -> Figure:
+    """Density p(x | a) of each model at one context ``context [A]``, one panel per model on
+    the square ``[-extent, extent]^2`` with a shared colour scale and colour bar.
+
+    ``models`` maps a panel title to a module whose ``model(a)`` is a distribution over 2-D
+    ``x`` (a :class:`~vaelab.flows.ConditionalRealNVP`, a
+    :class:`~vaelab.distributions.DiagGaussian`); ``data [N, 2]`` (e.g. training points with a
+    similar context) is drawn in white on every panel, ``samples[title] [M, 2]`` in red on
+    that model's panel."""
+    if not models:
+        raise ValueError("conditional_densities needs at least one model, got none")
+    p = next(next(iter(models.values())).parameters())
+    grid, points = _density_grid(extent, resolution, p)
+    a = context.to(p).reshape(1, -1).expand(len(points), -1)  # [G*G, A]
+    densities = {name: model(a).log_prob(points).exp().reshape(resolution, resolution)
+                 for name, model in models.items()}
+    top = max(float(d.max()) for d in densities.values())
+    levels = np.linspace(0.0, top, 16)
+    fig = Figure(figsize=(3.4 * len(models) + 1.0, 3.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(models), sharex=True, sharey=True))
+    for ax, (name, density) in zip(axes, densities.items()):
+        filled = ax.contourf(_cpu(grid), _cpu(grid), _cpu(density), levels=levels,
+                             cmap="viridis")
+        if data is not None:
+            d = _cpu(data)
+            ax.scatter(d[:, 0], d[:, 1], s=2, color="w", alpha=0.6, label="data")
+        if samples is not None and name in samples:
+            s = _cpu(samples[name])
+            ax.scatter(s[:, 0], s[:, 1], s=2, color="C3", alpha=0.7, label="samples")
+        ax.set(xlim=(-extent, extent), ylim=(-extent, extent), aspect="equal", title=name,
+               xlabel="$x_1$ (data units)")
+        if data is not None or (samples is not None and name in samples):
+            ax.legend(loc="lower left", fontsize=7, markerscale=3, framealpha=0.6)
+    axes[0].set_ylabel("$x_2$ (data units)")
+    fig.colorbar(filled, ax=list(axes), label="density p(x | a) (per unit area)", shrink=0.9,
+                 format="%.2f")
+    return fig
+
+
+@torch.no_grad()
+def flow_layers(flow: nn.Module, context: Tensor, layers: Sequence[int], extent: float = 2.5,
+                resolution: int = 100, n_samples: int = 800, seed: int = 0) -> Figure:
+    """The base density of a conditional RealNVP carried through its first ``k`` coupling
+    layers, one panel per ``k`` in ``layers`` (0 = the base, ``len(flow.nets)`` = the whole
+    flow), at one context ``context [A]``.
+
+    Each panel shows the exact density of ``z`` pushed through the first ``k`` transforms
+    (``TransformedDistribution(base, flow.transforms(a)[:k])``) and the same ``n_samples``
+    base points ``z`` carried along, coloured by their first base coordinate ``z_1`` so that
+    one can follow where each part of the base goes. ``flow`` is a
+    :class:`~vaelab.flows.ConditionalRealNVP` or a model holding one as ``model.flow``."""
+    flow = getattr(flow, "flow", flow)
+    total = len(flow.nets)
+    layers = list(layers)
+    bad = [k for k in layers if not 0 <= k <= total]
+    if not layers or bad:
+        raise ValueError(f"layers must be counts between 0 and {total} (the flow's coupling "
+                         f"layers), got {layers}")
+    p = next(flow.parameters())
+    grid, points = _density_grid(extent, resolution, p)
+    a = context.to(p).reshape(1, -1)
+    transforms = flow.transforms(a.expand(len(points), -1))
+    base = flow.base_distribution(a.expand(len(points), -1))
+    g = torch.Generator(device=p.device).manual_seed(seed)
+    a_s = a.expand(n_samples, -1)
+    b = flow.base_distribution(a_s)
+    # base points from the base's own mean and scale, with the generator fixed
+    z = b.mean + b.stddev * torch.randn(n_samples, 2, generator=g, device=p.device,
+                                        dtype=p.dtype)
+    colour = _cpu(z[:, 0])
+    sample_transforms = flow.transforms(a_s)
+    densities, carried = [], []
+    for k in layers:
+        p_k = torch.distributions.TransformedDistribution(base, transforms[:k])
+        densities.append(p_k.log_prob(points).exp().reshape(resolution, resolution))
+        x = z
+        for t in sample_transforms[:k]:
+            x = t(x)
+        carried.append(x)
+    top = max(float(d.max()) for d in densities)
+    levels = np.linspace(0.0, top, 16)
+    fig = Figure(figsize=(3.2 * len(layers) + 2.0, 3.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(layers), sharex=True, sharey=True))
+    for ax, k, density, x in zip(axes, layers, densities, carried):
+        filled = ax.contourf(_cpu(grid), _cpu(grid), _cpu(density), levels=levels,
+                             cmap="Greys")
+        dots = ax.scatter(*_cpu(x).T, s=2, c=colour, cmap="plasma", alpha=0.6)
+        title = "base" if k == 0 else f"after {k} of {total} layers"
+        ax.set(xlim=(-extent, extent), ylim=(-extent, extent), aspect="equal", title=title,
+               xlabel="first coordinate (data units)")
+    axes[0].set_ylabel("second coordinate (data units)")
+    fig.colorbar(filled, ax=list(axes), label="density (per unit area)", shrink=0.9,
+                 format="%.2f")
+    fig.colorbar(dots, ax=list(axes), label="the point's base coordinate $z_1$", shrink=0.9)
+    return fig
+
+
 # ----------------------------------------------------------------------------- dashboard
 
 
@@ -543,3 +748,88 @@ def model_figures(model: nn.Module, batch: Batch, info: dict | None = None,
     finally:
         model.train(was_training)
     return figures
+
+
+# ----------------------------------------------------------------------------- interactive
+
+
+SERIES_COLOURS = {"train": "#1f77b4", "validation": "#d62728",
+                  "exact -log p(x), true system (val)": "#ff7f0e",
+                  "exact -log p(x), true system (train)": "#2ca02c", "active": "#9467bd"}
+
+
+def curve_chart(panel: dict, log: bool = False, height: int = 230):
+    """An interactive Vega-Lite chart (Altair) of one panel of
+    :func:`vaelab.live.curve_panels`: zoom and pan with the mouse, a tooltip per point.
+
+    Train records as a line with the newest point marked (so a first single point shows),
+    validation records as points, the exact -log p(x) of a known system as dashed lines;
+    ``log`` puts the values on a symmetric-log scale (works for negative values too).
+    Series ``"run <label>"`` (from :func:`overlay_rows`) are drawn as one line each.
+    """
+    import altair as alt
+
+    rows = panel["rows"]
+    unit = f" ({panel['unit']})" if panel.get("unit") else ""
+    series = list(dict.fromkeys(r["series"] for r in rows))
+    colours = [SERIES_COLOURS.get(s) for s in series]
+    colour = alt.Color("series:N", title=None, legend=alt.Legend(orient="bottom"),
+                       scale=alt.Scale(domain=series, range=colours)
+                       if all(colours) else alt.Undefined)
+    base = alt.Chart(alt.Data(values=rows)).encode(
+        x=alt.X("step:Q", title="step"),
+        y=alt.Y("value:Q", title=panel["title"] + unit,
+                scale=alt.Scale(type="symlog") if log else alt.Scale(zero=False)),
+        color=colour,
+        tooltip=[alt.Tooltip("series:N"), alt.Tooltip("step:Q"),
+                 alt.Tooltip("value:Q", format=".4f")])
+    lines = base.transform_filter(
+        "datum.series != 'validation' && indexof(datum.series, 'exact') < 0").mark_line()
+    exact = base.transform_filter("indexof(datum.series, 'exact') >= 0").mark_line(
+        strokeDash=[6, 4])
+    val = base.transform_filter("datum.series == 'validation'").mark_point(
+        filled=True, size=60)
+    newest = base.transform_filter("datum.series != 'validation'").transform_window(
+        rank="rank(step)", sort=[alt.SortField("step", order="descending")],
+        groupby=["series"]).transform_filter("datum.rank == 1").mark_point(filled=True, size=40)
+    return alt.layer(lines, exact, val, newest).properties(
+        height=height, title=alt.Title(panel["title"], fontSize=14)).configure_axis(
+        labelFontSize=12, titleFontSize=12).configure_legend(labelFontSize=12).interactive()
+
+
+def latent_usage_chart(entry: dict, threshold: float = ACTIVE_THRESHOLD, height: int = 220):
+    """Interactive bars of one diagnostics entry (:func:`vaelab.live.diagnose`): the
+    activity Cov_x(E_q[z_u]) of every latent dimension u on a log scale with the active-unit
+    threshold, and the KL per dimension (nats) when the entry has it; inactive dimensions in
+    grey. Axis labels thin themselves out, so 100 or more dimensions stay readable."""
+    import altair as alt
+
+    activity = [float(a) for a in entry["activity"]]
+    kl = entry.get("kl_per_dim")
+    rows = [{"u": u, "activity": max(a, 1e-8), "active": "active" if a > threshold else
+             "inactive", "kl": None if kl is None else float(kl[u])}
+            for u, a in enumerate(activity)]
+    x = alt.X("u:Q", title="latent dimension u", scale=alt.Scale(domain=[-0.5, len(rows) - 0.5]),
+              axis=alt.Axis(tickMinStep=1, labelOverlap=True, format="d"))
+    colour = alt.Color("active:N", title=None, legend=alt.Legend(orient="bottom"),
+                       scale=alt.Scale(domain=["active", "inactive"],
+                                       range=["#1f77b4", "#c7c7c7"]))
+    width = max(1.0, min(30.0, 600 / max(len(rows), 1)))
+    base = alt.Chart(alt.Data(values=rows))
+    bars = base.mark_bar(size=width).encode(
+        x=x, y=alt.Y("activity:Q", title="activity Cov_x(E_q[z_u])",
+                     scale=alt.Scale(type="log")), color=colour,
+        tooltip=["u:Q", alt.Tooltip("activity:Q", format=".3g"), "active:N"])
+    rule = alt.Chart(alt.Data(values=[{"threshold": threshold}])).mark_rule(
+        color="#d62728", strokeDash=[6, 4]).encode(y="threshold:Q")
+    n_active = sum(r["active"] == "active" for r in rows)
+    charts = [alt.layer(bars, rule).properties(
+        height=height, title=f"activity: {n_active} of {len(rows)} active "
+                             f"(threshold {threshold}, dashed)")]
+    if kl is not None:
+        charts.insert(0, base.mark_bar(size=width).encode(
+            x=x, y=alt.Y("kl:Q", title="KL per dimension (nats)"), color=colour,
+            tooltip=["u:Q", alt.Tooltip("kl:Q", format=".4f")]).properties(
+            height=height, title=f"KL per dimension (total {sum(kl):.3f} nats)"))
+    return alt.hconcat(*charts).resolve_scale(color="shared").configure_axis(
+        labelFontSize=12, titleFontSize=12).configure_title(fontSize=14)
