@@ -139,7 +139,7 @@ def test_diverging_run_reports_failure(digits, tmp_path):
     run.start()
     assert run.join(TIMEOUT)
     assert run.status.startswith("failed: non-finite")
-    assert "Lower the learning rate" in run.status
+    assert "lower the learning rate" in run.status.lower()
     assert not run.active
 
 
