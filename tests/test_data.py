@@ -26,6 +26,7 @@ from vaelab.data import (
     load_digits,
     load_jsb,
     load_mnist,
+    load_moons,
     load_polyphonic,
     transpose_rolls,
 )
@@ -669,3 +670,49 @@ def test_batches_reject_bad_settings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(list(_sequences([4]).batches(2))) == 1
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: Data(np.zeros((3, 2))), r"x must be a torch tensor \[N, X\] .*got ndarray"),
+    (lambda: Data(torch.zeros(3)), r"x must be a torch tensor .*of shape \[3\]"),
+    (lambda: Data(torch.zeros(3, 2, dtype=torch.long)), r"x must hold floats, got torch.int64"),
+    (lambda: Data(torch.zeros(3, 4, 2), a=torch.zeros(2, 4, 1)), r"a must be \[3, 4, A\] like x"),
+    (lambda: Data(torch.zeros(3, 4, 2), z=torch.zeros(3, 5, 1)), r"z must be \[3, 4, Z\] like x"),
+    (lambda: Data(torch.zeros(3, 2), a=torch.zeros(3, 2, 1)), r"a must be \[3, A\] like x"),
+    (lambda: Data(torch.zeros(3, 4, 2), lengths=torch.tensor([1, 2])),
+     r"lengths must be an integer tensor \[N\] = \[3\], got torch.int64 of shape \[2\]"),
+    (lambda: Data(torch.zeros(3, 4, 2), lengths=torch.tensor([1.0, 2.0, 3.0])),
+     "lengths must be an integer tensor"),
+    (lambda: Data(torch.zeros(3, 4, 2), lengths=torch.tensor([1, 2, 9])),
+     r"lengths must be in 1..T=4, got values from 1 to 9"),
+    (lambda: Data(torch.zeros(3, 4, 2), lengths=torch.tensor([0, 2, 3])),
+     r"lengths must be in 1..T=4, got values from 0 to 3"),
+    (lambda: Data(torch.zeros(3, 2), lengths=torch.tensor([1, 1, 1])),
+     r"lengths are for sequences \[N, T, X\]; drop them"),
+])
+def test_data_checks_its_arrays(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_moons_arguments():
+    with pytest.raises(ValueError, match="noise must be >= 0, got -1.0"):
+        load_moons(noise=-1)
+    with pytest.raises(ValueError, match="n must be a whole number, got '50'"):
+        load_moons(n="50")
+    with pytest.raises(ValueError, match="load_moons needs n > n_val \\+ n_test, got n=10"):
+        load_moons(n=10, n_val=5, n_test=5)
+    with pytest.raises(ValueError, match="exceed the 1e7 load_moons makes in memory"):
+        load_moons(n=10**9)
+    assert len(load_moons(n=11, n_val=5, n_test=5)[0]) == 1
+
+
+def test_load_dataset_never_runs_a_pickle(tmp_path):
+    """The path a checkpoint's data spec names goes through the same restricted unpickler."""
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.pickle"
+    path.write_bytes(pickle.dumps({**SONGS, "test": _Touch(marker)}, protocol=2))
+    with pickle_error(path, r"(builtins|__builtin__)\.getattr"):
+        spec = {"name": "polyphonic", "path": str(path), "transpose": 1}  # as a checkpoint has
+        load_dataset(**spec)
+    assert not marker.exists()

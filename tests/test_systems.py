@@ -242,3 +242,13 @@ def test_load_arrays_wrong_files(tmp_path):
     # the options reach from_arrays
     train, val, _ = load_arrays(good, val_fraction=0.25, name="mine")
     assert len(val) == 5 and train.name == "mine"
+
+
+def test_simulated_sizes_are_bounded_and_obs_std_is_one_number():
+    with pytest.raises(ValueError, match=r"1e\+09 steps\) exceed the 2e\+07 a simulated data set "
+                       r"may hold in memory; lower n_train or steps"):
+        load_linear(n_train=10**8, steps=10)
+    with pytest.raises(ValueError, match="exceed the"):
+        load_pendulum(steps=10**6)
+    with pytest.raises(ValueError, match=r"obs_std must be a number, got \[1\]"):
+        load_linear(obs_std=[1])

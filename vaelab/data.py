@@ -130,6 +130,7 @@ class Data:
     info: dict | None = None
 
     def __post_init__(self) -> None:
+        self._check_shapes()
         check_finite("x", self.x, self.name)
         if self.a is not None:
             check_finite("a", self.a, self.name)
@@ -144,6 +145,40 @@ class Data:
         if self.transpose and not self.is_sequence:
             raise ValueError(f"{self.name}: transpose shifts piano rolls [N, T, notes]; "
                              f"set it to 0 for data of shape {list(self.x.shape)}")
+
+    def _check_shapes(self) -> None:
+        """x a float tensor [N, X] or [N, T, X]; a, z with the same N (and T); lengths [N]
+        whole numbers in 1..T, sequences only."""
+        if not isinstance(self.x, Tensor) or self.x.dim() not in (2, 3):
+            shape = list(getattr(self.x, "shape", []))
+            raise ValueError(f"{self.name}: x must be a torch tensor [N, X] or [N, T, X], got "
+                             f"{type(self.x).__name__} of shape {shape}; use torch.as_tensor "
+                             f"and add the missing axes")
+        if not self.x.is_floating_point():
+            raise ValueError(f"{self.name}: x must hold floats, got {self.x.dtype}; pass "
+                             f"x.float()")
+        lead = tuple(self.x.shape[:self.x.dim() - 1])  # (N,) or (N, T)
+        for key in ("a", "z"):
+            t = getattr(self, key)
+            if t is not None and (not isinstance(t, Tensor) or t.dim() != self.x.dim()
+                                  or tuple(t.shape[:-1]) != lead):
+                raise ValueError(f"{self.name}: {key} must be [{', '.join(map(str, lead))}, "
+                                 f"{key.upper()}] like x, got shape "
+                                 f"{list(getattr(t, 'shape', []))}")
+        if self.lengths is None:
+            return
+        if not self.is_sequence:
+            raise ValueError(f"{self.name}: lengths are for sequences [N, T, X]; drop them for "
+                             f"data of shape {list(self.x.shape)}")
+        n, steps = lead
+        if (not isinstance(self.lengths, Tensor) or self.lengths.shape != (n,)
+                or self.lengths.is_floating_point() or self.lengths.dtype == torch.bool):
+            raise ValueError(f"{self.name}: lengths must be an integer tensor [N] = [{n}], got "
+                             f"{getattr(self.lengths, 'dtype', type(self.lengths).__name__)} "
+                             f"of shape {list(getattr(self.lengths, 'shape', []))}")
+        if n and not (1 <= int(self.lengths.min()) and int(self.lengths.max()) <= steps):
+            raise ValueError(f"{self.name}: lengths must be in 1..T={steps}, got values from "
+                             f"{int(self.lengths.min())} to {int(self.lengths.max())}")
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -552,8 +587,10 @@ def load_moons(
                         (("n", n), ("n_val", n_val), ("n_test", n_test)))
     noise, seed = check_number("noise", noise, low=0), check_int("seed", seed)
     if n < n_val + n_test + 1:
-        raise ValueError(f"load_moons needs n > n_val + n_test and noise >= 0, got n={n}, "
-                         f"n_val={n_val}, n_test={n_test}, noise={noise}")
+        raise ValueError(f"load_moons needs n > n_val + n_test, got n={n}, n_val={n_val}, "
+                         f"n_test={n_test}; raise n or lower n_val, n_test")
+    if n > 10_000_000:
+        raise ValueError(f"n={n} points exceed the 1e7 load_moons makes in memory; lower n")
     g = torch.Generator().manual_seed(seed)
     t = torch.rand(n, generator=g) * torch.pi
     upper = torch.rand(n, generator=g) < 0.5

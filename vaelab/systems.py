@@ -41,15 +41,14 @@ def _check_sizes(n_train: int, n_val: int, n_test: int, steps: int, min_steps: i
         raise ValueError(f"steps must be >= 2 (a sequence needs a transition), got {steps}")
     if min_steps is not None:
         check_int("min_steps", min_steps, low=1, high=steps)
+    n = n_train + n_val + n_test
+    if n * steps > MAX_STEPS:
+        raise ValueError(f"{n} sequences of {steps} steps ({n * steps:.3g} steps) exceed the "
+                         f"{MAX_STEPS:.0e} a simulated data set may hold in memory; lower "
+                         f"n_train or steps")
 
 
-def _check_stds(**stds: object) -> None:
-    """Every standard deviation a finite number > 0 (the Kalman filter and smoother factor
-    covariances built from them), or a ValueError naming it."""
-    for key, value in stds.items():
-        values = value if isinstance(value, tuple | list) else (value,)
-        for v in values:
-            check_number(key, v, positive=True)
+MAX_STEPS = 20_000_000  # time steps of all sequences together (~1.3 GB at float64)
 
 
 def _smooth_actions(n: int, steps: int, dim: int, scale: float, g: torch.Generator) -> Tensor:
@@ -105,7 +104,9 @@ def point_mass_system(
         if not isinstance(pair, tuple | list) or len(pair) != 2:
             raise ValueError(f"{key} must be a pair (position, velocity) of standard "
                              f"deviations, got {pair!r}")
-    _check_stds(process_std=process_std, obs_std=obs_std, init_std=init_std)
+        for value in pair:  # > 0: the Kalman filter and smoother factor these covariances
+            check_number(key, value, positive=True)
+    check_number("obs_std", obs_std, positive=True)
     eye, zero = torch.eye(2, dtype=torch.float64), torch.zeros(2, 2, dtype=torch.float64)
     A = torch.cat([torch.cat([eye, dt * eye], 1), torch.cat([zero, (1 - damping * dt) * eye], 1)])
     B = torch.cat([0.5 * dt**2 * eye, dt * eye])
