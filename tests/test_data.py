@@ -298,6 +298,8 @@ def test_load_dataset_registry():
         load_dataset("digits", transpose=3)
     with pytest.raises(ValueError, match="needs a path"):
         load_dataset("mnist")
+    with pytest.raises(ValueError, match=r"the data spec \{'path': 'x.npz'\} has no 'name'"):
+        load_dataset(path="x.npz")  # a checkpoint's spec without its name
 
 
 def test_batch_repeat_is_sample_major():

@@ -119,8 +119,9 @@ def _check_spec_path(name: str, path: object) -> str:
     return path
 
 
-def load_dataset(name: str, **kw) -> tuple[Data, Data, Data]:
+def load_dataset(name: str | None = None, **kw) -> tuple[Data, Data, Data]:
     """Load a data set by name (see ``DATASETS``); keyword arguments go to its loader. The spec
-    ``{"name": name, **kw}`` is checked by :func:`validate_data_spec` before anything is read."""
-    spec = validate_data_spec({"name": name, **kw})
-    return DATASETS[name](**{k: v for k, v in spec.items() if k != "name"})
+    ``{"name": name, **kw}`` is checked by :func:`validate_data_spec` before anything is read
+    (``load_dataset(**spec)`` of a spec without a name says so)."""
+    spec = validate_data_spec(kw if name is None else {"name": name, **kw})
+    return DATASETS[spec["name"]](**{k: v for k, v in spec.items() if k != "name"})
