@@ -166,3 +166,21 @@ def test_site_builds_with_an_index_linking_every_notebook(tmp_path: Path,
         title = course._title(nbformat.read(path, as_version=4), path.stem)
         assert "<html" in page and title.split("·")[-1].strip() in page
     assert "notebook pages" in capsys.readouterr().out
+
+
+def test_site_executes_notebooks_and_reports_a_failing_one(
+        tmp_path: Path, kernel_env: dict[str, str]) -> None:  # noqa: F811  (the kernelspec)
+    src = tmp_path / "src"
+    src.mkdir()
+    nbformat.write(nbformat.v4.new_notebook(cells=[new_markdown("# Sums"),
+                                                   new_code("print(sum(range(1234)))")]),
+                   src / "a.ipynb")
+    pages = course.build_site(src, tmp_path / "site", execute=True, timeout=60,
+                              kernel_name=KERNEL)
+    assert [p.name for p in pages] == ["index.html", "a.html"]
+    assert str(sum(range(1234))) in pages[1].read_text()  # the executed output is rendered
+    assert "executed when the site was built" in pages[0].read_text()
+    nbformat.write(nbformat.v4.new_notebook(cells=[new_code("1 / 0")]), src / "b.ipynb")
+    with pytest.raises(ValueError, match="(?s)b.ipynb failed while executing.*"
+                       "ZeroDivisionError: division by zero"):
+        course.build_site(src, tmp_path / "site2", execute=True, timeout=60, kernel_name=KERNEL)

@@ -25,6 +25,7 @@ import nbformat
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_SCHEME, END_SCHEME = "=== BEGIN MARK SCHEME ===", "=== END MARK SCHEME ==="
 STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
+ANSI = r"\x1b\[[0-9;]*m"  # terminal colours in nbclient's traceback
 DEFAULT_SOURCE = Path(__file__).resolve().parent.parent / "notebooks"
 
 RELEASE_README = """\
@@ -163,8 +164,8 @@ def build_site(src: str | Path | None, dst: str | Path, execute: bool = True,
     """Render every notebook in ``src`` to ``dst/<name>.html`` and write ``dst/index.html``
     linking them; returns the pages (index first). With ``execute`` each notebook runs first
     (in its own folder, inheriting the environment, so ``VAELAB_SMALL=1`` gives the short
-    run); otherwise the stored notebooks are rendered as they are. A failing notebook raises
-    nbclient's CellExecutionError naming the cell."""
+    run); otherwise the stored notebooks are rendered as they are. A failing or timed-out cell
+    raises ValueError naming the notebook, with nbclient's report of the cell."""
     from nbconvert import HTMLExporter
 
     src, dst = _source_dir(src), Path(dst)
@@ -200,9 +201,15 @@ def build_site(src: str | Path | None, dst: str | Path, execute: bool = True,
 
 def _execute(nb: nbformat.NotebookNode, path: Path, options: dict, env: dict) -> None:
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
     client = NotebookClient(nb, resources={"metadata": {"path": str(path.parent)}}, **options)
-    client.execute(env=env)
+    try:
+        client.execute(env=env)
+    except (CellExecutionError, CellTimeoutError) as err:
+        raise ValueError(f"{path.name} failed while executing for the site; fix the notebook, "
+                         f"or build with --no-execute to render it as stored:\n"
+                         f"{re.sub(ANSI, '', str(err))}") from None
 
 
 
