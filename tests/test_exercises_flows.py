@@ -82,6 +82,7 @@ LOG_DET_MISTAKES = {
     "sum the log-scales over the event": lambda b, r, k: (1 - b) * bounded(r, k),
     "returned shape": lambda b, r, k: log_det_right(b, r, k).sum(),  # summed over the batch too
     "returned a tuple": lambda b, r, k: (log_det_right(b, r, k), r),
+    "raised RuntimeError": lambda b, r, k: b @ torch.ones(3, 3),  # shapes that do not match
     "off by up to": lambda b, r, k: log_det_right(b, r, k) * 1.01,
 }
 
@@ -112,6 +113,15 @@ LOG_PROB_MISTAKES = {
 def test_log_prob_mistakes_are_named(match: str) -> None:
     with pytest.raises(Mistake, match=match):
         check_flow_log_prob(LOG_PROB_MISTAKES[match])
+
+
+def test_a_stub_is_not_a_mistake() -> None:
+    # the released notebook's stub raises NotImplementedError, which the checker lets through
+    def stub(*args):
+        raise NotImplementedError()
+    for check in (check_coupling_forward, check_coupling_log_det, check_flow_log_prob):
+        with pytest.raises(NotImplementedError):
+            check(stub)
 
 
 def test_hints_are_distinct() -> None:
