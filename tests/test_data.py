@@ -718,3 +718,13 @@ def test_load_dataset_never_runs_a_pickle(tmp_path):
         spec = {"name": "polyphonic", "path": str(path), "transpose": 1}  # as a checkpoint has
         load_dataset(**spec)
     assert not marker.exists()
+
+
+def test_piano_roll_of_silence_and_of_the_keyboard_edges():
+    from vaelab.data import piano_roll
+    silent = piano_roll([[(), ()], [()]], "silent")
+    assert silent.x.shape == (2, 2, 88) and silent.x.sum() == 0
+    assert silent.lengths.tolist() == [2, 1]
+    edges = piano_roll([[(21, 108), [60]], [{64, 67}]], "edges")  # tuples, lists and sets
+    assert edges.x.nonzero().tolist() == [[0, 0, 0], [0, 0, 87], [0, 1, 39], [1, 0, 43],
+                                          [1, 0, 46]]

@@ -506,11 +506,19 @@ def piano_roll(sequences: list, name: str, transpose: int = 0) -> Data:
     lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
     if len(sequences) == 0 or int(lengths.min()) == 0:
         raise ValueError(f"{name}: every split needs non-empty sequences")
-    x = torch.zeros(len(sequences), int(lengths.max()), NUM_NOTES)
+    where, notes = [], []  # (sequence, step) and MIDI number of every note played
     for i, seq in enumerate(sequences):
-        for t, notes in enumerate(seq):
-            for note in notes:
-                x[i, t, _note_number(note, name, i, t) - NOTE_MIN] = 1.0
+        for t, step in enumerate(seq):
+            for note in step:
+                where.append((i, t))
+                notes.append(note)
+    for k, note in enumerate(notes):  # one pass in Python; the rare odd note checked in full
+        if type(note) is not int or not NOTE_MIN <= note < NOTE_MIN + NUM_NOTES:
+            notes[k] = _note_number(note, name, *where[k])
+    x = torch.zeros(len(sequences), int(lengths.max()), NUM_NOTES)
+    if notes:
+        i, t = torch.tensor(where, dtype=torch.long).reshape(-1, 2).unbind(1)
+        x[i, t, torch.tensor(notes, dtype=torch.long) - NOTE_MIN] = 1.0
     return Data(x, lengths=lengths, transpose=transpose, name=name, info={"kind": "piano_roll"})
 
 
