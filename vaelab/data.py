@@ -60,6 +60,9 @@ def check_finite(name: str, t: Tensor | np.ndarray, where: str) -> None:
         )
 
 
+# A wrong type is a ValueError too, like every bad input (STYLE.md), hence noqa: TRY004.
+
+
 def check_int(name: str, value: object, low: int | None = None, high: int | None = None
               ) -> int:
     """``value`` as an int, or a ``ValueError`` naming ``name``, the value and the range."""
