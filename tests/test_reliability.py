@@ -691,3 +691,10 @@ def test_save_checkpoint_reports_an_unwritable_folder(tmp_path):
     with pytest.raises(CheckpointWriteError, match=f"could not write checkpoint "
                                                    f"{target}/checkpoint.pt"):
         save_checkpoint(target / "checkpoint.pt", {"format": CHECKPOINT_FORMAT})
+
+
+def test_a_model_that_rejects_the_data_says_so_without_a_traceback(tmp_path, capsys):
+    code, _, err = run_cli(["train", "--model", "dmm", "--data", "digits", "--out",
+                            str(tmp_path / "run"), "--max-steps", "1", "--set", "rnn_dim=4",
+                            "--train-set", "progress=False"], capsys)
+    assert code == 2 and "error: dmm cannot train on this data: x must be [B, T, 64]" in err

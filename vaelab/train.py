@@ -2,7 +2,10 @@
 validation, a metrics stream through ``callback``, atomic checkpoints and exact resume.
 
 Like minGPT's trainer it knows only the model protocol (``elbo``), :class:`Batch` / :class:`Data`
-and ``MODELS``.
+and ``MODELS``. :func:`fit` reads as its steps: ``_start`` (seed, optimiser, schedule),
+``_restore`` (a resume: what may change and what may not), then per batch :func:`train_step`,
+per epoch ``_end_of_epoch`` (validation, best.pt) and ``_save`` (an atomic, checksummed
+checkpoint). Every user's mistake is a ``ValueError`` naming the problem and the fix.
 """
 
 from __future__ import annotations
@@ -495,7 +498,7 @@ def fit(
     _check_fit_arguments(model, train, val, config, callback, data_spec)
     run = _start(model, train, config, data_spec, callback)
     if resume is not None:
-        _restore(run, resume, train)
+        _restore(run, resume)
     state = run.state
     bar = tqdm(total=config.max_steps or config.epochs * run.steps_per_epoch,
                initial=state.step, disable=not config.progress, desc=f"train {model.name}")
@@ -519,8 +522,8 @@ def fit(
                     stopped = _end_of_epoch(run, val)
             if run.saved_step != state.step:  # stopped, max_steps or Ctrl-C mid-epoch
                 _save(run)
-            if interrupt.requested:
-                raise KeyboardInterrupt
+            if interrupt.requested and not (stopped or done) and state.epoch < config.epochs:
+                raise KeyboardInterrupt  # reported below, with the checkpoint just saved
     except TrainingDiverged as err:
         raise TrainingDiverged(f"{err}; {_survivor(run)}. {_advice(run, diverged=True)}") \
             from err.__cause__
@@ -652,7 +655,7 @@ def same_values(a, b) -> bool:
     return a == b
 
 
-def _restore(run: _Run, resume: str | Path, train: Data) -> None:
+def _restore(run: _Run, resume: str | Path) -> None:
     """Continue checkpoint ``resume``: check that ``run`` trains what it trained, load every
     state, and apply the :data:`RESUMABLE` settings that changed."""
     ckpt = load_checkpoint(resume, map_location=run.device)
@@ -770,7 +773,8 @@ def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
         # exactly 0) before the loss exists: that is divergence, not bad input
         if "satisfy the constraint" in str(err) or not _all_finite(model):
             raise TrainingDiverged(f"non-finite parameters at step {step + 1}") from err
-        raise
+        name = getattr(model, "name", type(model).__name__)
+        raise ValueError(f"{name} cannot train on this data: {err}") from err
     w = config.beta * kl_weight(step, anneal_steps, config.min_kl_weight)
     objective = loss(terms, w)
     if not torch.isfinite(objective):
