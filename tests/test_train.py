@@ -443,3 +443,25 @@ def test_evaluate_elbo_refuses_no_guide_draws(digits, samples):
     _, val = digits
     with pytest.raises(ValueError, match=rf"samples must be >= 1 .*got {samples}"):
         evaluate_elbo(small_vae(), val, samples=samples)
+
+
+def test_train_step_alone_is_one_optimiser_step_of_fit(digits):
+    """train_step, the loop's body, gives fit's first record on fit's first batch."""
+    train, _ = digits
+    torch.manual_seed(0)
+    model = small_vae()
+    cfg = config(max_steps=1, lr_decay=1.0, anneal_epochs=0.0)
+    reference = small_vae()
+    reference.load_state_dict(model.state_dict())
+    history = fit(reference, train, None, cfg)  # seeds itself with cfg.seed
+    vaelab.train.seed_everything(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    batch = next(iter(train.batches(cfg.batch_size, shuffle=True, generator=generator,
+                                    jitter=cfg.bucket_jitter)))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=1.0)
+    record = vaelab.train.train_step(model, batch, optimizer, scheduler, cfg, step=0)
+    assert record["step"] == 1 and record["lr"] == cfg.lr
+    expected = {k: v for k, v in history[0].items() if k not in ("seconds", "epoch")}
+    assert {k: v for k, v in record.items() if k != "epoch"} == expected
+    _assert_same_params(_params(model), _params(reference))
