@@ -565,6 +565,8 @@ def flow_density(model: nn.Module, contexts: Tensor, extent: float = 2.5,
             ax.set_ylim(-extent, extent)
             ax.set_aspect("equal")
             ax.set_title("a = (" + ", ".join(f"{float(v):.2f}" for v in a) + ")", fontsize=9)
+            ax.set_xlabel("$x_1$ (data units)")
+        axes[0].set_ylabel("$x_2$ (data units)")
     finally:
         model.train(model_was_training)
     return fig
