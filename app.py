@@ -412,10 +412,11 @@ def status_line(run) -> str:
         text += f", {progress['steps_per_second']:.1f} steps/s"
     if progress["eta_seconds"] is not None:
         text += f", about {progress['eta_seconds'] / 60:.1f} min left"
+    bound = "-ELBO" if run.has_latents else "-log p(x)"  # a flow's is exact
     if "train" in last:
-        text += f", train -ELBO {last['train']['nelbo']:.3f}"
+        text += f", train {bound} {last['train']['nelbo']:.3f}"
     if "val" in last:
-        text += f", validation -ELBO {last['val']['nelbo']:.3f} (epoch {last['val']['epoch']})"
+        text += f", validation {bound} {last['val']['nelbo']:.3f} (epoch {last['val']['epoch']})"
     if "exact_nll_val" in run.reference:
         text += f", exact -log p(x) of the true system {run.reference['exact_nll_val']:.3f}"
     return text
@@ -431,10 +432,12 @@ def show_curves(run) -> None:
     columns = st.columns(3)
     for i, panel in enumerate(panels):
         with columns[i % 3]:
+            st.markdown(f"**{panel['title']}**")
             if panel["rows"]:
-                st.altair_chart(plots.curve_chart(panel, log=log), width="stretch")
+                st.vega_lite_chart(panel["rows"], plots.curve_spec(panel, log=log),
+                                   width="stretch", key=f"curve_{i}")
             else:
-                st.markdown(f"**{panel['title']}**: no points yet")
+                st.caption("no points yet")
             st.caption(panel["caption"] + (f" ({panel['unit']})" if panel["unit"] else ""))
     trained = [i for i, r in enumerate(history) if r["kind"] == "train"]
     if trained:

@@ -14,9 +14,11 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +71,7 @@ def server(tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, proc, log)
-        yield url
+        yield types.SimpleNamespace(url=url, pid=proc.pid, log=log)
     finally:
         proc.terminate()
         try:
@@ -103,7 +105,51 @@ def _button(page, name: str):
     return page.get_by_test_id("stButton").get_by_role("button", name=name, exact=True)
 
 
-def test_train_in_browser_shows_live_curves(server, tmp_path):
+def _trainers(server_pid: int) -> list[int]:
+    """The training processes of the server: the children of its multiprocessing fork
+    server (zombies not counted)."""
+    out = []
+    for child in psutil.Process(server_pid).children(recursive=True):
+        try:
+            if "forkserver" in " ".join(child.cmdline()):
+                out += [c.pid for c in child.children() if c.status() != psutil.STATUS_ZOMBIE]
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def _wait_for(predicate, limit: float = UI_LIMIT_MS / 1000) -> None:
+    end = time.monotonic() + limit
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.2)
+
+
+def _choose(page, label: str, option: str) -> None:
+    """Pick ``option`` in the sidebar's select box ``label``."""
+    from playwright.sync_api import expect
+
+    box = page.get_by_test_id("stSelectbox").filter(
+        has=page.get_by_text(label, exact=True))
+    for _ in range(5):  # the page may rerun (and redraw the box) under the first click
+        box.click()
+        page.keyboard.type(option)
+        choice = page.get_by_role("option", name=option, exact=True)
+        try:
+            choice.click(timeout=5_000)
+            break
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError: try again
+            page.keyboard.press("Escape")
+    expect(box.get_by_role("combobox")).to_have_value(option)
+
+
+def _status(page) -> str:
+    return page.get_by_text(re.compile(r"status: ")).first.inner_text()
+
+
+@pytest.fixture
+def browser_page():
     sync_playwright, expect = _browser_tools()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
@@ -113,46 +159,140 @@ def test_train_in_browser_shows_live_curves(server, tmp_path):
             page = browser.new_page(viewport={"width": 1400, "height": 1700})
             page.set_default_timeout(UI_LIMIT_MS)
             expect.set_options(timeout=UI_LIMIT_MS)
-            page.goto(server)
-            expect(page.get_by_text("press Train")).to_be_visible()
-            # vae on digits (the defaults), small, long enough to be stopped by hand
-            _set_number(page, "hidden size", "32")
-            _set_number(page, "epochs", "500")
-            runs = page.get_by_label("runs folder", exact=True)
-            runs.fill(str(tmp_path / "runs"))
-            runs.press("Enter")
-            train = _button(page, "Train")
-            expect(train).to_be_enabled()
-            train.click()
-
-            # the live chart shows points: a positive step count, and the curves image is
-            # redrawn with new records
-            expect(page.get_by_text(re.compile(r"status: running, step [1-9]"))).to_be_visible()
-            curves = page.locator('[data-testid="stImage"] img').first
-            expect(curves).to_be_visible()
-            drawn = page.get_by_text(re.compile(r"curves drawn at step \d+"))
-            expect(drawn).to_be_visible()
-            first = curves.get_attribute("src")
-            # redrawn with records in it (at most every few seconds)
-            expect(page.get_by_text(re.compile(r"curves drawn at step [1-9]"))).to_be_visible()
-            expect(curves).not_to_have_attribute("src", first)
-            steps = int(re.search(r"step (\d+)", page.get_by_text(
-                re.compile(r"status: running, step")).inner_text()).group(1))
-            assert steps > 0
-            expect(train).to_be_disabled()  # one training at a time
-            page.screenshot(path=str(ARTIFACTS / "training.png"), full_page=True)
-
-            # a reload re-attaches to the same run (its id is in the URL)
-            assert "run=" in page.url
-            page.reload()
-            expect(page.get_by_text(re.compile(r"status: running, step [1-9]"))).to_be_visible()
-            expect(_button(page, "Train")).to_be_disabled()
-
-            _button(page, "Stop").click()
-            expect(page.get_by_text(re.compile(r"status: stopped, step \d+"))).to_be_visible()
-            expect(_button(page, "Train")).to_be_enabled()
-            expect(page.get_by_role("button", name="Download checkpoint")).to_be_visible()
-            page.screenshot(path=str(ARTIFACTS / "stopped.png"), full_page=True)
+            yield page, expect
         finally:
             browser.close()
-    assert (tmp_path / "runs").is_dir() and list((tmp_path / "runs").glob("*/checkpoint.pt"))
+
+
+def _fill(page, label: str, value: str) -> None:
+    from playwright.sync_api import expect
+
+    box = page.get_by_label(label, exact=True)
+    for _ in range(5):  # a rerun of the page may redraw the box under the first try
+        expect(box).to_have_count(1)  # not the stale copy of a page that is rerunning
+        box.fill(value)
+        box.press("Enter")
+        time.sleep(0.5)
+        if box.count() == 1 and box.input_value() == value:
+            break
+    expect(box).to_have_value(value)
+
+
+# tiny sizes per model, by the sidebar's labels; the data set each model is tried on
+BROWSER_CASES = {
+    "vae": ("digits", {"hidden size": "16"}),
+    "ssm": ("pendulum", {"latent size z_dim": "4", "hidden size": "8", "RNN size rnn_dim": "8"}),
+    "realnvp": ("moons", {"hidden size": "16", "coupling layers": "2"}),
+    "dmm": ("jsb", {"latent size z_dim": "4", "RNN size rnn_dim": "8",
+                    "emission network size": "8", "transition network size": "8"}),
+    "dmm_iaf": ("jsb", {"latent size z_dim": "4", "RNN size rnn_dim": "8",
+                        "emission network size": "8", "transition network size": "8",
+                        "IAF hidden size": "8"}),
+}
+
+
+def test_every_model_starts_and_shows_points(server, browser_page, tmp_path):
+    page, expect = browser_page
+    page.goto(server.url)
+    expect(page.get_by_text("press Train")).to_be_visible()
+    _fill(page, "runs folder", str(tmp_path / "runs"))
+    for model, (data, sizes) in BROWSER_CASES.items():
+        _choose(page, "model", model)
+        _choose(page, "data set", data)
+        for label, value in sizes.items():
+            _fill(page, label, value)
+        _fill(page, "epochs", "1000")
+        train = _button(page, "Train")
+        expect(train).to_be_enabled()
+        train.click()
+        expect(page.get_by_text(re.compile(rf"^{model} on {data} \("))).to_be_visible()
+        newest = page.get_by_text(re.compile(r"newest point: step [1-9]"))
+        expect(newest).to_be_visible()  # points on the live chart
+        expect(page.get_by_test_id("stVegaLiteChart").first).to_be_visible()
+        first = newest.inner_text()
+        expect(newest).not_to_have_text(first)  # and new ones keep coming
+        assert not page.get_by_test_id("stException").count()
+        page.screenshot(path=str(ARTIFACTS / f"training-{model}-{data}.png"), full_page=True)
+        _button(page, "Stop").click()
+        expect(page.get_by_text(re.compile(r"status: stopped"))).to_be_visible()
+        _wait_for(lambda: not _trainers(server.pid))
+
+
+def test_rapid_clicks_leave_only_the_run_the_page_shows(server, browser_page, tmp_path):
+    page, expect = browser_page
+    page.goto(server.url)
+    expect(page.get_by_text("press Train")).to_be_visible()
+    _fill(page, "hidden size", "16")
+    _fill(page, "epochs", "1000")
+    _fill(page, "runs folder", str(tmp_path / "runs"))
+    # Train clicked repeatedly, fast: one run, the one shown
+    train = _button(page, "Train")
+    for _ in range(4):
+        train.click(force=True, no_wait_after=True)
+    expect(page.get_by_text(re.compile(r"status: running, step [1-9]"))).to_be_visible()
+    assert len(_trainers(server.pid)) == 1
+    assert not page.get_by_text("already").count()
+    # Pause clicked repeatedly: it pauses (a request, not a toggle)
+    pause = _button(page, "Pause")
+    for _ in range(3):
+        pause.click(force=True, no_wait_after=True)
+    expect(page.get_by_text(re.compile(r"status: paused"))).to_be_visible()
+    continue_ = _button(page, "Continue")
+    for _ in range(3):
+        if continue_.count():
+            continue_.click(force=True, no_wait_after=True, timeout=5_000)
+    expect(page.get_by_text(re.compile(r"status: running"))).to_be_visible()
+    # Stop clicked repeatedly: stopped, no process left
+    stop = _button(page, "Stop")
+    for _ in range(4):
+        if stop.is_enabled():
+            stop.click(force=True, no_wait_after=True, timeout=5_000)
+    expect(page.get_by_text(re.compile(r"status: stopped"))).to_be_visible()
+    _wait_for(lambda: not _trainers(server.pid))
+    # Start/Stop bursts: whatever the order, at most one trainer, and it is the one shown
+    for _ in range(3):
+        _button(page, "Train").click(force=True, no_wait_after=True)
+        expect(page.get_by_text(re.compile(r"status: (starting|running)"))).to_be_visible()
+        _button(page, "Stop").click(force=True, no_wait_after=True)
+        assert len(_trainers(server.pid)) <= 1
+    expect(page.get_by_text(re.compile(r"status: stopped"))).to_be_visible()
+    _wait_for(lambda: not _trainers(server.pid))
+    expect(_button(page, "Train")).to_be_enabled()
+    page.screenshot(path=str(ARTIFACTS / "after-bursts.png"), full_page=True)
+
+
+def test_reload_reattaches_with_the_runs_settings(server, browser_page, tmp_path):
+    page, expect = browser_page
+    page.goto(server.url)
+    expect(page.get_by_text("press Train")).to_be_visible()
+    _fill(page, "hidden size", "24")
+    _fill(page, "epochs", "777")
+    _fill(page, "runs folder", str(tmp_path / "runs"))
+    _button(page, "Train").click()
+    expect(page.get_by_text(re.compile(r"status: running, step [1-9]"))).to_be_visible()
+    assert "run=" in page.url
+    page.goto(server.url)  # a new page without the run's id: attaches to the run that trains
+    expect(page.get_by_text(re.compile(r"status: running, step [1-9]"))).to_be_visible()
+    expect(_button(page, "Train")).to_be_disabled()
+    expect(page.get_by_label("epochs", exact=True)).to_have_value("777")
+    expect(page.get_by_label("hidden size", exact=True)).to_have_value("24")
+    page.screenshot(path=str(ARTIFACTS / "reattached.png"), full_page=True)
+    _button(page, "Stop").click()
+    expect(page.get_by_text(re.compile(r"status: stopped, step \d+"))).to_be_visible()
+    expect(page.get_by_role("button", name="Download checkpoint")).to_be_visible()
+    assert list((tmp_path / "runs").glob("*/checkpoint.pt"))
+
+
+def test_bad_upload_gives_a_clean_message(server, browser_page, tmp_path):
+    page, expect = browser_page
+    page.goto(server.url)
+    expect(page.get_by_text("press Train")).to_be_visible()
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(bad))
+    message = page.get_by_text(re.compile("bad.pt is not a vaelab checkpoint"))
+    expect(message).to_be_visible()
+    text = page.get_by_test_id("stSidebar").inner_text()
+    assert "weights_only" not in text and "/tmp" not in text and "Traceback" not in text
+    expect(_button(page, "Resume from checkpoint")).to_be_disabled()
+    page.screenshot(path=str(ARTIFACTS / "bad-upload.png"), full_page=True)

@@ -480,3 +480,40 @@ def test_run_diagnose_once_per_step(digits, tmp_path):
     steps = [d["step"] for d in run.diagnostics]
     assert steps == sorted(set(steps)) and steps[-1] == 2  # once per snapshot step
     assert run.latest_diagnostics() is first and first["seconds"] >= 0
+
+
+def test_curve_panels_thin_keep_the_newest_and_name_their_units():
+    from vaelab.live import curve_panels, metrics_csv, thinned
+    from vaelab.plots import curve_spec, latent_usage_chart
+
+    assert thinned(5, 10) == [0, 1, 2, 3, 4]
+    index = thinned(2501, 1000)
+    assert index[-1] == 2500 and len(index) <= 1001 and index == sorted(set(index))
+    history = [{"kind": "train", "step": s, "nelbo": 10.0 - s / 1000, "log_likelihood": -9.0,
+                "kl": 1.0, "kl_weight": 0.5, "grad_norm": 3.0} for s in range(1, 3001)]
+    history.append({"kind": "val", "step": 3000, "epoch": 1, "nelbo": 9.0,
+                    "log_likelihood": -8.0, "kl": 1.0})
+    panels = curve_panels(history, flow=False, sequence=True, reference={"exact_nll_val": 0.5},
+                          diagnostics=[{"step": 7, "active_units": 3, "activity": [1, 1, 1]}],
+                          max_points=100)
+    assert [p["title"] for p in panels] == ["-ELBO", "reconstruction log-likelihood",
+                                            "KL(q || p)", "KL weight", "gradient norm",
+                                            "active units"]
+    elbo = panels[0]
+    train = [r for r in elbo["rows"] if r["series"] == "train"]
+    assert len(train) <= 101 and train[-1] == {"step": 3000, "value": 7.0, "series": "train"}
+    assert {"step": 3000, "value": 9.0, "series": "validation"} in elbo["rows"]
+    exact = [r for r in elbo["rows"] if r["series"].startswith("exact")]
+    assert [r["step"] for r in exact] == [1, 3000] and {r["value"] for r in exact} == {0.5}
+    assert elbo["unit"] == "nats per observed step" and panels[3]["unit"] == ""
+    assert panels[-1]["rows"] == [{"step": 7, "value": 3.0, "series": "active"}]
+    flow = curve_panels(history, flow=True, sequence=False)
+    assert [p["title"] for p in flow] == ["-log-likelihood", "gradient norm"]
+    assert flow[0]["unit"] == "nats per example"
+    spec = curve_spec(elbo, log=True)
+    assert "data" not in spec and spec["encoding"]["y"]["scale"] == {"type": "symlog"}
+    assert latent_usage_chart({"activity": [0.5] * 100, "kl_per_dim": [0.1] * 100,
+                               "step": 3}).to_dict()
+    text = metrics_csv(history[:2] + history[-1:]).splitlines()
+    assert text[0].split(",")[:3] == ["kind", "step", "nelbo"] and len(text) == 4
+    assert text[-1].startswith("val,3000,9.0")

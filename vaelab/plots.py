@@ -487,7 +487,7 @@ def run_comparison(runs: dict[str, Sequence[dict]],
         ax.set_title(titles.get(key, key), fontsize=10)
         ax.set_xlabel("training step")
         ax.set_ylabel("nats per time step" if key in ("nelbo", "log_likelihood", "kl")
-                      else key)
+                      else "weight (1 = the ELBO)" if key == "kl_weight" else key)
         ax.legend(fontsize=8)
     return fig
 
@@ -760,43 +760,51 @@ SERIES_COLOURS = {"train": "#1f77b4", "validation": "#d62728",
                   "exact -log p(x), true system (train)": "#2ca02c", "active": "#9467bd"}
 
 
-def curve_chart(panel: dict, log: bool = False, height: int = 230):
-    """An interactive Vega-Lite chart (Altair) of one panel of
-    :func:`vaelab.live.curve_panels`: zoom and pan with the mouse, a tooltip per point.
+def curve_spec(panel: dict, log: bool = False, height: int = 320) -> dict:
+    """A Vega-Lite spec for one panel of :func:`vaelab.live.curve_panels`, to be drawn with
+    the panel's ``rows`` as its data (``st.vega_lite_chart(rows, spec)``): zoom and pan with
+    the mouse, a tooltip per point. The spec does not hold the data, so a page that redraws
+    it with new rows updates the chart in place instead of rebuilding it.
 
-    Train records as a line with the newest point marked (so a first single point shows),
-    validation records as points, the exact -log p(x) of a known system as dashed lines;
-    ``log`` puts the values on a symmetric-log scale (works for negative values too).
-    Series ``"run <label>"`` (from :func:`overlay_rows`) are drawn as one line each.
+    Validation records as points, train records as a line with the newest point marked (so a
+    first single point shows), the exact -log p(x) of a known system as dashed lines; ``log``
+    puts the values on a symmetric-log scale (it works for negative values too).
     """
-    import altair as alt
-
-    rows = panel["rows"]
-    unit = f" ({panel['unit']})" if panel.get("unit") else ""
-    series = list(dict.fromkeys(r["series"] for r in rows))
-    colours = [SERIES_COLOURS.get(s) for s in series]
-    colour = alt.Color("series:N", title=None, legend=alt.Legend(orient="bottom"),
-                       scale=alt.Scale(domain=series, range=colours)
-                       if all(colours) else alt.Undefined)
-    base = alt.Chart(alt.Data(values=rows)).encode(
-        x=alt.X("step:Q", title="step"),
-        y=alt.Y("value:Q", title=panel["title"] + unit,
-                scale=alt.Scale(type="symlog") if log else alt.Scale(zero=False)),
-        color=colour,
-        tooltip=[alt.Tooltip("series:N"), alt.Tooltip("step:Q"),
-                 alt.Tooltip("value:Q", format=".4f")])
-    lines = base.transform_filter(
-        "datum.series != 'validation' && indexof(datum.series, 'exact') < 0").mark_line()
-    exact = base.transform_filter("indexof(datum.series, 'exact') >= 0").mark_line(
-        strokeDash=[6, 4])
-    val = base.transform_filter("datum.series == 'validation'").mark_point(
-        filled=True, size=60)
-    newest = base.transform_filter("datum.series != 'validation'").transform_window(
-        rank="rank(step)", sort=[alt.SortField("step", order="descending")],
-        groupby=["series"]).transform_filter("datum.rank == 1").mark_point(filled=True, size=40)
-    return alt.layer(lines, exact, val, newest).properties(
-        height=height, title=alt.Title(panel["title"], fontSize=14)).configure_axis(
-        labelFontSize=12, titleFontSize=12).configure_legend(labelFontSize=12).interactive()
+    series = list(dict.fromkeys(r["series"] for r in panel["rows"]))
+    colour = {"field": "series", "type": "nominal", "legend": {"orient": "top", "title": None}}
+    if all(s in SERIES_COLOURS for s in series):
+        colour["scale"] = {"domain": series, "range": [SERIES_COLOURS[s] for s in series]}
+    y_scale = {"type": "symlog"} if log else {"zero": False}
+    exact = "indexof(datum.series, 'exact') >= 0"
+    return {
+        "height": height,
+        "encoding": {
+            "x": {"field": "step", "type": "quantitative", "title": "step"},
+            "y": {"field": "value", "type": "quantitative", "scale": y_scale,
+                  "title": panel.get("unit") or panel["title"]},
+            "color": colour,
+            "tooltip": [{"field": "series", "type": "nominal"},
+                        {"field": "step", "type": "quantitative"},
+                        {"field": "value", "type": "quantitative", "format": ".4f"}],
+        },
+        "layer": [
+            {"transform": [{"filter": "datum.series == 'validation'"}],
+             "mark": {"type": "point", "filled": True, "size": 30, "opacity": 0.7}},
+            {"transform": [{"filter": f"datum.series != 'validation' && !({exact})"}],
+             "mark": {"type": "line", "strokeWidth": 1.5},
+             "params": [{"name": "zoom", "select": "interval", "bind": "scales"}]},
+            {"transform": [{"filter": exact}],
+             "mark": {"type": "line", "strokeDash": [6, 4], "strokeWidth": 1.5}},
+            {"transform": [{"filter": f"datum.series != 'validation' && !({exact})"},
+                           {"window": [{"op": "rank", "as": "rank"}],
+                            "sort": [{"field": "step", "order": "descending"}],
+                            "groupby": ["series"]},
+                           {"filter": "datum.rank == 1"}],
+             "mark": {"type": "point", "filled": True, "size": 50}},
+        ],
+        "config": {"axis": {"labelFontSize": 12, "titleFontSize": 12},
+                   "legend": {"labelFontSize": 12}},
+    }
 
 
 def latent_usage_chart(entry: dict, threshold: float = ACTIVE_THRESHOLD, height: int = 220):
@@ -818,9 +826,11 @@ def latent_usage_chart(entry: dict, threshold: float = ACTIVE_THRESHOLD, height:
                                        range=["#1f77b4", "#c7c7c7"]))
     width = max(1.0, min(30.0, 600 / max(len(rows), 1)))
     base = alt.Chart(alt.Data(values=rows))
+    low = min(min(r["activity"] for r in rows), threshold) / 10  # bars rise from here
     bars = base.mark_bar(size=width).encode(
         x=x, y=alt.Y("activity:Q", title="activity Cov_x(E_q[z_u])",
-                     scale=alt.Scale(type="log")), color=colour,
+                     scale=alt.Scale(type="log", domainMin=low)),
+        y2=alt.datum(low), color=colour,  # bars rise from the axis floor, not from 0
         tooltip=["u:Q", alt.Tooltip("activity:Q", format=".3g"), "active:N"])
     rule = alt.Chart(alt.Data(values=[{"threshold": threshold}])).mark_rule(
         color="#d62728", strokeDash=[6, 4]).encode(y="threshold:Q")
