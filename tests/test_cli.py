@@ -119,3 +119,58 @@ def test_train_keeps_the_best_validation_checkpoint(tmp_path, capsys):
     assert vals[-1] == min(vals)  # saved at the epoch of its lowest validation -ELBO
     assert main(["evaluate", "--checkpoint", str(out / "best.pt"), "--samples", "0"]) == 0
     assert _last_json(capsys.readouterr().out)["step"] == best["step"]
+
+
+def test_preset_sets_the_model_and_training_and_is_recorded(tmp_path, capsys):
+    """--preset quick gives its widths and settings; --set and flags go on top of it."""
+    from vaelab.presets import apply_preset
+
+    out = tmp_path / "run"
+    code = main(["train", "--model", "dmm", "--data", "jsb", "--preset", "quick", "--out",
+                 str(out), "--max-steps", "2", "--set", "z_dim=4", "--lr", "2e-3",
+                 "--train-set", "progress=False"])
+    assert code == 0, capsys.readouterr().err
+    model_sets, train_sets = apply_preset("quick")
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["config"]["z_dim"] == 4  # --set over the preset
+    assert all(ckpt["config"][k] == v for k, v in model_sets.items() if k != "z_dim")
+    tc = ckpt["train_config"]
+    assert tc["preset"] == "quick" and tc["lr"] == 2e-3  # the flag over the preset
+    assert tc["batch_size"] == train_sets["batch_size"]
+    assert tc["anneal_epochs"] == train_sets["anneal_epochs"]
+    # a resume keeps the preset; another preset is refused naming both
+    code = main(["train", "--model", "dmm", "--data", "jsb", "--preset", "pyro", "--out",
+                 str(out), "--resume", str(out / "checkpoint.pt"), "--max-steps", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--preset pyro disagrees" in err and "'quick'" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--model", "dmm", "--preset", "fast"], "unknown preset 'fast'; choose one of"),
+    (["--model", "vae", "--data", "digits", "--preset", "quick"], "use it with --model dmm"),
+])
+def test_bad_preset(tmp_path, capsys, args, match):
+    base = ["train", "--data", "jsb", "--out", str(tmp_path / "r"), "--max-steps", "1"]
+    assert main(base + args) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+
+
+def test_sweep_command_prints_every_run_and_a_summary(tmp_path, capsys):
+    code = main(["sweep", "--seeds", "0", "1", "--jobs", "2", "--metric", "train_nelbo",
+                 "--out", str(tmp_path), "--", "--model", "vae", "--data", "digits",
+                 "--max-steps", "2", "--set", "hidden_dims=[8]", "--train-set",
+                 "progress=False"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert code == 0
+    assert [line["seed"] for line in lines[:2]] == [0, 1]
+    assert all(line["returncode"] == 0 and line["steps"] == 2 for line in lines[:2])
+    summary = lines[-1]["summary"]
+    assert summary["runs"] == 2 and summary["metric"] == "train_nelbo"
+    assert summary["min"] <= summary["mean"] <= summary["max"]
+
+
+def test_sweep_without_training_arguments(tmp_path, capsys):
+    assert main(["sweep", "--seeds", "0", "--out", str(tmp_path)]) == 2
+    assert "needs the training arguments after --" in capsys.readouterr().err

@@ -1,10 +1,11 @@
-"""Command line: ``python -m vaelab train ...`` and ``python -m vaelab evaluate ...``."""
+"""Command line: ``python -m vaelab train | evaluate | sweep | course ...``."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ from vaelab import MODELS
 from vaelab.config import check_types, data_spec, make_model, parse_sets
 from vaelab.datasets import DATASETS, load_dataset
 from vaelab.kalman import exact_nll
+from vaelab.presets import PRESETS, apply_preset
+from vaelab.sweep import run_sweep, summarise
 from vaelab.train import (
     CheckpointWriteError,
     TrainConfig,
@@ -77,19 +80,30 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out} is a file; pass a folder (new or existing) for "
                          f"checkpoint.pt")
     spec = data_spec(args.data, args.data_path, parse_sets(args.data_option, "--data-option"))
+    model_sets = parse_sets(args.set, "--set")
     if args.resume is not None:
         ckpt, base = _resumed(args, spec)
+        if args.preset is not None and args.preset != base.get("preset"):
+            raise ValueError(f"--preset {args.preset} disagrees with --resume {args.resume}, "
+                             f"which trained with preset {base.get('preset')!r}; a resumed run "
+                             f"keeps its settings: drop --preset")
     else:
         ckpt, base = None, dict(getattr(MODELS[args.model][1], "train_defaults", {}))
-        check_types(MODELS[args.model][0], parse_sets(args.set, "--set"))  # before any loading
+        if args.preset is not None:  # under --set / --train-set / the flags
+            preset_model, preset_train = _preset(args.preset, args.model)
+            model_sets = {**preset_model, **model_sets}
+            base = {**base, **preset_train, "preset": args.preset}
+        check_types(MODELS[args.model][0], model_sets)  # before any loading
     config = _train_config(args, base)
     train, val, _ = load_dataset(**spec)
     seed_everything(config.seed)  # before the model is built: the seed fixes its weights
     if ckpt is not None:  # the checkpoint's own model config
         model = build_model(ckpt["model"], ckpt["config"])
     else:
-        model = make_model(args.model, train, parse_sets(args.set, "--set"))
+        model = make_model(args.model, train, model_sets)
     history = fit(model, train, val, config, resume=args.resume, data_spec=spec)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 reports for all
+        return 0
     last = {r["kind"]: r for r in history}
     best = Path(args.out) / "best.pt"  # lowest validation -ELBO so far
     print(json.dumps({"checkpoint": f"{args.out}/checkpoint.pt",
@@ -98,6 +112,30 @@ def cmd_train(args: argparse.Namespace) -> int:
                       "train_nelbo": last.get("train", {}).get("nelbo"),
                       "val_nelbo": last.get("val", {}).get("nelbo")}))
     return 0
+
+
+def _preset(name: str, model: str) -> tuple[dict, dict]:
+    """The model and TrainConfig settings of preset ``name``, checked against ``--model``."""
+    model_sets, train_sets = apply_preset(name)
+    if not model.startswith(PRESETS[name].model_name):
+        raise ValueError(f"preset {name!r} sets a {PRESETS[name].model_name} model's config, "
+                         f"not {model!r}'s; use it with --model {PRESETS[name].model_name} (or "
+                         f"{PRESETS[name].model_name}_iaf), or drop --preset")
+    return model_sets, train_sets
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
+    if not train_args:
+        raise ValueError("sweep needs the training arguments after --, e.g. python -m vaelab "
+                         "sweep --seeds 0 1 2 --out runs/sweep -- --model vae --data digits")
+    runs = run_sweep(train_args, args.seeds, args.out, jobs=args.jobs, threads=args.threads)
+    for run in runs:
+        print(json.dumps({"seed": run.seed, "out": str(run.out), "returncode": run.returncode,
+                          "error": run.error, **(run.result or {})}))
+    summary = summarise(runs, args.metric)
+    print(json.dumps({"summary": summary}))
+    return 0 if summary["failed"] == 0 else 1
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -168,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="checkpoint to continue from: its model config, data and settings are "
                         "kept; --epochs, --max-steps, --lr, --batch-size (and a few "
                         "--train-set fields, see vaelab.train.RESUMABLE) may change and apply")
+    t.add_argument("--preset", default=None, metavar="NAME",
+                   help=f"named settings ({', '.join(sorted(PRESETS))}; see vaelab.presets) "
+                        f"under --set, --train-set and the flags; recorded in the checkpoint")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model config field, e.g. z_dim=8")
     t.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
@@ -190,6 +231,20 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=cmd_evaluate)
+
+    w = sub.add_parser("sweep", help="train one command for several seeds, as independent "
+                       "processes, and summarise them",
+                       description="python -m vaelab sweep --seeds 0 1 2 3 4 --jobs 2 --out "
+                                   "runs/sweep -- --model vae --data digits --epochs 20")
+    w.add_argument("--seeds", type=int, nargs="+", required=True)
+    w.add_argument("--out", required=True, help="folder; run S writes OUT/seed_S/")
+    w.add_argument("--jobs", type=int, default=1, help="processes at a time (one per core "
+                   "or GPU)")
+    w.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    w.add_argument("--metric", default="val_nelbo", help="result field summarised")
+    w.add_argument("train_args", nargs=argparse.REMAINDER,
+                   help="-- then the arguments of python -m vaelab train (no --seed, --out)")
+    w.set_defaults(func=cmd_sweep)
 
     from vaelab.course import add_course_parser  # course release / course site
     add_course_parser(sub)

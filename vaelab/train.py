@@ -34,10 +34,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from vaelab import distributed
 from vaelab.config import check_types
 from vaelab.data import Batch, Data
 from vaelab.objectives import (
-    ELBOTerms,
     elbo_samples,
     importance_log_likelihood,
     kl_weight,
@@ -124,6 +124,9 @@ class TrainConfig:
     # no model here comes near it while learning, and such a run only overflows later
     max_abs_loss: float = 1e10
     progress: bool = True  # tqdm bar
+    # the named settings (vaelab.presets) this configuration started from: a label, recorded
+    # in checkpoints so that a run says which preset it reproduces; it changes nothing itself
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         # plain values of the declared types (a float epochs or a string lr fails here, not
@@ -501,25 +504,29 @@ def fit(
         _restore(run, resume)
     state = run.state
     bar = tqdm(total=config.max_steps or config.epochs * run.steps_per_epoch,
-               initial=state.step, disable=not config.progress, desc=f"train {model.name}")
+               initial=state.step, disable=not (config.progress and run.ctx.main),
+               desc=f"train {model.name}")
     stopped = done = False
     try:
         with _deferred_interrupt() as interrupt:
             while state.epoch < config.epochs and not (stopped or done or interrupt.requested):
                 for i, batch in _remaining_batches(run, train):
-                    record = train_step(model, batch, run.optimizer, run.scheduler, config,
-                                        state.step, run.anneal_steps, run.weight_decay)
+                    record = train_step(run.net, batch, run.optimizer, run.scheduler, config,
+                                        state.step, run.anneal_steps, run.weight_decay,
+                                        run.ctx)
                     state.step, state.batch_in_epoch = state.step + 1, i + 1
                     record["epoch"] = state.epoch
                     bar.update(1)
                     bar.set_postfix(nelbo=f"{record['nelbo']:.3f}",
                                     kl_w=f"{record['kl_weight']:.2f}")
-                    stopped = not run.emit(record)
+                    # processes leave together: rank 0's callback or any Ctrl-C stops all
+                    stopped = distributed.agree(not run.emit(record), run.ctx)
+                    interrupt.requested = distributed.agree(interrupt.requested, run.ctx)
                     done = config.max_steps is not None and state.step >= config.max_steps
                     if stopped or done or interrupt.requested:
                         break
                 else:  # the epoch ran to its end
-                    stopped = _end_of_epoch(run, val)
+                    stopped = distributed.agree(_end_of_epoch(run, val), run.ctx)
             if run.saved_step != state.step:  # stopped, max_steps or Ctrl-C mid-epoch
                 _save(run)
             if interrupt.requested and not (stopped or done) and state.epoch < config.epochs:
@@ -536,6 +543,7 @@ def fit(
                                   _step_in(path)) from None
     finally:
         bar.close()
+        distributed.leave(run.ctx)
     run.emit({"kind": "end", "step": state.step, "epoch": state.epoch, "stopped": stopped})
     return state.history
 
@@ -565,13 +573,20 @@ class _Run:
     resumes: list = field(default_factory=list)  # what each resume changed
     saved_step: int | None = None  # the step this fit call last saved
     last_time: float = field(default_factory=time.perf_counter)
+    # under torchrun: this process's place, and the DistributedDataParallel wrapper training
+    # calls (``model`` itself when alone); see vaelab.distributed
+    ctx: distributed.Context = field(default_factory=distributed.Context)
+    net: nn.Module | None = None
 
     def emit(self, record: dict) -> bool:
-        """Append ``record`` to the history and show it to the callback; False: stop."""
+        """Append ``record`` to the history and show it to the callback (rank 0's only);
+        False: stop."""
         if record["kind"] == "train":
             now = time.perf_counter()
             record["seconds"], self.last_time = now - self.last_time, now
         self.state.history.append(record)
+        if not self.ctx.main:
+            return True
         return self.callback is None or self.callback(record) is not False
 
 
@@ -631,21 +646,27 @@ def _prepare_out_dir(out_dir: str | None) -> Path | None:
 
 def _start(model: nn.Module, train: Data, config: TrainConfig, data_spec: dict | None,
            callback: Callback | None) -> _Run:
-    """Seed, move the model, and build the optimiser and schedule of a fresh run."""
-    device = select_device(config.device)
-    out = _prepare_out_dir(config.out_dir)
-    generator = _seed_all(config.seed)
+    """Seed, move the model, and build the optimiser and schedule of a fresh run (under
+    torchrun: join the process group; only rank 0 writes checkpoints)."""
+    ctx = distributed.context(select_device(config.device))
+    device = ctx.device
+    out = _prepare_out_dir(config.out_dir) if ctx.main else None
+    generator = _seed_all(config.seed)  # the data order: the same on every process
+    if ctx.active:
+        torch.manual_seed(config.seed + ctx.rank)  # each process its own guide noise
     model.to(device).train()
+    batch_size = config.batch_size * ctx.world  # the global batch
     weight_decay = config.weight_decay + per_step_decay(config.weight_decay_sum, train,
-                                                        config.batch_size)
+                                                        batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas,
                                  eps=config.adam_eps,
                                  weight_decay=0.0 if config.decay_before_clip else weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
-    steps_per_epoch = train.num_batches(config.batch_size)
+    steps_per_epoch = train.num_batches(batch_size)
     return _Run(model, config, device, optimizer, scheduler, generator, generator.get_state(),
                 weight_decay, steps_per_epoch, round(config.anneal_epochs * steps_per_epoch),
-                out, dict(data_spec or {}), callback)
+                out, dict(data_spec or {}), callback, ctx=ctx,
+                net=distributed.wrap(model, ctx))
 
 
 def same_values(a, b) -> bool:
@@ -728,6 +749,8 @@ def _restore(run: _Run, resume: str | Path) -> None:
     torch.set_rng_state(ckpt["rng"]["torch"])
     if run.device.type == "cuda" and "cuda" in ckpt["rng"]:
         torch.cuda.set_rng_state(ckpt["rng"]["cuda"], run.device)
+    if run.ctx.active:  # rank 0's state was saved: the others go on from their own seeds
+        torch.manual_seed(config.seed + state.step * run.ctx.world + run.ctx.rank)
     run.best = min((r["nelbo"] for r in state.history if r["kind"] == "val"), default=math.inf)
     run.resumes = list(ckpt.get("resumes", []))
     run.resumes.append({"step": state.step, "from": str(resume),
@@ -744,20 +767,26 @@ def same_data_spec(a: dict, b: dict) -> bool:
 
 def _remaining_batches(run: _Run, train: Data) -> Iterator[tuple[int, Batch]]:
     """``(index, batch)`` of the current epoch, on the run's device, from where it stopped:
-    the epoch's order is replayed from its random state and the batches done are skipped."""
+    the epoch's order is replayed from its random state and the batches done are skipped.
+    Under torchrun every process draws the same global batches and keeps its own rows."""
     run.generator.set_state(run.epoch_rng)
-    batches = train.batches(run.config.batch_size, shuffle=True, generator=run.generator,
-                            jitter=run.config.bucket_jitter)
+    batches = train.batches(run.config.batch_size * run.ctx.world, shuffle=True,
+                            generator=run.generator, jitter=run.config.bucket_jitter)
     for i, batch in enumerate(batches):
         if i >= run.state.batch_in_epoch:
-            yield i, batch.to(run.device)
+            part = distributed.shard(batch, run.ctx)
+            if part is not None:
+                yield i, part.to(run.device)
 
 
 def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler, config: TrainConfig,
-               step: int, anneal_steps: int = 0, weight_decay: float = 0.0) -> dict:
+               step: int, anneal_steps: int = 0, weight_decay: float = 0.0,
+               ctx: distributed.Context | None = None) -> dict:
     """One optimiser step on ``batch``, which is step ``step + 1`` of the run; returns its
-    metrics record (``kind="train"``).
+    metrics record (``kind="train"``). Under torchrun (``ctx``, ``model`` wrapped in
+    DistributedDataParallel) ``batch`` is this process's share of the global batch, and loss
+    and metrics are the global batch's.
 
     The loss is the annealed ELBO per observed step (KL weight ``config.beta`` times the
     linear warm-up over ``anneal_steps``); its gradient is clipped, and with
@@ -776,10 +805,16 @@ def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
         name = getattr(model, "name", type(model).__name__)
         raise ValueError(f"{name} cannot train on this data: {err}") from err
     w = config.beta * kl_weight(step, anneal_steps, config.min_kl_weight)
-    objective = loss(terms, w)
-    if not torch.isfinite(objective):
+    ctx = ctx or distributed.Context()
+    if ctx.active:  # the metrics' sums over processes: [elbo, log-lik, kl, steps, loss]
+        objective, sums = distributed.global_loss(terms, w, ctx)
+    else:
+        objective = loss(terms, w)
+        sums = torch.stack([terms.elbo.sum(), terms.log_likelihood.sum(), terms.kl.sum(),
+                            terms.steps.sum(), objective]).detach()
+    if not torch.isfinite(sums[4]):  # the global loss, so that every process stops together
         raise TrainingDiverged(f"non-finite loss at step {step + 1}")
-    value = float(objective.detach())
+    value = float(sums[4])
     if abs(value) > config.max_abs_loss:
         raise TrainingDiverged(f"exploding loss {value:.3g} at step {step + 1} (beyond "
                                f"TrainConfig.max_abs_loss={config.max_abs_loss:g})")
@@ -790,21 +825,20 @@ def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
             if p.grad is not None:
                 p.grad.add_(p.detach(), alpha=weight_decay)
     if config.clip_value_sum:  # Pyro's clamp on the summed loss, per step here
-        batch_steps = float(terms.steps.sum()) / config.train_samples
+        batch_steps = float(sums[3]) / config.train_samples
         nn.utils.clip_grad_value_(model.parameters(), config.clip_value_sum / batch_steps)
     grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm))
     if not math.isfinite(grad_norm):
         raise TrainingDiverged(f"non-finite gradient norm at step {step + 1}")
     optimizer.step()
     scheduler.step()
-    terms = ELBOTerms(*(t.detach() for t in (terms.log_likelihood, terms.kl, terms.steps)))
-    steps = float(terms.steps.sum())
+    elbo_sum, ll_sum, kl_sum, steps = (float(v) for v in sums[:4])
     return {
         "kind": "train", "step": step + 1, "epoch": None,
         "loss": value,
-        "nelbo": -float(terms.elbo.sum()) / steps,
-        "log_likelihood": float(terms.log_likelihood.sum()) / steps,
-        "kl": float(terms.kl.sum()) / steps,
+        "nelbo": -elbo_sum / steps,
+        "log_likelihood": ll_sum / steps,
+        "kl": kl_sum / steps,
         "kl_weight": w, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
     }
 

@@ -1,0 +1,150 @@
+"""Data-parallel training under ``torchrun``: PyTorch's DistributedDataParallel, no new engine.
+
+``python -m torch.distributed.run --nproc-per-node 2 -m vaelab train ...`` starts one process
+per device with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address in the
+environment; :func:`vaelab.train.fit` sees them through :func:`context` and
+
+- joins the process group (NCCL on CUDA, gloo on the CPU) and wraps the model in
+  DistributedDataParallel, which averages gradients over processes during ``backward`` (so
+  training calls the model through ``forward``);
+- has every process draw the same *global* batch of ``world * batch_size`` examples (the same
+  length buckets, from the same per-epoch seed) and keep its own rows of it (:func:`shard`);
+- scales each process's loss so that the averaged gradient is that of the global batch's loss
+  (:func:`global_loss`): N processes on batches of B train as one process on batches of N * B;
+- sums the logged metrics over processes, and writes checkpoints, the progress bar and
+  callbacks on rank 0 only. Checkpoints hold the unwrapped model's state, so a checkpoint from
+  a DDP run loads and resumes in a single process.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from vaelab.data import Batch
+from vaelab.objectives import ELBOTerms
+
+
+@dataclass
+class Context:
+    """Where this process stands: ``rank`` of ``world`` processes (0 of 1 when alone)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # this process group was started by fit and is ended by it
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # one GPU each
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} must be an integer; launch "
+                         f"with torchrun, which sets it") from None
+
+
+def context(device: torch.device) -> Context:
+    """The torchrun environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), with the process
+    group joined when there is more than one process (NCCL on CUDA, gloo on the CPU) and one
+    GPU per process (``cuda:LOCAL_RANK``)."""
+    world = _env_int("WORLD_SIZE") or 1
+    if world <= 1:
+        return Context(device=device)
+    rank, local = _env_int("RANK"), _env_int("LOCAL_RANK") or 0
+    if rank is None or not 0 <= rank < world:
+        raise ValueError(f"RANK must be in 0..{world - 1} with WORLD_SIZE={world}, got {rank}; "
+                         f"launch with torchrun")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Context(rank, world, local, owns, device)
+
+
+def wrap(model: nn.Module, ctx: Context) -> nn.Module:
+    """The module training calls: DistributedDataParallel over ``model`` when distributed."""
+    if not ctx.active:
+        return model
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def shard(batch: Batch, ctx: Context) -> Batch | None:
+    """This process's rows of a global batch (rows ``rank, rank + world, ...``: neighbours in a
+    length bucket go to different processes), padding trimmed to its own longest sequence.
+    ``None`` when the global batch has fewer rows than processes (an epoch's last, short batch:
+    every process must take part in every step, so that batch is skipped)."""
+    if not ctx.active:
+        return batch
+    if len(batch) < ctx.world:
+        return None
+    take = lambda t: None if t is None else t[ctx.rank::ctx.world]
+    part = Batch(take(batch.x), take(batch.a), take(batch.mask), take(batch.z))
+    if part.mask is not None:
+        t_max = int(part.mask.sum(dim=1).max())
+        trim = lambda t: None if t is None else t[:, :t_max]
+        part = Batch(trim(part.x), trim(part.a), trim(part.mask), trim(part.z))
+    return part
+
+
+def all_sum(values: Tensor, ctx: Context) -> Tensor:
+    """``values`` summed over processes (a copy; unchanged when alone)."""
+    if not ctx.active:
+        return values
+    total = values.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total
+
+
+def global_loss(terms: ELBOTerms, kl_weight: float, ctx: Context) -> tuple[Tensor, Tensor]:
+    """This process's share of the global batch's loss, and the global sums
+    ``[sum ELBO, sum log-likelihood, sum KL, observed steps, loss]`` for the metrics.
+
+    The loss of the global batch is ``-sum_all(ll - w kl) / steps_all``; DistributedDataParallel
+    averages gradients over the ``world`` processes, so each process back-propagates
+    ``world * (-sum_own(ll - w kl)) / steps_all``. Alone, this is :func:`objectives.loss`.
+    """
+    weighted = (terms.log_likelihood - kl_weight * terms.kl).sum(dim=0)
+    local = torch.stack([terms.elbo.sum(dim=0), terms.log_likelihood.sum(dim=0),
+                         terms.kl.sum(dim=0), terms.steps.sum(dim=0), weighted]).detach()
+    sums = all_sum(local, ctx)
+    steps = sums[3].clone()  # kept for backward: sums is changed below
+    loss = -weighted * ctx.world / steps
+    sums[4] = -sums[4] / steps  # the global batch's loss, for the record
+    return loss, sums
+
+
+def agree(flag: bool, ctx: Context) -> bool:
+    """True on every process when ``flag`` is True on any (e.g. rank 0's callback asked to
+    stop): processes must leave the training loop together."""
+    if not ctx.active:
+        return flag
+    return bool(all_sum(torch.tensor([float(flag)], device=ctx.device), ctx)[0] > 0)
+
+
+def leave(ctx: Context) -> None:
+    """Leave the process group if fit joined it (after a barrier when every process is
+    still there; on an error the others are ended by torchrun)."""
+    if ctx.owns_group and dist.is_initialized():
+        if sys.exc_info()[0] is None:
+            dist.barrier()
+        dist.destroy_process_group()
