@@ -11,6 +11,10 @@ warmup+steps``, read from the run's history (alone) or from its checkpoint (in t
 
     python benchmarks/dashboard_overhead.py --steps 1500 --warmup 100 --rounds 3
 
+It first measures how soon a record reaches the page's chart (``--latency-seconds`` of
+watching per model, ``--latency-models``): the page shows the newest point's step and the
+time its record was made in the trainer, and the benchmark reads it every 0.1 s.
+
 Needs Debian's Chromium at /usr/bin/chromium and the ``playwright`` package (test extra).
 """
 
@@ -83,7 +87,7 @@ def in_page(browser, url: str, warmup: int, steps: int, out: Path) -> float:
         train = page.get_by_test_id("stButton").get_by_role("button", name="Train", exact=True)
         expect(train).to_be_enabled()
         train.click()
-        expect(page.get_by_text(re.compile(r"curves drawn at step [1-9]"))).to_be_visible()
+        expect(page.get_by_text(re.compile(r"newest point: step [1-9]"))).to_be_visible()
         expect(page.get_by_text(re.compile(r"status: finished"))).to_be_visible()
     except BaseException:
         page.screenshot(path=str(out.parent / "failed.png"), full_page=True)
@@ -93,6 +97,88 @@ def in_page(browser, url: str, warmup: int, steps: int, out: Path) -> float:
         page.close()
     checkpoints = sorted(out.glob("*/checkpoint.pt"), key=lambda p: p.stat().st_mtime)
     return speed(load_checkpoint(checkpoints[-1])["history"], warmup, steps)
+
+
+def _select(page, label: str, option: str) -> None:
+    """Pick ``option`` in the sidebar's select box ``label`` (retried: a rerun of the page may
+    redraw the box under the first click)."""
+    from playwright.sync_api import expect
+
+    box = page.get_by_test_id("stSelectbox").filter(has=page.get_by_text(label, exact=True))
+    for _ in range(5):
+        expect(box).to_have_count(1)  # not the stale copy of a page that is rerunning
+        box.click()
+        page.keyboard.type(option)
+        try:
+            page.get_by_role("option", name=option, exact=True).click(timeout=5_000)
+            break
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError: try again
+            page.keyboard.press("Escape")
+    expect(box.get_by_role("combobox")).to_have_value(option)
+
+
+NEWEST = re.compile(r"newest point: step (\d+), recorded at (\d\d):(\d\d):(\d\d)\.(\d\d\d)")
+
+
+def _recorded(match: re.Match, now: float) -> float:
+    """The wall-clock time of a ``recorded at HH:MM:SS.fff`` caption (local time, today)."""
+    day = time.localtime(now)
+    h, m, sec, ms = (int(g) for g in match.groups()[1:])
+    stamp = time.mktime((day.tm_year, day.tm_mon, day.tm_mday, h, m, sec, 0, 0, -1)) + ms / 1e3
+    return stamp - 86400 if stamp > now + 1 else stamp  # recorded before midnight
+
+
+def latency(browser, url: str, model: str, data: str, seconds: float, out: Path) -> dict:
+    """Seconds from a record to its point on the page's chart, for ``model`` on ``data``
+    with the dashboard's default sizes: the page is read every 0.1 s for ``seconds`` while
+    training; each time the newest point changes, its age (now - the time its record was
+    made in the trainer) is taken, and so is a bound on the latency of every record in
+    between (now - the time of the newest point shown before)."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1700})
+    page.set_default_timeout(600_000)
+    expect.set_options(timeout=600_000)
+    ages, bounds = [], []
+    try:
+        page.goto(url)
+        expect(page.get_by_text("press Train")).to_be_visible()
+        _select(page, "model", model)
+        _select(page, "data set", data)
+        for label, value in (("epochs", "100000"), ("runs folder", str(out))):
+            box = page.get_by_label(label, exact=True)
+            box.fill(value)
+            box.press("Enter")
+            time.sleep(1.0)
+            expect(box).to_have_value(value)
+        page.get_by_test_id("stButton").get_by_role("button", name="Train", exact=True).click()
+        caption = page.get_by_text(NEWEST)
+        expect(caption).to_be_visible()
+        last_text, last_recorded = caption.inner_text(), None
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            text = caption.inner_text() if caption.count() else last_text
+            now = time.time()
+            if text != last_text:
+                recorded = _recorded(NEWEST.search(text), now)
+                ages.append(now - recorded)
+                if last_recorded is not None:
+                    bounds.append(now - last_recorded)
+                last_text, last_recorded = text, recorded
+            time.sleep(0.1)
+        stop = page.get_by_test_id("stButton").get_by_role("button", name="Stop", exact=True)
+        if stop.is_enabled():
+            stop.click()
+        expect(page.get_by_text(re.compile(r"status: (stopped|finished|failed)"))).to_be_visible()
+        expect(page.get_by_test_id("stButton").get_by_role("button", name="Train",
+                                                           exact=True)).to_be_enabled()
+    finally:
+        page.close()
+    if not ages:
+        raise RuntimeError(f"{model} on {data}: no new point in {seconds} s")
+    return {"model": model, "data": data, "updates": len(ages),
+            "age_median": statistics.median(ages), "age_max": max(ages),
+            "bound_max": max(bounds) if bounds else float("nan")}
 
 
 def serve(port: int, log: Path) -> subprocess.Popen:
@@ -123,6 +209,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=100, help="untimed steps first")
     parser.add_argument("--rounds", type=int, default=3, help="A/B pairs")
     parser.add_argument("--port", type=int, default=8597)
+    parser.add_argument("--latency-seconds", type=float, default=30.0,
+                        help="seconds of chart watching per model for the record-to-chart "
+                             "latency (0 skips it)")
+    parser.add_argument("--latency-models", default="vae:digits,ssm:linear,dmm:jsb,dmm_iaf:jsb",
+                        help="model:data pairs whose latency is measured")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"
     from playwright.sync_api import sync_playwright
@@ -135,6 +226,14 @@ def main() -> None:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
                                         headless=True)
             try:
+                for pair in args.latency_models.split(",") if args.latency_seconds else ():
+                    model, data = pair.split(":")
+                    r = latency(browser, f"http://127.0.0.1:{args.port}", model, data,
+                                args.latency_seconds, work / f"latency-{model}")
+                    print(f"record -> chart, {model} on {data} (default sizes): newest point "
+                          f"{r['age_median']:.2f} s old when drawn (median of {r['updates']} "
+                          f"updates), at most {r['age_max']:.2f} s; any record drawn within "
+                          f"{r['bound_max']:.2f} s", flush=True)
                 for i in range(args.rounds):
                     a = alone(args.warmup, args.steps, work / f"alone{i}")
                     b = in_page(browser, f"http://127.0.0.1:{args.port}", args.warmup,
@@ -147,6 +246,8 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(30)
+    if not results:
+        return
     slow = [r[2] for r in results]
     spread = statistics.stdev(slow) if len(slow) > 1 else float("nan")
     print(f"vae on digits, {args.steps} steps after {args.warmup}, torch 1 thread, "

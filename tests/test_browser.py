@@ -133,6 +133,7 @@ def _choose(page, label: str, option: str) -> None:
     box = page.get_by_test_id("stSelectbox").filter(
         has=page.get_by_text(label, exact=True))
     for _ in range(5):  # the page may rerun (and redraw the box) under the first click
+        expect(box).to_have_count(1)  # not the stale copy of a page that is rerunning
         box.click()
         page.keyboard.type(option)
         choice = page.get_by_role("option", name=option, exact=True)
