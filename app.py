@@ -446,7 +446,7 @@ def show_curves(run) -> None:
         when = "before this session" if math.isnan(stamp) else (  # NaN: from a checkpoint
             time.strftime("%H:%M:%S", time.localtime(stamp)) + f".{int(stamp % 1 * 1000):03d}")
         st.caption(f"newest point: step {history[newest]['step']}, recorded at {when}; "
-                   f"curves redrawn every {POLL_SECONDS:.0f} s while training")
+                   f"curves redrawn every {POLL_SECONDS:g} s while training")
     if "exact_nll_val" in run.reference:
         st.caption("dashed: the exact -log p(x) of the true linear-Gaussian system (Kalman "
                    "filter), the best any model can reach; the -ELBO is an upper bound on "

@@ -298,7 +298,7 @@ def reference_metrics(train: Data, val: Data | None) -> dict:
 
 # ----------------------------------------------------------------------------- training process
 
-DIAGNOSE_BUDGET = 0.1  # background diagnostics: at most this share of the dashboard's time
+DIAGNOSE_BUDGET = 0.05  # background diagnostics: at most this share of the dashboard's time
 DIAGNOSE_MIN_SECONDS = 2.0  # and at least this long between two passes
 DIAGNOSE_FIRST_SECONDS = 0.5  # the first pass waits this long for a snapshot
 FLUSH_SECONDS = 0.1  # the child sends its metrics records in batches at most this often
@@ -887,7 +887,7 @@ def thinned(n: int, max_points: int) -> list[int]:
 
 def curve_panels(history: list[dict], flow: bool, sequence: bool,
                  reference: dict | None = None, diagnostics: list[dict] | None = None,
-                 max_points: int = 1000) -> list[dict]:
+                 max_points: int = 300) -> list[dict]:
     """The training curves as plain rows for interactive charts, one dict per panel:
     ``{"title", "unit", "caption", "rows": [{"step", "value", "series"}, ...]}``.
 
