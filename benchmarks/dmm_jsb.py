@@ -113,7 +113,7 @@ def configs(args: argparse.Namespace, x_dim: int, out_dir: str | None = None
                             "anneal_epochs": args.anneal_epochs,
                             "min_kl_weight": args.min_kl_weight,
                             "train_samples": args.train_samples, "lr": args.lr,
-                            "lr_decay": args.lr_decay})
+                            "lr_decay": args.lr_decay, "preset": args.preset})
     return model_config, config
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -271,7 +272,11 @@ def test_dmm_jsb_preset_sets_defaults_that_explicit_flags_override():
     readme = ["--anneal-epochs", "417", "--min-kl-weight", "0.01", "--lr", "8e-4",
               "--lr-decay", "1", "--softplus-variance", "--standard-initial-prior",
               "--emission-dim", "200", "--transition-dim", "400", "--epochs", "1300"]
-    assert configs(parse_args(["--preset", "krishnan"]), 88) == configs(parse_args(readme), 88)
+    named_model, named_train = configs(parse_args(["--preset", "krishnan"]), 88)
+    flags_model, flags_train = configs(parse_args(readme), 88)
+    assert named_train.preset == "krishnan" and flags_train.preset is None  # recorded
+    assert (named_model, dataclasses.replace(named_train, preset=None)) == (flags_model,
+                                                                           flags_train)
     # a field without a flag (quick's widths) reaches the model; no preset: the old defaults
     model, train = configs(parse_args(["--preset", "quick", "--emission-dim", "40"]), 88)
     assert (model.z_dim, model.rnn_dim, model.emission_dim, train.batch_size) == (16, 64, 40, 20)
