@@ -132,15 +132,15 @@ def _choose(page, label: str, option: str) -> None:
 
     box = page.get_by_test_id("stSelectbox").filter(
         has=page.get_by_text(label, exact=True))
-    for _ in range(5):  # the page may rerun (and redraw the box) under the first click
-        expect(box).to_have_count(1)  # not the stale copy of a page that is rerunning
-        box.click()
-        page.keyboard.type(option)
-        choice = page.get_by_role("option", name=option, exact=True)
+    choice = page.get_by_role("option", name=option, exact=True)
+    for _ in range(5):  # the page may rerun (and redraw the box) between any two actions
         try:
+            expect(box).to_have_count(1)  # not the stale copy of a page that is rerunning
+            box.click(timeout=5_000)  # a redraw here makes two boxes: strict mode raises
+            page.keyboard.type(option)
             choice.click(timeout=5_000)
             break
-        except Exception:  # noqa: BLE001 - playwright's TimeoutError: try again
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError or strict mode: again
             page.keyboard.press("Escape")
     expect(box.get_by_role("combobox")).to_have_value(option)
 
@@ -252,7 +252,9 @@ def test_rapid_clicks_leave_only_the_run_the_page_shows(server, browser_page, tm
     _wait_for(lambda: not _trainers(server.pid))
     # Start/Stop bursts: whatever the order, at most one trainer, and it is the one shown
     for _ in range(3):
-        _button(page, "Train").click(force=True, no_wait_after=True)
+        train = _button(page, "Train")
+        expect(train).to_be_enabled()  # disabled while the last run is still stopping
+        train.click(force=True, no_wait_after=True)
         expect(page.get_by_text(re.compile(r"status: (starting|running)"))).to_be_visible()
         _button(page, "Stop").click(force=True, no_wait_after=True)
         assert len(_trainers(server.pid)) <= 1
