@@ -20,11 +20,11 @@ def _history() -> list[dict]:
 
 
 def test_training_curves_one_axis_per_metric_with_val_markers():
-    fig = plots.training_curves(_history())
+    fig = plots.training_curves(_history(), diagnostics=[])
     assert isinstance(fig, Figure)
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[:5] == [title for _, title in plots.CURVES]
-    assert titles[5].startswith("active units")
+    assert titles[5].startswith("active units") and len(titles) == 6
     by_title = {ax.get_title(): ax for ax in fig.axes}
     nelbo = by_title["-ELBO (nats)"]
     assert len(nelbo.lines) == 2  # train line + validation markers
@@ -36,10 +36,26 @@ def test_training_curves_one_axis_per_metric_with_val_markers():
 
 
 def test_training_curves_empty_history_renders():
-    fig = plots.training_curves([])
+    fig = plots.training_curves([], diagnostics=[])
     assert len(fig.axes) == len(plots.CURVES) + 1
     assert all(len(ax.lines) == 0 for ax in fig.axes)
     fig.savefig(__import__("io").BytesIO())  # draws under Agg
+
+
+def test_training_curves_has_no_constant_or_empty_panels():
+    """Without annealing the KL weight is 1 throughout: no flat panel, the KL axis says it;
+    without latents (a flow) no active-units panel; no empty axes left in the grid."""
+    flat = [{**r, "kl_weight": 1.0} for r in _history()]
+    fig = plots.training_curves(flat)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "KL weight" not in titles and len(titles) == 4
+    assert not any(t.startswith("active units") for t in titles)
+    assert "KL(q || p); KL weight 1 throughout" in titles
+    assert all(ax.lines for ax in fig.axes)  # every panel shows data
+    with_latents = plots.training_curves(flat, diagnostics=[{"step": 5, "active_units": 1,
+                                                              "activity": [0.5, 0.0]}])
+    assert [ax.get_title() for ax in with_latents.axes][-1].startswith("active units")
+    assert len(with_latents.axes) == 5
 
 
 def test_training_curves_exact_reference_and_active_units():

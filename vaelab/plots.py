@@ -90,22 +90,33 @@ def training_curves(history: Sequence[dict], reference: dict | None = None,
                     figsize: tuple[float, float] = (13, 6)) -> Figure:
     """Curves of a metrics history as written by :func:`vaelab.train.fit`.
 
-    One axis per entry of ``CURVES`` and a sixth for the active units: the train records as a
+    One axis per entry of ``CURVES`` and one for the active units: the train records as a
     line against the step, the validation records (``kind == "val"``) as markers on the
     -ELBO, log-likelihood and KL axes. ``reference["exact_nll_val"]`` / ``["exact_nll_train"]``
     (exact -log p(x) of the true system) are drawn as horizontal lines on the -ELBO axis;
     ``diagnostics`` (entries ``{"step", "active_units", "activity"}`` from
-    :func:`vaelab.live.diagnose`) give the active-units axis. Units are those of the records
-    (nats per observed step, per example for static data).
+    :func:`vaelab.live.diagnose`) give the active-units axis, which a model without latents
+    (``diagnostics=None``) does not get. A KL weight that never changes (no annealing) gets no
+    axis of its own: the KL axis's title says its value. Units are those of the records (nats
+    per observed step, per example for static data).
     """
     train = [r for r in history if r.get("kind") == "train"]
     val = [r for r in history if r.get("kind") == "val"]
+    weights = {r["kl_weight"] for r in train if "kl_weight" in r}
+    constant_weight = weights.pop() if len(weights) == 1 else None
+    curves = [(key, title) for key, title in CURVES
+              if not (key == "kl_weight" and constant_weight is not None)]
+    panels = len(curves) + (diagnostics is not None)
     fig = Figure(figsize=figsize)
     # a fixed layout: redrawn every few seconds by the dashboard, and constrained layout
     # doubles the drawing time
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.08, top=0.95, wspace=0.25, hspace=0.4)
-    axes = fig.subplots(2, 3).ravel()
-    for ax, (key, title) in zip(axes, CURVES):
+    axes = list(fig.subplots(2, math.ceil(panels / 2)).ravel())
+    for extra in axes[panels:]:  # no empty panel
+        fig.delaxes(extra)
+    for ax, (key, title) in zip(axes, curves):
+        if key == "kl" and constant_weight is not None:
+            title = f"{title}; KL weight {constant_weight:g} throughout"
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         points = [(r["step"], r[key]) for r in train if key in r]
@@ -126,10 +137,12 @@ def training_curves(history: Sequence[dict], reference: dict | None = None,
                             label=f"exact -log p(x), true system ({split})")
     if val or reference:
         axes[0].legend(fontsize=7)
-    ax = axes[-1]
+    if diagnostics is None:
+        return fig
+    ax = axes[len(curves)]
     ax.set_title(f"active units (Cov_x E_q[z_u] > {ACTIVE_THRESHOLD})", fontsize=10)
     ax.set_xlabel("step")
-    points = [(d["step"], d["active_units"]) for d in diagnostics or () if "active_units" in d]
+    points = [(d["step"], d["active_units"]) for d in diagnostics if "active_units" in d]
     if points:
         steps, values = zip(*points)
         ax.plot(steps, values, "o-", ms=3, lw=1, color="C4")
@@ -137,8 +150,8 @@ def training_curves(history: Sequence[dict], reference: dict | None = None,
         ax.set_ylim(-0.3, z_dim + 0.3)
         ax.axhline(z_dim, color="grey", lw=0.8, ls=":")
     else:
-        ax.text(0.5, 0.5, "no latents" if diagnostics is None else "no records yet",
-                ha="center", va="center", transform=ax.transAxes, color="grey")
+        ax.text(0.5, 0.5, "no records yet", ha="center", va="center", transform=ax.transAxes,
+                color="grey")
     return fig
 
 
