@@ -44,7 +44,7 @@ from vaelab.live import (
     sample_piano_roll,
     warm_up,
 )
-from vaelab.train import TrainConfig, load_model
+from vaelab.train import TrainConfig, load_model, seed_everything
 
 POLL_SECONDS = 1.0  # how often the page looks at the run (and redraws the training curves)
 FIGURE_SECONDS = 15.0  # model figures (latents, samples) at most this often while training
@@ -304,6 +304,7 @@ def prepare(resume: str | None) -> tuple:
     if resume is None:
         spec = data_spec(data_name, data_path or None, {})
         train, val, _ = builtin_dataset(data_name) if not data_path else load_dataset(**spec)
+        seed_everything(int(seed))  # before the model is built: the seed fixes its weights
         model = make_model(model_name, train, {**overrides, **parse_sets(
             [s.strip() for s in extra.split(";") if s.strip()])})
         check_compatible(model, train)

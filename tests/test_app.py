@@ -249,3 +249,19 @@ def test_a_reloaded_page_reattaches_with_the_runs_settings(app, tmp_path):
         assert run.status == "stopped"
     finally:
         run.stop()
+
+
+def test_same_seed_same_weights(app, tmp_path):
+    """The page seeds before it builds the model: two runs with one seed train the same
+    weights (a third with another seed does not), as the CLI's --seed does."""
+    states = []
+    for seed in (3, 3, 4):
+        _configure(app, "vae", "digits", tmp_path / f"s{len(states)}", max_steps=2,
+                   epochs_vae=5, seed=seed)
+        app.button(key="train").click().run()
+        assert not app.error, [e.value for e in app.error]
+        run = _run(app)
+        _poll_until(app, lambda run=run: not run.active)
+        states.append(load_checkpoint(run.checkpoint_path)["state_dict"])
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0])
