@@ -5,69 +5,71 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from vaelab import distributed
-from vaelab.config import make_model
 from vaelab.data import Batch
-from vaelab.datasets import load_dataset
-from vaelab.train import TrainConfig, fit, load_checkpoint
+from vaelab.train import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-FLOW = {"hidden_dim": 16, "num_layers": 2}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# The deterministic flow model (exact log-likelihood: no sampling), so that two processes and
+# one must agree to float rounding; run as a script, as torchrun runs user code
+FLOW_SCRIPT = """
+import os, sys
+import torch
+from vaelab.config import make_model
+from vaelab.datasets import load_dataset
+from vaelab.train import TrainConfig, fit
+
+out, batch_size, result = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+torch.set_num_threads(1)
+torch.manual_seed(0)
+train, val, _ = load_dataset("moons", n=700, n_val=100, n_test=100)
+model = make_model("realnvp", train, {"hidden_dim": 16, "num_layers": 2})
+config = TrainConfig(batch_size=batch_size, max_steps=12, epochs=50, progress=False,
+                     out_dir=out, eval_every=1, lr=3e-3)
+calls = []
+history = fit(model, train, val, config, callback=calls.append)
+torch.save({"calls": len(calls), "history": history}, f"{result}.{os.environ.get('RANK', 0)}")
+"""
 
 
-def _flow_run(out: Path, batch_size: int, steps: int, calls: list | None = None) -> list:
-    """The deterministic flow model (exact log-likelihood: no sampling), so two processes
-    and one must agree to float rounding."""
-    torch.manual_seed(0)
-    train, val, _ = load_dataset("moons", n=700, n_val=100, n_test=100)
-    model = make_model("realnvp", train, FLOW)
-    config = TrainConfig(batch_size=batch_size, max_steps=steps, epochs=50, progress=False,
-                         out_dir=str(out), eval_every=1, lr=3e-3)
-    return fit(model, train, val, config,
-               callback=None if calls is None else calls.append)
-
-
-def _worker(rank: int, world: int, port: int, out: str, result: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    calls: list = []
-    history = _flow_run(Path(out), batch_size=32, steps=12, calls=calls)
-    torch.save({"calls": len(calls), "history": history}, f"{result}.{rank}")
+def _python(tmp_path: Path, *args: str, torchrun: bool = False) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    done = subprocess.run([sys.executable, *(launcher if torchrun else []), *args],
+                          check=False, capture_output=True, text=True, env=env, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_two_gloo_processes_train_as_one_process_on_the_global_batch(tmp_path: Path):
-    out = tmp_path / "ddp"
-    mp.start_processes(_worker, args=(2, _free_port(), str(out), str(tmp_path / "r")),
-                       nprocs=2, start_method="spawn")
-    single = _flow_run(tmp_path / "one", batch_size=64, steps=12)
+    script = tmp_path / "flow.py"
+    script.write_text(FLOW_SCRIPT)
+    out, one = tmp_path / "ddp", tmp_path / "one"
+    _python(tmp_path, str(script), str(out), "32", str(tmp_path / "r"), torchrun=True)
+    _python(tmp_path, str(script), str(one), "64", str(tmp_path / "single"))
     ddp_state = load_checkpoint(out / "checkpoint.pt")["state_dict"]
-    one_state = load_checkpoint(tmp_path / "one" / "checkpoint.pt")["state_dict"]
+    one_state = load_checkpoint(one / "checkpoint.pt")["state_dict"]
     assert ddp_state.keys() == one_state.keys()
     for key in one_state:  # float32 sums in another order: rounding, not a different step
         torch.testing.assert_close(ddp_state[key], one_state[key], rtol=1e-4, atol=1e-5,
                                    msg=key)
     # the logged metrics are the global batch's, on every process
+    single = torch.load(tmp_path / "single.0", weights_only=False)["history"]
     rank0, rank1 = (torch.load(tmp_path / f"r.{r}", weights_only=False) for r in (0, 1))
     for hist in (rank0["history"], rank1["history"]):
         train_ddp = [r["nelbo"] for r in hist if r["kind"] == "train"]
         train_one = [r["nelbo"] for r in single if r["kind"] == "train"]
-        assert train_ddp == pytest.approx(train_one, rel=1e-5)
+        assert len(train_ddp) == 12 and train_ddp == pytest.approx(train_one, rel=1e-5)
         assert [r["epoch"] for r in hist if r["kind"] == "val"] == \
             [r["epoch"] for r in single if r["kind"] == "val"]
     # callbacks and files on rank 0 only
