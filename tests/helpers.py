@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from vaelab.objectives import loss
+from vaelab.train import TrainConfig
 
 
 def assert_every_parameter_gets_gradient(model: nn.Module, batch) -> None:
@@ -33,3 +34,16 @@ def assert_every_parameter_gets_gradient(model: nn.Module, batch) -> None:
         if names
     ]
     assert not problems, "parameters without a useful gradient -- " + "; ".join(problems)
+
+
+def config(tmp_path=None, **kw) -> TrainConfig:
+    """A small TrainConfig for trainer tests; ``tmp_path`` becomes its out_dir."""
+    base = {"epochs": 2, "batch_size": 32, "lr": 3e-3, "anneal_epochs": 1.0, "lr_decay": 0.99,
+            "progress": False, "device": "cpu",
+            "out_dir": None if tmp_path is None else str(tmp_path)}
+    return TrainConfig(**{**base, **kw})
+
+
+def timeless(history: list[dict]) -> list[dict]:
+    """History without the wall-clock field, which differs between runs."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]

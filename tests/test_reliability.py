@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import config, timeless
 
 import vaelab.train
 from vaelab.__main__ import main
@@ -48,17 +49,6 @@ def digits():
 
 def small_vae(z_dim: int = 2) -> VAE:
     return VAE(VAEConfig(x_dim=64, z_dim=z_dim, hidden_dims=[16]))
-
-
-def config(tmp_path=None, **kw) -> TrainConfig:
-    base = {"epochs": 2, "batch_size": 32, "lr": 3e-3, "anneal_epochs": 1.0, "lr_decay": 0.99,
-            "progress": False, "device": "cpu",
-            "out_dir": None if tmp_path is None else str(tmp_path)}
-    return TrainConfig(**{**base, **kw})
-
-
-def timeless(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
 
 
 def assert_equal_state(a: dict, b: dict) -> None:

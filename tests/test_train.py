@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+from helpers import config, timeless
 
 import vaelab.train
 from vaelab.data import Batch, load_digits
@@ -31,18 +32,6 @@ def digits():
 
 def small_vae(x_dim: int = 64) -> VAE:
     return VAE(VAEConfig(x_dim=x_dim, z_dim=2, hidden_dims=[16]))
-
-
-def config(tmp_path=None, **kw) -> TrainConfig:
-    base = {"epochs": 2, "batch_size": 32, "lr": 3e-3, "anneal_epochs": 1.0, "lr_decay": 0.99,
-            "progress": False, "device": "cpu",
-            "out_dir": None if tmp_path is None else str(tmp_path)}
-    return TrainConfig(**{**base, **kw})
-
-
-def timeless(history: list[dict]) -> list[dict]:
-    """History without the wall-clock field, which differs between runs."""
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
 
 
 def test_same_seed_gives_identical_history(digits):
