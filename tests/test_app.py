@@ -265,3 +265,18 @@ def test_same_seed_same_weights(app, tmp_path):
         states.append(load_checkpoint(run.checkpoint_path)["state_dict"])
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0])
+
+
+def test_the_dashboard_is_served_without_magic():
+    """``streamlit run app.py`` from the repository root reads .streamlit/config.toml, which
+    turns Streamlit's "magic" off: with it on, a session's first run compiles app.py through
+    ``ast.parse``, which is not thread-safe on Python 3.11 (a reload raised "AST constructor
+    recursion depth mismatch" in the browser test), and a bare expression is drawn on the page
+    (a stray "None" above the title)."""
+    import subprocess
+    import sys
+
+    shown = subprocess.run([sys.executable, "-m", "streamlit", "config", "show"],
+                           cwd=Path(APP).parent, capture_output=True, text=True, timeout=120,
+                           check=True).stdout
+    assert "\nmagicEnabled = false\n" in shown
