@@ -238,3 +238,52 @@ def test_model_figures_for_sequences(data):
         assert len(figs["data"].axes) == 2
     else:
         assert len(figs["latent paths"].axes) == batch.z.shape[-1]  # one per true state
+
+
+def test_training_curves_label_every_axis_with_its_unit():
+    diagnostics = [{"step": 5, "active_units": 1, "activity": [0.5, 0.0]}]
+    fig = plots.training_curves(_history(), diagnostics=diagnostics, unit="nats per time step")
+    labels = {ax.get_title(): ax.get_ylabel() for ax in fig.axes}
+    for title in ("-ELBO (nats)", "reconstruction log-likelihood", "KL(q || p)"):
+        assert labels[title] == "nats per time step"
+    assert all(labels.values()), labels  # no axis without a y label
+    assert plots.training_curves(_history()).axes[0].get_ylabel() == "nats"
+
+
+def test_latent_usage_labels_units_and_keeps_many_dimensions_readable():
+    entry = {"activity": [0.5] * 32, "kl_per_dim": [0.1] * 32}
+    fig = plots.latent_usage(entry, unit="nats per time step")
+    kl_ax, act_ax = fig.axes
+    assert "?" not in act_ax.get_title() and "step" not in act_ax.get_title()  # no step given
+    assert "at step 7" in plots.latent_usage({**entry, "step": 7}).axes[1].get_title()
+    assert kl_ax.get_ylabel() == "KL (nats per time step)" and act_ax.get_ylabel()
+    for ax in fig.axes:  # at most 16 tick labels for 32 dimensions, the first at 0
+        ticks = list(ax.get_xticks())
+        assert len(ticks) <= 16 and ticks[0] == 0 and ticks[1] - ticks[0] == 2
+
+
+def test_paths_name_their_axes_and_explain_colours_and_line_styles():
+    z = torch.randn(3, 6, 2)
+    fig = plots.latent_trajectories(z, z[..., :1] * 2.0, names=["angle (rad)"],
+                                    title="pendulum")
+    assert [ax.get_ylabel() for ax in fig.axes] == ["angle (rad)"]
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "sequence 0", "sequence 1", "sequence 2", "true state", "inferred, affinely aligned"]
+    assert fig.get_suptitle() == "pendulum"
+    obs = plots.observation_paths(z, z + 0.1, names=["cos", "sin"])
+    assert [ax.get_ylabel() for ax in obs.axes] == ["cos", "sin"]
+    assert [t.get_text() for t in obs.legends[0].get_texts()][-2:] == ["data", "reconstruction"]
+    samples = plots.observation_paths(z, title="samples", max_sequences=2)
+    assert [t.get_text() for t in samples.legends[0].get_texts()] == ["sequence 0", "sequence 1"]
+    assert samples.get_suptitle() == "samples"
+    assert plots.latent_trajectories(z).get_suptitle().startswith("posterior means")
+    with pytest.raises(ValueError, match="one label per drawn dimension"):
+        plots.observation_paths(z, names=["cos"])
+
+
+def test_decoded_image_says_what_its_grey_levels_are():
+    train, _, _ = load_dataset("digits")
+    model = make_model("vae", train, {"z_dim": 2, "hidden_dims": [16]}).eval()
+    fig = plots.decoded_image(model, {0: 1.0}, (8, 8), title="z")
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "pixel mean E[x_i | z]"

@@ -87,7 +87,7 @@ def _lengths(mask: Tensor | None, b: int, t: int) -> list[int]:
 
 def training_curves(history: Sequence[dict], reference: dict | None = None,
                     diagnostics: Sequence[dict] | None = None,
-                    figsize: tuple[float, float] = (13, 6)) -> Figure:
+                    figsize: tuple[float, float] = (13, 6), unit: str = "nats") -> Figure:
     """Curves of a metrics history as written by :func:`vaelab.train.fit`.
 
     One axis per entry of ``CURVES`` and one for the active units: the train records as a
@@ -98,8 +98,11 @@ def training_curves(history: Sequence[dict], reference: dict | None = None,
     :func:`vaelab.live.diagnose`) give the active-units axis, which a model without latents
     (``diagnostics=None``) does not get. A KL weight that never changes (no annealing) gets no
     axis of its own: the KL axis's title says its value. Units are those of the records (nats
-    per observed step, per example for static data).
+    per observed step, per example for static data): ``unit`` labels the y axes of -ELBO,
+    log-likelihood and KL (e.g. ``"nats per time step"``).
     """
+    ylabels = {"nelbo": unit, "log_likelihood": unit, "kl": unit,
+               "kl_weight": "weight (1 = the ELBO)", "grad_norm": "L2 norm"}
     train = [r for r in history if r.get("kind") == "train"]
     val = [r for r in history if r.get("kind") == "val"]
     weights = {r["kl_weight"] for r in train if "kl_weight" in r}
@@ -119,6 +122,7 @@ def training_curves(history: Sequence[dict], reference: dict | None = None,
             title = f"{title}; KL weight {constant_weight:g} throughout"
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
+        ax.set_ylabel(ylabels.get(key, ""))
         points = [(r["step"], r[key]) for r in train if key in r]
         if points:
             steps, values = zip(*points)
@@ -142,6 +146,7 @@ def training_curves(history: Sequence[dict], reference: dict | None = None,
     ax = axes[len(curves)]
     ax.set_title(f"active units (Cov_x E_q[z_u] > {ACTIVE_THRESHOLD})", fontsize=10)
     ax.set_xlabel("step")
+    ax.set_ylabel("active latent dimensions")
     points = [(d["step"], d["active_units"]) for d in diagnostics if "active_units" in d]
     if points:
         steps, values = zip(*points)
@@ -155,11 +160,12 @@ def training_curves(history: Sequence[dict], reference: dict | None = None,
     return fig
 
 
-def latent_usage(entry: dict, threshold: float = ACTIVE_THRESHOLD) -> Figure:
+def latent_usage(entry: dict, threshold: float = ACTIVE_THRESHOLD, unit: str = "nats") -> Figure:
     """Per-dimension view of posterior collapse for one diagnostics entry (see
     :func:`vaelab.live.diagnose`): the KL of every latent dimension as bars when the model
-    offers ``kl_per_dim``, and the activity Cov_x(E_q[z_u]) of every dimension (log scale)
-    with the active-unit threshold; inactive dimensions in grey."""
+    offers ``kl_per_dim`` (in ``unit``, e.g. ``"nats per time step"``), and the activity
+    Cov_x(E_q[z_u]) of every dimension (log scale) with the active-unit threshold; inactive
+    dimensions in grey. The entry's ``step``, when it has one, goes into the title."""
     activity = np.asarray(entry["activity"], dtype=np.float64)
     kl = entry.get("kl_per_dim")
     dims = np.arange(len(activity))
@@ -171,17 +177,21 @@ def latent_usage(entry: dict, threshold: float = ACTIVE_THRESHOLD) -> Figure:
     ax.bar(dims, np.maximum(activity, 1e-8), color=colours)
     ax.set_yscale("log")
     ax.axhline(threshold, color="C3", ls="--", lw=1, label=f"threshold {threshold}")
-    ax.set_title(f"activity Cov_x(E_q[z_u]): {int((activity > threshold).sum())} of "
-                 f"{len(activity)} active (step {entry.get('step', '?')})", fontsize=10)
-    ax.set_xlabel("latent dimension u")
-    ax.set_xticks(dims)
+    step = f" at step {entry['step']}" if entry.get("step") is not None else ""
+    ax.set_title(f"activity: {int((activity > threshold).sum())} of {len(activity)} "
+                 f"active dimensions{step}", fontsize=10)
+    ax.set_ylabel("Cov_x(E_q[z_u]) (squared latent units)")
     ax.legend(fontsize=8)
+    # every label readable: at most 16 tick labels, however many dimensions
+    ticks = dims[::max(1, math.ceil(len(dims) / 16))]
     if kl is not None:
         kl = np.asarray(kl, dtype=np.float64)
         axes[0].bar(dims, kl, color=colours)
-        axes[0].set_title(f"KL per dimension (nats; total {kl.sum():.3f})", fontsize=10)
-        axes[0].set_xlabel("latent dimension u")
-        axes[0].set_xticks(dims)
+        axes[0].set_title(f"KL per dimension (total {kl.sum():.3f} {unit})", fontsize=10)
+        axes[0].set_ylabel(f"KL ({unit})")
+    for a in axes:
+        a.set_xlabel("latent dimension u")
+        a.set_xticks(ticks)
     return fig
 
 
@@ -262,7 +272,9 @@ def decoded_image(model: nn.Module, z_values: dict[int, float], image_shape: Seq
     z = torch.zeros(1, model.config.z_dim, dtype=p.dtype, device=p.device)
     for d, v in z_values.items():
         z[0, int(d)] = float(v)
-    fig = image_grid(model.decode(z), image_shape, ncols=1, title=title, figsize=(3, 3.2))
+    fig = image_grid(model.decode(z), image_shape, ncols=1, title=title, figsize=(3.9, 3.2))
+    ax = fig.axes[0]
+    fig.colorbar(ax.images[0], ax=ax, shrink=0.8, label="pixel mean E[x_i | z]")
     return fig
 
 
@@ -284,28 +296,47 @@ def _affine_fit(z: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def _paths(solid: np.ndarray | None, dashed: np.ndarray | None, lengths: list[int],
            ylabel: str, titles: Sequence[str] | None, max_sequences: int,
-           max_dims: int) -> Figure:
-    """Paths ``[B, T, D]`` against time, one axis per dimension, one colour per sequence,
-    observed steps only; ``solid`` and ``dashed`` share colours."""
+           max_dims: int, names: Sequence[str] | None = None,
+           styles: tuple[str, str] = ("", ""), title: str | None = None) -> Figure:
+    """Paths ``[B, T, D]`` against time, one axis per dimension (labelled ``names[d]``, else
+    ``ylabel`` and ``d``), one colour per sequence, observed steps only; ``solid`` and
+    ``dashed`` share colours. A legend names the sequences and, when both are drawn, what
+    the line ``styles`` (solid, dashed) show."""
+    from matplotlib.lines import Line2D
+
     first = solid if solid is not None else dashed
     panels = min(first.shape[-1], max_dims)
-    fig = Figure(figsize=(9, 1.6 * panels + 0.6), layout="constrained")
+    if names is not None and len(names) < panels:
+        raise ValueError(f"names must give one label per drawn dimension ({panels}), got "
+                         f"{len(names)}")
+    sequences = min(len(first), max_sequences)
+    fig = Figure(figsize=(9, 1.6 * panels + 0.9), layout="constrained")
     axes = np.atleast_1d(fig.subplots(panels, 1, sharex=True))
     for d, ax in enumerate(axes):
-        for i in range(min(len(first), max_sequences)):
+        for i in range(sequences):
             n, colour = lengths[i], f"C{i % 10}"
             for series, style in ((solid, "-"), (dashed, "--")):
                 if series is not None:
                     ax.plot(np.arange(n), series[i, :n, d], color=colour, lw=1.2, ls=style)
-        ax.set_ylabel(f"{ylabel}{d}")
+        ax.set_ylabel(names[d] if names is not None else f"{ylabel}{d}")
         if titles is not None:
             ax.set_title(titles[d], fontsize=9)
     axes[-1].set_xlabel("time step t")
+    handles = [Line2D([], [], color=f"C{i % 10}", lw=1.2, label=f"sequence {i}")
+               for i in range(sequences)]
+    if solid is not None and dashed is not None:
+        handles += [Line2D([], [], color="k", lw=1.2, ls=ls, label=label)
+                    for ls, label in zip(("-", "--"), styles)]
+    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), fontsize=8,
+               frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig
 
 
 def latent_trajectories(z: Tensor, z_true: Tensor | None = None, mask: Tensor | None = None,
-                        max_sequences: int = 4, max_dims: int = 8) -> Figure:
+                        max_sequences: int = 4, max_dims: int = 8,
+                        names: Sequence[str] | None = None, title: str | None = None) -> Figure:
     """Latent paths over time, one axis per dimension, one colour per sequence.
 
     Parameters
@@ -318,6 +349,11 @@ def latent_trajectories(z: Tensor, z_true: Tensor | None = None, mask: Tensor | 
         observed steps (dashed), with R^2 in the title.
     mask : Tensor, optional
         ``[B, T]`` bool, True where observed; padding is not drawn.
+    names : sequence of str, optional
+        Axis labels, one per drawn dimension (of ``z_true`` when given, else of ``z``), with
+        units, e.g. ``["angle (rad)", ...]``; default ``true z0``, ... or ``z0``, ...
+    title : str, optional
+        The figure's title.
     """
     if z.dim() != 3:
         raise ValueError(f"z must be [B, T, Z], got {list(z.shape)}; for static latents "
@@ -326,7 +362,8 @@ def latent_trajectories(z: Tensor, z_true: Tensor | None = None, mask: Tensor | 
     lengths = _lengths(mask, b, t)
     zs = _cpu(z)
     if z_true is None:
-        return _paths(zs, None, lengths, "z", None, max_sequences, max_dims)
+        return _paths(zs, None, lengths, "z", None, max_sequences, max_dims, names,
+                      title=title or "posterior means E_q[z_t] of each latent dimension")
     if z_true.dim() != 3 or z_true.shape[:2] != z.shape[:2]:
         raise ValueError(f"z_true must be [B, T, Z'] with B, T = {b}, {t}, got "
                          f"{list(z_true.shape)}")
@@ -341,19 +378,22 @@ def latent_trajectories(z: Tensor, z_true: Tensor | None = None, mask: Tensor | 
         start += n
     titles = [f"true (solid) vs inferred, affinely aligned (dashed); R^2 = {v:.3f}"
               for v in r2]
-    return _paths(truth, aligned, lengths, "true z", titles, max_sequences, max_dims)
+    return _paths(truth, aligned, lengths, "true z", titles, max_sequences, max_dims, names,
+                  ("true state", "inferred, affinely aligned"), title)
 
 
 def observation_paths(x: Tensor, x_rec: Tensor | None = None, mask: Tensor | None = None,
-                      max_sequences: int = 4, max_dims: int = 8) -> Figure:
+                      max_sequences: int = 4, max_dims: int = 8,
+                      names: Sequence[str] | None = None, title: str | None = None) -> Figure:
     """Observed sequences ``x [B, T, X]`` (solid) and reconstructions ``x_rec [B, T, X]``
-    (dashed) over time, one axis per feature; ``mask [B, T]`` hides the padding."""
+    (dashed) over time, one axis per feature (labelled ``names[d]`` when given);
+    ``mask [B, T]`` hides the padding; ``title`` says what is shown (e.g. samples)."""
     if x.dim() != 3 or (x_rec is not None and x_rec.shape != x.shape):
         raise ValueError(f"x and x_rec must both be [B, T, X], got {list(x.shape)} and "
                          f"{None if x_rec is None else list(x_rec.shape)}")
     lengths = _lengths(mask, x.shape[0], x.shape[1])
     return _paths(_cpu(x), None if x_rec is None else _cpu(x_rec), lengths, "x", None,
-                  max_sequences, max_dims)
+                  max_sequences, max_dims, names, ("data", "reconstruction"), title)
 
 
 def _principal_components(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
