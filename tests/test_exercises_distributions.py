@@ -38,13 +38,15 @@ MISTAKES = {
         lambda x, mu, rho: d_sigma(x, mu, rho) * torch.sigmoid(-rho),
     "sigma = exp\\(rho\\)": lambda x, mu, rho: d_sigma(x, mu, rho) * softplus(rho),
     "sign is wrong": lambda x, mu, rho: -by_hand(x, mu, rho),
-    "2 of": lambda x, mu, rho: (-1 / softplus(rho) + (x - mu) ** 2 / (2 * softplus(rho) ** 3))
-    * torch.sigmoid(rho),
+    "2 of .* is \\+\\(x - mu\\)\\^2 / sigma\\^3":
+        lambda x, mu, rho: (-1 / softplus(rho) + (x - mu) ** 2 / (2 * softplus(rho) ** 3))
+        * torch.sigmoid(rho),
     "-log sigma term is missing": lambda x, mu, rho: (x - mu) ** 2 / softplus(rho) ** 3
     * torch.sigmoid(rho),
     "sigma as the variance": lambda x, mu, rho: (-1 / (2 * softplus(rho))
                                                  + (x - mu) ** 2 / (2 * softplus(rho) ** 2))
     * torch.sigmoid(rho),
+    "the denominator is missing": lambda x, mu, rho: d_sigma(x, mu, rho) * rho.exp(),
     "returned shape": lambda x, mu, rho: by_hand(x, mu, rho).sum(),
     "off by up to": lambda x, mu, rho: by_hand(x, mu, rho) + 0.01,
     "raised ZeroDivisionError": lambda x, mu, rho: 1 / 0,
@@ -61,5 +63,5 @@ def test_not_implemented_passes_through() -> None:
     def todo(x, mu, rho):
         raise NotImplementedError()
 
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(NotImplementedError, match="^scale_gradient is not written yet"):
         distributions.check_scale_gradient(todo)

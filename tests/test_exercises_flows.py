@@ -59,6 +59,7 @@ FORWARD_MISTAKES = {
     "inverse map": lambda x, b, t, r, k: b * x + (1 - b) * (x - t) * (-bounded(r, k)).exp(),
     "shift is scaled too": lambda x, b, t, r, k: b * x + (1 - b) * (x + t) * bounded(r, k).exp(),
     "untouched half is missing": lambda x, b, t, r, k: (1 - b) * (x * bounded(r, k).exp() + t),
+    "every coordinate is transformed": lambda x, b, t, r, k: x * bounded(r, k).exp() + t,
     "off by up to": lambda x, b, t, r, k: forward_right(x, b, t, r, k) + 1e-3,
     "shape": lambda x, b, t, r, k: forward_right(x, b, t, r, k).sum(-1),
     "NaN": lambda x, b, t, r, k: forward_right(x, b, t, r, k) * torch.nan,
@@ -78,6 +79,8 @@ LOG_DET_MISTAKES = {
     "mask is inverted": lambda b, r, k: (b * bounded(r, k)).sum(-1),
     "sums exp\\(l\\)": lambda b, r, k: ((1 - b) * bounded(r, k).exp()).sum(-1),
     "not bounded": lambda b, r, k: ((1 - b) * r).sum(-1),
+    "averages the log-scales": lambda b, r, k: ((1 - b) * bounded(r, k)).mean(-1),
+    "summed over the batch \\(dim 0\\)": lambda b, r, k: ((1 - b) * bounded(r, k)).sum(0),
     "default bound 3": lambda b, r, k: log_det_right(b, r, 3.0),
     "sum the log-scales over the event": lambda b, r, k: (1 - b) * bounded(r, k),
     "returned shape": lambda b, r, k: log_det_right(b, r, k).sum(),  # summed over the batch too
@@ -99,8 +102,11 @@ def _pushed(x, t, base):
 
 
 LOG_PROB_MISTAKES = {
-    "enters with a minus sign": lambda x, t, base: base.log_prob(t.inv(x))
+    "has the wrong sign": lambda x, t, base: base.log_prob(t.inv(x))
     + t.log_abs_det_jacobian(t.inv(x), x),
+    # the inverse direction's log-det, as a student may reach for it: the same wrong sign
+    "inverse's, transform.inv.log_abs_det_jacobian": lambda x, t, base: base.log_prob(t.inv(x))
+    - t.inv.log_abs_det_jacobian(x, t.inv(x)),
     "base density is evaluated at x": lambda x, t, base: base.log_prob(x)
     - t.log_abs_det_jacobian(t.inv(x), x),
     "Jacobian term is missing": lambda x, t, base: base.log_prob(t.inv(x)),
@@ -120,7 +126,8 @@ def test_a_stub_is_not_a_mistake() -> None:
     def stub(*args):
         raise NotImplementedError()
     for check in (check_coupling_forward, check_coupling_log_det, check_flow_log_prob):
-        with pytest.raises(NotImplementedError):
+        name = check.__name__.removeprefix("check_")
+        with pytest.raises(NotImplementedError, match=f"^{name} is not written yet"):
             check(stub)
 
 

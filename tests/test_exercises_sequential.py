@@ -46,6 +46,11 @@ def test_sequential_elbo_accepts_the_right_answer() -> None:
     (lambda lp, kl, m: torch.where(m, lp - kl.sum(-1), 0.0).sum(1) / m.sum(1), "averaged"),
     (lambda lp, kl, m: torch.where(m, lp - kl.mean(-1), 0.0).sum(1),
      "averaged over the latent"),
+    (lambda lp, kl, m: torch.where(m, 0.0, lp - kl.sum(-1)).sum(1), "mask is inverted"),
+    # the KL summed over time (dim 1) instead of its latent dimensions: a shape clash,
+    # reported with the shapes and the fix
+    (lambda lp, kl, m: torch.where(m, lp, 0.0).sum(1) - torch.where(m[..., None], kl, 0.0)
+     .sum(1), r"(?s)raised RuntimeError.*kl \[5, 7, 3\] = \[B, T, Z\].*sum kl over its last axis"),
 ])
 def test_sequential_elbo_names_mistakes(wrong, match) -> None:
     with pytest.raises(Mistake, match=match):
@@ -64,7 +69,7 @@ def test_student_release_stub_raises_not_implemented() -> None:
     def stub(log_px, kl, mask):
         raise NotImplementedError()
 
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(NotImplementedError, match="^sequential_elbo is not written yet"):
         check_sequential_elbo(stub)
 
 
@@ -80,12 +85,12 @@ def kalman_right(m, P, x, a, A, B, Q, C, R):
 
 
 def kalman_variant(gain=None, no_q=False, no_b=False, predict_from_prior=False,
-                   no_cov_update=False):
+                   no_cov_update=False, innovation_sign=1, cov_sign=-1):
     def step(m, P, x, a, A, B, Q, C, R):
         S = C @ P @ C.T + R
         K = P @ C.T @ torch.linalg.inv(S) if gain is None else gain(P, C, R, S)
-        m_f = m + K @ (x - C @ m)
-        P_f = P if no_cov_update else P - K @ C @ P
+        m_f = m + innovation_sign * K @ (x - C @ m)
+        P_f = P if no_cov_update else P + cov_sign * K @ C @ P
         m_src, P_src = (m, P) if predict_from_prior else (m_f, P_f)
         m_n = A @ m_src + (0 if no_b else B @ a)
         P_n = A @ P_src @ A.T + (0 if no_q else Q)
@@ -120,6 +125,8 @@ def test_kalman_step_accepts_the_right_answer() -> None:
     (kalman_variant(no_b=True), "action is missing"),
     (kalman_variant(predict_from_prior=True), "starts from the predicted"),
     (kalman_variant(no_cov_update=True), "covariance is not updated"),
+    (kalman_variant(innovation_sign=-1), "innovation enters with the wrong sign"),
+    (kalman_variant(cov_sign=1), "covariance update has the wrong sign"),
 ])
 def test_kalman_step_names_mistakes(wrong, match) -> None:
     with pytest.raises(Mistake, match=match):
@@ -185,10 +192,11 @@ def combiner_right(z_prev, h_rnn, W, b, W_out, b_out, min_scale):
     return loc, softplus(s) + min_scale
 
 
-def combiner_variant(half=0.5, tanh=True, half_tanh_only=False, swap=False, scale=None):
+def combiner_variant(half=0.5, tanh=True, half_tanh_only=False, swap=False, scale=None,
+                     relu=False):
     def combiner(z_prev, h_rnn, W, b, W_out, b_out, min_scale):
         pre = z_prev @ W.T + b
-        u = torch.tanh(pre) if tanh else pre
+        u = torch.relu(pre) if relu else torch.tanh(pre) if tanh else pre
         h = half * u + h_rnn if half_tanh_only else half * (u + h_rnn)
         loc, s = (h @ W_out.T + b_out).chunk(2, dim=-1)
         if swap:
@@ -206,6 +214,7 @@ def test_combiner_accepts_the_right_answer() -> None:
     (combiner_variant(tanh=False), "tanh is missing"),
     (combiner_variant(half_tanh_only=True), "1/2 multiplies the tanh only"),
     (combiner_variant(swap=True), "swapped"),
+    (combiner_variant(relu=True), "tanh, not a relu"),
     (combiner_variant(scale=lambda s, m: s + m), "softplus is missing"),
     (combiner_variant(scale=lambda s, m: s.exp() + m), "exp"),
     (combiner_variant(scale=lambda s, m: softplus(s)), "min_scale floor is missing"),
@@ -216,6 +225,15 @@ def test_combiner_accepts_the_right_answer() -> None:
 def test_combiner_names_mistakes(wrong, match) -> None:
     with pytest.raises(Mistake, match=match):
         check_combiner(wrong)
+
+
+def test_combiner_shape_error_explains_the_weights() -> None:
+    def untransposed(z_prev, h_rnn, W, b, W_out, b_out, min_scale):  # z_prev @ W, not W.T
+        return combiner_right(z_prev, h_rnn, W.T, b, W_out, b_out, min_scale)
+
+    with pytest.raises(Mistake, match=r"(?s)raised RuntimeError.*W is \[R, Z\] = \[5, 3\].*"
+                                      r"z_prev @ W.T \+ b"):
+        check_combiner(untransposed)
 
 
 def test_combiner_case_matches_the_module_formula() -> None:

@@ -11,6 +11,20 @@ class Mistake(AssertionError):
     disagreement matches a typical error, which one."""
 
 
+def not_written(name: str, err: NotImplementedError) -> NotImplementedError:
+    """The error a checker raises for the student release's stub (``raise
+    NotImplementedError()`` in place of the solution): still a NotImplementedError, as
+    nbgrader expects of an unanswered exercise, with a message saying what to do. A
+    NotImplementedError with a message of its own (raised by some library call in the
+    student's code) is returned unchanged."""
+    if str(err):
+        return err
+    return NotImplementedError(
+        f"{name} is not written yet: in its cell, replace the two lines '# YOUR CODE HERE' and "
+        f"'raise NotImplementedError()' with your code, run that cell, then run this check "
+        f"again")
+
+
 def check_shape(name: str, got: object, expected: tuple[int, ...] | torch.Size) -> Tensor:
     """Raise :class:`Mistake` unless ``got`` is a tensor of shape ``expected``."""
     if not isinstance(got, Tensor):

@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.distributions import Normal
 from torch.nn.functional import softplus
 
-from vaelab.exercises.common import Mistake, check_close, check_shape
+from vaelab.exercises.common import Mistake, check_close, check_shape, not_written
 
 N = 6
 
@@ -28,8 +28,8 @@ def check_scale_gradient(scale_gradient: Callable[[Tensor, Tensor, Tensor], Tens
     rho = torch.linspace(-1.5, 1.5, N, dtype=torch.float64)  # sigmoid(rho) far from 1/2 and 1
     try:
         got = scale_gradient(x.clone(), mu.clone(), rho.clone())
-    except NotImplementedError:
-        raise
+    except NotImplementedError as err:
+        raise not_written("scale_gradient", err) from None
     except Exception as err:
         raise Mistake(f"scale_gradient raised {type(err).__name__}: {err}") from err
     check_shape("scale_gradient", got, (N,))
@@ -44,9 +44,12 @@ def check_scale_gradient(scale_gradient: Callable[[Tensor, Tensor, Tensor], Tens
             d_sigma * torch.sigmoid(-rho),
         "this is the gradient for sigma = exp(rho) (dsigma/drho = sigma), not softplus(rho)":
             d_sigma * sigma,
+        "dsoftplus/drho is exp(rho) / (1 + exp(rho)) = sigmoid(rho): the denominator is missing":
+            d_sigma * rho.exp(),
         "the sign is wrong: this is the gradient of -log N (the loss), not of log N": -expected,
-        "the 2 of (x - mu)^2 / (2 sigma^2) was not differentiated: d/dsigma of that term is "
-        "-(x - mu)^2 / sigma^3": (-1 / sigma + sq / (2 * sigma**3)) * torch.sigmoid(rho),
+        "the 2 of (x - mu)^2 / (2 sigma^2) was not differentiated: d/dsigma of "
+        "-(x - mu)^2 / (2 sigma^2) is +(x - mu)^2 / sigma^3 (the power rule's -2 cancels the "
+        "1/2 and the minus)": (-1 / sigma + sq / (2 * sigma**3)) * torch.sigmoid(rho),
         "the -log sigma term is missing: its derivative -1 / sigma belongs in the gradient":
             sq / sigma**3 * torch.sigmoid(rho),
         "you treated sigma as the variance: the density's scale is the standard deviation "

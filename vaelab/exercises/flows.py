@@ -1,6 +1,9 @@
 """Checkers for notebook 05 (normalizing flows): an affine coupling layer's forward map and
 its log-determinant, and the change-of-variables log-density of a one-layer flow.
 
+The messages use the notebook's notation: a flow maps a base point ``z`` to ``x = f(z)``
+(``vaelab.flows``' docstrings write a generic bijection as ``y = f(x)``).
+
 Every checker builds a random :class:`~vaelab.flows.AffineCoupling` (random weights, so that no
 layer sits at its identity initialisation), runs the student's function on random inputs in
 float64 and compares it with the library; a disagreement that matches a typical mistake is
@@ -15,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, TransformedDistribution
 
-from vaelab.exercises.common import Mistake, check_close, check_shape
+from vaelab.exercises.common import Mistake, check_close, check_shape, not_written
 from vaelab.flows import AffineCoupling, CouplingNet
 
 SEEDS = (0, 1)  # two random layers per check, with the two alternating masks
@@ -23,9 +26,10 @@ SEEDS = (0, 1)  # two random layers per check, with the two alternating masks
 
 def coupling_case(seed: int, batch: int = 32, dim: int = 5, context_dim: int = 3,
                   bound: float = 2.0) -> dict:
-    """A random coupling layer and inputs, float64: ``x [B, D]``, the 0/1 ``mask [D]``
-    (1 = untouched), the context ``c [B, C]``, the network's ``shift`` and ``raw`` log-scale
-    ``[B, D]`` at ``mask * x``, and the library's ``layer`` (``cache_size=0``)."""
+    """A random coupling layer and inputs, float64: base points ``x [B, D]`` (the notebook's
+    ``z``), the 0/1 ``mask [D]`` (1 = untouched), the context ``c [B, C]``, the network's
+    ``shift`` and ``raw`` log-scale ``[B, D]`` at ``mask * x``, and the library's ``layer``
+    (``cache_size=0``)."""
     g = torch.Generator().manual_seed(seed)
     net = CouplingNet(dim, context_dim, [16]).double()
     with torch.no_grad():
@@ -46,8 +50,8 @@ def _call(name: str, fn: Callable, *args) -> Tensor:
     try:
         with torch.no_grad():
             out = fn(*args)
-    except NotImplementedError:
-        raise  # the released notebook's stub: not written yet
+    except NotImplementedError as err:  # the released notebook's stub: not written yet
+        raise not_written(name, err) from None
     except Exception as err:  # a crash in the student's code: say where, keep the cause
         raise Mistake(f"{name} raised {type(err).__name__}: {err}") from err
     if isinstance(out, tuple):
@@ -56,8 +60,8 @@ def _call(name: str, fn: Callable, *args) -> Tensor:
 
 
 def check_coupling_forward(coupling_forward: Callable) -> None:
-    """Check ``coupling_forward(x, mask, shift, raw, bound) -> y [B, D]``: the forward map
-    ``y = b x + (1 - b)(x exp(l) + t)`` with ``l = bound * tanh(raw / bound)``, against
+    """Check ``coupling_forward(z, mask, shift, raw, bound) -> x [B, D]``: the forward map
+    ``x = b z + (1 - b)(z exp(l) + t)`` with ``l = bound * tanh(raw / bound)``, against
     :class:`vaelab.flows.AffineCoupling`."""
     name = "coupling_forward"
     for seed in SEEDS:
@@ -68,19 +72,21 @@ def check_coupling_forward(coupling_forward: Callable) -> None:
         got = check_shape(name, _call(name, coupling_forward, x, b, t, raw, bound), x.shape)
         l_ = bound * torch.tanh(raw / bound)
         hints = {
-            "the mask is inverted: b = 1 marks the untouched half, so y = b * x + (1 - b) * "
+            "the mask is inverted: b = 1 marks the untouched half, so x = b * z + (1 - b) * "
             "(...)": (1 - b) * x + b * (x * l_.exp() + t),
+            "every coordinate is transformed: the untouched half (mask 1) must pass through "
+            "unchanged, x = b * z + (1 - b) * (z * exp(l) + t)": x * l_.exp() + t,
             "the scale is exp(l), not l: the network outputs a log-scale":
                 b * x + (1 - b) * (x * l_ + t),
             "the log-scale is not bounded: use l = bound * tanh(raw / bound)":
                 b * x + (1 - b) * (x * raw.exp() + t),
             "the log-scale uses the default bound 3 instead of the argument bound":
                 b * x + (1 - b) * (x * (3 * torch.tanh(raw / 3)).exp() + t),
-            "this is the inverse map (x - t) * exp(-l); the forward map scales, then shifts":
+            "this is the inverse map (z - t) * exp(-l); the forward map scales, then shifts":
                 b * x + (1 - b) * (x - t) * (-l_).exp(),
-            "the shift is scaled too: y = x * exp(l) + t, not (x + t) * exp(l)":
+            "the shift is scaled too: x = z * exp(l) + t, not (z + t) * exp(l)":
                 b * x + (1 - b) * (x + t) * l_.exp(),
-            "the untouched half is missing: add b * x":
+            "the untouched half is missing: add b * z":
                 (1 - b) * (x * l_.exp() + t),
         }
         check_close(name, got, expected, rtol=1e-7, atol=1e-9, hints=hints)
@@ -89,7 +95,7 @@ def check_coupling_forward(coupling_forward: Callable) -> None:
 
 def check_coupling_log_det(coupling_log_det: Callable) -> None:
     """Check ``coupling_log_det(mask, raw, bound) -> [B]``: the forward
-    ``log|det dy/dx| = sum_d (1 - b_d) l_d`` with ``l = bound * tanh(raw / bound)``, against
+    ``log|det dx/dz| = sum_d (1 - b_d) l_d`` with ``l = bound * tanh(raw / bound)``, against
     :meth:`vaelab.flows.AffineCoupling.log_abs_det_jacobian`."""
     name = "coupling_log_det"
     for seed in SEEDS:
@@ -102,6 +108,10 @@ def check_coupling_log_det(coupling_log_det: Callable) -> None:
             raise Mistake(f"{name} returned shape {list(got.shape)}, expected "
                           f"{list(expected.shape)}: sum the log-scales over the event "
                           f"dimension (dim=-1), one log-determinant per example")
+        if isinstance(got, Tensor) and tuple(got.shape) == (x.shape[-1],):
+            raise Mistake(f"{name} returned shape {list(got.shape)}, one value per dimension: "
+                          f"you summed over the batch (dim 0); sum over the event dimension "
+                          f"(dim=-1), one log-determinant per example")
         check_shape(name, got, expected.shape)
         l_ = bound * torch.tanh(raw / bound)
         keep = 1 - b
@@ -118,6 +128,8 @@ def check_coupling_log_det(coupling_log_det: Callable) -> None:
                 (keep * raw).sum(-1),
             "the log-scale uses the default bound 3 instead of the argument bound":
                 (keep * 3 * torch.tanh(raw / 3)).sum(-1),
+            "it averages the log-scales: the log-determinant is their sum over the event "
+            "dimension": (keep * l_).mean(-1),
         }
         check_close(name, got, expected, rtol=1e-7, atol=1e-9, hints=hints)
     print(f"{name}: correct on {len(SEEDS)} random coupling layers")
@@ -125,8 +137,8 @@ def check_coupling_log_det(coupling_log_det: Callable) -> None:
 
 def check_flow_log_prob(flow_log_prob: Callable) -> None:
     """Check ``flow_log_prob(x, transform, base) -> [B]``: the change of variables
-    ``log p(x) = log p_base(u) - log|det df/du|`` at ``u = f^{-1}(x)`` for one transform
-    ``f`` (``u -> x``), against ``TransformedDistribution(base, [transform]).log_prob``."""
+    ``log p(x) = log p_base(z) - log|det df/dz|`` at ``z = f^{-1}(x)`` for one transform
+    ``f`` (``z -> x``), against ``TransformedDistribution(base, [transform]).log_prob``."""
     name = "flow_log_prob"
     for seed in SEEDS:
         case = coupling_case(seed)
@@ -142,14 +154,16 @@ def check_flow_log_prob(flow_log_prob: Callable) -> None:
             log_det = layer.log_abs_det_jacobian(u, x)
             pushed = layer(x)
             hints = {
-                "the log-determinant enters with a minus sign: log p(x) = log p_base(u) - "
-                "log|det df/du|": base.log_prob(u) + log_det,
+                "the log-determinant has the wrong sign: log p(x) = log p_base(z) - "
+                "log|det df/dz|, with the forward direction's transform.log_abs_det_jacobian"
+                "(z, x) (the inverse's, transform.inv.log_abs_det_jacobian(x, z), is its "
+                "negative)": base.log_prob(u) + log_det,
                 "the base density is evaluated at x; evaluate it at the base point "
-                "u = transform.inv(x)": base.log_prob(x) - log_det,
-                "the Jacobian term is missing: subtract transform.log_abs_det_jacobian(u, x)":
+                "z = transform.inv(x)": base.log_prob(x) - log_det,
+                "the Jacobian term is missing: subtract transform.log_abs_det_jacobian(z, x)":
                     base.log_prob(u),
                 "x was pushed forward (transform(x)); the base point is the inverse, "
-                "u = transform.inv(x)": base.log_prob(pushed)
+                "z = transform.inv(x)": base.log_prob(pushed)
                 - layer.log_abs_det_jacobian(x, pushed),
             }
         got = check_shape(name, _call(name, flow_log_prob, x, layer, base), expected.shape)

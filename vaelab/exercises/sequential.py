@@ -20,7 +20,7 @@ from torch.nn.functional import softplus
 
 from vaelab.data import Batch
 from vaelab.dmm import Combiner
-from vaelab.exercises.common import Mistake, check_close, check_shape
+from vaelab.exercises.common import Mistake, check_close, check_shape, not_written
 from vaelab.kalman import LinearGaussianSSM, kalman_filter
 from vaelab.nn import reverse_sequences
 from vaelab.ssm import SSM, SSMConfig
@@ -28,16 +28,17 @@ from vaelab.ssm import SSM, SSMConfig
 SEEDS = (0, 1)
 
 
-def _call(name: str, fn: Callable, *args, outputs: int = 1):
+def _call(name: str, fn: Callable, *args, outputs: int = 1, shapes: str = ""):
     """Run the student's ``fn`` without gradients; a crash or a wrong number of outputs is a
-    :class:`Mistake` naming the function."""
+    :class:`Mistake` naming the function (and, for a crash, followed by ``shapes``: what the
+    inputs are, for the usual shape slips)."""
     try:
         with torch.no_grad():
             out = fn(*args)
-    except NotImplementedError:
-        raise
+    except NotImplementedError as err:
+        raise not_written(name, err) from None
     except (RuntimeError, IndexError, TypeError, ValueError) as e:
-        raise Mistake(f"{name} raised {type(e).__name__}: {e}") from e
+        raise Mistake(f"{name} raised {type(e).__name__}: {e}{shapes}") from e
     if outputs == 1:
         if isinstance(out, tuple):
             raise Mistake(f"{name} returned a tuple; return one tensor")
@@ -93,7 +94,11 @@ def check_sequential_elbo(sequential_elbo: Callable) -> None:
     for seed, padding in zip(SEEDS, ("garbage", "nan")):
         case = elbo_case(seed, padding=padding)
         log_px, kl, mask, expected = (case[k] for k in ("log_px", "kl", "mask", "elbo"))
-        got = _call(name, sequential_elbo, log_px.clone(), kl.clone(), mask.clone())
+        got = _call(name, sequential_elbo, log_px.clone(), kl.clone(), mask.clone(),
+                    shapes=f"\n(the inputs are log_px {list(log_px.shape)} = [B, T], kl "
+                           f"{list(kl.shape)} = [B, T, Z] and mask {list(mask.shape)} = [B, T]: "
+                           f"sum kl over its last axis, the Z latent dimensions, to get the "
+                           f"per-step KL [B, T] that matches log_px; then sum over time, dim 1)")
         if isinstance(got, Tensor) and tuple(got.shape) == (log_px.shape[1],):
             raise Mistake(f"{name} returned one value per time step ({list(got.shape)}): you "
                           f"summed over the batch axis (dim 0); sum over time (dim 1), one "
@@ -111,6 +116,12 @@ def check_sequential_elbo(sequential_elbo: Callable) -> None:
         hints = {
             "the mask is ignored: the padding steps are summed too; keep only the observed "
             "steps (torch.where(mask, ..., 0.0))": (log_px - kl.sum(-1)).sum(1),
+            "the mask is inverted: mask is True on the observed steps, so keep the terms where "
+            "it is True (torch.where(mask, terms, 0.0))":
+                torch.where(mask, 0.0, log_px - kl.sum(-1)).sum(1),
+            "the KL is summed over time only for its first latent dimension: sum kl over its "
+            "last axis (the Z dimensions) first": (clean_px - torch.where(mask, kl[..., 0],
+                                                                          0.0)).sum(1),
             "the KL enters with the wrong sign: ELBO = log-likelihood - KL":
                 (clean_px + clean_kl).sum(1),
             "the KL term is missing": clean_px.sum(1),
@@ -190,6 +201,10 @@ def check_kalman_step(kalman_step: Callable) -> None:
                 _update(m, P, x, C, P @ C.T @ S),
             "the covariance is not updated: P_filt = (I - K C) P":
                 (m + K @ (x - C @ m), P),
+            "the innovation enters with the wrong sign: m_filt = m + K (x - C m)":
+                (m - K @ (x - C @ m), P - K @ C @ P),
+            "the covariance update has the wrong sign: P_filt = P - K C P = (I - K C) P, an "
+            "observation never adds uncertainty": (m + K @ (x - C @ m), P + K @ C @ P),
         }
         update_hints = {k: v for k, v in update_hints.items() if v is not None}
         check_close(f"{name}'s m_filt", m_f, case["m_filt"], rtol=1e-6, atol=1e-8,
@@ -292,7 +307,10 @@ def check_combiner(combiner: Callable) -> None:
         z_prev, h_rnn, W, b, W_out, b_out, min_scale = (
             case[k] for k in ("z_prev", "h_rnn", "W", "b", "W_out", "b_out", "min_scale"))
         loc, scale = _call(name, combiner, z_prev, h_rnn, W, b, W_out, b_out, min_scale,
-                           outputs=2)
+                           outputs=2,
+                           shapes=f"\n(W is [R, Z] = {list(W.shape)} and W_out [2Z, R] = "
+                                  f"{list(W_out.shape)}, as torch.nn.Linear stores them: for a "
+                                  f"batch z_prev [B, Z], W z_prev + b is z_prev @ W.T + b)")
         z_dim = case["loc"].shape[-1]
 
         def split(h: Tensor, W_out=W_out, b_out=b_out, z_dim=z_dim) -> tuple[Tensor, Tensor]:
@@ -306,6 +324,8 @@ def check_combiner(combiner: Callable) -> None:
                 0.5 * (z_prev @ W.T + b + h_rnn),
             "the 1/2 multiplies the tanh only: h = 1/2 (tanh(W z_prev + b) + h_rnn)":
                 0.5 * tanh_z + h_rnn,
+            "the non-linearity is a tanh, not a relu: h = 1/2 (tanh(W z_prev + b) + h_rnn)":
+                0.5 * (torch.relu(z_prev @ W.T + b) + h_rnn),
         }
         loc_hints = {k: split(h)[0] for k, h in hidden.items()}
         _, s = split(0.5 * (tanh_z + h_rnn))

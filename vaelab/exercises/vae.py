@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Independent, Normal, kl_divergence
 
-from vaelab.exercises.common import Mistake, check_close, check_shape
+from vaelab.exercises.common import Mistake, check_close, check_shape, not_written
 
 # batch and latent sizes differ, so a sum over the wrong axis shows in the shape
 B, J, K = 5, 3, 7
@@ -28,8 +28,8 @@ def _inputs(seed: int) -> torch.Generator:
 def _call(name: str, fn: Callable, *args: Tensor) -> object:
     try:
         return fn(*args)
-    except NotImplementedError:
-        raise
+    except NotImplementedError as err:
+        raise not_written(name, err) from None
     except Exception as err:  # a crash in the student's code: say where, keep the cause
         raise Mistake(f"{name} raised {type(err).__name__}: {err}") from err
 
@@ -74,6 +74,10 @@ def check_gaussian_kl(gaussian_kl: Callable[[Tensor, Tensor], Tensor]) -> None:
         "you used logvar where exp(logvar) belongs (the variance)":
             -0.5 * (1 + logvar - mu**2 - logvar).sum(-1),
         "the constant 1 inside the sum is missing": -0.5 * (logvar - mu**2 - var).sum(-1),
+        "you used exp(2 logvar): exp(logvar) already is the variance sigma^2 (logvar is the "
+        "log of the variance, not of the standard deviation)":
+            -0.5 * (1 + logvar - mu**2 - (2 * logvar).exp()).sum(-1),
+        "mu enters squared: the term is mu^2, not mu": -0.5 * (1 + logvar - mu - var).sum(-1),
     }
     check_close("gaussian_kl", got, expected, hints=hints)
 
@@ -152,6 +156,8 @@ def check_iwae(iwae_bound: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
             torch.logsumexp(log_px_z - log_qz, dim=0) - math.log(K),
         "you took the maximum log-weight: logsumexp averages all K weights":
             log_w.max(dim=0).values,
+        "you divided the log by K: the 1/K is inside the log, log (1/K) sum_k w_k = "
+        "logsumexp(log_w, dim=0) - log K": torch.logsumexp(log_w, dim=0) / K,
     }
     check_close("iwae_bound", got, expected, hints=hints)
 
