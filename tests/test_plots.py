@@ -287,3 +287,171 @@ def test_decoded_image_says_what_its_grey_levels_are():
     model = make_model("vae", train, {"z_dim": 2, "hidden_dims": [16]}).eval()
     fig = plots.decoded_image(model, {0: 1.0}, (8, 8), title="z")
     assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "pixel mean E[x_i | z]"
+
+
+# ----------------------------------------------------------------------------- dashboard
+
+
+def test_overlay_spec_colours_runs_and_names_them():
+    rows = [{"step": 1, "value": 5.0, "run": "beta=1", "split": "train"},
+            {"step": 1, "value": 6.0, "run": "beta=4", "split": "train"},
+            {"step": 1, "value": 5.5, "run": "beta=4", "split": "validation"}]
+    panel = {"title": "-ELBO", "unit": "nats per observed step", "rows": rows}
+    spec = plots.overlay_spec(panel)
+    colour = spec["encoding"]["color"]
+    assert colour["field"] == "run" and colour["scale"]["domain"] == ["beta=1", "beta=4"]
+    assert colour["legend"]["title"] == "run (settings that differ)"
+    assert colour["legend"]["labelLimit"] == 0  # long labels are never cut
+    assert spec["encoding"]["y"]["title"] == "-ELBO (nats per observed step)"
+    marks = {layer["transform"][0]["filter"]: layer["mark"]["type"] for layer in spec["layer"]}
+    assert marks == {"datum.split == 'train'": "line", "datum.split == 'validation'": "point"}
+    assert plots.overlay_spec(panel, log=True)["encoding"]["y"]["scale"] == {"type": "symlog"}
+
+
+def _marked_times(fig) -> dict[str, list[float]]:
+    """Axis title -> the x positions of its time markers."""
+    return {ax.get_title(): [line.get_xdata()[0] for line in ax.lines
+                             if line.get_gid() == plots.MARKER] for ax in fig.axes}
+
+
+def _tiny(name: str, data: str, **sizes):
+    train, val, _ = load_dataset(data)
+    small = {"ssm": {"z_dim": 3, "hidden_dim": 8, "rnn_dim": 8},
+             "dmm": {"z_dim": 3, "rnn_dim": 8, "emission_dim": 8, "transition_dim": 8}}[name]
+    return make_model(name, train, {**small, **sizes}).eval(), val
+
+
+def test_sequence_explorer_shows_the_pendulum_at_t():
+    model, val = _tiny("ssm", "pendulum")
+    batch = val.batch(torch.arange(3))
+    t, i = 7, 1
+    fig = plots.sequence_explorer(model, batch, t, index=i, info=val.info)
+    marks = _marked_times(fig)
+    timed = [title for title, xs in marks.items() if xs]
+    assert len(timed) == 3 and all(marks[title] == [t] for title in timed)  # every time axis
+    axes = {ax.get_title(): ax for ax in fig.axes}
+    (pendulum,) = [ax for title, ax in axes.items() if title.startswith("the pendulum at t = 7")]
+    theta = float(batch.z[i, t, 0])
+    (rod,) = [line for line in pendulum.lines if line.get_gid() == "true-rod"]
+    np.testing.assert_allclose([rod.get_xdata()[1], rod.get_ydata()[1]],
+                               [np.sin(theta), -np.cos(theta)], atol=1e-6)
+    (bob,) = [line for line in pendulum.lines if line.get_gid() == "observed-bob"]
+    x = batch.x[i, t].numpy()
+    np.testing.assert_allclose([bob.get_xdata()[0], bob.get_ydata()[0]], [x[1], -x[0]],
+                               atol=1e-6)
+    assert "(0.7 s)" in pendulum.get_title()  # dt = 0.1
+    labels = " ".join(ax.get_ylabel() + ax.get_xlabel() for ax in fig.axes)
+    for unit in ("(rad, rad/s)", "(pendulum lengths)", "(latent units)", "time step t"):
+        assert unit in labels
+    assert all(ax.get_legend() for title, ax in axes.items() if "latent path" in title
+               or "pendulum" in title or "true state" in title)
+    with pytest.raises(ValueError, match="t must be an observed step in 0..49"):
+        plots.sequence_explorer(model, batch, 50, info=val.info)
+
+
+def test_sequence_explorer_linear_system_marks_observation_and_true_position():
+    model, val = _tiny("ssm", "linear")
+    batch = val.batch(torch.arange(2))
+    fig = plots.sequence_explorer(model, batch, 4, index=0, info=val.info)
+    (plane,) = [ax for ax in fig.axes if ax.get_title() == "observation plane"]
+    (point,) = [line for line in plane.lines if line.get_gid() == "observed-point"]
+    np.testing.assert_allclose([point.get_xdata()[0], point.get_ydata()[0]],
+                               batch.x[0, 4].numpy(), atol=1e-6)
+    (star,) = [line for line in plane.lines if line.get_label() == "true state at t"]
+    np.testing.assert_allclose([star.get_xdata()[0], star.get_ydata()[0]],
+                               batch.z[0, 4, :2].numpy(), atol=1e-6)  # p_x, p_y of the state
+    assert plane.get_xlabel() == "p_x (data units)"
+    assert all(xs == [4] for xs in _marked_times(fig).values() if xs)
+
+
+def test_piano_roll_frame_shows_the_notes_at_t_and_many_latents_as_a_heat_map():
+    steps, z_dim = 12, 100  # the DMM's default latent size
+    x = torch.zeros(steps, 88)
+    x[5, [39, 43, 46]] = 1.0  # C4, E4, G4 (MIDI 60, 64, 67) at t = 5
+    x[2, 30] = 1.0
+    z = torch.randn(steps, z_dim)
+    rec = torch.full((steps, 88), 0.25)
+    fig = plots.piano_roll_frame(z, x, 5, rec)
+    latent, roll, keys = fig.axes[:3]
+    assert latent.images and latent.get_ylabel() == "latent dimension u"
+    assert len([t for t in latent.get_yticks() if 0 <= t < z_dim]) <= 7  # readable ticks
+    assert _marked_times(fig)[latent.get_title()] == [5]
+    assert _marked_times(fig)[roll.get_title()] == [5]
+    assert keys.get_title() == "notes at t = 5: C4, E4, G4"
+    heights = {round(p.get_x() + p.get_width() / 2): p.get_height() for p in keys.patches}
+    assert {n for n, h in heights.items() if h > 0} == {60, 64, 67}
+    assert keys.get_legend() is not None
+    assert plots.note_name(60) == "C4" and plots.note_name(21) == "A0"
+
+
+def _overlaps(a, b) -> bool:
+    return a.x0 < b.x1 - 1 and b.x0 < a.x1 - 1 and a.y0 < b.y1 - 1 and b.y0 < a.y1 - 1
+
+
+def readability_problems(fig) -> list[str]:
+    """What makes a drawn figure hard to read: text under 8 pt, text outside the figure,
+    tick labels or other texts that overlap, an axis with nothing drawn in it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    page = fig.bbox
+    undrawn = set()  # tick labels of ticks outside the view (matplotlib does not draw them)
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            span = (high - low) * 1e-6
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                if not low - span <= tick.get_loc() <= high + span:
+                    undrawn.update({id(tick.label1), id(tick.label2)})
+    problems, texts = [], []
+    for text in fig.findobj(lambda a: hasattr(a, "get_text") and hasattr(a, "get_fontsize")):
+        if not text.get_visible() or not text.get_text().strip() or id(text) in undrawn:
+            continue
+        box = text.get_window_extent(renderer)
+        if box.width <= 0:
+            continue
+        if text.get_fontsize() < 8:
+            problems.append(f"{text.get_text()!r} at {text.get_fontsize():.1f} pt")
+        if box.x0 < page.x0 - 1 or box.x1 > page.x1 + 1 or box.y0 < page.y0 - 1 or \
+                box.y1 > page.y1 + 1:
+            problems.append(f"{text.get_text()!r} cut off at the figure's edge")
+        texts.append((text.get_text(), box))
+    for i, (a, box_a) in enumerate(texts):
+        for b, box_b in texts[i + 1:]:
+            if _overlaps(box_a, box_b):
+                problems.append(f"{a!r} overlaps {b!r}")
+    for ax in fig.axes:
+        if ax.get_label() == "<colorbar>":
+            continue
+        if not (ax.lines or ax.images or ax.collections or ax.patches or ax.texts):
+            problems.append(f"axis {ax.get_title()!r} is empty")
+    return problems
+
+
+DEFAULT_SIZED = [("vae", "digits", {}), ("ssm", "pendulum", {}), ("ssm", "linear", {}),
+                 ("dmm", "jsb", {"rnn_dim": 16, "emission_dim": 16, "transition_dim": 16}),
+                 ("realnvp", "moons", {}), ("realnvp", "digits", {"hidden_dim": 16})]
+
+
+@pytest.mark.parametrize(("name", "data", "sizes"), DEFAULT_SIZED,
+                         ids=[f"{n}-{d}" for n, d, _ in DEFAULT_SIZED])
+def test_dashboard_figures_are_readable_at_default_latent_sizes(name, data, sizes):
+    """Every matplotlib figure the dashboard draws for a model (its latent size the default:
+    100 dimensions for the DMM; networks shrunk only where that costs time), rendered: no
+    text under 8 pt, none cut off, no overlapping labels, no empty axis."""
+    train, val, _ = load_dataset(data)
+    model = make_model(name, train, sizes).eval()
+    info = {k: v for k, v in (val.info or {}).items() if k != "labels"}
+    batch = val.batch(torch.arange(8), torch.Generator().manual_seed(0))
+    figures = plots.model_figures(model, batch, info)
+    if batch.x.dim() == 3:
+        figures["explore"] = plots.sequence_explorer(model, batch, 3, index=1, info=info)
+    if getattr(model, "flow", None) is not None and batch.a is not None:
+        figures["explore"] = plots.flow_density(model, batch.a[:1], resolution=20,
+                                                n_samples=50)
+    if "image_shape" in info and hasattr(model, "decode"):
+        figures["explore"] = plots.decoded_image(model, {0: 1.0}, info["image_shape"])
+    problems = {title: readability_problems(fig) for title, fig in figures.items()}
+    assert not {t: p for t, p in problems.items() if p}, problems
