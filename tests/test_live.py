@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -517,3 +518,183 @@ def test_curve_panels_thin_keep_the_newest_and_name_their_units():
     text = metrics_csv(history[:2] + history[-1:]).splitlines()
     assert text[0].split(",")[:3] == ["kind", "step", "nelbo"] and len(text) == 4
     assert text[-1].startswith("val,3000,9.0")
+
+
+# ----------------------------------------------------------------------------- run history
+
+
+class _Planted:
+    """A pickled object whose loading would create a file: a checkpoint must never run it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.fixture(scope="module")
+def runs_folder(tmp_path_factory):
+    """A runs folder: two finished one-epoch SSM runs on the pendulum (beta 1 and 4), one
+    stopped after 3 steps, and what else a folder gathers (a damaged checkpoint, a foreign
+    pickle, a text file, a run folder without a checkpoint yet, a hidden file)."""
+    from vaelab.live import builtin_dataset
+    from vaelab.train import fit
+
+    folder = tmp_path_factory.mktemp("runs")
+    train, val, _ = builtin_dataset("pendulum")
+    for name, beta, callback in (("b1", 1.0, None), ("b4", 4.0, None),
+                                 ("stopped", 1.0, lambda r: r["step"] < 3)):
+        torch.manual_seed(0)
+        model = make_model("ssm", train, {"z_dim": 3, "hidden_dim": 8, "rnn_dim": 8})
+        fit(model, train, val, TrainConfig(epochs=1, batch_size=100, beta=beta, progress=False,
+                                           out_dir=str(folder / name)),
+            callback=callback, data_spec={"name": "pendulum"})
+    (folder / "damaged").mkdir()
+    good = (folder / "b1" / "checkpoint.pt").read_bytes()
+    (folder / "damaged" / "checkpoint.pt").write_bytes(good[: len(good) // 2])
+    torch.save({"weights": _Planted(folder / "planted")}, folder / "foreign.pt")
+    (folder / "notes.txt").write_text("β = 4 looked better")
+    (folder / "empty-run").mkdir()
+    (folder / ".hidden.pt").write_bytes(b"x")
+    return folder
+
+
+def test_scan_runs_summarises_runs_and_gives_the_reason_for_other_files(runs_folder):
+    from vaelab.live import history_table, scan_runs
+
+    entries = {e["name"]: e for e in scan_runs(runs_folder)}
+    assert set(entries) == {"b1", "b4", "stopped", "damaged", "foreign.pt", "notes.txt"}
+    assert not (runs_folder / "planted").exists()  # the foreign pickle never ran
+    for name in ("b1", "b4", "stopped"):
+        e = entries[name]
+        ckpt = load_checkpoint(runs_folder / name / "checkpoint.pt")
+        val = [r["nelbo"] for r in ckpt["history"] if r["kind"] == "val"]
+        assert e["ok"] and (e["model"], e["data"]) == ("ssm", "pendulum")
+        assert (e["step"], e["epoch"], e["epochs"]) == (ckpt["step"], ckpt["epoch"], 1)
+        assert e["final"] == (val[-1] if val else None)
+        assert (e["metric"], e["unit"]) == ("-ELBO", "nats per observed step")
+    assert entries["b1"]["status"] == "finished" and entries["b1"]["step"] == 10
+    assert entries["stopped"]["status"] == "stopped" and entries["stopped"]["step"] == 3
+    assert entries["stopped"]["final"] is None and entries["stopped"]["last_train"] > 0
+    reasons = {name: e["reason"] for name, e in entries.items() if not e["ok"]}
+    assert reasons["damaged"].startswith("damaged/checkpoint.pt is not a readable vaelab "
+                                         "checkpoint: the file is truncated, damaged")
+    assert "holds Python objects" in reasons["foreign.pt"]
+    assert reasons["notes.txt"].startswith("not a run: a run is a folder holding a "
+                                           "checkpoint.pt")
+    for reason in reasons.values():  # no server path, no torch advice
+        assert str(runs_folder) not in reason and "weights_only" not in reason
+    rows = history_table(list(entries.values()))
+    assert [r["run"] for r in rows] == [n for n in entries if entries[n]["ok"]]
+    b1 = next(r for r in rows if r["run"] == "b1")
+    assert b1["final"] == round(entries["b1"]["final"], 4)
+    assert b1["final is"] == "validation -ELBO, nats per observed step"
+    assert b1["epoch"] == "1 of 1" and b1["status"] == "finished"
+    stopped = next(r for r in rows if r["run"] == "stopped")
+    assert stopped["final is"].startswith("last train step")
+    # the run that trains is left out; a missing folder has no runs
+    names = [e["name"] for e in scan_runs(runs_folder, exclude=[runs_folder / "b4" /
+                                                                 "checkpoint.pt"])]
+    assert "b4" not in names and "b1" in names
+    assert scan_runs(runs_folder / "nowhere") == []
+
+
+def _settings(model: str = "ssm", out: str = "runs/a", data: str = "pendulum", **fields):
+    import dataclasses
+
+    from vaelab import MODELS
+
+    config_cls = MODELS[model][0]
+    train = {k: v for k, v in fields.items() if k in TrainConfig.__dataclass_fields__}
+    config = {k: v for k, v in fields.items() if k not in train}
+    return {"model": model, "data": {"name": data},
+            "model_config": dataclasses.asdict(config_cls(**config)),
+            "train_config": dataclasses.asdict(TrainConfig(**train, out_dir=out))}
+
+
+def test_run_labels_are_the_settings_that_differ():
+    from vaelab.live import differing_settings, run_labels
+
+    def labels(*settings):
+        entries = [{"name": f"run{i}", "settings": s} for i, s in enumerate(settings)]
+        return list(run_labels(entries).values())
+
+    assert labels(_settings(beta=1.0, out="r/a"), _settings(beta=4.0, out="r/b")) == \
+        ["beta=1", "beta=4"]  # out_dir always differs and says nothing
+    assert labels(_settings(activation="tanh"), _settings(activation="relu")) == \
+        ["activation=tanh", "activation=relu"]
+    assert labels(_settings("dmm_iaf", num_iafs=1, data="jsb"),
+                  _settings("dmm_iaf", num_iafs=2, data="jsb")) == ["num_iafs=1", "num_iafs=2"]
+    assert labels(_settings(lr=1e-3, seed=1), _settings(lr=3e-3, seed=1),
+                  _settings(lr=3e-3, seed=2)) == ["lr=0.001, seed=1", "lr=0.003, seed=1",
+                                                  "lr=0.003, seed=2"]
+    assert labels(_settings(), _settings()) == ["run0", "run1"]  # nothing differs
+    assert labels(_settings(beta=1.0), _settings(beta=1.0), _settings(beta=2.0)) == \
+        ["beta=1 (run0)", "beta=1 (run1)", "beta=2"]  # no label twice
+    differ = differing_settings([_settings("ssm", data="linear"),
+                                 _settings("dmm", data="jsb", z_dim=8)])
+    assert differ[0]["model"] == "ssm" and differ[1]["data"] == "jsb"
+    assert "num_iafs" in differ[1] and "num_iafs" not in differ[0]  # the DMM's own field
+    assert "hidden_dim" in differ[0] and "hidden_dim" not in differ[1]
+    assert list(differ[1])[:2] == ["model", "data"]
+
+
+def test_overlay_panel_puts_every_run_on_one_chart(runs_folder):
+    from vaelab.live import overlay_metrics, overlay_panel, run_labels, scan_runs
+
+    entries = [e for e in scan_runs(runs_folder) if e["name"] in ("b1", "b4")]
+    labels = run_labels(entries)
+    assert sorted(labels.values()) == ["beta=1", "beta=4"]
+    assert list(overlay_metrics(entries)) == ["nelbo", "log_likelihood", "kl", "kl_weight",
+                                              "grad_norm"]
+    panel = overlay_panel(entries, "nelbo", labels, max_points=4)
+    assert (panel["title"], panel["unit"]) == ("-ELBO", "nats per observed step")
+    for e in entries:
+        rows = [r for r in panel["rows"] if r["run"] == labels[e["name"]]]
+        train = [r["step"] for r in rows if r["split"] == "train"]
+        val = [r for r in rows if r["split"] == "validation"]
+        assert len(train) <= 5 and train[-1] == 10  # thinned, the newest kept
+        assert [r["value"] for r in val] == [r["nelbo"] for r in e["history"]
+                                             if r["kind"] == "val"]
+    assert not [r for r in overlay_panel(entries, "grad_norm")["rows"]
+                if r["split"] == "validation"]
+    with pytest.raises(ValueError, match="no run here records 'active'"):
+        overlay_panel(entries, "active")
+    flows = [{**e, "metric": "-log p(x)"} for e in entries]
+    assert overlay_metrics(flows)["nelbo"] == "-log p(x)"
+    assert overlay_metrics([entries[0], flows[1]])["nelbo"] == "-ELBO (-log p(x) for flows)"
+
+
+def test_a_finished_run_reopens_from_its_checkpoint(runs_folder, tmp_path):
+    from vaelab.live import SavedRun, observed_steps
+
+    registry = Registry()
+    path = runs_folder / "b4" / "checkpoint.pt"
+    run_id, run = registry.open(path)
+    ckpt = load_checkpoint(path)
+    assert isinstance(run, SavedRun) and not run.active and registry.active() is None
+    assert registry.get(run_id) is run and registry.open(path)[0] == run_id  # same file
+    assert run.history == ckpt["history"] and run.step == ckpt["step"] == run.snapshot_step
+    state = run.model.state_dict()
+    assert all(torch.equal(state[k], ckpt["state_dict"][k]) for k in state)
+    assert run.status == "finished" and run.model_name == "ssm" and run.is_sequence
+    assert run.settings()["train_config"]["beta"] == 4.0
+    assert run.settings()["train_config"]["out_dir"] == str(runs_folder / "b4")
+    assert run.progress() == {"step": 10, "planned": 10, "steps_per_second": None,
+                              "eta_seconds": None}
+    assert run.view is not None and observed_steps(run.view.batch, 0) == 50
+    entry = run.latest_diagnostics()
+    assert entry["step"] == 10 and len(entry["activity"]) == 3
+    assert all(math.isnan(t) for t in run.record_times)
+    # a checkpoint whose data has gone: curves yes, figures say why not
+    moved = torch.load(path, weights_only=True)
+    moved["data"] = {"name": "arrays", "path": str(tmp_path / "gone.npz")}
+    torch.save(moved, tmp_path / "moved.pt")
+    orphan = SavedRun(tmp_path / "moved.pt")
+    assert orphan.view is None and "gone.npz" in orphan.data_error
+    assert orphan.history == ckpt["history"]
+    # never anything but a vaelab checkpoint
+    with pytest.raises(ValueError, match="holds Python objects"):
+        registry.open(runs_folder / "foreign.pt")
+    assert not (runs_folder / "planted").exists()

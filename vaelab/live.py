@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import pickle
 import queue
+import re
 import signal
 import sys
 import tempfile
@@ -38,6 +39,7 @@ import types
 import uuid
 import weakref
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -47,7 +49,7 @@ from vaelab import MODELS
 from vaelab.config import make_model
 from vaelab.data import Batch, Data
 from vaelab.datasets import DATASETS, load_dataset
-from vaelab.train import TrainConfig, TrainingDiverged, fit, load_checkpoint
+from vaelab.train import TrainConfig, TrainingDiverged, fit, load_checkpoint, load_model
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016 (arXiv:1509.00519): active if Cov_x(E_q[z_u]) > this
 
@@ -610,6 +612,11 @@ class TrainingRun:
             return [math.nan] * self._resumed + list(self._times)
 
     @property
+    def is_sequence(self) -> bool:
+        """True when the run trains on sequences (units: nats per observed step)."""
+        return self.train.is_sequence
+
+    @property
     def snapshot_step(self) -> int:
         """The step of the parameters that :attr:`model` holds."""
         with self._lock:
@@ -811,7 +818,7 @@ class Registry:
         self._runs: OrderedDict[str, TrainingRun] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, run_id: str | None) -> TrainingRun | None:
+    def get(self, run_id: str | None) -> TrainingRun | SavedRun | None:
         with self._lock:
             return self._runs.get(run_id) if run_id else None
 
@@ -826,14 +833,34 @@ class Registry:
         with self._lock:
             current = next((r for r in self._runs.values() if r.active), None)
             run = start_run(current, *args, **kwargs)
-            run_id = uuid.uuid4().hex[:12]
-            self._runs[run_id] = run
-            while len(self._runs) > self.keep:
-                oldest = next(iter(self._runs))
-                if self._runs[oldest].active:
-                    break
-                del self._runs[oldest]
-        return run_id, run
+            return self._add(run), run
+
+    def open(self, path: str | Path) -> tuple[str, SavedRun]:
+        """The finished run of checkpoint ``path`` as a :class:`SavedRun` with an id, so a
+        page can show it and find it again after a reload; the same id while the file is
+        unchanged. Raises ``ValueError`` / ``FileNotFoundError`` as :class:`SavedRun`."""
+        path = Path(path).resolve()
+        stamp = path.stat().st_mtime_ns if path.is_file() else None
+        with self._lock:
+            for run_id, run in self._runs.items():
+                if isinstance(run, SavedRun) and run.checkpoint_path == path and \
+                        run.mtime_ns == stamp:
+                    self._runs.move_to_end(run_id)
+                    return run_id, run
+        run = SavedRun(path)  # outside the lock: reading and diagnosing takes a moment
+        with self._lock:
+            return self._add(run), run
+
+    def _add(self, run: TrainingRun | SavedRun) -> str:
+        # under self._lock: a new id, and the oldest ended runs beyond ``keep`` forgotten
+        run_id = uuid.uuid4().hex[:12]
+        self._runs[run_id] = run
+        while len(self._runs) > self.keep:
+            oldest = next(iter(self._runs))
+            if self._runs[oldest].active:
+                break
+            del self._runs[oldest]
+        return run_id
 
 
 RUNS = Registry()  # the server's runs; module state survives Streamlit's script reruns
@@ -950,3 +977,333 @@ def metrics_csv(history: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(history)
     return out.getvalue()
+
+
+# ----------------------------------------------------------------------------- run history
+
+MAX_CHECKPOINT_BYTES = 2**30  # a larger file in the runs folder is not read: no vaelab run is
+# Settings that differ between any two runs and say nothing about them: where they were
+# written and whether a progress bar was shown.
+IGNORED_SETTINGS = ("out_dir", "progress")
+
+
+@functools.cache
+def sequence_model(model_name: str) -> bool:
+    """True when model ``model_name`` trains on sequences ``x [N, T, X]`` (it accepts a
+    built-in sequence data set, see :func:`accepted_data`), False for single vectors."""
+    return any(builtin_dataset(name)[0].is_sequence
+               for name, why in accepted_data(model_name).items()
+               if why is None and not dataset_needs_path(name))
+
+
+def _unit(model_name: str) -> str:
+    return "nats per observed step" if sequence_model(model_name) else "nats per example"
+
+
+def _plain_reason(error: Exception, path: Path, name: str) -> str:
+    """``error``'s message with the file's full path replaced by its name in the folder, and
+    without the loader's own words in brackets after "of another kind"."""
+    text = str(error).replace(str(path), name).strip()
+    return re.sub(r"(of another kind) \(.*\)$", r"\1", text)
+
+
+@functools.lru_cache(maxsize=256)
+def _entry(path: str, name: str, mtime_ns: int, size: int) -> dict:
+    # one run folder's (or loose file's) summary, read again only when the file changes
+    path_ = Path(path)
+    entry = {"name": name, "path": path, "ok": False, "reason": None,
+             "modified": mtime_ns / 1e9}
+    if path_.suffix != ".pt":
+        return {**entry, "reason": "not a run: a run is a folder holding a checkpoint.pt "
+                                   "written by vaelab training"}
+    if size > MAX_CHECKPOINT_BYTES:
+        return {**entry, "reason": f"not read: {size / 2**30:.1f} GiB is far larger than any "
+                                   f"vaelab checkpoint"}
+    try:
+        ckpt = load_checkpoint(path_)  # weights_only=True: no code in the file can run
+    except (ValueError, FileNotFoundError) as e:
+        shown = name if path_.name == name else f"{name}/{path_.name}"
+        return {**entry, "reason": _plain_reason(e, path_, shown)}
+    model = ckpt["model"]
+    if model not in MODELS:
+        return {**entry, "reason": f"holds a model vaelab does not know ({model!r}); models "
+                                   f"are {', '.join(MODELS)}"}
+    try:
+        status = "stopped" if remaining(ckpt) is None else "finished"
+        history = [r for r in ckpt["history"] if isinstance(r, dict)]
+        val = [r for r in history if r.get("kind") == "val" and "nelbo" in r]
+        train = [r for r in history if r.get("kind") == "train" and "nelbo" in r]
+        settings = {"model": model, "model_config": dict(ckpt["config"]),
+                    "train_config": {**ckpt["train_config"], "out_dir": str(path_.parent)},
+                    "data": dict(ckpt["data"] or {})}
+        final = float(val[-1]["nelbo"]) if val else None
+        last_train = float(train[-1]["nelbo"]) if train else None
+    except (KeyError, TypeError, ValueError) as e:
+        return {**entry, "reason": f"a damaged vaelab checkpoint ({type(e).__name__}: {e}); "
+                                   f"it was edited or written by another program"}
+    return {**entry, "ok": True, "model": model, "data": settings["data"].get("name", "?"),
+            "step": ckpt["step"], "epoch": ckpt["epoch"],
+            "epochs": ckpt["train_config"].get("epochs"), "status": status,
+            "metric": "-ELBO" if "z_dim" in ckpt["config"] else "-log p(x)",
+            "unit": _unit(model), "final": final, "last_train": last_train,
+            "settings": settings, "history": history}
+
+
+def run_entry(path: str | Path, name: str | None = None) -> dict:
+    """The summary of one checkpoint file, for the run history.
+
+    Returns ``{"name", "path", "ok", "reason", "modified"}`` and, when ``ok``, ``"model",
+    "data", "step", "epoch", "epochs", "status"`` (``"finished"``: it reached its epochs or
+    max steps; ``"stopped"``: training is left), ``"metric"`` (``"-ELBO"``, ``"-log p(x)"``
+    for a flow, whose value is exact), ``"unit"``, ``"final"`` (the last validation value,
+    None without one), ``"last_train"``, ``"settings"`` (as :meth:`TrainingRun.settings`)
+    and ``"history"``. A file that is not a vaelab checkpoint gives ``ok=False`` and the
+    ``reason`` in words; it is read only by :func:`vaelab.train.load_checkpoint`
+    (``weights_only=True``) and only when its name ends in ``.pt``.
+    """
+    path = Path(path)
+    name = name or path.name
+    try:
+        stat = path.stat()
+    except OSError as e:
+        return {"name": name, "path": str(path), "ok": False, "modified": 0.0,
+                "reason": f"cannot be read ({e.strerror or type(e).__name__})"}
+    return dict(_entry(str(path), name, stat.st_mtime_ns, stat.st_size))
+
+
+def scan_runs(folder: str | Path, exclude: Sequence[str | Path] = ()) -> list[dict]:
+    """The runs of a runs folder, newest first: one :func:`run_entry` per sub-folder holding
+    a ``checkpoint.pt`` (named by the folder) and per file lying in the folder itself (a
+    stray or foreign file is listed with its reason). Sub-folders without a checkpoint (a
+    run before its first save) and hidden names are skipped, and so are the checkpoints in
+    ``exclude`` (e.g. the run that is training). A missing folder has no runs."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    skip = {Path(p).resolve() for p in exclude}
+    entries = []
+    for child in folder.iterdir():
+        if child.name.startswith("."):
+            continue
+        path = child / "checkpoint.pt" if child.is_dir() else child
+        if not path.is_file() or path.resolve() in skip:
+            continue
+        entries.append(run_entry(path, child.name))
+    return sorted(entries, key=lambda e: (-e["modified"], e["name"]))
+
+
+def history_table(entries: Sequence[dict]) -> list[dict]:
+    """Rows for a table of the readable runs among ``entries`` (:func:`scan_runs`): run,
+    model, data, status, epoch, step, final validation value (and what it is)."""
+    rows = []
+    for e in entries:
+        if not e["ok"]:
+            continue
+        final = e["final"] if e["final"] is not None else e["last_train"]
+        which = "validation" if e["final"] is not None else "last train step"
+        rows.append({
+            "run": e["name"], "model": e["model"], "data": e["data"], "status": e["status"],
+            "epoch": f"{e['epoch']} of {e['epochs']}", "step": e["step"],
+            "final": None if final is None else round(final, 4),
+            "final is": f"{which} {e['metric']}, {e['unit']}"})
+    return rows
+
+
+def flat_settings(settings: dict) -> dict[str, object]:
+    """One run's settings (:meth:`TrainingRun.settings`) as one flat dict: ``model``,
+    ``data`` and the data options (``data.<option>``), then the model config's fields, then
+    the train config's (``train.<field>`` where a name is taken), without
+    ``IGNORED_SETTINGS``."""
+    data = dict(settings.get("data") or {})
+    out: dict[str, object] = {"model": settings["model"], "data": data.pop("name", None)}
+    out.update({f"data.{k}": v for k, v in data.items()})
+    out.update(settings.get("model_config") or {})
+    for key, value in (settings.get("train_config") or {}).items():
+        if key not in IGNORED_SETTINGS:
+            out[f"train.{key}" if key in out else key] = value
+    return out
+
+
+def differing_settings(settings: Sequence[dict]) -> list[dict[str, object]]:
+    """For each run's settings, the fields (of :func:`flat_settings`) whose values are not the
+    same in every run, in :func:`flat_settings`'s order; a field a run lacks (another
+    model's) is left out of that run's dict."""
+    flats = [flat_settings(s) for s in settings]
+    keys = list(dict.fromkeys(k for flat in flats for k in flat))
+    missing = object()
+    differ = [k for k in keys if len({repr(f.get(k, missing)) for f in flats}) > 1]
+    return [{k: flat[k] for k in differ if k in flat} for flat in flats]
+
+
+def _setting_text(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_setting_text(v) for v in value) + "]"
+    return str(value)
+
+
+def run_labels(entries: Sequence[dict]) -> dict[str, str]:
+    """Run name -> a legend label made of the settings that differ between ``entries``
+    (:func:`differing_settings`): ``"beta=4"``, ``"dmm_iaf, num_iafs=2"`` (model and data
+    by their names alone). Runs whose settings are all the same are named by their folder;
+    labels that would repeat get the folder's name added."""
+    differ = differing_settings([e["settings"] for e in entries])
+    labels = {}
+    for entry, fields in zip(entries, differ):
+        parts = [_setting_text(v) if k in ("model", "data") else f"{k}={_setting_text(v)}"
+                 for k, v in fields.items()]
+        labels[entry["name"]] = ", ".join(parts) or entry["name"]
+    counts: dict[str, int] = {}
+    for label in labels.values():
+        counts[label] = counts.get(label, 0) + 1
+    return {name: label if counts[label] == 1 or label == name else f"{label} ({name})"
+            for name, label in labels.items()}
+
+
+def overlay_metrics(entries: Sequence[dict]) -> dict[str, str]:
+    """Record key -> panel title of the training curves that ``entries`` can be overlaid on
+    (those recorded by at least one run), in the order of the training-curve panels."""
+    flows = {e["metric"] == "-log p(x)" for e in entries}
+    out = {}
+    for title, key, _ in (*LATENT_PANELS, *FLOW_PANELS):
+        if key in out or not any(key in r for e in entries for r in e["history"]):
+            continue
+        if key == "nelbo":
+            title = "-log p(x)" if flows == {True} else "-ELBO" if flows == {False} else \
+                "-ELBO (-log p(x) for flows)"
+        out[key] = title
+    return out
+
+
+def overlay_panel(entries: Sequence[dict], key: str = "nelbo",
+                  labels: dict[str, str] | None = None, max_points: int = 300) -> dict:
+    """One training-curve panel with several runs on it, for an interactive chart:
+    ``{"title", "key", "unit", "caption", "rows": [{"step", "value", "run", "split"}]}``,
+    ``run`` the label of :func:`run_labels`, ``split`` ``"train"`` (thinned to
+    ``max_points`` per run, newest kept) or ``"validation"``."""
+    if len(entries) < 1:
+        raise ValueError("overlay_panel needs at least one run; pick runs in the history")
+    labels = labels or run_labels(entries)
+    titles = overlay_metrics(entries)
+    if key not in titles:
+        raise ValueError(f"no run here records {key!r}; choose one of {list(titles)}")
+    rows = []
+    for e in entries:
+        train = [r for r in e["history"] if r.get("kind") == "train" and key in r]
+        rows += [{"step": r["step"], "value": float(r[key]), "run": labels[e["name"]],
+                  "split": "train"} for r in (train[i] for i in thinned(len(train), max_points))]
+        if key in VAL_PANEL_KEYS:
+            rows += [{"step": r["step"], "value": float(r[key]), "run": labels[e["name"]],
+                      "split": "validation"}
+                     for r in e["history"] if r.get("kind") == "val" and key in r]
+    units = {e["unit"] for e in entries}
+    unit = "" if key not in ("nelbo", "log_likelihood", "kl") else \
+        units.pop() if len(units) == 1 else "nats (per observed step for sequences, per " \
+                                             "example otherwise)"
+    return {"title": titles[key], "key": key, "unit": unit, "rows": rows,
+            "caption": "one colour per run, named by the settings that differ between the "
+                       "runs; lines: training steps, dots: validation at each epoch's end"}
+
+
+class SavedRun:
+    """A finished run re-opened from its checkpoint, read only through
+    :func:`vaelab.train.load_model` (``weights_only=True``): the read-only face of
+    :class:`TrainingRun` that the dashboard shows (history, settings, status, the model, the
+    validation view for figures, diagnostics), never active.
+
+    The data set is loaded again from the checkpoint's data spec for the figures; when it
+    cannot be (a file moved away), ``view`` is None and ``data_error`` says why, and the
+    curves are still there. Raises ``ValueError`` (``FileNotFoundError``) naming the
+    problem when the file is not a checkpoint vaelab can load.
+    """
+
+    active = False
+    pid = None
+    diagnostics_error = None
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        try:
+            model, ckpt = load_model(path)
+            self.config = resume_config(ckpt, path.parent, device="cpu")
+        except (TypeError, KeyError) as e:
+            raise ValueError(f"{path} is a damaged vaelab checkpoint ({type(e).__name__}: "
+                             f"{e}); use another one") from None
+        self.checkpoint_path = path.resolve()
+        self.mtime_ns = path.stat().st_mtime_ns
+        self.model_name = ckpt["model"]
+        self.data_spec = dict(ckpt["data"] or {})
+        self._model = model
+        self._settings = {"model": ckpt["model"], "model_config": dict(ckpt["config"]),
+                          "train_config": {**ckpt["train_config"], "out_dir": str(path.parent)},
+                          "data": dict(self.data_spec)}
+        self._history = list(ckpt["history"])
+        self.step = ckpt["step"]
+        self.snapshot_step = ckpt["step"]
+        self.status = "stopped" if remaining(ckpt) is None else "finished"
+        self.has_latents = has_latents(model)
+        self.train = self.val = self.view = None
+        self.data_error: str | None = None
+        self.reference: dict = {}
+        self.diagnostics: list[dict] = []
+        try:
+            spec = self.data_spec
+            if not spec:
+                raise ValueError("the checkpoint does not record its data set")
+            self.train, self.val, _ = builtin_dataset(spec["name"]) if set(spec) == {"name"} \
+                and not dataset_needs_path(spec["name"]) else load_dataset(**spec)
+        except (ValueError, FileNotFoundError) as e:
+            self.data_error = f"its data cannot be loaded ({e}); figures need the data"
+        else:
+            self.view = make_view(self.train, self.val)
+            self.reference = reference_metrics(self.train, self.val)
+            if self.has_latents:
+                start = time.monotonic()
+                entry = {"step": self.step, **diagnose(model, self.view.batch)}
+                self.diagnostics.append({**entry, "seconds": time.monotonic() - start})
+
+    @property
+    def model(self) -> nn.Module:
+        """The trained model (CPU, eval mode)."""
+        return self._model.eval()
+
+    @property
+    def history(self) -> list[dict]:
+        return list(self._history)
+
+    @property
+    def record_times(self) -> list[float]:
+        """NaN for every record: they were made before this session."""
+        return [math.nan] * len(self._history)
+
+    @property
+    def is_sequence(self) -> bool:
+        return sequence_model(self.model_name)
+
+    def settings(self) -> dict:
+        """As :meth:`TrainingRun.settings`; ``out_dir`` is the folder the checkpoint is in."""
+        return copy.deepcopy(self._settings)
+
+    def latest_diagnostics(self) -> dict | None:
+        return self.diagnostics[-1] if self.diagnostics else None
+
+    def planned_steps(self) -> int:
+        if self.train is None:
+            return self.config.max_steps or self.step
+        total = self.config.epochs * self.train.num_batches(self.config.batch_size)
+        return min(total, self.config.max_steps) if self.config.max_steps else total
+
+    def progress(self) -> dict:
+        """As :meth:`TrainingRun.progress`, without a speed (nothing trains)."""
+        return {"step": self.step, "planned": self.planned_steps(), "steps_per_second": None,
+                "eta_seconds": None}
+
+
+def observed_steps(batch: Batch, index: int) -> int:
+    """The number of observed time steps of sequence ``index`` of ``batch`` (``x [B, T, X]``,
+    padding at the end)."""
+    if batch.x.dim() != 3:
+        raise ValueError(f"observed_steps needs sequences x [B, T, X], got "
+                         f"{list(batch.x.shape)}")
+    return int(batch.mask[index].sum()) if batch.mask is not None else batch.x.shape[1]
