@@ -115,32 +115,55 @@ def test_release_of_the_course_holds_no_solution_code(tmp_path: Path) -> None:
             assert distinctive, f"{path.name}: a solution body too short to check"
             survived = [line for line in distinctive if line in student_lines]
             assert not survived, f"{path.name}: solution lines survive the release: {survived}"
+        for cell in solution.cells:  # nor the mark schemes' answers (notebook 02 has one)
+            if cell.cell_type != "markdown":
+                continue
+            lines = cell.source.split("\n")
+            for start, stop in course._between(lines, course.BEGIN_SCHEME, course.END_SCHEME,
+                                               "test"):
+                answer = [s.strip() for s in lines[start + 1:stop] if len(s.strip()) > 12]
+                assert answer and not set(answer) & student_lines, path.name
     # notebooks 01 and 02 hold exercises at least
     assert total >= 4
 
 
-def test_released_notebook_stops_at_its_first_exercise(tmp_path: Path,
+EXERCISE_NOTEBOOKS = [p for p in NOTEBOOKS if solution_bodies(nbformat.read(p, as_version=4))]
+
+
+def test_every_notebook_but_the_map_holds_exercises() -> None:
+    assert [p.name for p in EXERCISE_NOTEBOOKS] == [p.name for p in NOTEBOOKS
+                                                    if not p.name.startswith("00")]
+
+
+@pytest.mark.parametrize("path", EXERCISE_NOTEBOOKS, ids=lambda p: p.name)
+def test_released_notebook_stops_at_its_first_exercise(path: Path, tmp_path: Path,
                                                        kernel_env: dict[str, str]  # noqa: F811
                                                        ) -> None:
-    path = ROOT / "notebooks" / "02_learnable_distributions.ipynb"
+    """The student release runs as a student runs it: every cell before the first exercise
+    works, the exercise's own cell (the stub) defines the function, and its test cell fails
+    with the checker's instruction, naming the function to write."""
     src = tmp_path / "src"
     src.mkdir()
     (src / path.name).write_bytes(path.read_bytes())
     course.release(tmp_path / "release", src)
     nb = nbformat.read(tmp_path / "release" / path.name, as_version=4)
     first = next(i for i, c in enumerate(nb.cells) if "raise NotImplementedError()" in c.source)
+    function = re.search(r"def (\w+)\(", nb.cells[first].source).group(1)
     test_cell = next(i for i in range(first + 1, len(nb.cells))
                      if nb.cells[i].cell_type == "code")
-    assert "vaelab.exercises" in nb.cells[test_cell].source or "check_" in \
-        nb.cells[test_cell].source
+    assert re.search(rf"check_\w+\({function}\)", nb.cells[test_cell].source), (
+        f"{path.name}: the cell after {function}'s exercise does not check it")
     nb.cells = nb.cells[:test_cell + 1]  # up to the first exercise's test cell
     client = NotebookClient(nb, timeout=120, kernel_name=KERNEL, allow_errors=True,
                             resources={"metadata": {"path": str(path.parent)}})
     client.execute(env=kernel_env)
     errors = {i: o for i, c in enumerate(nb.cells) if c.cell_type == "code"
               for o in c.outputs if o.output_type == "error"}
-    assert list(errors) == [test_cell], f"errors in cells {list(errors)}"
-    assert errors[test_cell]["ename"] in ("NotImplementedError", "Mistake")
+    assert list(errors) == [test_cell], f"{path.name}: errors in cells {list(errors)}"
+    assert errors[test_cell]["ename"] == "NotImplementedError"
+    assert errors[test_cell]["evalue"].startswith(
+        f"{function} is not written yet: in its cell, replace the two lines"), \
+        errors[test_cell]["evalue"]
 
 
 class Links(HTMLParser):
