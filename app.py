@@ -32,16 +32,23 @@ from vaelab.datasets import DATASETS, load_dataset
 from vaelab.live import (
     PREFERRED_DATA,
     RUNS,
+    SavedRun,
     accepted_data,
     builtin_dataset,
     check_compatible,
     checkpoint_summary,
     curve_panels,
     dataset_needs_path,
+    history_table,
     metrics_csv,
+    observed_steps,
+    overlay_metrics,
+    overlay_panel,
     read_upload,
     resume_config,
+    run_labels,
     sample_piano_roll,
+    scan_runs,
     warm_up,
 )
 from vaelab.train import TrainConfig, load_model, seed_everything
@@ -64,7 +71,7 @@ INT_FIELDS = (
     ("iaf_dim", "IAF hidden size", 2, 1024, 8),
     ("num_layers", "coupling layers", 1, 32, 1),
 )
-VIEWS = ("training curves", "latents and samples", "explore")
+VIEWS = ("training curves", "latents and samples", "explore", "run history")
 # One paragraph per model for a newcomer: what it is, its paper, the notebook that teaches it.
 MODEL_CARDS = {
     "vae": "**Variational autoencoder.** An encoder q(z | x) maps an image to a Gaussian over "
@@ -364,6 +371,23 @@ def on_stop() -> None:
         found[1].stop()
 
 
+def on_open(path: str) -> None:
+    """Show the finished run of checkpoint ``path`` (read with weights_only=True)."""
+    state.pop("error", None)
+    if RUNS.active():
+        state.error = "a run is training: the page shows it; stop it, then open another run"
+        return
+    try:
+        run_id, _ = RUNS.open(path)
+    except (ValueError, FileNotFoundError) as e:
+        state.error = f"cannot open this run: {e}"
+        return
+    st.query_params["run"] = run_id
+    state.view = VIEWS[0]
+    for key in ("figures", "audio"):
+        state.pop(key, None)
+
+
 # ----------------------------------------------------------------------------- page
 
 st.title("vaelab: variational latent-variable models")
@@ -406,9 +430,10 @@ def status_line(run) -> str:
     history = run.history
     last = {r["kind"]: r for r in history}
     progress = run.progress()
+    where = "opened from its checkpoint" if isinstance(run, SavedRun) else \
+        device_label(torch.device(run.config.device).type)
     text = (f"**{run.model_name}** on **{(run.data_spec or {}).get('name', '?')}** "
-            f"({device_label(torch.device(run.config.device).type)}) — status: "
-            f"**{run.status}**, step {run.step} of {progress['planned']}")
+            f"({where}) — status: **{run.status}**, step {run.step} of {progress['planned']}")
     if progress["steps_per_second"]:
         text += f", {progress['steps_per_second']:.1f} steps/s"
     if progress["eta_seconds"] is not None:
@@ -426,7 +451,7 @@ def status_line(run) -> str:
 def show_curves(run) -> None:
     history, times = run.history, run.record_times
     latents = run.has_latents
-    panels = curve_panels(history, flow=not latents, sequence=run.train.is_sequence,
+    panels = curve_panels(history, flow=not latents, sequence=run.is_sequence,
                           reference=run.reference,
                           diagnostics=run.diagnostics if latents else None)
     log = st.toggle("log scale (symmetric log, for values of both signs)", key="log_scale")
@@ -466,6 +491,9 @@ def show_curves(run) -> None:
 
 
 def show_figures(run, run_id: str) -> None:
+    if run.view is None:  # a re-opened run whose data cannot be loaded
+        st.warning(run.data_error)
+        return
     old, now = state.get("figures"), time.monotonic()
     step = run.snapshot_step
     if old is None or old["run"] != run_id or (old["step"] != step and (
@@ -517,9 +545,32 @@ def live_view() -> None:
         st.rerun()  # the run ended: refresh the buttons and stop polling
 
 
+def explore_sequence(model, batch, info: dict) -> None:
+    """A time slider over one validation sequence: its latent path with t marked, and the
+    observation at t (the pendulum, the piano-roll frame, the observation plane)."""
+    st.subheader("a validation sequence at time t: latent path and observation")
+    c1, c2 = st.columns(2)
+    index = c1.slider("sequence (of the validation examples shown)", 0, len(batch) - 1,
+                      key=widget("explore_sequence", 0)) if len(batch) > 1 else 0
+    steps = observed_steps(batch, index)
+    key = widget("explore_t", 0)
+    state[key] = min(state[key], steps - 1)  # a shorter sequence than the last one
+    t = c2.slider("time step t", 0, steps - 1, key=key) if steps > 1 else 0
+    st.image(png(plots.sequence_explorer(model, batch, t, index=index, info=info)))
+    st.caption("top: the posterior means E_q[z_t] of this sequence (one line per latent "
+               "dimension, or one row each of a heat map when there are many), the red line "
+               "at the chosen t; below: what was observed there, and the model's "
+               "reconstruction E[x_t | z_t] from the latents")
+
+
 def explore(run) -> None:
     """Interactive views of the run's latest snapshot (not polled: they change on input)."""
+    if run.view is None:  # a re-opened run whose data cannot be loaded
+        st.warning(run.data_error)
+        return
     model, batch, info = run.model, run.view.batch, run.view.info
+    if batch.x.dim() == 3:
+        explore_sequence(model, batch, info)
     if "image_shape" in info and hasattr(model, "decode"):
         st.subheader("latent sliders: E[x | z], other dimensions at the prior mean 0")
         z_dim = model.config.z_dim
@@ -536,17 +587,61 @@ def explore(run) -> None:
         st.image(png(plots.piano_roll(state.audio, titles=["sample"])))
         st.audio(piano_roll_wav(state.audio), format="audio/wav")
         st.caption("a data sequence, for comparison")
-        n = int(batch.mask[0].sum()) if batch.mask is not None else batch.x.shape[1]
-        st.audio(piano_roll_wav(batch.x[0, :n]), format="audio/wav")
+        st.audio(piano_roll_wav(batch.x[0, :observed_steps(batch, 0)]), format="audio/wav")
     elif getattr(model, "flow", None) is not None and batch.a is not None:
         st.subheader("density p(x | a) for one context, samples on top")
         i = st.slider("context (example of the validation set)", 0, len(batch) - 1, 0,
                       key="flow_context")
         extent = float(batch.x.abs().max()) * 1.15
         st.image(png(plots.flow_density(model, batch.a[i:i + 1], extent=extent)))
-    else:
-        st.info("latent paths and projections are in 'latents and samples'; nothing "
-                "interactive for this model and data yet")
+    elif batch.x.dim() != 3:
+        st.info("latent projections are in 'latents and samples'; nothing interactive for "
+                "this model and data yet")
+
+
+def show_history(run) -> None:
+    """The runs of the runs folder: a summary of each, one to re-open, several to overlay."""
+    training = [run.checkpoint_path] if run is not None and run.active else []
+    entries = scan_runs(out_root, exclude=training)
+    good = {e["name"]: e for e in entries if e["ok"]}
+    st.subheader(f"runs in {out_root}")
+    if not entries:
+        st.info(f"no runs in {out_root} yet: each run you train is saved there (the sidebar's "
+                f"'runs folder')")
+        return
+    if good:
+        st.dataframe(history_table(list(good.values())), hide_index=True, width="stretch")
+        st.caption("newest first; final: the last validation -ELBO (a flow's exact -log p(x)) "
+                   "in the unit shown, else the last training step's; lower is better. "
+                   "finished: reached its epochs; stopped: can be resumed")
+    bad = [e for e in entries if not e["ok"]]
+    if bad:
+        st.warning("not readable as runs, skipped:\n" + "\n".join(
+            f"- **{e['name']}**: {e['reason']}" for e in bad))
+    if not good:
+        return
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    chosen = c1.selectbox("open a run: its curves, model figures and exploration",
+                          list(good), key="history_open")
+    c2.button("Open", key="open_run", on_click=on_open, args=(good[chosen]["path"],),
+              disabled=run is not None and run.active,
+              help="stop the run that trains first" if run is not None and run.active
+              else f"show {chosen} as it was saved (read-only; Resume continues it)")
+    picked = st.multiselect("overlay runs on one chart (two or more)", list(good),
+                            default=list(good)[:2], key="overlay_runs")
+    if len(picked) < 2:
+        st.caption("pick two or more runs to compare their curves")
+        return
+    runs = [good[name] for name in picked]
+    labels = run_labels(runs)
+    metrics = overlay_metrics(runs)
+    key = st.selectbox("curve", list(metrics), format_func=metrics.get, key="overlay_metric")
+    log = st.toggle("log scale (symmetric log)", key="overlay_log")
+    panel = overlay_panel(runs, key, labels)
+    st.vega_lite_chart(panel["rows"], plots.overlay_spec(panel, log=log), width="stretch",
+                       key="overlay_chart")
+    st.caption(panel["caption"] + ". Runs: " + "; ".join(
+        f"**{labels[name]}** = {name}" for name in picked))
 
 
 live_view()
@@ -562,3 +657,5 @@ if run is not None and not active:
                            key="download_csv")
 if view == VIEWS[2] and run is not None and run.history:
     explore(run)
+elif view == VIEWS[3]:
+    show_history(run)

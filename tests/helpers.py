@@ -47,3 +47,46 @@ def config(tmp_path=None, **kw) -> TrainConfig:
 def timeless(history: list[dict]) -> list[dict]:
     """History without the wall-clock field, which differs between runs."""
     return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+def finished_runs(folder):
+    """Fill ``folder`` as a dashboard's runs folder: two finished one-epoch SSM runs on the
+    pendulum, ``b1`` and ``b4`` (beta 1 and 4), ``stopped`` (stopped after 3 steps), and what
+    else a folder gathers: a damaged checkpoint (``damaged/checkpoint.pt``), a foreign pickle
+    (``foreign.pt``, which would create ``planted`` if it were ever unpickled), a text file, a
+    run folder without a checkpoint yet and a hidden file. Returns ``folder``."""
+    from pathlib import Path
+
+    from vaelab.config import make_model
+    from vaelab.live import builtin_dataset
+    from vaelab.train import fit
+
+    folder = Path(folder)
+    train, val, _ = builtin_dataset("pendulum")
+    for name, beta, callback in (("b1", 1.0, None), ("b4", 4.0, None),
+                                 ("stopped", 1.0, lambda r: r["step"] < 3)):
+        torch.manual_seed(0)
+        model = make_model("ssm", train, {"z_dim": 4, "hidden_dim": 8, "rnn_dim": 8})
+        fit(model, train, val, TrainConfig(epochs=1, batch_size=100, beta=beta, progress=False,
+                                           device="cpu", out_dir=str(folder / name)),
+            callback=callback, data_spec={"name": "pendulum"})
+    (folder / "damaged").mkdir()
+    good = (folder / "b1" / "checkpoint.pt").read_bytes()
+    (folder / "damaged" / "checkpoint.pt").write_bytes(good[: len(good) // 2])
+    torch.save({"weights": _Planted(folder / "planted")}, folder / "foreign.pt")
+    (folder / "notes.txt").write_text("beta = 4 looked better")
+    (folder / "empty-run").mkdir()
+    (folder / ".hidden.pt").write_bytes(b"x")
+    return folder
+
+
+class _Planted:
+    """A pickled object whose loading would create a file: vaelab must never run it."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.marker),))

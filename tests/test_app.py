@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import finished_runs
 from streamlit.testing.v1 import AppTest
 
 from vaelab import MODELS
@@ -153,6 +154,10 @@ def test_every_model_on_every_accepted_data_set(app, tmp_path, model, data):
     assert any(f"computed at step {run.step}" in c.value for c in app.caption)
     app.radio(key="view").set_value("explore").run()
     assert not app.exception, app.exception
+    if run.is_sequence:  # a time slider over a validation sequence's latent path
+        app.slider(key="explore_t").set_value(2).run()
+        assert not app.exception and app.image, app.exception
+        assert app.slider(key="explore_t").value == 2
     assert app.get("download_button")
     app.radio(key="view").set_value("training curves").run()
     # resume continues the run's own settings, whatever the sidebar shows now
@@ -280,3 +285,64 @@ def test_the_dashboard_is_served_without_magic():
                            cwd=Path(APP).parent, capture_output=True, text=True, timeout=120,
                            check=True).stdout
     assert "\nmagicEnabled = false\n" in shown
+
+
+def _spec(chart) -> dict:
+    import json
+
+    return json.loads(chart.proto.spec)
+
+
+def test_run_history_lists_reopens_and_overlays_runs(app, tmp_path):
+    folder = finished_runs(tmp_path / "runs")
+    app.text_input(key="out_root").set_value(str(folder)).run()
+    app.radio(key="view").set_value("run history").run()
+    assert not app.exception, app.exception
+    table = app.dataframe[0].value
+    assert set(table["run"]) == {"b1", "b4", "stopped"}
+    b4 = table[table["run"] == "b4"].iloc[0]
+    assert (b4["model"], b4["data"], b4["status"], b4["step"]) == ("ssm", "pendulum",
+                                                                  "finished", 10)
+    final = [r["nelbo"] for r in load_checkpoint(folder / "b4" / "checkpoint.pt")["history"]
+             if r["kind"] == "val"][-1]
+    assert b4["final"] == round(final, 4)
+    (warning,) = [w.value for w in app.warning]  # each stray file, with its reason
+    for name in ("damaged", "foreign.pt", "notes.txt"):
+        assert f"**{name}**" in warning
+    assert "holds Python objects" in warning and "weights_only" not in warning
+    assert not (folder / "planted").exists()
+    # overlay: one chart, a legend naming each run by what differs
+    app.multiselect(key="overlay_runs").set_value(["b1", "b4"]).run()
+    (chart,) = _charts(app)
+    spec = _spec(chart)
+    assert spec["encoding"]["color"]["scale"]["domain"] == ["beta=1", "beta=4"]
+    assert any("**beta=1** = b1; **beta=4** = b4" in c.value for c in app.caption)
+    app.selectbox(key="overlay_metric").set_value("kl").run()
+    assert _spec(_charts(app)[0])["encoding"]["y"]["title"] == \
+        "KL(q || p) (nats per observed step)"
+    # re-open one: its curves, with its own settings in the sidebar
+    app.selectbox(key="history_open").set_value("b4").run()
+    app.button(key="open_run").click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert app.radio(key="view").value == "training curves"
+    assert any("(opened from its checkpoint) — status: **finished**, step 10 of 10" in t
+               for t in _texts(app))
+    assert _charts(app)
+    assert app.selectbox(key="model").value == "ssm"
+    assert app.number_input(key="z_dim_ssm").value == 4
+    run = _run(app)
+    assert run.settings()["train_config"]["beta"] == 4.0
+    assert app.button(key="resume_run").disabled  # it reached its epochs
+    assert "reached its 1 epochs" in app.button(key="resume_run").help
+    app.radio(key="view").set_value("latents and samples").run()
+    assert not app.exception and app.image and not app.warning
+    app.radio(key="view").set_value("explore").run()
+    app.slider(key="explore_t").set_value(30).run()
+    assert not app.exception and app.image
+    app.slider(key="explore_sequence").set_value(3).run()
+    assert not app.exception and app.slider(key="explore_t").value == 30
+    # a stopped run can be resumed from the page it was opened on
+    app.radio(key="view").set_value("run history").run()
+    app.selectbox(key="history_open").set_value("stopped").run()
+    app.button(key="open_run").click().run()
+    assert not app.button(key="resume_run").disabled

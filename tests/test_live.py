@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import finished_runs
 
 from vaelab.config import make_model
 from vaelab.data import Batch
@@ -523,41 +524,10 @@ def test_curve_panels_thin_keep_the_newest_and_name_their_units():
 # ----------------------------------------------------------------------------- run history
 
 
-class _Planted:
-    """A pickled object whose loading would create a file: a checkpoint must never run it."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
 @pytest.fixture(scope="module")
 def runs_folder(tmp_path_factory):
-    """A runs folder: two finished one-epoch SSM runs on the pendulum (beta 1 and 4), one
-    stopped after 3 steps, and what else a folder gathers (a damaged checkpoint, a foreign
-    pickle, a text file, a run folder without a checkpoint yet, a hidden file)."""
-    from vaelab.live import builtin_dataset
-    from vaelab.train import fit
-
-    folder = tmp_path_factory.mktemp("runs")
-    train, val, _ = builtin_dataset("pendulum")
-    for name, beta, callback in (("b1", 1.0, None), ("b4", 4.0, None),
-                                 ("stopped", 1.0, lambda r: r["step"] < 3)):
-        torch.manual_seed(0)
-        model = make_model("ssm", train, {"z_dim": 3, "hidden_dim": 8, "rnn_dim": 8})
-        fit(model, train, val, TrainConfig(epochs=1, batch_size=100, beta=beta, progress=False,
-                                           out_dir=str(folder / name)),
-            callback=callback, data_spec={"name": "pendulum"})
-    (folder / "damaged").mkdir()
-    good = (folder / "b1" / "checkpoint.pt").read_bytes()
-    (folder / "damaged" / "checkpoint.pt").write_bytes(good[: len(good) // 2])
-    torch.save({"weights": _Planted(folder / "planted")}, folder / "foreign.pt")
-    (folder / "notes.txt").write_text("β = 4 looked better")
-    (folder / "empty-run").mkdir()
-    (folder / ".hidden.pt").write_bytes(b"x")
-    return folder
+    """A runs folder with finished and stopped runs and stray files (helpers.finished_runs)."""
+    return finished_runs(tmp_path_factory.mktemp("runs"))
 
 
 def test_scan_runs_summarises_runs_and_gives_the_reason_for_other_files(runs_folder):
@@ -685,7 +655,7 @@ def test_a_finished_run_reopens_from_its_checkpoint(runs_folder, tmp_path):
                               "eta_seconds": None}
     assert run.view is not None and observed_steps(run.view.batch, 0) == 50
     entry = run.latest_diagnostics()
-    assert entry["step"] == 10 and len(entry["activity"]) == 3
+    assert entry["step"] == 10 and len(entry["activity"]) == 4
     assert all(math.isnan(t) for t in run.record_times)
     # a checkpoint whose data has gone: curves yes, figures say why not
     moved = torch.load(path, weights_only=True)
