@@ -126,6 +126,8 @@ def test_batches_cover_every_example_once_per_epoch(lengths, batch_size, jitter,
             assert 1 <= len(batch) <= batch_size
             idx = batch.x[:, 0, 0].long().tolist()
             assert batch.lengths.tolist() == [lengths[i] for i in idx]
+            if shuffle:  # training batches hold their sequences longest first
+                assert batch.lengths.tolist() == sorted(batch.lengths.tolist(), reverse=True)
             seen += idx
         assert sorted(seen) == list(range(len(lengths)))
         assert len(seen) == len(lengths)

@@ -235,7 +235,9 @@ class Data:
         (sorted by length plus uniform noise of up to ``jitter`` length standard deviations,
         then batches shuffled) so padding stays small. A small jitter keeps nearly the same
         sequences together every epoch; a large one mixes them more at the cost of padding;
-        ``math.inf`` (or ``bucket=False``) is a plain shuffle."""
+        ``math.inf`` (or ``bucket=False``) is a plain shuffle. A shuffled batch of sequences
+        holds them longest first, so that a model's scans can skip the padding
+        (:func:`vaelab.nn.observed_rows`)."""
         check_int("batch_size", batch_size, low=1)
         if not jitter >= 0:  # NaN too
             raise ValueError(f"jitter must be >= 0 length standard deviations (math.inf for a "
@@ -252,6 +254,9 @@ class Data:
         chunks = list(order.split(batch_size))
         if shuffle:
             chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=generator)]
+            if self.is_sequence:  # longest first: each step's observed rows are a prefix
+                chunks = [c[torch.argsort(self.lengths[c], descending=True, stable=True)]
+                          for c in chunks]
         for index in chunks:
             yield self.batch(index, generator)
 

@@ -37,7 +37,7 @@ from torch.nn.functional import linear, softplus
 from vaelab.data import Batch
 from vaelab.distributions import BernoulliLogits
 from vaelab.flows import IAFStack
-from vaelab.nn import MLP, elman_rnn, reverse_sequences
+from vaelab.nn import MLP, by_length, elman_rnn, observed_rows, reverse_sequences
 from vaelab.objectives import ELBOTerms, importance_log_likelihood, masked_sum
 
 
@@ -161,8 +161,9 @@ class Combiner(nn.Module):
     """Returns q(z_t | z_{t-1}, x_{t:T}) = N(loc(h), diag scale(h)^2) with
     ``h = 1/2 (tanh(W z_{t-1} + b) + h_rnn_t)``.
 
-    ``forward`` is the readable one-step version; :meth:`DMM.elbo` runs the same maths with
-    the RNN part projected for all steps at once (:meth:`project_rnn`, :meth:`step`).
+    ``forward`` is the readable one-step version. The guide's plain loop (IAF guides, and
+    evaluation without gradients) runs the same maths with the RNN part projected for all
+    steps at once (:meth:`project_rnn`, :meth:`step`); training runs :class:`_CombinerScan`.
     """
 
     def __init__(self, z_dim: int, rnn_dim: int, min_scale: float,
@@ -194,62 +195,85 @@ class Combiner(nn.Module):
 
 
 class _CombinerScan(torch.autograd.Function):
-    """The guide's sequential loop, ``Combiner.step`` then ``z_t = loc + scale * noise_t``
-    over all t, with a hand-written backward (for speed, not teaching).
+    """The guide's sequential loop, the combiner then ``z_t = loc + scale * noise_t`` over all
+    t, with a hand-written backward (for speed, not teaching).
 
     Autograd records some twenty small operations per step and computes every weight's
     gradient one step at a time. Here the backward loop carries only what is sequential, the
     gradient through z_{t-1}; the weights' gradients are single large products after it. The
-    path is the same as the plain loop's (``DMM.guide`` with IAFs uses that loop), and
-    ``tests/test_dmm.py`` checks values and gradients against it.
+    step is the combiner's own form, ``[loc | s] = A h + c`` with ``h = 1/2 (tanh(W z_{t-1} +
+    b) + h_rnn_t)``: h_rnn_t and the tanh term receive the same gradient, ``1/2 A^T dL/d[loc
+    | s]``, so the backward needs one product per step for both. The path is the same as the
+    plain loop's (``DMM.guide`` with IAFs uses that loop), and ``tests/test_dmm.py`` checks
+    values and gradients against it.
     """
 
     @staticmethod
-    def forward(ctx, rnn_part: Tensor, noise: Tensor, z_q_0: Tensor, weight: Tensor,
-                bias: Tensor, half_weight_t: Tensor, min_scale: float,
-                softplus_variance: bool) -> tuple[Tensor, Tensor, Tensor]:
-        # rnn_part [T, N, 2Z], noise [T, N, Z], z_q_0 [Z], weight [R, Z] and bias [R] of
-        # z_to_hidden, half_weight_t [R, 2Z]
+    def forward(ctx, h_rnn: Tensor, noise: Tensor, z_q_0: Tensor, weight: Tensor, bias: Tensor,
+                weight_out: Tensor, bias_out: Tensor, min_scale: float, softplus_variance: bool,
+                rows: tuple[int, ...] | None) -> tuple[Tensor, Tensor, Tensor]:
+        # h_rnn [T, N, R], noise [T, N, Z], z_q_0 [Z]; weight [R, Z] and bias [R] of
+        # z_to_hidden, weight_out [2Z, R] and bias_out [2Z] of hidden_to_loc_scale; rows: step
+        # t runs on rows :rows[t] only (the sequences still observed, longest first), the
+        # padding's z and loc are 0, its scale 1
         steps, n, z_dim = noise.shape
-        tanh_z = noise.new_empty(steps, n, weight.shape[0])  # [T, N, R]
-        z, loc, scale, d_scale = (torch.empty_like(noise) for _ in range(4))
+        rows = rows or (n,) * steps
+        padded = rows[-1] < n
+        fresh = noise.new_zeros if padded else noise.new_empty
+        tanh_z, h = (fresh(h_rnn.shape) for _ in range(2))  # [T, N, R]
+        z, loc, d_scale = (fresh(noise.shape) for _ in range(3))
+        scale = noise.new_ones(noise.shape) if padded else torch.empty_like(noise)
         z_prev = z_q_0.expand(n, -1)
-        for t in range(steps):
-            torch.addmm(bias, z_prev, weight.t(), out=tanh_z[t]).tanh_()
-            out = torch.addmm(rnn_part[t], tanh_z[t], half_weight_t)  # [N, 2Z]
-            loc[t], s = out[:, :z_dim], out[:, z_dim:]
-            torch.sigmoid(s, out=d_scale[t])  # softplus' derivative, for the backward
+        weight_t = weight.t().contiguous()  # [Z, R]: a row-major operand multiplies faster
+        weight_out_t = weight_out.t().contiguous()  # [R, 2Z]
+        for t, m in enumerate(rows):
+            torch.addmm(bias, z_prev[:m], weight_t, out=tanh_z[t, :m]).tanh_()
+            torch.add(tanh_z[t, :m], h_rnn[t, :m], out=h[t, :m]).mul_(0.5)
+            out = torch.addmm(bias_out, h[t, :m], weight_out_t)  # [m, 2Z]
+            loc[t, :m], s = out[:, :z_dim], out[:, z_dim:]
+            torch.sigmoid(s, out=d_scale[t, :m])  # softplus' derivative, for the backward
             if softplus_variance:  # scale = sqrt(softplus(s) + m^2): d/ds = sigmoid / 2 scale
-                torch.add(softplus(s), min_scale**2, out=scale[t]).sqrt_()
-                d_scale[t].div_(scale[t]).mul_(0.5)
+                torch.add(softplus(s), min_scale**2, out=scale[t, :m]).sqrt_()
+                d_scale[t, :m].div_(scale[t, :m]).mul_(0.5)
             else:
-                torch.add(softplus(s), min_scale, out=scale[t])
-            z_prev = torch.addcmul(loc[t], scale[t], noise[t], out=z[t])
-        ctx.save_for_backward(noise, z, tanh_z, d_scale, z_q_0, weight, half_weight_t)
+                torch.add(softplus(s), min_scale, out=scale[t, :m])
+            z_prev = torch.addcmul(loc[t, :m], scale[t, :m], noise[t, :m], out=z[t, :m])
+        ctx.save_for_backward(noise, z, tanh_z, h, d_scale, z_q_0, weight, weight_out)
+        ctx.rows = rows
         return z, loc, scale
 
     @staticmethod
     def backward(ctx, grad_z: Tensor, grad_loc: Tensor, grad_scale: Tensor):
-        noise, z, tanh_z, d_scale, z_q_0, weight, half_weight_t = ctx.saved_tensors
+        noise, z, tanh_z, h, d_scale, z_q_0, weight, weight_out = ctx.saved_tensors
+        rows = ctx.rows
         steps, n, z_dim = noise.shape
-        grad_out = noise.new_empty(steps, n, 2 * z_dim)  # dL/d[loc | pre-scale]
-        grad_pre = torch.empty_like(tanh_z)  # dL/d(W z_{t-1} + b)
-        carry = noise.new_zeros(n, z_dim)  # dL/dz_t through step t+1
+        fresh = noise.new_zeros if rows[-1] < n else noise.new_empty  # 0 at the padding
+        grad_out = fresh(steps, n, 2 * z_dim)  # dL/d[loc | s]
+        grad_h_rnn = fresh(tanh_z.shape)  # dL/dh_rnn_t = 1/2 A^T dL/d[loc | s], [T, N, R]
+        grad_pre = fresh(tanh_z.shape)  # dL/d(W z_{t-1} + b)
+        half_out = 0.5 * weight_out  # [2Z, R]
+        carry = noise.new_zeros(0, z_dim)  # dL/dz_t through step t+1, rows[t + 1] rows
         for t in range(steps - 1, -1, -1):
-            d_z = grad_z[t] + carry
-            torch.add(grad_loc[t], d_z, out=grad_out[t, :, :z_dim])
-            torch.mul(torch.addcmul(grad_scale[t], d_z, noise[t]), d_scale[t],
-                      out=grad_out[t, :, z_dim:])
-            d = torch.mm(grad_out[t], half_weight_t.t(), out=grad_pre[t])
-            d.mul_(1 - tanh_z[t] * tanh_z[t])
+            m = rows[t]
+            d_z = grad_z[t, :m].clone()
+            d_z[:len(carry)] += carry  # the sequences still observed at t + 1
+            torch.add(grad_loc[t, :m], d_z, out=grad_out[t, :m, :z_dim])
+            torch.mul(torch.addcmul(grad_scale[t, :m], d_z, noise[t, :m]), d_scale[t, :m],
+                      out=grad_out[t, :m, z_dim:])
+            g = torch.mm(grad_out[t, :m], half_out, out=grad_h_rnn[t, :m])
+            d = torch.mul(g, 1 - tanh_z[t, :m] * tanh_z[t, :m], out=grad_pre[t, :m])
             carry = d @ weight  # dL/dz_{t-1}
+        if len(carry) < n:  # sequences without an observed step (none in a DMM)
+            carry = torch.cat([carry, carry.new_zeros(n - len(carry), z_dim)])
         z_prev = torch.cat([z_q_0.expand(1, n, -1), z[:-1]])  # [T, N, Z]
         r = tanh_z.shape[-1]
         flat_pre = grad_pre.reshape(-1, r)  # [T*N, R]
+        flat_out = grad_out.reshape(-1, 2 * z_dim)  # [T*N, 2Z]
         grad_weight = flat_pre.t() @ z_prev.reshape(-1, z_dim)
-        grad_half = tanh_z.reshape(-1, r).t() @ grad_out.reshape(-1, 2 * z_dim)
+        grad_weight_out = flat_out.t() @ h.reshape(-1, r)
         grad_z_q_0 = carry.sum(0) if ctx.needs_input_grad[2] else None
-        return (grad_out, None, grad_z_q_0, grad_weight, flat_pre.sum(0), grad_half, None, None)
+        return (grad_h_rnn, None, grad_z_q_0, grad_weight, flat_pre.sum(0), grad_weight_out,
+                flat_out.sum(0), None, None, None)
 
 
 class DMM(nn.Module):
@@ -349,7 +373,7 @@ class DMM(nn.Module):
             out, _ = self.rnn(x_rev, state)  # [B, T, R], reversed time
         elif c.rnn_layers == 1 and x.device.type == "cpu" and not self.plain_loop:
             # same numbers as self.rnn, faster backward on CPU (cuDNN is faster on a GPU)
-            out = elman_rnn(self.rnn, x_rev, h_0[0])
+            out = elman_rnn(self.rnn, x_rev, h_0[0], lengths)  # padding skipped
         else:
             out, _ = self.rnn(x_rev, h_0.contiguous())
         return reverse_sequences(self.output_dropout(out), lengths)
@@ -380,24 +404,19 @@ class DMM(nn.Module):
         batch, steps = x.shape[:2]
         n = samples * batch
         h_rnn = self.rnn_states(x, lengths)  # [B, T, R]
-        rnn_part = self.combiner.project_rnn(h_rnn)  # [B, T, 2Z], computed once for all t
-        if samples > 1:
-            rnn_part = rnn_part.repeat(samples, 1, 1)  # [S*B, T, 2Z]
         if noise is None:
             noise = torch.randn(n, steps, self.config.z_dim, device=x.device, dtype=x.dtype)
         elif noise.shape != (n, steps, self.config.z_dim):
             raise ValueError(f"noise must be [{n}, {steps}, {self.config.z_dim}], got "
                              f"{list(noise.shape)}")
-        half_weight_t = 0.5 * self.combiner.hidden_to_loc_scale.weight.t()  # [R, 2Z]
         # the fast path keeps tanh(W z_{t-1} + b) of every step for its backward; without
         # gradients (evaluation with many samples) the plain loop keeps nothing
         if self.iaf is None and not self.plain_loop and torch.is_grad_enabled():
-            to_time = (rnn_part.transpose(0, 1).contiguous(), noise.transpose(0, 1).contiguous())
-            lin = self.combiner.z_to_hidden
-            z, loc, scale = _CombinerScan.apply(*to_time, self.z_q_0, lin.weight, lin.bias,
-                                                half_weight_t, self.combiner.min_scale,
-                                                self.combiner.softplus_variance)
-            return z.transpose(0, 1), loc.transpose(0, 1), scale.transpose(0, 1), None
+            return (*self._scan(h_rnn, noise, lengths, samples), None)
+        rnn_part = self.combiner.project_rnn(h_rnn)  # [B, T, 2Z], computed once for all t
+        half_weight_t = 0.5 * self.combiner.hidden_to_loc_scale.weight.t()  # [R, 2Z]
+        if samples > 1:
+            rnn_part = rnn_part.repeat(samples, 1, 1)  # [S*B, T, 2Z]
         z_prev = self.z_q_0.expand(n, -1)
         zs, locs, scales, log_qs = [], [], [], []
         # unbind, not [:, t]: indexing would give every step's backward a full-size zero grad
@@ -415,6 +434,42 @@ class DMM(nn.Module):
         log_q = torch.stack(log_qs, dim=1) if log_qs else None
         return (torch.stack(zs, dim=1), torch.stack(locs, dim=1), torch.stack(scales, dim=1),
                 log_q)
+
+    def _scan(self, h_rnn: Tensor, noise: Tensor, lengths: Tensor, samples: int
+              ) -> tuple[Tensor, Tensor, Tensor]:
+        """The guide's loop through :class:`_CombinerScan`: ``(z, loc, scale)``, each
+        ``[S*B, T, Z]`` sample-major, from ``h_rnn [B, T, R]`` and ``noise [S*B, T, Z]``.
+
+        The scan runs over rows ``b*S + s`` with the longest sequences first, so that on the
+        CPU each step takes only the paths still observed (a prefix of the rows), as a packed
+        sequence would; training batches come sorted (:meth:`Data.batches`), other batches
+        are sorted here and put back in their order.
+        """
+        batch, steps = h_rnn.shape[:2]
+        order, rows = None, None
+        if h_rnn.device.type == "cpu":
+            order = by_length(lengths)
+            observed = observed_rows(lengths if order is None else lengths[order], steps)
+            rows = tuple(samples * m for m in observed)
+        noise = noise.view(samples, batch, steps, -1)  # [S, B, T, Z]
+        if order is not None:
+            h_rnn, noise = h_rnn[order], noise[:, order]
+        # time-major rows b*S + s: [T, B*S, .]
+        h_rows = h_rnn.transpose(0, 1).repeat_interleave(samples, dim=1)
+        noise_rows = noise.permute(2, 1, 0, 3).reshape(steps, batch * samples, -1)
+        lin, out = self.combiner.z_to_hidden, self.combiner.hidden_to_loc_scale
+        outputs = _CombinerScan.apply(h_rows, noise_rows, self.z_q_0, lin.weight, lin.bias,
+                                      out.weight, out.bias, self.combiner.min_scale,
+                                      self.combiner.softplus_variance, rows)
+        inverse = None if order is None else torch.argsort(order)
+
+        def sample_major(y: Tensor) -> Tensor:  # [T, B*S, Z] -> [S*B, T, Z], caller's order
+            y = y.view(steps, batch, samples, -1).permute(2, 1, 0, 3)  # [S, B, T, Z]
+            if inverse is not None:
+                y = y[:, inverse]
+            return y.reshape(samples * batch, steps, -1)  # a view when S = 1
+
+        return tuple(sample_major(y) for y in outputs)
 
     def prior(self, z: Tensor) -> Independent:
         """p(z_t | z_{t-1}) for every step of the paths ``z [N, T, Z]`` in one call, batch
