@@ -17,6 +17,7 @@ seconds and only in their own view.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import math
 import time
@@ -453,7 +454,8 @@ def show_curves(run) -> None:
     latents = run.has_latents
     panels = curve_panels(history, flow=not latents, sequence=run.is_sequence,
                           reference=run.reference,
-                          diagnostics=run.diagnostics if latents else None)
+                          diagnostics=run.diagnostics if latents else None,
+                          annealed=run.config.anneal_epochs > 0)
     log = st.toggle("log scale (symmetric log, for values of both signs)", key="log_scale")
     columns = st.columns(3)
     for i, panel in enumerate(panels):
@@ -469,10 +471,10 @@ def show_curves(run) -> None:
     if trained:
         newest = trained[-1]
         stamp = times[newest]
-        when = "before this session" if math.isnan(stamp) else (  # NaN: from a checkpoint
+        when = "before this session" if math.isnan(stamp) else "at " + (  # NaN: saved
             time.strftime("%H:%M:%S", time.localtime(stamp)) + f".{int(stamp % 1 * 1000):03d}")
-        st.caption(f"newest point: step {history[newest]['step']}, recorded at {when}; "
-                   f"curves redrawn every {POLL_SECONDS:g} s while training")
+        st.caption(f"newest point: step {history[newest]['step']}, recorded {when}" + (
+            f"; curves redrawn every {POLL_SECONDS:g} s while training" if run.active else ""))
     if "exact_nll_val" in run.reference:
         st.caption("dashed: the exact -log p(x) of the true linear-Gaussian system (Kalman "
                    "filter), the best any model can reach; the -ELBO is an upper bound on "
@@ -512,25 +514,25 @@ def show_figures(run, run_id: str) -> None:
         st.warning(old["warning"])
     st.caption(f"computed at step {old['step']}" + (
         f"; redrawn at most every {FIGURE_SECONDS:.0f} s while training" if run.active else ""))
-    columns = st.columns(2)
+    # one column: a figure is shown at about its own size, so its text stays readable
     for i, (title, image, fig) in enumerate(old["value"]):
-        with columns[i % 2]:
-            st.subheader(title)
-            st.image(image)
-            if not run.active:
-                name = title.split(" (")[0].replace(" ", "_")
-                c1, c2 = st.columns(2)
-                c1.download_button("PNG", image, file_name=f"{name}.png", mime="image/png",
-                                   key=f"png_{i}")
-                c2.download_button("SVG", svg(fig), file_name=f"{name}.svg",
-                                   mime="image/svg+xml", key=f"svg_{i}")
+        st.subheader(title)
+        st.image(image)
+        if not run.active:
+            name = title.split(" (")[0].replace(" ", "_")
+            c1, c2, _ = st.columns([1, 1, 6])
+            c1.download_button("PNG", image, file_name=f"{name}.png", mime="image/png",
+                               key=f"png_{i}")
+            c2.download_button("SVG", functools.partial(svg, fig), file_name=f"{name}.svg",
+                               mime="image/svg+xml", key=f"svg_{i}")
 
 
 @st.fragment(run_every=POLL_SECONDS if active else None)
 def live_view() -> None:
     run_id, run = attached_run()
     if run is None:
-        st.info("Choose a model and a data set in the sidebar, then press Train.")
+        if view != VIEWS[3]:
+            st.info("Choose a model and a data set in the sidebar, then press Train.")
         return
     st.markdown(status_line(run))
     if run.status.startswith("failed"):
@@ -638,6 +640,7 @@ def show_history(run) -> None:
     key = st.selectbox("curve", list(metrics), format_func=metrics.get, key="overlay_metric")
     log = st.toggle("log scale (symmetric log)", key="overlay_log")
     panel = overlay_panel(runs, key, labels)
+    st.markdown(f"**{panel['title']}**")
     st.vega_lite_chart(panel["rows"], plots.overlay_spec(panel, log=log), width="stretch",
                        key="overlay_chart")
     st.caption(panel["caption"] + ". Runs: " + "; ".join(
@@ -648,11 +651,12 @@ live_view()
 if run is not None and not active:
     d1, d2 = st.columns(2)
     if run.checkpoint_path.is_file():
-        d1.download_button("Download checkpoint", run.checkpoint_path.read_bytes(),
+        # read, and written as CSV, only when clicked
+        d1.download_button("Download checkpoint", run.checkpoint_path.read_bytes,
                            file_name=f"{run.model_name}-step{run.step}.pt",
                            mime="application/octet-stream", key="download")
     if run.history:
-        d2.download_button("Download metrics (CSV)", metrics_csv(run.history),
+        d2.download_button("Download metrics (CSV)", functools.partial(metrics_csv, run.history),
                            file_name=f"{run.model_name}-metrics.csv", mime="text/csv",
                            key="download_csv")
 if view == VIEWS[2] and run is not None and run.history:

@@ -318,8 +318,8 @@ def test_run_history_lists_reopens_and_overlays_runs(app, tmp_path):
     assert spec["encoding"]["color"]["scale"]["domain"] == ["beta=1", "beta=4"]
     assert any("**beta=1** = b1; **beta=4** = b4" in c.value for c in app.caption)
     app.selectbox(key="overlay_metric").set_value("kl").run()
-    assert _spec(_charts(app)[0])["encoding"]["y"]["title"] == \
-        "KL(q || p) (nats per observed step)"
+    assert _spec(_charts(app)[0])["encoding"]["y"]["title"] == "nats per observed step"
+    assert any(m.value == "**KL(q || p)**" for m in app.markdown)
     # re-open one: its curves, with its own settings in the sidebar
     app.selectbox(key="history_open").set_value("b4").run()
     app.button(key="open_run").click().run()
@@ -336,6 +336,9 @@ def test_run_history_lists_reopens_and_overlays_runs(app, tmp_path):
     assert "reached its 1 epochs" in app.button(key="resume_run").help
     app.radio(key="view").set_value("latents and samples").run()
     assert not app.exception and app.image and not app.warning
+    # each figure the page's width, not half a column that shrinks its text to ~6 px
+    assert not any(column.get("image") for column in app.columns)
+    assert any("computed at step 10" in c.value for c in app.caption)
     app.radio(key="view").set_value("explore").run()
     app.slider(key="explore_t").set_value(30).run()
     assert not app.exception and app.image

@@ -326,3 +326,83 @@ def test_bad_upload_gives_a_clean_message(server, browser_page, tmp_path):
     assert "weights_only" not in text and "/tmp" not in text and "Traceback" not in text
     expect(_button(page, "Resume from checkpoint")).to_be_disabled()
     page.screenshot(path=str(ARTIFACTS / "bad-upload.png"), full_page=True)
+
+
+def _view(page, name: str) -> None:
+    """Pick the page's view ``name`` (the radio above the charts)."""
+    from playwright.sync_api import expect
+
+    option = page.get_by_test_id("stRadio").get_by_text(name, exact=True)
+    for _ in range(5):  # a rerun may redraw the radio between the check and the click
+        try:
+            expect(option).to_have_count(1)
+            option.click(timeout=5_000)
+            break
+        except Exception:  # noqa: BLE001, S112 - playwright's TimeoutError, strict mode: again
+            continue
+    expect(page.get_by_test_id("stRadio").get_by_role("radio", name=name)).to_be_checked()
+
+
+def test_run_history_reopen_overlay_and_explore(server, browser_page, tmp_path):
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers import finished_runs
+
+    folder = finished_runs(tmp_path / "runs")
+    page, expect = browser_page
+    page.goto(server.url)
+    expect(page.get_by_text("press Train")).to_be_visible()
+    _fill(page, "runs folder", str(folder))
+    _view(page, "run history")
+    # the runs, and each stray file with its reason
+    expect(page.get_by_text(f"runs in {folder}")).to_be_visible()
+    expect(page.get_by_test_id("stDataFrame")).to_be_visible()
+    warning = page.get_by_test_id("stAlert").filter(has_text="not readable as runs")
+    expect(warning).to_contain_text("foreign.pt")
+    expect(warning).to_contain_text("holds Python objects")
+    expect(warning).to_contain_text("notes.txt: not a run")
+    assert not (folder / "planted").exists()
+    # overlay: the two newest by default, then a third added
+    caption = page.get_by_text(re.compile(r"Runs: .*beta=4 = b4"))
+    expect(caption).to_be_visible()
+    expect(page.get_by_test_id("stVegaLiteChart")).to_have_count(1)
+    box = page.get_by_test_id("stMultiSelect")
+    for _ in range(5):
+        try:
+            box.click(timeout=5_000)
+            page.keyboard.type("b1")
+            page.get_by_role("option", name="b1", exact=True).click(timeout=5_000)
+            break
+        except Exception:  # noqa: BLE001 - a rerun redrew the box: again
+            page.keyboard.press("Escape")
+    expect(page.get_by_text(re.compile(r"beta=1 \(b1\) = b1"))).to_be_visible()
+    page.keyboard.press("Escape")
+    _choose(page, "curve", "KL(q || p)")  # where beta = 4 visibly differs
+    expect(page.get_by_text(re.compile(r"^KL\(q \|\| p\) of each run"))).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "history-overlay.png"), full_page=True)
+    assert not page.get_by_test_id("stException").count()
+    # re-open one: its curves, its settings in the sidebar
+    _choose(page, "open a run: its curves, model figures and exploration", "b4")
+    _button(page, "Open").click()
+    expect(page.get_by_text(re.compile(
+        r"ssm on pendulum \(opened from its checkpoint\) — status: finished"))).to_be_visible()
+    expect(page.get_by_test_id("stVegaLiteChart").first).to_be_visible()
+    z_dim = page.get_by_label("latent size z_dim", exact=True)
+    expect(z_dim).to_have_count(1)  # the rerun's stale copy (another model's) has gone
+    expect(z_dim).to_have_value("4")
+    page.screenshot(path=str(ARTIFACTS / "reopened.png"), full_page=True)
+    _view(page, "latents and samples")
+    expect(page.get_by_text("computed at step 10")).to_be_visible()
+    expect(page.get_by_test_id("stImage").first).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "reopened-figures.png"), full_page=True)
+    # explore: the time slider moves the marked step and redraws the frame
+    _view(page, "explore")
+    slider = page.get_by_test_id("stSlider").filter(has_text="time step t").get_by_role("slider")
+    expect(slider).to_be_visible()
+    image = page.get_by_test_id("stImage").locator("img").first
+    before = image.get_attribute("src")
+    slider.focus()
+    page.keyboard.press("End")
+    expect(slider).to_have_value("49")
+    expect(image).not_to_have_attribute("src", before)
+    assert not page.get_by_test_id("stException").count()
+    page.screenshot(path=str(ARTIFACTS / "explore-ssm-pendulum.png"), full_page=True)

@@ -509,6 +509,9 @@ def test_curve_panels_thin_keep_the_newest_and_name_their_units():
     assert [r["step"] for r in exact] == [1, 3000] and {r["value"] for r in exact} == {0.5}
     assert elbo["unit"] == "nats per observed step" and panels[3]["unit"] == ""
     assert panels[-1]["rows"] == [{"step": 7, "value": 3.0, "series": "active"}]
+    steady = curve_panels(history, flow=False, sequence=True, annealed=False)
+    assert "KL weight" not in [p["title"] for p in steady]  # a constant: no panel of its own
+    assert steady[2]["caption"].endswith("weighted by 0.5 in the loss throughout (no annealing)")
     flow = curve_panels(history, flow=True, sequence=False)
     assert [p["title"] for p in flow] == ["-log-likelihood", "gradient norm"]
     assert flow[0]["unit"] == "nats per example"
@@ -620,6 +623,7 @@ def test_overlay_panel_puts_every_run_on_one_chart(runs_folder):
                                               "grad_norm"]
     panel = overlay_panel(entries, "nelbo", labels, max_points=4)
     assert (panel["title"], panel["unit"]) == ("-ELBO", "nats per observed step")
+    assert panel["caption"].startswith("-ELBO of each run, one colour per run")
     for e in entries:
         rows = [r for r in panel["rows"] if r["run"] == labels[e["name"]]]
         train = [r["step"] for r in rows if r["split"] == "train"]

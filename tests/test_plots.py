@@ -300,9 +300,10 @@ def test_overlay_spec_colours_runs_and_names_them():
     spec = plots.overlay_spec(panel)
     colour = spec["encoding"]["color"]
     assert colour["field"] == "run" and colour["scale"]["domain"] == ["beta=1", "beta=4"]
+    assert colour["scale"]["scheme"] == "tableau10"  # not Streamlit's two blues side by side
     assert colour["legend"]["title"] == "run (settings that differ)"
     assert colour["legend"]["labelLimit"] == 0  # long labels are never cut
-    assert spec["encoding"]["y"]["title"] == "-ELBO (nats per observed step)"
+    assert spec["encoding"]["y"]["title"] == "nats per observed step"
     marks = {layer["transform"][0]["filter"]: layer["mark"]["type"] for layer in spec["layer"]}
     assert marks == {"datum.split == 'train'": "line", "datum.split == 'validation'": "point"}
     assert plots.overlay_spec(panel, log=True)["encoding"]["y"]["scale"] == {"type": "symlog"}
@@ -388,9 +389,14 @@ def _overlaps(a, b) -> bool:
     return a.x0 < b.x1 - 1 and b.x0 < a.x1 - 1 and a.y0 < b.y1 - 1 and b.y0 < a.y1 - 1
 
 
+COLUMN_PX = 940  # the page's main column at a 1400 px wide window (the browser test's)
+DPI = 100  # app.py's
+
+
 def readability_problems(fig) -> list[str]:
-    """What makes a drawn figure hard to read: text under 8 pt, text outside the figure,
-    tick labels or other texts that overlap, an axis with nothing drawn in it."""
+    """What makes a drawn figure hard to read: text under 8 pt in the file, or under 9 px
+    on the page (where a figure wider than the column is shrunk to it), text outside the
+    figure, tick labels or other texts that overlap, an axis with nothing drawn in it."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     canvas = FigureCanvasAgg(fig)
@@ -414,6 +420,9 @@ def readability_problems(fig) -> list[str]:
             continue
         if text.get_fontsize() < 8:
             problems.append(f"{text.get_text()!r} at {text.get_fontsize():.1f} pt")
+        shown = text.get_fontsize() / 72 * min(DPI, COLUMN_PX / fig.get_figwidth())
+        if shown < 9:
+            problems.append(f"{text.get_text()!r} shown at {shown:.1f} px on the page")
         if box.x0 < page.x0 - 1 or box.x1 > page.x1 + 1 or box.y0 < page.y0 - 1 or \
                 box.y1 > page.y1 + 1:
             problems.append(f"{text.get_text()!r} cut off at the figure's edge")

@@ -914,7 +914,7 @@ def thinned(n: int, max_points: int) -> list[int]:
 
 def curve_panels(history: list[dict], flow: bool, sequence: bool,
                  reference: dict | None = None, diagnostics: list[dict] | None = None,
-                 max_points: int = 300) -> list[dict]:
+                 max_points: int = 300, annealed: bool = True) -> list[dict]:
     """The training curves as plain rows for interactive charts, one dict per panel:
     ``{"title", "unit", "caption", "rows": [{"step", "value", "series"}, ...]}``.
 
@@ -922,14 +922,21 @@ def curve_panels(history: list[dict], flow: bool, sequence: bool,
     validation records ``"validation"``; ``reference["exact_nll_val"]`` / ``_train`` become
     the series ``"exact -log p(x), true system (val)"`` on the -ELBO panel (a constant, one
     row at the first and last step); ``diagnostics`` entries give an ``"active units"``
-    panel. Units: nats per observed time step for sequences, per example otherwise.
+    panel. Units: nats per observed time step for sequences, per example otherwise. A run
+    without KL annealing (``annealed=False``) gets no KL-weight panel, a constant: the KL
+    panel's caption gives its value.
     """
     unit = "nats per observed step" if sequence else "nats per example"
     train = [r for r in history if r.get("kind") == "train"]
     val = [r for r in history if r.get("kind") == "val"]
     keep = [train[i] for i in thinned(len(train), max_points)]
     panels = []
+    weights = {r["kl_weight"] for r in train if "kl_weight" in r}
     for title, key, caption in FLOW_PANELS if flow else LATENT_PANELS:
+        if key == "kl_weight" and not annealed:
+            continue
+        if key == "kl" and not annealed and len(weights) == 1:
+            caption += f"; weighted by {weights.pop():g} in the loss throughout (no annealing)"
         rows = [{"step": r["step"], "value": float(r[key]), "series": "train"}
                 for r in keep if key in r]
         if key in VAL_PANEL_KEYS:
@@ -1202,8 +1209,9 @@ def overlay_panel(entries: Sequence[dict], key: str = "nelbo",
         units.pop() if len(units) == 1 else "nats (per observed step for sequences, per " \
                                              "example otherwise)"
     return {"title": titles[key], "key": key, "unit": unit, "rows": rows,
-            "caption": "one colour per run, named by the settings that differ between the "
-                       "runs; lines: training steps, dots: validation at each epoch's end"}
+            "caption": f"{titles[key]} of each run, one colour per run, named by the "
+                       f"settings that differ between the runs; lines: training steps, dots: "
+                       f"validation at each epoch's end"}
 
 
 class SavedRun:

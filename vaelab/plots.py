@@ -866,7 +866,8 @@ def curve_spec(panel: dict, log: bool = False, height: int = 320) -> dict:
         "encoding": {
             "x": {"field": "step", "type": "quantitative", "title": "step"},
             "y": {"field": "value", "type": "quantitative", "scale": y_scale,
-                  "title": panel.get("unit") or panel["title"]},
+                  "title": panel.get("unit") or panel["title"],
+                  "axis": {"format": "~g"}},  # 4, not 4.000000, on a flat curve
             "color": colour,
             "tooltip": [{"field": "series", "type": "nominal"},
                         {"field": "step", "type": "quantitative"},
@@ -946,11 +947,13 @@ def overlay_spec(panel: dict, log: bool = False, height: int = 360) -> dict:
     return {
         "height": height,
         "encoding": {
-            "x": {"field": "step", "type": "quantitative", "title": "step"},
+            # a little room at both ends: the last validation dots sit on the edge
+            "x": {"field": "step", "type": "quantitative", "title": "step",
+                  "scale": {"padding": 8}},
             "y": {"field": "value", "type": "quantitative", "scale": y_scale,
-                  "title": f"{panel['title']} ({panel['unit']})" if panel.get("unit")
-                  else panel["title"]},
-            "color": {"field": "run", "type": "nominal", "scale": {"domain": runs},
+                  "title": panel.get("unit") or panel["title"], "axis": {"format": "~g"}},
+            "color": {"field": "run", "type": "nominal",
+                      "scale": {"domain": runs, "scheme": "tableau10"},  # distinct hues
                       "legend": {"orient": "bottom", "title": "run (settings that differ)",
                                  "columns": 1, "labelLimit": 0}},
             "tooltip": [{"field": "run", "type": "nominal"},
@@ -1086,7 +1089,8 @@ def pendulum_frame(z: Tensor, x: Tensor, t: int, z_true: Tensor | None = None,
                          f"{list(xs.shape)}")
     steps = len(xs)
     time = np.arange(steps)
-    fig = Figure(figsize=(13, 8), layout="constrained")
+    # at most 11.5 in wide: shown in a ~1000 px column, its 9 pt text stays >= 9 px
+    fig = Figure(figsize=(11.5, 7.5), layout="constrained")
     grid = fig.add_gridspec(3, 2, width_ratios=[2.2, 1])
     ax_z = fig.add_subplot(grid[0, 0])
     _latent_path_axis(fig, ax_z, zs, t)
@@ -1150,7 +1154,7 @@ def observation_frame(z: Tensor, x: Tensor, t: int, z_true: Tensor | None = None
     steps, x_dim = xs.shape
     names = list(obs_names) if obs_names else [f"x_{d}" for d in range(x_dim)]
     plane = x_dim == 2
-    fig = Figure(figsize=(12, 6.4) if plane else (10, 6.4), layout="constrained")
+    fig = Figure(figsize=(11.5, 6.4) if plane else (10, 6.4), layout="constrained")
     grid = fig.add_gridspec(2, 2 if plane else 1, width_ratios=[2, 1.2] if plane else None)
     ax_z = fig.add_subplot(grid[0, 0])
     _latent_path_axis(fig, ax_z, zs, t)
