@@ -226,6 +226,30 @@ def test_cli_resume_uses_the_checkpoints_model_and_applies_lr(tmp_path, capsys):
     assert [r["lr"] for r in ckpt["history"]] == pytest.approx([1e-3] * 3 + [1e-4] * 2)
 
 
+def test_cli_resume_alone_takes_model_data_and_folder_from_the_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli([*VAE_ARGS, "--out", str(out), "--max-steps", "3",
+                    "--data-option", "binarize=True"], capsys)[0] == 0
+    path = out / "checkpoint.pt"
+    code, printed, err = run_cli(["train", "--resume", str(path), "--max-steps", "5"], capsys)
+    assert code == 0, err
+    assert json.loads(printed) == {**json.loads(printed), "steps": 5,
+                                   "checkpoint": f"{out}/checkpoint.pt"}
+    ckpt = load_checkpoint(path)
+    assert ckpt["step"] == 5 and ckpt["model"] == "vae"
+    assert ckpt["data"] == {"name": "digits", "binarize": True}  # its loader option kept
+
+
+@pytest.mark.parametrize("argv, missing", [
+    (["train", "--model", "vae"], "--data, --out"),
+    (["train", "--data", "digits", "--out", "x"], "--model"),
+])
+def test_cli_new_run_names_what_it_lacks(tmp_path, capsys, argv, missing):
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and f"error: train needs {missing} (a new run names" in err, err
+    assert "--resume CHECKPOINT takes them from the checkpoint" in err
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--set", "z_dim=8"], (r"--set z_dim=8 disagrees with --resume .*, whose model has "
                            r"z_dim=3; .*drop --set z_dim")),
@@ -278,6 +302,9 @@ DIGITS = ["train", "--model", "vae", "--data", "digits", "--max-steps", "2",
     (["--max-steps", "-4"], r"TrainConfig\.max_steps=-4 is out of range"),
     (["--device", "tpu"], r"unknown device 'tpu'"),
     (["--data-option", "binarize"], r"--data-option takes key=value"),
+    (["--data-option", "binarize=False"], (r"vae cannot train on this data: the Bernoulli "
+                                           r"decoder needs binary x \(0 or 1\), got values "
+                                           r"such as 0\.\d+; .* or set likelihood=gaussian$")),
     (["--resume", "{tmp}/nope.pt"], r"checkpoint .*nope\.pt not found"),
     (["--resume", "{tmp}"], r"is a folder; pass the checkpoint\.pt file inside it"),
 ])

@@ -187,6 +187,17 @@ def test_wrong_x_shape_is_rejected(shape):
         model.elbo(Batch(torch.zeros(shape)))
 
 
+def test_bernoulli_decoder_refuses_grey_pixels_and_names_the_fix():
+    model = VAE(VAEConfig(x_dim=4, z_dim=2, hidden_dims=[8]))
+    x = torch.tensor([[0.0, 1.0, 1.0, 0.0], [0.0, 0.25, 1.0, 1.0]])
+    with pytest.raises(ValueError, match=r"needs binary x \(0 or 1\), got values such as "
+                                         r"0\.25; .*binarize=True\) or set likelihood=gauss"):
+        model.elbo(Batch(x))
+    gaussian = VAE(VAEConfig(x_dim=4, z_dim=2, hidden_dims=[8], likelihood="gaussian"))
+    assert torch.isfinite(gaussian.elbo(Batch(x)).elbo).all()  # grey pixels suit a Gaussian
+    assert torch.isfinite(model.elbo(Batch(x.round())).elbo).all()
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [

@@ -46,10 +46,23 @@ def _train_config(args: argparse.Namespace, base: dict) -> TrainConfig:
     return TrainConfig(**{**base, **sets, **given, "out_dir": args.out})
 
 
-def _resumed(args: argparse.Namespace, spec: dict) -> tuple[dict, dict]:
-    """The checkpoint --resume names and the TrainConfig values it ran with, after checking
-    that the command line asks for its model and data (a resume keeps both)."""
+def _from_checkpoint(args: argparse.Namespace) -> dict:
+    """The checkpoint --resume names; what the command line leaves out comes from it: the
+    model, the data (name, path and options) and --out (the checkpoint's folder)."""
     ckpt = load_checkpoint(args.resume)
+    args.model = args.model or ckpt["model"]
+    if args.data is None and ckpt["data"]:
+        data = dict(ckpt["data"])
+        args.data, args.data_path = data.pop("name"), data.pop("path", None)
+        args.data_option = [f"{k}={v!r}" for k, v in data.items()]
+    if args.out is None:
+        args.out = str(Path(args.resume).parent)
+    return ckpt
+
+
+def _resumed(args: argparse.Namespace, spec: dict, ckpt: dict) -> tuple[dict, dict]:
+    """The TrainConfig values the checkpoint ran with, after checking that the command line
+    asks for its model and data (a resume keeps both)."""
     if ckpt["model"] != args.model:
         raise ValueError(f"--resume {args.resume} holds a {ckpt['model']!r} model but --model "
                          f"is {args.model!r}; pass --model {ckpt['model']}")
@@ -71,24 +84,31 @@ def _resumed(args: argparse.Namespace, spec: dict) -> tuple[dict, dict]:
     if (args.device is None and str(base.get("device", "")).startswith("cuda")
             and not torch.cuda.is_available()):
         base["device"] = "cpu"  # trained on a GPU, continued where there is none
-    return ckpt, base
+    return base
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    ckpt = None if args.resume is None else _from_checkpoint(args)
+    missing = [flag for flag, value in (("--model", args.model), ("--data", args.data),
+                                        ("--out", args.out)) if value is None]
+    if missing:
+        raise ValueError(f"train needs {', '.join(missing)} (a new run names its model, data "
+                         f"and output folder; --resume CHECKPOINT takes them from the "
+                         f"checkpoint)")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; pass a folder (new or existing) for "
                          f"checkpoint.pt")
     spec = data_spec(args.data, args.data_path, parse_sets(args.data_option, "--data-option"))
     model_sets = parse_sets(args.set, "--set")
-    if args.resume is not None:
-        ckpt, base = _resumed(args, spec)
+    if ckpt is not None:
+        base = _resumed(args, spec, ckpt)
         if args.preset is not None and args.preset != base.get("preset"):
             raise ValueError(f"--preset {args.preset} disagrees with --resume {args.resume}, "
                              f"which trained with preset {base.get('preset')!r}; a resumed run "
                              f"keeps its settings: drop --preset")
     else:
-        ckpt, base = None, dict(getattr(MODELS[args.model][1], "train_defaults", {}))
+        base = dict(getattr(MODELS[args.model][1], "train_defaults", {}))
         if args.preset is not None:  # under --set / --train-set / the flags
             preset_model, preset_train = _preset(args.preset, args.model)
             model_sets = {**preset_model, **model_sets}
@@ -193,9 +213,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="loader keyword, e.g. binarize=static")
 
     t = sub.add_parser("train", help="train a model and write DIR/checkpoint.pt")
-    t.add_argument("--model", required=True, choices=sorted(MODELS))
-    data_args(t, required=True)
-    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--model", choices=sorted(MODELS),
+                   help="the model (with --resume: the checkpoint's)")
+    data_args(t, required=False)
+    t.add_argument("--out", help="output folder (with --resume: the checkpoint's folder)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)

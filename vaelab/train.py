@@ -803,7 +803,9 @@ def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
         if "satisfy the constraint" in str(err) or not _all_finite(model):
             raise TrainingDiverged(f"non-finite parameters at step {step + 1}") from err
         name = getattr(model, "name", type(model).__name__)
-        raise ValueError(f"{name} cannot train on this data: {err}") from err
+        # torch.distributions' support check appends the whole offending tensor: drop it
+        reason = str(err).split(", but found invalid values")[0]
+        raise ValueError(f"{name} cannot train on this data: {reason}") from err
     w = config.beta * kl_weight(step, anneal_steps, config.min_kl_weight)
     ctx = ctx or distributed.Context()
     if ctx.active:  # the metrics' sums over processes: [elbo, log-lik, kl, steps, loss]

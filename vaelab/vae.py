@@ -91,6 +91,11 @@ class VAE(nn.Module):
                 f"x must be [B, {self.config.x_dim}], got {list(x.shape)}; flatten images "
                 f"and set x_dim to the number of pixels"
             )
+        if self.config.likelihood == "bernoulli" and not bool(((x == 0) | (x == 1)).all()):
+            value = float(x[(x != 0) & (x != 1)][0])
+            raise ValueError(
+                f"the Bernoulli decoder needs binary x (0 or 1), got values such as {value:.4g}; "
+                f"load the data binarized (e.g. binarize=True) or set likelihood=gaussian")
         return x
 
     def forward(self, batch: Batch, **kw) -> ELBOTerms:
