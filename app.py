@@ -133,6 +133,14 @@ def device_label(name: str) -> str:
     return f"GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB"
 
 
+def has_widget(field: str, defaults: dict) -> bool:
+    """True when config field ``field`` gets a sidebar widget for a model with these field
+    ``defaults``: its own fields, the IAF ones only when its guide has IAFs by default."""
+    if field in ("num_iafs", "iaf_dim") and not defaults.get("num_iafs"):
+        return False
+    return field in defaults
+
+
 def sync_sidebar(settings: dict) -> None:
     """Set the sidebar's widgets to a run's settings (before the widgets exist)."""
     name = settings["model"]
@@ -146,7 +154,7 @@ def sync_sidebar(settings: dict) -> None:
             state[f"path_{spec['name']}"] = str(spec["path"])
     shown = {"x_dim", "a_dim"}
     for field, *_ in INT_FIELDS:
-        if field in config and field in defaults:
+        if field in config and has_widget(field, defaults):
             state[f"{field}_{name}"] = int(config[field])
             shown.add(field)
     if "hidden_dims" in config:
@@ -214,7 +222,7 @@ with st.sidebar:
 
     overrides: dict = {}
     for field, label, low, high, step in INT_FIELDS:
-        if field in model_defaults and (field != "num_iafs" or model_defaults[field] > 0):
+        if has_widget(field, model_defaults):
             default = min(max(int(model_defaults[field]), low), high)
             overrides[field] = st.number_input(
                 label, low, high, step=step, key=widget(f"{field}_{model_name}", default))
@@ -236,13 +244,16 @@ with st.sidebar:
     lr = st.select_slider("learning rate", sorted({*LEARNING_RATES, float(tdef["lr"]),
                                                    float(state[lr_key])}),
                           format_func=lambda v: f"{v:.0e}", key=lr_key)
-    anneal = st.number_input("KL annealing epochs (0 = off)", 0.0, 10000.0, step=1.0,
-                             key=widget(f"anneal_{model_name}", float(tdef["anneal_epochs"])))
-    train_samples = st.number_input(
-        "guide samples per example in each step", 1, 64,
-        key=widget("train_samples", int(tdef["train_samples"])),
-        help="their ELBOs are averaged: less gradient noise (from a Monte Carlo KL, as with "
-             "IAF guides) for proportionally more work per step")
+    anneal, train_samples = float(tdef["anneal_epochs"]), int(tdef["train_samples"])
+    if "z_dim" in model_defaults:  # a flow has no KL to anneal and no guide to sample
+        anneal = st.number_input(
+            "KL annealing epochs (0 = off)", 0.0, 10000.0, step=1.0,
+            key=widget(f"anneal_{model_name}", float(tdef["anneal_epochs"])))
+        train_samples = st.number_input(
+            "guide samples per example in each step", 1, 64,
+            key=widget("train_samples", int(tdef["train_samples"])),
+            help="their ELBOs are averaged: less gradient noise (from a Monte Carlo KL, as "
+                 "with IAF guides) for proportionally more work per step")
     seed = st.number_input("seed", 0, 2**31 - 1, key=widget("seed", int(tdef["seed"])))
     max_steps = st.number_input("max steps, in total (0 = no limit)", 0, 10**9,
                                 key=widget("max_steps", 0))

@@ -92,6 +92,15 @@ def test_page_renders_with_every_model(app):
     assert [b.label for b in app.button] == ["Train", "Pause", "Stop", "Resume from checkpoint"]
     assert all(app.button(key=k).disabled for k in ("pause", "stop", "resume_run"))
     assert list(app.selectbox(key="model").options) == list(MODELS)
+    # only the settings that mean something for the model shown
+    app.selectbox(key="model").set_value("dmm").run()
+    boxes = [w.label for w in app.sidebar.number_input]
+    assert "IAF hidden size" not in boxes and "KL annealing epochs (0 = off)" in boxes
+    app.selectbox(key="model").set_value("dmm_iaf").run()
+    assert "IAF hidden size" in [w.label for w in app.sidebar.number_input]
+    app.selectbox(key="model").set_value("realnvp").run()
+    boxes = [w.label for w in app.sidebar.number_input]
+    assert not [b for b in boxes if "KL" in b or "guide" in b], boxes
     assert app.selectbox(key="device").value == ("cuda" if torch.cuda.is_available() else "cpu")
     for name in MODELS:
         app.selectbox(key="model").set_value(name).run()
@@ -121,9 +130,9 @@ def test_path_box_only_for_data_that_need_one(app):
 
 @pytest.mark.parametrize(("model", "data"), CASES, ids=[f"{m}-{d}" for m, d in CASES])
 def test_every_model_on_every_accepted_data_set(app, tmp_path, model, data):
-    samples = 2 if model == "dmm_iaf" else 1  # the flow guide's Monte Carlo KL: average two
-    _configure(app, model, data, tmp_path, **{f"epochs_{model}": 1000},
-               train_samples=samples)
+    # the flow guide's Monte Carlo KL: average two; a flow has no guide (and no such box)
+    samples = {"dmm_iaf": {"train_samples": 2}, "realnvp": {}}.get(model, {"train_samples": 1})
+    _configure(app, model, data, tmp_path, **{f"epochs_{model}": 1000}, **samples)
     app.button(key="train").click().run()
     assert not app.error, [e.value for e in app.error]
     run = _run(app)
