@@ -447,7 +447,7 @@ def test_train_step_alone_is_one_optimiser_step_of_fit(digits):
     generator = torch.Generator().manual_seed(cfg.seed)
     batch = next(iter(train.batches(cfg.batch_size, shuffle=True, generator=generator,
                                     jitter=cfg.bucket_jitter)))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = vaelab.train.adam(model.parameters(), cfg, torch.device("cpu"))
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=1.0)
     record = vaelab.train.train_step(model, batch, optimizer, scheduler, cfg, step=0)
     assert record["step"] == 1 and record["lr"] == cfg.lr

@@ -449,6 +449,15 @@ class TrainState:
     history: list = field(default_factory=list)
 
 
+def adam(params, config: TrainConfig, device: torch.device, weight_decay: float = 0.0
+         ) -> torch.optim.Adam:
+    """fit's optimiser: Adam with ``config``'s learning rate, betas and epsilon, fused (one
+    kernel for every parameter: about 8x faster than the per-tensor loop on the CPU, where
+    the DMM's step has some thirty small tensors) on the CPU and CUDA."""
+    return torch.optim.Adam(params, lr=config.lr, betas=config.betas, eps=config.adam_eps,
+                            weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
+
+
 def per_step_decay(summed: float, train: Data, batch_size: int) -> float:
     """Weight decay for our loss equal to ``summed`` on a batch's summed loss.
 
@@ -658,9 +667,8 @@ def _start(model: nn.Module, train: Data, config: TrainConfig, data_spec: dict |
     batch_size = config.batch_size * ctx.world  # the global batch
     weight_decay = config.weight_decay + per_step_decay(config.weight_decay_sum, train,
                                                         batch_size)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas,
-                                 eps=config.adam_eps,
-                                 weight_decay=0.0 if config.decay_before_clip else weight_decay)
+    optimizer = adam(model.parameters(), config, device,
+                     weight_decay=0.0 if config.decay_before_clip else weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
     steps_per_epoch = train.num_batches(batch_size)
     return _Run(model, config, device, optimizer, scheduler, generator, generator.get_state(),
