@@ -218,11 +218,8 @@ class _CombinerScan(torch.autograd.Function):
         # padding's z and loc are 0, its scale 1
         steps, n, z_dim = noise.shape
         rows = rows or (n,) * steps
-        padded = rows[-1] < n
-        fresh = noise.new_zeros if padded else noise.new_empty
-        tanh_z, h = (fresh(h_rnn.shape) for _ in range(2))  # [T, N, R]
-        z, loc, d_scale = (fresh(noise.shape) for _ in range(3))
-        scale = noise.new_ones(noise.shape) if padded else torch.empty_like(noise)
+        tanh_z, h = (torch.empty_like(h_rnn) for _ in range(2))  # [T, N, R]
+        z, loc, scale, d_scale = (torch.empty_like(noise) for _ in range(4))
         z_prev = z_q_0.expand(n, -1)
         weight_t = weight.t().contiguous()  # [Z, R]: a row-major operand multiplies faster
         weight_out_t = weight_out.t().contiguous()  # [R, 2Z]
@@ -238,6 +235,10 @@ class _CombinerScan(torch.autograd.Function):
             else:
                 torch.add(softplus(s), min_scale, out=scale[t, :m])
             z_prev = torch.addcmul(loc[t, :m], scale[t, :m], noise[t, :m], out=z[t, :m])
+            if m < n:  # the padding: outputs and the h that the weights' gradient reads
+                for y in (z[t, m:], loc[t, m:], h[t, m:]):
+                    y.zero_()
+                scale[t, m:] = 1
         ctx.save_for_backward(noise, z, tanh_z, h, d_scale, z_q_0, weight, weight_out)
         ctx.rows = rows
         return z, loc, scale
@@ -247,14 +248,16 @@ class _CombinerScan(torch.autograd.Function):
         noise, z, tanh_z, h, d_scale, z_q_0, weight, weight_out = ctx.saved_tensors
         rows = ctx.rows
         steps, n, z_dim = noise.shape
-        fresh = noise.new_zeros if rows[-1] < n else noise.new_empty  # 0 at the padding
-        grad_out = fresh(steps, n, 2 * z_dim)  # dL/d[loc | s]
-        grad_h_rnn = fresh(tanh_z.shape)  # dL/dh_rnn_t = 1/2 A^T dL/d[loc | s], [T, N, R]
-        grad_pre = fresh(tanh_z.shape)  # dL/d(W z_{t-1} + b)
+        grad_out = noise.new_empty(steps, n, 2 * z_dim)  # dL/d[loc | s]
+        grad_h_rnn = torch.empty_like(tanh_z)  # dL/dh_rnn_t = 1/2 A^T dL/d[loc | s], [T, N, R]
+        grad_pre = torch.empty_like(tanh_z)  # dL/d(W z_{t-1} + b)
         half_out = 0.5 * weight_out  # [2Z, R]
         carry = noise.new_zeros(0, z_dim)  # dL/dz_t through step t+1, rows[t + 1] rows
         for t in range(steps - 1, -1, -1):
             m = rows[t]
+            if m < n:  # the padding
+                for y in (grad_out[t, m:], grad_h_rnn[t, m:], grad_pre[t, m:]):
+                    y.zero_()
             d_z = grad_z[t, :m].clone()
             d_z[:len(carry)] += carry  # the sequences still observed at t + 1
             torch.add(grad_loc[t, :m], d_z, out=grad_out[t, :m, :z_dim])

@@ -202,12 +202,14 @@ class _ElmanScan(torch.autograd.Function):
         # u [T, B, R] input projections with both biases; h_0 [B, R]; weight_hh [R, R]
         steps, batch = u.shape[:2]
         rows = rows or (batch,) * steps
-        out = u.new_zeros(u.shape) if rows[-1] < batch else torch.empty_like(u)
+        out = torch.empty_like(u)
         h = h_0
         w_t = weight_hh.t()
         for t, n in enumerate(rows):
             h = torch.addmm(u[t, :n], h[:n], w_t, out=out[t, :n])
             h.clamp_(min=0) if relu else h.tanh_()
+            if n < batch:
+                out[t, n:] = 0
         ctx.save_for_backward(out, h_0, weight_hh)
         ctx.relu, ctx.rows = relu, rows
         return out
@@ -217,11 +219,12 @@ class _ElmanScan(torch.autograd.Function):
         out, h_0, weight_hh = ctx.saved_tensors
         rows = ctx.rows
         # dL/d(u_t + W h_{t-1}), [T, B, R]; 0 at the padding, which no output depends on
-        grad_pre = out.new_zeros(out.shape) if rows[-1] < out.shape[1] else \
-            torch.empty_like(out)
+        grad_pre = torch.empty_like(out)
         carry = h_0.new_zeros(0, h_0.shape[1])  # dL/dh_t through h_{t+1}, rows[t + 1] rows
         for t in range(out.shape[0] - 1, -1, -1):
             n = rows[t]
+            if n < len(h_0):
+                grad_pre[t, n:] = 0
             d = grad_pre[t, :n]
             d.copy_(grad_out[t, :n])
             d[:len(carry)] += carry  # the sequences still observed at t + 1
