@@ -184,15 +184,28 @@ def test_site_builds_with_an_index_linking_every_notebook(tmp_path: Path,
     parser = Links()
     parser.feed(index.read_text())
     assert parser.links == [f"{p.stem}.html" for p in NOTEBOOKS]
+    pages = {f"{p.stem}.html" for p in NOTEBOOKS}
     for path in NOTEBOOKS:
         page = (tmp_path / "site" / f"{path.stem}.html").read_text()
         title = course._title(nbformat.read(path, as_version=4), path.stem)
         assert "<html" in page and title.split("·")[-1].strip() in page
+        # links between notebooks lead to their pages (the site holds no .ipynb)
+        links = Links()
+        links.feed(page)
+        local = [href for href in links.links if not re.match(r"[a-z]+:|#", href)]
+        assert not [h for h in local if ".ipynb" in h], (path.name, local)
+        assert {h.split("#")[0] for h in local} <= pages, (path.name, local)
     assert "notebook pages" in capsys.readouterr().out
+    assert 'href="03_sequential_vae.html"' in (tmp_path / "site" / "02_learnable_distributions"
+                                                                   ".html").read_text()
+    assert 'href="00_start_here.html#Notation"' in (tmp_path / "site" / "01_vae_elbo.html"
+                                                    ).read_text()
 
 
 def test_site_executes_notebooks_and_reports_a_failing_one(
-        tmp_path: Path, kernel_env: dict[str, str]) -> None:  # noqa: F811  (the kernelspec)
+        tmp_path: Path, kernel_env: dict[str, str],  # noqa: F811  (the kernelspec)
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VAELAB_SMALL", raising=False)
     src = tmp_path / "src"
     src.mkdir()
     nbformat.write(nbformat.v4.new_notebook(cells=[new_markdown("# Sums"),
@@ -203,6 +216,11 @@ def test_site_executes_notebooks_and_reports_a_failing_one(
     assert [p.name for p in pages] == ["index.html", "a.html"]
     assert str(sum(range(1234))) in pages[1].read_text()  # the executed output is rendered
     assert "executed when the site was built" in pages[0].read_text()
+    assert "short setting" not in pages[0].read_text()
+    monkeypatch.setenv("VAELAB_SMALL", "1")  # `make site VAELAB_SMALL=1`: the index says so
+    small = course.build_site(src, tmp_path / "small", execute=True, timeout=60,
+                              kernel_name=KERNEL)
+    assert "short setting (VAELAB_SMALL=1)" in small[0].read_text()
     nbformat.write(nbformat.v4.new_notebook(cells=[new_code("1 / 0")]), src / "b.ipynb")
     with pytest.raises(ValueError, match="(?s)b.ipynb failed while executing.*"
                        "ZeroDivisionError: division by zero"):

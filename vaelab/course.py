@@ -174,6 +174,7 @@ def build_site(src: str | Path | None, dst: str | Path, execute: bool = True,
     dst.mkdir(parents=True, exist_ok=True)
     exporter = HTMLExporter()
     pages, entries = [], []
+    stems = [path.stem for path in sorted(src.glob("*.ipynb"))]
     for path in sorted(src.glob("*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         if execute:
@@ -183,12 +184,16 @@ def build_site(src: str | Path | None, dst: str | Path, execute: bool = True,
             env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # inline backend
             _execute(nb, path, options, env)
         body, _ = exporter.from_notebook_node(nb)
+        body = _link_pages(body, stems)
         page = dst / f"{path.stem}.html"
         page.write_text(body, encoding="utf-8")
         pages.append(page)
         entries.append(f'<li><a href="{html.escape(page.name)}">'
                        f"{html.escape(_title(nb, path.stem))}</a></li>")
     how = "executed when the site was built" if execute else "as stored, without outputs"
+    if execute and os.environ.get("VAELAB_SMALL") == "1":
+        how += (", in the short setting (VAELAB_SMALL=1): figures and printed numbers come from "
+                "short runs, not from the full runs the text describes")
     index = dst / "index.html"
     index.write_text(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">"
@@ -197,6 +202,14 @@ def build_site(src: str | Path | None, dst: str | Path, execute: bool = True,
         f"flows in PyTorch. The notebooks in course order ({how}):</p>\n<ol>\n"
         + "\n".join(entries) + "\n</ol>\n</body>\n</html>\n", encoding="utf-8")
     return [index, *pages]
+
+
+def _link_pages(body: str, stems: list[str]) -> str:
+    """``body`` with every link to a course notebook (``01_vae_elbo.ipynb``, with or without
+    ``#anchor``) pointing to its page (``01_vae_elbo.html``), as the site has no .ipynb."""
+    names = "|".join(re.escape(stem) for stem in stems)
+    return re.sub(rf'href="(?:\./)?({names})\.ipynb(#[^"]*)?"',
+                  lambda m: f'href="{m.group(1)}.html{m.group(2) or ""}"', body)
 
 
 def _execute(nb: nbformat.NotebookNode, path: Path, options: dict, env: dict) -> None:
@@ -210,9 +223,6 @@ def _execute(nb: nbformat.NotebookNode, path: Path, options: dict, env: dict) ->
         raise ValueError(f"{path.name} failed while executing for the site; fix the notebook, "
                          f"or build with --no-execute to render it as stored:\n"
                          f"{re.sub(ANSI, '', str(err))}") from None
-
-
-
 
 
 def add_course_parser(sub) -> None:
@@ -245,5 +255,7 @@ def _cmd_site(args) -> int:
     pages = build_site(args.source, args.dir, execute=not args.no_execute, timeout=args.timeout)
     print(f"wrote {pages[0]} and {len(pages) - 1} notebook pages")
     return 0
+
+
 __all__ = ["add_course_parser", "build_site", "release", "strip_mark_scheme", "strip_solutions",
            "student_version"]
