@@ -494,7 +494,11 @@ def show_curves(run) -> None:
     if run.diagnostics_error:
         st.warning(f"latent diagnostics stopped: {run.diagnostics_error}")
     elif entry is not None:
-        st.altair_chart(plots.latent_usage_chart(entry), width="stretch")
+        cached = state.get("usage_spec")
+        if cached is None or cached[0] != (run.checkpoint_path, entry["step"]):
+            cached = state.usage_spec = ((run.checkpoint_path, entry["step"]),
+                                         plots.latent_usage_spec(entry))  # once per entry
+        st.vega_lite_chart(spec=cached[1], width="stretch", key="latent_usage")
         st.caption(f"computed at step {entry['step']} (a pass took {entry['seconds']:.1f} s, "
                    f"done in the background at most every few seconds). Activity: how much "
                    f"a latent's posterior mean varies across the data; KL per dimension: "

@@ -464,3 +464,11 @@ def test_dashboard_figures_are_readable_at_default_latent_sizes(name, data, size
         figures["explore"] = plots.decoded_image(model, {0: 1.0}, info["image_shape"])
     problems = {title: readability_problems(fig) for title, fig in figures.items()}
     assert not {t: p for t, p in problems.items() if p}, problems
+
+
+def test_latent_usage_spec_is_the_validated_chart():
+    entry = {"activity": [0.5, 0.001, 0.2], "kl_per_dim": [0.3, 0.0, 0.1], "step": 4}
+    spec = plots.latent_usage_spec(entry)
+    assert spec == plots.latent_usage_chart(entry).to_dict()  # validated against the schema
+    assert [r["active"] for r in spec["hconcat"][0]["data"]["values"]] == \
+        ["active", "inactive", "active"]
