@@ -11,7 +11,10 @@ server), else the run named in the URL, so double clicks, bursts and reloads can
 The page polls the run with ``st.fragment(run_every=...)``: training curves are Streamlit's
 own (Vega-Lite) charts redrawn at every poll; latent diagnostics are computed in the
 background and say at which step; model figures (matplotlib) are redrawn at most every few
-seconds and only in their own view.
+seconds and only in their own view. The run history lists the runs folder's runs
+(:func:`vaelab.live.scan_runs`), re-opens a finished one from its checkpoint
+(:class:`vaelab.live.SavedRun`) and overlays several on one chart, named by the settings that
+differ (:func:`vaelab.live.run_labels`).
 """
 
 from __future__ import annotations
@@ -567,8 +570,10 @@ def explore_sequence(model, batch, info: dict) -> None:
     observation at t (the pendulum, the piano-roll frame, the observation plane)."""
     st.subheader("a validation sequence at time t: latent path and observation")
     c1, c2 = st.columns(2)
+    key = widget("explore_sequence", 0)
+    state[key] = min(state[key], len(batch) - 1)  # another run's view may hold fewer
     index = c1.slider("sequence (of the validation examples shown)", 0, len(batch) - 1,
-                      key=widget("explore_sequence", 0)) if len(batch) > 1 else 0
+                      key=key) if len(batch) > 1 else 0
     steps = observed_steps(batch, index)
     key = widget("explore_t", 0)
     state[key] = min(state[key], steps - 1)  # a shorter sequence than the last one
