@@ -39,6 +39,7 @@ from vaelab.live import (
     SavedRun,
     accepted_data,
     builtin_dataset,
+    chart_table,
     check_compatible,
     checkpoint_summary,
     curve_panels,
@@ -408,7 +409,8 @@ def on_open(path: str) -> None:
 st.title("vaelab: variational latent-variable models")
 st.markdown(MODEL_CARDS.get(model_name, ""))
 active = run is not None and run.active
-source, source_help = resume_source(run)
+# while a run trains, Resume is disabled: no need to read its checkpoint at every rerun
+source, source_help = (None, "a run is training") if active else resume_source(run)
 b1, b2, b3, b4 = st.columns(4)
 if b1.button("Train", disabled=active, type="primary", key="train") and not active:
     start(None)  # here, not on_click, so it reads this run's widget values
@@ -476,7 +478,7 @@ def show_curves(run) -> None:
         with columns[i % 3]:
             st.markdown(f"**{panel['title']}**")
             if panel["rows"]:
-                st.vega_lite_chart(panel["rows"], plots.curve_spec(panel, log=log),
+                st.vega_lite_chart(chart_table(panel["rows"]), plots.curve_spec(panel, log=log),
                                    width="stretch", key=f"curve_{i}")
             else:
                 st.caption("no points yet")
@@ -661,7 +663,8 @@ def show_history(run) -> None:
     log = st.toggle("log scale (symmetric log)", key="overlay_log")
     panel = overlay_panel(runs, key, labels)
     st.markdown(f"**{panel['title']}**")
-    st.vega_lite_chart(panel["rows"], plots.overlay_spec(panel, log=log), width="stretch",
+    st.vega_lite_chart(chart_table(panel["rows"]), plots.overlay_spec(panel, log=log),
+                       width="stretch",
                        key="overlay_chart")
     st.caption(panel["caption"] + ". Runs: " + "; ".join(
         f"**{labels[name]}** = {name}" for name in picked))

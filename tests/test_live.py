@@ -672,3 +672,15 @@ def test_a_finished_run_reopens_from_its_checkpoint(runs_folder, tmp_path):
     with pytest.raises(ValueError, match="holds Python objects"):
         registry.open(runs_folder / "foreign.pt")
     assert not (runs_folder / "planted").exists()
+
+
+def test_chart_table_holds_the_rows_as_columns():
+    import pyarrow as pa
+
+    from vaelab.live import chart_table
+
+    rows = [{"step": 1, "value": 2.5, "series": "train"},
+            {"step": 2, "value": 2.0, "series": "validation"}]
+    table = chart_table(rows)
+    assert isinstance(table, pa.Table) and table.column_names == ["step", "value", "series"]
+    assert table.to_pylist() == rows
