@@ -6,9 +6,9 @@ in one process, epochs alternating, so that both see the same machine load.
     python benchmarks/dmm_speed.py --threads 1 --rounds 3
 
 Each epoch is the model's work only: the ELBO, its backward, clipping and an Adam step over
-the 12 mini-batches of 20 chorales with Pyro's settings (``fit`` adds about 0.1-0.2 s of
-bookkeeping; ``benchmarks/dmm_jsb.py`` prints the full figure). Target on this 2-core CPU:
-<= 1.5 s per epoch; Pyro's example took ~5.3 s here.
+the 12 mini-batches of 20 chorales with Pyro's settings (``fit`` adds little;
+``benchmarks/dmm_jsb.py`` prints the full figure). Target on this 2-core CPU: <= 1.5 s per
+epoch; ``--vs-pyro`` times Pyro's example beside it.
 
 ``--vs-pyro`` times vaelab against Pyro's own DMM (``benchmarks/pyro_dmm.py``, written with
 Pyro's API; needs ``pip install -e .[bench]``) in the same process, epochs alternating after one
@@ -43,7 +43,7 @@ from vaelab.data import Data, load_jsb
 from vaelab.dmm import DMM, DMMIAF, DMMConfig, DMMIAFConfig
 from vaelab.objectives import loss
 from vaelab.presets import apply_preset
-from vaelab.train import TrainConfig, TrainingDiverged, fit, per_step_decay
+from vaelab.train import TrainConfig, TrainingDiverged, adam, fit, per_step_decay
 
 Epoch = Callable[[], tuple[float, float]]  # one training epoch -> (seconds, loss per step)
 # nats per observed step above which a run counts as diverged: JSB starts near 64 (88 notes at
@@ -233,9 +233,9 @@ def main() -> None:
     torch.manual_seed(0)
     model = DMM(DMMConfig())
     defaults = DMM.train_defaults
-    optimizer = torch.optim.Adam(model.parameters(), lr=defaults["lr"],
-                                 betas=defaults["betas"], weight_decay=per_step_decay(
-                                     defaults["weight_decay_sum"], train, defaults["batch_size"]))
+    optimizer = adam(model.parameters(), TrainConfig(**defaults), torch.device("cpu"),
+                     weight_decay=per_step_decay(defaults["weight_decay_sum"], train,
+                                                 defaults["batch_size"]))
     batches = list(train.batches(defaults["batch_size"], generator=torch.Generator()
                                  .manual_seed(0)))
 
@@ -259,7 +259,7 @@ def main() -> None:
     print(f"JSB epoch, {torch.get_num_threads()} threads, median of {args.rounds}:")
     print(f"  plain autograd (nn.RNN, guide loop) {plain:6.3f} s")
     print(f"  hand-written backward passes         {fast:6.3f} s   ({plain / fast:.2f}x)")
-    print("  target <= 1.5 s; Pyro's example ~5.3 s on this machine")
+    print("  target <= 1.5 s; Pyro's example beside it: --vs-pyro")
 
 
 if __name__ == "__main__":
