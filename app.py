@@ -58,7 +58,7 @@ from vaelab.live import (
 )
 from vaelab.train import TrainConfig, load_model, seed_everything
 
-POLL_SECONDS = 1.0  # how often the page looks at the run (and redraws the training curves)
+POLL_SECONDS = 2.0  # how often the page looks at the run (and redraws the training curves)
 FIGURE_SECONDS = 15.0  # model figures (latents, samples) at most this often while training
 # Drawing takes a core that training may want: while a run trains, a model figure that took
 # d seconds to draw waits at least d / DRAW_BUDGET seconds before it is drawn again.
