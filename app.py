@@ -360,7 +360,8 @@ def start(resume: str | None) -> None:
     state.pop("error", None)
     try:
         model, train, val, config, spec, resume = prepare(resume)
-        run_id, _ = RUNS.start(model, train, val, config, data_spec=spec, resume=resume)
+        # a second press racing the first (double click) attaches to the run it started
+        run_id, _, _ = RUNS.request(model, train, val, config, data_spec=spec, resume=resume)
     except (ValueError, FileNotFoundError, RuntimeError, ImportError, AttributeError,
             TypeError, KeyError) as e:
         state.error = f"{type(e).__name__}: {e}"

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -472,6 +473,40 @@ def test_registry_one_active_run_and_reattach(digits, tmp_path):
                                                                out_dir=str(tmp_path / str(i))))[0])
         assert registry.get(ids[-1]).join(TIMEOUT)
     assert registry.get(run_id) is None and all(registry.get(i) for i in ids)  # keeps 2
+
+
+def test_registry_request_from_racing_presses_starts_one_run_without_error(digits, tmp_path):
+    """Train pressed in two script threads at once (a double click while the page reruns):
+    one run starts, both presses get it, neither raises."""
+    registry = Registry()
+    train_data, val, _ = digits
+    barrier = threading.Barrier(4)
+    results, errors = [], []
+
+    def press(i: int) -> None:
+        model = make_model("vae", train_data, {"hidden_dims": [8]})
+        config = TrainConfig(progress=False, epochs=100, out_dir=str(tmp_path / str(i)))
+        barrier.wait()
+        try:
+            results.append(registry.request(model, train_data, val, config))
+        except Exception as e:  # noqa: BLE001 - any error is the failure this test looks for
+            errors.append(e)
+
+    threads = [threading.Thread(target=press, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    try:
+        assert not errors and len(results) == 4
+        assert sum(started for _, _, started in results) == 1
+        assert len({run_id for run_id, _, _ in results}) == 1
+        assert registry.active()[0] == results[0][0]
+    finally:
+        for _, run, started in results:
+            if started:
+                run.stop()
+                assert run.join(TIMEOUT)
 
 
 def test_run_diagnose_once_per_step(digits, tmp_path):

@@ -835,6 +835,20 @@ class Registry:
             run = start_run(current, *args, **kwargs)
             return self._add(run), run
 
+    def request(self, *args, **kwargs) -> tuple[str, TrainingRun, bool]:
+        """A page's Train (or Resume) press: start a :class:`TrainingRun` (same arguments)
+        unless one is active, else leave that one training. Returns ``(id, run, started)``.
+
+        Two presses can reach the server together (a double click; Streamlit may run a
+        session's script twice at once while the first run stops): both get the run that
+        trains, one of them starts it, neither sees an error."""
+        with self._lock:
+            current = next(((k, r) for k, r in self._runs.items() if r.active), None)
+            if current is not None:
+                return (*current, False)
+            run = TrainingRun(*args, **kwargs).start()
+            return self._add(run), run, True
+
     def open(self, path: str | Path) -> tuple[str, SavedRun]:
         """The finished run of checkpoint ``path`` as a :class:`SavedRun` with an id, so a
         page can show it and find it again after a reload; the same id while the file is
