@@ -199,6 +199,23 @@ def remaining(ckpt: dict) -> str | None:
     return None
 
 
+def saved_run(ckpt: dict, folder: str | Path) -> tuple[dict, str]:
+    """A checkpoint's run as the page shows it: its settings (as
+    :meth:`TrainingRun.settings`, ``out_dir`` the checkpoint's ``folder``) and its status,
+    ``"finished"`` (it reached its epochs or max steps) or ``"stopped"`` (training is left)."""
+    settings = {"model": ckpt["model"], "model_config": dict(ckpt["config"]),
+                "train_config": {**ckpt["train_config"], "out_dir": str(folder)},
+                "data": dict(ckpt["data"] or {})}
+    return settings, "stopped" if remaining(ckpt) is None else "finished"
+
+
+def planned_steps(config: TrainConfig, train: Data) -> int:
+    """The step a run of ``config`` on ``train`` ends at if nothing stops it: its epochs'
+    steps, or max_steps."""
+    total = config.epochs * train.num_batches(config.batch_size)
+    return min(total, config.max_steps) if config.max_steps else total
+
+
 # ----------------------------------------------------------------------------- diagnostics
 
 
@@ -632,8 +649,7 @@ class TrainingRun:
 
     def planned_steps(self) -> int:
         """The step this run ends at if nothing stops it: its epochs' steps, or max_steps."""
-        total = self.config.epochs * self.train.num_batches(self.config.batch_size)
-        return min(total, self.config.max_steps) if self.config.max_steps else total
+        return planned_steps(self.config, self.train)
 
     def progress(self, window: int = 50) -> dict:
         """``{"step", "planned", "steps_per_second", "eta_seconds"}``: the speed over the
@@ -1059,13 +1075,10 @@ def _entry(path: str, name: str, mtime_ns: int, size: int) -> dict:
         return {**entry, "reason": f"holds a model vaelab does not know ({model!r}); models "
                                    f"are {', '.join(MODELS)}"}
     try:
-        status = "stopped" if remaining(ckpt) is None else "finished"
+        settings, status = saved_run(ckpt, path_.parent)
         history = [r for r in ckpt["history"] if isinstance(r, dict)]
         val = [r for r in history if r.get("kind") == "val" and "nelbo" in r]
         train = [r for r in history if r.get("kind") == "train" and "nelbo" in r]
-        settings = {"model": model, "model_config": dict(ckpt["config"]),
-                    "train_config": {**ckpt["train_config"], "out_dir": str(path_.parent)},
-                    "data": dict(ckpt["data"] or {})}
         final = float(val[-1]["nelbo"]) if val else None
         last_train = float(train[-1]["nelbo"]) if train else None
     except (KeyError, TypeError, ValueError) as e:
@@ -1266,13 +1279,10 @@ class SavedRun:
         self.model_name = ckpt["model"]
         self.data_spec = dict(ckpt["data"] or {})
         self._model = model
-        self._settings = {"model": ckpt["model"], "model_config": dict(ckpt["config"]),
-                          "train_config": {**ckpt["train_config"], "out_dir": str(path.parent)},
-                          "data": dict(self.data_spec)}
+        self._settings, self.status = saved_run(ckpt, path.parent)
         self._history = list(ckpt["history"])
         self.step = ckpt["step"]
         self.snapshot_step = ckpt["step"]
-        self.status = "stopped" if remaining(ckpt) is None else "finished"
         self.has_latents = has_latents(model)
         self.train = self.val = self.view = None
         self.data_error: str | None = None
@@ -1322,8 +1332,7 @@ class SavedRun:
     def planned_steps(self) -> int:
         if self.train is None:
             return self.config.max_steps or self.step
-        total = self.config.epochs * self.train.num_batches(self.config.batch_size)
-        return min(total, self.config.max_steps) if self.config.max_steps else total
+        return planned_steps(self.config, self.train)
 
     def progress(self) -> dict:
         """As :meth:`TrainingRun.progress`, without a speed (nothing trains)."""
