@@ -454,3 +454,95 @@ def test_train_step_alone_is_one_optimiser_step_of_fit(digits):
     expected = {k: v for k, v in history[0].items() if k not in ("seconds", "epoch")}
     assert {k: v for k, v in record.items() if k != "epoch"} == expected
     _assert_same_params(_params(model), _params(reference))
+
+
+@pytest.mark.parametrize("every", [2, 3])
+def test_reading_the_metrics_every_few_steps_changes_no_number(digits, tmp_path, monkeypatch,
+                                                               every):
+    """sync_every keeps a step's metrics on the device and reads an interval's in one
+    transfer (for a GPU, where every read waits for the device); the run is the same."""
+    train, val = digits
+    real, reads = vaelab.train.read_records, []
+
+    def spy(pending, *args):
+        if any("device" in r for r in pending):  # a transfer, not records read already
+            reads.append(len(pending))
+        return real(pending, *args)
+
+    monkeypatch.setattr(vaelab.train, "read_records", spy)
+    runs = {}
+    for k in (1, every):
+        reads.clear()
+        torch.manual_seed(0)
+        model = small_vae()
+        history = fit(model, train, val, config(tmp_path / str(k), epochs=2, sync_every=k,
+                                                 clip_value_sum=3.2, decay_before_clip=True,
+                                                 weight_decay=1e-3))
+        runs[k] = (timeless(history), model.state_dict(), list(reads),
+                   load_checkpoint(tmp_path / str(k) / "checkpoint.pt")["state_dict"])
+    assert runs[1][0] == runs[every][0]
+    for state in (1, 3):
+        for name, value in runs[1][state].items():
+            assert torch.equal(value, runs[every][state][name]), name
+    assert runs[1][2] == [1] * 10  # one read per step
+    # an interval of `every` steps per read, and an epoch's end (5 steps) reads the rest
+    assert runs[every][2] == {2: [2, 2, 1] * 2, 3: [3, 2] * 2}[every]
+
+
+def _poisoned(kind: str, model, monkeypatch, at_step: int = 7):
+    """Make training step ``at_step`` of ``model`` diverge: a NaN loss, an exploding loss, or
+    a finite loss whose gradient is NaN."""
+    real, calls = model.elbo, []
+
+    def elbo(batch, analytic_kl=None):
+        terms = real(batch, analytic_kl)
+        if model.training:
+            calls.append(1)
+            if len(calls) == at_step:
+                if kind == "nan":
+                    terms.log_likelihood = terms.log_likelihood * float("nan")
+                elif kind == "exploding":
+                    terms.log_likelihood = terms.log_likelihood * 1e19
+                else:  # sqrt at 0: a finite value, an infinite gradient
+                    terms.kl = terms.kl + torch.sqrt(terms.kl * 0)
+        return terms
+
+    monkeypatch.setattr(model, "elbo", elbo)
+
+
+@pytest.mark.parametrize("kind, reason", [("nan", "non-finite loss at step 7"),
+                                          ("exploding", "exploding loss"),
+                                          ("gradient", "non-finite gradient norm at step 7")])
+def test_a_deferred_read_stops_at_the_diverged_step_with_its_parameters_untouched(
+        digits, tmp_path, monkeypatch, kind, reason):
+    """With sync_every=4 step 7 diverges inside the interval 5-8: the fused optimiser skips
+    its update and step 8's on the device, and the read raises what a read per step raises,
+    with the same parameters (those after step 6), records and message."""
+    train, val = digits
+    runs = {}
+    for k in (1, 4):
+        torch.manual_seed(0)
+        model, seen = small_vae(), []
+        _poisoned(kind, model, monkeypatch)
+        with pytest.raises(TrainingDiverged, match=reason) as info:
+            fit(model, train, val, config(tmp_path / str(k), epochs=3, sync_every=k),
+                callback=seen.append)
+        runs[k] = (str(info.value).replace(str(tmp_path / str(k)), "OUT"),
+                   timeless(seen), model.state_dict())
+    assert runs[1][0] == runs[4][0]
+    assert runs[1][1] == runs[4][1]
+    assert [r["step"] for r in runs[4][1] if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+    for name, value in runs[1][2].items():
+        assert torch.equal(value, runs[4][2][name]), name
+        assert torch.isfinite(value).all()
+
+
+def test_a_callback_stop_acts_at_the_next_read(digits, tmp_path):
+    """sync_every=4: the callback sees step 2's record only when steps 1-4 are read; training
+    stops there, saves step 4, and every step run has its record."""
+    train, val = digits
+    history = fit(small_vae(), train, val, config(tmp_path, epochs=2, sync_every=4),
+                  callback=lambda r: r.get("step") != 2)
+    assert [r["step"] for r in history if r["kind"] == "train"] == [1, 2, 3, 4]
+    assert history[-1]["stopped"] is True
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 4

@@ -56,7 +56,7 @@ OPTIONAL_CHECKPOINT_FIELDS = frozenset({"checksum", "resumes"})
 # optimiser's statistics) and must match the checkpoint's.
 RESUMABLE = frozenset({
     "epochs", "max_steps", "lr", "lr_decay", "batch_size", "clip_norm", "checkpoint_every",
-    "eval_every", "max_abs_loss", "progress", "device", "out_dir"})
+    "eval_every", "max_abs_loss", "progress", "device", "out_dir", "sync_every"})
 Callback = Callable[[dict], "bool | None"]
 _IMPORTED_AT = time.time()  # temporary files older than this are no process's of ours
 
@@ -123,6 +123,13 @@ class TrainConfig:
     # a step whose |loss| (nats per observed step) exceeds this is divergence, as a NaN is:
     # no model here comes near it while learning, and such a run only overflows later
     max_abs_loss: float = 1e10
+    # steps whose metrics stay on the device before fit reads them, all in one transfer: on a
+    # GPU a read per step makes the host wait for the device at every step. None: 1 on the
+    # CPU (there is no wait), 50 on a GPU. The numbers are the same for every value, and the
+    # records still one per step; but a callback's stop and Ctrl-C act at the next read, and
+    # after a diverged step the updates are skipped on the device until fit reads it (fused
+    # Adam's found_inf), so the parameters are still the last good ones when it raises
+    sync_every: int | None = None
     progress: bool = True  # tqdm bar
     # the named settings (vaelab.presets) this configuration started from: a label, recorded
     # in checkpoints so that a run says which preset it reproduces; it changes nothing itself
@@ -155,6 +162,8 @@ class TrainConfig:
             "eval_every": (self.eval_every >= 0, ">= 0 epochs (0: no validation)"),
             "max_steps": (self.max_steps is None or self.max_steps >= 1, ">= 1 or None"),
             "max_abs_loss": (self.max_abs_loss > 0, "> 0"),
+            "sync_every": (self.sync_every is None or self.sync_every >= 1,
+                           ">= 1 steps or None (1 on the CPU, 50 on a GPU)"),
             "seed": (0 <= self.seed < 2**32, "in [0, 2**32) (numpy's range)"),
         }
         bad = nan + [k for k, (ok, _) in checks.items() if not ok]
@@ -519,23 +528,25 @@ def fit(
     try:
         with _deferred_interrupt() as interrupt:
             while state.epoch < config.epochs and not (stopped or done or interrupt.requested):
+                pending = []  # steps whose metrics are still on the device
                 for i, batch in _remaining_batches(run, train):
-                    record = train_step(run.net, batch, run.optimizer, run.scheduler, config,
-                                        state.step, run.anneal_steps, run.weight_decay,
-                                        run.ctx)
+                    pending.append(train_step(run.net, batch, run.optimizer, run.scheduler,
+                                              config, state.step, run.anneal_steps,
+                                              run.weight_decay, run.ctx, sync=run.sync_every == 1))
                     state.step, state.batch_in_epoch = state.step + 1, i + 1
-                    record["epoch"] = state.epoch
                     bar.update(1)
-                    bar.set_postfix(nelbo=f"{record['nelbo']:.3f}",
-                                    kl_w=f"{record['kl_weight']:.2f}")
-                    # processes leave together: rank 0's callback or any Ctrl-C stops all
-                    stopped = distributed.agree(not run.emit(record), run.ctx)
-                    interrupt.requested = distributed.agree(interrupt.requested, run.ctx)
                     done = config.max_steps is not None and state.step >= config.max_steps
+                    if len(pending) < run.sync_every and not done:
+                        continue
+                    # processes leave together: rank 0's callback or any Ctrl-C stops all
+                    stopped = distributed.agree(not _emit_steps(run, pending, bar), run.ctx)
+                    interrupt.requested = distributed.agree(interrupt.requested, run.ctx)
                     if stopped or done or interrupt.requested:
                         break
                 else:  # the epoch ran to its end
-                    stopped = distributed.agree(_end_of_epoch(run, val), run.ctx)
+                    stopped = distributed.agree(not _emit_steps(run, pending, bar), run.ctx)
+                    if not stopped:
+                        stopped = distributed.agree(_end_of_epoch(run, val), run.ctx)
             if run.saved_step != state.step:  # stopped, max_steps or Ctrl-C mid-epoch
                 _save(run)
             if interrupt.requested and not (stopped or done) and state.epoch < config.epochs:
@@ -587,12 +598,18 @@ class _Run:
     ctx: distributed.Context = field(default_factory=distributed.Context)
     net: nn.Module | None = None
 
+    @property
+    def sync_every(self) -> int:
+        """Steps between reads of the metrics (TrainConfig.sync_every; None: 1 on the CPU,
+        50 on a GPU). Deferred reads need the fused optimiser, which skips an update on the
+        device; fit's is fused on the CPU and CUDA."""
+        if not self.optimizer.defaults.get("fused"):
+            return 1
+        return self.config.sync_every or (50 if self.device.type == "cuda" else 1)
+
     def emit(self, record: dict) -> bool:
         """Append ``record`` to the history and show it to the callback (rank 0's only);
         False: stop."""
-        if record["kind"] == "train":
-            now = time.perf_counter()
-            record["seconds"], self.last_time = now - self.last_time, now
         self.state.history.append(record)
         if not self.ctx.main:
             return True
@@ -763,7 +780,8 @@ def _restore(run: _Run, resume: str | Path) -> None:
     run.resumes = list(ckpt.get("resumes", []))
     run.resumes.append({"step": state.step, "from": str(resume),
                         "changed": {k: list(v) for k, v in changed.items()
-                                    if k not in ("progress", "out_dir", "device")}})
+                                    if k not in ("progress", "out_dir", "device",
+                                                 "sync_every")}})
 
 
 def same_data_spec(a: dict, b: dict) -> bool:
@@ -790,7 +808,7 @@ def _remaining_batches(run: _Run, train: Data) -> Iterator[tuple[int, Batch]]:
 def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler, config: TrainConfig,
                step: int, anneal_steps: int = 0, weight_decay: float = 0.0,
-               ctx: distributed.Context | None = None) -> dict:
+               ctx: distributed.Context | None = None, sync: bool = True) -> dict:
     """One optimiser step on ``batch``, which is step ``step + 1`` of the run; returns its
     metrics record (``kind="train"``). Under torchrun (``ctx``, ``model`` wrapped in
     DistributedDataParallel) ``batch`` is this process's share of the global batch, and loss
@@ -801,7 +819,10 @@ def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
     ``config.decay_before_clip`` the L2 term ``weight_decay`` joins it before the clip.
 
     Raises :class:`TrainingDiverged` on a non-finite or exploding loss, or a non-finite
-    gradient, before the parameters are updated.
+    gradient, before the parameters are updated. ``sync=False`` (fit's ``sync_every``) reads
+    nothing from the device: the record's metrics stay a device tensor until
+    :func:`read_records`, which raises instead, and the step's divergence flag joins the fused
+    optimiser's ``found_inf``, which skips this update and, the flag kept, every later one.
     """
     try:
         terms = elbo_samples(model, batch, config.train_samples)
@@ -822,12 +843,10 @@ def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
         objective = loss(terms, w)
         sums = torch.stack([terms.elbo.sum(), terms.log_likelihood.sum(), terms.kl.sum(),
                             terms.steps.sum(), objective]).detach()
-    if not torch.isfinite(sums[4]):  # the global loss, so that every process stops together
-        raise TrainingDiverged(f"non-finite loss at step {step + 1}")
-    value = float(sums[4])
-    if abs(value) > config.max_abs_loss:
-        raise TrainingDiverged(f"exploding loss {value:.3g} at step {step + 1} (beyond "
-                               f"TrainConfig.max_abs_loss={config.max_abs_loss:g})")
+    record = {"kind": "train", "step": step + 1, "epoch": None, "kl_weight": w}
+    if sync:  # a bad loss stops here, before the backward pass
+        values = sums.tolist()
+        _check_step(step + 1, values, config.max_abs_loss)
     optimizer.zero_grad(set_to_none=True)
     objective.backward()
     if config.decay_before_clip and weight_decay:  # d/dp of weight_decay/2 * |p|^2
@@ -835,22 +854,88 @@ def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
             if p.grad is not None:
                 p.grad.add_(p.detach(), alpha=weight_decay)
     if config.clip_value_sum:  # Pyro's clamp on the summed loss, per step here
-        batch_steps = float(sums[3]) / config.train_samples
-        nn.utils.clip_grad_value_(model.parameters(), config.clip_value_sum / batch_steps)
-    grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm))
-    if not math.isfinite(grad_norm):
-        raise TrainingDiverged(f"non-finite gradient norm at step {step + 1}")
+        # sums[3] counts the observed steps of every guide draw
+        if sync:
+            nn.utils.clip_grad_value_(model.parameters(),
+                                      config.clip_value_sum * config.train_samples / values[3])
+        else:  # the same bound, kept on the device
+            bound = config.clip_value_sum * config.train_samples / sums[3]
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.clamp_(-bound, bound)
+    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm).detach()
+    loss_value = sums[4]
+    bad = ~(torch.isfinite(loss_value) & (loss_value.abs() <= config.max_abs_loss)
+            & torch.isfinite(grad_norm))
+    if sync:
+        _check_step(step + 1, [*sums.tolist(), float(grad_norm)], config.max_abs_loss)
+    else:  # one flag from here on: the update is skipped on the device, and the later ones
+        found = getattr(optimizer, "found_inf", None)
+        optimizer.found_inf = bad.float() if found is None else torch.maximum(found, bad)
     optimizer.step()
     scheduler.step()
-    elbo_sum, ll_sum, kl_sum, steps = (float(v) for v in sums[:4])
-    return {
-        "kind": "train", "step": step + 1, "epoch": None,
-        "loss": value,
-        "nelbo": -elbo_sum / steps,
-        "log_likelihood": ll_sum / steps,
-        "kl": kl_sum / steps,
-        "kl_weight": w, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
-    }
+    record["lr"] = scheduler.get_last_lr()[0]
+    record["device"] = torch.cat([sums, grad_norm.to(sums.dtype)[None]])
+    return read_records([record], config.max_abs_loss)[0] if sync else record
+
+
+def _check_step(step: int, values: list[float], max_abs: float) -> None:
+    """Raise TrainingDiverged if step ``step``'s ``[elbo, log-lik, kl, steps, loss(, grad
+    norm)]`` show a non-finite or exploding loss, or a non-finite gradient norm."""
+    value = values[4]
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"non-finite loss at step {step}")
+    if abs(value) > max_abs:
+        raise TrainingDiverged(f"exploding loss {value:.3g} at step {step} (beyond "
+                               f"TrainConfig.max_abs_loss={max_abs:g})")
+    if len(values) > 5 and not math.isfinite(values[5]):
+        raise TrainingDiverged(f"non-finite gradient norm at step {step}")
+
+
+def read_records(pending: list[dict], max_abs_loss: float = math.inf) -> list[dict]:
+    """The records of steps that :func:`train_step` left on the device, read in one transfer
+    (one host-device synchronisation); raises :class:`TrainingDiverged` at the first bad step,
+    with the records before it returned on the exception's ``records``."""
+    if not any("device" in r for r in pending):  # read already (train_step's sync=True)
+        return list(pending)
+    rows = torch.stack([r["device"] for r in pending]).tolist()
+    done = []
+    for record, (elbo_sum, ll_sum, kl_sum, steps, value, grad_norm) in zip(pending, rows,
+                                                                            strict=True):
+        record = {k: v for k, v in record.items() if k != "device"}
+        try:
+            _check_step(record["step"], [elbo_sum, ll_sum, kl_sum, steps, value, grad_norm],
+                        max_abs_loss)
+        except TrainingDiverged as err:
+            err.records = done
+            raise
+        done.append({**record, "loss": value, "nelbo": -elbo_sum / steps,
+                     "log_likelihood": ll_sum / steps, "kl": kl_sum / steps,
+                     "grad_norm": grad_norm})
+    return done
+
+
+def _emit_steps(run: _Run, pending: list[dict], bar: tqdm) -> bool:
+    """Read the records of the steps in ``pending`` (one transfer from the device), emit them
+    in order with their share of the time since the last read, and empty ``pending``; False
+    when the callback asked to stop. Raises TrainingDiverged at the first bad step, after
+    emitting the records before it."""
+    try:
+        records = read_records(pending, run.config.max_abs_loss)
+    except TrainingDiverged as err:
+        for record in err.records:
+            run.emit({**record, "epoch": run.state.epoch, "seconds": 0.0})
+        raise
+    pending.clear()
+    now = time.perf_counter()
+    seconds, run.last_time = (now - run.last_time) / max(len(records), 1), now
+    go_on = True
+    for record in records:
+        go_on = run.emit({**record, "epoch": run.state.epoch, "seconds": seconds}) and go_on
+    if records:
+        bar.set_postfix(nelbo=f"{records[-1]['nelbo']:.3f}",
+                        kl_w=f"{records[-1]['kl_weight']:.2f}")
+    return go_on
 
 
 def _end_of_epoch(run: _Run, val: Data | None) -> bool:
@@ -970,7 +1055,9 @@ def _survivor(run: _Run) -> str:
 
 
 def _advice(run: _Run, diverged: bool) -> str:
-    lr = run.optimizer.param_groups[0]["lr"]
+    # the lr of the last good step (with sync_every > 1 the schedule has run on to the read)
+    lr = next((r["lr"] for r in reversed(run.state.history) if r["kind"] == "train"),
+              run.optimizer.param_groups[0]["lr"])
     path = _saved_path(run)
     if diverged:
         fixes = (f"lower the learning rate (e.g. to {lr / 10:.3g}), raise min_scale, or check "
