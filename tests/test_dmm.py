@@ -15,6 +15,7 @@ from vaelab.dmm import (
     DMMIAF,
     DMMConfig,
     DMMIAFConfig,
+    _Scan,
     reverse_sequences,
 )
 from vaelab.objectives import elbo_samples, importance_log_likelihood, loss
@@ -487,3 +488,46 @@ def test_kl_per_dim_sums_to_the_elbo_kl():
     terms = model.elbo(batch, analytic_kl=True)
     assert per_dim.shape == (4,)
     torch.testing.assert_close(per_dim.sum(), terms.kl.sum() / terms.steps.sum())
+
+
+@pytest.mark.parametrize("options", [{}, KRISHNAN])
+def test_the_scan_padded_to_a_graph_bucket_equals_the_scan_on_the_batch(options):
+    """On a GPU the guide's scan runs on T padded up to a multiple of graph_bucket (a few CUDA
+    graphs serve every batch); here the same padded scan, run eagerly on the CPU, against the
+    unpadded one: values and every gradient (h_rnn's included) equal."""
+    model = small_dmm(**options).double()
+    steps, n = 11, 5  # not a multiple of the bucket
+    model.graph_bucket = 8
+    h_rows = torch.randn(steps, n, SMALL["rnn_dim"], dtype=torch.double, requires_grad=True)
+    noise = torch.randn(steps, n, SMALL["z_dim"], dtype=torch.double)
+    weights = [torch.randn(steps, n, SMALL["z_dim"], dtype=torch.double) for _ in range(3)]
+    scan = _Scan(model.combiner, model.z_q_0)
+    inputs = [h_rows, *model.parameters()]
+    results = []
+    for outputs in (scan(h_rows, noise), model._bucketed_scan(h_rows, noise, capture=False)):
+        assert [y.shape for y in outputs] == [(steps, n, SMALL["z_dim"])] * 3
+        objective = sum((w * y).sum() for w, y in zip(weights, outputs))
+        results.append((outputs, torch.autograd.grad(objective, inputs, allow_unused=True)))
+    (plain, plain_grads), (padded, padded_grads) = results
+    for a, b in zip(plain, padded):
+        torch.testing.assert_close(a, b)
+    names = ["h_rnn", *(name for name, _ in model.named_parameters())]
+    for name, a, b in zip(names, plain_grads, padded_grads):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, msg=name)
+    assert sum(g is not None for g in padded_grads) == 5 + (not options)  # h, W, b, A, c, z_q_0
+
+
+def test_a_copy_or_pickle_of_a_dmm_leaves_its_cuda_graphs_behind():
+    """Captured graphs (which hold device memory and cannot be pickled) stay with the model
+    that captured them; the dashboard copies and pickles models."""
+    import copy
+    import pickle
+
+    model = small_dmm()
+    model._graphs[("a shape",)] = lambda *args: None  # stands for a captured graph
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert twin._graphs == {} and model._graphs
+        for a, b in zip(model.parameters(), twin.parameters()):
+            assert torch.equal(a, b)

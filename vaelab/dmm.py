@@ -26,13 +26,14 @@ emitter are evaluated for every time step in one batched call each.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal, kl_divergence
-from torch.nn.functional import linear, softplus
+from torch.nn.functional import linear, pad, softplus
 
 from vaelab.data import Batch
 from vaelab.distributions import BernoulliLogits
@@ -279,8 +280,33 @@ class _CombinerScan(torch.autograd.Function):
                 flat_out.sum(0), None, None, None)
 
 
+class _Scan(nn.Module):
+    """:class:`_CombinerScan` over the combiner's parameters and z_q_0, as the module that
+    ``torch.cuda.make_graphed_callables`` captures (its forward and backward in one CUDA graph
+    each). It is not registered in the DMM: the state dict does not see it."""
+
+    def __init__(self, combiner: Combiner, z_q_0: Tensor) -> None:
+        super().__init__()
+        self.combiner = combiner
+        if isinstance(z_q_0, nn.Parameter):
+            self.z_q_0 = z_q_0
+        else:  # standard_initial_prior: a buffer
+            self.register_buffer("z_q_0", z_q_0)
+
+    def forward(self, h_rows: Tensor, noise_rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        lin, out = self.combiner.z_to_hidden, self.combiner.hidden_to_loc_scale
+        return _CombinerScan.apply(h_rows, noise_rows, self.z_q_0, lin.weight, lin.bias,
+                                   out.weight, out.bias, self.combiner.min_scale,
+                                   self.combiner.softplus_variance, None)
+
+
 class DMM(nn.Module):
     """Deep Markov Model with a backward-RNN guide (Krishnan et al. 2017, arXiv:1609.09869)."""
+
+    # On a GPU the guide's scan (forward and backward) replays CUDA graphs, one per padded
+    # length and batch width: T is padded up to a multiple of graph_bucket, so that a few
+    # graphs serve every batch. cuda_graphs=False runs it eagerly (the same numbers).
+    graph_bucket: ClassVar[int] = 32
 
     name = "dmm"
     # Pyro's example's settings; validation and checkpoints every 10 epochs, not every epoch
@@ -326,6 +352,13 @@ class DMM(nn.Module):
         # True: nn.RNN and the guide's loop through autograd, without the hand-written
         # backward passes (same numbers, slower; for tests and benchmarks/dmm_speed.py)
         self.plain_loop = False
+        self.cuda_graphs = True
+        self._graphs: dict = {}  # (T padded, rows, dtype, device) -> graphed _Scan, or None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()  # copies and pickles leave the CUDA graphs behind
+        state["_graphs"] = {}
+        return state
 
     # ------------------------------------------------------------------------- input checks
 
@@ -460,10 +493,14 @@ class DMM(nn.Module):
         # time-major rows b*S + s: [T, B*S, .]
         h_rows = h_rnn.transpose(0, 1).repeat_interleave(samples, dim=1)
         noise_rows = noise.permute(2, 1, 0, 3).reshape(steps, batch * samples, -1)
-        lin, out = self.combiner.z_to_hidden, self.combiner.hidden_to_loc_scale
-        outputs = _CombinerScan.apply(h_rows, noise_rows, self.z_q_0, lin.weight, lin.bias,
-                                      out.weight, out.bias, self.combiner.min_scale,
-                                      self.combiner.softplus_variance, rows)
+        if h_rows.is_cuda and self.cuda_graphs and rows is None:
+            outputs = self._bucketed_scan(h_rows, noise_rows)
+        else:
+            lin, out = self.combiner.z_to_hidden, self.combiner.hidden_to_loc_scale
+            outputs = _CombinerScan.apply(h_rows, noise_rows, self.z_q_0, lin.weight,
+                                          lin.bias, out.weight, out.bias,
+                                          self.combiner.min_scale,
+                                          self.combiner.softplus_variance, rows)
         inverse = None if order is None else torch.argsort(order)
 
         def sample_major(y: Tensor) -> Tensor:  # [T, B*S, Z] -> [S*B, T, Z], caller's order
@@ -473,6 +510,41 @@ class DMM(nn.Module):
             return y.reshape(samples * batch, steps, -1)  # a view when S = 1
 
         return tuple(sample_major(y) for y in outputs)
+
+    def _bucketed_scan(self, h_rows: Tensor, noise_rows: Tensor, capture: bool = True
+                       ) -> tuple[Tensor, Tensor, Tensor]:
+        """The scan on ``[T, N, .]`` rows with T padded to a multiple of ``graph_bucket``
+        (zeros: the padded steps come after every observed one and are cut off), replayed from
+        a CUDA graph captured on first use for that shape. ``capture=False``, or a capture
+        that fails (with a warning), runs the same padded scan eagerly."""
+        steps, n = noise_rows.shape[:2]
+        extra = -steps % self.graph_bucket
+        if extra:
+            h_rows = pad(h_rows, (0, 0, 0, 0, 0, extra))
+            noise_rows = pad(noise_rows, (0, 0, 0, 0, 0, extra))
+        scan = _Scan(self.combiner, self.z_q_0)
+        if capture:
+            # the parameters' addresses too: a graph reads the tensors it was captured with,
+            # which .to() or .double() replace
+            key = (steps + extra, n, h_rows.dtype, h_rows.device, h_rows.requires_grad,
+                   *(p.data_ptr() for p in scan.parameters()), self.z_q_0.data_ptr())
+            if key not in self._graphs:
+                self._graphs[key] = self._capture(scan, h_rows, noise_rows)
+            scan = self._graphs[key] or scan
+        return tuple(y[:steps] for y in scan(h_rows, noise_rows))
+
+    @staticmethod
+    def _capture(scan: _Scan, h_rows: Tensor, noise_rows: Tensor) -> nn.Module | None:
+        """``scan`` captured for inputs shaped as these (static copies), or None with a
+        warning when CUDA cannot capture it."""
+        sample = (h_rows.detach().clone().requires_grad_(h_rows.requires_grad),
+                  noise_rows.detach().clone())
+        try:
+            return torch.cuda.make_graphed_callables(scan, sample)
+        except RuntimeError as err:
+            warnings.warn(f"the DMM guide's scan could not be captured in a CUDA graph ({err});"
+                          f" it runs eagerly (the same numbers, slower)", stacklevel=3)
+            return None
 
     def prior(self, z: Tensor) -> Independent:
         """p(z_t | z_{t-1}) for every step of the paths ``z [N, T, Z]`` in one call, batch
