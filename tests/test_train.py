@@ -546,3 +546,25 @@ def test_a_callback_stop_acts_at_the_next_read(digits, tmp_path):
     assert [r["step"] for r in history if r["kind"] == "train"] == [1, 2, 3, 4]
     assert history[-1]["stopped"] is True
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 4
+
+
+def test_a_callback_learns_the_step_its_parameters_are_at(digits):
+    """The dashboard labels parameter snapshots taken in the callback: with sync_every=3 the
+    records of steps 1-3 arrive after step 3, and at_step says so."""
+    train, _ = digits
+
+    class Callback:
+        at_step = None
+
+        def __init__(self):
+            self.seen = []
+
+        def __call__(self, record):
+            self.seen.append((record["kind"], record["step"], self.at_step))
+
+    for every, expected in ((1, [1, 2, 3, 4, 5]), (3, [3, 3, 3, 5, 5])):
+        callback = Callback()
+        fit(small_vae(), train, None, config(epochs=1, sync_every=every), callback=callback)
+        assert [at for kind, _, at in callback.seen if kind == "train"] == expected
+        assert [step for kind, step, _ in callback.seen if kind == "train"] == [1, 2, 3, 4, 5]
+        assert callback.seen[-1] == ("end", 5, 5)

@@ -383,6 +383,7 @@ class _Reporter:
         self.times: list[float] = []  # wall-clock time each pending record was made
         self.last_flush = self.last_check = time.monotonic()
         self.last_snapshot = -float("inf")
+        self.at_step: int | None = None  # fit sets it: the parameters' step at each call
 
     def flush(self) -> None:
         if self.pending:
@@ -404,7 +405,7 @@ class _Reporter:
         if snapshot or now - self.last_flush >= FLUSH_SECONDS:
             self.flush()
         if snapshot:
-            self.queue.put(("state", _state_bytes(self.model), record["step"]))
+            self.queue.put(("state", _state_bytes(self.model), self.at_step or record["step"]))
             self.last_snapshot = now
         if now - self.last_check >= PARENT_CHECK_SECONDS:
             self.last_check = now
@@ -413,7 +414,8 @@ class _Reporter:
         if not self.go.is_set():
             self.flush()
             # plots of a paused run
-            self.queue.put(("waiting", True, _state_bytes(self.model), record["step"]))
+            self.queue.put(("waiting", True, _state_bytes(self.model),
+                            self.at_step or record["step"]))
             while not self.go.wait(PARENT_CHECK_SECONDS):
                 if not self.parent_alive():
                     return False

@@ -494,7 +494,9 @@ def fit(
     ----------
     callback : callable, optional
         Called with every metrics record (``record["kind"]`` is ``"train"``, ``"val"`` or
-        ``"end"``); returning ``False`` stops training after saving a checkpoint.
+        ``"end"``); returning ``False`` stops training after saving a checkpoint. A callback
+        with an ``at_step`` attribute finds there the step of the model's parameters at the
+        call (later than a train record's step when ``config.sync_every > 1``).
     resume : path, optional
         A checkpoint written by ``fit``: model, optimiser, schedule, counters and random states
         are restored, and training continues exactly where it stopped. ``model`` must have the
@@ -613,6 +615,8 @@ class _Run:
         self.state.history.append(record)
         if not self.ctx.main:
             return True
+        if hasattr(self.callback, "at_step"):  # the parameters' step, for snapshots: with
+            self.callback.at_step = self.state.step  # sync_every > 1 it passes the record's
         return self.callback is None or self.callback(record) is not False
 
 
