@@ -24,6 +24,12 @@ prints min/median/max seconds per epoch, the peak memory of one further epoch of
 CPU the rise in resident memory, sampled every 2 ms; on CUDA the allocator's peak), and last
 ``ratio=<Pyro median / vaelab defaults median>``. Issue 26's targets: >= 7x with the
 defaults, >= 5x on Pyro's padding.
+
+On a GPU (``--device cuda``) our epochs run the fast path: the guide's scan replayed from CUDA
+graphs and the metrics read every 50 steps (``TrainConfig.sync_every``); a fourth row times
+the defaults eagerly with a read per step, to show what those two gain. ``--krishnan`` adds
+the README's best flow-free settings and prints the projected wall time of their 1300 epochs.
+One prepared GPU session runs all of it: ``bash benchmarks/gpu_session.sh speed OUT``.
 """
 
 from __future__ import annotations
@@ -51,17 +57,29 @@ Epoch = Callable[[], tuple[float, float]]  # one training epoch -> (seconds, los
 DIVERGED_LOSS = 1e3
 
 
-def our_settings() -> dict[str, tuple[str, dict, dict]]:
-    """The three vaelab settings timed against Pyro: ``label -> (description, DMMConfig
-    overrides, TrainConfig overrides)``."""
+def our_settings(device: str = "cpu", krishnan: bool = False
+                 ) -> dict[str, tuple[str, dict, dict, bool]]:
+    """The vaelab settings timed against Pyro: ``label -> (description, DMMConfig overrides,
+    TrainConfig overrides, CUDA graphs)``. Three always; on CUDA also the defaults without
+    CUDA graphs and with a read per step (what the graphs and deferred reads gain); with
+    ``krishnan`` the README's best flow-free settings, for the projected wall time."""
     pyro_model, pyro_train = apply_preset("pyro")
     buckets = {**pyro_train, "bucket_jitter": TrainConfig.bucket_jitter}
-    return {
-        "defaults": ("vaelab, defaults", {}, {}),
+    settings = {
+        "defaults": ("vaelab, defaults", {}, {}, True),
         "closest": ("vaelab, closest to Pyro (ReLU RNN, MC KL, its optimiser)", pyro_model,
-                    buckets),
-        "pyro_padding": ("vaelab, closest, on Pyro's plain shuffle", pyro_model, pyro_train),
+                    buckets, True),
+        "pyro_padding": ("vaelab, closest, on Pyro's plain shuffle", pyro_model, pyro_train,
+                         True),
     }
+    if device.startswith("cuda"):
+        settings["eager"] = ("vaelab, defaults, eager: no graphs, a read per step", {},
+                             {"sync_every": 1}, False)
+    if krishnan:
+        model_kw, train_kw = apply_preset("krishnan")
+        settings["krishnan"] = ("vaelab, --preset krishnan (best flow-free JSB)", model_kw,
+                                train_kw, True)
+    return settings
 
 
 class OurTraining:
@@ -69,9 +87,9 @@ class OurTraining:
     with the next seed, so each epoch shuffles afresh)."""
 
     def __init__(self, train: Data, model_kw: dict, train_kw: dict, seed: int = 0,
-                 max_batches: int | None = None, device: str = "cpu", num_iafs: int = 0
-                 ) -> None:
-        self.model_kw, self.num_iafs = model_kw, num_iafs
+                 max_batches: int | None = None, device: str = "cpu", num_iafs: int = 0,
+                 graphs: bool = True) -> None:
+        self.model_kw, self.num_iafs, self.graphs = model_kw, num_iafs, graphs
         self.train, self.device = train, torch.device(device)
         self.base = {**DMM.train_defaults, **train_kw, "epochs": 1, "eval_every": 0,
                      "progress": False, "device": device, "max_steps": max_batches}
@@ -85,6 +103,7 @@ class OurTraining:
             self.model = DMMIAF(DMMIAFConfig(**kw))
         else:
             self.model = DMM(DMMConfig(**self.model_kw))
+        self.model.cuda_graphs = self.graphs  # on CUDA: the guide's scan from CUDA graphs
         self.seed = seed
 
     def epoch(self) -> tuple[float, float]:
@@ -152,9 +171,10 @@ def vs_pyro(args: argparse.Namespace) -> None:
         "pyro": ("Pyro examples/dmm.py (Trace_ELBO)",
                  PyroTraining(train, args.seed, args.max_batches, device,
                               num_iafs=args.num_iafs))}
-    for label, (what, model_kw, train_kw) in our_settings().items():
+    for label, (what, model_kw, train_kw, graphs) in our_settings(args.device,
+                                                                  args.krishnan).items():
         runs[label] = (what, OurTraining(train, model_kw, train_kw, args.seed,
-                                         args.max_batches, args.device, args.num_iafs))
+                                         args.max_batches, args.device, args.num_iafs, graphs))
     order = list(runs)
     restarts = dict.fromkeys(order, 0)
 
@@ -201,7 +221,12 @@ def vs_pyro(args: argparse.Namespace) -> None:
     print(f"  (seconds per epoch; loss: the last timed epoch's annealed -ELBO per observed "
           f"step; restarts: fresh weights after a divergence, NaN or a loss above "
           f"{DIVERGED_LOSS:g}, the ReLU RNN's failure)")
-    for label in ("closest", "pyro_padding", "defaults"):  # the defaults' ratio last
+    if "krishnan" in medians:
+        epochs = apply_preset("krishnan")[1]["epochs"]
+        print(f"  projected: --preset krishnan, {epochs} epochs at its median "
+              f"{medians['krishnan']:.3f} s = {epochs * medians['krishnan'] / 60:.1f} min of "
+              f"training (validation and checkpoints not counted)")
+    for label in (*(k for k in order if k not in ("pyro", "defaults")), "defaults"):
         name = "ratio" if label == "defaults" else f"ratio_{label}"
         print(f"{name}={medians['pyro'] / medians[label]:.2f}")
 
@@ -218,6 +243,8 @@ def main() -> None:
                    help="--vs-pyro: mini-batches per epoch (default: all 12; tests use 1)")
     p.add_argument("--num-iafs", type=int, default=0, help="--vs-pyro: IAFs in both guides")
     p.add_argument("--device", default="cpu", help="--vs-pyro: cpu or cuda")
+    p.add_argument("--krishnan", action="store_true",
+                   help="--vs-pyro: also time --preset krishnan and project its wall time")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     if args.epochs < 1 or (args.max_batches is not None and args.max_batches < 1):

@@ -9,6 +9,11 @@
 #   bash benchmarks/gpu_session.sh others DATA_DIR RUNS   # Nottingham, Piano-midi, MuseData
 #   bash benchmarks/gpu_session.sh is_k CHECKPOINT K...    # val and test NLL for each K
 #   bash benchmarks/gpu_session.sh evaluate RUNS OUT K     # stop; evaluate every checkpoint
+# The speed figures against Pyro on the GPU (CUDA graphs, deferred reads), one call of the
+# device tool, about 5 minutes; Pyro is not on that machine, so carry its wheels (.whl, which
+# .git/info/exclude ignores; pure Python, made here with
+# `pip download --no-deps -d .whl pyro-ppl==1.9.2 pyro-api==0.1.2`):
+#   bash benchmarks/gpu_session.sh speed OUT     # run with carry [".whl"]
 set -u
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 stamp() { while IFS= read -r l; do printf '%s %s\n' "$(date +%s)" "$l"; done; }
@@ -21,6 +26,20 @@ launch() {  # name, cores, arguments
 }
 logs() { tar czf "$2/logs.tgz" -C "$1" $(cd "$1" && ls *.log); }  # RUNS OUT
 case $1 in
+speed)  # OUT: the CUDA tests (graphs against the eager scan, float64), then Pyro against ours
+  out=$2
+  if ! python3 -c "import pyro" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl \
+      && export PYTHONPATH=$PWD:/tmp/site || exit 1
+  fi
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
+  python3 -m pytest tests/test_gpu.py -q -p no:cacheprovider 2>&1 | tee "$out/tests.log" | tail -15
+  python3 benchmarks/dmm_speed.py --vs-pyro --device cuda --epochs 3 --krishnan 2>"$out/flow_free.err" \
+    | tee "$out/flow_free.txt"
+  python3 benchmarks/dmm_speed.py --vs-pyro --device cuda --epochs 2 --num-iafs 2 2>"$out/iaf2.err" \
+    | tee "$out/iaf2.txt"
+  ;;
 start)
   data=$2 runs=$3; mkdir -p "$runs"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv

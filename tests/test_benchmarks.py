@@ -233,7 +233,8 @@ def test_pyro_training_rejects_unknown_settings_and_static_data():
 def test_dmm_speed_vs_pyro_times_one_tiny_epoch_of_each():
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dmm_speed.py"),
                            "--vs-pyro", "--epochs", "1", "--max-batches", "1", "--threads",
-                           "1"], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                           "1", "--krishnan"], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT,
                           check=False)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
@@ -241,14 +242,20 @@ def test_dmm_speed_vs_pyro_times_one_tiny_epoch_of_each():
     rows = {}
     for line in lines:
         for what in ("Pyro examples/dmm.py", "vaelab, defaults", "vaelab, closest to Pyro",
-                     "vaelab, closest, on Pyro's plain shuffle"):
+                     "vaelab, closest, on Pyro's plain shuffle", "vaelab, --preset krishnan"):
             if line.strip().startswith(what):
                 rows[what] = [float(v) for v in line[60:].split()[:4]]
-    assert len(rows) == 4, done.stdout
+    assert len(rows) == 5, done.stdout  # no eager-GPU row on the CPU
     for low, median, high, peak_mb in rows.values():
         assert 0 < low <= median <= high and peak_mb >= 0
-    ratios = dict(line.split("=") for line in lines[-3:])
-    assert list(ratios) == ["ratio_closest", "ratio_pyro_padding", "ratio"]  # defaults last
+    ratios = dict(line.split("=") for line in lines[-4:])
+    assert list(ratios) == ["ratio_closest", "ratio_pyro_padding", "ratio_krishnan",
+                            "ratio"]  # the defaults' last
+    # the wall time of the README's best flow-free run, from the preset's epoch time
+    projected = next(line for line in lines if "projected: --preset krishnan" in line)
+    minutes = float(projected.split(" s = ")[1].split(" min")[0])
+    krishnan = rows["vaelab, --preset krishnan"][1]
+    assert minutes == pytest.approx(1300 * krishnan / 60, rel=0.02, abs=0.06)
     pyro_median = rows["Pyro examples/dmm.py"][1]
     assert float(ratios["ratio"]) == pytest.approx(
         pyro_median / rows["vaelab, defaults"][1], rel=0.01, abs=0.01)
