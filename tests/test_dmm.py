@@ -531,3 +531,30 @@ def test_a_copy_or_pickle_of_a_dmm_leaves_its_cuda_graphs_behind():
         assert twin._graphs == {} and model._graphs
         for a, b in zip(model.parameters(), twin.parameters()):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("make, options", [(small_dmm, {}), (small_dmm, KRISHNAN),
+                                           (small_dmm, {"analytic_kl": False}),
+                                           (small_dmm_iaf, {})])
+def test_the_elbo_scored_on_observed_steps_only_equals_the_masked_sum(make, options):
+    """On the CPU the emitter, transition and KL see the observed steps only (gathered with
+    index_select, summed back per sequence); the plain path scores every step and masks the
+    sum. Same terms and gradients, two guide samples per sequence, float64."""
+    model = make(**options).double()
+    batch = ragged_batch([7, 4, 1, 6])
+    batch = Batch(batch.x.double(), mask=batch.mask)
+    noise = torch.randn(2 * 4, 7, 3, dtype=torch.double)
+    results = []
+    for plain in (True, False):
+        model.plain_loop = plain
+        terms = model.elbo(batch, noise=noise, samples=2)
+        value = terms.log_likelihood.sum() - 2 * terms.kl.sum()  # both terms reach a gradient
+        grads = torch.autograd.grad(value, list(model.parameters()), allow_unused=True)
+        results.append((terms, grads))
+    (plain, plain_grads), (packed, packed_grads) = results
+    for field in ("log_likelihood", "kl", "steps"):
+        torch.testing.assert_close(getattr(plain, field), getattr(packed, field), msg=field)
+    for (name, _), a, b in zip(model.named_parameters(), plain_grads, packed_grads):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, msg=name)

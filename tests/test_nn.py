@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from vaelab.nn import MLP, MaskedLinear, activation, elman_rnn, made_degrees
+from vaelab.nn import MLP, MaskedLinear, activation, elman_rnn, fill_padding, made_degrees
 
 
 @pytest.mark.parametrize("hidden", [[], [7], [5, 6]])
@@ -91,3 +91,13 @@ def test_elman_rnn_refuses_what_it_does_not_implement():
     with pytest.raises(ValueError, match="one-layer, batch-first"):
         elman_rnn(nn.RNN(4, 5, num_layers=2, batch_first=True), torch.randn(2, 3, 4),
                   torch.zeros(2, 5))
+
+
+def test_fill_padding_sets_the_staircase_after_each_steps_rows_and_nothing_else():
+    rows = (4, 4, 3, 1, 1, 0)  # observed sequences per step, longest first
+    y = torch.randn(6, 4, 2)
+    before = y.clone()
+    assert fill_padding(y, rows, 7.0) is y
+    observed = torch.arange(4) < torch.tensor(rows)[:, None]  # [T, N]
+    assert torch.equal(y[observed], before[observed])
+    assert (y[~observed] == 7.0).all()

@@ -38,7 +38,15 @@ from torch.nn.functional import linear, pad, softplus
 from vaelab.data import Batch
 from vaelab.distributions import BernoulliLogits
 from vaelab.flows import IAFStack
-from vaelab.nn import MLP, by_length, elman_rnn, observed_rows, reverse_sequences
+from vaelab.nn import (
+    MLP,
+    by_length,
+    elman_rnn,
+    fill_padding,
+    observed_rows,
+    padded_like,
+    reverse_sequences,
+)
 from vaelab.objectives import ELBOTerms, importance_log_likelihood, masked_sum
 
 
@@ -219,27 +227,32 @@ class _CombinerScan(torch.autograd.Function):
         # padding's z and loc are 0, its scale 1
         steps, n, z_dim = noise.shape
         rows = rows or (n,) * steps
-        tanh_z, h = (torch.empty_like(h_rnn) for _ in range(2))  # [T, N, R]
-        z, loc, scale, d_scale = (torch.empty_like(noise) for _ in range(4))
-        z_prev = z_q_0.expand(n, -1)
+        # the padding's z, loc and h (which the weights' gradient reads): 0, its scale 1
+        tanh_z, h = torch.empty_like(h_rnn), padded_like(h_rnn, rows)  # [T, N, R]
+        z, d_scale = padded_like(noise, rows), torch.empty_like(noise)  # [T, N, Z]
+        loc_s = padded_like(noise, rows, (steps, n, 2 * z_dim))  # [loc | s], [loc | scale]
         weight_t = weight.t().contiguous()  # [Z, R]: a row-major operand multiplies faster
-        weight_out_t = weight_out.t().contiguous()  # [R, 2Z]
-        for t, m in enumerate(rows):
-            torch.addmm(bias, z_prev[:m], weight_t, out=tanh_z[t, :m]).tanh_()
-            torch.add(tanh_z[t, :m], h_rnn[t, :m], out=h[t, :m]).mul_(0.5)
-            out = torch.addmm(bias_out, h[t, :m], weight_out_t)  # [m, 2Z]
-            loc[t, :m], s = out[:, :z_dim], out[:, z_dim:]
-            torch.sigmoid(s, out=d_scale[t, :m])  # softplus' derivative, for the backward
+        # 1/2 A^T: h = 1/2 (tanh + h_rnn) enters only through A h, so h here is the sum and
+        # the half goes into the weight (h's other reader, the weight gradient, halves too)
+        half_out_t = (0.5 * weight_out).t().contiguous()  # [R, 2Z]
+        z_prev = z_q_0.expand(n, -1)
+        # each step's [m, .] views, taken once (indexing costs as much as a small operation)
+        for m, *views in zip(rows, *(y.unbind(0) for y in (tanh_z, h_rnn, h, loc_s, d_scale,
+                                                            noise, z))):
+            tz, hr, hh, out, ds, nz, zz = views if m == n else (y[:m] for y in views)
+            torch.addmm(bias, z_prev[:m], weight_t, out=tz).tanh_()
+            torch.add(tz, hr, out=hh)
+            torch.addmm(bias_out, hh, half_out_t, out=out)  # [m, 2Z]
+            s = out[:, z_dim:]
+            torch.sigmoid(s, out=ds)  # softplus' derivative, for the backward
             if softplus_variance:  # scale = sqrt(softplus(s) + m^2): d/ds = sigmoid / 2 scale
-                torch.add(softplus(s), min_scale**2, out=scale[t, :m]).sqrt_()
-                d_scale[t, :m].div_(scale[t, :m]).mul_(0.5)
+                torch.add(softplus(s), min_scale**2, out=s).sqrt_()
+                ds.div_(s).mul_(0.5)
             else:
-                torch.add(softplus(s), min_scale, out=scale[t, :m])
-            z_prev = torch.addcmul(loc[t, :m], scale[t, :m], noise[t, :m], out=z[t, :m])
-            if m < n:  # the padding: outputs and the h that the weights' gradient reads
-                for y in (z[t, m:], loc[t, m:], h[t, m:]):
-                    y.zero_()
-                scale[t, m:] = 1
+                torch.add(softplus(s), min_scale, out=s)
+            z_prev = torch.addcmul(out[:, :z_dim], s, nz, out=zz)
+        loc, scale = loc_s[..., :z_dim], loc_s[..., z_dim:]
+        fill_padding(scale, rows, 1.0)
         ctx.save_for_backward(noise, z, tanh_z, h, d_scale, z_q_0, weight, weight_out)
         ctx.rows = rows
         return z, loc, scale
@@ -249,24 +262,27 @@ class _CombinerScan(torch.autograd.Function):
         noise, z, tanh_z, h, d_scale, z_q_0, weight, weight_out = ctx.saved_tensors
         rows = ctx.rows
         steps, n, z_dim = noise.shape
-        grad_out = noise.new_empty(steps, n, 2 * z_dim)  # dL/d[loc | s]
-        grad_h_rnn = torch.empty_like(tanh_z)  # dL/dh_rnn_t = 1/2 A^T dL/d[loc | s], [T, N, R]
-        grad_pre = torch.empty_like(tanh_z)  # dL/d(W z_{t-1} + b)
+        # 0 at the padding, which no output depends on
+        grad_out = padded_like(noise, rows, (steps, n, 2 * z_dim))  # dL/d[loc | s]
+        grad_h_rnn = padded_like(tanh_z, rows)  # dL/dh_rnn_t = 1/2 A^T dL/d[loc | s]
+        grad_pre = padded_like(tanh_z, rows)  # dL/d(W z_{t-1} + b), [T, N, R]
         half_out = 0.5 * weight_out  # [2Z, R]
+        slope = 1 - tanh_z * tanh_z  # tanh' at every step in one operation
         carry = noise.new_zeros(0, z_dim)  # dL/dz_t through step t+1, rows[t + 1] rows
-        for t in range(steps - 1, -1, -1):
-            m = rows[t]
-            if m < n:  # the padding
-                for y in (grad_out[t, m:], grad_h_rnn[t, m:], grad_pre[t, m:]):
-                    y.zero_()
-            d_z = grad_z[t, :m].clone()
-            d_z[:len(carry)] += carry  # the sequences still observed at t + 1
-            torch.add(grad_loc[t, :m], d_z, out=grad_out[t, :m, :z_dim])
-            torch.mul(torch.addcmul(grad_scale[t, :m], d_z, noise[t, :m]), d_scale[t, :m],
-                      out=grad_out[t, :m, z_dim:])
-            g = torch.mm(grad_out[t, :m], half_out, out=grad_h_rnn[t, :m])
-            d = torch.mul(g, 1 - tanh_z[t, :m] * tanh_z[t, :m], out=grad_pre[t, :m])
-            carry = d @ weight  # dL/dz_{t-1}
+        per_step = zip(rows, *(y.unbind(0) for y in (grad_z, grad_loc, grad_scale, noise,
+                                                      d_scale, grad_out, grad_h_rnn, slope,
+                                                      grad_pre)))
+        for m, *views in reversed(list(per_step)):
+            gz, gl, gs, nz, ds, go, gh, sl, gp = views if m == n else (y[:m] for y in views)
+            if len(carry) == m:  # dL/dz_t, its own and through step t + 1
+                d_z = torch.add(gz, carry)
+            else:  # the sequences observed at t + 1 are a prefix of those at t
+                d_z = gz.clone()
+                d_z[:len(carry)] += carry
+            torch.add(gl, d_z, out=go[:, :z_dim])
+            torch.mul(torch.addcmul(gs, d_z, nz), ds, out=go[:, z_dim:])
+            torch.mm(go, half_out, out=gh)
+            carry = torch.mul(gh, sl, out=gp) @ weight  # dL/dz_{t-1}
         if len(carry) < n:  # sequences without an observed step (none in a DMM)
             carry = torch.cat([carry, carry.new_zeros(n - len(carry), z_dim)])
         z_prev = torch.cat([z_q_0.expand(1, n, -1), z[:-1]])  # [T, N, Z]
@@ -274,7 +290,7 @@ class _CombinerScan(torch.autograd.Function):
         flat_pre = grad_pre.reshape(-1, r)  # [T*N, R]
         flat_out = grad_out.reshape(-1, 2 * z_dim)  # [T*N, 2Z]
         grad_weight = flat_pre.t() @ z_prev.reshape(-1, z_dim)
-        grad_weight_out = flat_out.t() @ h.reshape(-1, r)
+        grad_weight_out = (flat_out.t() @ h.reshape(-1, r)).mul_(0.5)  # h is 2x the combiner's
         grad_z_q_0 = carry.sum(0) if ctx.needs_input_grad[2] else None
         return (grad_h_rnn, None, grad_z_q_0, grad_weight, flat_pre.sum(0), grad_weight_out,
                 flat_out.sum(0), None, None, None)
@@ -551,10 +567,15 @@ class DMM(nn.Module):
         ``[N, T]``: the transition on ``[z_0, z_1 .. z_{T-1}]``, or N(0, I) at t = 1 with
         ``standard_initial_prior``."""
         z_prev = torch.cat([self.z_0.expand(len(z), 1, -1), z[:, :-1]], dim=1)  # [N, T, Z]
+        first = (torch.arange(z.shape[1], device=z.device) == 0)[:, None]  # [T, 1]
+        return self._transition(z_prev, first)
+
+    def _transition(self, z_prev: Tensor, first: Tensor) -> Independent:
+        """p(z_t | z_{t-1}) from ``z_prev [..., Z]``; N(0, I) where ``first`` (``[..., 1]``)
+        with ``standard_initial_prior``."""
         p_z = self.transition(z_prev)
         if not self.config.standard_initial_prior:
             return p_z
-        first = (torch.arange(z.shape[1], device=z.device) == 0)[:, None]  # [T, 1]
         loc = torch.where(first, 0.0, p_z.base_dist.loc)
         return Independent(Normal(loc, torch.where(first, 1.0, p_z.base_dist.scale)), 1)
 
@@ -591,16 +612,37 @@ class DMM(nn.Module):
         z, loc, scale, log_q = self.guide(x, lengths, noise, samples)  # [S*B, T, Z]
         if samples > 1:
             x, mask = x.repeat(samples, 1, 1), mask.repeat(samples, 1)
-        p_z = self.prior(z)  # every step in one call: batch [S*B, T], event [Z]
-        log_px = self.emitter(z).log_prob(x)  # [S*B, T], all steps in one call
+        steps = mask.sum(dim=1).to(z.dtype)
+        if z.device.type == "cpu" and not self.plain_loop:
+            # on the CPU only the observed steps are scored: the padding's share of the
+            # batched work goes (a GPU does it in parallel, and indexing by a mask would make
+            # it wait for the host)
+            # (index_select, whose backward is index_add, not a boolean mask's index_put)
+            index = mask.flatten().nonzero().squeeze(1)  # the observed (row, t), row-major
+            row, t = index // mask.shape[1], index % mask.shape[1]
+            take = lambda y, i=index: y.flatten(0, 1).index_select(0, i)  # [N_obs, ...]
+            first = (t == 0)[:, None]
+            z_prev = torch.where(first, self.z_0, take(z, (index - 1).clamp(min=0)))
+            log_q = None if log_q is None else take(log_q)
+            log_px, kl = self._scores(take(x), take(z), take(loc), take(scale), log_q,
+                                      self._transition(z_prev, first), analytic)  # [N_obs]
+            per_row = lambda v: v.new_zeros(len(mask)).index_add(0, row, v)
+            return ELBOTerms(per_row(log_px), per_row(kl), steps)
+        # every step in one call: batch [S*B, T], event [Z]
+        log_px, kl = self._scores(x, z, loc, scale, log_q, self.prior(z), analytic)
+        return ELBOTerms(masked_sum(log_px, mask), masked_sum(kl, mask), steps)
+
+    def _scores(self, x: Tensor, z: Tensor, loc: Tensor, scale: Tensor, log_q: Tensor | None,
+                p_z: Independent, analytic: bool) -> tuple[Tensor, Tensor]:
+        """log p(x_t | z_t) and the KL term of each step, batched over any leading shape."""
+        log_px = self.emitter(z).log_prob(x)
         if analytic:
-            kl = kl_divergence(Independent(Normal(loc, scale), 1), p_z)  # [S*B, T]
+            kl = kl_divergence(Independent(Normal(loc, scale), 1), p_z)
         else:
             if log_q is None:
                 log_q = Independent(Normal(loc, scale), 1).log_prob(z)
             kl = log_q - p_z.log_prob(z)
-        return ELBOTerms(masked_sum(log_px, mask), masked_sum(kl, mask),
-                         mask.sum(dim=1).to(log_px.dtype))
+        return log_px, kl
 
     @torch.no_grad()
     def importance_log_likelihood(self, batch: Batch, num_samples: int = 1000,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import pairwise
+from itertools import groupby, pairwise
 
 import torch
 from torch import Tensor, nn
@@ -177,6 +177,26 @@ def observed_rows(lengths: Tensor, steps: int) -> tuple[int, ...]:
     return tuple((lengths[:, None] > t).sum(dim=0).tolist())
 
 
+def fill_padding(y: Tensor, rows: tuple[int, ...], value: float = 0.0) -> Tensor:
+    """Set the padding of ``y [T, N, ...]``, ``y[t, rows[t]:]`` (see :func:`observed_rows`),
+    to ``value``, in place: one fill per distinct row count, on the padding alone (a
+    whole-buffer fill costs more on a batch of ragged rows). Returns ``y``."""
+    t = 0
+    for m, run in groupby(rows):
+        k = len(list(run))
+        if m < y.shape[1]:
+            y[t:t + k, m:].fill_(value)
+        t += k
+    return y
+
+
+def padded_like(y: Tensor, rows: tuple[int, ...], shape: tuple[int, ...] | None = None
+                ) -> Tensor:
+    """An uninitialised tensor like ``y`` (or of ``shape``), ``[T, N, ...]``, whose padding
+    holds 0 (:func:`fill_padding`)."""
+    return fill_padding(y.new_empty(shape if shape is not None else y.shape), rows)
+
+
 def by_length(lengths: Tensor) -> Tensor | None:
     """The order that sorts a batch by ``lengths [B]``, longest first (stable), or None when
     it is already sorted (training batches are, see :meth:`vaelab.data.Data.batches`)."""
@@ -202,14 +222,14 @@ class _ElmanScan(torch.autograd.Function):
         # u [T, B, R] input projections with both biases; h_0 [B, R]; weight_hh [R, R]
         steps, batch = u.shape[:2]
         rows = rows or (batch,) * steps
-        out = torch.empty_like(u)
+        out = padded_like(u, rows)  # the padding's outputs: 0
         h = h_0
         w_t = weight_hh.t()
-        for t, n in enumerate(rows):
-            h = torch.addmm(u[t, :n], h[:n], w_t, out=out[t, :n])
-            h.clamp_(min=0) if relu else h.tanh_()
+        for u_t, out_t, n in zip(u.unbind(0), out.unbind(0), rows):
             if n < batch:
-                out[t, n:] = 0
+                u_t, out_t = u_t[:n], out_t[:n]
+            h = torch.addmm(u_t, h[:n], w_t, out=out_t)
+            h.clamp_(min=0) if relu else h.tanh_()
         ctx.save_for_backward(out, h_0, weight_hh)
         ctx.relu, ctx.rows = relu, rows
         return out
@@ -219,17 +239,20 @@ class _ElmanScan(torch.autograd.Function):
         out, h_0, weight_hh = ctx.saved_tensors
         rows = ctx.rows
         # dL/d(u_t + W h_{t-1}), [T, B, R]; 0 at the padding, which no output depends on
-        grad_pre = torch.empty_like(out)
+        grad_pre = padded_like(out, rows)
+        # f' at every step in one operation: (out > 0) for ReLU, 1 - out^2 for tanh
+        slope = (out > 0).to(out.dtype) if ctx.relu else 1 - out * out
         carry = h_0.new_zeros(0, h_0.shape[1])  # dL/dh_t through h_{t+1}, rows[t + 1] rows
-        for t in range(out.shape[0] - 1, -1, -1):
-            n = rows[t]
-            if n < len(h_0):
-                grad_pre[t, n:] = 0
-            d = grad_pre[t, :n]
-            d.copy_(grad_out[t, :n])
-            d[:len(carry)] += carry  # the sequences still observed at t + 1
-            d.mul_(out[t, :n] > 0) if ctx.relu else d.mul_(1 - out[t, :n] * out[t, :n])
-            carry = d @ weight_hh
+        batch = len(h_0)
+        per_step = zip(rows, grad_pre.unbind(0), grad_out.unbind(0), slope.unbind(0))
+        for n, *views in reversed(list(per_step)):
+            d, g, sl = views if n == batch else (y[:n] for y in views)
+            if len(carry) == n:  # dL/dh_t, its own and through h_{t+1}
+                torch.add(g, carry, out=d)
+            else:  # the sequences observed at t + 1 are a prefix of those at t
+                d.copy_(g)
+                d[:len(carry)] += carry
+            carry = d.mul_(sl) @ weight_hh
         if len(carry) < len(h_0):  # sequences without an observed step (none in a DMM)
             carry = torch.cat([carry, carry.new_zeros(len(h_0) - len(carry), carry.shape[1])])
         h_prev = torch.cat([h_0[None], out[:-1]])  # [T, B, R]

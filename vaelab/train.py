@@ -868,12 +868,11 @@ def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
                 if p.grad is not None:
                     p.grad.clamp_(-bound, bound)
     grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm).detach()
-    loss_value = sums[4]
-    bad = ~(torch.isfinite(loss_value) & (loss_value.abs() <= config.max_abs_loss)
-            & torch.isfinite(grad_norm))
     if sync:
         _check_step(step + 1, [*sums.tolist(), float(grad_norm)], config.max_abs_loss)
     else:  # one flag from here on: the update is skipped on the device, and the later ones
+        bad = ~(torch.isfinite(sums[4]) & (sums[4].abs() <= config.max_abs_loss)
+                & torch.isfinite(grad_norm))
         found = getattr(optimizer, "found_inf", None)
         optimizer.found_inf = bad.float() if found is None else torch.maximum(found, bad)
     optimizer.step()
