@@ -317,3 +317,22 @@ def test_dmm_jsb_preset_reaches_the_checkpoints_and_the_result(tmp_path):
         assert (state["config"]["z_dim"], state["config"]["transition_dim"]) == (16, 32)
         assert (state["train_config"]["lr"], state["train_config"]["anneal_epochs"]) == (2e-3, 5)
         assert state["data"] == {"name": "jsb"}  # evaluate reloads the data from this
+
+
+def test_dmm_speed_on_cuda_adds_the_eager_row_that_the_gpu_figures_compare_with():
+    """The GPU call (gpu_session.sh speed) times the defaults twice on CUDA: through the CUDA
+    graphs with deferred reads, and eagerly with a read per step."""
+    from benchmarks.dmm_speed import OurTraining, our_settings
+    from vaelab.data import load_jsb
+
+    assert list(our_settings("cpu")) == ["defaults", "closest", "pyro_padding"]
+    settings = our_settings("cuda", krishnan=True)
+    assert list(settings) == ["defaults", "closest", "pyro_padding", "eager", "krishnan"]
+    _, model_kw, train_kw, graphs = settings["eager"]
+    assert (model_kw, train_kw, graphs) == ({}, {"sync_every": 1}, False)
+    assert all(settings[k][3] for k in settings if k != "eager")
+    train = load_jsb()[0]
+    run = OurTraining(train, model_kw, train_kw, max_batches=1, graphs=graphs)
+    assert run.model.cuda_graphs is False and run.base["sync_every"] == 1
+    seconds, loss_per_step = run.epoch()  # runs on the CPU too
+    assert seconds > 0 and 0 < loss_per_step < 100
