@@ -869,7 +869,8 @@ def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
                     p.grad.clamp_(-bound, bound)
     grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm).detach()
     if sync:
-        _check_step(step + 1, [*sums.tolist(), float(grad_norm)], config.max_abs_loss)
+        values.append(float(grad_norm))
+        _check_step(step + 1, values, config.max_abs_loss)
     else:  # one flag from here on: the update is skipped on the device, and the later ones
         bad = ~(torch.isfinite(sums[4]) & (sums[4].abs() <= config.max_abs_loss)
                 & torch.isfinite(grad_norm))
@@ -878,8 +879,18 @@ def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
     optimizer.step()
     scheduler.step()
     record["lr"] = scheduler.get_last_lr()[0]
+    if sync:
+        return _read(record, values)
     record["device"] = torch.cat([sums, grad_norm.to(sums.dtype)[None]])
-    return read_records([record], config.max_abs_loss)[0] if sync else record
+    return record
+
+
+def _read(record: dict, values: list[float]) -> dict:
+    """A step's record from its ``[elbo, log-lik, kl, steps, loss, grad norm]`` sums."""
+    elbo_sum, ll_sum, kl_sum, steps, value, grad_norm = values
+    return {**{k: v for k, v in record.items() if k != "device"}, "loss": value,
+            "nelbo": -elbo_sum / steps, "log_likelihood": ll_sum / steps, "kl": kl_sum / steps,
+            "grad_norm": grad_norm}
 
 
 def _check_step(step: int, values: list[float], max_abs: float) -> None:
@@ -903,18 +914,13 @@ def read_records(pending: list[dict], max_abs_loss: float = math.inf) -> list[di
         return list(pending)
     rows = torch.stack([r["device"] for r in pending]).tolist()
     done = []
-    for record, (elbo_sum, ll_sum, kl_sum, steps, value, grad_norm) in zip(pending, rows,
-                                                                            strict=True):
-        record = {k: v for k, v in record.items() if k != "device"}
+    for record, values in zip(pending, rows, strict=True):
         try:
-            _check_step(record["step"], [elbo_sum, ll_sum, kl_sum, steps, value, grad_norm],
-                        max_abs_loss)
+            _check_step(record["step"], values, max_abs_loss)
         except TrainingDiverged as err:
             err.records = done
             raise
-        done.append({**record, "loss": value, "nelbo": -elbo_sum / steps,
-                     "log_likelihood": ll_sum / steps, "kl": kl_sum / steps,
-                     "grad_norm": grad_norm})
+        done.append(_read(record, values))
     return done
 
 
