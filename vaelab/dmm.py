@@ -538,15 +538,18 @@ class DMM(nn.Module):
         if extra:
             h_rows = pad(h_rows, (0, 0, 0, 0, 0, extra))
             noise_rows = pad(noise_rows, (0, 0, 0, 0, 0, extra))
-        scan = _Scan(self.combiner, self.z_q_0)
+        scan = None
         if capture:
             # the parameters' addresses too: a graph reads the tensors it was captured with,
             # which .to() or .double() replace
             key = (steps + extra, n, h_rows.dtype, h_rows.device, h_rows.requires_grad,
-                   *(p.data_ptr() for p in scan.parameters()), self.z_q_0.data_ptr())
+                   *(p.data_ptr() for p in self.combiner.parameters()),
+                   self.z_q_0.data_ptr())
             if key not in self._graphs:
-                self._graphs[key] = self._capture(scan, h_rows, noise_rows)
-            scan = self._graphs[key] or scan
+                self._graphs[key] = self._capture(_Scan(self.combiner, self.z_q_0), h_rows,
+                                                  noise_rows)
+            scan = self._graphs[key]
+        scan = scan or _Scan(self.combiner, self.z_q_0)  # eager: no graph, or none captured
         return tuple(y[:steps] for y in scan(h_rows, noise_rows))
 
     @staticmethod

@@ -872,6 +872,7 @@ def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
         values.append(float(grad_norm))
         _check_step(step + 1, values, config.max_abs_loss)
     else:  # one flag from here on: the update is skipped on the device, and the later ones
+        # (_check_step's rule, on the device; read_records then raises with its message)
         bad = ~(torch.isfinite(sums[4]) & (sums[4].abs() <= config.max_abs_loss)
                 & torch.isfinite(grad_norm))
         found = getattr(optimizer, "found_inf", None)
