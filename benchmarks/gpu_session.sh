@@ -40,6 +40,16 @@ speed)  # OUT: the CUDA tests (graphs against the eager scan, float64), then Pyr
   python3 benchmarks/dmm_speed.py --vs-pyro --device cuda --epochs 2 --num-iafs 2 2>"$out/iaf2.err" \
     | tee "$out/iaf2.txt"
   ;;
+all)  # OUT [MNIST_DIR]: speed (above), then the dashboard on the GPU (gpu_dashboard.py: the page
+  # trains a DMM with device cuda; its checkpoint comes back for the CPU test), then the MNIST
+  # VAE's test NLL (K = 5000) after a bounded number of epochs; carry [".whl", ".gpudata"]
+  out=$2 mnist=${3:-.gpudata/mnist}
+  timeout 350 bash "$0" speed "$out"
+  export PYTHONPATH=$PWD:/tmp/site
+  timeout 90 python3 benchmarks/gpu_dashboard.py "$out" 2>"$out/dashboard.err" | tee "$out/dashboard.txt"
+  timeout 130 python3 benchmarks/vae_mnist.py --data "$mnist" --epochs 20 --device cuda \
+    --samples 5000 2>"$out/mnist.err" | tee "$out/mnist.txt"
+  ;;
 start)
   data=$2 runs=$3; mkdir -p "$runs"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv

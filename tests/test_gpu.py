@@ -107,6 +107,10 @@ def test_the_guide_scan_replayed_from_cuda_graphs_equals_the_eager_scan():
                 terms = model.elbo(batch, noise=noise)
                 grads = torch.autograd.grad(terms.elbo.sum(), list(model.parameters()))
             results.append((terms.elbo.detach(), grads))
+            # release the eager pass's autograd graph before the next capture: a graph kept
+            # alive keeps the parameters' AccumulateGrad nodes on the default stream, and
+            # capturing beside them invalidates the capture (seen on an H200, torch 2.11)
+            del terms
         (elbo_eager, grads_eager), (elbo_graph, grads_graph) = results
         torch.testing.assert_close(elbo_graph, elbo_eager)
         for (name, _), a, b in zip(model.named_parameters(), grads_eager, grads_graph):
