@@ -7,7 +7,7 @@ import torch
 from torch.distributions import MultivariateNormal
 
 from tests.helpers import assert_every_parameter_gets_gradient
-from vaelab import live
+from vaelab import diagnostics
 from vaelab.data import Batch, load_digits
 from vaelab.objectives import importance_log_likelihood
 from vaelab.train import TrainConfig, evaluate_elbo, fit
@@ -263,7 +263,7 @@ def test_flow_prior_is_a_density_and_every_parameter_gets_a_gradient():
     assert z.shape == (5, 2) and x.shape == (5, 64)
     # the KL against a flow does not split over dimensions: the dashboard shows none
     assert model.kl_per_dim(train.batch(torch.arange(16))) is None
-    assert live.kl_per_dim(model, train.batch(torch.arange(16))) is None
+    assert diagnostics.kl_per_dim(model, train.batch(torch.arange(16))) is None
 
 
 def test_a_learnt_flow_prior_lowers_the_kl_below_the_standard_normal():

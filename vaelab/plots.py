@@ -65,7 +65,7 @@ CURVES = (
     ("grad_norm", "gradient norm (before clipping)"),
 )
 VAL_KEYS = ("nelbo", "log_likelihood", "kl")
-ACTIVE_THRESHOLD = 0.01  # as vaelab.live.ACTIVE_THRESHOLD (Burda et al. 2016)
+ACTIVE_THRESHOLD = 0.01  # as vaelab.diagnostics.ACTIVE_THRESHOLD (Burda et al. 2016)
 
 
 def _cpu(t: Tensor | np.ndarray) -> np.ndarray:
@@ -96,7 +96,7 @@ def training_curves(history: Sequence[dict], reference: dict | None = None,
     -ELBO, log-likelihood and KL axes. ``reference["exact_nll_val"]`` / ``["exact_nll_train"]``
     (exact -log p(x) of the true system) are drawn as horizontal lines on the -ELBO axis;
     ``diagnostics`` (entries ``{"step", "active_units", "activity"}`` from
-    :func:`vaelab.live.diagnose`) give the active-units axis, which a model without latents
+    :func:`vaelab.diagnostics.diagnose`) give the active-units axis, which a model without latents
     (``diagnostics=None``) does not get. A KL weight that never changes (no annealing) gets no
     axis of its own: the KL axis's title says its value. Units are those of the records (nats
     per observed step, per example for static data): ``unit`` labels the y axes of -ELBO,
@@ -163,7 +163,7 @@ def training_curves(history: Sequence[dict], reference: dict | None = None,
 
 def latent_usage(entry: dict, threshold: float = ACTIVE_THRESHOLD, unit: str = "nats") -> Figure:
     """Per-dimension view of posterior collapse for one diagnostics entry (see
-    :func:`vaelab.live.diagnose`): the KL of every latent dimension as bars when the model
+    :func:`vaelab.diagnostics.diagnose`): the KL of every latent dimension as bars when the model
     offers ``kl_per_dim`` (in ``unit``, e.g. ``"nats per time step"``), and the activity
     Cov_x(E_q[z_u]) of every dimension (log scale) with the active-unit threshold; inactive
     dimensions in grey. The entry's ``step``, when it has one, goes into the title."""
@@ -894,7 +894,7 @@ def curve_spec(panel: dict, log: bool = False, height: int = 320) -> dict:
 
 
 def latent_usage_chart(entry: dict, threshold: float = ACTIVE_THRESHOLD, height: int = 220):
-    """Interactive bars of one diagnostics entry (:func:`vaelab.live.diagnose`): the
+    """Interactive bars of one diagnostics entry (:func:`vaelab.diagnostics.diagnose`): the
     activity Cov_x(E_q[z_u]) of every latent dimension u on a log scale with the active-unit
     threshold, and the KL per dimension (nats) when the entry has it; inactive dimensions in
     grey. Axis labels thin themselves out, so 100 or more dimensions stay readable."""
