@@ -333,6 +333,6 @@ def test_dmm_speed_on_cuda_adds_the_eager_row_that_the_gpu_figures_compare_with(
     assert all(settings[k][3] for k in settings if k != "eager")
     train = load_jsb()[0]
     run = OurTraining(train, model_kw, train_kw, max_batches=1, graphs=graphs)
-    assert run.model.cuda_graphs is False and run.base["sync_every"] == 1
+    assert run.graphs is False and run.base["sync_every"] == 1
     seconds, loss_per_step = run.epoch()  # runs on the CPU too
     assert seconds > 0 and 0 < loss_per_step < 100

@@ -62,7 +62,6 @@ from vaelab.diagnostics import (  # noqa: F401  (the dashboard's names for them)
 from vaelab.train import TrainConfig, TrainingDiverged, fit, load_checkpoint, load_model
 
 
-
 def dataset_needs_path(name: str) -> bool:
     """True when loader ``DATASETS[name]`` takes a ``path`` (a file or folder on disk)."""
     if name not in DATASETS:

@@ -23,6 +23,7 @@ from matplotlib import ticker
 from torch import Tensor, nn
 
 from vaelab.data import Batch
+from vaelab.realnvp import ConditionalFlowModel
 
 
 class Figure(mpl_figure.Figure):
@@ -235,8 +236,8 @@ def latent_traversal(model: nn.Module, image_shape: Sequence[int], dims: Sequenc
     """Decoder means E[x | z] along each latent dimension in ``dims``: row ``i`` sets
     ``z[dims[i]]`` to each of ``values`` (columns) with the other dimensions at 0, the prior
     mean. Needs ``model.decode(z [B, Z]) -> x [B, X]``."""
-    decode = getattr(model, "decode", None)
-    if decode is None:
+    decode = model.decode
+    if decode(torch.zeros(1, model.config.z_dim, device=next(model.parameters()).device)) is None:
         raise ValueError(f"{type(model).__name__} has no decode(z); a latent traversal needs "
                          f"a model that maps z [B, Z] to x [B, X]")
     z_dim = model.config.z_dim
@@ -586,15 +587,15 @@ def flow_log_density(model: nn.Module, context: Tensor, xs: Tensor, ys: Tensor) 
     """Returns log p(x | a) of a conditional flow model (``model.flow(a)`` a distribution over
     ``x [2]``) on the grid ``xs [Nx] x ys [Ny]``, ``[Ny, Nx]`` (row ``i`` is ``y = ys[i]``), for
     one context ``context [A]``."""
-    flow = getattr(model, "flow", None)
-    if flow is None or model.config.x_dim != 2:
-        raise ValueError("density contours need a conditional flow model (model.flow(a)) over "
-                         "2-D x, such as realnvp on moons")
+    if model.has_latents or model.config.x_dim != 2:
+        raise ValueError("density contours need a flow model (exact log p(x | a), no latents) "
+                         "over 2-D x, such as realnvp on moons")
     p = next(model.parameters())
     gx, gy = torch.meshgrid(xs.to(p), ys.to(p), indexing="xy")  # [Ny, Nx] each
     points = torch.stack([gx, gy], dim=-1).reshape(-1, 2)  # [Ny * Nx, 2]
     a = context.to(p).reshape(1, -1).expand(len(points), -1)  # [Ny * Nx, A]
-    return flow(a).log_prob(points).reshape(gx.shape)
+    # a flow's "ELBO" log-likelihood is its exact log p(x | a) (no latent, zero KL)
+    return model.elbo(Batch(points, a=a)).log_likelihood.reshape(gx.shape)
 
 
 @torch.no_grad()
@@ -690,7 +691,7 @@ def flow_layers(flow: nn.Module, context: Tensor, layers: Sequence[int], extent:
     base points ``z`` carried along, coloured by their first base coordinate ``z_1`` so that
     one can follow where each part of the base goes. ``flow`` is a
     :class:`~vaelab.flows.ConditionalRealNVP` or a model holding one as ``model.flow``."""
-    flow = getattr(flow, "flow", flow)
+    flow = flow.flow if isinstance(flow, ConditionalFlowModel) else flow
     total = len(flow.nets)
     layers = list(layers)
     bad = [k for k in layers if not 0 <= k <= total]
@@ -773,7 +774,7 @@ def model_figures(model: nn.Module, batch: Batch, info: dict | None = None,
     try:
         z = model.latents(batch)
         sequence = batch.x.dim() == 3
-        latent = hasattr(getattr(model, "config", None), "z_dim")  # a flow has no latents
+        latent = model.has_latents  # a flow has none
         if "image_shape" in info and not sequence:
             shape = info["image_shape"]
             k = min(len(batch), 8)
@@ -785,7 +786,7 @@ def model_figures(model: nn.Module, batch: Batch, info: dict | None = None,
                 figures["data"] = image_grid(batch.x[:k], shape, ncols=k)
             _, x_sample = model.sample(n_samples)
             figures["samples"] = image_grid(x_sample, shape, ncols=8)
-            if hasattr(model, "decode"):
+            if latent and model.decode(z[:1]) is not None:
                 dims = range(min(model.config.z_dim, 8))
                 figures["latent traversal"] = latent_traversal(
                     model, shape, dims, torch.linspace(-2.5, 2.5, 9))
@@ -808,8 +809,7 @@ def model_figures(model: nn.Module, batch: Batch, info: dict | None = None,
                 fig.colorbar(fig.axes[0].images[0], ax=fig.axes, label="P(note on)",
                              shrink=0.9)
             figures["latent space"] = latent_projection(z, batch.mask)
-        elif getattr(model, "flow", None) is not None and batch.a is not None \
-                and batch.x.shape[-1] == 2:
+        elif not latent and batch.a is not None and batch.x.shape[-1] == 2:
             # a conditional flow: densities for a few contexts of the batch, samples on top
             extent = float(batch.x.abs().max()) * 1.15
             figures["density p(x | a) per context, samples on top"] = flow_density(
