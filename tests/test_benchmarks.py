@@ -191,7 +191,7 @@ def test_pyro_dmm_has_our_architecture_and_elbo():
     assert torch.equal(mask, torch.arange(5) < lengths[:, None])
     noise = torch.randn(4, 5, 3, dtype=torch.float64)
     terms = ours.elbo(Batch(x, mask=mask), noise=noise)
-    z = ours.guide(x, lengths, noise)[0]  # the path the ELBO scored
+    z = ours.guide(*ours.check(Batch(x, mask=mask)), noise)[0]  # the path the ELBO scored
     for annealing in (1.0, 0.3):
         path = {f"z_{t + 1}": z[:, t] for t in range(5)}
         guide = poutine.trace(poutine.condition(theirs.guide, data=path)).get_trace(

@@ -108,7 +108,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                              f"which trained with preset {base.get('preset')!r}; a resumed run "
                              f"keeps its settings: drop --preset")
     else:
-        base = dict(getattr(MODELS[args.model][1], "train_defaults", {}))
+        base = dict(MODELS[args.model][1].train_defaults)
         if args.preset is not None:  # under --set / --train-set / the flags
             preset_model, preset_train = _preset(args.preset, args.model)
             model_sets = {**preset_model, **model_sets}
@@ -200,6 +200,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """One line per registered model (vaelab.MODELS): name, kind, unit, preferred data set."""
+    for name, (_, cls) in MODELS.items():
+        kind = "sequences" if cls.sequential else "vectors"
+        print(f"{name:10s} {kind:9s} {cls.unit:24s} data: {cls.preferred_data or '-':8s} "
+              f"{cls.__name__}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vaelab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -266,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("train_args", nargs=argparse.REMAINDER,
                    help="-- then the arguments of python -m vaelab train (no --seed, --out)")
     w.set_defaults(func=cmd_sweep)
+
+    m = sub.add_parser("models", help="list the registered models: name, what it models, "
+                       "its unit and preferred data set")
+    m.set_defaults(func=cmd_models)
 
     from vaelab.course import add_course_parser  # course release / course site
     add_course_parser(sub)

@@ -588,8 +588,8 @@ def flow_log_density(model: nn.Module, context: Tensor, xs: Tensor, ys: Tensor) 
     ``x [2]``) on the grid ``xs [Nx] x ys [Ny]``, ``[Ny, Nx]`` (row ``i`` is ``y = ys[i]``), for
     one context ``context [A]``."""
     if model.has_latents or model.config.x_dim != 2:
-        raise ValueError("density contours need a flow model (exact log p(x | a), no latents) "
-                         "over 2-D x, such as realnvp on moons")
+        raise ValueError("density contours need a conditional flow model (exact log p(x | a), no "
+                         "latents) over 2-D x, such as realnvp on moons")
     p = next(model.parameters())
     gx, gy = torch.meshgrid(xs.to(p), ys.to(p), indexing="xy")  # [Ny, Nx] each
     points = torch.stack([gx, gy], dim=-1).reshape(-1, 2)  # [Ny * Nx, 2]

@@ -239,6 +239,9 @@ class SequentialModel(Model):
                 raise ValueError(f"this model takes actions: the batch needs a [B, T, "
                                  f"{self.a_dim}], or build it with a_dim=0")
             a = x.new_zeros(size, steps, 0)
+        elif self.a_dim == 0 and a.shape[-1] > 0:
+            raise ValueError(f"{self.name} takes no actions, and the batch has a "
+                             f"{list(a.shape)}: pick a model with actions (ssm), or drop them")
         elif a.shape != (size, steps, self.a_dim):
             raise ValueError(f"a must be [{size}, {steps}, {self.a_dim}] like x, got "
                              f"{list(a.shape)}; build the model with a_dim={a.shape[-1]}")
