@@ -54,29 +54,24 @@ class DMMConfig:
     emission_dim: int = 100
     transition_dim: int = 200
     rnn_dim: int = 600
-    # Pyro's example uses "relu"; its unbounded state diverged here in 2 of 10 seeds within 2
-    # epochs (h_rnn grew to ~400 over a 100-step chorale, the KL to 1e8). tanh keeps h_rnn in
-    # (-1, 1) at the same cost; "relu" reproduces Pyro exactly.
+    # Pyro's "relu" diverged in 2 of 10 seeds within 2 epochs (h_rnn grew to ~400, the KL to
+    # 1e8); tanh keeps h_rnn in (-1, 1) at the same cost
     rnn_nonlinearity: str = "tanh"
     rnn_layers: int = 1
     rnn_dropout: float = 0.0
-    # Krishnan et al.'s guide, for comparisons: "lstm" (their RNN; ~3x the Elman RNN's cost
-    # per step), a ReLU embedding of x_t to rnn_dim before it, and dropout on its outputs
-    # while training (their 0.1). The defaults are Pyro's: an Elman RNN on x_t, no dropout.
+    # Krishnan et al.'s guide, for comparisons (presets): an LSTM over a ReLU embedding of
+    # x_t, dropout on its outputs while training (their 0.1)
     rnn_type: str = "rnn"
     input_embedding: bool = False
     rnn_output_dropout: float = 0.0
     num_iafs: int = 0  # inverse autoregressive flows after the Gaussian guide
     iaf_dim: int = 100  # hidden width of each IAF's MADE
-    # Floor on every scale. Pyro's example diverged when a softplus underflowed to exactly 0;
-    # 1e-3 keeps log N(z; loc, scale) <= 6 nats per dimension and 1 / scale^2 <= 1e6, far
-    # below what the data need: a unit-scale latent rarely needs a posterior width < 1e-3.
+    # floor on every scale (Pyro's example diverged when a softplus underflowed to 0): keeps
+    # log N(z; loc, scale) <= 6 nats per dimension
     min_scale: float = 1e-3
     analytic_kl: bool = True  # closed-form KL per step (the paper); False: one-sample MC
-    # Two choices of Krishnan et al.'s code that Pyro's example makes differently, for
-    # comparisons: softplus gives every Gaussian's variance, not its scale
-    # (scale = sqrt(softplus(.) + min_scale^2)); p(z_1) = N(0, I) and the guide starts from
-    # z_0 = 0, neither trained
+    # Krishnan et al.'s code, for comparisons (presets): softplus gives the variance, not
+    # the scale; p(z_1) = N(0, I) and the guide starts from z_0 = 0, neither trained
     softplus_variance: bool = False
     standard_initial_prior: bool = False
 
@@ -93,8 +88,8 @@ class DMMConfig:
         if self.rnn_type not in ("rnn", "lstm"):
             raise ValueError(f"rnn_type must be 'rnn' or 'lstm', got {self.rnn_type!r}")
         if self.rnn_type == "lstm" and self.rnn_nonlinearity != "tanh":
-            raise ValueError("rnn_nonlinearity applies to rnn_type='rnn' only (an LSTM's are "
-                             "fixed); leave it at 'tanh'")
+            raise ValueError("rnn_nonlinearity applies to rnn_type='rnn' only; leave it at "
+                             "'tanh'")
         for name in ("rnn_dropout", "rnn_output_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -198,14 +193,11 @@ class DMM(SequentialModel):
     preferred_data = "jsb"
     default_steps = 64
     shares_samples = True  # S guide paths share one backward-RNN pass (vaelab.fast.dmm)
-    # Pyro's example's settings; validation and checkpoints every 10 epochs, not every epoch
+    # Pyro's example's settings (weight_decay_sum: its ClippedAdam's, on a summed loss)
     train_defaults: ClassVar[dict] = {
         "batch_size": 20, "lr": 3e-4, "betas": (0.96, 0.999), "clip_norm": 10.0,
         "lr_decay": 0.99996, "anneal_epochs": 1000, "min_kl_weight": 0.2, "epochs": 5000,
-        "eval_every": 10, "checkpoint_every": 10,
-        # Pyro's ClippedAdam weight decay, on its summed loss: fit rescales it to our loss
-        "weight_decay_sum": 2.0,
-    }
+        "eval_every": 10, "checkpoint_every": 10, "weight_decay_sum": 2.0}
 
     def __init__(self, config: DMMConfig) -> None:
         super().__init__()
