@@ -521,8 +521,8 @@ def test_divergence_before_any_checkpoint_says_there_is_none(digits, tmp_path, m
 
 
 def test_cli_divergence_exits_3_with_the_resume_advice(tmp_path, capsys, monkeypatch):
-    real = vaelab.train.loss
-    monkeypatch.setattr(vaelab.train, "loss", lambda terms, w: real(terms, w) * 1e12)
+    real = vaelab.train.step.loss
+    monkeypatch.setattr(vaelab.train.step, "loss", lambda terms, w: real(terms, w) * 1e12)
     code, _, err = run_cli([*DIGITS, "--out", str(tmp_path / "run")], capsys)
     assert code == 3 and "exploding loss" in err and "no checkpoint had been written" in err
 
@@ -542,9 +542,9 @@ def test_disk_full_names_the_folder_and_keeps_the_previous_checkpoint(digits, tm
         raise OSError(errno.ENOSPC, "No space left on device")
 
     if where == "save":
-        monkeypatch.setattr(vaelab.train.torch, "save", full)
+        monkeypatch.setattr(vaelab.train.checkpoint.torch, "save", full)
     else:
-        monkeypatch.setattr(vaelab.train.os, "fsync", full)
+        monkeypatch.setattr(vaelab.train.checkpoint.os, "fsync", full)
     with pytest.raises(CheckpointWriteError) as info:
         fit(small_vae(), train, val, config(tmp_path, epochs=2), resume=path)
     monkeypatch.undo()
@@ -560,7 +560,7 @@ def test_cli_disk_full_exits_1_without_a_traceback(tmp_path, capsys, monkeypatch
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(vaelab.train.torch, "save", full)
+    monkeypatch.setattr(vaelab.train.checkpoint.torch, "save", full)
     code, _, err = run_cli([*DIGITS, "--out", str(tmp_path / "run")], capsys)
     assert code == 1 and "the disk holding it is full" in err and str(tmp_path / "run") in err
 
@@ -607,7 +607,7 @@ def test_a_second_ctrl_c_stops_at_once_and_names_the_checkpoint_that_survives(di
 
 
 def test_cli_ctrl_c_exits_130_with_the_exact_resume_command(tmp_path, capsys, monkeypatch):
-    real = vaelab.train.train_step
+    real = vaelab.train.loop.train_step
 
     def step(*args, **kwargs):
         record = real(*args, **kwargs)
@@ -615,7 +615,7 @@ def test_cli_ctrl_c_exits_130_with_the_exact_resume_command(tmp_path, capsys, mo
             os.kill(os.getpid(), signal.SIGINT)
         return record
 
-    monkeypatch.setattr(vaelab.train, "train_step", step)
+    monkeypatch.setattr(vaelab.train.loop, "train_step", step)
     out = tmp_path / "run"
     argv = [*DIGITS[:5], "--set", "hidden_dims=[8]", "--out", str(out)]
     code, _, err = run_cli(argv, capsys)

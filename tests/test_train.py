@@ -11,6 +11,7 @@ import vaelab.train
 from vaelab.data import Batch, load_digits
 from vaelab.objectives import ELBOTerms
 from vaelab.train import (
+    ClippedAdam,
     CHECKPOINT_FORMAT,
     TrainConfig,
     TrainingDiverged,
@@ -131,7 +132,7 @@ def test_interrupted_save_keeps_the_previous_checkpoint(digits, tmp_path, monkey
         f.write(b"half a checkpoint")
         raise OSError("disk full")
 
-    monkeypatch.setattr(vaelab.train.torch, "save", broken_save)
+    monkeypatch.setattr(vaelab.train.checkpoint.torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
         fit(small_vae(), train, val, config(tmp_path, epochs=2), resume=path)
     monkeypatch.undo()
@@ -231,7 +232,6 @@ def test_callback_returning_false_stops_and_checkpoints(digits, tmp_path):
         ({"eval_every": -1}, "eval_every"),
         ({"weight_decay": -0.1}, "weight_decay"),
         ({"weight_decay_sum": -1.0}, "weight_decay_sum"),
-        ({"clip_value_sum": -1.0}, "clip_value_sum"),
         ({"bucket_jitter": -0.5}, "bucket_jitter"),
         ({"train_samples": 0}, "train_samples"),
     ],
@@ -280,14 +280,16 @@ def test_decay_before_clip_puts_the_l2_gradient_inside_the_clipped_norm(digits, 
                      [p.detach().clone() for p in parameters]))
         return real(parameters, max_norm)
 
-    monkeypatch.setattr(vaelab.train.nn.utils, "clip_grad_norm_", spy)
+    monkeypatch.setattr(vaelab.train.step.nn.utils, "clip_grad_norm_", spy)
     runs = {}
-    for name, kw in {"none": {}, "after": {"weight_decay": 0.5},
-                     "before": {"weight_decay": 0.5, "decay_before_clip": True}}.items():
+    for name, recipe in {"none": None, "after": None,
+                         "before": ClippedAdam(decay_before_clip=True)}.items():
         seen.clear()
         torch.manual_seed(0)  # the same initial weights in all three
         model = small_vae()
-        fit(model, train, None, config(max_steps=1, seed=3, clip_norm=1e-3, **kw))
+        decay = {} if name == "none" else {"weight_decay": 0.5}
+        fit(model, train, None, config(max_steps=1, seed=3, clip_norm=1e-3, **decay),
+            optimizer=recipe)
         runs[name] = seen[0]
     grads, params = runs["none"]
     for g_none, g_after, g_before, p in zip(grads, runs["after"][0], runs["before"][0], params,
@@ -307,15 +309,16 @@ def test_clip_value_sum_clamps_every_gradient_element_per_step(digits, monkeypat
         real(parameters, value)
         seen.append((value, before, max(float(p.grad.abs().max()) for p in parameters)))
 
-    monkeypatch.setattr(vaelab.train.nn.utils, "clip_grad_value_", spy)
-    fit(small_vae(), train, None, config(epochs=1, clip_value_sum=3.2))
+    monkeypatch.setattr(vaelab.train.step.nn.utils, "clip_grad_value_", spy)
+    fit(small_vae(), train, None, config(epochs=1), optimizer=ClippedAdam(clip_value_sum=3.2))
     assert len(seen) == 5
     for value, before, after in seen:
         assert value == pytest.approx(3.2 / 32)
         assert before > value and after == pytest.approx(value)  # it did clamp
     seen.clear()
     seen.clear()  # several guide draws per step: the same summed loss per batch, same clamp
-    fit(small_vae(), train, None, config(epochs=1, clip_value_sum=3.2, train_samples=2))
+    fit(small_vae(), train, None, config(epochs=1, train_samples=2),
+        optimizer=ClippedAdam(clip_value_sum=3.2))
     assert [value for value, _, _ in seen] == pytest.approx([3.2 / 32] * 5)
     seen.clear()
     fit(small_vae(), train, None, config(epochs=1))  # off by default
@@ -326,10 +329,10 @@ def test_train_samples_average_the_elbo_of_several_guide_draws(digits, monkeypat
     train, _ = digits
     model = small_vae()
     rows, seen = [], []
-    real_elbo, real_loss = model.elbo, vaelab.train.loss
+    real_elbo, real_loss = model.elbo, vaelab.train.step.loss
     # the VAE's elbo takes no samples: it sees the batch repeated, sample-major
     monkeypatch.setattr(model, "elbo", lambda b: rows.append(len(b)) or real_elbo(b))
-    monkeypatch.setattr(vaelab.train, "loss",
+    monkeypatch.setattr(vaelab.train.step, "loss",
                         lambda terms, w: seen.append((terms, w)) or real_loss(terms, w))
     history = fit(model, train, None, config(epochs=1, train_samples=3))
     assert rows == [96] * 5  # 5 batches of 32, three draws each
@@ -369,7 +372,7 @@ def test_best_checkpoint_keeps_the_weights_of_the_lowest_validation_elbo(digits,
                                                                            monkeypatch):
     train, val = digits
     scripted = iter([5.0, 3.0, 4.0, 3.5, 2.0])  # validation -ELBO after epochs 1..5
-    monkeypatch.setattr(vaelab.train, "evaluate_elbo",
+    monkeypatch.setattr(vaelab.train.run, "evaluate_elbo",
                         lambda *a, **k: {"nelbo": next(scripted), "kl": 0.0})
     model = small_vae()
     snapshots = {}
@@ -416,7 +419,7 @@ def test_best_checkpoint_shares_the_saved_state_by_link_or_copy(digits, tmp_path
     if not links:
         def no_link(*_):
             raise OSError("no hard links here")
-        monkeypatch.setattr(vaelab.train.os, "link", no_link)
+        monkeypatch.setattr(vaelab.train.checkpoint.os, "link", no_link)
     fit(small_vae(), train, val, config(tmp_path, epochs=1))
     best, last = tmp_path / "best.pt", tmp_path / "checkpoint.pt"
     assert best.read_bytes() == last.read_bytes()
@@ -462,22 +465,22 @@ def test_reading_the_metrics_every_few_steps_changes_no_number(digits, tmp_path,
     """sync_every keeps a step's metrics on the device and reads an interval's in one
     transfer (for a GPU, where every read waits for the device); the run is the same."""
     train, val = digits
-    real, reads = vaelab.train.read_records, []
+    real, reads = vaelab.train.deferred.read_records, []
 
     def spy(pending, *args):
         if any("device" in r for r in pending):  # a transfer, not records read already
             reads.append(len(pending))
         return real(pending, *args)
 
-    monkeypatch.setattr(vaelab.train, "read_records", spy)
+    monkeypatch.setattr(vaelab.train.deferred, "read_records", spy)
     runs = {}
     for k in (1, every):
         reads.clear()
         torch.manual_seed(0)
         model = small_vae()
         history = fit(model, train, val, config(tmp_path / str(k), epochs=2, sync_every=k,
-                                                 clip_value_sum=3.2, decay_before_clip=True,
-                                                 weight_decay=1e-3))
+                                                 weight_decay=1e-3),
+                      optimizer=ClippedAdam(clip_value_sum=3.2, decay_before_clip=True))
         runs[k] = (timeless(history), model.state_dict(), list(reads),
                    load_checkpoint(tmp_path / str(k) / "checkpoint.pt")["state_dict"])
     assert runs[1][0] == runs[every][0]
