@@ -251,8 +251,8 @@ def test_cli_new_run_names_what_it_lacks(tmp_path, capsys, argv, missing):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--set", "z_dim=8"], (r"--set z_dim=8 disagrees with --resume .*, whose model has "
-                           r"z_dim=3; .*drop --set z_dim")),
+    (["--set", "z_dim=8"], (r"cannot resume .*: model config z_dim is 3 in the checkpoint "
+                           r"but 8 here; .*drop --set z_dim")),
     (["--max-steps", "2"], r"nothing to train: .* is at step 3 and max_steps=2"),
     (["--max-steps", "9", "--train-set", "beta=0.5"],
      r"cannot resume .* with beta=0\.5: the checkpoint trained with beta=1\.0"),
@@ -270,10 +270,12 @@ def test_cli_resume_refuses_another_model_or_data(tmp_path, capsys):
     assert run_cli([*VAE_ARGS, "--out", str(out), "--max-steps", "3"], capsys)[0] == 0
     resume = ["--out", str(out), "--resume", str(out / "checkpoint.pt")]
     code, _, err = run_cli(["train", "--model", "ssm", "--data", "digits", *resume], capsys)
-    assert code == 2 and "holds a 'vae' model but --model is 'ssm'" in err
+    assert code == 2 and "holds a 'vae' model, not 'ssm'; pass --model vae" in err
     code, _, err = run_cli(["train", "--model", "vae", "--data", "moons", *resume], capsys)
-    assert code == 2 and "trained on data name='digits', but the command line gives " \
-                         "'moons'" in err
+    assert code == 2 and "its data name is 'digits' but 'moons' here (--data)" in err
+    # --data-path and --data-option on a resume are checked, not dropped
+    code, _, err = run_cli(["train", "--data-option", "n_val=7", *resume], capsys)
+    assert code == 2 and "(--data-option n_val); a resumed run keeps its data" in err
 
 
 # ----------------------------------------------------------------------------- no traceback
@@ -502,8 +504,11 @@ def test_an_exploding_loss_is_divergence_and_the_message_tells_the_truth(digits,
                      r"TrainConfig\.max_abs_loss=1e\+10\)", text), text
     path = tmp_path / "checkpoint.pt"
     assert f"the last checkpoint, {path}, holds step 5" in text
-    # the lr at the time (after six steps of decay), divided by ten
-    assert f"--resume {path} --lr {3e-3 * 0.99 ** 6 / 10:.3g}" in text
+    # a new run at the lr of the last good step (six steps of decay) divided by ten: resuming
+    # would recompute the failing loss from the weights saved
+    assert f"Start a new run with a lower learning rate (e.g. --lr {3e-3 * 0.99 ** 6 / 10:.3g}" \
+        in text and "--resume" not in text
+    assert info.value.step == 7 and info.value.lr == pytest.approx(3e-3 * 0.99 ** 6)
     assert load_checkpoint(path)["step"] == 5
 
 
@@ -516,7 +521,7 @@ def test_divergence_before_any_checkpoint_says_there_is_none(digits, tmp_path, m
     text = str(info.value)
     assert "non-finite loss at step 2" in text
     assert f"no checkpoint had been written to {tmp_path} yet" in text
-    assert "Start again and lower the learning rate" in text and "--resume" not in text
+    assert "Start a new run with a lower learning rate" in text and "--resume" not in text
     assert "intact" not in text and not (tmp_path / "checkpoint.pt").exists()
 
 

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,8 +13,13 @@ from helpers import config, timeless
 import vaelab.train
 from vaelab.data import Batch, load_digits
 from vaelab.objectives import ELBOTerms
+from vaelab.__main__ import main
+from vaelab.datasets import load_dataset
 from vaelab.train import (
+    Adam,
     ClippedAdam,
+    build_model,
+    tensor_checksum,
     CHECKPOINT_FORMAT,
     TrainConfig,
     TrainingDiverged,
@@ -571,3 +579,43 @@ def test_a_callback_learns_the_step_its_parameters_are_at(digits):
         assert [at for kind, _, at in callback.seen if kind == "train"] == expected
         assert [step for kind, step, _ in callback.seen if kind == "train"] == [1, 2, 3, 4, 5]
         assert callback.seen[-1] == ("end", 5, 5)
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_a_checkpoint_from_before_the_train_package_resumes_bit_for_bit(tmp_path, capsys):
+    """tests/data/dmm_pyro_checkpoint_v1.pt was written by train.py (3 steps of --preset pyro,
+    its train_config holding clip_value_sum=10 and decay_before_clip); resuming it to step 6
+    gives what the old code gave (the json beside it): the same losses and the same weights."""
+    expected = json.loads((DATA / "dmm_pyro_checkpoint_v1_resumed.json").read_text())
+    path = tmp_path / "checkpoint.pt"
+    shutil.copy(DATA / "dmm_pyro_checkpoint_v1.pt", path)
+    ckpt = load_checkpoint(path)  # the old fields became the recipe that trains as they did
+    assert "clip_value_sum" not in ckpt["train_config"]
+    assert ckpt["recipe"] == {"name": "ClippedAdam", "clip_value_sum": 10.0,
+                              "decay_before_clip": False}
+    code = main(["train", "--resume", str(path), "--max-steps", "6",
+                 "--train-set", "progress=False"])
+    assert code == 0, capsys.readouterr().err
+    ckpt = load_checkpoint(path)
+    records = [r for r in ckpt["history"] if r["kind"] == "train"]
+    assert ckpt["step"] == expected["step"] == 6
+    assert [r["loss"] for r in records] == expected["loss"]
+    assert [r["nelbo"] for r in records] == expected["nelbo"]
+    assert tensor_checksum({"s": ckpt["state_dict"]}) == expected["state_dict_sha256"]
+    with pytest.raises(ValueError, match=r"it trained with ClippedAdam\(clip_value_sum=10.0"):
+        model = build_model(ckpt["model"], ckpt["config"])
+        train, val, _ = load_dataset(**ckpt["data"])
+        fit(model, train, val, TrainConfig(**{**ckpt["train_config"], "max_steps": 9}),
+            resume=path, optimizer=Adam())
+
+
+def test_an_unknown_optimiser_recipe_is_refused_by_name(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    state = load_checkpoint(DATA / "dmm_pyro_checkpoint_v1.pt")
+    state["recipe"] = {"name": "Lion", "lr": 1.0}
+    state["checksum"] = tensor_checksum(state)
+    save_checkpoint(path, state)
+    with pytest.raises(ValueError, match=r"unknown optimiser recipe 'Lion'.*newer vaelab"):
+        load_checkpoint(path)

@@ -60,10 +60,9 @@ def check_data(resume: str | Path, ckpt: dict, spec: dict) -> None:
     key = next(k for k in sorted(set(spec) | set(ckpt["data"]))
                if not same_data_spec({k: spec.get(k)}, {k: ckpt["data"].get(k)}))
     flag = {"name": "--data", "path": "--data-path"}.get(key, f"--data-option {key}")
-    raise ValueError(f"cannot resume {resume}: it trained on data {ckpt['data']} (its {key} "
-                     f"is {ckpt['data'].get(key)!r}) but {flag} gives {spec.get(key)!r}; a "
-                     f"resumed run keeps its data: drop {flag}, or train a new model into "
-                     f"another --out folder")
+    raise ValueError(f"cannot resume {resume}: its data {key} is {ckpt['data'].get(key)!r} "
+                     f"but {spec.get(key)!r} here ({flag}); a resumed run keeps its data: "
+                     f"drop {flag}, or train a new model into another --out folder")
 
 
 def changed_settings(resume: str | Path, ckpt: dict, config: dict) -> dict:
