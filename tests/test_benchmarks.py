@@ -69,7 +69,7 @@ def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
     group = state["optimizer"]["param_groups"][0]
     assert (group["eps"], tuple(group["betas"])) == (1.66e-10, (0.9, 0.999))
     # the L2 term goes into the clipped gradient (fit), so Adam adds none of its own
-    assert state["train_config"]["decay_before_clip"] is result["decay_before_clip"] is True
+    assert state["recipe"]["decay_before_clip"] is result["decay_before_clip"] is True
     assert group["weight_decay"] == 0.0
 
 
@@ -265,16 +265,18 @@ def test_dmm_speed_vs_pyro_times_one_tiny_epoch_of_each():
 
 
 def test_dmm_jsb_preset_sets_defaults_that_explicit_flags_override():
-    from benchmarks.dmm_jsb import configs, parse_args
+    from benchmarks.dmm_jsb import configs, parse_args, recipe
 
-    model, train = configs(parse_args(["--preset", "pyro"]), 88)
+    args = parse_args(["--preset", "pyro"])
+    model, train = configs(args, 88)
     assert (model.rnn_nonlinearity, model.analytic_kl) == ("relu", False)
-    assert (train.clip_value_sum, train.clip_norm, train.bucket_jitter) == (
+    assert (recipe(args).clip_value_sum, train.clip_norm, train.bucket_jitter) == (
         10.0, math.inf, math.inf)
-    model, train = configs(parse_args(["--preset", "pyro", "--rnn-nonlinearity", "tanh",
-                                       "--no-mc-kl", "--lr", "1e-3", "--clip-norm", "5"]), 88)
+    args = parse_args(["--preset", "pyro", "--rnn-nonlinearity", "tanh", "--no-mc-kl", "--lr",
+                       "1e-3", "--clip-norm", "5"])
+    model, train = configs(args, 88)
     assert (model.rnn_nonlinearity, model.analytic_kl) == ("tanh", True)
-    assert (train.lr, train.clip_norm, train.clip_value_sum) == (1e-3, 5.0, 10.0)
+    assert (train.lr, train.clip_norm, recipe(args).clip_value_sum) == (1e-3, 5.0, 10.0)
     # --preset krishnan is the README's best JSB command, flag for flag
     readme = ["--anneal-epochs", "417", "--min-kl-weight", "0.01", "--lr", "8e-4",
               "--lr-decay", "1", "--softplus-variance", "--standard-initial-prior",

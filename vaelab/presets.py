@@ -4,6 +4,7 @@ flag string: ``apply_preset("krishnan")`` gives the model-config and TrainConfig
     model_kw, train_kw = apply_preset("pyro")
     model = DMM(DMMConfig(**model_kw))
     config = TrainConfig(**{**DMM.train_defaults, **train_kw})
+    fit(model, train, val, config, optimizer=preset_optimizer("pyro"))
 
 Each preset's ``doc`` says what it reproduces. A preset's values are defaults: settings given
 explicitly (a command-line flag, ``--set``) go on top of them.
@@ -16,21 +17,27 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from vaelab.train.optim import Adam, ClippedAdam
+
 
 @dataclass(frozen=True)
 class Preset:
     """A named set of overrides for one model's config (``model``) and for
-    :class:`vaelab.train.TrainConfig` (``train``), with ``doc`` saying what it reproduces."""
+    :class:`vaelab.train.TrainConfig` (``train``), with ``doc`` saying what it reproduces, and
+    the optimiser recipe ``optimizer`` (:mod:`vaelab.train.optim`) it trains with."""
 
     name: str
     doc: str
     model: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
     train: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
     model_name: str = "dmm"  # the MODELS entry whose config ``model`` overrides
+    optimizer: Adam = field(default_factory=Adam)
 
 
-def _preset(name: str, doc: str, model: dict[str, Any], train: dict[str, Any]) -> Preset:
-    return Preset(name, " ".join(doc.split()), MappingProxyType(model), MappingProxyType(train))
+def _preset(name: str, doc: str, model: dict[str, Any], train: dict[str, Any],
+            optimizer: Adam | None = None) -> Preset:
+    return Preset(name, " ".join(doc.split()), MappingProxyType(model), MappingProxyType(train),
+                  optimizer=optimizer or Adam())
 
 
 # Pyro's examples/dmm.py, whose training defaults are also DMM.train_defaults; repeated here so
@@ -51,8 +58,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         Adam's epsilon on a per-step loss, and the KL weight's rise lagging Pyro's by one
         step.""",
             {**_PYRO_WIDTHS, "rnn_nonlinearity": "relu", "analytic_kl": False},
-            {**_PYRO_TRAIN, "clip_value_sum": 10.0, "clip_norm": math.inf,
-             "bucket_jitter": math.inf}),
+            {**_PYRO_TRAIN, "clip_norm": math.inf, "bucket_jitter": math.inf},
+            ClippedAdam(clip_value_sum=10.0)),
     _preset("krishnan", """The README's best flow-free JSB settings: Krishnan, Shalit & Sontag
         (2017, arXiv:1609.09869)'s learning rate (8e-4, constant), parameterisation (softplus
         gives the variance; p(z_1) = N(0, I), the guide starting from z_0 = 0), hidden widths
@@ -91,3 +98,19 @@ def apply_preset(name: str) -> tuple[dict, dict]:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     preset = PRESETS[name]
     return dict(preset.model), dict(preset.train)
+
+
+def preset_optimizer(name: str | None) -> Adam:
+    """The optimiser recipe of preset ``name`` for :func:`vaelab.train.fit`'s ``optimizer``
+    (plain :class:`~vaelab.train.optim.Adam` for None and for presets that change none).
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not in :data:`PRESETS`; the message names the known presets.
+    """
+    if name is None:
+        return Adam()
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name].optimizer
