@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from tests.test_dmm import KRISHNAN, LSTM_GUIDE, SMALL, ragged_batch, small_dmm, small_dmm_iaf
+from tests.test_dmm_aug import small_aug
 from vaelab.data import Batch
 from vaelab.fast.rnn import elman_rnn, fill_padding
 from vaelab.fast.scan import _GRAPHS, _Scan, bucketed_scan, captured_graphs
@@ -79,8 +80,9 @@ def _terms_and_gradients(model, batch, noise, samples, analytic):
 @pytest.mark.parametrize(("make", "options", "analytic"), [
     (small_dmm, {}, True), (small_dmm, {}, False), (small_dmm, KRISHNAN, True),
     (small_dmm, LSTM_GUIDE, True), (small_dmm_iaf, {}, False),
-    (small_dmm_iaf, KRISHNAN, False)], ids=["dmm", "mc-kl", "krishnan", "lstm", "iaf",
-                                              "iaf-krishnan"])
+    (small_dmm_iaf, KRISHNAN, False), (lambda **kw: small_aug(**kw), {}, True),
+    (lambda **kw: small_aug("made", **kw), KRISHNAN, True)],
+    ids=["dmm", "mc-kl", "krishnan", "lstm", "iaf", "iaf-krishnan", "aug", "aug-made"])
 def test_the_fast_elbo_equals_the_readable_one_with_every_gradient(make, options, analytic,
                                                                      lengths, samples):
     """vaelab.fast.dmm (elman_rnn, the combiner scan with its hand-written backward, shared RNN

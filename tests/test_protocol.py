@@ -67,7 +67,7 @@ class Toy(SequentialModel):
     def transition_prior(self, z_prev: Tensor, a_prev: Tensor) -> Independent:
         return self.transition(z_prev)
 
-    def emission(self, z: Tensor) -> Independent:
+    def emission(self, z: Tensor, a_prev: Tensor) -> Independent:
         return self.emitter(z)
 
     def guide(self, x, a, mask, noise=None):

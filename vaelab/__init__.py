@@ -10,9 +10,10 @@ from __future__ import annotations
 
 # isort: off
 # imported in the course's order, which is the order models register in (the dashboard's list)
-from vaelab import vae, ssm, realnvp, dmm  # noqa: F401
+from vaelab import vae, ssm, realnvp, dmm, dmm_aug  # noqa: F401
 # isort: on
 from vaelab.dmm import DMM, DMMIAF, DMMConfig, DMMIAFConfig
+from vaelab.dmm_aug import DMMAug, DMMAugConfig
 from vaelab.protocol import MODELS, Model, SequentialModel, register
 from vaelab.realnvp import ConditionalFlowModel, RealNVPConfig
 from vaelab.ssm import SSM, SSMConfig
@@ -20,6 +21,20 @@ from vaelab.vae import VAE, VAEConfig
 
 __version__ = "0.1.0"
 __all__ = [
-    "DMM", "DMMIAF", "MODELS", "SSM", "VAE", "ConditionalFlowModel", "DMMConfig", "DMMIAFConfig",
-    "Model", "RealNVPConfig", "SSMConfig", "SequentialModel", "VAEConfig", "register",
+    "DMM",
+    "DMMIAF",
+    "MODELS",
+    "SSM",
+    "VAE",
+    "ConditionalFlowModel",
+    "DMMAug",
+    "DMMAugConfig",
+    "DMMConfig",
+    "DMMIAFConfig",
+    "Model",
+    "RealNVPConfig",
+    "SSMConfig",
+    "SequentialModel",
+    "VAEConfig",
+    "register",
 ]

@@ -133,20 +133,22 @@ class GatedTransition(nn.Module):
     """
 
     def __init__(self, z_dim: int, transition_dim: int, min_scale: float,
-                 softplus_variance: bool = False) -> None:
+                 softplus_variance: bool = False, extra_dim: int = 0) -> None:
         super().__init__()
-        self.gate = MLP(z_dim, [transition_dim], z_dim)  # sigmoid applied in forward
-        self.proposed_mean = MLP(z_dim, [transition_dim], z_dim)
-        self.z_to_loc = nn.Linear(z_dim, z_dim)
+        in_dim = z_dim + extra_dim  # z_{t-1}, then any input the transition also reads
+        self.gate = MLP(in_dim, [transition_dim], z_dim)  # sigmoid applied in forward
+        self.proposed_mean = MLP(in_dim, [transition_dim], z_dim)
+        self.z_to_loc = nn.Linear(in_dim, z_dim)
         self.z_to_scale = nn.Linear(z_dim, z_dim)
         self.min_scale = min_scale
         self.softplus_variance = softplus_variance
         with torch.no_grad():
-            self.z_to_loc.weight.copy_(torch.eye(z_dim))
+            self.z_to_loc.weight.zero_()[:, :z_dim].copy_(torch.eye(z_dim))
             self.z_to_loc.bias.zero_()
 
     def forward(self, z_prev: Tensor) -> Independent:
-        """z_prev ``[..., Z]`` -> distribution with batch shape ``[...]``, event ``[Z]``."""
+        """z_prev ``[..., Z]`` (or ``[..., Z + extra]``) -> distribution with batch shape
+        ``[...]``, event ``[Z]``."""
         gate = torch.sigmoid(self.gate(z_prev))
         proposed = self.proposed_mean(z_prev)
         loc = (1 - gate) * self.z_to_loc(z_prev) + gate * proposed
@@ -241,8 +243,8 @@ class DMM(SequentialModel):
         """Returns p(z_t | z_{t-1}) (the DMM takes no actions)."""
         return self.transition(z_prev)
 
-    def emission(self, z: Tensor) -> Independent:
-        """Returns p(x_t | z_t)."""
+    def emission(self, z: Tensor, a_prev: Tensor | None = None) -> Independent:
+        """Returns p(x_t | z_t) (the DMM takes no actions)."""
         return self.emitter(z)
 
     def rnn_states(self, x: Tensor, lengths: Tensor) -> Tensor:

@@ -50,6 +50,11 @@ def model_class(name: str) -> type[Model]:
     return MODELS[name][1]
 
 
+def shift(a: Tensor) -> Tensor:
+    """``a [B, T, A]`` one step later: ``out[:, t] = a[:, t - 1]``, zeros at t = 1 (a_0 = 0)."""
+    return torch.cat([torch.zeros_like(a[:, :1]), a[:, :-1]], dim=1)
+
+
 def is_binary(x: Tensor) -> bool:
     """True when every observed value of ``x`` is 0 or 1 (notes, binarised pixels)."""
     return bool(((x == 0) | (x == 1)).all())
@@ -170,7 +175,7 @@ class SequentialModel(Model):
 
         initial_prior(n)                 p(z_1)
         transition_prior(z_prev, a_prev)  p(z_t | z_{t-1}, a_{t-1})
-        emission(z)                      p(x_t | z_t)
+        emission(z, a_prev)              p(x_t | z_t[, a_{t-1}])
         guide(x, a, mask, noise)         z ~ q(z | x, a), with q's conditionals along z
 
     and inherit the input checks, the masked ELBO, the posterior means, the KL per
@@ -181,6 +186,9 @@ class SequentialModel(Model):
     sequential = True
     unit = "nats per observed step"
     default_steps: ClassVar[int] = 20  # sample() without steps or actions
+    # True when the model's inputs a_t are its own observations x_t (an augmented DMM reads
+    # x_{t-1}): sampling then draws x_t step by step and feeds it back
+    feeds_back_x: ClassVar[bool] = False
 
     @property
     def a_dim(self) -> int:
@@ -198,8 +206,9 @@ class SequentialModel(Model):
         """Returns p(z_t | z_{t-1}, a_{t-1}) for ``z_prev [..., Z]``, ``a_prev [..., A]``."""
 
     @abstractmethod
-    def emission(self, z: Tensor) -> Distribution:
-        """Returns p(x_t | z_t) for ``z [..., Z]``, event ``[X]``."""
+    def emission(self, z: Tensor, a_prev: Tensor) -> Distribution:
+        """Returns p(x_t | z_t) for ``z [..., Z]``, event ``[X]``; ``a_prev [..., A]`` is
+        a_{t-1} (0 at t = 1), which only an emission that reads the past uses."""
 
     @abstractmethod
     def guide(self, x: Tensor, a: Tensor, mask: Tensor, noise: Tensor | None = None
@@ -282,7 +291,7 @@ class SequentialModel(Model):
             raise ValueError(f"noise must be {[*x.shape[:2], self.config.z_dim]}, got "
                              f"{list(noise.shape)}")
         z, q_z = self.guide(x, a, mask, noise)  # [B, T, Z], q batch [B, T]
-        log_px = self.emission(z).log_prob(x)  # [B, T], every step in one call
+        log_px = self.emission(z, shift(a)).log_prob(x)  # [B, T], every step in one call
         kl = kl_term(q_z, self.prior(z, a), z, analytic)  # [B, T]
         return ELBOTerms(masked_sum(log_px, mask), masked_sum(kl, mask),
                          mask.sum(dim=1).to(log_px.dtype))
@@ -298,7 +307,8 @@ class SequentialModel(Model):
     @torch.no_grad()
     def reconstruct(self, batch: Batch) -> Tensor:
         """Returns E[x_t | z_t] at the guide's mean path, ``[B, T, X]``."""
-        return self.emission(self.latents(batch)).mean
+        a = self.check(batch)[1]
+        return self.emission(self.latents(batch), shift(a)).mean
 
     @torch.no_grad()
     def kl_per_dim(self, batch: Batch) -> Tensor | None:
@@ -328,8 +338,23 @@ class SequentialModel(Model):
         if a.shape != (n, steps, self.a_dim):
             raise ValueError(f"a must be [n, steps, {self.a_dim}] = [{n}, {steps}, "
                              f"{self.a_dim}], got {list(a.shape)}")
+        if self.feeds_back_x:
+            return self._sample_feeding_back(n, steps)
         zs = [self.initial_prior(n).sample()]
         for t in range(1, steps):
             zs.append(self.transition_prior(zs[-1], a[:, t - 1]).sample())
         z = torch.stack(zs, dim=1)  # [n, T, Z]
-        return z, self.emission(z).mean
+        return z, self.emission(z, shift(a)).mean
+
+    def _sample_feeding_back(self, n: int, steps: int) -> tuple[Tensor, Tensor]:
+        """Ancestral sampling where a_t is the sampled x_t: ``(z, x)`` with x the draws."""
+        z_t = self.initial_prior(n).sample()
+        x_prev = z_t.new_zeros(n, self.config.x_dim)  # x_0 = 0
+        zs, xs = [], []
+        for t in range(steps):
+            if t > 0:
+                z_t = self.transition_prior(z_t, x_prev).sample()
+            x_prev = self.emission(z_t, x_prev).sample()  # fed to the next step
+            zs.append(z_t)
+            xs.append(x_prev)
+        return torch.stack(zs, dim=1), torch.stack(xs, dim=1)

@@ -154,8 +154,8 @@ class SSM(SequentialModel):
         """Returns p(z_t | z_{t-1}, a_{t-1})."""
         return self.transition(z_prev, a_prev)
 
-    def emission(self, z: Tensor) -> Independent:
-        """Returns p(x_t | z_t)."""
+    def emission(self, z: Tensor, a_prev: Tensor | None = None) -> Independent:
+        """Returns p(x_t | z_t) (actions drive the states only)."""
         return self.emitter(z)
 
     def _backward_states(self, x: Tensor, a: Tensor, mask: Tensor) -> Tensor:

@@ -27,6 +27,7 @@ from vaelab.fast.rnn import elman_rnn
 from vaelab.fast.scan import combiner_scan
 from vaelab.nn import reverse_sequences
 from vaelab.objectives import ELBOTerms, kl_term, masked_sum
+from vaelab.protocol import shift
 
 if TYPE_CHECKING:
     from vaelab.data import Batch
@@ -85,10 +86,11 @@ def guide(model: DMM, x: Tensor, lengths: Tensor, noise: Tensor, samples: int
     return torch.stack(zs, dim=1), q_z, torch.stack(log_qs, dim=1) if log_qs else None
 
 
-def _prior_steps(model: DMM, z_prev: Tensor, first: Tensor) -> Independent:
-    """p(z_t | z_{t-1}) from ``z_prev [..., Z]``; p(z_1) where ``first [..., 1]`` (z_prev
-    holds z_0 there, so only the standard N(0, I) initial prior differs)."""
-    p_z = model.transition(z_prev)
+def _prior_steps(model: DMM, z_prev: Tensor, a_prev: Tensor, first: Tensor) -> Independent:
+    """p(z_t | z_{t-1}, a_{t-1}) from ``z_prev [..., Z]``; p(z_1) where ``first [..., 1]``
+    (z_prev holds z_0 and a_prev 0 there, so only the standard N(0, I) initial prior
+    differs)."""
+    p_z = model.transition_prior(z_prev, a_prev)
     if not model.config.standard_initial_prior:
         return p_z
     loc = torch.where(first, 0.0, p_z.base_dist.loc)
@@ -99,7 +101,7 @@ def elbo(model: DMM, batch: Batch, analytic: bool, samples: int = 1,
          noise: Tensor | None = None) -> ELBOTerms:
     """The terms of ``model.elbo(batch, analytic_kl=analytic, noise=noise)``, with ``samples``
     paths per sequence sharing one RNN pass (``[S*B]``, sample-major)."""
-    x, _, mask = model.check(batch)
+    x, a, mask = model.check(batch)
     lengths = mask.sum(dim=1)
     n = samples * len(x)
     if noise is None:
@@ -109,7 +111,8 @@ def elbo(model: DMM, batch: Batch, analytic: bool, samples: int = 1,
                          f"{list(noise.shape)}")
     z, q_z, log_q = guide(model, x, lengths, noise, samples)  # [S*B, T, Z]
     if samples > 1:
-        x, mask = x.repeat(samples, 1, 1), mask.repeat(samples, 1)
+        x, a, mask = x.repeat(samples, 1, 1), a.repeat(samples, 1, 1), mask.repeat(samples, 1)
+    a_prev = shift(a)  # a_{t-1}, 0 at t = 1
     steps = mask.sum(dim=1).to(z.dtype)
     if z.device.type == "cpu":  # score the observed steps only
         index = mask.flatten().nonzero().squeeze(1)  # the observed (row, t), row-major
@@ -121,9 +124,10 @@ def elbo(model: DMM, batch: Batch, analytic: bool, samples: int = 1,
         first = (t == 0)[:, None]
         z_prev = torch.where(first, model.z_0, take(z, (index - 1).clamp(min=0)))
         q_obs = Independent(Normal(take(q_z.base_dist.loc), take(q_z.base_dist.scale)), 1)
-        log_px, kl = _scores(model, take(x), take(z), q_obs,
+        log_px, kl = _scores(model, take(x), take(z), take(a_prev), q_obs,
                              None if log_q is None else take(log_q),
-                             _prior_steps(model, z_prev, first), analytic)  # [N_obs]
+                             _prior_steps(model, z_prev, take(a_prev), first),
+                             analytic)  # [N_obs]
 
         def per_row(v: Tensor) -> Tensor:
             return v.new_zeros(len(mask)).index_add(0, row, v)
@@ -131,14 +135,15 @@ def elbo(model: DMM, batch: Batch, analytic: bool, samples: int = 1,
         return ELBOTerms(per_row(log_px), per_row(kl), steps)
     z_prev = torch.cat([model.z_0.expand(len(z), 1, -1), z[:, :-1]], dim=1)  # [N, T, Z]
     first = (torch.arange(z.shape[1], device=z.device) == 0)[:, None]  # [T, 1]
-    log_px, kl = _scores(model, x, z, q_z, log_q, _prior_steps(model, z_prev, first), analytic)
+    log_px, kl = _scores(model, x, z, a_prev, q_z, log_q,
+                         _prior_steps(model, z_prev, a_prev, first), analytic)
     return ELBOTerms(masked_sum(log_px, mask), masked_sum(kl, mask), steps)
 
 
-def _scores(model: DMM, x: Tensor, z: Tensor, q_z: Independent, log_q: Tensor | None,
-            p_z: Independent, analytic: bool) -> tuple[Tensor, Tensor]:
-    """log p(x_t | z_t) and the KL term of each step, batched over any leading shape."""
-    log_px = model.emitter(z).log_prob(x)
+def _scores(model: DMM, x: Tensor, z: Tensor, a_prev: Tensor, q_z: Independent,
+            log_q: Tensor | None, p_z: Independent, analytic: bool) -> tuple[Tensor, Tensor]:
+    """log p(x_t | z_t, a_{t-1}) and the KL term of each step, over any leading shape."""
+    log_px = model.emission(z, a_prev).log_prob(x)
     if log_q is None:
         return log_px, kl_term(q_z, p_z, z, analytic)
     return log_px, log_q - p_z.log_prob(z)  # a flow guide: the one-sample estimate
