@@ -35,9 +35,9 @@ class Preset:
 
 
 def _preset(name: str, doc: str, model: dict[str, Any], train: dict[str, Any],
-            optimizer: Adam | None = None) -> Preset:
+            optimizer: Adam | None = None, model_name: str = "dmm") -> Preset:
     return Preset(name, " ".join(doc.split()), MappingProxyType(model), MappingProxyType(train),
-                  optimizer=optimizer or Adam())
+                  model_name=model_name, optimizer=optimizer or Adam())
 
 
 # Pyro's examples/dmm.py, whose training defaults are also DMM.train_defaults; repeated here so
@@ -47,6 +47,12 @@ _PYRO_TRAIN = {
     "anneal_epochs": 1000, "min_kl_weight": 0.2, "weight_decay_sum": 2.0,
 }
 _PYRO_WIDTHS = {"z_dim": 100, "emission_dim": 100, "transition_dim": 200, "rnn_dim": 600}
+
+# Krishnan et al.'s settings (the krishnan preset), shared by the augmented models' presets
+_KRISHNAN_MODEL = {"softplus_variance": True, "standard_initial_prior": True,
+                   "emission_dim": 200, "transition_dim": 400}
+_KRISHNAN_TRAIN = {**_PYRO_TRAIN, "epochs": 1300, "lr": 8e-4, "lr_decay": 1.0,
+                   "anneal_epochs": 417, "min_kl_weight": 0.01, "clip_norm": 10.0}
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     _preset("pyro", """Pyro's examples/dmm.py on JSB with every default of its command line:
@@ -72,6 +78,16 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
              "emission_dim": 200, "transition_dim": 400},
             {**_PYRO_TRAIN, "epochs": 1300, "lr": 8e-4, "lr_decay": 1.0,
              "anneal_epochs": 417, "min_kl_weight": 0.01, "clip_norm": 10.0}),
+    _preset("krishnan-aug", """The krishnan preset on the augmented DMM (dmm_aug): the
+        previous step's notes x_{t-1} feed the transition and the emission, as Krishnan et
+        al.'s DMM-Aug (their --use_prev_input and conditional emission), whose JSB test figures
+        are -ELBO 6.773 and IS NLL 6.288.""",
+            {**_KRISHNAN_MODEL}, {**_KRISHNAN_TRAIN}, model_name="dmm_aug"),
+    _preset("krishnan-aug-made", """krishnan-aug with an emission autoregressive over the 88
+        notes (a MADE with 200 hidden units reading [z_t, x_{t-1}]), Krishnan et al.'s DMM-Aug
+        with a NADE emission: JSB test -ELBO 5.335, IS NLL 5.118.""",
+            {**_KRISHNAN_MODEL, "emission": "made", "made_dim": 200}, {**_KRISHNAN_TRAIN},
+            model_name="dmm_aug"),
     _preset("quick", """A small DMM for notebooks and the dashboard, reproducing no
         published figure: widths z 16, emission 32, transition 32, RNN 64, Adam at 1e-3
         without decay, KL weight from 0.2 over 5 epochs, 20 epochs of mini-batches of 20: a
