@@ -728,3 +728,24 @@ def test_piano_roll_of_silence_and_of_the_keyboard_edges():
     edges = piano_roll([[(21, 108), [60]], [{64, 67}]], "edges")  # tuples, lists and sets
     assert edges.x.nonzero().tolist() == [[0, 0, 0], [0, 0, 87], [0, 1, 39], [1, 0, 43],
                                           [1, 0, 46]]
+
+
+def test_sequence_lengths_set_to_none_later_are_named():
+    data = _sequences([3, 1, 2])
+    data.lengths = None
+    with pytest.raises(ValueError, match=r"lengths is None for sequences of shape \[3, 3, 2\]"):
+        data.batch(torch.arange(3))
+    with pytest.raises(ValueError, match="lengths is None for sequences"):
+        next(data.batches(2))
+
+
+def test_a_path_loader_registered_without_its_description_is_named(monkeypatch):
+    from vaelab import datasets
+
+    def bare(path, transpose=0):
+        raise AssertionError("the spec check runs before any loader")
+
+    monkeypatch.setattr(datasets, "DATASETS", {**datasets.DATASETS, "bare": bare})
+    with pytest.raises(ValueError, match=r"'bare' takes a path but its loader does not say what "
+                                         r"it reads; register it as .*_needs_path"):
+        datasets.validate_data_spec({"name": "bare", "path": "somewhere"})

@@ -161,3 +161,16 @@ def test_bad_shapes_raise():
         kalman_log_likelihood(sys, x, None)
     with pytest.raises(ValueError, match=r"LinearGaussianSSM.Q must be \[3, 3\]"):
         LinearGaussianSSM(sys.m0, sys.P0, sys.A, sys.B, sys.Q[:2, :2], sys.C, sys.R)
+
+
+def test_offsets_are_zeros_when_omitted_and_none_set_later_is_named():
+    sys = random_system()
+    b, d = sys.offsets()
+    assert b is sys.b and d is sys.d
+    bare = LinearGaussianSSM(sys.m0, sys.P0, sys.A, sys.B, sys.Q, sys.C, sys.R)
+    b0, d0 = bare.offsets()
+    assert torch.equal(b0, torch.zeros(3, dtype=D)) and torch.equal(d0, torch.zeros(2, dtype=D))
+    x, a = data(sys)
+    sys.d = None
+    with pytest.raises(ValueError, match=r"\.d was set to None after construction; build a new"):
+        kalman_log_likelihood(sys, x, a)

@@ -158,7 +158,8 @@ def test_importance_log_likelihood_default_chunk_takes_short_batches_whole(monke
 
 
 @pytest.mark.parametrize("name, data", [("vae", "digits"), ("ssm", "linear"), ("dmm", "jsb"),
-                                        ("dmm_iaf", "jsb"), ("realnvp", "moons")])
+                                        ("dmm_iaf", "jsb"), ("dmm_aug", "jsb"),
+                                        ("realnvp", "moons")])
 def test_forward_is_the_elbo_for_every_model(name, data):
     """Training calls models through forward (so DDP can synchronise gradients): it must give
     exactly the terms elbo gives for the same random state, with and without samples."""
@@ -166,7 +167,7 @@ def test_forward_is_the_elbo_for_every_model(name, data):
     from vaelab.config import make_model
     from vaelab.datasets import load_dataset
 
-    assert set(MODELS) == {"vae", "ssm", "dmm", "dmm_iaf", "realnvp"}  # every model listed
+    assert set(MODELS) == {"vae", "ssm", "dmm", "dmm_iaf", "dmm_aug", "realnvp"}  # all listed
     train, _, _ = load_dataset(data)
     small = {"vae": {"hidden_dims": [8]}, "realnvp": {"hidden_dim": 8, "num_layers": 2}}
     model = make_model(name, train, small.get(name, {}))

@@ -18,7 +18,7 @@ from vaelab.data import Data
 
 def parse_sets(pairs: list[str], flag: str = "--set") -> dict:
     """``["z_dim=8", "hidden_dims=[64,64]"]`` -> dict, values parsed as Python literals."""
-    out = {}
+    out: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:

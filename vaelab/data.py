@@ -42,12 +42,14 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)
-        return Batch(move(self.x), move(self.a), move(self.mask), move(self.z))
+        return Batch(self.x.to(device, non_blocking=True), move(self.a), move(self.mask),
+                     move(self.z))
 
     def repeat(self, k: int) -> Batch:
         """``k`` copies stacked sample-major: row ``i * B + b`` is copy ``i`` of example ``b``."""
         rep = lambda t: None if t is None else t.repeat(k, *([1] * (t.dim() - 1)))
-        return Batch(rep(self.x), rep(self.a), rep(self.mask), rep(self.z))
+        return Batch(self.x.repeat(k, *([1] * (self.x.dim() - 1))), rep(self.a),
+                     rep(self.mask), rep(self.z))
 
 
 def check_finite(name: str, t: Tensor | np.ndarray, where: str) -> None:
@@ -179,7 +181,7 @@ class Data:
             raise ValueError(f"{self.name}: lengths must be an integer tensor [N] = [{n}], got "
                              f"{getattr(self.lengths, 'dtype', type(self.lengths).__name__)} "
                              f"of shape {list(getattr(self.lengths, 'shape', []))}")
-        if n and not (1 <= int(self.lengths.min()) and int(self.lengths.max()) <= steps):
+        if n and not (int(self.lengths.min()) >= 1 and int(self.lengths.max()) <= steps):
             raise ValueError(f"{self.name}: lengths must be in 1..T={steps}, got values from "
                              f"{int(self.lengths.min())} to {int(self.lengths.max())}")
 
@@ -198,6 +200,14 @@ class Data:
     def a_dim(self) -> int:
         return 0 if self.a is None else self.a.shape[-1]
 
+    def _seq_lengths(self) -> Tensor:
+        """``lengths [N]`` of a sequence data set (set in ``__post_init__``)."""
+        if self.lengths is None:
+            raise ValueError(f"{self.name}: lengths is None for sequences of shape "
+                             f"{list(self.x.shape)}; pass lengths [N] or leave it unset when "
+                             f"building the Data, not None afterwards")
+        return self.lengths
+
     def subset(self, index: Tensor | slice) -> Data:
         take = lambda t: None if t is None else t[index]
         return replace(self, x=self.x[index], a=take(self.a), z=take(self.z),
@@ -208,7 +218,7 @@ class Data:
         x = self.x[index]
         a = mask = z = None
         if self.is_sequence:
-            lengths = self.lengths[index]
+            lengths = self._seq_lengths()[index]
             t_max = int(lengths.max())
             x = x[:, :t_max]
             mask = torch.arange(t_max) < lengths[:, None]  # [B, T]
@@ -243,19 +253,18 @@ class Data:
             raise ValueError(f"jitter must be >= 0 length standard deviations (math.inf for a "
                              f"plain shuffle), got {jitter}")
         n = len(self)
-        if shuffle:
-            order = torch.randperm(n, generator=generator)
-        else:
-            order = torch.arange(n)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         if self.is_sequence and bucket and shuffle and math.isfinite(jitter):
-            spread = jitter * self.lengths.float().std() if n > 1 else 0.0  # std of 1 is NaN
+            lengths = self._seq_lengths().float()
+            spread = jitter * lengths.std() if n > 1 else 0.0  # std of 1 is NaN
             noise = torch.rand(n, generator=generator) * spread
-            order = torch.argsort(self.lengths.float() + noise)
+            order = torch.argsort(lengths + noise)
         chunks = list(order.split(batch_size))
         if shuffle:
             chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=generator)]
             if self.is_sequence:  # longest first: each step's observed rows are a prefix
-                chunks = [c[torch.argsort(self.lengths[c], descending=True, stable=True)]
+                seq_lengths = self._seq_lengths()
+                chunks = [c[torch.argsort(seq_lengths[c], descending=True, stable=True)]
                           for c in chunks]
         for index in chunks:
             yield self.batch(index, generator)
@@ -282,12 +291,13 @@ def load_digits(binarize: bool = True) -> tuple[Data, Data, Data]:
     x = torch.from_numpy(images.reshape(len(images), 64).astype(np.float32) / 16.0)
     info = {"image_shape": (8, 8), "labels": torch.from_numpy(labels.astype(np.int64))}
     data = Data(x, binarize=binarize, name="digits", info=info)
-    return tuple(_with_labels(data, idx) for idx in _split(len(x), 200, 300))
+    train, val, test = (_with_labels(data, info, idx) for idx in _split(len(x), 200, 300))
+    return train, val, test
 
 
-def _with_labels(data: Data, idx: Tensor) -> Data:
+def _with_labels(data: Data, info: dict, idx: Tensor) -> Data:
     part = data.subset(idx)
-    part.info = {**data.info, "labels": data.info["labels"][idx]}
+    part.info = {**info, "labels": info["labels"][idx]}
     return part
 
 
@@ -525,8 +535,8 @@ def piano_roll(sequences: list, name: str, transpose: int = 0) -> Data:
             notes[k] = _note_number(note, name, *where[k])
     x = torch.zeros(len(sequences), int(lengths.max()), NUM_NOTES)
     if notes:
-        i, t = torch.tensor(where, dtype=torch.long).reshape(-1, 2).unbind(1)
-        x[i, t, torch.tensor(notes, dtype=torch.long) - NOTE_MIN] = 1.0
+        rows, steps = torch.tensor(where, dtype=torch.long).reshape(-1, 2).unbind(1)
+        x[rows, steps, torch.tensor(notes, dtype=torch.long) - NOTE_MIN] = 1.0
     return Data(x, lengths=lengths, transpose=transpose, name=name, info={"kind": "piano_roll"})
 
 
@@ -618,11 +628,13 @@ def load_moons(
     rotation = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
     x = (rotation @ moon[:, :, None]).squeeze(-1)  # [N, 2]
     a = torch.stack([cos, sin], dim=1)  # [N, 2]
-    data = Data(x, a=a, name="moons", info={"theta": theta, "noise": noise})
+    info = {"theta": theta, "noise": noise}
+    data = Data(x, a=a, name="moons", info=info)
     splits = []
     for idx in _split(n, n_val, n_test, seed):
         part = data.subset(idx)
-        part.info = {**data.info, "theta": theta[idx]}
+        part.info = {**info, "theta": theta[idx]}
         splits.append(part)
-    return tuple(splits)
+    train, val, test = splits
+    return train, val, test
 

@@ -18,15 +18,25 @@ from vaelab.data import Data, load_digits, load_jsb, load_mnist, load_moons, loa
 Loader = Callable[..., tuple[Data, Data, Data]]
 
 
-def _needs_path(loader: Loader, what: str, kind: str) -> Loader:
-    def load(path: str | None = None, **kw):
+class _PathLoader:
+    """A loader that reads ``path``, a file or folder: ``path_what`` describes it for error
+    messages, ``path_kind`` is ``"file"`` or ``"folder"``. Calling it without a path raises a
+    ``ValueError`` saying what to pass."""
+
+    def __init__(self, loader: Loader, what: str, kind: str) -> None:
+        self.loader = loader
+        self.path_what, self.path_kind = what, kind
+        self.__signature__ = inspect.signature(loader)  # the loader's real options, for checks
+        self.__doc__ = loader.__doc__
+
+    def __call__(self, path: str | None = None, **kw: object) -> tuple[Data, Data, Data]:
         if path is None:
-            raise ValueError(f"this data set needs a path: pass {what}")
-        return loader(path, **kw)
-    load.__signature__ = inspect.signature(loader)  # the loader's real options, for checks
-    load.__doc__ = loader.__doc__
-    load.path_what, load.path_kind = what, kind  # "file" or "folder"
-    return load
+            raise ValueError(f"this data set needs a path: pass {self.path_what}")
+        return self.loader(path, **kw)
+
+
+def _needs_path(loader: Loader, what: str, kind: str) -> _PathLoader:
+    return _PathLoader(loader, what, kind)
 
 
 DATASETS: dict[str, Loader] = {
@@ -97,6 +107,10 @@ def validate_data_spec(spec: object) -> dict:
 
 def _check_spec_path(name: str, path: object) -> str:
     loader = DATASETS[name]
+    if not isinstance(loader, _PathLoader):
+        raise ValueError(  # noqa: TRY004
+            f"data set {name!r} takes a path but its loader does not say what it reads; "
+            f"register it as vaelab.datasets._needs_path(loader, what, 'file' or 'folder')")
     what, kind = loader.path_what, loader.path_kind
     if path is None:
         raise ValueError(f"data set {name!r} needs a path: pass {what}")

@@ -81,7 +81,9 @@ def reference_metrics(train: Data, val: Data | None) -> dict:
 
     out = {}
     for split, data in (("val", val), ("train", train)):
-        system = (data.info or {}).get("system") if data is not None else None
+        if data is None:
+            continue
+        system = (data.info or {}).get("system")
         if isinstance(system, LinearGaussianSSM) and len(data):
             out[f"exact_nll_{split}"] = exact_nll(system, data.subset(slice(0, 500)))
     return out

@@ -204,7 +204,7 @@ class DMM(SequentialModel):
     def __init__(self, config: DMMConfig) -> None:
         super().__init__()
         self.config = c = config
-        self.emitter = Emitter(c.x_dim, c.z_dim, c.emission_dim)
+        self.emitter: nn.Module = Emitter(c.x_dim, c.z_dim, c.emission_dim)  # DMMAug's differs
         self.transition = GatedTransition(c.z_dim, c.transition_dim, c.min_scale,
                                           c.softplus_variance)
         self.combiner = Combiner(c.z_dim, c.rnn_dim, c.min_scale, c.softplus_variance)
@@ -243,7 +243,7 @@ class DMM(SequentialModel):
         """Returns p(z_t | z_{t-1}) (the DMM takes no actions)."""
         return self.transition(z_prev)
 
-    def emission(self, z: Tensor, a_prev: Tensor | None = None) -> Independent:
+    def emission(self, z: Tensor, a_prev: Tensor | None = None) -> Distribution:
         """Returns p(x_t | z_t) (the DMM takes no actions)."""
         return self.emitter(z)
 
@@ -260,9 +260,10 @@ class DMM(SequentialModel):
         if self.embed is not None:
             x_rev = self.embed(x_rev)
         h_0 = self.h_0.expand(-1, x.shape[0], -1).contiguous()  # [layers, B, R]
+        state: Tensor | tuple[Tensor, Tensor] = h_0
         if self.config.rnn_type == "lstm":
-            h_0 = (h_0, self.c_0.expand(-1, x.shape[0], -1).contiguous())
-        out, _ = self.rnn(x_rev, h_0)  # [B, T, R], reversed time
+            state = (h_0, self.c_0.expand(-1, x.shape[0], -1).contiguous())
+        out, _ = self.rnn(x_rev, state)  # [B, T, R], reversed time
         return reverse_sequences(self.output_dropout(out), lengths)
 
     def guide(self, x: Tensor, a: Tensor, mask: Tensor, noise: Tensor | None = None

@@ -18,6 +18,7 @@ teaching (torch.distributions has no autoregressive or coupling transform).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -128,7 +129,7 @@ class AffineAutoregressive(Transform):
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         """Returns ``sum_d log sigma_d(x)``, ``[...]`` (event summed)."""
         x_old, log_sigma = self._cached_log_sigma
-        if x is not x_old:
+        if x is not x_old or log_sigma is None:
             log_sigma = self._shift_log_sigma(x)[1]
         return log_sigma.sum(dim=-1)
 
@@ -171,6 +172,7 @@ class IAFStack(nn.Module):
             MADE(dim, [max(hidden_dim, dim - 1)] * num_hidden, num_outputs=2)
             for _ in range(num_iafs)
         )
+        self.reverse: Tensor
         self.register_buffer("reverse", torch.arange(dim - 1, -1, -1), persistent=False)
 
     def transforms(self) -> list[Transform]:
@@ -179,7 +181,7 @@ class IAFStack(nn.Module):
         for i, made in enumerate(self.mades):
             if i > 0:
                 out.append(Permute(self.reverse))
-            out.append(AffineAutoregressive(made, self.gate_bias))
+            out.append(AffineAutoregressive(cast(MADE, made), self.gate_bias))
         return out
 
     def forward(self, base: Distribution) -> TransformedDistribution:
@@ -201,8 +203,9 @@ class CouplingNet(nn.Module):
                  activation: type[nn.Module] = nn.ReLU) -> None:
         super().__init__()
         self.net = MLP(dim + context_dim, hidden_dims, 2 * dim, activation)
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        last = cast(nn.Linear, self.net[-1])
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def forward(self, x_masked: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         shape = torch.broadcast_shapes(x_masked.shape[:-1], context.shape[:-1])
@@ -301,6 +304,7 @@ class ConditionalRealNVP(nn.Module):
         # layer i leaves dims j with (j + i) even untouched; in 1-D every other layer is the
         # identity and the others are context-dependent affine maps
         masks = torch.stack([(torch.arange(dim) + i) % 2 == 0 for i in range(num_layers)])
+        self.masks: Tensor
         self.register_buffer("masks", masks.float(), persistent=False)  # [L, D]
         self.base = (DiagGaussian(context_dim, dim, hidden_dims, activation, min_scale)
                      if conditional_base and context_dim > 0 else None)
@@ -314,8 +318,8 @@ class ConditionalRealNVP(nn.Module):
         """Fresh coupling transforms for ``context`` ``[..., C]``, base -> sample order."""
         self._check_context(context)
         masks = self.masks.to(context.dtype)
-        return [AffineCoupling(net, mask, context, self.log_scale_bound)
-                for net, mask in zip(self.nets, masks)]
+        return [AffineCoupling(cast(CouplingNet, net), mask, context, self.log_scale_bound)
+                for net, mask in zip(self.nets, masks, strict=True)]
 
     def base_distribution(self, context: Tensor) -> Distribution:
         """Returns the base p(x | c), batch shape ``context.shape[:-1]``, event ``[D]``."""

@@ -65,6 +65,13 @@ class LinearGaussianSSM:
     def z_dim(self) -> int:
         return self.m0.shape[0]
 
+    def offsets(self) -> tuple[Tensor, Tensor]:
+        """Returns the offsets ``(b [Z], d [X])`` (zeros when they were omitted)."""
+        if self.b is None or self.d is None:
+            raise ValueError("LinearGaussianSSM.b or .d was set to None after construction; "
+                             "build a new LinearGaussianSSM (an omitted offset becomes zeros)")
+        return self.b, self.d
+
     @property
     def x_dim(self) -> int:
         return self.C.shape[0]
@@ -92,11 +99,12 @@ class LinearGaussianSSM:
             eps = torch.randn(n, k, generator=generator, dtype=a.dtype).to(a.device)
             return eps @ scale_tril.T
 
+        b, d = self.offsets()
         zs = [self.m0 + noise(self.z_dim, chol[0])]
         for t in range(steps - 1):
-            zs.append(zs[-1] @ self.A.T + a[:, t] @ self.B.T + self.b + noise(self.z_dim, chol[1]))
+            zs.append(zs[-1] @ self.A.T + a[:, t] @ self.B.T + b + noise(self.z_dim, chol[1]))
         z = torch.stack(zs, dim=1)  # [N, T, Z]
-        x = z @ self.C.T + self.d
+        x = z @ self.C.T + d
         x = x + (torch.randn(n * steps, self.x_dim, generator=generator, dtype=a.dtype)
                  .to(a.device) @ chol[2].T).view(n, steps, -1)
         return z, x
@@ -152,15 +160,16 @@ def kalman_filter(
     x, a, mask = _inputs(params, x, a, mask)
     batch, steps, x_dim = x.shape
     A, B, C, Q, R = params.A, params.B, params.C, params.Q, params.R
+    b, d = params.offsets()
     eye = torch.eye(params.z_dim, dtype=x.dtype, device=x.device)
     m = params.m0.expand(batch, -1)  # [B, Z]
     P = params.P0.expand(batch, -1, -1)  # [B, Z, Z]
-    out = {k: [] for k in ("ll", "pm", "pP", "m", "P")}
+    out: dict[str, list[Tensor]] = {k: [] for k in ("ll", "pm", "pP", "m", "P")}
     for t in range(steps):
         out["pm"].append(m)
         out["pP"].append(P)
         # innovation y = x_t - E[x_t | x_{<t}], covariance S = C P C^T + R
-        y = x[:, t] - (m @ C.T + params.d)  # [B, X]
+        y = x[:, t] - (m @ C.T + d)  # [B, X]
         CP = C @ P  # [B, X, Z]
         S = _symmetrize(CP @ C.T + R)
         L = torch.linalg.cholesky(S)  # [B, X, X]
@@ -180,7 +189,7 @@ def kalman_filter(
         out["m"].append(m)
         out["P"].append(P)
         # predict z_{t+1} | x_{<=t}, driven by a_t
-        m = m @ A.T + a[:, t] @ B.T + params.b
+        m = m @ A.T + a[:, t] @ B.T + b
         P = _symmetrize(A @ P @ A.T + Q)
     step_ll = torch.stack(out["ll"], dim=1)  # [B, T]
     return FilterResult(step_ll.sum(dim=1), step_ll, torch.stack(out["pm"], 1),
@@ -247,6 +256,9 @@ def exact_nll(params: LinearGaussianSSM, data: Data, batch_size: int = 1000) -> 
     for batch in data.batches(batch_size, shuffle=False):
         a = None if batch.a is None else batch.a.double()
         total += float(kalman_log_likelihood(params, batch.x.double(), a, batch.mask).sum())
+        if batch.mask is None:  # only sequences [N, T, X] reach here
+            raise ValueError(f"exact_nll needs sequences [N, T, X], got {data.name} of shape "
+                             f"{list(data.x.shape)}")
         steps += float(batch.mask.sum())
     return -total / steps
 

@@ -64,6 +64,7 @@ class MaskedLinear(nn.Linear):
             raise ValueError(
                 f"mask must be [{out_features}, {in_features}], got {list(mask.shape)}"
             )
+        self.mask: Tensor
         self.register_buffer("mask", mask.to(self.weight.dtype))
 
     def forward(self, x: Tensor) -> Tensor:

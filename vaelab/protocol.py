@@ -16,7 +16,8 @@ capability is an attribute or a method of the base with an honest default, never
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -89,7 +90,10 @@ class Model(nn.Module, ABC):
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
         if samples > 1 and self.shares_samples:
-            return self.elbo(batch, samples=samples, **kw)
+            # a model that sets shares_samples takes elbo(..., samples=S) (the DMM's does),
+            # which the abstract signature cannot say
+            elbo = cast("Callable[..., ELBOTerms]", self.elbo)
+            return elbo(batch, samples=samples, **kw)
         return self.elbo(batch if samples == 1 else batch.repeat(samples), **kw)
 
     @abstractmethod

@@ -120,11 +120,14 @@ class SSM(SequentialModel):
         act = activation(c.activation)
         hidden = [] if c.linear else [c.hidden_dim]
         self.initial = LearnableNormal(c.z_dim, min_scale=c.min_scale)  # p(z_1)
+        self.transition: LinearGaussian | DiagGaussian
+        self.emitter: LinearGaussian | DiagGaussian
         if c.linear:
-            self.transition = LinearGaussian(c.z_dim + c.a_dim, c.z_dim, 1.0, c.min_scale)
+            self.transition = transition = LinearGaussian(c.z_dim + c.a_dim, c.z_dim, 1.0,
+                                                          c.min_scale)
             with torch.no_grad():  # identity-initialised: states persist (as in Pyro's DMM)
-                self.transition.linear.weight[:, :c.z_dim].copy_(torch.eye(c.z_dim))
-                self.transition.linear.bias.zero_()
+                transition.linear.weight[:, :c.z_dim].copy_(torch.eye(c.z_dim))
+                transition.linear.bias.zero_()
             self.emitter = LinearGaussian(c.z_dim, c.x_dim, 1.0, c.min_scale)
         else:
             self.transition = DiagGaussian(c.z_dim + c.a_dim, c.z_dim, hidden, act, c.min_scale)
@@ -196,22 +199,22 @@ class SSM(SequentialModel):
     def linear_system(self) -> LinearGaussianSSM:
         """Returns the model's generative part as a :class:`LinearGaussianSSM` (differentiable),
         for exact log p(x | a) with the Kalman filter. Needs ``linear=True``."""
-        self._need_linear()
+        transition, emitter = self._need_linear()
         z = self.config.z_dim
-        w = self.transition.linear.weight  # [Z, Z + A]
+        w = transition.linear.weight  # [Z, Z + A]
         return LinearGaussianSSM(
             m0=self.initial.loc, P0=torch.diag(self.initial.scale**2),
-            A=w[:, :z], B=w[:, z:], b=self.transition.linear.bias,
-            Q=torch.diag(self.transition.scale**2),
-            C=self.emitter.linear.weight, d=self.emitter.linear.bias,
-            R=torch.diag(self.emitter.scale**2),
+            A=w[:, :z], B=w[:, z:], b=transition.linear.bias,
+            Q=torch.diag(transition.scale**2),
+            C=emitter.linear.weight, d=emitter.linear.bias,
+            R=torch.diag(emitter.scale**2),
         )
 
     @torch.no_grad()
     def set_linear_system(self, system: LinearGaussianSSM) -> None:
         """Copy a linear-Gaussian system with diagonal P0, Q, R into the generative part
         (e.g. the true system, to train the guide alone). Needs ``linear=True``."""
-        self._need_linear()
+        transition, emitter = self._need_linear()
         c = self.config
         if (system.z_dim, system.x_dim, system.a_dim) != (c.z_dim, c.x_dim, c.a_dim):
             raise ValueError(f"system has z, x, a dims {system.z_dim, system.x_dim, system.a_dim}"
@@ -228,22 +231,27 @@ class SSM(SequentialModel):
 
         self.initial.loc.copy_(system.m0)
         self.initial.raw_scale.copy_(raw(stds["P0"]))
-        self.transition.linear.weight.copy_(torch.cat([system.A, system.B], dim=1))
-        self.transition.linear.bias.copy_(system.b)
-        self.transition.raw_scale.copy_(raw(stds["Q"]))
-        self.emitter.linear.weight.copy_(system.C)
-        self.emitter.linear.bias.copy_(system.d)
-        self.emitter.raw_scale.copy_(raw(stds["R"]))
+        b, d = system.offsets()
+        transition.linear.weight.copy_(torch.cat([system.A, system.B], dim=1))
+        transition.linear.bias.copy_(b)
+        transition.raw_scale.copy_(raw(stds["Q"]))
+        emitter.linear.weight.copy_(system.C)
+        emitter.linear.bias.copy_(d)
+        emitter.raw_scale.copy_(raw(stds["R"]))
 
     def generative_parameters(self) -> list[nn.Parameter]:
         """The parameters of p(x, z | a): ``initial``, ``transition``, ``emitter``."""
         return [*self.initial.parameters(), *self.transition.parameters(),
                 *self.emitter.parameters()]
 
-    def _need_linear(self) -> None:
-        if not self.config.linear:
+    def _need_linear(self) -> tuple[LinearGaussian, LinearGaussian]:
+        """Returns ``(transition, emitter)``, the affine factors of a ``linear=True`` model."""
+        transition, emitter = self.transition, self.emitter
+        if not (self.config.linear and isinstance(transition, LinearGaussian)
+                and isinstance(emitter, LinearGaussian)):
             raise ValueError("only a linear-Gaussian model has exact matrices; build it with "
                              "SSMConfig(linear=True)")
+        return transition, emitter
 
 
 __all__ = ["SSM", "LinearGaussian", "SSMConfig", "reverse_sequences"]

@@ -73,11 +73,12 @@ def _make_splits(x: Tensor, a: Tensor | None, z: Tensor | None, lengths: Tensor,
                 lengths=lengths, name=name, info=info)
     parts = _splits(len(x), n_val, n_test, seed)
     out = []
-    for suffix, index in zip(("", "-val", "-test"), parts):
+    for suffix, index in zip(("", "-val", "-test"), parts, strict=True):
         part = full.subset(index)
         part.name = name + suffix
         out.append(part)
-    return tuple(out)
+    train, val, test = out
+    return train, val, test
 
 
 # ----------------------------------------------------------------------------- linear system

@@ -77,6 +77,7 @@ class VAE(Model):
         act = activation(c.activation)
         self.encoder = DiagGaussian(c.x_dim, c.z_dim, c.hidden_dims, act, c.min_scale)
         hidden_rev = c.hidden_dims[::-1]
+        self.decoder: BernoulliLogits | DiagGaussian
         if c.likelihood == "bernoulli":
             self.decoder = BernoulliLogits(c.z_dim, c.x_dim, hidden_rev, act)
         else:

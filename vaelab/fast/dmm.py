@@ -19,8 +19,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
-from torch.distributions import Distribution, Independent, Normal
+from torch import Tensor, nn
+from torch.distributions import Independent, Normal
 from torch.nn.functional import linear
 
 from vaelab.fast.rnn import elman_rnn
@@ -36,19 +36,20 @@ if TYPE_CHECKING:
 
 def rnn_states(model: DMM, x: Tensor, lengths: Tensor) -> Tensor:
     """``model.rnn_states``, with the CPU's one-layer Elman RNN through :func:`elman_rnn`."""
-    c = model.config
-    if not (c.rnn_type == "rnn" and c.rnn_layers == 1 and x.device.type == "cpu"):
+    c, rnn = model.config, model.rnn
+    if not (c.rnn_type == "rnn" and isinstance(rnn, nn.RNN) and c.rnn_layers == 1
+            and x.device.type == "cpu"):
         return model.rnn_states(x, lengths)
     x_rev = reverse_sequences(x, lengths)
     if model.embed is not None:
         x_rev = model.embed(x_rev)
     h_0 = model.h_0[0].expand(x.shape[0], -1)  # [B, R]
-    out = elman_rnn(model.rnn, x_rev, h_0, lengths)  # padding skipped
+    out = elman_rnn(rnn, x_rev, h_0, lengths)  # padding skipped
     return reverse_sequences(model.output_dropout(out), lengths)
 
 
 def guide(model: DMM, x: Tensor, lengths: Tensor, noise: Tensor, samples: int
-          ) -> tuple[Tensor, Distribution, Tensor | None]:
+          ) -> tuple[Tensor, Independent, Tensor | None]:
     """``S = samples`` guide paths per sequence sharing one RNN pass, sample-major
     (``[S*B, T, Z]``): the path, the Gaussian part of q(z_t | z_{t-1}, x_{t:T}) along it
     (batch ``[S*B, T]``) and, with IAFs, log q(z_t | ...) ``[S*B, T]`` (else None)."""
@@ -69,7 +70,7 @@ def guide(model: DMM, x: Tensor, lengths: Tensor, noise: Tensor, samples: int
     z_prev = model.z_q_0.expand(len(rnn_part), -1)
     zs, locs, scales, log_qs = [], [], [], []
     # unbind, not [:, t]: indexing would give every step's backward a full-size zero grad
-    for rnn_t, noise_t in zip(rnn_part.unbind(1), noise.unbind(1)):
+    for rnn_t, noise_t in zip(rnn_part.unbind(1), noise.unbind(1), strict=True):
         tanh_z = torch.tanh(combiner.z_to_hidden(z_prev))  # [N, R]
         loc, s = torch.addmm(rnn_t, tanh_z, half_weight_t).chunk(2, dim=-1)
         scale = combiner.scale(s)

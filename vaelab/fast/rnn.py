@@ -9,6 +9,7 @@ values and gradients against it in float64.
 from __future__ import annotations
 
 from itertools import groupby
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -70,7 +71,7 @@ class _ElmanScan(torch.autograd.Function):
         out = padded_like(u, rows)  # the padding's outputs: 0
         h = h_0
         w_t = weight_hh.t()
-        for u_t, out_t, n in zip(u.unbind(0), out.unbind(0), rows):
+        for u_t, out_t, n in zip(u.unbind(0), out.unbind(0), rows, strict=True):
             if n < batch:
                 u_t, out_t = u_t[:n], out_t[:n]
             h = torch.addmm(u_t, h[:n], w_t, out=out_t)
@@ -89,7 +90,8 @@ class _ElmanScan(torch.autograd.Function):
         slope = (out > 0).to(out.dtype) if ctx.relu else 1 - out * out
         carry = h_0.new_zeros(0, h_0.shape[1])  # dL/dh_t through h_{t+1}, rows[t + 1] rows
         batch = len(h_0)
-        per_step = zip(rows, grad_pre.unbind(0), grad_out.unbind(0), slope.unbind(0))
+        per_step = zip(rows, grad_pre.unbind(0), grad_out.unbind(0), slope.unbind(0),
+                       strict=True)
         for n, *views in reversed(list(per_step)):
             d, g, sl = views if n == batch else (y[:n] for y in views)
             if len(carry) == n:  # dL/dh_t, its own and through h_{t+1}
@@ -129,8 +131,11 @@ def elman_rnn(rnn: nn.RNN, x: Tensor, h_0: Tensor, lengths: Tensor | None = None
         if order is not None:  # longest first, so that each step's sequences are a prefix
             x, h_0, lengths = x[order], h_0[order], lengths[order]
         rows = observed_rows(lengths, x.shape[1])
+    # nn.RNN registers its weights by name at run time, typed Tensor | Module by the stubs
+    w_ih, w_hh = cast(Tensor, rnn.weight_ih_l0), cast(Tensor, rnn.weight_hh_l0)
+    bias = cast(Tensor, rnn.bias_ih_l0) + cast(Tensor, rnn.bias_hh_l0)
     # the input's share of every step in one product, [T, B, R]
-    u = nn.functional.linear(x.transpose(0, 1), rnn.weight_ih_l0, rnn.bias_ih_l0 + rnn.bias_hh_l0)
-    out = _ElmanScan.apply(u.contiguous(), h_0, rnn.weight_hh_l0, rnn.nonlinearity == "relu",
+    u = nn.functional.linear(x.transpose(0, 1), w_ih, bias)
+    out = _ElmanScan.apply(u.contiguous(), h_0, w_hh, rnn.nonlinearity == "relu",
                            rows).transpose(0, 1)  # [B, T, R]
     return out if order is None else out[torch.argsort(order)]

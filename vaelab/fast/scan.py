@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import warnings
 import weakref
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
 from torch.nn.functional import pad, softplus
 
 from vaelab.fast.rnn import by_length, fill_padding, observed_rows, padded_like
+
+if TYPE_CHECKING:
+    from vaelab.dmm import Combiner
 
 # On a GPU the scan (forward and backward) replays CUDA graphs, one per padded length and
 # batch width: T is padded up to a multiple of GRAPH_BUCKET, so that a few graphs serve every
@@ -62,7 +66,7 @@ class _CombinerScan(torch.autograd.Function):
         z_prev = z_q_0.expand(n, -1)
         # each step's [m, .] views, taken once (indexing costs as much as a small operation)
         for m, *views in zip(rows, *(y.unbind(0) for y in (tanh_z, h_rnn, h, loc_s, d_scale,
-                                                            noise, z))):
+                                                            noise, z)), strict=True):
             tz, hr, hh, out, ds, nz, zz = views if m == n else (y[:m] for y in views)
             torch.addmm(bias, z_prev[:m], weight_t, out=tz).tanh_()
             torch.add(tz, hr, out=hh)
@@ -95,7 +99,7 @@ class _CombinerScan(torch.autograd.Function):
         carry = noise.new_zeros(0, z_dim)  # dL/dz_t through step t+1, rows[t + 1] rows
         per_step = zip(rows, *(y.unbind(0) for y in (grad_z, grad_loc, grad_scale, noise,
                                                       d_scale, grad_out, grad_h_rnn, slope,
-                                                      grad_pre)))
+                                                      grad_pre)), strict=True)
         for m, *views in reversed(list(per_step)):
             gz, gl, gs, nz, ds, go, gh, sl, gp = views if m == n else (y[:m] for y in views)
             if len(carry) == m:  # dL/dz_t, its own and through step t + 1
@@ -125,7 +129,7 @@ class _Scan(nn.Module):
     ``torch.cuda.make_graphed_callables`` captures (its forward and backward in one CUDA graph
     each). It is not registered in the DMM: the state dict does not see it."""
 
-    def __init__(self, combiner: nn.Module, z_q_0: Tensor) -> None:
+    def __init__(self, combiner: Combiner, z_q_0: Tensor) -> None:
         super().__init__()
         self.combiner = combiner
         if isinstance(z_q_0, nn.Parameter):
@@ -140,7 +144,7 @@ class _Scan(nn.Module):
                                    self.combiner.softplus_variance, None)
 
 
-def combiner_scan(combiner: nn.Module, z_q_0: Tensor, h_rnn: Tensor, noise: Tensor,
+def combiner_scan(combiner: Combiner, z_q_0: Tensor, h_rnn: Tensor, noise: Tensor,
                   lengths: Tensor, samples: int = 1) -> tuple[Tensor, Tensor, Tensor]:
     """The guide's loop through :class:`_CombinerScan`: ``(z, loc, scale)``, each
     ``[S*B, T, Z]`` sample-major, from ``h_rnn [B, T, R]`` and ``noise [S*B, T, Z]``.
@@ -178,10 +182,11 @@ def combiner_scan(combiner: nn.Module, z_q_0: Tensor, h_rnn: Tensor, noise: Tens
             y = y[:, inverse]
         return y.reshape(samples * batch, steps, -1)  # a view when S = 1
 
-    return tuple(sample_major(y) for y in outputs)
+    z, loc, scale = outputs
+    return sample_major(z), sample_major(loc), sample_major(scale)
 
 
-def bucketed_scan(combiner: nn.Module, z_q_0: Tensor, h_rows: Tensor, noise_rows: Tensor,
+def bucketed_scan(combiner: Combiner, z_q_0: Tensor, h_rows: Tensor, noise_rows: Tensor,
                   capture: bool = True, bucket: int | None = None
                   ) -> tuple[Tensor, Tensor, Tensor]:
     """The scan on ``[T, N, .]`` rows with T padded to a multiple of ``bucket``
@@ -204,7 +209,8 @@ def bucketed_scan(combiner: nn.Module, z_q_0: Tensor, h_rows: Tensor, noise_rows
             graphs[key] = _capture(_Scan(combiner, z_q_0), h_rows, noise_rows)
         scan = graphs[key]
     scan = scan or _Scan(combiner, z_q_0)  # eager: no graph, or none captured
-    return tuple(y[:steps] for y in scan(h_rows, noise_rows))
+    z, loc, scale = scan(h_rows, noise_rows)
+    return z[:steps], loc[:steps], scale[:steps]
 
 
 def captured_graphs(combiner: nn.Module) -> dict:
@@ -225,7 +231,9 @@ def _capture(scan: _Scan, h_rows: Tensor, noise_rows: Tensor) -> nn.Module | Non
             # caller's "error" filter must not abort a capture half-way, which leaves CUDA's
             # generator unusable for every later draw
             warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream")
-            return torch.cuda.make_graphed_callables(scan, sample)
+            # given a module, make_graphed_callables returns that module (its stubs say
+            # Module | Callable)
+            return cast(nn.Module, torch.cuda.make_graphed_callables(scan, sample))
     except RuntimeError as err:
         warnings.warn(f"the DMM guide's scan could not be captured in a CUDA graph ({err}); it "
                       f"runs eagerly (the same numbers, slower)", stacklevel=4)
