@@ -506,8 +506,8 @@ def test_an_exploding_loss_is_divergence_and_the_message_tells_the_truth(digits,
     assert f"the last checkpoint, {path}, holds step 5" in text
     # a new run at the lr of the last good step (six steps of decay) divided by ten: resuming
     # would recompute the failing loss from the weights saved
-    assert f"Start a new run with a lower learning rate (e.g. --lr {3e-3 * 0.99 ** 6 / 10:.3g}" \
-        in text and "--resume" not in text
+    assert f"Start a new run into another folder and lower the learning rate (e.g. --lr " \
+           f"{3e-3 * 0.99 ** 6 / 10:.3g}" in text and "--resume" not in text
     assert info.value.step == 7 and info.value.lr == pytest.approx(3e-3 * 0.99 ** 6)
     assert load_checkpoint(path)["step"] == 5
 
@@ -521,7 +521,8 @@ def test_divergence_before_any_checkpoint_says_there_is_none(digits, tmp_path, m
     text = str(info.value)
     assert "non-finite loss at step 2" in text
     assert f"no checkpoint had been written to {tmp_path} yet" in text
-    assert "Start a new run with a lower learning rate" in text and "--resume" not in text
+    assert "Start a new run into another folder and lower the learning rate" in text
+    assert "--resume" not in text
     assert "intact" not in text and not (tmp_path / "checkpoint.pt").exists()
 
 

@@ -143,8 +143,8 @@ def advice(saved: Path | None, lr: float | None, diverged: bool) -> str:
     first step (resuming would recompute the failing loss from the same saved weights)."""
     if diverged:
         lower = f"{lr / 10:.3g}" if lr is not None else "a tenth of it"
-        return (f"Start a new run with a lower learning rate (e.g. --lr {lower}; in Python "
-                f"TrainConfig(lr={lower})) into another folder, or raise min_scale, or check "
+        return (f"Start a new run into another folder and lower the learning rate (e.g. "
+                f"--lr {lower}; in Python TrainConfig(lr={lower})), raise min_scale, or check "
                 f"the data for extreme values")
     if saved is None:
         return "There is nothing to resume from"
