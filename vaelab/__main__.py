@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -118,6 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if ckpt is not None:  # the checkpoint's own model config
         model = build_model(ckpt["model"], ckpt["config"])
     else:
+        _check_size(args, train, model_sets)
         model = make_model(args.model, train, model_sets)
     args.resolved = (model, config)  # for the divergence advice's command
     history = fit(model, train, val, config, resume=args.resume, data_spec=spec,
@@ -132,6 +134,33 @@ def cmd_train(args: argparse.Namespace) -> int:
                       "train_nelbo": last.get("train", {}).get("nelbo"),
                       "val_nelbo": last.get("val", {}).get("nelbo")}))
     return 0
+
+
+MAX_PARAMETERS = 50_000_000  # 200 MB of float32 weights; the largest model here has ~2e6
+
+
+def _check_size(args: argparse.Namespace, train, model_sets: dict) -> None:
+    """Refuse a model too large to be meant, before allocating it: it is built on torch's
+    meta device (shapes only, no memory) and its parameters counted."""
+    sizes = ", ".join(f"{k}={v!r}" for k, v in model_sets.items()) or "the defaults"
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Initializing zero-element tensors is a no-op"
+            probe = make_model(args.model, train, model_sets)
+    except RuntimeError as err:  # e.g. a negative width
+        reason = str(err).splitlines()[0]
+        raise ValueError(f"--model {args.model} cannot be built with {sizes} ({reason}); "
+                         f"every size must be a positive integer") from None
+    empty = next((name for name, p in probe.named_parameters() if 0 in p.shape), None)
+    if empty is not None:
+        raise ValueError(f"--model {args.model} with {sizes} has a layer of width 0 "
+                         f"({empty}); every size must be a positive integer")
+    count = sum(p.numel() for p in probe.parameters())
+    if count > MAX_PARAMETERS and not args.allow_large:
+        raise ValueError(f"--model {args.model} with {sizes} has {count:.3g} parameters "
+                         f"({count * 4 / 2**30:.3g} GiB of weights, more again for Adam), over "
+                         f"the limit of {MAX_PARAMETERS:.0e}; pass smaller sizes with --set, or "
+                         f"--allow-large if you mean it")
 
 
 def _preset(name: str, model: str) -> tuple[dict, dict]:
@@ -233,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="checkpoint to continue from: its model config, data and settings are "
                         "kept; --epochs, --max-steps, --lr, --batch-size (and a few "
                         "--train-set fields, see vaelab.train.RESUMABLE) may change and apply")
+    t.add_argument("--allow-large", action="store_true",
+                   help=f"train a model of more than {MAX_PARAMETERS:.0e} parameters")
     t.add_argument("--preset", default=None, metavar="NAME",
                    help=f"named settings ({', '.join(sorted(PRESETS))}; see vaelab.presets) "
                         f"under --set, --train-set and the flags; recorded in the checkpoint")
@@ -323,24 +354,22 @@ def _resume_command(argv: list[str] | None, checkpoint: Path) -> str:
 def _restart_command(args: argparse.Namespace, err: TrainingDiverged) -> str:
     """A new run of the same model, data and settings, with a lower learning rate applied
     from the first step, into a new folder: resuming would recompute the failing loss from
-    the same saved weights. The rate is a tenth of the last good one, or the model's default
-    when that is lower."""
+    the same saved weights. The rate is the one the message suggests."""
     model, config = args.resolved
-    config_cls, model_cls = MODELS[model.name]
-    default = getattr(model_cls, "train_defaults", {}).get("lr", TrainConfig.lr)
-    lr = err.lr if err.lr is not None else config.lr
-    lower = min(lr / 10, default) if lr > default else lr / 10
+    config_cls = type(model.config)
+    lower = err.suggested_lr if err.suggested_lr is not None else config.lr / 10
     words = ["train", "--model", model.name, "--data", args.data]
     if args.data_path is not None:
         words += ["--data-path", args.data_path]
     for option in args.data_option:
         words += ["--data-option", option]
     sized = ("x_dim", "a_dim")
-    defaults = config_cls.__dataclass_fields__
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
     for key, value in dataclasses.asdict(model.config).items():
-        field = defaults[key]
-        if key not in sized and (field.default is dataclasses.MISSING
-                                 or value != field.default):
+        field = fields[key]
+        default = (field.default_factory() if field.default_factory is not dataclasses.MISSING
+                   else field.default)
+        if key not in sized and not resume.same_values(value, default):
             words += ["--set", f"{key}={value!r}"]
     flags = {"lr": "--lr", "epochs": "--epochs", "batch_size": "--batch-size",
              "seed": "--seed", "max_steps": "--max-steps", "device": "--device"}

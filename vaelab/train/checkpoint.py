@@ -173,13 +173,30 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     with any other (truncated, corrupt, foreign, newer format, Python objects inside).
     """
     path = Path(path)
+    state = _read(path, map_location)
+    _check_format(path, state)
+    try:
+        checksum = tensor_checksum(state) if "checksum" in state else None
+    except RecursionError:
+        raise ValueError(f"{path} is a damaged vaelab checkpoint: its values are nested too "
+                         f"deeply to be a checkpoint vaelab wrote") from None
+    if checksum is not None and state["checksum"] != checksum:
+        raise ValueError(f"checkpoint {path} is corrupt: its tensors do not match their "
+                         f"checksum (a damaged disk or copy); use another checkpoint, e.g. "
+                         f"best.pt, or retrain")
+    _check_contents(path, state)
+    return upgrade(state)
+
+
+def _read(path: Path, map_location: str | torch.device) -> dict:
+    """``torch.load(weights_only=True)`` of ``path``, its failures as ValueErrors."""
     if path.is_dir():
         raise ValueError(f"{path} is a folder; pass the checkpoint.pt file inside it")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found; pass the checkpoint.pt that "
                                 f"'python -m vaelab train --out DIR' wrote into DIR")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
         if found is None:  # not a pickle of ours at all (e.g. a text file)
@@ -195,6 +212,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as e:  # noqa: BLE001 - any other failure here means an unusable file
         raise ValueError(f"{path} is not a readable vaelab checkpoint: the file is truncated, "
                          f"damaged or of another kind ({torch_reason(e)})") from None
+
+
+def _check_format(path: Path, state) -> None:
+    """A dict of our format with exactly our fields, of our types."""
     fmt = state.get("format") if isinstance(state, dict) else None
     if fmt != CHECKPOINT_FORMAT:
         newer = re.fullmatch(r"vaelab-checkpoint-(\d+)", fmt) if isinstance(fmt, str) else None
@@ -219,10 +240,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             raise ValueError(f"{path} is a damaged vaelab checkpoint: its {key!r} is "
                              f"{type(value).__name__} {value!r:.60}, not {kind.__name__}"
                              + (" >= 0" if kind is int else ""))
-    if "checksum" in state and state["checksum"] != tensor_checksum(state):
-        raise ValueError(f"checkpoint {path} is corrupt: its tensors do not match their "
-                         f"checksum (a damaged disk or copy); use another checkpoint, e.g. "
-                         f"best.pt, or retrain")
+
+
+def _check_contents(path: Path, state: dict) -> None:
+    """The values a resume reads: history records, random states, the optimiser recipe."""
     bad = next((r for r in state["history"] if not isinstance(r, dict)
                 or r.get("kind") not in ("train", "val", "end")), None)
     if bad is not None:
@@ -238,7 +259,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             raise ValueError(f"{path} is a damaged vaelab checkpoint: its 'recipe' is "
                              f"{type(state['recipe']).__name__}, not dict")
         optim.from_dict(state["recipe"])  # a known recipe, or a ValueError naming it
-    return upgrade(state)
 
 
 def upgrade(state: dict) -> dict:

@@ -303,9 +303,9 @@ def restore(run: Run, path: str | Path, ckpt: dict) -> None:
         torch.manual_seed(config.seed + run.state.step * run.ctx.world + run.ctx.rank)
     history = run.state.history
     run.best = min((r["nelbo"] for r in history if r["kind"] == "val"), default=math.inf)
-    for r in history:
-        if r["kind"] == "train" and isinstance(r.get("loss"), float):
-            run.level.add(r["loss"])
+    for r in history:  # the level goes on from the run's own
+        if r["kind"] == "train" and isinstance(r.get("loss"), (int, float)):
+            run.level.add(float(r["loss"]))
     run.resumes = list(ckpt.get("resumes", []))
     run.resumes.append({"step": run.state.step, "from": str(path),
                         "changed": {k: list(v) for k, v in changed.items()
@@ -416,7 +416,7 @@ def diverged(run: Run, err: guard.TrainingDiverged) -> guard.TrainingDiverged:
               run.optimizer.param_groups[0]["lr"])
     new = guard.TrainingDiverged(f"{err}; {run.survivor()}. "
                                  f"{guard.advice(run.saved_path(), lr, diverged=True)}")
-    new.lr, new.step = lr, err.step
+    new.lr, new.step, new.suggested_lr = lr, err.step, guard.suggested_lr(lr)
     return new
 
 
