@@ -11,24 +11,24 @@ import torch
 from helpers import config, timeless
 
 import vaelab.train
-from vaelab.data import Batch, load_digits
-from vaelab.objectives import ELBOTerms
 from vaelab.__main__ import main
+from vaelab.data import Batch, load_digits
 from vaelab.datasets import load_dataset
+from vaelab.objectives import ELBOTerms
 from vaelab.train import (
+    CHECKPOINT_FORMAT,
     Adam,
     ClippedAdam,
-    build_model,
-    tensor_checksum,
-    CHECKPOINT_FORMAT,
     TrainConfig,
     TrainingDiverged,
+    build_model,
     evaluate_elbo,
     fit,
     load_checkpoint,
     load_model,
     per_step_decay,
     save_checkpoint,
+    tensor_checksum,
 )
 from vaelab.vae import VAE, VAEConfig
 

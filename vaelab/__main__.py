@@ -40,6 +40,9 @@ def _train_config(args: argparse.Namespace, base: dict) -> TrainConfig:
     """``base`` (the model's defaults, or a resumed checkpoint's settings), then --train-set,
     then the flags given, each checked against TrainConfig's field types."""
     sets = check_types(TrainConfig, parse_sets(args.train_set, "--train-set"), "--train-set")
+    if "preset" in sets:
+        raise ValueError(f"--train-set preset={sets['preset']!r} would only label the run; use "
+                         f"--preset NAME, which applies the preset's settings")
     given = {k: v for k, v in {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "device": args.device, "max_steps": args.max_steps}.items() if v is not None}
@@ -137,12 +140,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 MAX_PARAMETERS = 50_000_000  # 200 MB of float32 weights; the largest model here has ~2e6
+MAX_SIZE = 1_000_000  # any width, length or count in a model config (MNIST's x_dim is 784)
 
 
 def _check_size(args: argparse.Namespace, train, model_sets: dict) -> None:
     """Refuse a model too large to be meant, before allocating it: it is built on torch's
     meta device (shapes only, no memory) and its parameters counted."""
     sizes = ", ".join(f"{k}={v!r}" for k, v in model_sets.items()) or "the defaults"
+    for key, value in model_sets.items():  # before building: a count of 1e9 layers would hang
+        values = value if isinstance(value, (list, tuple)) else [value]
+        big = [v for v in values if isinstance(v, int) and not isinstance(v, bool)
+               and v > MAX_SIZE]
+        if big and not args.allow_large:
+            raise ValueError(f"--set {key}={value!r} is above {MAX_SIZE:.0e}, larger than any "
+                             f"size or count a model here needs; pass a smaller value, or "
+                             f"--allow-large if you mean it")
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Initializing zero-element tensors is a no-op"

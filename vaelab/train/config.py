@@ -75,7 +75,9 @@ class TrainConfig:
             "beta": (self.beta >= 0, ">= 0"),
             "anneal_epochs": (self.anneal_epochs >= 0, ">= 0 (0: no annealing)"),
             "min_kl_weight": (0 <= self.min_kl_weight <= 1, "in [0, 1]"),
-            "train_samples": (self.train_samples >= 1, ">= 1"),
+            # each step holds train_samples copies of the batch: past 1000 it only exhausts
+            # memory (an IAF guide's Monte Carlo KL needs a few)
+            "train_samples": (1 <= self.train_samples <= 1000, "in [1, 1000]"),
             "checkpoint_every": (self.checkpoint_every >= 1, ">= 1 epochs"),
             "eval_every": (self.eval_every >= 0, ">= 0 epochs (0: no validation)"),
             "max_steps": (self.max_steps is None or self.max_steps >= 1, ">= 1 or None"),
