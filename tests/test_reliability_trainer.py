@@ -76,7 +76,7 @@ def test_a_file_size_limit_names_the_path_and_space_and_leaves_no_temporary_file
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, "-m", "vaelab", "train", *TINY_VAE, "--out", str(out),
-         "--max-steps", "2"], capture_output=True, text=True, env=env, timeout=300,
+         "--max-steps", "2"], capture_output=True, text=True, env=env, timeout=300, check=False,
         preexec_fn=_limit_file_size(8192))
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -109,7 +109,7 @@ def test_the_printed_command_after_divergence_trains_past_the_failing_step(
                         err).group(1)
     words = shlex.split(command)
     assert words[words.index("--lr") + 1] == "0.001" and "--resume" not in words
-    code, out, err = run_cli(words, capsys)
+    code, _, err = run_cli(words, capsys)
     assert code == 0, err
     ckpt = load_checkpoint(Path(words[words.index("--out") + 1]) / "checkpoint.pt")
     assert ckpt["step"] > failing and ckpt["train_config"]["lr"] == 1e-3
@@ -274,11 +274,11 @@ def test_a_device_that_cannot_train_is_refused_by_name(tmp_path, capsys, device,
 
 
 @pytest.mark.parametrize("model, data, sets, message", [
-    ("dmm", "jsb", ["z_dim=100000000"], r"--set z_dim=100000000 is above 1e\+06, larger than "
-                                        r"any size .* or --allow-large if you mean it"),
+    ("dmm", "jsb", ["z_dim=100000000"], (r"--set z_dim=100000000 is above 1e\+06, larger "
+                                         r"than any size .* or --allow-large if you mean it")),
     ("dmm", "jsb", ["z_dim=20000", "rnn_dim=5000"],
-     r"has [0-9.]+e\+09 parameters .* over the limit of 5e\+07; pass smaller sizes with "
-     r"--set, or --allow-large"),
+     (r"has [0-9.]+e\+09 parameters .* over the limit of 5e\+07; pass smaller sizes with "
+      r"--set, or --allow-large")),
     ("vae", "digits", ["hidden_dims=[-5]"], r"cannot be built with hidden_dims=\[-5\]"),
     ("vae", "digits", ["hidden_dims=[0]"], r"has a layer of width 0 \(encoder"),
 ])

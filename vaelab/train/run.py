@@ -144,8 +144,9 @@ def check_arguments(model, train, val, config, callbacks, data_spec) -> list[Cal
         if isinstance(callbacks, (list, tuple)) else [callbacks])
     for c in callbacks:
         if not callable(c):
-            raise ValueError(f"callback must be callable, a list of callables or None, got "
-                             f"{type(c).__name__}")
+            raise ValueError(  # noqa: TRY004 - the house style: ValueError at every boundary
+                f"callback must be callable, a list of callables or None, got "
+                f"{type(c).__name__}")
     if data_spec is not None and not isinstance(data_spec, dict):
         raise ValueError(f"data_spec must be a dict such as {{'name': 'digits'}} or None, got "
                          f"{type(data_spec).__name__}")
