@@ -35,6 +35,8 @@ from vaelab.train import (
     fit,
     load_checkpoint,
     same_values,
+    save_checkpoint,
+    tensor_checksum,
 )
 from vaelab.vae import VAE, VAEConfig
 
@@ -329,3 +331,55 @@ def test_random_set_values_are_applied_or_refused_with_a_sentence(capsys, flag, 
         stored = ckpt["config" if flag == "--set" else "train_config"]
         (parsed,) = parse_sets([text], flag).values()
         assert key in stored and same_values(stored[key], parsed), (text, stored.get(key))
+
+
+# ----------------------------------------------------------------------------- crafted files
+
+
+def _crafted(checkpoint: Path, tmp_path: Path, change) -> Path:
+    """A copy of ``checkpoint`` changed by ``change(state)``, with a valid checksum (the
+    damage is in what the file says, not in its bytes)."""
+    state = load_checkpoint(checkpoint)
+    change(state)
+    state["checksum"] = tensor_checksum(state)
+    path = tmp_path / "crafted.pt"
+    save_checkpoint(path, state)
+    return path
+
+
+def _nan_weights(state: dict) -> None:
+    for key, value in state["state_dict"].items():
+        state["state_dict"][key] = value * math.nan
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s["history"].append({"step": 1}),
+     r"a history record is \{'step': 1\}, not a dict with kind 'train', 'val' or 'end'"),
+    (lambda s: s.update(rng={}), r"its 'rng' lacks the random states 'data' and 'torch'"),
+    (_nan_weights, r"holds non-finite weights \(encoder\.net\.0\.weight has NaN or inf"),
+])
+def test_a_crafted_checkpoint_is_refused_in_one_line_by_evaluate_and_resume(
+        checkpoint, tmp_path, capsys, change, message):
+    path = _crafted(checkpoint, tmp_path, change)
+    for argv in (["evaluate", "--checkpoint", str(path), "--samples", "2"],
+                 ["train", "--resume", str(path), "--epochs", "3"]):
+        code, _, err = run_cli(argv, capsys)
+        assert code == 2 and re.search(message, err), err
+        assert len(err.strip().splitlines()) == 1 and "tensor(" not in err
+
+
+def test_a_deeply_nested_checkpoint_is_refused_by_name(checkpoint, tmp_path, capsys):
+    state = load_checkpoint(checkpoint)
+    nested: list = []
+    for _ in range(5000):  # deeper than Python's recursion limit
+        nested = [nested]
+    state["history"].append({"kind": "train", "x": nested})
+    path = tmp_path / "deep.pt"
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(50_000)  # for torch.save's pickler, which recurses
+    try:
+        torch.save(state, path)
+    finally:
+        sys.setrecursionlimit(limit)
+    code, _, err = run_cli(["evaluate", "--checkpoint", str(path)], capsys)
+    assert code == 2 and f"{path} is " in err and len(err.strip().splitlines()) == 1, err

@@ -261,6 +261,17 @@ def _check_contents(path: Path, state: dict) -> None:
         optim.from_dict(state["recipe"])  # a known recipe, or a ValueError naming it
 
 
+def check_finite(path: str | Path, state_dict: dict) -> None:
+    """ValueError when a checkpoint's weights hold NaN or inf (a run that diverged before
+    vaelab refused such steps, or an edited file): nothing can be computed from them."""
+    bad = next((k for k, v in state_dict.items()
+                if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise ValueError(f"{path} holds non-finite weights ({bad} has NaN or inf values): "
+                         f"nothing can be evaluated or trained from them; use another "
+                         f"checkpoint (best.pt, or an earlier one) or retrain")
+
+
 def upgrade(state: dict) -> dict:
     """A checkpoint written before the optimiser recipes (its train_config has
     ``clip_value_sum`` and ``decay_before_clip``) in today's form: those fields become the
@@ -286,6 +297,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     """The model stored in a checkpoint, in eval mode, and the checkpoint dict."""
     state = load_checkpoint(path, map_location=device)
     model = build_model(state["model"], state["config"])
+    check_finite(path, state["state_dict"])
     try:
         model.load_state_dict(state["state_dict"])
     except RuntimeError as e:  # sizes or names that its own config does not give

@@ -275,6 +275,7 @@ def restore(run: Run, path: str | Path, ckpt: dict) -> None:
     changed = resume.check(path, ckpt, run.model.name, asdict(run.model.config), run.data_spec,
                            asdict(config), run.recipe)
     run.data_spec = run.data_spec or dict(ckpt["data"])
+    checkpoint.check_finite(path, ckpt["state_dict"])
     try:
         run.model.load_state_dict(ckpt["state_dict"])
         run.optimizer.load_state_dict(ckpt["optimizer"])
