@@ -32,11 +32,11 @@ from vaelab.train import (
     TrainConfig,
     TrainingDiverged,
     TrainingInterrupted,
+    checksum,
     fit,
     load_checkpoint,
     same_values,
     save_checkpoint,
-    tensor_checksum,
 )
 from vaelab.vae import VAE, VAEConfig
 
@@ -341,7 +341,7 @@ def _crafted(checkpoint: Path, tmp_path: Path, change) -> Path:
     damage is in what the file says, not in its bytes)."""
     state = load_checkpoint(checkpoint)
     change(state)
-    state["checksum"] = tensor_checksum(state)
+    state["checksum"] = checksum(state)
     path = tmp_path / "crafted.pt"
     save_checkpoint(path, state)
     return path

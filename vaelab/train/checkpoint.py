@@ -5,8 +5,8 @@ checked field by field and against a sha256 of its tensors.
 A checkpoint holds ``format``, ``model`` (the registry name), ``config`` (``asdict`` of the
 model's config), the model, optimiser and schedule state dicts, ``train_config``, ``data`` (how
 to reload the data), the counters ``step``, ``epoch``, ``batch_in_epoch``, the ``history`` of
-metric records and the random states ``rng``; optionally ``checksum``, ``resumes`` (what each
-resume changed) and ``recipe`` (fit's optimiser recipe, :mod:`vaelab.train.optim`).
+metric records, the random states ``rng`` and ``checksum`` (sha256 of everything else);
+optionally ``resumes`` (what each resume changed) and ``recipe`` (fit's optimiser recipe, :mod:`vaelab.train.optim`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ from torch import nn
 from vaelab.config import check_types
 from vaelab.train import optim
 
-CHECKPOINT_FORMAT = "vaelab-checkpoint-1"
+# format 2: the checksum is required and covers every value (format 1, written before
+# vaelab 0.2: tensors only, optional; still read, with the comparison fields upgraded)
+CHECKPOINT_FORMAT = "vaelab-checkpoint-2"
+FORMATS = ("vaelab-checkpoint-1", CHECKPOINT_FORMAT)
 # what fit writes into every checkpoint, and the fields it may add (older checkpoints lack them)
 CHECKPOINT_FIELDS = frozenset({
     "format", "model", "config", "state_dict", "optimizer", "scheduler", "train_config", "data",
@@ -118,6 +121,27 @@ def tensor_checksum(state: dict) -> str:
     return digest.hexdigest()
 
 
+def _plain(obj) -> str:
+    """A canonical text of the non-tensor values (tensors as a placeholder; dicts in key
+    order), for :func:`checksum`."""
+    if isinstance(obj, torch.Tensor):
+        return "T"
+    if isinstance(obj, dict):
+        items = sorted(((repr(k), _plain(v)) for k, v in obj.items()))
+        return "{" + ",".join(f"{k}:{v}" for k, v in items) + "}"
+    if isinstance(obj, (list, tuple)):
+        brackets = "[]" if isinstance(obj, list) else "()"
+        return brackets[0] + ",".join(_plain(v) for v in obj) + brackets[1]
+    return f"{type(obj).__name__}:{obj!r}"
+
+
+def checksum(state: dict) -> str:
+    """sha256 over everything a checkpoint holds but the ``checksum`` field: its tensors
+    (:func:`tensor_checksum`) and every other value (settings, counters, history, data)."""
+    body = {k: v for k, v in state.items() if k != "checksum"}
+    return hashlib.sha256(f"{tensor_checksum(body)}|{_plain(body)}".encode()).hexdigest()
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync,
     then ``os.replace``, so an interrupted save leaves the previous checkpoint intact.
@@ -167,7 +191,8 @@ _FIELD_TYPES = {"model": str, "config": dict, "state_dict": dict, "optimizer": d
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint with ``torch.load(weights_only=True)`` (no code in the file can run)
-    and check it: its format, its fields and their types, and its tensors' checksum.
+    and check it: its format, its fields and their types, its checksum, and the values a
+    resume reads. A checkpoint of format 1 (before vaelab 0.2) is read and upgraded.
 
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` saying what is wrong
     with any other (truncated, corrupt, foreign, newer format, Python objects inside).
@@ -175,15 +200,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     state = _read(path, map_location)
     _check_format(path, state)
-    try:
-        checksum = tensor_checksum(state) if "checksum" in state else None
-    except RecursionError:
-        raise ValueError(f"{path} is a damaged vaelab checkpoint: its values are nested too "
-                         f"deeply to be a checkpoint vaelab wrote") from None
-    if checksum is not None and state["checksum"] != checksum:
-        raise ValueError(f"checkpoint {path} is corrupt: its tensors do not match their "
-                         f"checksum (a damaged disk or copy); use another checkpoint, e.g. "
-                         f"best.pt, or retrain")
+    _check_checksum(path, state)
     _check_contents(path, state)
     return upgrade(state)
 
@@ -217,7 +234,7 @@ def _read(path: Path, map_location: str | torch.device) -> dict:
 def _check_format(path: Path, state) -> None:
     """A dict of our format with exactly our fields, of our types."""
     fmt = state.get("format") if isinstance(state, dict) else None
-    if fmt != CHECKPOINT_FORMAT:
+    if fmt not in FORMATS:
         newer = re.fullmatch(r"vaelab-checkpoint-(\d+)", fmt) if isinstance(fmt, str) else None
         if newer and int(newer.group(1)) > int(CHECKPOINT_FORMAT.rsplit("-", 1)[1]):
             raise ValueError(f"{path} was written by a newer vaelab (format {fmt!r}; this one "
@@ -240,6 +257,26 @@ def _check_format(path: Path, state) -> None:
             raise ValueError(f"{path} is a damaged vaelab checkpoint: its {key!r} is "
                              f"{type(value).__name__} {value!r:.60}, not {kind.__name__}"
                              + (" >= 0" if kind is int else ""))
+
+
+def _check_checksum(path: Path, state: dict) -> None:
+    """Format 2: the checksum is there and matches every value; format 1: the tensors'."""
+    old = state["format"] == FORMATS[0]
+    if "checksum" not in state:
+        if old:
+            return  # written before checksums
+        raise ValueError(f"{path} lacks its checksum: it was edited or written by another "
+                         f"program; use a checkpoint.pt written by 'python -m vaelab train'")
+    try:
+        expected = tensor_checksum(state) if old else checksum(state)
+    except RecursionError:
+        raise ValueError(f"{path} is a damaged vaelab checkpoint: its values are nested too "
+                         f"deeply to be a checkpoint vaelab wrote") from None
+    if state["checksum"] != expected:
+        what = "tensors" if old else "contents"
+        raise ValueError(f"checkpoint {path} is corrupt: its {what} do not match their "
+                         f"checksum (a damaged disk or copy, or an edit); use another "
+                         f"checkpoint, e.g. best.pt, or retrain")
 
 
 def _check_contents(path: Path, state: dict) -> None:

@@ -403,7 +403,7 @@ def save(run: Run, name: str = "checkpoint.pt") -> None:
         state["resumes"] = run.resumes
     if run.recipe != optim.Adam():
         state["recipe"] = optim.to_dict(run.recipe)
-    state["checksum"] = checkpoint.tensor_checksum(state)
+    state["checksum"] = checkpoint.checksum(state)
     checkpoint.remove_stale_temporaries(run.out)
     checkpoint.save_checkpoint(run.out / name, state)
     if name == "checkpoint.pt":
