@@ -383,3 +383,27 @@ def test_a_deeply_nested_checkpoint_is_refused_by_name(checkpoint, tmp_path, cap
         sys.setrecursionlimit(limit)
     code, _, err = run_cli(["evaluate", "--checkpoint", str(path)], capsys)
     assert code == 2 and f"{path} is " in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_two_process_checkpoint_resumed_alone_says_how_the_global_batch_changes(
+        digits, tmp_path):
+    """A torchrun checkpoint (world 2) resumed in one process: at an epoch's end it goes on
+    with a warning naming both global batches (and the --batch-size that keeps it), recorded
+    in ``resumes``; inside an epoch it is refused."""
+    train, val = digits
+    fit(VAE(VAEConfig(x_dim=64, z_dim=2, hidden_dims=[8])), train, val,
+        config(tmp_path, epochs=1))
+    path = _crafted(tmp_path / "checkpoint.pt", tmp_path, lambda s: s.update(world=2))
+    model = VAE(VAEConfig(x_dim=64, z_dim=2, hidden_dims=[8]))
+    with pytest.warns(UserWarning, match=r"in 1 process\(es\) where it trained in 2: the global "
+                                         r"batch changes from 64 to 32 examples \(pass "
+                                         r"--batch-size 64 to keep it\)"):
+        fit(model, train, val, config(tmp_path / "b", epochs=2), resume=path)
+    resumes = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["resumes"]
+    assert resumes[-1]["changed"]["global_batch_size"] == [64, 32]
+    assert resumes[-1]["changed"]["world"] == [2, 1]
+    inside = _crafted(tmp_path / "checkpoint.pt", tmp_path,
+                      lambda s: s.update(world=2, batch_in_epoch=1))
+    with pytest.raises(ValueError, match=r"in 1 process\(es\): it trained in 2 and stopped "
+                                         r"inside epoch 2.*torchrun --nproc-per-node 2"):
+        fit(model, train, val, config(tmp_path / "c", epochs=2), resume=inside)

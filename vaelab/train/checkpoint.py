@@ -6,7 +6,8 @@ A checkpoint holds ``format``, ``model`` (the registry name), ``config`` (``asdi
 model's config), the model, optimiser and schedule state dicts, ``train_config``, ``data`` (how
 to reload the data), the counters ``step``, ``epoch``, ``batch_in_epoch``, the ``history`` of
 metric records, the random states ``rng`` and ``checksum`` (sha256 of everything else);
-optionally ``resumes`` (what each resume changed) and ``recipe`` (fit's optimiser recipe, :mod:`vaelab.train.optim`).
+optionally ``resumes`` (what each resume changed), ``world`` (the processes that trained it,
+under torchrun; absent: 1) and ``recipe`` (fit's optimiser recipe, :mod:`vaelab.train.optim`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ FORMATS = ("vaelab-checkpoint-1", CHECKPOINT_FORMAT)
 CHECKPOINT_FIELDS = frozenset({
     "format", "model", "config", "state_dict", "optimizer", "scheduler", "train_config", "data",
     "step", "epoch", "batch_in_epoch", "history", "rng"})
-OPTIONAL_CHECKPOINT_FIELDS = frozenset({"checksum", "resumes", "recipe"})
+OPTIONAL_CHECKPOINT_FIELDS = frozenset({"checksum", "resumes", "recipe", "world"})
 _IMPORTED_AT = time.time()  # temporary files older than this are no process's of ours
 
 
@@ -291,6 +292,10 @@ def _check_contents(path: Path, state: dict) -> None:
                for k in ("data", "torch")):
         raise ValueError(f"{path} is a damaged vaelab checkpoint: its 'rng' lacks the random "
                          f"states 'data' and 'torch' (uint8 tensors) that a resume restores")
+    world = state.get("world", 1)
+    if isinstance(world, bool) or not isinstance(world, int) or world < 1:
+        raise ValueError(f"{path} is a damaged vaelab checkpoint: its 'world' is {world!r}, "
+                         f"not a number of processes >= 1")
     if "recipe" in state:
         if not isinstance(state["recipe"], dict):
             raise ValueError(f"{path} is a damaged vaelab checkpoint: its 'recipe' is "

@@ -11,6 +11,7 @@ import os
 import random
 import socket
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -276,6 +277,7 @@ def restore(run: Run, path: str | Path, ckpt: dict) -> None:
                            asdict(config), run.recipe)
     run.data_spec = run.data_spec or dict(ckpt["data"])
     checkpoint.check_finite(path, ckpt["state_dict"])
+    changed.update(_world_change(run, path, ckpt))
     try:
         run.model.load_state_dict(ckpt["state_dict"])
         run.optimizer.load_state_dict(ckpt["optimizer"])
@@ -312,6 +314,30 @@ def restore(run: Run, path: str | Path, ckpt: dict) -> None:
     run.resumes.append({"step": run.state.step, "from": str(path),
                         "changed": {k: list(v) for k, v in changed.items()
                                     if k not in resume.UNRECORDED}})
+
+
+def _world_change(run: Run, path: str | Path, ckpt: dict) -> dict:
+    """A resume in another number of processes: refused inside an epoch (its batches are
+    global batches of the old size); at an epoch's end it goes on, and when the global batch
+    (``batch_size`` times processes) changes a warning says how, and ``resumes`` records it."""
+    old, new = ckpt.get("world", 1), run.ctx.world
+    if old == new:
+        return {}
+    before = ckpt["train_config"]["batch_size"] * old
+    after = run.config.batch_size * new
+    if ckpt["batch_in_epoch"]:
+        raise ValueError(
+            f"cannot resume {path} in {new} process(es): it trained in {old} and stopped inside "
+            f"epoch {ckpt['epoch'] + 1}, whose batches are global batches of {before}; resume "
+            f"it with torchrun --nproc-per-node {old}, or from a checkpoint written at an "
+            f"epoch's end")
+    if before != after:
+        keep = (f" (pass --batch-size {before // new} to keep it)" if before % new == 0
+                else "")
+        warnings.warn(f"resuming {path} in {new} process(es) where it trained in {old}: the "
+                      f"global batch changes from {before} to {after} examples{keep}",
+                      stacklevel=2)
+    return {"world": (old, new), "global_batch_size": (before, after)}
 
 
 def remaining_batches(run: Run, train: Data) -> Iterator[tuple[int, Batch]]:
@@ -399,6 +425,8 @@ def save(run: Run, name: str = "checkpoint.pt") -> None:
         "history": run.state.history,
         "rng": rng,
     }
+    if run.ctx.world > 1:
+        state["world"] = run.ctx.world
     if run.resumes:
         state["resumes"] = run.resumes
     if run.recipe != optim.Adam():
