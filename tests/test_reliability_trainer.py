@@ -404,6 +404,7 @@ def test_a_two_process_checkpoint_resumed_alone_says_how_the_global_batch_change
     assert resumes[-1]["changed"]["world"] == [2, 1]
     inside = _crafted(tmp_path / "checkpoint.pt", tmp_path,
                       lambda s: s.update(world=2, batch_in_epoch=1))
-    with pytest.raises(ValueError, match=r"in 1 process\(es\): it trained in 2 and stopped "
-                                         r"inside epoch 2.*torchrun --nproc-per-node 2"):
+    with pytest.raises(ValueError, match=r"in 1 process\(es\) with batch_size=32: it trained "
+                                         r"in 2 and stopped inside epoch 2, whose batches are "
+                                         r"global batches of 64; pass batch_size=64"):
         fit(model, train, val, config(tmp_path / "c", epochs=2), resume=inside)

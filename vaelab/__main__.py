@@ -115,8 +115,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_types(MODELS[args.model][0], model_sets)  # before any loading
     config = _train_config(args, base)
     if ckpt is not None:  # every resume rule, before the data is loaded
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)  # under torchrun: its processes
         resume.check(args.resume, ckpt, args.model, {**ckpt["config"], **model_sets}, spec,
-                     dataclasses.asdict(config))
+                     dataclasses.asdict(config), world=world)
     train, val, _ = load_dataset(**spec)
     seed_everything(config.seed)  # before the model is built: the seed fixes its weights
     if ckpt is not None:  # the checkpoint's own model config

@@ -274,7 +274,7 @@ def restore(run: Run, path: str | Path, ckpt: dict) -> None:
     :data:`~vaelab.train.resume.RESUMABLE` settings that changed."""
     config = run.config
     changed = resume.check(path, ckpt, run.model.name, asdict(run.model.config), run.data_spec,
-                           asdict(config), run.recipe)
+                           asdict(config), run.recipe, run.ctx.world)
     run.data_spec = run.data_spec or dict(ckpt["data"])
     checkpoint.check_finite(path, ckpt["state_dict"])
     changed.update(_world_change(run, path, ckpt))
@@ -317,21 +317,15 @@ def restore(run: Run, path: str | Path, ckpt: dict) -> None:
 
 
 def _world_change(run: Run, path: str | Path, ckpt: dict) -> dict:
-    """A resume in another number of processes: refused inside an epoch (its batches are
-    global batches of the old size); at an epoch's end it goes on, and when the global batch
-    (``batch_size`` times processes) changes a warning says how, and ``resumes`` records it."""
+    """A resume in another number of processes: when the global batch (``batch_size`` times
+    processes) changes, which only an epoch's end allows, a warning says how; ``resumes``
+    records both."""
     old, new = ckpt.get("world", 1), run.ctx.world
     if old == new:
         return {}
     before = ckpt["train_config"]["batch_size"] * old
     after = run.config.batch_size * new
-    if ckpt["batch_in_epoch"]:
-        raise ValueError(
-            f"cannot resume {path} in {new} process(es): it trained in {old} and stopped inside "
-            f"epoch {ckpt['epoch'] + 1}, whose batches are global batches of {before}; resume "
-            f"it with torchrun --nproc-per-node {old}, or from a checkpoint written at an "
-            f"epoch's end")
-    if before != after:
+    if before != after:  # at an epoch's end: resume.check_progress refuses it inside one
         keep = (f" (pass --batch-size {before // new} to keep it)" if before % new == 0
                 else "")
         warnings.warn(f"resuming {path} in {new} process(es) where it trained in {old}: the "
