@@ -317,7 +317,8 @@ def check_finite(path: str | Path, state_dict: dict) -> None:
 def upgrade(state: dict) -> dict:
     """A checkpoint written before the optimiser recipes (its train_config has
     ``clip_value_sum``, ``decay_before_clip`` and ``adam_eps``) in today's form: those fields
-    become the ``recipe`` that trains as they did (:func:`vaelab.train.optim.from_old_train_config`)."""
+    become the ``recipe`` that trains as they did
+    (:func:`vaelab.train.optim.from_old_train_config`)."""
     fields = {"clip_value_sum", "decay_before_clip", "adam_eps"}
     if not fields & set(state["train_config"]):
         return state
