@@ -61,7 +61,7 @@ MODEL_FLAGS = {"rnn_nonlinearity": "rnn_nonlinearity", "rnn_type": "rnn_type",
                "standard_initial_prior": "standard_initial_prior", "num_iafs": "num_iafs"}
 TRAIN_FLAGS = {"epochs": "epochs", "seed": "seed", "weight_decay_sum": "weight_decay_sum",
                "bucket_jitter": "bucket_jitter",
-               "clip_norm": "clip_norm", "adam_eps": "adam_eps", "anneal_epochs": "anneal_epochs",
+               "clip_norm": "clip_norm", "anneal_epochs": "anneal_epochs",
                "min_kl_weight": "min_kl_weight", "train_samples": "train_samples", "lr": "lr",
                "lr_decay": "lr_decay", "eval_every": "eval_every"}
 
@@ -74,7 +74,8 @@ def preset_defaults(name: str) -> dict:
     optimizer = preset_optimizer(name)  # the optimiser recipe's comparison settings
     if isinstance(optimizer, ClippedAdam):
         defaults.update(clip_value_sum=optimizer.clip_value_sum,
-                        decay_before_clip=optimizer.decay_before_clip)
+                        decay_before_clip=optimizer.decay_before_clip,
+                        adam_eps=optimizer.adam_eps)
     if "analytic_kl" in model:
         defaults["mc_kl"] = not model["analytic_kl"]
     if "betas" in train:
@@ -111,7 +112,7 @@ def configs(args: argparse.Namespace, x_dim: int, out_dir: str | None = None
                             "out_dir": out_dir,
                             "progress": args.progress, "weight_decay_sum": args.weight_decay_sum,
                             "bucket_jitter": args.bucket_jitter,
-                            "clip_norm": args.clip_norm, "adam_eps": args.adam_eps,
+                            "clip_norm": args.clip_norm,
                             "betas": (args.beta1, DMM.train_defaults["betas"][1]),
                             "anneal_epochs": args.anneal_epochs,
                             "min_kl_weight": args.min_kl_weight,
@@ -123,8 +124,8 @@ def configs(args: argparse.Namespace, x_dim: int, out_dir: str | None = None
 def recipe(args: argparse.Namespace) -> Adam:
     """fit's optimiser recipe: Pyro's element clamp and Krishnan et al.'s decay inside the
     clip when the flags (or the preset's defaults) ask for them, else plain Adam."""
-    if args.clip_value_sum or args.decay_before_clip:
-        return ClippedAdam(args.clip_value_sum, args.decay_before_clip)
+    if args.clip_value_sum or args.decay_before_clip or args.adam_eps != ClippedAdam.adam_eps:
+        return ClippedAdam(args.clip_value_sum, args.decay_before_clip, args.adam_eps)
     return Adam()
 
 
@@ -185,7 +186,7 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
         "emission_dim": model.config.emission_dim, "transition_dim": model.config.transition_dim,
         "rnn_type": model.config.rnn_type, "input_embedding": model.config.input_embedding,
         "rnn_output_dropout": model.config.rnn_output_dropout,
-        "clip_norm": config.clip_norm, "adam_eps": config.adam_eps, "betas": config.betas,
+        "clip_norm": config.clip_norm, "adam_eps": args.adam_eps, "betas": config.betas,
         "decay_before_clip": args.decay_before_clip,
         "clip_value_sum": args.clip_value_sum, "train_samples": config.train_samples,
         "anneal_epochs": config.anneal_epochs, "min_kl_weight": config.min_kl_weight,
@@ -337,7 +338,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(Pyro: 10, rarely reached). Krishnan et al. clip at 1 the loss per "
                         "sequence, which on JSB (60 steps per chorale) is about 0.0166 here: "
                         "every step's gradient is then scaled to that norm")
-    p.add_argument("--adam-eps", type=float, default=TrainConfig.adam_eps,
+    p.add_argument("--adam-eps", type=float, default=ClippedAdam.adam_eps,
                    help="Adam's epsilon, on our loss per observed step. Krishnan et al.'s 1e-8 "
                         "on their loss per sequence is about 1.66e-10 here on JSB; it matters "
                         "with --clip-norm 0.0166, which makes every gradient small")

@@ -117,11 +117,17 @@ def test_torchrun_cli_run_resumes_in_a_single_process(tmp_path: Path):
     printed = [json.loads(line) for line in ddp.stdout.splitlines() if line.startswith("{")]
     assert len(printed) == 1 and printed[0]["steps"] == 3  # rank 0 only
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 3
-    one = subprocess.run([sys.executable, "-m", "vaelab", "train", *common, "--max-steps", "5",
-                          "--resume", str(out / "checkpoint.pt")],
-                         check=False, capture_output=True, text=True, env=env, timeout=300,
-                         cwd=tmp_path)
+    resume = [sys.executable, "-m", "vaelab", "train", *common, "--max-steps", "5",
+              "--resume", str(out / "checkpoint.pt")]
+    # stopped inside an epoch of global batches of 64: one process must keep them
+    halved = subprocess.run(resume, check=False, capture_output=True, text=True, env=env,
+                            timeout=300, cwd=tmp_path)
+    assert halved.returncode == 2 and "whose batches are global batches of 64; pass " \
+        "batch_size=64 (--batch-size) to keep them" in halved.stderr, halved.stderr[-2000:]
+    one = subprocess.run([*resume, "--batch-size", "64"], check=False, capture_output=True,
+                         text=True, env=env, timeout=300, cwd=tmp_path)
     assert one.returncode == 0, one.stderr[-2000:]
     assert json.loads(one.stdout.splitlines()[-1])["steps"] == 5
     ckpt = load_checkpoint(out / "checkpoint.pt")
-    assert ckpt["step"] == 5 and ckpt["train_config"]["batch_size"] == 32
+    assert ckpt["step"] == 5 and ckpt["train_config"]["batch_size"] == 64
+    assert ckpt["resumes"][-1]["changed"]["global_batch_size"] == [64, 64]

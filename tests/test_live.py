@@ -34,7 +34,7 @@ from vaelab.live import (
     resume_config,
     start_run,
 )
-from vaelab.train import TrainConfig, load_checkpoint, load_model
+from vaelab.train import TrainConfig, checksum, load_checkpoint, load_model
 
 TIMEOUT = 60.0  # seconds; a tiny run takes well under one on two cores
 
@@ -699,6 +699,7 @@ def test_a_finished_run_reopens_from_its_checkpoint(runs_folder, tmp_path):
     # a checkpoint whose data has gone: curves yes, figures say why not
     moved = torch.load(path, weights_only=True)
     moved["data"] = {"name": "arrays", "path": str(tmp_path / "gone.npz")}
+    moved["checksum"] = checksum(moved)  # the checksum covers the data spec too
     torch.save(moved, tmp_path / "moved.pt")
     orphan = SavedRun(tmp_path / "moved.pt")
     assert orphan.view is None and "gone.npz" in orphan.data_error

@@ -29,6 +29,7 @@ from vaelab.train import (
     TrainConfig,
     TrainingDiverged,
     TrainingInterrupted,
+    checksum,
     fit,
     load_checkpoint,
     load_model,
@@ -384,19 +385,26 @@ class NotAllowed:  # a class in a checkpoint: weights_only refuses it
      r"is an incomplete vaelab checkpoint: it lacks \['optimizer'\]"),
     (lambda c, t: _rewrite(c, t, _set("comment", "hi")),
      r"has fields this vaelab does not know \(\['comment'\]\)"),
-    (lambda c, t: _rewrite(c, t, _set("format", "vaelab-checkpoint-2")),
-     r"was written by a newer vaelab \(format 'vaelab-checkpoint-2'.*upgrade vaelab"),
+    (lambda c, t: _rewrite(c, t, _set("format", "vaelab-checkpoint-3")),
+     r"was written by a newer vaelab \(format 'vaelab-checkpoint-3'.*upgrade vaelab"),
     (lambda c, t: _rewrite(c, t, _set("format", "mine")),
-     r"is not a vaelab checkpoint \(format 'vaelab-checkpoint-1', found 'mine'\)"),
+     r"is not a vaelab checkpoint \(format 'vaelab-checkpoint-2', found 'mine'\)"),
     (lambda c, t: _rewrite(c, t, _set("step", "five")),
      r"damaged vaelab checkpoint: its 'step' is str 'five', not int >= 0"),
     (lambda c, t: _rewrite(c, t, _set("step", -1)), r"its 'step' is int -1, not int >= 0"),
     (lambda c, t: _rewrite(c, t, lambda s: s["state_dict"].popitem()),
-     r"corrupt: its tensors do not match their checksum"),
+     r"corrupt: its contents do not match their checksum"),
+    # the checksum covers the settings too: an edited config is refused as corrupt ...
     (lambda c, t: _rewrite(c, t, lambda s: s["config"].__setitem__("z_dim", "x")),
+     r"corrupt: its contents do not match their checksum"),
+    (lambda c, t: _rewrite(c, t, lambda s: s.pop("checksum")),
+     r"lacks its checksum: it was edited or written by another program"),
+    # ... and with its checksum recomputed, by the check that reads it
+    (lambda c, t: _rewrite(c, t, lambda s: (s["config"].__setitem__("z_dim", "x"),
+                                            s.__setitem__("checksum", checksum(s)))),
      r"checkpoint config: z_dim='x' has the wrong type"),
     (lambda c, t: _rewrite(c, t, lambda s: (s["config"].__setitem__("z_dim", 5),
-                                            s.pop("checksum"))),
+                                            s.__setitem__("checksum", checksum(s)))),
      r"its weights do not fit the model its config describes"),
     (lambda c, t: _truncate(c, t), (r"is not a readable vaelab checkpoint: the file is "
                                    r"truncated, damaged")),
@@ -438,19 +446,25 @@ def test_a_flipped_bit_in_the_file_is_reported(checkpoint, tmp_path):
     path.write_bytes(bytes(data))
     raw = torch.load(path, weights_only=True)
     assert not torch.equal(raw["state_dict"]["encoder.net.0.weight"], weight)
-    with pytest.raises(ValueError, match=f"checkpoint {path} is corrupt: its tensors do not "
+    with pytest.raises(ValueError, match=f"checkpoint {path} is corrupt: its contents do not "
                                          f"match their checksum"):
         load_checkpoint(path)
 
 
 def test_checksum_is_stable_and_older_checkpoints_without_it_still_load(checkpoint, tmp_path):
     state = torch.load(checkpoint, weights_only=True)
-    assert state["checksum"] == tensor_checksum(state)  # written and recomputed alike
-    assert tensor_checksum({**state, "history": []}) == state["checksum"]  # tensors only
+    assert state["checksum"] == checksum(state)  # written and recomputed alike
+    assert checksum({**state, "history": []}) != state["checksum"]  # not the tensors only
+    assert checksum({**state, "step": state["step"] + 1}) != state["checksum"]
+    # format 1 (before vaelab 0.2) checked the tensors only and may lack a checksum
     old = tmp_path / "old.pt"
-    torch.save({k: v for k, v in state.items() if k != "checksum"}, old)
+    torch.save({**{k: v for k, v in state.items() if k != "checksum"},
+                "format": "vaelab-checkpoint-1"}, old)
     _, ckpt = load_model(old)
     assert "checksum" not in ckpt and ckpt["step"] == state["step"]
+    torch.save({**state, "format": "vaelab-checkpoint-1", "history": [],
+                "checksum": tensor_checksum(state)}, old)
+    assert load_checkpoint(old)["history"] == []
 
 
 @pytest.mark.parametrize("call, message", [
@@ -506,8 +520,8 @@ def test_an_exploding_loss_is_divergence_and_the_message_tells_the_truth(digits,
     assert f"the last checkpoint, {path}, holds step 5" in text
     # a new run at the lr of the last good step (six steps of decay) divided by ten: resuming
     # would recompute the failing loss from the weights saved
-    assert f"Start a new run with a lower learning rate (e.g. --lr {3e-3 * 0.99 ** 6 / 10:.3g}" \
-        in text and "--resume" not in text
+    assert f"Start a new run into another folder and lower the learning rate (e.g. --lr " \
+           f"{3e-3 * 0.99 ** 6 / 10:.3g}" in text and "--resume" not in text
     assert info.value.step == 7 and info.value.lr == pytest.approx(3e-3 * 0.99 ** 6)
     assert load_checkpoint(path)["step"] == 5
 
@@ -521,7 +535,8 @@ def test_divergence_before_any_checkpoint_says_there_is_none(digits, tmp_path, m
     text = str(info.value)
     assert "non-finite loss at step 2" in text
     assert f"no checkpoint had been written to {tmp_path} yet" in text
-    assert "Start a new run with a lower learning rate" in text and "--resume" not in text
+    assert "Start a new run into another folder and lower the learning rate" in text
+    assert "--resume" not in text
     assert "intact" not in text and not (tmp_path / "checkpoint.pt").exists()
 
 

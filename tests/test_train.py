@@ -11,24 +11,24 @@ import torch
 from helpers import config, timeless
 
 import vaelab.train
-from vaelab.data import Batch, load_digits
-from vaelab.objectives import ELBOTerms
 from vaelab.__main__ import main
+from vaelab.data import Batch, load_digits
 from vaelab.datasets import load_dataset
+from vaelab.objectives import ELBOTerms
 from vaelab.train import (
+    CHECKPOINT_FORMAT,
     Adam,
     ClippedAdam,
-    build_model,
-    tensor_checksum,
-    CHECKPOINT_FORMAT,
     TrainConfig,
     TrainingDiverged,
+    build_model,
     evaluate_elbo,
     fit,
     load_checkpoint,
     load_model,
     per_step_decay,
     save_checkpoint,
+    tensor_checksum,
 )
 from vaelab.vae import VAE, VAEConfig
 
@@ -233,7 +233,6 @@ def test_callback_returning_false_stops_and_checkpoints(digits, tmp_path):
         ({"lr": 0.0}, "lr"),
         ({"betas": (0.9, 1.0)}, "betas"),
         ({"clip_norm": -1.0}, "clip_norm"),
-        ({"adam_eps": 0.0}, "adam_eps"),
         ({"lr_decay": 1.5}, "lr_decay"),
         ({"min_kl_weight": 2.0}, "min_kl_weight"),
         ({"max_steps": 0}, "max_steps"),
@@ -594,7 +593,7 @@ def test_a_checkpoint_from_before_the_train_package_resumes_bit_for_bit(tmp_path
     ckpt = load_checkpoint(path)  # the old fields became the recipe that trains as they did
     assert "clip_value_sum" not in ckpt["train_config"]
     assert ckpt["recipe"] == {"name": "ClippedAdam", "clip_value_sum": 10.0,
-                              "decay_before_clip": False}
+                              "decay_before_clip": False, "adam_eps": 1e-8}
     code = main(["train", "--resume", str(path), "--max-steps", "6",
                  "--train-set", "progress=False"])
     assert code == 0, capsys.readouterr().err
@@ -619,3 +618,22 @@ def test_an_unknown_optimiser_recipe_is_refused_by_name(tmp_path):
     save_checkpoint(path, state)
     with pytest.raises(ValueError, match=r"unknown optimiser recipe 'Lion'.*newer vaelab"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("kw, field", [({"clip_value_sum": -1.0}, "clip_value_sum"),
+                                       ({"clip_value_sum": math.nan}, "clip_value_sum"),
+                                       ({"adam_eps": 0.0}, "adam_eps")])
+def test_a_bad_comparison_recipe_is_rejected(kw, field):
+    with pytest.raises(ValueError, match=rf"ClippedAdam\.{field}=.* is out of range"):
+        ClippedAdam(**kw)
+
+
+def test_the_recipes_epsilon_reaches_fits_adam(digits, tmp_path):
+    """adam_eps left TrainConfig for the comparison recipe; fit's optimiser takes it."""
+    train, _ = digits
+    fit(small_vae(), train, None, config(tmp_path / "a", max_steps=1),
+        optimizer=ClippedAdam(adam_eps=1.66e-10))
+    fit(small_vae(), train, None, config(tmp_path / "b", max_steps=1))
+    eps = {k: load_checkpoint(tmp_path / k / "checkpoint.pt")["optimizer"]["param_groups"][0]
+           ["eps"] for k in "ab"}
+    assert eps == {"a": 1.66e-10, "b": 1e-8}

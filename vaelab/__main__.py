@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -39,6 +40,9 @@ def _train_config(args: argparse.Namespace, base: dict) -> TrainConfig:
     """``base`` (the model's defaults, or a resumed checkpoint's settings), then --train-set,
     then the flags given, each checked against TrainConfig's field types."""
     sets = check_types(TrainConfig, parse_sets(args.train_set, "--train-set"), "--train-set")
+    if "preset" in sets:
+        raise ValueError(f"--train-set preset={sets['preset']!r} would only label the run; use "
+                         f"--preset NAME, which applies the preset's settings")
     given = {k: v for k, v in {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "device": args.device, "max_steps": args.max_steps}.items() if v is not None}
@@ -111,13 +115,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_types(MODELS[args.model][0], model_sets)  # before any loading
     config = _train_config(args, base)
     if ckpt is not None:  # every resume rule, before the data is loaded
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)  # under torchrun: its processes
         resume.check(args.resume, ckpt, args.model, {**ckpt["config"], **model_sets}, spec,
-                     dataclasses.asdict(config))
+                     dataclasses.asdict(config), world=world)
     train, val, _ = load_dataset(**spec)
     seed_everything(config.seed)  # before the model is built: the seed fixes its weights
     if ckpt is not None:  # the checkpoint's own model config
         model = build_model(ckpt["model"], ckpt["config"])
     else:
+        _check_size(args, train, model_sets)
         model = make_model(args.model, train, model_sets)
     args.resolved = (model, config)  # for the divergence advice's command
     history = fit(model, train, val, config, resume=args.resume, data_spec=spec,
@@ -132,6 +138,42 @@ def cmd_train(args: argparse.Namespace) -> int:
                       "train_nelbo": last.get("train", {}).get("nelbo"),
                       "val_nelbo": last.get("val", {}).get("nelbo")}))
     return 0
+
+
+MAX_PARAMETERS = 50_000_000  # 200 MB of float32 weights; the largest model here has ~2e6
+MAX_SIZE = 1_000_000  # any width, length or count in a model config (MNIST's x_dim is 784)
+
+
+def _check_size(args: argparse.Namespace, train, model_sets: dict) -> None:
+    """Refuse a model too large to be meant, before allocating it: it is built on torch's
+    meta device (shapes only, no memory) and its parameters counted."""
+    sizes = ", ".join(f"{k}={v!r}" for k, v in model_sets.items()) or "the defaults"
+    for key, value in model_sets.items():  # before building: a count of 1e9 layers would hang
+        values = value if isinstance(value, (list, tuple)) else [value]
+        big = [v for v in values if isinstance(v, int) and not isinstance(v, bool)
+               and v > MAX_SIZE]
+        if big and not args.allow_large:
+            raise ValueError(f"--set {key}={value!r} is above {MAX_SIZE:.0e}, larger than any "
+                             f"size or count a model here needs; pass a smaller value, or "
+                             f"--allow-large if you mean it")
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Initializing zero-element tensors is a no-op"
+            probe = make_model(args.model, train, model_sets)
+    except RuntimeError as err:  # e.g. a negative width
+        reason = str(err).splitlines()[0]
+        raise ValueError(f"--model {args.model} cannot be built with {sizes} ({reason}); "
+                         f"every size must be a positive integer") from None
+    empty = next((name for name, p in probe.named_parameters() if 0 in p.shape), None)
+    if empty is not None:
+        raise ValueError(f"--model {args.model} with {sizes} has a layer of width 0 "
+                         f"({empty}); every size must be a positive integer")
+    count = sum(p.numel() for p in probe.parameters())
+    if count > MAX_PARAMETERS and not args.allow_large:
+        raise ValueError(f"--model {args.model} with {sizes} has {count:.3g} parameters "
+                         f"({count * 4 / 2**30:.3g} GiB of weights, more again for Adam), over "
+                         f"the limit of {MAX_PARAMETERS:.0e}; pass smaller sizes with --set, or "
+                         f"--allow-large if you mean it")
 
 
 def _preset(name: str, model: str) -> tuple[dict, dict]:
@@ -242,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="checkpoint to continue from: its model config, data and settings are "
                         "kept; --epochs, --max-steps, --lr, --batch-size (and a few "
                         "--train-set fields, see vaelab.train.RESUMABLE) may change and apply")
+    t.add_argument("--allow-large", action="store_true",
+                   help=f"train a model of more than {MAX_PARAMETERS:.0e} parameters")
     t.add_argument("--preset", default=None, metavar="NAME",
                    help=f"named settings ({', '.join(sorted(PRESETS))}; see vaelab.presets) "
                         f"under --set, --train-set and the flags; recorded in the checkpoint")
@@ -336,24 +380,22 @@ def _resume_command(argv: list[str] | None, checkpoint: Path) -> str:
 def _restart_command(args: argparse.Namespace, err: TrainingDiverged) -> str:
     """A new run of the same model, data and settings, with a lower learning rate applied
     from the first step, into a new folder: resuming would recompute the failing loss from
-    the same saved weights. The rate is a tenth of the last good one, or the model's default
-    when that is lower."""
+    the same saved weights. The rate is the one the message suggests."""
     model, config = args.resolved
-    config_cls, model_cls = MODELS[model.name]
-    default = getattr(model_cls, "train_defaults", {}).get("lr", TrainConfig.lr)
-    lr = err.lr if err.lr is not None else config.lr
-    lower = min(lr / 10, default) if lr > default else lr / 10
+    config_cls = type(model.config)
+    lower = err.suggested_lr if err.suggested_lr is not None else config.lr / 10
     words = ["train", "--model", model.name, "--data", args.data]
     if args.data_path is not None:
         words += ["--data-path", args.data_path]
     for option in args.data_option:
         words += ["--data-option", option]
     sized = ("x_dim", "a_dim")
-    defaults = config_cls.__dataclass_fields__
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
     for key, value in dataclasses.asdict(model.config).items():
-        field = defaults[key]
-        if key not in sized and (field.default is dataclasses.MISSING
-                                 or value != field.default):
+        field = fields[key]
+        default = (field.default_factory() if field.default_factory is not dataclasses.MISSING
+                   else field.default)
+        if key not in sized and not resume.same_values(value, default):
             words += ["--set", f"{key}={value!r}"]
     flags = {"lr": "--lr", "epochs": "--epochs", "batch_size": "--batch-size",
              "seed": "--seed", "max_steps": "--max-steps", "device": "--device"}

@@ -20,6 +20,7 @@ from vaelab.train.checkpoint import (
     OPTIONAL_CHECKPOINT_FIELDS,
     CheckpointWriteError,
     build_model,
+    checksum,
     load_checkpoint,
     load_model,
     save_checkpoint,
@@ -38,7 +39,7 @@ from vaelab.train.step import train_step
 __all__ = [
     "CHECKPOINT_FIELDS", "CHECKPOINT_FORMAT", "OPTIONAL_CHECKPOINT_FIELDS", "RESUMABLE", "Adam",
     "Callback", "CheckpointWriteError", "ClippedAdam", "TrainConfig", "TrainState",
-    "TrainingDiverged", "TrainingInterrupted", "adam", "build_model", "evaluate_elbo",
+    "TrainingDiverged", "TrainingInterrupted", "adam", "build_model", "checksum", "evaluate_elbo",
     "evaluate_nll", "fit", "load_checkpoint", "load_model", "per_step_decay", "read_records",
     "same_data_spec", "same_values", "save_checkpoint", "seed_everything", "select_device",
     "tensor_checksum", "train_step",

@@ -5,8 +5,9 @@ checked field by field and against a sha256 of its tensors.
 A checkpoint holds ``format``, ``model`` (the registry name), ``config`` (``asdict`` of the
 model's config), the model, optimiser and schedule state dicts, ``train_config``, ``data`` (how
 to reload the data), the counters ``step``, ``epoch``, ``batch_in_epoch``, the ``history`` of
-metric records and the random states ``rng``; optionally ``checksum``, ``resumes`` (what each
-resume changed) and ``recipe`` (fit's optimiser recipe, :mod:`vaelab.train.optim`).
+metric records, the random states ``rng`` and ``checksum`` (sha256 of everything else);
+optionally ``resumes`` (what each resume changed), ``world`` (the processes that trained it,
+under torchrun; absent: 1) and ``recipe`` (fit's optimiser recipe, :mod:`vaelab.train.optim`).
 """
 
 from __future__ import annotations
@@ -29,12 +30,15 @@ from torch import nn
 from vaelab.config import check_types
 from vaelab.train import optim
 
-CHECKPOINT_FORMAT = "vaelab-checkpoint-1"
+# format 2: the checksum is required and covers every value (format 1, written before
+# vaelab 0.2: tensors only, optional; still read, with the comparison fields upgraded)
+CHECKPOINT_FORMAT = "vaelab-checkpoint-2"
+FORMATS = ("vaelab-checkpoint-1", CHECKPOINT_FORMAT)
 # what fit writes into every checkpoint, and the fields it may add (older checkpoints lack them)
 CHECKPOINT_FIELDS = frozenset({
     "format", "model", "config", "state_dict", "optimizer", "scheduler", "train_config", "data",
     "step", "epoch", "batch_in_epoch", "history", "rng"})
-OPTIONAL_CHECKPOINT_FIELDS = frozenset({"checksum", "resumes", "recipe"})
+OPTIONAL_CHECKPOINT_FIELDS = frozenset({"checksum", "resumes", "recipe", "world"})
 _IMPORTED_AT = time.time()  # temporary files older than this are no process's of ours
 
 
@@ -118,6 +122,27 @@ def tensor_checksum(state: dict) -> str:
     return digest.hexdigest()
 
 
+def _plain(obj) -> str:
+    """A canonical text of the non-tensor values (tensors as a placeholder; dicts in key
+    order), for :func:`checksum`."""
+    if isinstance(obj, torch.Tensor):
+        return "T"
+    if isinstance(obj, dict):
+        items = sorted(((repr(k), _plain(v)) for k, v in obj.items()))
+        return "{" + ",".join(f"{k}:{v}" for k, v in items) + "}"
+    if isinstance(obj, (list, tuple)):
+        brackets = "[]" if isinstance(obj, list) else "()"
+        return brackets[0] + ",".join(_plain(v) for v in obj) + brackets[1]
+    return f"{type(obj).__name__}:{obj!r}"
+
+
+def checksum(state: dict) -> str:
+    """sha256 over everything a checkpoint holds but the ``checksum`` field: its tensors
+    (:func:`tensor_checksum`) and every other value (settings, counters, history, data)."""
+    body = {k: v for k, v in state.items() if k != "checksum"}
+    return hashlib.sha256(f"{tensor_checksum(body)}|{_plain(body)}".encode()).hexdigest()
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync,
     then ``os.replace``, so an interrupted save leaves the previous checkpoint intact.
@@ -167,19 +192,29 @@ _FIELD_TYPES = {"model": str, "config": dict, "state_dict": dict, "optimizer": d
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint with ``torch.load(weights_only=True)`` (no code in the file can run)
-    and check it: its format, its fields and their types, and its tensors' checksum.
+    and check it: its format, its fields and their types, its checksum, and the values a
+    resume reads. A checkpoint of format 1 (before vaelab 0.2) is read and upgraded.
 
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` saying what is wrong
     with any other (truncated, corrupt, foreign, newer format, Python objects inside).
     """
     path = Path(path)
+    state = _read(path, map_location)
+    _check_format(path, state)
+    _check_checksum(path, state)
+    _check_contents(path, state)
+    return upgrade(state)
+
+
+def _read(path: Path, map_location: str | torch.device) -> dict:
+    """``torch.load(weights_only=True)`` of ``path``, its failures as ValueErrors."""
     if path.is_dir():
         raise ValueError(f"{path} is a folder; pass the checkpoint.pt file inside it")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found; pass the checkpoint.pt that "
                                 f"'python -m vaelab train --out DIR' wrote into DIR")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
         if found is None:  # not a pickle of ours at all (e.g. a text file)
@@ -195,8 +230,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as e:  # noqa: BLE001 - any other failure here means an unusable file
         raise ValueError(f"{path} is not a readable vaelab checkpoint: the file is truncated, "
                          f"damaged or of another kind ({torch_reason(e)})") from None
+
+
+def _check_format(path: Path, state) -> None:
+    """A dict of our format with exactly our fields, of our types."""
     fmt = state.get("format") if isinstance(state, dict) else None
-    if fmt != CHECKPOINT_FORMAT:
+    if fmt not in FORMATS:
         newer = re.fullmatch(r"vaelab-checkpoint-(\d+)", fmt) if isinstance(fmt, str) else None
         if newer and int(newer.group(1)) > int(CHECKPOINT_FORMAT.rsplit("-", 1)[1]):
             raise ValueError(f"{path} was written by a newer vaelab (format {fmt!r}; this one "
@@ -219,10 +258,30 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             raise ValueError(f"{path} is a damaged vaelab checkpoint: its {key!r} is "
                              f"{type(value).__name__} {value!r:.60}, not {kind.__name__}"
                              + (" >= 0" if kind is int else ""))
-    if "checksum" in state and state["checksum"] != tensor_checksum(state):
-        raise ValueError(f"checkpoint {path} is corrupt: its tensors do not match their "
-                         f"checksum (a damaged disk or copy); use another checkpoint, e.g. "
-                         f"best.pt, or retrain")
+
+
+def _check_checksum(path: Path, state: dict) -> None:
+    """Format 2: the checksum is there and matches every value; format 1: the tensors'."""
+    old = state["format"] == FORMATS[0]
+    if "checksum" not in state:
+        if old:
+            return  # written before checksums
+        raise ValueError(f"{path} lacks its checksum: it was edited or written by another "
+                         f"program; use a checkpoint.pt written by 'python -m vaelab train'")
+    try:
+        expected = tensor_checksum(state) if old else checksum(state)
+    except RecursionError:
+        raise ValueError(f"{path} is a damaged vaelab checkpoint: its values are nested too "
+                         f"deeply to be a checkpoint vaelab wrote") from None
+    if state["checksum"] != expected:
+        what = "tensors" if old else "contents"
+        raise ValueError(f"checkpoint {path} is corrupt: its {what} do not match their "
+                         f"checksum (a damaged disk or copy, or an edit); use another "
+                         f"checkpoint, e.g. best.pt, or retrain")
+
+
+def _check_contents(path: Path, state: dict) -> None:
+    """The values a resume reads: history records, random states, the optimiser recipe."""
     bad = next((r for r in state["history"] if not isinstance(r, dict)
                 or r.get("kind") not in ("train", "val", "end")), None)
     if bad is not None:
@@ -233,20 +292,35 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                for k in ("data", "torch")):
         raise ValueError(f"{path} is a damaged vaelab checkpoint: its 'rng' lacks the random "
                          f"states 'data' and 'torch' (uint8 tensors) that a resume restores")
+    world = state.get("world", 1)
+    if isinstance(world, bool) or not isinstance(world, int) or world < 1:
+        raise ValueError(f"{path} is a damaged vaelab checkpoint: its 'world' is {world!r}, "
+                         f"not a number of processes >= 1")
     if "recipe" in state:
         if not isinstance(state["recipe"], dict):
             raise ValueError(f"{path} is a damaged vaelab checkpoint: its 'recipe' is "
                              f"{type(state['recipe']).__name__}, not dict")
         optim.from_dict(state["recipe"])  # a known recipe, or a ValueError naming it
-    return upgrade(state)
+
+
+def check_finite(path: str | Path, state_dict: dict) -> None:
+    """ValueError when a checkpoint's weights hold NaN or inf (a run that diverged before
+    vaelab refused such steps, or an edited file): nothing can be computed from them."""
+    bad = next((k for k, v in state_dict.items()
+                if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise ValueError(f"{path} holds non-finite weights ({bad} has NaN or inf values): "
+                         f"nothing can be evaluated or trained from them; use another "
+                         f"checkpoint (best.pt, or an earlier one) or retrain")
 
 
 def upgrade(state: dict) -> dict:
     """A checkpoint written before the optimiser recipes (its train_config has
-    ``clip_value_sum`` and ``decay_before_clip``) in today's form: those fields become the
-    ``recipe`` that trains as they did (:func:`vaelab.train.optim.from_old_train_config`)."""
-    old = {"clip_value_sum", "decay_before_clip"} & set(state["train_config"])
-    if not old:
+    ``clip_value_sum``, ``decay_before_clip`` and ``adam_eps``) in today's form: those fields
+    become the ``recipe`` that trains as they did
+    (:func:`vaelab.train.optim.from_old_train_config`)."""
+    fields = {"clip_value_sum", "decay_before_clip", "adam_eps"}
+    if not fields & set(state["train_config"]):
         return state
     train_config, recipe = optim.from_old_train_config(state["train_config"])
     return {**state, "train_config": train_config, "recipe": optim.to_dict(recipe)}
@@ -266,6 +340,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     """The model stored in a checkpoint, in eval mode, and the checkpoint dict."""
     state = load_checkpoint(path, map_location=device)
     model = build_model(state["model"], state["config"])
+    check_finite(path, state["state_dict"])
     try:
         model.load_state_dict(state["state_dict"])
     except RuntimeError as e:  # sizes or names that its own config does not give

@@ -20,9 +20,6 @@ class TrainConfig:
     bucket_jitter: float = 0.1
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
-    # Adam's epsilon. It is the one setting not invariant to the loss's scale: ours is per
-    # observed step, so a per-sequence loss's 1e-8 is 1e-8 / (mean steps per sequence) here
-    adam_eps: float = 1e-8
     clip_norm: float = 10.0
     weight_decay: float = 0.0  # L2 penalty added to the gradient (Adam's coupled weight decay)
     # the same penalty stated for the loss *summed* over a batch (Pyro's convention, and the
@@ -67,7 +64,6 @@ class TrainConfig:
             "bucket_jitter": (self.bucket_jitter >= 0, ">= 0 (inf: plain shuffling)"),
             "lr": (0 < self.lr < math.inf, "> 0 and finite"),
             "betas": (all(0 <= b < 1 for b in self.betas), "two values in [0, 1)"),
-            "adam_eps": (self.adam_eps > 0, "> 0"),
             "clip_norm": (self.clip_norm > 0, "> 0 (inf: no clipping)"),
             "weight_decay": (self.weight_decay >= 0, ">= 0"),
             "weight_decay_sum": (self.weight_decay_sum >= 0, ">= 0"),
@@ -75,7 +71,9 @@ class TrainConfig:
             "beta": (self.beta >= 0, ">= 0"),
             "anneal_epochs": (self.anneal_epochs >= 0, ">= 0 (0: no annealing)"),
             "min_kl_weight": (0 <= self.min_kl_weight <= 1, "in [0, 1]"),
-            "train_samples": (self.train_samples >= 1, ">= 1"),
+            # each step holds train_samples copies of the batch: past 1000 it only exhausts
+            # memory (an IAF guide's Monte Carlo KL needs a few)
+            "train_samples": (1 <= self.train_samples <= 1000, "in [1, 1000]"),
             "checkpoint_every": (self.checkpoint_every >= 1, ">= 1 epochs"),
             "eval_every": (self.eval_every >= 0, ">= 0 epochs (0: no validation)"),
             "max_steps": (self.max_steps is None or self.max_steps >= 1, ">= 1 or None"),

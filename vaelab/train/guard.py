@@ -22,10 +22,12 @@ from pathlib import Path
 class TrainingDiverged(RuntimeError):
     """A non-finite or exploding loss or gradient: training stopped before the parameters took
     it; the message says which checkpoint on disk holds the last good state. ``lr`` is the
-    learning rate of the last good step, ``step`` the failing one."""
+    learning rate of the last good step, ``step`` the failing one, ``suggested_lr`` the rate
+    the message suggests."""
 
     lr: float | None = None
     step: int | None = None
+    suggested_lr: float | None = None
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -43,28 +45,38 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class Level:
-    """The run's recent loss level: the median of the last ``window`` good steps' losses.
+    """The run's loss level: its first step's loss and the median of its last ``window``
+    good steps' losses.
 
-    A loss more than ``factor`` times the level's magnitude (at least 1 nat) above the level
+    A loss more than ``factor`` times a level's magnitude (at least 1 nat) above that level
     is divergence: learning lowers the loss, and no model here has a healthy step ten times
-    its recent level (the VAE's loss at ``--lr 10`` jumps from about 100 to 2,000 and then
-    8e6 nats). Before ``warmup`` good steps there is no level and only the absolute bound
-    applies.
+    above where the run started or where it has recently been (the VAE's loss at ``--lr 10``
+    jumps from about 60 nats to 8e4 within its first ten steps and stays there). The recent
+    level counts from ``warmup`` good steps on.
     """
 
     def __init__(self, window: int = 50, factor: float = 10.0, warmup: int = 10) -> None:
         self.losses: deque[float] = deque(maxlen=window)
+        self.first: float | None = None
         self.factor, self.warmup = factor, warmup
 
     def add(self, loss: float) -> None:
+        if self.first is None:
+            self.first = loss
         self.losses.append(loss)
 
     def limit(self, max_abs: float) -> float:
         """The highest loss the next steps may have (until the next reads)."""
-        if len(self.losses) < self.warmup:
-            return max_abs
-        level = statistics.median(self.losses)
-        return min(max_abs, level + self.factor * max(abs(level), 1.0))
+        levels = [] if self.first is None else [self.first]
+        if len(self.losses) >= self.warmup:
+            levels.append(statistics.median(self.losses))
+        return min([max_abs, *(x + self.factor * max(abs(x), 1.0) for x in levels)])
+
+
+def suggested_lr(lr: float) -> float:
+    """A learning rate to try after divergence at ``lr``: a tenth of it, or Adam's usual 1e-3
+    when that tenth is still above 1e-2 (no model here trains with Adam above it)."""
+    return lr / 10 if lr / 10 <= 1e-2 else 1e-3
 
 
 def check_step(step: int, values: list[float], max_abs: float, limit: float = math.inf
@@ -88,7 +100,8 @@ def _check(step: int, values: list[float], max_abs: float, limit: float) -> None
                                f"TrainConfig.max_abs_loss={max_abs:g})")
     if value > limit:
         raise TrainingDiverged(f"exploding loss {value:.4g} at step {step}, far above the "
-                               f"run's recent level (the limit was {limit:.4g})")
+                               f"run's own level at its start or its recent steps (the limit "
+                               f"was {limit:.4g})")
     if len(values) > 5 and not math.isfinite(values[5]):
         raise TrainingDiverged(f"non-finite gradient norm at step {step}")
 
@@ -142,9 +155,9 @@ def advice(saved: Path | None, lr: float | None, diverged: bool) -> str:
     """What to do next. After divergence: start again with a lower rate, applied from the
     first step (resuming would recompute the failing loss from the same saved weights)."""
     if diverged:
-        lower = f"{lr / 10:.3g}" if lr is not None else "a tenth of it"
-        return (f"Start a new run with a lower learning rate (e.g. --lr {lower}; in Python "
-                f"TrainConfig(lr={lower})) into another folder, or raise min_scale, or check "
+        lower = f"{suggested_lr(lr):.3g}" if lr is not None else "a tenth of it"
+        return (f"Start a new run into another folder and lower the learning rate (e.g. "
+                f"--lr {lower}; in Python TrainConfig(lr={lower})), raise min_scale, or check "
                 f"the data for extreme values")
     if saved is None:
         return "There is nothing to resume from"

@@ -21,12 +21,12 @@ from vaelab.data import Data
 from vaelab.train.config import TrainConfig
 
 
-def adam(params, config: TrainConfig, device: torch.device, weight_decay: float = 0.0
-         ) -> torch.optim.Adam:
-    """fit's optimiser: Adam with ``config``'s learning rate, betas and epsilon, fused (one
-    kernel for every parameter: about 8x faster than the per-tensor loop on the CPU, where
-    the DMM's step has some thirty small tensors) on the CPU and CUDA."""
-    return torch.optim.Adam(params, lr=config.lr, betas=config.betas, eps=config.adam_eps,
+def adam(params, config: TrainConfig, device: torch.device, weight_decay: float = 0.0,
+         eps: float = 1e-8) -> torch.optim.Adam:
+    """fit's optimiser: Adam with ``config``'s learning rate and betas, fused (one kernel for
+    every parameter: about 8x faster than the per-tensor loop on the CPU, where the DMM's step
+    has some thirty small tensors) on the CPU and CUDA."""
+    return torch.optim.Adam(params, lr=config.lr, betas=config.betas, eps=eps,
                             weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
 
 
@@ -50,11 +50,15 @@ class Adam:
     def build(self, params: Iterable[nn.Parameter], config: TrainConfig, device: torch.device,
               weight_decay: float) -> torch.optim.Optimizer:
         """The optimiser over ``params``; ``weight_decay`` is per observed step."""
-        return adam(params, config, device, self.optimizer_decay(weight_decay))
+        return adam(params, config, device, self.optimizer_decay(weight_decay), self.eps())
 
     def optimizer_decay(self, weight_decay: float) -> float:
         """The weight decay the optimiser itself applies (after the clip)."""
         return weight_decay
+
+    def eps(self) -> float:
+        """Adam's epsilon."""
+        return 1e-8
 
     def before_clip(self, params: list[nn.Parameter], config: TrainConfig,
                     steps: float | Tensor, weight_decay: float) -> None:
@@ -75,15 +79,25 @@ class ClippedAdam(Adam):
         False: Adam adds the decay to the clipped gradient (torch's and Pyro's order); True: the
         L2 term is part of the loss whose gradient is clipped (Krishnan et al.'s code), so a
         tight ``clip_norm`` scales it down with the rest.
+    adam_eps : float
+        Adam's epsilon, the one setting not invariant to the loss's scale: ours is per
+        observed step, so a per-sequence loss's 1e-8 is 1e-8 / (mean steps per sequence) here.
     """
 
     clip_value_sum: float = 0.0
     decay_before_clip: bool = False
+    adam_eps: float = 1e-8
 
     def __post_init__(self) -> None:
         if not self.clip_value_sum >= 0:  # also NaN
             raise ValueError(f"ClippedAdam.clip_value_sum={self.clip_value_sum!r} is out of "
                              f"range: it must be >= 0 (0: off)")
+        if not self.adam_eps > 0:
+            raise ValueError(f"ClippedAdam.adam_eps={self.adam_eps!r} is out of range: it must "
+                             f"be > 0")
+
+    def eps(self) -> float:
+        return self.adam_eps
 
     def optimizer_decay(self, weight_decay: float) -> float:
         return 0.0 if self.decay_before_clip else weight_decay
@@ -130,10 +144,11 @@ def from_dict(spec: dict) -> Adam:
 
 def from_old_train_config(train_config: dict) -> tuple[dict, Adam]:
     """A train_config of checkpoint format 1 as written before vaelab 0.2 (with the fields
-    ``clip_value_sum`` and ``decay_before_clip``): the config without them, and the recipe
-    that trains as they did."""
+    ``clip_value_sum``, ``decay_before_clip`` and ``adam_eps``): the config without them, and
+    the recipe that trains as they did."""
     train_config = dict(train_config)
     clip = float(train_config.pop("clip_value_sum", 0.0))
     before = bool(train_config.pop("decay_before_clip", False))
-    recipe = ClippedAdam(clip, before) if clip or before else Adam()
+    eps = float(train_config.pop("adam_eps", 1e-8))
+    recipe = ClippedAdam(clip, before, eps) if clip or before or eps != 1e-8 else Adam()
     return train_config, recipe

@@ -81,9 +81,19 @@ def changed_settings(resume: str | Path, ckpt: dict, config: dict) -> dict:
     return changed
 
 
-def check_progress(resume: str | Path, ckpt: dict, config: dict, changed: dict) -> None:
-    """There is something left to train, and a changed batch size starts at an epoch's end."""
-    if "batch_size" in changed and ckpt["batch_in_epoch"]:
+def check_progress(resume: str | Path, ckpt: dict, config: dict, changed: dict,
+                   world: int = 1) -> None:
+    """There is something left to train, and a changed global batch (``batch_size`` times
+    the ``world`` of processes) starts at an epoch's end."""
+    before = ckpt["train_config"]["batch_size"] * ckpt.get("world", 1)
+    if before != config["batch_size"] * world and ckpt["batch_in_epoch"]:
+        if "batch_size" not in changed:
+            raise ValueError(
+                f"cannot resume {resume} in {world} process(es) with batch_size="
+                f"{config['batch_size']}: it trained in {ckpt.get('world', 1)} and stopped "
+                f"inside epoch {ckpt['epoch'] + 1}, whose batches are global batches of "
+                f"{before}; pass batch_size={before // world} (--batch-size) to keep them, or "
+                f"resume from a checkpoint written at an epoch's end")
         raise ValueError(
             f"cannot resume {resume} with batch_size={config['batch_size']}: it stopped inside "
             f"epoch {ckpt['epoch'] + 1} (after batch {ckpt['batch_in_epoch']} of "
@@ -113,12 +123,12 @@ def recipe(resume: str | Path, ckpt: dict, given: optim.Adam | None) -> optim.Ad
 
 
 def check(resume: str | Path, ckpt: dict, name: str, model_config: dict, data_spec: dict,
-          train_config: dict, optimizer: optim.Adam | None = None) -> dict:
-    """Every rule above, in the order a user fixes them; returns the changed settings
-    (:func:`changed_settings`)."""
+          train_config: dict, optimizer: optim.Adam | None = None, world: int = 1) -> dict:
+    """Every rule above, in the order a user fixes them, for a resume in ``world``
+    processes; returns the changed settings (:func:`changed_settings`)."""
     check_model(resume, ckpt, name, model_config)
     check_data(resume, ckpt, data_spec)
     changed = changed_settings(resume, ckpt, train_config)
-    check_progress(resume, ckpt, train_config, changed)
+    check_progress(resume, ckpt, train_config, changed, world)
     recipe(resume, ckpt, optimizer)
     return changed

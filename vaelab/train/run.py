@@ -11,6 +11,7 @@ import os
 import random
 import socket
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -144,8 +145,9 @@ def check_arguments(model, train, val, config, callbacks, data_spec) -> list[Cal
         if isinstance(callbacks, (list, tuple)) else [callbacks])
     for c in callbacks:
         if not callable(c):
-            raise ValueError(f"callback must be callable, a list of callables or None, got "
-                             f"{type(c).__name__}")
+            raise ValueError(  # noqa: TRY004 - the house style: ValueError at every boundary
+                f"callback must be callable, a list of callables or None, got "
+                f"{type(c).__name__}")
     if data_spec is not None and not isinstance(data_spec, dict):
         raise ValueError(f"data_spec must be a dict such as {{'name': 'digits'}} or None, got "
                          f"{type(data_spec).__name__}")
@@ -272,8 +274,10 @@ def restore(run: Run, path: str | Path, ckpt: dict) -> None:
     :data:`~vaelab.train.resume.RESUMABLE` settings that changed."""
     config = run.config
     changed = resume.check(path, ckpt, run.model.name, asdict(run.model.config), run.data_spec,
-                           asdict(config), run.recipe)
+                           asdict(config), run.recipe, run.ctx.world)
     run.data_spec = run.data_spec or dict(ckpt["data"])
+    checkpoint.check_finite(path, ckpt["state_dict"])
+    changed.update(_world_change(run, path, ckpt))
     try:
         run.model.load_state_dict(ckpt["state_dict"])
         run.optimizer.load_state_dict(ckpt["optimizer"])
@@ -303,13 +307,31 @@ def restore(run: Run, path: str | Path, ckpt: dict) -> None:
         torch.manual_seed(config.seed + run.state.step * run.ctx.world + run.ctx.rank)
     history = run.state.history
     run.best = min((r["nelbo"] for r in history if r["kind"] == "val"), default=math.inf)
-    for r in history:
-        if r["kind"] == "train" and isinstance(r.get("loss"), float):
-            run.level.add(r["loss"])
+    for r in history:  # the level goes on from the run's own
+        if r["kind"] == "train" and isinstance(r.get("loss"), (int, float)):
+            run.level.add(float(r["loss"]))
     run.resumes = list(ckpt.get("resumes", []))
     run.resumes.append({"step": run.state.step, "from": str(path),
                         "changed": {k: list(v) for k, v in changed.items()
                                     if k not in resume.UNRECORDED}})
+
+
+def _world_change(run: Run, path: str | Path, ckpt: dict) -> dict:
+    """A resume in another number of processes: when the global batch (``batch_size`` times
+    processes) changes, which only an epoch's end allows, a warning says how; ``resumes``
+    records both."""
+    old, new = ckpt.get("world", 1), run.ctx.world
+    if old == new:
+        return {}
+    before = ckpt["train_config"]["batch_size"] * old
+    after = run.config.batch_size * new
+    if before != after:  # at an epoch's end: resume.check_progress refuses it inside one
+        keep = (f" (pass --batch-size {before // new} to keep it)" if before % new == 0
+                else "")
+        warnings.warn(f"resuming {path} in {new} process(es) where it trained in {old}: the "
+                      f"global batch changes from {before} to {after} examples{keep}",
+                      stacklevel=2)
+    return {"world": (old, new), "global_batch_size": (before, after)}
 
 
 def remaining_batches(run: Run, train: Data) -> Iterator[tuple[int, Batch]]:
@@ -397,11 +419,13 @@ def save(run: Run, name: str = "checkpoint.pt") -> None:
         "history": run.state.history,
         "rng": rng,
     }
+    if run.ctx.world > 1:
+        state["world"] = run.ctx.world
     if run.resumes:
         state["resumes"] = run.resumes
     if run.recipe != optim.Adam():
         state["recipe"] = optim.to_dict(run.recipe)
-    state["checksum"] = checkpoint.tensor_checksum(state)
+    state["checksum"] = checkpoint.checksum(state)
     checkpoint.remove_stale_temporaries(run.out)
     checkpoint.save_checkpoint(run.out / name, state)
     if name == "checkpoint.pt":
@@ -416,7 +440,7 @@ def diverged(run: Run, err: guard.TrainingDiverged) -> guard.TrainingDiverged:
               run.optimizer.param_groups[0]["lr"])
     new = guard.TrainingDiverged(f"{err}; {run.survivor()}. "
                                  f"{guard.advice(run.saved_path(), lr, diverged=True)}")
-    new.lr, new.step = lr, err.step
+    new.lr, new.step, new.suggested_lr = lr, err.step, guard.suggested_lr(lr)
     return new
 
 
