@@ -15,8 +15,10 @@ import torch
 from vaelab import MODELS
 from vaelab.config import check_types, data_spec, make_model, parse_sets
 from vaelab.datasets import DATASETS, load_dataset
+from vaelab.diagnostics import has_latents
 from vaelab.kalman import exact_nll
 from vaelab.presets import PRESETS, apply_preset
+from vaelab.runs import RunWriter
 from vaelab.sweep import run_sweep, summarise
 from vaelab.train import (
     CheckpointWriteError,
@@ -88,6 +90,16 @@ def _resumed(args: argparse.Namespace, spec: dict, ckpt: dict) -> tuple[dict, di
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train, writing the run folder (:class:`vaelab.runs.RunWriter`: metrics, status,
+    requests) on rank 0 when there is an output folder."""
+    folder = args.out or (args.resume and str(Path(args.resume).parent))
+    if folder is None or int(os.environ.get("RANK", "0")) != 0:
+        return _train(args, None)
+    with RunWriter(folder) as writer:
+        return _train(args, writer)
+
+
+def _train(args: argparse.Namespace, writer: RunWriter | None) -> int:
     ckpt = None if args.resume is None else _from_checkpoint(args)
     missing = [flag for flag, value in (("--model", args.model), ("--data", args.data),
                                         ("--out", args.out)) if value is None]
@@ -121,7 +133,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         model = build_model(ckpt["model"], ckpt["config"])
     else:
         model = make_model(args.model, train, model_sets)
-    history = fit(model, train, val, config, resume=args.resume, data_spec=spec)
+    if writer is not None:
+        writer.start({"model": args.model, "model_config": dataclasses.asdict(model.config),
+                      "train_config": dataclasses.asdict(config), "data": spec,
+                      "unit": "nats per observed step" if train.is_sequence else
+                      "nats per example", "has_latents": has_latents(model)})
+    history = fit(model, train, val, config, resume=args.resume, data_spec=spec,
+                  callback=writer)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 reports for all
         return 0
     last = {r["kind"]: r for r in history}
