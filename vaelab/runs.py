@@ -441,7 +441,9 @@ def request(root: str | Path, run_id: str, token: str, action: str) -> None:
         if status["state"] not in RUNNING:
             return
         write_json(folder / "request.json", {"action": action, "time": time.time()})
-        if action == "stop":
+        if action == "stop" and status.get("message") != "starting":
+            # SIGINT only once the process has said it trains: earlier it would end Python
+            # during its imports, before fit could save; the request is read at its first step
             _signal_stop(status.get("pid"))
 
 
@@ -545,7 +547,9 @@ def dispatch(root: str | Path, hosting: Hosting, now: float | None = None) -> li
                         run["state"] = "stopped"
                     else:
                         write_json(run["folder"] / "request.json", {"action": "stop"})
-                        _signal_stop(read_status(run["folder"]).get("pid"))
+                        status = read_status(run["folder"])
+                        if status.get("message") != "starting":
+                            _signal_stop(status.get("pid"))
         busy = sum(r["state"] in RUNNING for r in runs)
         queued = sorted((r for r in runs if r["state"] == "queued"),
                         key=lambda r: (r["created"], r["id"]))
