@@ -388,17 +388,21 @@ def new_run_id(model: str, data: str) -> str:
 
 
 def create_run(root: str | Path, token: str, train_args: Sequence[str], settings: dict,
-               hosting: Hosting) -> str:
+               hosting: Hosting, files: dict[str, bytes] | None = None) -> str:
     """A queued run in a new folder of ``root``, owned by the session holding ``token``:
-    ``command.json`` holds its ``python -m vaelab train`` arguments (without ``--out``),
-    ``settings.json`` what the page knows of it until the process writes its own. Returns
-    the run id; :func:`dispatch` starts it when a slot is free."""
+    ``command.json`` holds its ``python -m vaelab train`` arguments (without ``--out``;
+    ``{folder}`` in them becomes the run folder), ``settings.json`` what the page knows of it
+    until the process writes its own, ``files`` (name -> bytes, e.g. an uploaded checkpoint)
+    are written into the folder. Returns the run id; :func:`dispatch` starts it when a slot
+    is free."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     run_id = new_run_id(settings.get("model", "run"), (settings.get("data") or {}).get(
         "name", "data"))
     folder = root / run_id
     folder.mkdir()
+    for name, content in (files or {}).items():
+        (folder / Path(name).name).write_bytes(content)
     write_json(folder / "meta.json", {"owner": owner_hash(token), "name": run_id, "tags": [],
                                       "created": time.time()})
     write_json(folder / "settings.json", settings)
@@ -511,7 +515,8 @@ def queue_position(runs: Sequence[dict], run_id: str) -> int | None:
 
 
 def _launch(folder: Path) -> int:
-    args = read_json(folder / "command.json").get("args") or []
+    args = [a.replace("{folder}", str(folder))
+            for a in read_json(folder / "command.json").get("args") or []]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join(
         [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
