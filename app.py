@@ -311,10 +311,14 @@ mine_active = [r for r in visible if runs.owns(r, TOKEN) and r["state"] in runs.
 run = current(visible)
 own = run is not None and runs.owns(run, TOKEN)
 b1, b2, b3, b4 = st.columns(4)
-b1.button("Train", type="primary", key="train", on_click=on_train,
-          disabled=bool(mine_active) and HOSTING.hosted,
-          help="one run at a time per session on this server" if mine_active and
-          HOSTING.hosted else "queue a new run with the sidebar's settings")
+# Train and Resume act here, not in on_click: a callback runs before the script and would read
+# the widget values of the previous run, not the ones just set
+if b1.button("Train", type="primary", key="train",
+             disabled=bool(mine_active) and HOSTING.hosted,
+             help="one run at a time per session on this server" if mine_active and
+             HOSTING.hosted else "queue a new run with the sidebar's settings"):
+    on_train()
+    st.rerun()
 live_state = run["state"] if own else None
 if live_state == "paused":
     b2.button("Continue", key="continue", on_click=on_request, args=(run["id"], "continue"))
@@ -326,9 +330,11 @@ b3.button("Stop", key="stop", on_click=on_request, disabled=live_state not in ru
 can_resume = ("uploaded" in state and "error" not in state.uploaded
               and not state.uploaded["remaining"]) or bool(resume_path) or (
     own and run["state"] == "stopped" and (run["folder"] / "checkpoint.pt").is_file())
-b4.button("Resume", key="resume_run", on_click=on_resume, args=(run,),
-          disabled=not can_resume or (bool(mine_active) and HOSTING.hosted),
-          help="continue an uploaded checkpoint, or this stopped run of yours")
+if b4.button("Resume", key="resume_run",
+             disabled=not can_resume or (bool(mine_active) and HOSTING.hosted),
+             help="continue an uploaded checkpoint, or this stopped run of yours"):
+    on_resume(run)
+    st.rerun()
 if "message" in state:
     kind, text = state.message
     (st.success if kind == "success" else st.error)(text)
