@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import io
 import secrets
-import time
 from pathlib import Path
 
 import streamlit as st

@@ -16,22 +16,22 @@ from vaelab.diagnostics import ACTIVE_THRESHOLD
 # The training-curve panels: (panel, record key, what it shows). Latent-variable models and
 # flows get their own; units come with the run (nats per observed step or per example).
 LATENT_PANELS = (
-    ("-ELBO", "nelbo", "the negative evidence lower bound, -(E_q[log p(x|z)] - KL): what "
-     "training lowers; dots: validation at each epoch's end"),
-    ("reconstruction log-likelihood", "log_likelihood", "E_q[log p(x|z)]: how well decoded "
-     "latents explain the data (higher is better)"),
-    ("KL(q || p)", "kl", "how far the guide q(z|x) moves from the prior: the nats the latents "
-     "carry; near 0 means posterior collapse"),
-    ("KL weight", "kl_weight", "the annealing factor on the KL term (rises linearly to 1 over "
-     "the warm-up); unitless"),
-    ("gradient norm", "grad_norm", "the L2 norm of the gradient before clipping; spikes show "
-     "unstable steps; unitless"),
+    ("-ELBO", "nelbo", ("the negative evidence lower bound, -(E_q[log p(x|z)] - KL): what "
+     "training lowers; dots: validation at each epoch's end")),
+    ("reconstruction log-likelihood", "log_likelihood", ("E_q[log p(x|z)]: how well decoded "
+     "latents explain the data (higher is better)")),
+    ("KL(q || p)", "kl", ("how far the guide q(z|x) moves from the prior: the nats the latents "
+     "carry; near 0 means posterior collapse")),
+    ("KL weight", "kl_weight", ("the annealing factor on the KL term (rises linearly to 1 over "
+     "the warm-up); unitless")),
+    ("gradient norm", "grad_norm", ("the L2 norm of the gradient before clipping; spikes show "
+     "unstable steps; unitless")),
 )
 FLOW_PANELS = (
-    ("-log-likelihood", "nelbo", "the flow's exact -log p(x | a) (change of variables): what "
-     "training lowers; dots: validation at each epoch's end"),
-    ("gradient norm", "grad_norm", "the L2 norm of the gradient before clipping; spikes show "
-     "unstable steps; unitless"),
+    ("-log-likelihood", "nelbo", ("the flow's exact -log p(x | a) (change of variables): what "
+     "training lowers; dots: validation at each epoch's end")),
+    ("gradient norm", "grad_norm", ("the L2 norm of the gradient before clipping; spikes show "
+     "unstable steps; unitless")),
 )
 VAL_KEYS = ("nelbo", "log_likelihood", "kl")
 NATS_KEYS = ("nelbo", "log_likelihood", "kl")
@@ -187,7 +187,7 @@ def overlay_panel(runs: Sequence[dict], key: str, smoothing: float = 0.0,
     if len(kinds) > 1:
         raise ValueError(f"runs on different data sets or units cannot share a chart: "
                          f"{sorted(kinds)}; pick runs of one data set")
-    titles = dict((k, t) for t, k, _ in (*FLOW_PANELS, *LATENT_PANELS))
+    titles = {k: t for t, k, _ in (*FLOW_PANELS, *LATENT_PANELS)}
     if key not in titles:
         raise ValueError(f"unknown curve {key!r}; choose one of {list(titles)}")
     rows = []

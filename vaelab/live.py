@@ -31,6 +31,7 @@ from vaelab.diagnostics import (  # noqa: F401  (the dashboard's names for them)
 )
 from vaelab.train import TrainConfig, load_checkpoint
 
+
 def dataset_needs_path(name: str) -> bool:
     """True when loader ``DATASETS[name]`` takes a ``path`` (a file or folder on disk)."""
     if name not in DATASETS:
@@ -273,7 +274,7 @@ def count_parameters(model_name: str, data: Data, overrides: dict) -> int:
             model = make_model(model_name, data, overrides)
     except ValueError:
         raise
-    except Exception as e:  # any failure of a model built from typed values is the values'
+    except Exception as e:  # noqa: BLE001  (any failure of a model built from typed values)
         fields = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "its defaults"
         raise ValueError(f"{model_name} cannot be built with {fields} ({type(e).__name__}: "
                          f"{e}); change or remove these values") from None

@@ -254,7 +254,7 @@ class RunWriter:
             self.status("training")
         return True
 
-    def __enter__(self) -> RunWriter:
+    def __enter__(self) -> RunWriter:  # noqa: PYI034  (Self needs Python 3.11)
         return self
 
     def __exit__(self, kind, error, tb) -> None:
