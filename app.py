@@ -307,6 +307,10 @@ st.title("vaelab: variational latent-variable models")
 st.markdown(MODEL_CARDS.get(model_name, ""))
 visible = all_runs()
 mine_active = [r for r in visible if runs.owns(r, TOKEN) and r["state"] in runs.ACTIVE]
+if mine_active:  # keep this session's runs alive, start queued runs where slots are free
+    runs.heartbeat(root, visible, TOKEN)
+    if runs.dispatch(root, HOSTING):
+        visible = all_runs()
 run = current(visible)
 own = run is not None and runs.owns(run, TOKEN)
 b1, b2, b3, b4 = st.columns(4)
@@ -438,11 +442,11 @@ def run_panel() -> None:
         st.caption(shown["message"])
     if view == VIEWS[0]:
         show_curves(shown, records)
-    if state.get("was_active") and not any(r["state"] in runs.ACTIVE for r in runs.visible_runs(
-            listed or runs.list_runs(root), TOKEN, HOSTING) if runs.owns(r, TOKEN)):
-        state.was_active = False
-        st.rerun()  # the session's runs ended: refresh the buttons, stop polling
-    state.was_active = bool(mine_active)
+    if run is not None and shown["id"] == run["id"] and shown["state"] != run["state"]:
+        st.rerun()  # the run started, paused or ended: refresh the buttons and the run list
+    if mine_active and not any(r["state"] in runs.ACTIVE for r in listed
+                               if runs.owns(r, TOKEN)):
+        st.rerun()  # the session's runs ended: stop polling
 
 
 def png(fig) -> bytes:
