@@ -307,10 +307,10 @@ st.title("vaelab: variational latent-variable models")
 st.markdown(MODEL_CARDS.get(model_name, ""))
 visible = all_runs()
 mine_active = [r for r in visible if runs.owns(r, TOKEN) and r["state"] in runs.ACTIVE]
-if mine_active:  # keep this session's runs alive, start queued runs where slots are free
+if mine_active:  # keep this session's runs alive
     runs.heartbeat(root, visible, TOKEN)
-    if runs.dispatch(root, HOSTING):
-        visible = all_runs()
+if runs.dispatch(root, HOSTING):  # start queued runs where slots are free (any session's)
+    visible = all_runs()
 run = current(visible)
 own = run is not None and runs.owns(run, TOKEN)
 b1, b2, b3, b4 = st.columns(4)
