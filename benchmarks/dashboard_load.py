@@ -37,7 +37,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from vaelab import runs  # noqa: E402  (the repository's vaelab, run from anywhere)
+from vaelab import runs  # the repository's vaelab, run from anywhere
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -122,7 +122,7 @@ def start_session(browser, url: str, i: int, steps: int):
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main() -> None:
@@ -161,7 +161,7 @@ def main() -> None:
                             continue
                         try:
                             text = page.get_by_text(STATUS).first.inner_text(timeout=2_000)
-                        except Exception:  # noqa: BLE001 - a page mid-rerun: next time
+                        except Exception:  # noqa: BLE001, S112 - a page mid-rerun: next time
                             continue
                         now = time.time()
                         match = STATUS.search(text)
