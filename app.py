@@ -26,21 +26,18 @@ from vaelab.audio import piano_roll_wav
 from vaelab.config import parse_sets
 from vaelab.datasets import load_dataset
 from vaelab.live import (
-    MODEL_CARDS,
-    PREFERRED_DATA,
     accepted_data,
     builtin_dataset,
     dataset_needs_path,
     diagnose,
-    has_latents,
     make_view,
     observed_steps,
     plan_run,
     read_upload,
     reference_metrics,
     sample_piano_roll,
-    train_defaults,
 )
+from vaelab.protocol import model_class
 from vaelab.train import TrainConfig, load_model
 
 POLL_SECONDS = 2.0  # how often the page reads the run folder while a run of this session runs
@@ -113,7 +110,8 @@ with st.sidebar:
     offered = [name for name, why in accepted.items() if why is None and (
         not HOSTING.hosted or not dataset_needs_path(name))]  # hosted: built-in data only
     refused = "; ".join(f"{name}: {why}" for name, why in accepted.items() if why)
-    data_key = widget(f"data_{model_name}", PREFERRED_DATA.get(model_name, offered[0]))
+    preferred = model_cls.preferred_data
+    data_key = widget(f"data_{model_name}", preferred if preferred in offered else offered[0])
     if state[data_key] not in offered:
         state[data_key] = offered[0]
     data_name = st.selectbox(
@@ -141,7 +139,7 @@ with st.sidebar:
                           help=f"fields of {config_cls.__name__}: {', '.join(model_defaults)}")
 
     st.header("Training")
-    tdef = {**field_defaults(TrainConfig), **train_defaults(model_name)}
+    tdef = {**field_defaults(TrainConfig), **model_cls.train_defaults}
     epochs = st.number_input("epochs", 1, 100000,
                              key=widget(f"epochs_{model_name}", int(tdef["epochs"])))
     batch_size = st.number_input("batch size", 1, 4096,
@@ -151,7 +149,7 @@ with st.sidebar:
                                                    float(state[lr_key])}),
                           format_func=lambda v: f"{v:.0e}", key=lr_key)
     anneal, train_samples = float(tdef["anneal_epochs"]), int(tdef["train_samples"])
-    if "z_dim" in model_defaults:  # a flow has no KL to anneal and no guide to sample
+    if model_cls.has_latents:  # a flow has no KL to anneal and no guide to sample
         anneal = st.number_input(
             "KL annealing epochs (0 = off)", 0.0, 10000.0, step=1.0,
             key=widget(f"anneal_{model_name}", float(tdef["anneal_epochs"])))
@@ -304,7 +302,7 @@ def current(visible: list[dict]) -> dict | None:
 # ----------------------------------------------------------------------------- page
 
 st.title("vaelab: variational latent-variable models")
-st.markdown(MODEL_CARDS.get(model_name, ""))
+st.markdown(model_class(model_name).card)
 visible = all_runs()
 mine_active = [r for r in visible if runs.owns(r, TOKEN) and r["state"] in runs.ACTIVE]
 if mine_active:  # keep this session's runs alive
@@ -476,7 +474,7 @@ def snapshot(run: dict):
     except (ValueError, FileNotFoundError, OSError, KeyError) as e:
         return f"figures unavailable: {e}"
     view_ = make_view(train, val)
-    entry = diagnose(model.eval(), view_.batch) if has_latents(model) else None
+    entry = diagnose(model.eval(), view_.batch) if model.has_latents else None
     state.snapshot = {"key": key, "model": model.eval(), "view": view_, "step": ckpt["step"],
                       "diagnostics": entry}
     state.pop("figures", None)

@@ -29,8 +29,10 @@ import torch
 
 from vaelab.datasets import load_dataset
 from vaelab.dmm import DMM, DMMIAF, DMMConfig, DMMIAFConfig
-from vaelab.presets import PRESETS, apply_preset
+from vaelab.presets import PRESETS, apply_preset, preset_optimizer
 from vaelab.train import (
+    Adam,
+    ClippedAdam,
     TrainConfig,
     evaluate_elbo,
     evaluate_nll,
@@ -58,9 +60,8 @@ MODEL_FLAGS = {"rnn_nonlinearity": "rnn_nonlinearity", "rnn_type": "rnn_type",
                "softplus_variance": "softplus_variance",
                "standard_initial_prior": "standard_initial_prior", "num_iafs": "num_iafs"}
 TRAIN_FLAGS = {"epochs": "epochs", "seed": "seed", "weight_decay_sum": "weight_decay_sum",
-               "bucket_jitter": "bucket_jitter", "clip_value_sum": "clip_value_sum",
-               "clip_norm": "clip_norm", "adam_eps": "adam_eps",
-               "decay_before_clip": "decay_before_clip", "anneal_epochs": "anneal_epochs",
+               "bucket_jitter": "bucket_jitter",
+               "clip_norm": "clip_norm", "adam_eps": "adam_eps", "anneal_epochs": "anneal_epochs",
                "min_kl_weight": "min_kl_weight", "train_samples": "train_samples", "lr": "lr",
                "lr_decay": "lr_decay", "eval_every": "eval_every"}
 
@@ -70,6 +71,10 @@ def preset_defaults(name: str) -> dict:
     model, train = apply_preset(name)
     defaults = {dest: model[f] for dest, f in MODEL_FLAGS.items() if f in model}
     defaults.update({dest: train[f] for dest, f in TRAIN_FLAGS.items() if f in train})
+    optimizer = preset_optimizer(name)  # the optimiser recipe's comparison settings
+    if isinstance(optimizer, ClippedAdam):
+        defaults.update(clip_value_sum=optimizer.clip_value_sum,
+                        decay_before_clip=optimizer.decay_before_clip)
     if "analytic_kl" in model:
         defaults["mc_kl"] = not model["analytic_kl"]
     if "betas" in train:
@@ -106,15 +111,21 @@ def configs(args: argparse.Namespace, x_dim: int, out_dir: str | None = None
                             "out_dir": out_dir,
                             "progress": args.progress, "weight_decay_sum": args.weight_decay_sum,
                             "bucket_jitter": args.bucket_jitter,
-                            "clip_value_sum": args.clip_value_sum,
                             "clip_norm": args.clip_norm, "adam_eps": args.adam_eps,
-                            "decay_before_clip": args.decay_before_clip,
                             "betas": (args.beta1, DMM.train_defaults["betas"][1]),
                             "anneal_epochs": args.anneal_epochs,
                             "min_kl_weight": args.min_kl_weight,
                             "train_samples": args.train_samples, "lr": args.lr,
                             "lr_decay": args.lr_decay, "preset": args.preset})
     return model_config, config
+
+
+def recipe(args: argparse.Namespace) -> Adam:
+    """fit's optimiser recipe: Pyro's element clamp and Krishnan et al.'s decay inside the
+    clip when the flags (or the preset's defaults) ask for them, else plain Adam."""
+    if args.clip_value_sum or args.decay_before_clip:
+        return ClippedAdam(args.clip_value_sum, args.decay_before_clip)
+    return Adam()
 
 
 def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
@@ -157,7 +168,8 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
                     and time.perf_counter() > deadline)
 
     t0 = time.perf_counter()
-    history = fit(model, train, val, config, callback=callback, resume=resume, data_spec=spec)
+    history = fit(model, train, val, config, callback=callback, resume=resume, data_spec=spec,
+                  optimizer=recipe(args))
     wall = time.perf_counter() - t0
     epochs = history[-1]["epoch"]  # completed epochs
     # the first epoch includes warm-up (allocations, thread pools); report the rest
@@ -174,8 +186,8 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
         "rnn_type": model.config.rnn_type, "input_embedding": model.config.input_embedding,
         "rnn_output_dropout": model.config.rnn_output_dropout,
         "clip_norm": config.clip_norm, "adam_eps": config.adam_eps, "betas": config.betas,
-        "decay_before_clip": config.decay_before_clip,
-        "clip_value_sum": config.clip_value_sum, "train_samples": config.train_samples,
+        "decay_before_clip": args.decay_before_clip,
+        "clip_value_sum": args.clip_value_sum, "train_samples": config.train_samples,
         "anneal_epochs": config.anneal_epochs, "min_kl_weight": config.min_kl_weight,
         "lr": config.lr, "lr_decay": config.lr_decay, "transpose": train.transpose,
         "weight_decay_sum": config.weight_decay_sum,  # fit divides it by steps per batch:
@@ -317,7 +329,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bucket-jitter", type=float, default=TrainConfig.bucket_jitter,
                    help="length-bucket noise in length standard deviations (inf: a plain "
                         "shuffle, as Pyro's example)")
-    p.add_argument("--clip-value-sum", type=float, default=TrainConfig.clip_value_sum,
+    p.add_argument("--clip-value-sum", type=float, default=ClippedAdam.clip_value_sum,
                    help="clamp each gradient element of the summed loss (Pyro's ClippedAdam: "
                         "10); 0: off, only the global norm clip")
     p.add_argument("--clip-norm", type=float, default=DMM.train_defaults["clip_norm"],

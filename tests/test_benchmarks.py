@@ -69,7 +69,7 @@ def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
     group = state["optimizer"]["param_groups"][0]
     assert (group["eps"], tuple(group["betas"])) == (1.66e-10, (0.9, 0.999))
     # the L2 term goes into the clipped gradient (fit), so Adam adds none of its own
-    assert state["train_config"]["decay_before_clip"] is result["decay_before_clip"] is True
+    assert state["recipe"]["decay_before_clip"] is result["decay_before_clip"] is True
     assert group["weight_decay"] == 0.0
 
 
@@ -191,7 +191,7 @@ def test_pyro_dmm_has_our_architecture_and_elbo():
     assert torch.equal(mask, torch.arange(5) < lengths[:, None])
     noise = torch.randn(4, 5, 3, dtype=torch.float64)
     terms = ours.elbo(Batch(x, mask=mask), noise=noise)
-    z = ours.guide(x, lengths, noise)[0]  # the path the ELBO scored
+    z = ours.guide(*ours.check(Batch(x, mask=mask)), noise)[0]  # the path the ELBO scored
     for annealing in (1.0, 0.3):
         path = {f"z_{t + 1}": z[:, t] for t in range(5)}
         guide = poutine.trace(poutine.condition(theirs.guide, data=path)).get_trace(
@@ -265,16 +265,18 @@ def test_dmm_speed_vs_pyro_times_one_tiny_epoch_of_each():
 
 
 def test_dmm_jsb_preset_sets_defaults_that_explicit_flags_override():
-    from benchmarks.dmm_jsb import configs, parse_args
+    from benchmarks.dmm_jsb import configs, parse_args, recipe
 
-    model, train = configs(parse_args(["--preset", "pyro"]), 88)
+    args = parse_args(["--preset", "pyro"])
+    model, train = configs(args, 88)
     assert (model.rnn_nonlinearity, model.analytic_kl) == ("relu", False)
-    assert (train.clip_value_sum, train.clip_norm, train.bucket_jitter) == (
+    assert (recipe(args).clip_value_sum, train.clip_norm, train.bucket_jitter) == (
         10.0, math.inf, math.inf)
-    model, train = configs(parse_args(["--preset", "pyro", "--rnn-nonlinearity", "tanh",
-                                       "--no-mc-kl", "--lr", "1e-3", "--clip-norm", "5"]), 88)
+    args = parse_args(["--preset", "pyro", "--rnn-nonlinearity", "tanh", "--no-mc-kl", "--lr",
+                       "1e-3", "--clip-norm", "5"])
+    model, train = configs(args, 88)
     assert (model.rnn_nonlinearity, model.analytic_kl) == ("tanh", True)
-    assert (train.lr, train.clip_norm, train.clip_value_sum) == (1e-3, 5.0, 10.0)
+    assert (train.lr, train.clip_norm, recipe(args).clip_value_sum) == (1e-3, 5.0, 10.0)
     # --preset krishnan is the README's best JSB command, flag for flag
     readme = ["--anneal-epochs", "417", "--min-kl-weight", "0.01", "--lr", "8e-4",
               "--lr-decay", "1", "--softplus-variance", "--standard-initial-prior",
@@ -333,6 +335,6 @@ def test_dmm_speed_on_cuda_adds_the_eager_row_that_the_gpu_figures_compare_with(
     assert all(settings[k][3] for k in settings if k != "eager")
     train = load_jsb()[0]
     run = OurTraining(train, model_kw, train_kw, max_batches=1, graphs=graphs)
-    assert run.model.cuda_graphs is False and run.base["sync_every"] == 1
+    assert run.graphs is False and run.base["sync_every"] == 1
     seconds, loss_per_step = run.epoch()  # runs on the CPU too
     assert seconds > 0 and 0 < loss_per_step < 100

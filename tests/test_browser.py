@@ -175,10 +175,8 @@ def _click_fast(button, timeout: float = 5_000) -> None:
     did is checked afterwards, on the page and in the server's processes."""
     from playwright.sync_api import Error
 
-    try:
+    with contextlib.suppress(Error):  # playwright's TimeoutError is an Error too
         button.click(force=True, no_wait_after=True, timeout=timeout)
-    except Error:  # playwright's TimeoutError is an Error too
-        pass
 
 
 def _click_until(page, name: str, shown: str, tries: int = 5) -> None:

@@ -8,16 +8,10 @@ from torch.distributions import Independent, Normal
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from tests.helpers import assert_every_parameter_gets_gradient
-from vaelab import MODELS
+from vaelab import MODELS, fast
 from vaelab.data import Batch, load_jsb
-from vaelab.dmm import (
-    DMM,
-    DMMIAF,
-    DMMConfig,
-    DMMIAFConfig,
-    _Scan,
-    reverse_sequences,
-)
+from vaelab.dmm import DMM, DMMIAF, DMMConfig, DMMIAFConfig
+from vaelab.nn import reverse_sequences
 from vaelab.objectives import elbo_samples, importance_log_likelihood, loss
 from vaelab.train import TrainConfig, evaluate_elbo, fit, per_step_decay
 
@@ -207,40 +201,6 @@ def test_rnn_states_equal_a_packed_backward_rnn_at_observed_steps(options):
     torch.testing.assert_close(got[batch.mask], expected[batch.mask])
 
 
-@pytest.mark.parametrize("lengths", [[7, 4, 1], [1, 7, 4]])
-@pytest.mark.parametrize("options", [{}, KRISHNAN])
-def test_fast_guide_equals_the_plain_loop_with_the_same_gradients(options, lengths):
-    """The guide's hand-written backward (_CombinerScan) against autograd through the loop, at
-    the observed steps (the fast path skips the padding, whose values mean nothing), with the
-    batch sorted by length and not (the scan sorts it and puts it back)."""
-    model = small_dmm(**options).double()
-    with torch.no_grad():  # scales away from softplus' linear regime, where forms differ most
-        model.combiner.hidden_to_loc_scale.bias.normal_(0.0, 3.0)
-    batch = ragged_batch(lengths)
-    x, _, lengths = model._check(Batch(batch.x.double(), mask=batch.mask))
-    noise = torch.randn(2 * 3, 7, 3, dtype=torch.double)
-    weights = [torch.randn(6, 7, 3, dtype=torch.double) for _ in range(3)]
-    observed = batch.mask.repeat(2, 1)  # [S*B, T], sample-major
-    results = []
-    for plain in (True, False):
-        model.plain_loop = plain
-        z, loc, scale, _ = model.guide(x, lengths, noise, samples=2)
-        objective = sum((w * v)[observed].sum() for w, v in zip(weights, (z, loc, scale)))
-        grads = torch.autograd.grad(objective, list(model.parameters()), allow_unused=True)
-        results.append(((z, loc, scale), grads))
-    (plain_out, plain_grads), (fast_out, fast_grads) = results
-    for a, b in zip(plain_out, fast_out):
-        torch.testing.assert_close(a[observed], b[observed])
-    for (name, _), a, b in zip(model.named_parameters(), plain_grads, fast_grads):
-        assert (a is None) == (b is None), name
-        if a is not None:
-            torch.testing.assert_close(a, b, msg=name)
-    names = [n for n, _ in model.named_parameters()]
-    assert ("z_q_0" in names) == (not options)  # trained unless the guide starts from 0
-    if not options:
-        assert fast_grads[names.index("z_q_0")] is not None
-
-
 def test_rnn_states_summarise_the_future_only():
     """h_rnn_t depends on x_{t:T}: changing x_s changes h_rnn_t for t <= s only."""
     model = small_dmm()
@@ -271,8 +231,9 @@ def test_elbo_samples_shares_the_rnn_and_equals_a_repeated_batch(make, monkeypat
     model = make()
     batch = ragged_batch([5, 3])
     rows = []
-    real = model.rnn_states
-    monkeypatch.setattr(model, "rnn_states", lambda x, n: rows.append(len(x)) or real(x, n))
+    real = fast.dmm.rnn_states
+    monkeypatch.setattr(fast.dmm, "rnn_states",
+                        lambda model, x, n: rows.append(len(x)) or real(model, x, n))
     torch.manual_seed(2)
     shared = elbo_samples(model, batch, 3)  # the same noise draw as the repeated batch's
     torch.manual_seed(2)
@@ -488,73 +449,3 @@ def test_kl_per_dim_sums_to_the_elbo_kl():
     terms = model.elbo(batch, analytic_kl=True)
     assert per_dim.shape == (4,)
     torch.testing.assert_close(per_dim.sum(), terms.kl.sum() / terms.steps.sum())
-
-
-@pytest.mark.parametrize("options", [{}, KRISHNAN])
-def test_the_scan_padded_to_a_graph_bucket_equals_the_scan_on_the_batch(options):
-    """On a GPU the guide's scan runs on T padded up to a multiple of graph_bucket (a few CUDA
-    graphs serve every batch); here the same padded scan, run eagerly on the CPU, against the
-    unpadded one: values and every gradient (h_rnn's included) equal."""
-    model = small_dmm(**options).double()
-    steps, n = 11, 5  # not a multiple of the bucket
-    model.graph_bucket = 8
-    h_rows = torch.randn(steps, n, SMALL["rnn_dim"], dtype=torch.double, requires_grad=True)
-    noise = torch.randn(steps, n, SMALL["z_dim"], dtype=torch.double)
-    weights = [torch.randn(steps, n, SMALL["z_dim"], dtype=torch.double) for _ in range(3)]
-    scan = _Scan(model.combiner, model.z_q_0)
-    inputs = [h_rows, *model.parameters()]
-    results = []
-    for outputs in (scan(h_rows, noise), model._bucketed_scan(h_rows, noise, capture=False)):
-        assert [y.shape for y in outputs] == [(steps, n, SMALL["z_dim"])] * 3
-        objective = sum((w * y).sum() for w, y in zip(weights, outputs))
-        results.append((outputs, torch.autograd.grad(objective, inputs, allow_unused=True)))
-    (plain, plain_grads), (padded, padded_grads) = results
-    for a, b in zip(plain, padded):
-        torch.testing.assert_close(a, b)
-    names = ["h_rnn", *(name for name, _ in model.named_parameters())]
-    for name, a, b in zip(names, plain_grads, padded_grads):
-        assert (a is None) == (b is None), name
-        if a is not None:
-            torch.testing.assert_close(a, b, msg=name)
-    assert sum(g is not None for g in padded_grads) == 5 + (not options)  # h, W, b, A, c, z_q_0
-
-
-def test_a_copy_or_pickle_of_a_dmm_leaves_its_cuda_graphs_behind():
-    """Captured graphs (which hold device memory and cannot be pickled) stay with the model
-    that captured them; the dashboard copies and pickles models."""
-    import copy
-    import pickle
-
-    model = small_dmm()
-    model._graphs[("a shape",)] = lambda *args: None  # stands for a captured graph
-    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
-        assert twin._graphs == {} and model._graphs
-        for a, b in zip(model.parameters(), twin.parameters()):
-            assert torch.equal(a, b)
-
-
-@pytest.mark.parametrize("make, options", [(small_dmm, {}), (small_dmm, KRISHNAN),
-                                           (small_dmm, {"analytic_kl": False}),
-                                           (small_dmm_iaf, {})])
-def test_the_elbo_scored_on_observed_steps_only_equals_the_masked_sum(make, options):
-    """On the CPU the emitter, transition and KL see the observed steps only (gathered with
-    index_select, summed back per sequence); the plain path scores every step and masks the
-    sum. Same terms and gradients, two guide samples per sequence, float64."""
-    model = make(**options).double()
-    batch = ragged_batch([7, 4, 1, 6])
-    batch = Batch(batch.x.double(), mask=batch.mask)
-    noise = torch.randn(2 * 4, 7, 3, dtype=torch.double)
-    results = []
-    for plain in (True, False):
-        model.plain_loop = plain
-        terms = model.elbo(batch, noise=noise, samples=2)
-        value = terms.log_likelihood.sum() - 2 * terms.kl.sum()  # both terms reach a gradient
-        grads = torch.autograd.grad(value, list(model.parameters()), allow_unused=True)
-        results.append((terms, grads))
-    (plain, plain_grads), (packed, packed_grads) = results
-    for field in ("log_likelihood", "kl", "steps"):
-        torch.testing.assert_close(getattr(plain, field), getattr(packed, field), msg=field)
-    for (name, _), a, b in zip(model.named_parameters(), plain_grads, packed_grads):
-        assert (a is None) == (b is None), name
-        if a is not None:
-            torch.testing.assert_close(a, b, msg=name)

@@ -18,14 +18,13 @@ from vaelab.distributions import DiagGaussian
 from vaelab.flows import (
     AffineAutoregressive,
     AffineCoupling,
-    ConditionalFlowModel,
     ConditionalRealNVP,
     IAFStack,
     Permute,
-    RealNVPConfig,
 )
 from vaelab.nn import MADE
 from vaelab.objectives import importance_log_likelihood
+from vaelab.realnvp import ConditionalFlowModel, RealNVPConfig
 
 
 def perturb(module: nn.Module, std: float = 0.3) -> nn.Module:

@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from tests.test_dmm import ragged_batch, small_dmm, small_dmm_iaf
-from vaelab import MODELS
+from vaelab import MODELS, fast
 from vaelab.config import make_model
 from vaelab.data import Batch
 from vaelab.datasets import load_dataset
+from vaelab.fast.scan import captured_graphs
 from vaelab.train import TrainConfig, fit, load_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -53,9 +54,10 @@ def test_cuda_rnn_path_equals_the_cpu_elman_rnn():
     cpu = small_dmm().double()
     gpu = copy.deepcopy(cpu).to(CUDA)
     batch = ragged_batch([7, 3, 6])
-    x, _, lengths = cpu._check(Batch(batch.x.double(), mask=batch.mask))
-    h_cpu = cpu.rnn_states(x, lengths)
-    h_gpu = gpu.rnn_states(x.to(CUDA), lengths.to(CUDA)).cpu()
+    x, _, mask = cpu.check(Batch(batch.x.double(), mask=batch.mask))
+    lengths = mask.sum(dim=1)
+    h_cpu = fast.dmm.rnn_states(cpu, x, lengths)
+    h_gpu = fast.dmm.rnn_states(gpu, x.to(CUDA), lengths.to(CUDA)).cpu()
     mask = batch.mask
     torch.testing.assert_close(h_gpu[mask], h_cpu[mask])
 
@@ -88,12 +90,12 @@ def test_every_model_trains_on_cuda_and_its_checkpoint_loads_on_the_cpu(name, tm
                                    msg=key)
 
 
-def test_the_guide_scan_replayed_from_cuda_graphs_equals_the_eager_scan():
+def test_the_guide_scan_replayed_from_cuda_graphs_equals_the_eager_scan(monkeypatch):
     """float64, same noise: the ELBO and every gradient with the scan replayed from CUDA graphs
     (captured once per padded length, then fed new inputs) equal the eager scan's; batches of
     lengths 9 and 13 share the 16-step graph, 20 takes a 32-step one."""
     model = small_dmm().double().to(CUDA)
-    model.graph_bucket = 16
+    monkeypatch.setattr(fast.scan, "GRAPH_BUCKET", 16)
     for lengths in ([9, 5, 2, 9], [13, 13, 4, 1], [20, 3, 20, 7], [9, 9, 9, 2]):
         batch = ragged_batch(lengths)
         batch = Batch(batch.x.double(), mask=batch.mask).to(CUDA)
@@ -101,7 +103,7 @@ def test_the_guide_scan_replayed_from_cuda_graphs_equals_the_eager_scan():
                             device=CUDA)
         results = []
         for graphs in (False, True):
-            model.cuda_graphs = graphs
+            monkeypatch.setattr(fast.scan, "CUDA_GRAPHS", graphs)
             with warnings.catch_warnings():
                 warnings.simplefilter("error")  # a failed capture warns: not here
                 terms = model.elbo(batch, noise=noise)
@@ -115,11 +117,12 @@ def test_the_guide_scan_replayed_from_cuda_graphs_equals_the_eager_scan():
         torch.testing.assert_close(elbo_graph, elbo_eager)
         for (name, _), a, b in zip(model.named_parameters(), grads_eager, grads_graph):
             torch.testing.assert_close(b, a, msg=name)
-    captured = [key[:2] for key, graph in model._graphs.items() if graph is not None]
+    captured = [key[:2] for key, graph in captured_graphs(model.combiner).items()
+                if graph is not None]
     assert sorted(captured) == [(16, 4), (32, 4)]
 
 
-def test_fit_on_cuda_trains_through_the_graphs_with_a_read_every_few_steps():
+def test_fit_on_cuda_trains_through_the_graphs_with_a_read_every_few_steps(monkeypatch):
     """fit on CUDA: sync_every defaults to 50 and the scan replays graphs; the records equal
     those of an eager run with a read per step, to float32 rounding."""
     train, val, _ = load_dataset("jsb")
@@ -127,11 +130,12 @@ def test_fit_on_cuda_trains_through_the_graphs_with_a_read_every_few_steps():
     for graphs, every in ((False, 1), (True, None)):
         torch.manual_seed(0)
         model = make_model("dmm", train, SMALL["dmm"][1])
-        model.cuda_graphs = graphs
+        monkeypatch.setattr(fast.scan, "CUDA_GRAPHS", graphs)
         config = TrainConfig(epochs=1, batch_size=16, lr=1e-3, device="cuda", max_steps=12,
                              sync_every=every, progress=False, eval_every=0)
         histories.append([r for r in fit(model, train, val, config) if r["kind"] == "train"])
-        assert bool(model._graphs) == graphs and all(model._graphs.values())
+        found = captured_graphs(model.combiner)
+        assert bool(found) == graphs and all(found.values())
     eager, graphed = histories
     assert [r["step"] for r in graphed] == list(range(1, 13))
     for a, b in zip(eager, graphed):

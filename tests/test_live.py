@@ -19,6 +19,7 @@ from vaelab.live import (
     count_parameters,
     dataset_needs_path,
     diagnose,
+    discrete_levels,
     kl_per_dim,
     latent_activity,
     make_view,
@@ -145,12 +146,16 @@ def test_accepted_data_per_model():
     assert table["vae"] == {"digits"} | paths
     assert table["realnvp"] == {"moons"} | paths  # a density on 17 grey levels: unbounded
     assert table["ssm"] == {"linear", "pendulum"} | paths  # a Gaussian on 0/1 notes: too
-    assert "density over real numbers" in accepted_data("ssm")["jsb"]
-    assert "17 levels" in accepted_data("realnvp")["digits"]
+    assert "density over real values" in accepted_data("ssm")["jsb"]
+    assert "density over real values" in accepted_data("realnvp")["digits"]
+    # grey levels in [0, 1] count as pixels for a density too, binarised or not
+    assert discrete_levels(load_dataset("digits")[0]) == 17
+    assert discrete_levels(load_dataset("jsb")[0]) == 2
+    assert discrete_levels(load_dataset("moons")[0]) is None
     assert table["dmm"] == table["dmm_iaf"] == {"jsb"} | paths
     assert "sequences" in accepted_data("vae")["jsb"]
     assert "single vectors" in accepted_data("dmm")["digits"]
-    assert "0/1 data" in accepted_data("dmm")["pendulum"]
+    assert "takes no actions" in accepted_data("dmm")["pendulum"]
     with pytest.raises(ValueError, match="unknown model"):
         accepted_data("gpt")
 
@@ -212,8 +217,8 @@ def test_plan_run_builds_the_command_and_applies_the_caps(digits):
     ("vae", "digits", {"z_dim": "x"}, {}, "z_dim='x' has the wrong type"),
     ("vae", "digits", {"nope": 1}, {}, "has no field"),
     ("vae", "digits", {"z_dim": 0}, {}, "z_dim"),
-    ("ssm", "jsb", {}, {}, "density over real numbers"),
-    ("realnvp", "digits", {}, {}, "17 levels"),
+    ("ssm", "jsb", {}, {}, "density over real values"),
+    ("realnvp", "digits", {}, {}, "density over real values"),
     ("vae", "jsb", {}, {}, "sequences"),
     ("vae", "digits", {}, {"lr": -1.0}, "training settings"),
     ("vae", "arrays", {}, {}, "needs the path"),

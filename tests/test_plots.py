@@ -440,10 +440,11 @@ def test_dashboard_figures_are_readable_at_default_latent_sizes(name, data, size
     figures = plots.model_figures(model, batch, info)
     if batch.x.dim() == 3:
         figures["explore"] = plots.sequence_explorer(model, batch, 3, index=1, info=info)
-    if getattr(model, "flow", None) is not None and batch.a is not None:
+    if not model.has_latents and batch.a is not None:
         figures["explore"] = plots.flow_density(model, batch.a[:1], resolution=20,
                                                 n_samples=50)
-    if "image_shape" in info and hasattr(model, "decode"):
+    if "image_shape" in info and model.has_latents and model.decode(
+            torch.zeros(1, model.config.z_dim)) is not None:
         figures["explore"] = plots.decoded_image(model, {0: 1.0}, info["image_shape"])
     problems = {title: readability_problems(fig) for title, fig in figures.items()}
     assert not {t: p for t, p in problems.items() if p}, problems

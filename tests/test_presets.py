@@ -11,8 +11,8 @@ import torch
 from vaelab import MODELS
 from vaelab.data import Batch
 from vaelab.dmm import DMM
-from vaelab.presets import PRESETS, apply_preset
-from vaelab.train import TrainConfig
+from vaelab.presets import PRESETS, apply_preset, preset_optimizer
+from vaelab.train import Adam, ClippedAdam, TrainConfig
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -55,7 +55,8 @@ def test_pyro_preset_is_pyros_example_apart_from_what_its_doc_names():
     model_kw, train_kw = apply_preset("pyro")
     assert model_kw["rnn_nonlinearity"] == "relu" and model_kw["analytic_kl"] is False
     # ClippedAdam clamps elements of the summed loss's gradient and clips no norm
-    assert train_kw["clip_value_sum"] == 10.0 and train_kw["clip_norm"] == math.inf
+    assert preset_optimizer("pyro") == ClippedAdam(clip_value_sum=10.0)
+    assert "clip_value_sum" not in train_kw and train_kw["clip_norm"] == math.inf
     assert train_kw["bucket_jitter"] == math.inf  # a plain shuffle
     # the settings the README's Pyro runs used: DMM.train_defaults
     for field in ("batch_size", "lr", "betas", "lr_decay", "anneal_epochs", "min_kl_weight",
@@ -78,3 +79,10 @@ def test_krishnan_preset_is_the_readmes_best_command():
     config = MODELS["dmm"][0](**model_kw)
     assert config.rnn_nonlinearity == "tanh" and config.analytic_kl is True
     assert (config.emission_dim, config.transition_dim) == (200, 400)
+
+
+def test_preset_optimizer_is_plain_adam_unless_a_preset_reproduces_another_optimiser():
+    assert preset_optimizer(None) == Adam() == preset_optimizer("krishnan")
+    assert preset_optimizer("quick") == Adam()
+    with pytest.raises(ValueError, match=r"unknown preset 'nosuch'; choose one of"):
+        preset_optimizer("nosuch")

@@ -251,8 +251,8 @@ def test_cli_new_run_names_what_it_lacks(tmp_path, capsys, argv, missing):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--set", "z_dim=8"], (r"--set z_dim=8 disagrees with --resume .*, whose model has "
-                           r"z_dim=3; .*drop --set z_dim")),
+    (["--set", "z_dim=8"], (r"cannot resume .*: model config z_dim is 3 in the checkpoint "
+                           r"but 8 here; .*drop --set z_dim")),
     (["--max-steps", "2"], r"nothing to train: .* is at step 3 and max_steps=2"),
     (["--max-steps", "9", "--train-set", "beta=0.5"],
      r"cannot resume .* with beta=0\.5: the checkpoint trained with beta=1\.0"),
@@ -270,10 +270,12 @@ def test_cli_resume_refuses_another_model_or_data(tmp_path, capsys):
     assert run_cli([*VAE_ARGS, "--out", str(out), "--max-steps", "3"], capsys)[0] == 0
     resume = ["--out", str(out), "--resume", str(out / "checkpoint.pt")]
     code, _, err = run_cli(["train", "--model", "ssm", "--data", "digits", *resume], capsys)
-    assert code == 2 and "holds a 'vae' model but --model is 'ssm'" in err
+    assert code == 2 and "holds a 'vae' model, not 'ssm'; pass --model vae" in err
     code, _, err = run_cli(["train", "--model", "vae", "--data", "moons", *resume], capsys)
-    assert code == 2 and "trained on data name='digits', but the command line gives " \
-                         "'moons'" in err
+    assert code == 2 and "its data name is 'digits' but 'moons' here (--data)" in err
+    # --data-path and --data-option on a resume are checked, not dropped
+    code, _, err = run_cli(["train", "--data-option", "n_val=7", *resume], capsys)
+    assert code == 2 and "(--data-option n_val); a resumed run keeps its data" in err
 
 
 # ----------------------------------------------------------------------------- no traceback
@@ -502,8 +504,11 @@ def test_an_exploding_loss_is_divergence_and_the_message_tells_the_truth(digits,
                      r"TrainConfig\.max_abs_loss=1e\+10\)", text), text
     path = tmp_path / "checkpoint.pt"
     assert f"the last checkpoint, {path}, holds step 5" in text
-    # the lr at the time (after six steps of decay), divided by ten
-    assert f"--resume {path} --lr {3e-3 * 0.99 ** 6 / 10:.3g}" in text
+    # a new run at the lr of the last good step (six steps of decay) divided by ten: resuming
+    # would recompute the failing loss from the weights saved
+    assert f"Start a new run with a lower learning rate (e.g. --lr {3e-3 * 0.99 ** 6 / 10:.3g}" \
+        in text and "--resume" not in text
+    assert info.value.step == 7 and info.value.lr == pytest.approx(3e-3 * 0.99 ** 6)
     assert load_checkpoint(path)["step"] == 5
 
 
@@ -516,13 +521,13 @@ def test_divergence_before_any_checkpoint_says_there_is_none(digits, tmp_path, m
     text = str(info.value)
     assert "non-finite loss at step 2" in text
     assert f"no checkpoint had been written to {tmp_path} yet" in text
-    assert "Start again and lower the learning rate" in text and "--resume" not in text
+    assert "Start a new run with a lower learning rate" in text and "--resume" not in text
     assert "intact" not in text and not (tmp_path / "checkpoint.pt").exists()
 
 
 def test_cli_divergence_exits_3_with_the_resume_advice(tmp_path, capsys, monkeypatch):
-    real = vaelab.train.loss
-    monkeypatch.setattr(vaelab.train, "loss", lambda terms, w: real(terms, w) * 1e12)
+    real = vaelab.train.step.loss
+    monkeypatch.setattr(vaelab.train.step, "loss", lambda terms, w: real(terms, w) * 1e12)
     code, _, err = run_cli([*DIGITS, "--out", str(tmp_path / "run")], capsys)
     assert code == 3 and "exploding loss" in err and "no checkpoint had been written" in err
 
@@ -542,9 +547,9 @@ def test_disk_full_names_the_folder_and_keeps_the_previous_checkpoint(digits, tm
         raise OSError(errno.ENOSPC, "No space left on device")
 
     if where == "save":
-        monkeypatch.setattr(vaelab.train.torch, "save", full)
+        monkeypatch.setattr(vaelab.train.checkpoint.torch, "save", full)
     else:
-        monkeypatch.setattr(vaelab.train.os, "fsync", full)
+        monkeypatch.setattr(vaelab.train.checkpoint.os, "fsync", full)
     with pytest.raises(CheckpointWriteError) as info:
         fit(small_vae(), train, val, config(tmp_path, epochs=2), resume=path)
     monkeypatch.undo()
@@ -560,7 +565,7 @@ def test_cli_disk_full_exits_1_without_a_traceback(tmp_path, capsys, monkeypatch
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(vaelab.train.torch, "save", full)
+    monkeypatch.setattr(vaelab.train.checkpoint.torch, "save", full)
     code, _, err = run_cli([*DIGITS, "--out", str(tmp_path / "run")], capsys)
     assert code == 1 and "the disk holding it is full" in err and str(tmp_path / "run") in err
 
@@ -607,7 +612,7 @@ def test_a_second_ctrl_c_stops_at_once_and_names_the_checkpoint_that_survives(di
 
 
 def test_cli_ctrl_c_exits_130_with_the_exact_resume_command(tmp_path, capsys, monkeypatch):
-    real = vaelab.train.train_step
+    real = vaelab.train.loop.train_step
 
     def step(*args, **kwargs):
         record = real(*args, **kwargs)
@@ -615,7 +620,7 @@ def test_cli_ctrl_c_exits_130_with_the_exact_resume_command(tmp_path, capsys, mo
             os.kill(os.getpid(), signal.SIGINT)
         return record
 
-    monkeypatch.setattr(vaelab.train, "train_step", step)
+    monkeypatch.setattr(vaelab.train.loop, "train_step", step)
     out = tmp_path / "run"
     argv = [*DIGITS[:5], "--set", "hidden_dims=[8]", "--out", str(out)]
     code, _, err = run_cli(argv, capsys)

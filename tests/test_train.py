@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +13,13 @@ from helpers import config, timeless
 import vaelab.train
 from vaelab.data import Batch, load_digits
 from vaelab.objectives import ELBOTerms
+from vaelab.__main__ import main
+from vaelab.datasets import load_dataset
 from vaelab.train import (
+    Adam,
+    ClippedAdam,
+    build_model,
+    tensor_checksum,
     CHECKPOINT_FORMAT,
     TrainConfig,
     TrainingDiverged,
@@ -131,7 +140,7 @@ def test_interrupted_save_keeps_the_previous_checkpoint(digits, tmp_path, monkey
         f.write(b"half a checkpoint")
         raise OSError("disk full")
 
-    monkeypatch.setattr(vaelab.train.torch, "save", broken_save)
+    monkeypatch.setattr(vaelab.train.checkpoint.torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
         fit(small_vae(), train, val, config(tmp_path, epochs=2), resume=path)
     monkeypatch.undo()
@@ -231,7 +240,6 @@ def test_callback_returning_false_stops_and_checkpoints(digits, tmp_path):
         ({"eval_every": -1}, "eval_every"),
         ({"weight_decay": -0.1}, "weight_decay"),
         ({"weight_decay_sum": -1.0}, "weight_decay_sum"),
-        ({"clip_value_sum": -1.0}, "clip_value_sum"),
         ({"bucket_jitter": -0.5}, "bucket_jitter"),
         ({"train_samples": 0}, "train_samples"),
     ],
@@ -280,14 +288,16 @@ def test_decay_before_clip_puts_the_l2_gradient_inside_the_clipped_norm(digits, 
                      [p.detach().clone() for p in parameters]))
         return real(parameters, max_norm)
 
-    monkeypatch.setattr(vaelab.train.nn.utils, "clip_grad_norm_", spy)
+    monkeypatch.setattr(vaelab.train.step.nn.utils, "clip_grad_norm_", spy)
     runs = {}
-    for name, kw in {"none": {}, "after": {"weight_decay": 0.5},
-                     "before": {"weight_decay": 0.5, "decay_before_clip": True}}.items():
+    for name, recipe in {"none": None, "after": None,
+                         "before": ClippedAdam(decay_before_clip=True)}.items():
         seen.clear()
         torch.manual_seed(0)  # the same initial weights in all three
         model = small_vae()
-        fit(model, train, None, config(max_steps=1, seed=3, clip_norm=1e-3, **kw))
+        decay = {} if name == "none" else {"weight_decay": 0.5}
+        fit(model, train, None, config(max_steps=1, seed=3, clip_norm=1e-3, **decay),
+            optimizer=recipe)
         runs[name] = seen[0]
     grads, params = runs["none"]
     for g_none, g_after, g_before, p in zip(grads, runs["after"][0], runs["before"][0], params,
@@ -307,15 +317,16 @@ def test_clip_value_sum_clamps_every_gradient_element_per_step(digits, monkeypat
         real(parameters, value)
         seen.append((value, before, max(float(p.grad.abs().max()) for p in parameters)))
 
-    monkeypatch.setattr(vaelab.train.nn.utils, "clip_grad_value_", spy)
-    fit(small_vae(), train, None, config(epochs=1, clip_value_sum=3.2))
+    monkeypatch.setattr(vaelab.train.step.nn.utils, "clip_grad_value_", spy)
+    fit(small_vae(), train, None, config(epochs=1), optimizer=ClippedAdam(clip_value_sum=3.2))
     assert len(seen) == 5
     for value, before, after in seen:
         assert value == pytest.approx(3.2 / 32)
         assert before > value and after == pytest.approx(value)  # it did clamp
     seen.clear()
     seen.clear()  # several guide draws per step: the same summed loss per batch, same clamp
-    fit(small_vae(), train, None, config(epochs=1, clip_value_sum=3.2, train_samples=2))
+    fit(small_vae(), train, None, config(epochs=1, train_samples=2),
+        optimizer=ClippedAdam(clip_value_sum=3.2))
     assert [value for value, _, _ in seen] == pytest.approx([3.2 / 32] * 5)
     seen.clear()
     fit(small_vae(), train, None, config(epochs=1))  # off by default
@@ -326,10 +337,10 @@ def test_train_samples_average_the_elbo_of_several_guide_draws(digits, monkeypat
     train, _ = digits
     model = small_vae()
     rows, seen = [], []
-    real_elbo, real_loss = model.elbo, vaelab.train.loss
+    real_elbo, real_loss = model.elbo, vaelab.train.step.loss
     # the VAE's elbo takes no samples: it sees the batch repeated, sample-major
     monkeypatch.setattr(model, "elbo", lambda b: rows.append(len(b)) or real_elbo(b))
-    monkeypatch.setattr(vaelab.train, "loss",
+    monkeypatch.setattr(vaelab.train.step, "loss",
                         lambda terms, w: seen.append((terms, w)) or real_loss(terms, w))
     history = fit(model, train, None, config(epochs=1, train_samples=3))
     assert rows == [96] * 5  # 5 batches of 32, three draws each
@@ -369,7 +380,7 @@ def test_best_checkpoint_keeps_the_weights_of_the_lowest_validation_elbo(digits,
                                                                            monkeypatch):
     train, val = digits
     scripted = iter([5.0, 3.0, 4.0, 3.5, 2.0])  # validation -ELBO after epochs 1..5
-    monkeypatch.setattr(vaelab.train, "evaluate_elbo",
+    monkeypatch.setattr(vaelab.train.run, "evaluate_elbo",
                         lambda *a, **k: {"nelbo": next(scripted), "kl": 0.0})
     model = small_vae()
     snapshots = {}
@@ -416,7 +427,7 @@ def test_best_checkpoint_shares_the_saved_state_by_link_or_copy(digits, tmp_path
     if not links:
         def no_link(*_):
             raise OSError("no hard links here")
-        monkeypatch.setattr(vaelab.train.os, "link", no_link)
+        monkeypatch.setattr(vaelab.train.checkpoint.os, "link", no_link)
     fit(small_vae(), train, val, config(tmp_path, epochs=1))
     best, last = tmp_path / "best.pt", tmp_path / "checkpoint.pt"
     assert best.read_bytes() == last.read_bytes()
@@ -462,22 +473,22 @@ def test_reading_the_metrics_every_few_steps_changes_no_number(digits, tmp_path,
     """sync_every keeps a step's metrics on the device and reads an interval's in one
     transfer (for a GPU, where every read waits for the device); the run is the same."""
     train, val = digits
-    real, reads = vaelab.train.read_records, []
+    real, reads = vaelab.train.deferred.read_records, []
 
     def spy(pending, *args):
         if any("device" in r for r in pending):  # a transfer, not records read already
             reads.append(len(pending))
         return real(pending, *args)
 
-    monkeypatch.setattr(vaelab.train, "read_records", spy)
+    monkeypatch.setattr(vaelab.train.deferred, "read_records", spy)
     runs = {}
     for k in (1, every):
         reads.clear()
         torch.manual_seed(0)
         model = small_vae()
         history = fit(model, train, val, config(tmp_path / str(k), epochs=2, sync_every=k,
-                                                 clip_value_sum=3.2, decay_before_clip=True,
-                                                 weight_decay=1e-3))
+                                                 weight_decay=1e-3),
+                      optimizer=ClippedAdam(clip_value_sum=3.2, decay_before_clip=True))
         runs[k] = (timeless(history), model.state_dict(), list(reads),
                    load_checkpoint(tmp_path / str(k) / "checkpoint.pt")["state_dict"])
     assert runs[1][0] == runs[every][0]
@@ -568,3 +579,43 @@ def test_a_callback_learns_the_step_its_parameters_are_at(digits):
         assert [at for kind, _, at in callback.seen if kind == "train"] == expected
         assert [step for kind, step, _ in callback.seen if kind == "train"] == [1, 2, 3, 4, 5]
         assert callback.seen[-1] == ("end", 5, 5)
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_a_checkpoint_from_before_the_train_package_resumes_bit_for_bit(tmp_path, capsys):
+    """tests/data/dmm_pyro_checkpoint_v1.pt was written by train.py (3 steps of --preset pyro,
+    its train_config holding clip_value_sum=10 and decay_before_clip); resuming it to step 6
+    gives what the old code gave (the json beside it): the same losses and the same weights."""
+    expected = json.loads((DATA / "dmm_pyro_checkpoint_v1_resumed.json").read_text())
+    path = tmp_path / "checkpoint.pt"
+    shutil.copy(DATA / "dmm_pyro_checkpoint_v1.pt", path)
+    ckpt = load_checkpoint(path)  # the old fields became the recipe that trains as they did
+    assert "clip_value_sum" not in ckpt["train_config"]
+    assert ckpt["recipe"] == {"name": "ClippedAdam", "clip_value_sum": 10.0,
+                              "decay_before_clip": False}
+    code = main(["train", "--resume", str(path), "--max-steps", "6",
+                 "--train-set", "progress=False"])
+    assert code == 0, capsys.readouterr().err
+    ckpt = load_checkpoint(path)
+    records = [r for r in ckpt["history"] if r["kind"] == "train"]
+    assert ckpt["step"] == expected["step"] == 6
+    assert [r["loss"] for r in records] == expected["loss"]
+    assert [r["nelbo"] for r in records] == expected["nelbo"]
+    assert tensor_checksum({"s": ckpt["state_dict"]}) == expected["state_dict_sha256"]
+    with pytest.raises(ValueError, match=r"it trained with ClippedAdam\(clip_value_sum=10.0"):
+        model = build_model(ckpt["model"], ckpt["config"])
+        train, val, _ = load_dataset(**ckpt["data"])
+        fit(model, train, val, TrainConfig(**{**ckpt["train_config"], "max_steps": 9}),
+            resume=path, optimizer=Adam())
+
+
+def test_an_unknown_optimiser_recipe_is_refused_by_name(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    state = load_checkpoint(DATA / "dmm_pyro_checkpoint_v1.pt")
+    state["recipe"] = {"name": "Lion", "lr": 1.0}
+    state["checksum"] = tensor_checksum(state)
+    save_checkpoint(path, state)
+    with pytest.raises(ValueError, match=r"unknown optimiser recipe 'Lion'.*newer vaelab"):
+        load_checkpoint(path)

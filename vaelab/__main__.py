@@ -15,9 +15,8 @@ import torch
 from vaelab import MODELS
 from vaelab.config import check_types, data_spec, make_model, parse_sets
 from vaelab.datasets import DATASETS, load_dataset
-from vaelab.diagnostics import has_latents
 from vaelab.kalman import exact_nll
-from vaelab.presets import PRESETS, apply_preset
+from vaelab.presets import PRESETS, apply_preset, preset_optimizer
 from vaelab.runs import RunWriter
 from vaelab.sweep import run_sweep, summarise
 from vaelab.train import (
@@ -31,8 +30,7 @@ from vaelab.train import (
     fit,
     load_checkpoint,
     load_model,
-    same_data_spec,
-    same_values,
+    resume,
     seed_everything,
     select_device,
 )
@@ -50,39 +48,35 @@ def _train_config(args: argparse.Namespace, base: dict) -> TrainConfig:
 
 def _from_checkpoint(args: argparse.Namespace) -> dict:
     """The checkpoint --resume names; what the command line leaves out comes from it: the
-    model, the data (name, path and options) and --out (the checkpoint's folder)."""
+    model, the data (name, path and options: a given --data-path or --data-option replaces
+    the checkpoint's, and the resume rules then refuse a change) and --out (its folder)."""
     ckpt = load_checkpoint(args.resume)
     args.model = args.model or ckpt["model"]
     if args.data is None and ckpt["data"]:
         data = dict(ckpt["data"])
-        args.data, args.data_path = data.pop("name"), data.pop("path", None)
-        args.data_option = [f"{k}={v!r}" for k, v in data.items()]
+        args.data = data.pop("name")
+        path = data.pop("path", None)
+        args.data_path = path if args.data_path is None else args.data_path
+        given = parse_sets(args.data_option, "--data-option")
+        args.data_option = [f"{k}={v!r}" for k, v in {**data, **given}.items()]
     if args.out is None:
         args.out = str(Path(args.resume).parent)
     return ckpt
 
 
-def _resumed(args: argparse.Namespace, spec: dict, ckpt: dict) -> tuple[dict, dict]:
-    """The TrainConfig values the checkpoint ran with, after checking that the command line
-    asks for its model and data (a resume keeps both)."""
-    if ckpt["model"] != args.model:
-        raise ValueError(f"--resume {args.resume} holds a {ckpt['model']!r} model but --model "
-                         f"is {args.model!r}; pass --model {ckpt['model']}")
-    for key, value in parse_sets(args.set, "--set").items():
-        if key not in ckpt["config"] or not same_values(ckpt["config"][key], value):
-            raise ValueError(
-                f"--set {key}={value!r} disagrees with --resume {args.resume}, whose model has "
-                f"{key}={ckpt['config'].get(key)!r}; a resumed run keeps its model (its config "
-                f"comes from the checkpoint): drop --set {key}, or train a new model into "
-                f"another --out folder")
-    if ckpt["data"] and not same_data_spec(spec, ckpt["data"]):
-        key = next(k for k in sorted(set(spec) | set(ckpt["data"]))
-                   if not same_data_spec({k: spec.get(k)}, {k: ckpt["data"].get(k)}))
-        raise ValueError(f"--resume {args.resume} trained on data {key}="
-                         f"{ckpt['data'].get(key)!r}, but the command line gives "
-                         f"{spec.get(key)!r}; a resumed run keeps its data")
+def _resumed(args: argparse.Namespace, spec: dict, ckpt: dict, model_sets: dict) -> dict:
+    """The TrainConfig values the checkpoint ran with, after checking with the resume rules
+    (vaelab.train.resume, as fit does) that the command line asks for its model and data."""
+    if args.model in MODELS:
+        check_types(MODELS[args.model][0], model_sets)  # unknown --set keys named
+    resume.check_model(args.resume, ckpt, args.model, {**ckpt["config"], **model_sets})
+    resume.check_data(args.resume, ckpt, spec)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     base = {k: v for k, v in ckpt["train_config"].items() if k in fields}
+    if args.preset is not None and args.preset != base.get("preset"):
+        raise ValueError(f"--preset {args.preset} disagrees with --resume {args.resume}, "
+                         f"which trained with preset {base.get('preset')!r}; a resumed run "
+                         f"keeps its settings: drop --preset")
     if (args.device is None and str(base.get("device", "")).startswith("cuda")
             and not torch.cuda.is_available()):
         base["device"] = "cpu"  # trained on a GPU, continued where there is none
@@ -107,39 +101,42 @@ def _train(args: argparse.Namespace, writer: RunWriter | None) -> int:
         raise ValueError(f"train needs {', '.join(missing)} (a new run names its model, data "
                          f"and output folder; --resume CHECKPOINT takes them from the "
                          f"checkpoint)")
+    if not args.out.strip():
+        raise ValueError("--out is empty; pass a folder name for checkpoint.pt")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; pass a folder (new or existing) for "
                          f"checkpoint.pt")
     spec = data_spec(args.data, args.data_path, parse_sets(args.data_option, "--data-option"))
     model_sets = parse_sets(args.set, "--set")
+    optimizer = None  # on resume: the checkpoint's recipe
     if ckpt is not None:
-        base = _resumed(args, spec, ckpt)
-        if args.preset is not None and args.preset != base.get("preset"):
-            raise ValueError(f"--preset {args.preset} disagrees with --resume {args.resume}, "
-                             f"which trained with preset {base.get('preset')!r}; a resumed run "
-                             f"keeps its settings: drop --preset")
+        base = _resumed(args, spec, ckpt, model_sets)
     else:
-        base = dict(getattr(MODELS[args.model][1], "train_defaults", {}))
+        base = dict(MODELS[args.model][1].train_defaults)
         if args.preset is not None:  # under --set / --train-set / the flags
             preset_model, preset_train = _preset(args.preset, args.model)
             model_sets = {**preset_model, **model_sets}
             base = {**base, **preset_train, "preset": args.preset}
+        optimizer = preset_optimizer(base.get("preset"))
         check_types(MODELS[args.model][0], model_sets)  # before any loading
     config = _train_config(args, base)
+    if ckpt is not None:  # every resume rule, before the data is loaded
+        resume.check(args.resume, ckpt, args.model, {**ckpt["config"], **model_sets}, spec,
+                     dataclasses.asdict(config))
     train, val, _ = load_dataset(**spec)
     seed_everything(config.seed)  # before the model is built: the seed fixes its weights
     if ckpt is not None:  # the checkpoint's own model config
         model = build_model(ckpt["model"], ckpt["config"])
     else:
         model = make_model(args.model, train, model_sets)
+    args.resolved = (model, config)  # for the divergence advice's command
     if writer is not None:
         writer.start({"model": args.model, "model_config": dataclasses.asdict(model.config),
                       "train_config": dataclasses.asdict(config), "data": spec,
-                      "unit": "nats per observed step" if train.is_sequence else
-                      "nats per example", "has_latents": has_latents(model)})
+                      "unit": model.unit, "has_latents": model.has_latents})
     history = fit(model, train, val, config, resume=args.resume, data_spec=spec,
-                  callback=writer)
+                  optimizer=optimizer, callback=writer)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 reports for all
         return 0
     last = {r["kind"]: r for r in history}
@@ -190,9 +187,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"--seed must be in [0, 2**32), got {args.seed}")
     device = select_device(args.device)
     model, ckpt = load_model(args.checkpoint, device)
+    options = parse_sets(args.data_option, "--data-option")
     spec = dict(ckpt["data"])
     if args.data is not None:
-        spec = data_spec(args.data, args.data_path, parse_sets(args.data_option))
+        spec = data_spec(args.data, args.data_path, options)
+    elif spec and (args.data_path is not None or options):  # the checkpoint's data set, there
+        spec = {**spec, **options, **({"path": args.data_path} if args.data_path else {})}
+    elif args.data_path is not None or options:
+        raise ValueError("the checkpoint records no data set, so --data-path and --data-option "
+                         "need --data NAME as well")
     if not spec:
         raise ValueError("the checkpoint records no data set; pass --data (and --data-path)")
     _, val, test = load_dataset(**spec)
@@ -215,6 +218,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 model, data, args.samples, batch_size=args.batch_size,
                 chunk_size=args.chunk_size, device=device)
     print(json.dumps(result))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """One line per registered model (vaelab.MODELS): name, kind, unit, preferred data set."""
+    for name, (_, cls) in MODELS.items():
+        kind = "sequences" if cls.sequential else "vectors"
+        print(f"{name:10s} {kind:9s} {cls.unit:24s} data: {cls.preferred_data or '-':8s} "
+              f"{cls.__name__}")
     return 0
 
 
@@ -285,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="-- then the arguments of python -m vaelab train (no --seed, --out)")
     w.set_defaults(func=cmd_sweep)
 
+    m = sub.add_parser("models", help="list the registered models: name, what it models, "
+                       "its unit and preferred data set")
+    m.set_defaults(func=cmd_models)
+
     from vaelab.course import add_course_parser  # course release / course site
     add_course_parser(sub)
 
@@ -299,7 +315,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
+        if args.command == "train" and getattr(args, "resolved", None) is not None:
+            print(f"to start again with a lower learning rate: python -m vaelab "
+                  f"{_restart_command(args, err)}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:  # Ctrl-C outside training (start-up, evaluate): nothing saved
+        print(f"\ninterrupted: {args.command} stopped before it finished; nothing was written",
+              file=sys.stderr)
+        return 130
     except CheckpointWriteError as err:  # disk full, no permission: not the user's input
         print(f"error: {err.strerror}", file=sys.stderr)
         return 1
@@ -324,6 +347,44 @@ def _resume_command(argv: list[str] | None, checkpoint: Path) -> str:
         elif not word.startswith("--resume="):
             kept.append(word)
     return shlex.join([*kept, "--resume", str(checkpoint)])
+
+def _restart_command(args: argparse.Namespace, err: TrainingDiverged) -> str:
+    """A new run of the same model, data and settings, with a lower learning rate applied
+    from the first step, into a new folder: resuming would recompute the failing loss from
+    the same saved weights. The rate is a tenth of the last good one, or the model's default
+    when that is lower."""
+    model, config = args.resolved
+    config_cls, model_cls = MODELS[model.name]
+    default = getattr(model_cls, "train_defaults", {}).get("lr", TrainConfig.lr)
+    lr = err.lr if err.lr is not None else config.lr
+    lower = min(lr / 10, default) if lr > default else lr / 10
+    words = ["train", "--model", model.name, "--data", args.data]
+    if args.data_path is not None:
+        words += ["--data-path", args.data_path]
+    for option in args.data_option:
+        words += ["--data-option", option]
+    sized = ("x_dim", "a_dim")
+    defaults = config_cls.__dataclass_fields__
+    for key, value in dataclasses.asdict(model.config).items():
+        field = defaults[key]
+        if key not in sized and (field.default is dataclasses.MISSING
+                                 or value != field.default):
+            words += ["--set", f"{key}={value!r}"]
+    flags = {"lr": "--lr", "epochs": "--epochs", "batch_size": "--batch-size",
+             "seed": "--seed", "max_steps": "--max-steps", "device": "--device"}
+    skip = {"out_dir", "progress", "preset", *flags}
+    for key, value in dataclasses.asdict(config).items():
+        if key not in skip and value != TrainConfig.__dataclass_fields__[key].default:
+            words += ["--train-set", f"{key}={value!r}"]
+    if config.preset is not None:
+        words += ["--preset", config.preset]
+    values = {**dataclasses.asdict(config), "lr": float(f"{lower:.3g}")}
+    for key, flag in flags.items():
+        if values[key] is not None and (key != "device" or values[key] != "auto"):
+            words += [flag, str(values[key])]
+    words += ["--out", f"{str(args.out).rstrip('/')}-lr{values['lr']:g}"]
+    return shlex.join(words)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -262,7 +262,7 @@ def latent_usage_chart(entry: dict, threshold: float = ACTIVE_THRESHOLD, height:
                                        range=["#1f77b4", "#c7c7c7"]))
     width = max(1.0, min(30.0, 600 / max(len(rows), 1)))
     base = alt.Chart(alt.Data(values=rows))
-    low = min(min(r["activity"] for r in rows), threshold) / 10  # bars rise from here
+    low = min(*(max(a, 1e-8) for a in activity), threshold) / 10  # bars rise from here
     bars = base.mark_bar(size=width).encode(
         x=x, y=alt.Y("activity:Q", title="activity Cov_x(E_q[z_u])",
                      scale=alt.Scale(type="log", domainMin=low)),

@@ -74,6 +74,20 @@ def _describe(hint) -> str:
         hint, getattr(hint, "__name__", str(hint)))
 
 
+def _conform_scalar(value, hint):
+    """``value`` as the plain type ``hint`` (bool, int, float, str; numpy's numbers too), or
+    raise ``TypeError``; an int is a float, a bool is neither."""
+    kinds = {bool: lambda v: isinstance(v, bool),
+             int: lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
+             float: lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
+             str: lambda v: isinstance(v, str)}
+    if hint not in kinds:
+        return value  # a type configs do not use: left to the config's own checks
+    if not kinds[hint](value):
+        raise TypeError
+    return hint(value)
+
+
 def _conform(value, hint):
     """``value`` as type ``hint`` (an int is a float; a list or tuple a tuple), or raise
     ``TypeError``. Only the plain types configs use are known."""
@@ -89,32 +103,16 @@ def _conform(value, hint):
             except TypeError:
                 pass
         raise TypeError
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise TypeError
-        args = typing.get_args(hint)
-        if origin is list:
-            return [_conform(v, args[0]) for v in value]
-        if len(args) != len(value):
-            raise TypeError
-        return tuple(_conform(v, h) for v, h in zip(value, args, strict=True))
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
+    if origin not in (list, tuple):
+        return _conform_scalar(value, hint)
+    if not isinstance(value, (list, tuple)):
         raise TypeError
-    if hint is int:  # numpy's integers too
-        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-            return int(value)
+    args = typing.get_args(hint)
+    if origin is list:
+        return [_conform(v, args[0]) for v in value]
+    if len(args) != len(value):
         raise TypeError
-    if hint is float:
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            return float(value)
-        raise TypeError
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise TypeError
-    return value  # a type configs do not use: left to the config's own checks
+    return tuple(_conform(v, h) for v, h in zip(value, args, strict=True))
 
 
 def check_types(config_cls: type, values: dict, flag: str = "--set") -> dict:

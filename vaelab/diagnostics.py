@@ -6,9 +6,10 @@ per latent dimension, and the exact log-likelihood of a linear-Gaussian data set
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vaelab.data import Batch, Data
+from vaelab.protocol import Model
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016 (arXiv:1509.00519): active if Cov_x(E_q[z_u]) > this
 
@@ -24,7 +25,7 @@ def observed(z: Tensor, mask: Tensor | None) -> Tensor:
 
 
 @torch.no_grad()
-def latent_activity(model: nn.Module, batch: Batch) -> Tensor:
+def latent_activity(model: Model, batch: Batch) -> Tensor:
     """Returns the activity of every latent dimension, ``[Z]``: the variance across examples
     (and observed time steps) of the posterior mean, Cov_x(E_q[z_u]) of Burda et al. 2016."""
     z = observed(model.latents(batch), batch.mask)  # [N, Z]
@@ -37,21 +38,20 @@ def active_units(activity: Tensor, threshold: float = ACTIVE_THRESHOLD) -> int:
 
 
 @torch.no_grad()
-def kl_per_dim(model: nn.Module, batch: Batch) -> Tensor | None:
-    """Returns ``model.kl_per_dim(batch)`` ``[Z]`` when the model offers it (an optional
-    protocol method: the KL per latent dimension averaged over examples / observed steps),
-    else None (also when the method returns None: the model's KL does not split)."""
-    method = getattr(model, "kl_per_dim", None)
-    kl = None if method is None else method(batch)
+def kl_per_dim(model: Model, batch: Batch) -> Tensor | None:
+    """Returns ``model.kl_per_dim(batch)`` ``[Z]`` on the CPU as float32 (the KL per latent
+    dimension averaged over examples / observed steps), or None when the model's KL does not
+    split over dimensions."""
+    kl = model.kl_per_dim(batch)
     return None if kl is None else kl.detach().to("cpu", torch.float32)
 
 
-def has_latents(model: nn.Module) -> bool:
-    """True for latent-variable models (config has ``z_dim``); a flow has none."""
-    return hasattr(getattr(model, "config", None), "z_dim")
+def has_latents(model: Model) -> bool:
+    """True for latent-variable models; a flow has none (:attr:`Model.has_latents`)."""
+    return model.has_latents
 
 
-def diagnose(model: nn.Module, batch: Batch) -> dict:
+def diagnose(model: Model, batch: Batch) -> dict:
     """Returns ``{"activity": [Z], "active_units": int, "kl_per_dim": [Z] or None}`` as
     lists of floats for ``model`` (eval mode) on ``batch``; ``{}`` for a model without latents."""
     if not has_latents(model):

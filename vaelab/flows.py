@@ -7,7 +7,8 @@
   used in the DMM guide.
 - :class:`AffineCoupling`, stacked by :class:`ConditionalRealNVP`: the affine coupling layers
   of RealNVP (Dinh et al. 2017, arXiv:1605.08803), with a context vector, as a learnable
-  conditional distribution; :class:`ConditionalFlowModel` wraps it for the trainer ("realnvp").
+  conditional distribution; :class:`vaelab.realnvp.ConditionalFlowModel` wraps it for the
+  trainer ("realnvp").
 
 Direction is torch's, base -> sample: ``y = f(x)`` maps a base point ``x`` to a sample ``y``
 and ``log p(y) = log p_base(x) - log|det df/dx|``. The transforms are written by hand for
@@ -17,18 +18,14 @@ teaching (torch.distributions has no autoregressive or coupling transform).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Transform, TransformedDistribution, constraints
 from torch.nn.functional import logsigmoid
 
-from vaelab.data import Batch
 from vaelab.distributions import DiagGaussian, standard_normal
-from vaelab.nn import MADE, MLP, activation
-from vaelab.objectives import ELBOTerms
+from vaelab.nn import MADE, MLP
 
 
 def _event_shape_check(x: Tensor, dim: int, who: str) -> None:
@@ -349,116 +346,11 @@ class ConditionalRealNVP(nn.Module):
 # ----------------------------------------------------------------------------- model
 
 
-@dataclass
-class RealNVPConfig:
-    x_dim: int = 2  # the modelled variable (e.g. an action)
-    a_dim: int = 2  # the context (e.g. a state); 0 gives an unconditional flow
-    hidden_dim: int = 64
-    num_hidden: int = 2  # hidden layers per coupling network
-    num_layers: int = 6
-    conditional_base: bool = True
-    min_scale: float = 1e-3
-    log_scale_bound: float = 3.0
-    activation: str = "relu"
-
-    def __post_init__(self) -> None:
-        for name, low in (("x_dim", 1), ("a_dim", 0), ("hidden_dim", 1), ("num_hidden", 1),
-                          ("num_layers", 1)):
-            if getattr(self, name) < low:
-                raise ValueError(f"RealNVPConfig.{name} must be >= {low}, got "
-                                 f"{getattr(self, name)}")
-        if self.x_dim == 1 and self.a_dim == 0:
-            raise ValueError("an unconditional 1-D RealNVP is a single affine map; use "
-                             "x_dim >= 2 or give a context (a_dim >= 1)")
-        if self.min_scale <= 0 or self.log_scale_bound <= 0:
-            raise ValueError(f"min_scale and log_scale_bound must be > 0, got "
-                             f"{self.min_scale} and {self.log_scale_bound}")
-        activation(self.activation)  # raises on an unknown name
-
-
-class ConditionalFlowModel(nn.Module):
-    """Conditional density model p(x | a) by a conditional RealNVP (Dinh et al. 2017,
-    arXiv:1605.08803), e.g. a policy: actions ``x`` given states ``a``.
-
-    There is no latent variable: ``elbo`` returns the exact ``log p(x | a)`` as the
-    log-likelihood and a zero KL, so the "ELBO" the trainer maximises is the exact
-    log-likelihood and the importance-sampled figure equals it. The base point
-    ``z = g^{-1}(x | a)`` plays the role of the latent in ``sample`` and ``latents``.
-    Static data: ``x [B, X]``, ``a [B, A]``.
-    """
-
-    name = "realnvp"
-    train_defaults: ClassVar[dict] = {"epochs": 30, "batch_size": 256, "lr": 2e-3}
-
-    def __init__(self, config: RealNVPConfig) -> None:
-        super().__init__()
-        self.config = c = config
-        self.flow = ConditionalRealNVP(
-            c.x_dim, c.a_dim, [c.hidden_dim] * c.num_hidden, c.num_layers, c.conditional_base,
-            c.min_scale, c.log_scale_bound, activation(c.activation))
-
-    def _context(self, a: Tensor | None, like: Tensor) -> Tensor:
-        c = self.config
-        if a is None:
-            if c.a_dim > 0:
-                raise ValueError(f"this realnvp model is conditional (a_dim={c.a_dim}); the "
-                                 f"batch needs a context a [B, {c.a_dim}]")
-            return like.new_zeros(like.shape[0], 0)
-        if a.dim() != 2 or a.shape[1] != c.a_dim or a.shape[0] != like.shape[0]:
-            raise ValueError(f"a must be [{like.shape[0]}, {c.a_dim}], got {list(a.shape)}; "
-                             f"set a_dim to the context width")
-        return a
-
-    def _check(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        x = batch.x
-        if x.dim() != 2 or x.shape[1] != self.config.x_dim:
-            raise ValueError(f"x must be [B, {self.config.x_dim}], got {list(x.shape)}; "
-                             f"realnvp models static data")
-        return x, self._context(batch.a, x)
-
-    def forward(self, batch: Batch, **kw) -> ELBOTerms:
-        """The ELBO terms, as :meth:`elbo` (``kw`` goes to it): training calls the model
-        through ``forward`` so that a DistributedDataParallel wrapper synchronises gradients."""
-        return self.elbo(batch, **kw)
-
-    def elbo(self, batch: Batch, analytic_kl: bool | None = None) -> ELBOTerms:
-        """Returns the exact ``log p(x | a)`` ``[B]`` as ``log_likelihood``, zero KL and one
-        step per example. ``analytic_kl`` is ignored (there is no latent)."""
-        x, a = self._check(batch)
-        log_px = self.flow(a).log_prob(x)
-        return ELBOTerms(log_px, torch.zeros_like(log_px), torch.ones_like(log_px))
-
-    @torch.no_grad()
-    def sample(self, n: int, steps: int | None = None, a: Tensor | None = None):
-        """Returns ``(z [n, X], x [n, X])``: base points and their images ``x = g(z | a)``.
-        ``a [n, A]`` is the context; omitted, a zero context is used."""
-        p = next(self.parameters())
-        if a is None:
-            a = p.new_zeros(n, self.config.a_dim)
-        a = self._context(a, p.new_zeros(n, 1))
-        z = self.flow.base_distribution(a).sample()
-        return z, self.flow.push(z, a)
-
-    @torch.no_grad()
-    def latents(self, batch: Batch) -> Tensor:
-        """Returns the base points ``z = g^{-1}(x | a)``, ``[B, X]``."""
-        x, a = self._check(batch)
-        return self.flow.pull(x, a)
-
-    @torch.no_grad()
-    def reconstruct(self, batch: Batch) -> Tensor:
-        """Returns ``g(g^{-1}(x | a) | a)``, ``[B, X]``: ``x`` itself up to rounding."""
-        x, a = self._check(batch)
-        return self.flow.push(self.flow.pull(x, a), a)
-
-
 __all__ = [
     "AffineAutoregressive",
     "AffineCoupling",
-    "ConditionalFlowModel",
     "ConditionalRealNVP",
     "CouplingNet",
     "IAFStack",
     "Permute",
-    "RealNVPConfig",
 ]

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vaelab import MODELS
 from vaelab.config import check_types, make_model
@@ -29,6 +29,7 @@ from vaelab.diagnostics import (  # noqa: F401  (the dashboard's names for them)
     observed,
     reference_metrics,
 )
+from vaelab.protocol import Model, model_class
 from vaelab.train import TrainConfig, load_checkpoint
 
 
@@ -40,7 +41,7 @@ def dataset_needs_path(name: str) -> bool:
 
 
 @torch.no_grad()
-def check_compatible(model: nn.Module, data: Data, n: int = 2) -> None:
+def check_compatible(model: Model, data: Data, n: int = 2) -> None:
     """Raise ``ValueError`` with the model's own message if ``model.elbo`` rejects a batch of
     ``data`` (e.g. a static model on sequences), before any training process is started."""
     batch = data.batch(torch.arange(min(n, len(data))))
@@ -48,54 +49,12 @@ def check_compatible(model: nn.Module, data: Data, n: int = 2) -> None:
     try:
         terms = model.elbo(batch.to(device))
     except (ValueError, RuntimeError, TypeError) as e:
-        raise ValueError(f"{getattr(model, 'name', type(model).__name__)} cannot train on "
-                         f"{data.name}: {e}") from None
+        raise ValueError(f"{model.name} cannot train on {data.name}: {e}") from None
     if terms.log_likelihood.shape != (len(batch),):
         raise ValueError(f"elbo must return [B] terms, got {list(terms.log_likelihood.shape)}")
 
 
-# Until the model protocol (vaelab.protocol: preferred_data, card, incompatibility) is in every
-# model, the page takes these facts about the registered models from here, in one place.
-PREFERRED_DATA = {"vae": "digits", "ssm": "linear", "dmm": "jsb", "dmm_iaf": "jsb",
-                  "realnvp": "moons"}
-# models whose likelihood is a density over real-valued x (a Gaussian emitter, a flow)
-CONTINUOUS = ("ssm", "realnvp")
 MAX_LEVELS = 256  # data in [0, 1] with at most this many distinct values: pixels or notes
-# One paragraph per model for a newcomer: what it is, its paper, the notebook that teaches it.
-MODEL_CARDS = {
-    "vae": "**Variational autoencoder.** An encoder q(z | x) maps an image to a Gaussian over "
-           "a few latent numbers z, a decoder p(x | z) maps z back to pixel probabilities; "
-           "training maximises the ELBO, log p(x) minus the gap KL(q || posterior). "
-           "Kingma & Welling 2014 (arXiv:1312.6114). Taught in notebooks/01_vae_elbo.ipynb "
-           "and 02_learnable_distributions.ipynb.",
-    "ssm": "**Sequential VAE (deep state-space model).** A latent state z_t evolves by "
-           "p(z_t | z_{t-1}, a_{t-1}) and emits x_t through a Gaussian; an RNN guide infers "
-           "the states from the whole sequence. On the linear system the exact "
-           "log-likelihood is known (Kalman filter), so the gap ELBO vs log p(x) can be "
-           "watched. Its Gaussian density is not offered for 0/1 notes or pixels. Krishnan "
-           "et al. 2015 (arXiv:1511.05121). Taught in notebooks/03_sequential_vae.ipynb.",
-    "dmm": "**Deep Markov Model.** Nonlinear (gated) transitions and emissions of a latent "
-           "Markov chain, a backward-RNN guide with a combiner; trained on polyphonic music "
-           "(88 piano keys per step). Krishnan, Shalit & Sontag 2017 (arXiv:1609.09869). "
-           "Taught in notebooks/04_deep_markov_model.ipynb.",
-    "dmm_iaf": "**Deep Markov Model with an IAF guide.** The DMM whose guide distribution is "
-               "made more flexible by inverse autoregressive flows; its KL has no closed form "
-               "and is estimated by Monte Carlo. Kingma et al. 2016 (arXiv:1606.04934) on "
-               "Krishnan et al. 2017. Taught in notebooks/04_deep_markov_model.ipynb and "
-               "05_normalizing_flows.ipynb.",
-    "realnvp": "**RealNVP normalizing flow.** An invertible map of a Gaussian, made of affine "
-               "coupling layers, gives the exact density p(x | a) by the change of variables; "
-               "no latent variables, no ELBO: training maximises log p(x | a) itself. A "
-               "density on real-valued data: not offered for pixels or notes, where it is "
-               "unbounded. Dinh et al. 2017 (arXiv:1605.08803). Taught in "
-               "notebooks/05_normalizing_flows.ipynb.",
-}
-
-
-def train_defaults(model_name: str) -> dict:
-    """The TrainConfig values model ``model_name`` trains with by default (the protocol's
-    ``train_defaults``; ``{}`` for a model that sets none, until every model declares it)."""
-    return dict(getattr(MODELS[model_name][1], "train_defaults", {}))
 
 
 def discrete_levels(data: Data) -> int | None:
@@ -118,30 +77,20 @@ def builtin_dataset(name: str) -> tuple[Data, Data, Data]:
 
 def incompatibility(model_name: str, data: Data) -> str | None:
     """Why model ``model_name`` (default config, sized for ``data``) cannot train on ``data``,
-    in a newcomer's words, or None when it can. Decided by the model itself
-    (:func:`check_compatible` on two examples), then explained from the data's shape."""
-    try:
-        check_compatible(make_model(model_name, data, {}), data)
-    except ValueError as e:
-        text = str(e)
-    else:
-        levels = discrete_levels(data) if model_name in CONTINUOUS else None
-        if levels is None:
-            return None
-        what = data.name.split("-")[0]
-        return (f"{model_name} is a density over real numbers; {what} holds values in [0, 1] "
-                f"with {levels} levels (pixels or notes), where a density's log p(x) has no "
-                f"bound and its nats mean nothing: pick vae, dmm or dmm_iaf")
-    what = data.name.split("-")[0]
-    if "support" in text and "Bernoulli" in text:
-        return f"{model_name}'s Bernoulli likelihood needs 0/1 data; {what} is real-valued"
-    if "time axis" in text and not data.is_sequence:
-        return (f"{model_name} models sequences x [N, T, X]; {what} holds single vectors "
-                f"x [N, X]: pick vae or realnvp")
-    if data.is_sequence and "must be [B," in text:
-        return (f"{model_name} models single vectors x [N, X]; {what} holds sequences "
-                f"x [N, T, X]: pick a sequence model (ssm, dmm, dmm_iaf)")
-    return f"{model_name} cannot train on {what}"
+    in a newcomer's words, or None when it can: the model's own
+    :meth:`~vaelab.protocol.Model.incompatibility`, and for a continuous density also data of
+    a few levels in [0, 1] (grey-level pixels: the density has no bound there either)."""
+    model = model_class(model_name)(make_model(model_name, data, {}).config)
+    why = model.incompatibility(data)
+    if why is not None or not model.continuous:
+        return why
+    levels = discrete_levels(data)
+    if levels is None:
+        return None
+    return (f"{model_name} is a density over real numbers; {data.name.split('-')[0]} holds "
+            f"values in [0, 1] with {levels} levels (pixels or notes), where a density's "
+            f"log p(x) has no bound and its nats mean nothing: pick a model with a Bernoulli "
+            f"likelihood")
 
 
 @functools.cache
@@ -245,7 +194,7 @@ def make_view(train: Data, val: Data | None, size: int | None = None) -> View:
 
 
 @torch.no_grad()
-def sample_piano_roll(model: nn.Module, steps: int) -> Tensor:
+def sample_piano_roll(model: Model, steps: int) -> Tensor:
     """Returns a sampled piano roll ``[steps, X]`` of 0/1 notes: each note drawn with the
     emitter mean E[x_t | z_t] of ``model.sample`` as its probability. A Gaussian emitter
     (the SSM on piano rolls) has means outside [0, 1]: they are clipped to [0, 1] first."""

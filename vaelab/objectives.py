@@ -3,7 +3,6 @@ KL annealing, and the importance-sampled log-likelihood shared by every model.""
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -54,19 +53,14 @@ def elbo_samples(model: torch.nn.Module, batch: Batch, samples: int = 1, **kw) -
     """Returns the ELBO terms of ``samples`` guide draws per example, ``[S*B]`` each,
     sample-major like ``batch.repeat(S)``; :func:`loss` on them averages the S ELBOs.
 
-    The model is called through ``forward`` (every model routes it to ``elbo``), so ``model``
-    may be wrapped in DistributedDataParallel. A model whose ``elbo`` takes ``samples`` shares
-    the work that does not depend on the draw (the DMM runs its backward RNN once); any other
-    model sees the batch repeated. ``kw`` goes to ``model.elbo`` (e.g. ``analytic_kl=False``).
+    The model is called through ``forward`` (:meth:`vaelab.protocol.Model.forward`), so
+    ``model`` may be wrapped in DistributedDataParallel; a model that shares the work not
+    depending on the draw (the DMM's backward RNN) does, any other sees the batch repeated.
+    ``kw`` goes to ``model.elbo`` (e.g. ``analytic_kl=False``).
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    # through forward (model(...)), so that a DistributedDataParallel wrapper sees the call
-    if samples == 1:
-        return model(batch, **kw)
-    if "samples" in inspect.signature(getattr(model, "module", model).elbo).parameters:
-        return model(batch, samples=samples, **kw)
-    return model(batch.repeat(samples), **kw)
+    return model(batch, samples=samples, **kw)
 
 
 def loss(terms: ELBOTerms, kl_weight: float = 1.0) -> Tensor:

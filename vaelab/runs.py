@@ -97,12 +97,13 @@ class Hosting:
         hosted = env.get("VAELAB_HOSTED", "0").strip().lower() in ("1", "true", "yes")
         cores = max(1, os.cpu_count() or 1)
         data_root = env.get("VAELAB_DATA_ROOT")
-        common = {"hosted": hosted, "root": Path(env.get("VAELAB_RUNS_ROOT", "runs")),
-                  "data_root": Path(data_root).resolve() if data_root else None,
-                  "max_running": max(1, _int_env(env, "VAELAB_MAX_RUNS", cores))}
+        root = Path(env.get("VAELAB_RUNS_ROOT", "runs"))
+        data = Path(data_root).resolve() if data_root else None
+        running = max(1, _int_env(env, "VAELAB_MAX_RUNS", cores))
         if not hosted:
-            return cls(**common)
-        return cls(**common, max_params=_int_env(env, "VAELAB_MAX_PARAMS", 2_000_000),
+            return cls(hosted=False, root=root, data_root=data, max_running=running)
+        return cls(hosted=True, root=root, data_root=data, max_running=running,
+                   max_params=_int_env(env, "VAELAB_MAX_PARAMS", 2_000_000),
                    max_steps=_int_env(env, "VAELAB_MAX_STEPS", 20_000),
                    max_seconds=60.0 * _int_env(env, "VAELAB_MAX_MINUTES", 30),
                    max_upload_bytes=_int_env(env, "VAELAB_MAX_UPLOAD_MB", 50) * 2**20,
@@ -452,7 +453,7 @@ def request(root: str | Path, run_id: str, token: str, action: str) -> None:
 
 
 def _signal_stop(pid: int | None) -> None:
-    if pid_alive(pid):
+    if pid is not None and pid_alive(pid):
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGINT)  # fit: finish the step, save a checkpoint
 

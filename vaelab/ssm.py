@@ -39,15 +39,14 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Independent, Normal, kl_divergence
+from torch.distributions import Independent, Normal
 from torch.nn.functional import softplus
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from vaelab.data import Batch
 from vaelab.distributions import DiagGaussian, LearnableNormal
 from vaelab.kalman import LinearGaussianSSM
 from vaelab.nn import activation, reverse_sequences
-from vaelab.objectives import ELBOTerms, kl_term, masked_sum
+from vaelab.protocol import SequentialModel, register
 
 GUIDES = ("filtering", "smoothing")
 
@@ -99,10 +98,20 @@ class LinearGaussian(nn.Module):
         return Independent(Normal(loc, self.scale.expand_as(loc)), 1)
 
 
-class SSM(nn.Module):
+@register
+class SSM(SequentialModel):
     """State-space model with actions, trained by the sequential ELBO (see the module doc)."""
 
     name = "ssm"
+    Config = SSMConfig
+    card = ("**Sequential VAE (deep state-space model).** A latent state z_t evolves by "
+            "p(z_t | z_{t-1}, a_{t-1}) and emits x_t; an RNN guide infers the states from the "
+            "whole sequence. On the linear system the exact log-likelihood is known (Kalman "
+            "filter), so the gap ELBO vs log p(x) can be watched. Its Gaussian emission is a "
+            "density over real values, so it is offered only for real-valued sequences. "
+            "Krishnan et al. 2015 (arXiv:1511.05121). Taught in "
+            "notebooks/03_sequential_vae.ipynb.")
+    preferred_data = "linear"
     train_defaults: ClassVar[dict] = {"epochs": 30, "batch_size": 100, "lr": 3e-3}
 
     def __init__(self, config: SSMConfig) -> None:
@@ -127,41 +136,27 @@ class SSM(nn.Module):
         self.combiner = DiagGaussian(guide_in, c.z_dim, hidden, act, c.min_scale)
         self.z_q0 = nn.Parameter(torch.zeros(c.z_dim))  # stands in for z_0 in q(z_1 | .)
 
-    # ------------------------------------------------------------------------- inputs
+    @property
+    def a_dim(self) -> int:
+        return self.config.a_dim
 
-    def _check(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
-        """Returns ``x [B, T, X]``, ``a [B, T, A]``, ``mask [B, T]`` with padding zeroed."""
-        c, x = self.config, batch.x
-        if x.dim() != 3 or x.shape[-1] != c.x_dim:
-            raise ValueError(f"x must be [B, T, {c.x_dim}], got {list(x.shape)}; add a time "
-                             f"axis, or build the model with x_dim={x.shape[-1]}")
-        size, steps = x.shape[:2]
-        a = batch.a
-        if a is None:
-            if c.a_dim > 0:
-                raise ValueError(f"this model takes actions: the batch needs a [B, T, "
-                                 f"{c.a_dim}], or build it with a_dim=0")
-            a = x.new_zeros(size, steps, 0)
-        elif a.shape != (size, steps, c.a_dim):
-            raise ValueError(f"a must be [{size}, {steps}, {c.a_dim}] like x, got "
-                             f"{list(a.shape)}; build the model with a_dim={a.shape[-1]}")
-        mask = batch.mask
-        if mask is None:
-            mask = torch.ones(size, steps, dtype=torch.bool, device=x.device)
-        else:
-            lengths = mask.sum(dim=1)
-            prefix = torch.arange(steps, device=x.device) < lengths[:, None]
-            if mask.shape != (size, steps) or not torch.equal(mask, prefix):
-                raise ValueError("mask must be [B, T], True for observed steps then False for "
-                                 "padding at the end; pad sequences at the end")
-            if int(lengths.min()) < 1:
-                raise ValueError("every sequence needs at least one observed step; drop empty "
-                                 "sequences")
-        # padding may hold anything (NaN too): zero it, so it reaches no network input and
-        # no gradient (0 * NaN is NaN)
-        x = torch.where(mask[..., None], x, torch.zeros_like(x))
-        a = torch.where(mask[..., None], a, torch.zeros_like(a))
-        return x, a, mask
+    @property
+    def continuous(self) -> bool:
+        return True  # Gaussian emissions
+
+    # ------------------------------------------------------------------------- the factors
+
+    def initial_prior(self, n: int) -> Independent:
+        """Returns p(z_1) = N(m, diag s^2), batch ``[n]``."""
+        return self.initial(n)
+
+    def transition_prior(self, z_prev: Tensor, a_prev: Tensor) -> Independent:
+        """Returns p(z_t | z_{t-1}, a_{t-1})."""
+        return self.transition(z_prev, a_prev)
+
+    def emission(self, z: Tensor, a_prev: Tensor | None = None) -> Independent:
+        """Returns p(x_t | z_t) (actions drive the states only)."""
+        return self.emitter(z)
 
     def _backward_states(self, x: Tensor, a: Tensor, mask: Tensor) -> Tensor:
         """Returns h ``[B, T, H]``, h_t the backward GRU state after reading
@@ -173,10 +168,11 @@ class SSM(nn.Module):
         h, _ = pad_packed_sequence(h, batch_first=True, total_length=x.shape[1])  # [B, T, H]
         return reverse_sequences(h, lengths)
 
-    # ------------------------------------------------------------------------- model
-
-    def _guide(self, x: Tensor, a: Tensor, mask: Tensor, sample: bool
-               ) -> tuple[Tensor, Independent]:
+    def guide(self, x: Tensor, a: Tensor, mask: Tensor, noise: Tensor | None = None
+              ) -> tuple[Tensor, Independent]:
+        """Samples z ~ q(z | x, a) = prod_t q(z_t | z_{t-1}, a_{t-1}, x_t[, h_t]), one step at
+        a time; returns the path ``[B, T, Z]`` and the conditionals along it, batch
+        ``[B, T]``."""
         size, steps, _ = x.shape
         h = self._backward_states(x, a, mask) if self.config.guide == "smoothing" else None
         z_prev = self.z_q0.expand(size, -1)  # [B, Z]
@@ -186,83 +182,14 @@ class SSM(nn.Module):
             context = (z_prev, a_prev, x[:, t]) if h is None else (
                 z_prev, a_prev, x[:, t], h[:, t])
             q_t = self.combiner(*context)
-            z_prev = q_t.rsample() if sample else q_t.mean  # reparameterised: gradients flow
+            # reparameterised (z = mean + stddev * eps): gradients flow through the draw
+            z_prev = q_t.rsample() if noise is None else q_t.mean + q_t.stddev * noise[:, t]
             zs.append(z_prev)
             locs.append(q_t.mean)
             scales.append(q_t.stddev)
             a_prev = a[:, t]
         q_z = Independent(Normal(torch.stack(locs, 1), torch.stack(scales, 1)), 1)  # [B, T]
         return torch.stack(zs, dim=1), q_z
-
-    def posterior(self, batch: Batch, sample: bool = True) -> tuple[Tensor, Independent]:
-        """Returns a path ``z [B, T, Z]`` from the guide (reparameterised; the path of the
-        means when ``sample`` is False) and the guide's conditionals
-        q(z_t | z_{t-1}, a_{t-1}, x_t[, h_t]) along it, batch shape ``[B, T]``."""
-        return self._guide(*self._check(batch), sample=sample)
-
-    def prior(self, z: Tensor, a: Tensor) -> Independent:
-        """Returns p(z_1) and p(z_t | z_{t-1}, a_{t-1}) for t >= 2 as one distribution with
-        batch shape ``[B, T]``, for a path ``z [B, T, Z]`` and actions ``a [B, T, A]``."""
-        p_1 = self.initial(z.shape[0])  # [B]
-        p_t = self.transition(z[:, :-1], a[:, :-1])  # [B, T - 1], all steps in one call
-        loc = torch.cat([p_1.mean[:, None], p_t.mean], dim=1)
-        scale = torch.cat([p_1.stddev[:, None], p_t.stddev], dim=1)
-        return Independent(Normal(loc, scale), 1)
-
-    def forward(self, batch: Batch, **kw) -> ELBOTerms:
-        """The ELBO terms, as :meth:`elbo` (``kw`` goes to it): training calls the model
-        through ``forward`` so that a DistributedDataParallel wrapper synchronises gradients."""
-        return self.elbo(batch, **kw)
-
-    def elbo(self, batch: Batch, analytic_kl: bool | None = None) -> ELBOTerms:
-        """Returns the sequential ELBO terms per sequence, ``[B]`` each, summed over observed
-        steps, with one reparameterised path z ~ q(z | x, a)."""
-        x, a, mask = self._check(batch)
-        z, q_z = self._guide(x, a, mask, sample=True)  # [B, T, Z]
-        p_z = self.prior(z, a)
-        log_px = self.emitter(z).log_prob(x)  # [B, T], every step in one call
-        analytic = self.config.analytic_kl if analytic_kl is None else analytic_kl
-        kl = kl_term(q_z, p_z, z, analytic)  # [B, T]
-        return ELBOTerms(masked_sum(log_px, mask), masked_sum(kl, mask),
-                         mask.sum(dim=1).to(log_px.dtype))
-
-    @torch.no_grad()
-    def kl_per_dim(self, batch: Batch) -> Tensor:
-        """Returns KL(q(z_t | .) || p(z_t | z_{t-1}, a_{t-1})) per latent dimension, ``[Z]``,
-        averaged over observed steps along one sampled guide path (diagonal Gaussians)."""
-        x, a, mask = self._check(batch)
-        z, q_z = self._guide(x, a, mask, sample=True)  # [B, T, Z]
-        kl = kl_divergence(q_z.base_dist, self.prior(z, a).base_dist)  # [B, T, Z]
-        return kl[mask].mean(dim=0)
-
-    @torch.no_grad()
-    def sample(self, n: int, steps: int | None = None, a: Tensor | None = None):
-        """Returns ``(z [n, T, Z], x [n, T, X])`` from the model driven by actions
-        ``a [n, T, A]`` (zeros when None; ``steps`` defaults to ``a``'s length, else 20);
-        ``x`` is the emitter mean E[x_t | z_t]."""
-        c, p = self.config, next(self.parameters())
-        if a is None:
-            steps = 20 if steps is None else steps
-            a = p.new_zeros(n, steps, c.a_dim)
-        steps = a.shape[1] if steps is None else steps
-        if a.shape != (n, steps, c.a_dim):
-            raise ValueError(f"a must be [n, steps, {c.a_dim}] = [{n}, {steps}, {c.a_dim}], "
-                             f"got {list(a.shape)}")
-        zs = [self.initial(n).sample()]
-        for t in range(1, steps):
-            zs.append(self.transition(zs[-1], a[:, t - 1]).sample())
-        z = torch.stack(zs, dim=1)  # [n, T, Z]
-        return z, self.emitter(z).mean
-
-    @torch.no_grad()
-    def latents(self, batch: Batch) -> Tensor:
-        """Returns the guide's means along its mean path, ``[B, T, Z]``."""
-        return self.posterior(batch, sample=False)[0]
-
-    @torch.no_grad()
-    def reconstruct(self, batch: Batch) -> Tensor:
-        """Returns E[x_t | z_t] at the guide's mean path, ``[B, T, X]``."""
-        return self.emitter(self.latents(batch)).mean
 
     # ------------------------------------------------------------------------- linear-Gaussian
 

@@ -224,6 +224,32 @@ def _as_tensor(name: str, value) -> Tensor:
     return value
 
 
+def _check_lengths(lengths, n: int, steps: int) -> Tensor:
+    """``lengths [N]`` as whole numbers of steps in 1..T (all T when None)."""
+    if lengths is None:
+        return torch.full((n,), steps, dtype=torch.long)
+    lengths = _as_tensor("lengths", lengths)
+    if lengths.shape != (n,):
+        raise ValueError(f"lengths must be [N] = [{n}], got shape {list(lengths.shape)}")
+    if lengths.is_floating_point() and not torch.equal(lengths, lengths.round()):
+        raise ValueError("lengths must be whole numbers of steps")
+    lengths = lengths.long()
+    if int(lengths.min()) < 1 or int(lengths.max()) > steps:
+        raise ValueError(f"lengths must be in 1..T={steps}, got values from "
+                         f"{int(lengths.min())} to {int(lengths.max())}")
+    return lengths
+
+
+def _check_finite(key: str, t: Tensor, observed: Tensor) -> None:
+    """Raise naming the first observed step of ``t [N, T, .]`` that holds NaN or inf."""
+    bad = ~torch.isfinite(t).all(dim=-1) & observed  # [N, T]
+    if bad.any():
+        i, step = (int(v) for v in bad.nonzero()[0])
+        raise ValueError(f"{key} holds NaN/inf at {int(bad.sum())} observed steps (first: "
+                         f"sequence {i}, step {step}); clean or impute them, or shorten "
+                         f"lengths if they are padding")
+
+
 def from_arrays(
     x,
     a=None,
@@ -264,28 +290,11 @@ def from_arrays(
         if a.dim() != 3 or a.shape[:2] != (n, steps):
             raise ValueError(f"a must be [N, T, act] = [{n}, {steps}, act] like x, got shape "
                              f"{list(a.shape)}")
-    if lengths is None:
-        lengths = torch.full((n,), steps, dtype=torch.long)
-    else:
-        lengths = _as_tensor("lengths", lengths)
-        if lengths.shape != (n,):
-            raise ValueError(f"lengths must be [N] = [{n}], got shape {list(lengths.shape)}")
-        if lengths.is_floating_point() and not torch.equal(lengths, lengths.round()):
-            raise ValueError("lengths must be whole numbers of steps")
-        lengths = lengths.long()
-        if int(lengths.min()) < 1 or int(lengths.max()) > steps:
-            raise ValueError(f"lengths must be in 1..T={steps}, got values from "
-                             f"{int(lengths.min())} to {int(lengths.max())}")
+    lengths = _check_lengths(lengths, n, steps)
     observed = torch.arange(steps) < lengths[:, None]  # [N, T]
     for key, t in (("x", x), ("a", a)):
-        if t is None:
-            continue
-        bad = ~torch.isfinite(t).all(dim=-1) & observed  # [N, T]
-        if bad.any():
-            i, s = (int(v) for v in bad.nonzero()[0])
-            raise ValueError(f"{key} holds NaN/inf at {int(bad.sum())} observed steps (first: "
-                             f"sequence {i}, step {s}); clean or impute them, or shorten "
-                             f"lengths if they are padding")
+        if t is not None:
+            _check_finite(key, t, observed)
     # padding may hold anything: store zeros so Data's finiteness check passes
     x = torch.where(observed[..., None], x, torch.zeros_like(x))
     if a is not None:

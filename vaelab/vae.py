@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributions import Distribution, Normal, kl_divergence
 
 from vaelab.data import Batch
@@ -18,6 +18,7 @@ from vaelab.distributions import BernoulliLogits, DiagGaussian, standard_normal
 from vaelab.flows import ConditionalRealNVP
 from vaelab.nn import activation
 from vaelab.objectives import ELBOTerms, kl_term
+from vaelab.protocol import Model, register
 
 
 @dataclass
@@ -49,7 +50,8 @@ class VAEConfig:
         self.hidden_dims = list(self.hidden_dims)
 
 
-class VAE(nn.Module):
+@register
+class VAE(Model):
     """Variational auto-encoder with one stochastic layer.
 
     p(z) = N(0, I),  p(x | z) = Bernoulli(logits(z)) or N(mu(z), sigma(z)^2),
@@ -61,6 +63,13 @@ class VAE(nn.Module):
     """
 
     name = "vae"
+    Config = VAEConfig
+    card = ("**Variational autoencoder.** An encoder q(z | x) maps an image to a Gaussian over "
+            "a few latent numbers z, a decoder p(x | z) maps z back to pixel probabilities; "
+            "training maximises the ELBO, log p(x) minus the gap KL(q || posterior). "
+            "Kingma & Welling 2014 (arXiv:1312.6114). Taught in notebooks/01_vae_elbo.ipynb "
+            "and 02_learnable_distributions.ipynb.")
+    preferred_data = "digits"
 
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
@@ -98,10 +107,9 @@ class VAE(nn.Module):
                 f"load the data binarized (e.g. binarize=True) or set likelihood=gaussian")
         return x
 
-    def forward(self, batch: Batch, **kw) -> ELBOTerms:
-        """The ELBO terms, as :meth:`elbo` (``kw`` goes to it): training calls the model
-        through ``forward`` so that a DistributedDataParallel wrapper synchronises gradients."""
-        return self.elbo(batch, **kw)
+    @property
+    def continuous(self) -> bool:
+        return self.config.likelihood == "gaussian"
 
     def elbo(self, batch: Batch, analytic_kl: bool | None = None) -> ELBOTerms:
         """Returns the ELBO terms per example, ``[B]`` each, with one reparameterised sample.
@@ -119,7 +127,9 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, steps: int | None = None, a: Tensor | None = None):
         """Returns ``(z [n, Z], x [n, X])``, z from the prior and x the decoder mean (pixel
-        probabilities)."""
+        probabilities). A static model: no ``steps`` and no actions."""
+        if steps is not None or a is not None:
+            raise ValueError("the VAE is static: sample(n) takes neither steps nor actions")
         p = next(self.parameters())
         z = self.p_z(p.new_zeros(n, self.config.z_dim)).sample()
         return z, self.decoder(z).mean
@@ -135,7 +145,7 @@ class VAE(nn.Module):
         return self.decode(self.latents(batch))
 
     @torch.no_grad()
-    def kl_per_dim(self, batch: Batch) -> Tensor:
+    def kl_per_dim(self, batch: Batch) -> Tensor | None:
         """Returns KL(q(z_d | x) || N(0, 1)) per latent dimension, averaged over the batch,
         ``[Z]``: the diagonal Gaussians' KL splits over dimensions, so it sums to the mean
         analytic KL (the dashboard's view of posterior collapse). None with a flow prior,

@@ -1,0 +1,276 @@
+"""Checkpoints: one ``torch.save`` of plain values and tensors, written atomically (temporary
+file, fsync, ``os.replace``), read with ``weights_only=True`` (no code in a file runs) and
+checked field by field and against a sha256 of its tensors.
+
+A checkpoint holds ``format``, ``model`` (the registry name), ``config`` (``asdict`` of the
+model's config), the model, optimiser and schedule state dicts, ``train_config``, ``data`` (how
+to reload the data), the counters ``step``, ``epoch``, ``batch_in_epoch``, the ``history`` of
+metric records and the random states ``rng``; optionally ``checksum``, ``resumes`` (what each
+resume changed) and ``recipe`` (fit's optimiser recipe, :mod:`vaelab.train.optim`).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import pickle
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vaelab.config import check_types
+from vaelab.train import optim
+
+CHECKPOINT_FORMAT = "vaelab-checkpoint-1"
+# what fit writes into every checkpoint, and the fields it may add (older checkpoints lack them)
+CHECKPOINT_FIELDS = frozenset({
+    "format", "model", "config", "state_dict", "optimizer", "scheduler", "train_config", "data",
+    "step", "epoch", "batch_in_epoch", "history", "rng"})
+OPTIONAL_CHECKPOINT_FIELDS = frozenset({"checksum", "resumes", "recipe"})
+_IMPORTED_AT = time.time()  # temporary files older than this are no process's of ours
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, a file-size limit, no permission); the
+    previous one is intact and no temporary file is left."""
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files an interrupted save left in ``folder`` (ours only:
+    ``checkpoint.pt.*.tmp``, ``best.pt.*.tmp``, written before this process imported vaelab);
+    returns what was removed."""
+    removed = []
+    for pattern in ("checkpoint.pt.*.tmp", "best.pt.*.tmp"):
+        for path in folder.glob(pattern):
+            try:
+                if path.is_file() and path.stat().st_mtime < _IMPORTED_AT:
+                    path.unlink()
+                    removed.append(path)
+            except OSError:  # gone meanwhile, or not ours to delete: leave it
+                pass
+    return removed
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` hold ``src``'s bytes, atomically: a hard link where the file system has
+    them (no second write; ``save_checkpoint`` replaces ``src`` later rather than rewriting
+    it, so ``dst`` keeps these bytes), else a copy."""
+    tmp = dst.with_name(dst.name + ".link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            with open(src, "rb") as f_in, open(tmp, "wb") as f_out:
+                shutil.copyfileobj(f_in, f_out)
+                f_out.flush()
+                os.fsync(f_out.fileno())  # as durable as save_checkpoint's own file
+        os.replace(tmp, dst)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(dst, err) from err
+
+
+def _write_error(path: Path, err: OSError, size: int | None = None) -> CheckpointWriteError:
+    if err.errno == errno.ENOSPC:
+        what = "the disk holding it is full"
+    elif err.errno == errno.EFBIG:
+        what = "the file is larger than this process may write (ulimit -f)"
+    else:
+        what = err.strerror or str(err)
+    need = f"; it needs {size / 2**20:.2f} MiB" if size is not None else ""
+    before = (f"the previous {path.name} there is intact" if path.is_file()
+              else f"no {path.name} was there before")
+    return CheckpointWriteError(
+        err.errno, f"could not write checkpoint {path} in folder {path.parent}: {what}{need} "
+        f"({err}); {before}. Make room there (or pass another --out folder) and resume")
+
+
+def _tensors(obj, where: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor in nested dicts / lists / tuples with its path, in a stable order."""
+    if isinstance(obj, torch.Tensor):
+        yield where, obj
+    elif isinstance(obj, dict):
+        for key in sorted(obj, key=repr):
+            yield from _tensors(obj[key], f"{where}/{key!r}")
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _tensors(value, f"{where}/{i}")
+
+
+def tensor_checksum(state: dict) -> str:
+    """sha256 over every tensor of a checkpoint dict (its path, dtype, shape and bytes), in a
+    stable order; the ``checksum`` field itself is left out."""
+    digest = hashlib.sha256()
+    body = {k: v for k, v in state.items() if k != "checksum"}
+    for where, tensor in _tensors(body):
+        t = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{where}|{t.dtype}|{list(tensor.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync,
+    then ``os.replace``, so an interrupted save leaves the previous checkpoint intact.
+
+    The state is serialised in memory first, so that a full disk or a file-size limit is an
+    ``OSError`` of Python's own write (torch's writer reports it as an opaque RuntimeError).
+
+    Raises :class:`CheckpointWriteError` (an ``OSError``) naming the folder and the space
+    needed when the write fails; the temporary file is removed and ``path`` is unchanged.
+    """
+    path = Path(path)
+    buffer = io.BytesIO()
+    try:
+        torch.save(state, buffer)
+    except OSError as err:
+        raise _write_error(path, err) from err
+    data = buffer.getbuffer()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _write_error(path, err, len(data)) from err
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, CheckpointWriteError):
+            raise _write_error(path, err, len(data)) from err
+        raise
+
+
+def torch_reason(err: Exception) -> str:
+    """The first sentence of torch's message, never its advice to load untrusted files."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    text = text.split(". ")[0].rstrip(".")
+    return type(err).__name__ if "weights_only" in text else text
+
+
+_FIELD_TYPES = {"model": str, "config": dict, "state_dict": dict, "optimizer": dict,
+                "scheduler": dict, "train_config": dict, "data": dict, "step": int, "epoch": int,
+                "batch_in_epoch": int, "history": list, "rng": dict}
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint with ``torch.load(weights_only=True)`` (no code in the file can run)
+    and check it: its format, its fields and their types, and its tensors' checksum.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` saying what is wrong
+    with any other (truncated, corrupt, foreign, newer format, Python objects inside).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; pass the checkpoint.pt file inside it")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found; pass the checkpoint.pt that "
+                                f"'python -m vaelab train --out DIR' wrote into DIR")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        if found is None:  # not a pickle of ours at all (e.g. a text file)
+            tail = str(e).partition("WeightsUnpickler error:")[2].strip()
+            reason = tail.splitlines()[0] if tail else torch_reason(e)
+            raise ValueError(f"{path} is not a readable vaelab checkpoint: the file is "
+                             f"truncated, damaged or of another kind ({reason})") from None
+        what = f" ({found.group(1)})" if found else ""
+        raise ValueError(
+            f"{path} holds Python objects{what} that vaelab does not load: vaelab reads only "
+            f"tensors and plain containers, so that no code in a file can run. It is not a "
+            f"checkpoint written by vaelab; use one from 'python -m vaelab train'") from None
+    except Exception as e:  # noqa: BLE001 - any other failure here means an unusable file
+        raise ValueError(f"{path} is not a readable vaelab checkpoint: the file is truncated, "
+                         f"damaged or of another kind ({torch_reason(e)})") from None
+    fmt = state.get("format") if isinstance(state, dict) else None
+    if fmt != CHECKPOINT_FORMAT:
+        newer = re.fullmatch(r"vaelab-checkpoint-(\d+)", fmt) if isinstance(fmt, str) else None
+        if newer and int(newer.group(1)) > int(CHECKPOINT_FORMAT.rsplit("-", 1)[1]):
+            raise ValueError(f"{path} was written by a newer vaelab (format {fmt!r}; this one "
+                             f"reads {CHECKPOINT_FORMAT!r}): upgrade vaelab to load it")
+        raise ValueError(f"{path} is not a vaelab checkpoint (format {CHECKPOINT_FORMAT!r}, "
+                         f"found {fmt!r})")
+    missing = sorted(CHECKPOINT_FIELDS - set(state))
+    if missing:
+        raise ValueError(f"{path} is an incomplete vaelab checkpoint: it lacks {missing}; it "
+                         f"was edited or written by another program. Use a checkpoint.pt "
+                         f"written by 'python -m vaelab train'")
+    extra = sorted(set(state) - CHECKPOINT_FIELDS - OPTIONAL_CHECKPOINT_FIELDS, key=repr)
+    if extra:
+        raise ValueError(f"{path} has fields this vaelab does not know ({extra}): it was "
+                         f"written by a newer vaelab (upgrade) or by another program")
+    for key, kind in _FIELD_TYPES.items():
+        value = state[key]
+        if not isinstance(value, kind) or (kind is int and (isinstance(value, bool)
+                                                             or value < 0)):
+            raise ValueError(f"{path} is a damaged vaelab checkpoint: its {key!r} is "
+                             f"{type(value).__name__} {value!r:.60}, not {kind.__name__}"
+                             + (" >= 0" if kind is int else ""))
+    if "checksum" in state and state["checksum"] != tensor_checksum(state):
+        raise ValueError(f"checkpoint {path} is corrupt: its tensors do not match their "
+                         f"checksum (a damaged disk or copy); use another checkpoint, e.g. "
+                         f"best.pt, or retrain")
+    bad = next((r for r in state["history"] if not isinstance(r, dict)
+                or r.get("kind") not in ("train", "val", "end")), None)
+    if bad is not None:
+        raise ValueError(f"{path} is a damaged vaelab checkpoint: a history record is "
+                         f"{bad!r:.60}, not a dict with kind 'train', 'val' or 'end'")
+    rng = state["rng"]
+    if not all(isinstance(rng.get(k), torch.Tensor) and rng[k].dtype == torch.uint8
+               for k in ("data", "torch")):
+        raise ValueError(f"{path} is a damaged vaelab checkpoint: its 'rng' lacks the random "
+                         f"states 'data' and 'torch' (uint8 tensors) that a resume restores")
+    if "recipe" in state:
+        if not isinstance(state["recipe"], dict):
+            raise ValueError(f"{path} is a damaged vaelab checkpoint: its 'recipe' is "
+                             f"{type(state['recipe']).__name__}, not dict")
+        optim.from_dict(state["recipe"])  # a known recipe, or a ValueError naming it
+    return upgrade(state)
+
+
+def upgrade(state: dict) -> dict:
+    """A checkpoint written before the optimiser recipes (its train_config has
+    ``clip_value_sum`` and ``decay_before_clip``) in today's form: those fields become the
+    ``recipe`` that trains as they did (:func:`vaelab.train.optim.from_old_train_config`)."""
+    old = {"clip_value_sum", "decay_before_clip"} & set(state["train_config"])
+    if not old:
+        return state
+    train_config, recipe = optim.from_old_train_config(state["train_config"])
+    return {**state, "train_config": train_config, "recipe": optim.to_dict(recipe)}
+
+
+def build_model(name: str, config: dict) -> nn.Module:
+    """A fresh model from ``MODELS[name]`` and a config dict (as stored in checkpoints)."""
+    from vaelab import MODELS
+
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    config_cls, model_cls = MODELS[name]
+    return model_cls(config_cls(**check_types(config_cls, config, flag="checkpoint config:")))
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """The model stored in a checkpoint, in eval mode, and the checkpoint dict."""
+    state = load_checkpoint(path, map_location=device)
+    model = build_model(state["model"], state["config"])
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as e:  # sizes or names that its own config does not give
+        raise ValueError(f"{path}: its weights do not fit the model its config describes "
+                         f"({torch_reason(e)}); the file was edited or damaged") from None
+    return model.to(device).eval(), state
+
+

@@ -1,0 +1,152 @@
+"""How a run stops when it must: divergence detected by what it means, Ctrl-C and SIGTERM
+turned into a saved checkpoint, and the sentence that says what survived and what to do.
+
+Divergence is a step whose loss is non-finite, beyond ``TrainConfig.max_abs_loss``, or far
+above the run's own recent level (:class:`Level`), or whose gradient norm is non-finite. The
+step is refused before the optimiser takes it, so the parameters stay the last good ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import statistics
+import sys
+import threading
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite or exploding loss or gradient: training stopped before the parameters took
+    it; the message says which checkpoint on disk holds the last good state. ``lr`` is the
+    learning rate of the last good step, ``step`` the failing one."""
+
+    lr: float | None = None
+    step: int | None = None
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during :func:`fit`; ``checkpoint`` is the file holding the last
+    saved state (None when there is none) and ``step`` its step. The message says how to
+    resume."""
+
+    def __init__(self, message: str, checkpoint: Path | None = None,
+                 step: int | None = None) -> None:
+        super().__init__(message)
+        self.checkpoint, self.step = checkpoint, step
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Level:
+    """The run's recent loss level: the median of the last ``window`` good steps' losses.
+
+    A loss more than ``factor`` times the level's magnitude (at least 1 nat) above the level
+    is divergence: learning lowers the loss, and no model here has a healthy step ten times
+    its recent level (the VAE's loss at ``--lr 10`` jumps from about 100 to 2,000 and then
+    8e6 nats). Before ``warmup`` good steps there is no level and only the absolute bound
+    applies.
+    """
+
+    def __init__(self, window: int = 50, factor: float = 10.0, warmup: int = 10) -> None:
+        self.losses: deque[float] = deque(maxlen=window)
+        self.factor, self.warmup = factor, warmup
+
+    def add(self, loss: float) -> None:
+        self.losses.append(loss)
+
+    def limit(self, max_abs: float) -> float:
+        """The highest loss the next steps may have (until the next reads)."""
+        if len(self.losses) < self.warmup:
+            return max_abs
+        level = statistics.median(self.losses)
+        return min(max_abs, level + self.factor * max(abs(level), 1.0))
+
+
+def check_step(step: int, values: list[float], max_abs: float, limit: float = math.inf
+               ) -> None:
+    """Raise TrainingDiverged (its ``step`` set) if step ``step``'s ``[elbo, log-lik, kl,
+    steps, loss(, grad norm)]`` show a non-finite or exploding loss, or a non-finite gradient
+    norm."""
+    try:
+        _check(step, values, max_abs, limit)
+    except TrainingDiverged as err:
+        err.step = step
+        raise
+
+
+def _check(step: int, values: list[float], max_abs: float, limit: float) -> None:
+    value = values[4]
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"non-finite loss at step {step}")
+    if abs(value) > max_abs:
+        raise TrainingDiverged(f"exploding loss {value:.3g} at step {step} (beyond "
+                               f"TrainConfig.max_abs_loss={max_abs:g})")
+    if value > limit:
+        raise TrainingDiverged(f"exploding loss {value:.4g} at step {step}, far above the "
+                               f"run's recent level (the limit was {limit:.4g})")
+    if len(values) > 5 and not math.isfinite(values[5]):
+        raise TrainingDiverged(f"non-finite gradient norm at step {step}")
+
+
+@contextlib.contextmanager
+def deferred_stop() -> Iterator:
+    """While training, the first Ctrl-C (or SIGTERM, as a job scheduler or the dashboard sends)
+    asks fit to stop after the current step, so the checkpoint it saves is a clean one; a
+    second one interrupts at once. Only in the main thread, and only for the signals still at
+    Python's defaults (a program that handles them itself keeps its handlers)."""
+
+    class Stop:
+        requested = False
+
+    stop = Stop()
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    ours = [s for s, d in defaults.items() if signal.getsignal(s) is d]
+
+    def handler(signum, frame):
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.requested = True
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{name}: stopping after this step and saving a checkpoint ({name} again to "
+              f"stop at once)", file=sys.stderr, flush=True)
+
+    for s in ours:
+        signal.signal(s, handler)
+    try:
+        yield stop
+    finally:
+        for s in ours:
+            signal.signal(s, defaults[s])
+
+
+def survivor(out: Path | None, saved: Path | None, step: int | None) -> str:
+    """What is true about the checkpoint on disk, for a message after training stopped."""
+    if out is None:
+        return "no checkpoint was being written (out_dir is None)"
+    if saved is None:
+        return f"no checkpoint had been written to {out} yet"
+    if step is None:
+        return f"{saved} exists but cannot be read"
+    return f"the last checkpoint, {saved}, holds step {step}"
+
+
+def advice(saved: Path | None, lr: float | None, diverged: bool) -> str:
+    """What to do next. After divergence: start again with a lower rate, applied from the
+    first step (resuming would recompute the failing loss from the same saved weights)."""
+    if diverged:
+        lower = f"{lr / 10:.3g}" if lr is not None else "a tenth of it"
+        return (f"Start a new run with a lower learning rate (e.g. --lr {lower}; in Python "
+                f"TrainConfig(lr={lower})) into another folder, or raise min_scale, or check "
+                f"the data for extreme values")
+    if saved is None:
+        return "There is nothing to resume from"
+    return (f"Resume with the same command and --resume {saved} (in Python: fit(..., "
+            f"resume=path))")
