@@ -252,3 +252,54 @@ def test_the_dashboard_is_served_without_magic_tracebacks_or_deploy_menu():
     read = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, check=True).stdout
     assert read.strip() == "[False, False, 'none', 'minimal']"
+
+
+def _finished_run(folder: Path, model_name: str = "vae", data: str = "digits",
+                  **overrides) -> None:
+    """A run folder written in this process as the CLI writes it (RunWriter as fit's
+    callback), two epochs of a tiny model."""
+    from vaelab.config import make_model
+
+    train, val, _ = load_dataset(data)
+    model = make_model(model_name, train, overrides)
+    config = TrainConfig(epochs=2, batch_size=256, progress=False, out_dir=str(folder))
+    with runs.RunWriter(folder) as writer:
+        writer.start({"model": model_name, "model_config": dict(overrides),
+                      "train_config": {"epochs": 2}, "data": {"name": data},
+                      "unit": model.unit, "has_latents": model.has_latents})
+        fit(model, train, val, config, data_spec={"name": data}, callback=writer)
+
+
+def test_views_of_a_finished_run_compare_and_export(tmp_path):
+    _finished_run(tmp_path / "small", hidden_dims=[8], z_dim=2)
+    _finished_run(tmp_path / "wide", hidden_dims=[16], z_dim=2)
+    _finished_run(tmp_path / "flow", "realnvp", "moons", hidden_dim=8, num_layers=2)
+    at = session()
+    at.text_input(key="out_root").set_value(str(tmp_path)).run()
+    at.query_params["run"] = "small"
+    at.run()
+    _ok(at)
+    text = " ".join(_texts(at, ("markdown",)))
+    assert "**small**: vae on digits — **finished**" in text
+    assert at.button(key="stop").disabled  # a command-line run: read-only here
+    # the CSV is written when clicked (its name, <run>-metrics.csv: tests/test_runs.py)
+    assert [b.proto.label for b in at.get("download_button")] == ["Download metrics (CSV)",
+                                                                  "Download checkpoint"]
+    at.radio(key="x_axis").set_value("wall").run()
+    _ok(at)
+    spec = __import__("json").loads(at.get("vega_lite_chart")[0].proto.spec)
+    assert spec["encoding"]["x"]["field"] == "wall"
+    at.radio(key="view").set_value("latents and samples").run()
+    _ok(at)
+    assert at.get("imgs") or at.get("image"), "no model figure"
+    assert any("from the checkpoint at step" in c.value for c in at.caption)
+    at.radio(key="view").set_value("explore").run()
+    _ok(at)
+    at.radio(key="view").set_value("compare runs").run()
+    _ok(at)
+    offered = at.multiselect(key="overlay_runs").options
+    assert sorted(offered) == ["small", "wide"]  # the flow on moons is not comparable
+    at.multiselect(key="overlay_runs").set_value(["small", "wide"]).run()
+    _ok(at)
+    overlay = __import__("json").loads(at.get("vega_lite_chart")[-1].proto.spec)
+    assert overlay["encoding"]["color"]["scale"]["domain"] == ["small", "wide"]
