@@ -41,7 +41,8 @@ from vaelab.protocol import model_class
 from vaelab.train import TrainConfig, load_model
 
 POLL_SECONDS = 2.0  # how often the page reads the run folder while a run of this session runs
-DPI = 100
+DPI = 100  # figures on the page
+EXPORT_DPI = 200  # figures downloaded
 LEARNING_RATES = [1e-4, 3e-4, 1e-3, 2e-3, 3e-3, 1e-2]
 # model config fields with a widget: (field, label, min, max, step)
 INT_FIELDS = (
@@ -447,10 +448,19 @@ def run_panel() -> None:
         st.rerun()  # the session's runs ended: stop polling
 
 
-def png(fig) -> bytes:
+def png(fig, dpi: int = DPI) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
+    fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
+
+
+def export_png(fig, title: str) -> bytes:
+    """The figure for a slide or a report: EXPORT_DPI, the run and the step in its title."""
+    fig.suptitle(title, fontsize=10)
+    try:
+        return png(fig, EXPORT_DPI)
+    finally:
+        fig.suptitle("")
 
 
 def snapshot(run: dict):
@@ -494,7 +504,7 @@ def show_figures(run: dict) -> None:
         try:
             figures = plots.model_figures(snap["model"], snap["view"].batch, snap["view"].info,
                                           labels=snap["view"].labels)
-            held = {"key": snap["key"], "images": [(t, png(f)) for t, f in figures.items()],
+            held = {"key": snap["key"], "images": [(t, png(f), f) for t, f in figures.items()],
                     "warning": None}
         except (ValueError, RuntimeError, TypeError, NotImplementedError) as e:
             held = {"key": snap["key"], "images": [], "warning": f"{type(e).__name__}: {e}"}
@@ -502,12 +512,15 @@ def show_figures(run: dict) -> None:
     if held["warning"]:
         st.warning(f"model figures unavailable: {held['warning']}")
     st.caption(f"from the checkpoint at step {snap['step']}")
-    for i, (title, image) in enumerate(held["images"]):
+    for i, (title, image, fig) in enumerate(held["images"]):
         st.subheader(title)
         st.image(image)
         name = title.split(" (")[0].replace(" ", "_")
-        st.download_button("PNG", image, file_name=runs.export_name(
-            run, f"{name}-step{snap['step']}", "png"), mime="image/png", key=f"png_{i}")
+        st.download_button(  # drawn at EXPORT_DPI only when clicked
+            f"PNG, {EXPORT_DPI} dpi", functools.partial(
+                export_png, fig, f"{run['name']}, step {snap['step']}: {title}"),
+            file_name=runs.export_name(run, f"{name}-step{snap['step']}", "png"),
+            mime="image/png", key=f"png_{i}")
 
 
 def explore(run: dict) -> None:

@@ -293,6 +293,7 @@ def test_views_of_a_finished_run_compare_and_export(tmp_path):
     _ok(at)
     assert at.get("imgs") or at.get("image"), "no model figure"
     assert any("from the checkpoint at step" in c.value for c in at.caption)
+    assert "PNG, 200 dpi" in [b.proto.label for b in at.get("download_button")]
     at.radio(key="view").set_value("explore").run()
     _ok(at)
     at.radio(key="view").set_value("compare runs").run()
