@@ -568,7 +568,9 @@ def compare(run: dict | None, visible: list[dict]) -> None:
                "has_latents": r["settings"].get("has_latents", True),
                "records": runs.read_metrics(r["folder"])[0]}
               for i in picked for r in same if r["id"] == i]
-    keys = {k: t for t, k, _ in (*charts.LATENT_PANELS, *charts.FLOW_PANELS)}
+    panels = charts.LATENT_PANELS if run["settings"].get("has_latents", True) else \
+        charts.FLOW_PANELS
+    keys = {k: t for t, k, _ in panels}
     key = st.selectbox("curve", list(keys), format_func=keys.get, key="overlay_metric")
     c1, c2 = st.columns(2)
     smoothing = c1.slider("smoothing", 0.0, 0.99, 0.6, 0.01, key="overlay_smoothing")
