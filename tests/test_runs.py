@@ -269,6 +269,7 @@ def test_queue_with_limit_two_pause_continue_stop(tmp_path):
     _wait(lambda: all(runs.read_status(tmp_path / i)["state"] not in runs.ACTIVE
                       for i in ids))
     assert all((tmp_path / i / "checkpoint.pt").is_file() for i in ids)
+    _wait(lambda: runs.dispatch(tmp_path, hosting) == [] and not runs._CHILDREN)  # reaped
 
 
 @pytest.mark.integration

@@ -537,6 +537,8 @@ def dispatch(root: str | Path, hosting: Hosting, now: float | None = None) -> li
     started."""
     now = time.time() if now is None else now
     started = []
+    for pid in list(_CHILDREN):  # reap the processes that ended (no zombies pile up)
+        pid_alive(pid)
     with _lock(root):
         runs = list_runs(root)
         if hosting.hosted and hosting.grace_seconds:
