@@ -28,12 +28,12 @@ from vaelab.datasets import load_dataset
 from vaelab.live import (
     accepted_data,
     builtin_dataset,
+    check_upload,
     dataset_needs_path,
     diagnose,
     make_view,
     observed_steps,
     plan_run,
-    read_upload,
     reference_metrics,
     sample_piano_roll,
 )
@@ -182,14 +182,7 @@ with st.sidebar:
         state.pop("uploaded", None)
     elif state.get("uploaded", {}).get("file_id") != upload.file_id:
         try:
-            if upload.size > HOSTING.max_upload_bytes:
-                raise ValueError(f"{upload.name} is {upload.size / 2**20:.1f} MB, over this "
-                                 f"server's {HOSTING.max_upload_bytes / 2**20:g} MB cap")
-            info = read_upload(upload.name, upload.getvalue())
-            runs.check_data_spec(info["data"], HOSTING)
-            if HOSTING.max_params and info["params"] > HOSTING.max_params:
-                raise ValueError(f"{upload.name} holds {info['params']:,} parameters, over "
-                                 f"this server's cap of {HOSTING.max_params:,}")
+            info = check_upload(upload.name, upload.getvalue(), HOSTING)
             state.uploaded = {"file_id": upload.file_id, **info}
         except ValueError as e:
             state.uploaded = {"file_id": upload.file_id, "error": str(e)}

@@ -15,6 +15,7 @@ from vaelab.live import (
     accepted_data,
     active_units,
     check_compatible,
+    check_upload,
     checkpoint_summary,
     count_parameters,
     dataset_needs_path,
@@ -237,3 +238,27 @@ def test_plan_run_refuses_server_paths_when_hosted(tmp_path):
     with pytest.raises(ValueError, match="outside the server's data folder"):
         plan_run("vae", "arrays", "/etc/passwd", {}, TRAIN,
                  Hosting(hosted=True, root=tmp_path, data_root=tmp_path))
+
+
+def test_check_upload_applies_the_size_data_and_parameter_caps(digits, tmp_path):
+    train_data, val, _ = digits
+    model = make_model("vae", train_data, {"hidden_dims": [8], "z_dim": 2})
+    params = sum(p.numel() for p in model.parameters())
+    for name, spec in (("ok", {"name": "digits"}),
+                       ("evil", {"name": "arrays", "path": "/etc/passwd"})):
+        fit(model, train_data, val, TrainConfig(max_steps=1, epochs=3, progress=False,
+                                                out_dir=str(tmp_path / name)), data_spec=spec)
+    ok = (tmp_path / "ok" / "checkpoint.pt").read_bytes()
+    evil = (tmp_path / "evil" / "checkpoint.pt").read_bytes()
+    hosted = Hosting(hosted=True, root=tmp_path, max_params=params)
+    assert check_upload("ok.pt", ok, hosted)["params"] == params
+    with pytest.raises(ValueError, match="only built-in data sets"):
+        check_upload("evil.pt", evil, hosted)
+    check_upload("evil.pt", evil, Hosting(root=tmp_path))  # a laptop's own paths are its own
+    with pytest.raises(ValueError, match=f"over this server's cap of {params - 1:,}"):
+        check_upload("ok.pt", ok, Hosting(hosted=True, root=tmp_path, max_params=params - 1))
+    with pytest.raises(ValueError, match=rf"ok.pt is {len(ok) / 1024:.1f} KB, over this "
+                                         rf"server's 1\.0 KB cap"):
+        check_upload("ok.pt", ok, Hosting(hosted=True, root=tmp_path, max_upload_bytes=1024))
+    with pytest.raises(ValueError, match="not a vaelab checkpoint"):
+        check_upload("junk.pt", b"junk", hosted)

@@ -135,6 +135,28 @@ def read_upload(name: str, content: bytes) -> dict:
     return summary(ckpt)
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.1f} KB"
+
+
+def check_upload(name: str, content: bytes, hosting) -> dict:
+    """An uploaded checkpoint this server may continue: at most ``hosting.max_upload_bytes``,
+    a vaelab checkpoint (:func:`read_upload`), a data spec it may load
+    (:func:`vaelab.runs.check_data_spec`) and a model within the parameter cap. Returns its
+    :func:`summary`; raises ``ValueError`` saying which check failed."""
+    from vaelab.runs import check_data_spec
+
+    if len(content) > hosting.max_upload_bytes:
+        raise ValueError(f"{name} is {_size(len(content))}, over this server's "
+                         f"{_size(hosting.max_upload_bytes)} cap")
+    info = read_upload(name, content)
+    check_data_spec(info["data"], hosting)
+    if hosting.max_params and info["params"] > hosting.max_params:
+        raise ValueError(f"{name} holds {info['params']:,} parameters, over this server's cap "
+                         f"of {hosting.max_params:,}")
+    return info
+
+
 def summary(ckpt: dict) -> dict:
     """``{"model", "step", "epoch", "data", "text", "remaining"}`` of a checkpoint dict:
     ``text`` is ``"<model> at step N"``, ``remaining`` is :func:`remaining`."""
