@@ -7,6 +7,7 @@ package (the ``test`` extra). Screenshots go to ``artifacts/browser/`` (git-igno
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -56,12 +57,14 @@ def _wait_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
                          f"{log.read_text()[-3000:]}")
 
 
-@pytest.fixture
-def server(tmp_path):
-    """The dashboard served on a free local port; terminated afterwards whatever happens."""
+@contextlib.contextmanager
+def _serve(tmp_path: Path, **env: str):
+    """The dashboard served on a free local port (``env`` added to its environment);
+    terminated afterwards whatever happens, with the training processes it started."""
     port = _free_port()
     log = tmp_path / "streamlit.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+           **env}
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
@@ -73,12 +76,31 @@ def server(tmp_path):
         _wait_healthy(url, proc, log)
         yield types.SimpleNamespace(url=url, pid=proc.pid, log=log)
     finally:
+        trainers = _trainers(proc.pid)
         proc.terminate()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=20)
+        for pid in trainers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).terminate()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """The dashboard on a laptop: the runs folder is typed in the sidebar."""
+    with _serve(tmp_path) as served:
+        yield served
+
+
+@pytest.fixture
+def hosted_server(tmp_path):
+    """The dashboard hosted for a class, its runs under tmp_path/runs."""
+    with _serve(tmp_path, VAELAB_HOSTED="1", VAELAB_RUNS_ROOT=str(tmp_path / "runs"),
+                VAELAB_MAX_RUNS="2") as served:
+        yield served
 
 
 def _browser_tools():
@@ -106,15 +128,17 @@ def _button(page, name: str):
 
 
 def _trainers(server_pid: int) -> list[int]:
-    """The training processes of the server: the children of its multiprocessing fork
-    server (zombies not counted)."""
+    """The training processes the server started (``python -m vaelab train``), zombies not
+    counted."""
     out = []
-    for child in psutil.Process(server_pid).children(recursive=True):
-        try:
-            if "forkserver" in " ".join(child.cmdline()):
-                out += [c.pid for c in child.children() if c.status() != psutil.STATUS_ZOMBIE]
-        except psutil.NoSuchProcess:
-            pass
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for child in psutil.Process(server_pid).children(recursive=True):
+            try:
+                if "vaelab train" in " ".join(child.cmdline()) and \
+                        child.status() != psutil.STATUS_ZOMBIE:
+                    out.append(child.pid)
+            except psutil.NoSuchProcess:
+                pass
     return out
 
 
@@ -151,10 +175,8 @@ def _click_fast(button, timeout: float = 5_000) -> None:
     did is checked afterwards, on the page and in the server's processes."""
     from playwright.sync_api import Error
 
-    try:
+    with contextlib.suppress(Error):  # playwright's TimeoutError is an Error too
         button.click(force=True, no_wait_after=True, timeout=timeout)
-    except Error:  # playwright's TimeoutError is an Error too
-        pass
 
 
 def _click_until(page, name: str, shown: str, tries: int = 5) -> None:
@@ -172,8 +194,9 @@ def _click_until(page, name: str, shown: str, tries: int = 5) -> None:
     expect(page.get_by_text(re.compile(shown))).to_be_visible()
 
 
-def _status(page) -> str:
-    return page.get_by_text(re.compile(r"status: ")).first.inner_text()
+def _status(page):
+    """The run panel's status line: "<run>: <model> on <data> — <state>, step N ..."."""
+    return page.get_by_text(re.compile(r" — (queued|training|paused|stopped|finished|failed)"))
 
 
 @pytest.fixture
@@ -233,176 +256,71 @@ def test_every_model_starts_and_shows_points(server, browser_page, tmp_path):
         train = _button(page, "Train")
         expect(train).to_be_enabled()
         train.click()
-        expect(page.get_by_text(re.compile(rf"^{model} on {data} \("))).to_be_visible()
-        newest = page.get_by_text(re.compile(r"newest point: step [1-9]"))
-        expect(newest).to_be_visible()  # points on the live chart
+        status = page.get_by_text(re.compile(rf": {model} on {data} — training, step [1-9]"))
+        expect(status).to_be_visible()  # points on the live chart
         expect(page.get_by_test_id("stVegaLiteChart").first).to_be_visible()
-        first = newest.inner_text()
-        expect(newest).not_to_have_text(first)  # and new ones keep coming
+        first = status.inner_text()
+        expect(status).not_to_have_text(first)  # and new ones keep coming
         assert not page.get_by_test_id("stException").count()
         page.screenshot(path=str(ARTIFACTS / f"training-{model}-{data}.png"), full_page=True)
         _button(page, "Stop").click()
-        expect(page.get_by_text(re.compile(r"status: stopped"))).to_be_visible()
+        expect(page.get_by_text(re.compile(rf": {model} on {data} — stopped"))).to_be_visible()
         _wait_for(lambda: not _trainers(server.pid))
 
 
-def test_rapid_clicks_leave_only_the_run_the_page_shows(server, browser_page, tmp_path):
-    page, expect = browser_page
-    page.goto(server.url)
-    expect(page.get_by_text("press Train")).to_be_visible()
-    _fill(page, "hidden size", "16")
-    _fill(page, "epochs", "1000")
-    _fill(page, "runs folder", str(tmp_path / "runs"))
-    # Train clicked repeatedly, fast: one run, the one shown
-    train = _button(page, "Train")
-    for _ in range(4):
-        _click_fast(train)
-    expect(page.get_by_text(re.compile(r"status: running, step [1-9]"))).to_be_visible()
-    assert len(_trainers(server.pid)) == 1
-    assert not page.get_by_text("already").count()
-    # Pause clicked repeatedly: it pauses (a request, not a toggle)
-    pause = _button(page, "Pause")
-    for _ in range(3):
-        _click_fast(pause)
-    expect(page.get_by_text(re.compile(r"status: paused"))).to_be_visible()
-    continue_ = _button(page, "Continue")
-    for _ in range(3):
-        if continue_.count():
-            _click_fast(continue_)
-    expect(page.get_by_text(re.compile(r"status: running"))).to_be_visible()
-    # Stop clicked repeatedly: stopped, no process left
-    stop = _button(page, "Stop")
-    for _ in range(4):
-        if stop.count() and stop.is_enabled():
-            _click_fast(stop)
-    expect(page.get_by_text(re.compile(r"status: stopped"))).to_be_visible()
-    _wait_for(lambda: not _trainers(server.pid))
-    # Start/Stop bursts: whatever the order, at most one trainer, and it is the one shown
-    for _ in range(3):
-        train = _button(page, "Train")
-        expect(train).to_be_enabled()  # disabled while the last run is still stopping
-        _click_fast(train)
-        expect(page.get_by_text(re.compile(r"status: (starting|running)"))).to_be_visible()
-        _click_until(page, "Stop", r"status: (stopping|stopped)")
-        assert len(_trainers(server.pid)) <= 1
-    expect(page.get_by_text(re.compile(r"status: stopped"))).to_be_visible()
-    _wait_for(lambda: not _trainers(server.pid))
-    expect(_button(page, "Train")).to_be_enabled()
-    page.screenshot(path=str(ARTIFACTS / "after-bursts.png"), full_page=True)
-
-
-def test_reload_reattaches_with_the_runs_settings(server, browser_page, tmp_path):
-    page, expect = browser_page
-    page.goto(server.url)
-    expect(page.get_by_text("press Train")).to_be_visible()
-    _fill(page, "hidden size", "24")
-    _fill(page, "epochs", "777")
-    _fill(page, "runs folder", str(tmp_path / "runs"))
-    _button(page, "Train").click()
-    expect(page.get_by_text(re.compile(r"status: running, step [1-9]"))).to_be_visible()
-    assert "run=" in page.url
-    page.goto(server.url)  # a new page without the run's id: attaches to the run that trains
-    expect(page.get_by_text(re.compile(r"status: running, step [1-9]"))).to_be_visible()
-    expect(_button(page, "Train")).to_be_disabled()
-    expect(page.get_by_label("epochs", exact=True)).to_have_value("777")
-    expect(page.get_by_label("hidden size", exact=True)).to_have_value("24")
-    page.screenshot(path=str(ARTIFACTS / "reattached.png"), full_page=True)
-    _button(page, "Stop").click()
-    expect(page.get_by_text(re.compile(r"status: stopped, step \d+"))).to_be_visible()
-    expect(page.get_by_role("button", name="Download checkpoint")).to_be_visible()
-    assert list((tmp_path / "runs").glob("*/checkpoint.pt"))
-
-
-def test_bad_upload_gives_a_clean_message(server, browser_page, tmp_path):
-    page, expect = browser_page
-    page.goto(server.url)
-    expect(page.get_by_text("press Train")).to_be_visible()
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"not a checkpoint")
-    page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(str(bad))
-    message = page.get_by_text(re.compile("bad.pt is not a vaelab checkpoint"))
-    expect(message).to_be_visible()
-    text = page.get_by_test_id("stSidebar").inner_text()
-    assert "weights_only" not in text and "/tmp" not in text and "Traceback" not in text
-    expect(_button(page, "Resume from checkpoint")).to_be_disabled()
-    page.screenshot(path=str(ARTIFACTS / "bad-upload.png"), full_page=True)
-
-
-def _view(page, name: str) -> None:
-    """Pick the page's view ``name`` (the radio above the charts)."""
-    from playwright.sync_api import expect
-
-    option = page.get_by_test_id("stRadio").get_by_text(name, exact=True)
-    for _ in range(5):  # a rerun may redraw the radio between the check and the click
+def test_two_sessions_own_their_runs_and_a_reload_reattaches(hosted_server, tmp_path):
+    """Two browser contexts (two students): each trains its own run and sees only it; a bad
+    value stays in its own page; a reload re-attaches to the run with its controls."""
+    sync_playwright, expect = _browser_tools()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    expect.set_options(timeout=UI_LIMIT_MS)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
+                                    headless=True)
         try:
-            expect(option).to_have_count(1)
-            option.click(timeout=5_000)
-            break
-        except Exception:  # noqa: BLE001, S112 - playwright's TimeoutError, strict mode: again
-            continue
-    expect(page.get_by_test_id("stRadio").get_by_role("radio", name=name)).to_be_checked()
-
-
-def test_run_history_reopen_overlay_and_explore(server, browser_page, tmp_path):
-    sys.path.insert(0, str(ROOT / "tests"))
-    from helpers import finished_runs
-
-    folder = finished_runs(tmp_path / "runs")
-    page, expect = browser_page
-    page.goto(server.url)
-    expect(page.get_by_text("press Train")).to_be_visible()
-    _fill(page, "runs folder", str(folder))
-    _view(page, "run history")
-    # the runs, and each stray file with its reason
-    expect(page.get_by_text(f"runs in {folder}")).to_be_visible()
-    expect(page.get_by_test_id("stDataFrame")).to_be_visible()
-    warning = page.get_by_test_id("stAlert").filter(has_text="not readable as runs")
-    expect(warning).to_contain_text("foreign.pt")
-    expect(warning).to_contain_text("holds Python objects")
-    expect(warning).to_contain_text("notes.txt: not a run")
-    assert not (folder / "planted").exists()
-    # overlay: the two newest by default, then a third added
-    caption = page.get_by_text(re.compile(r"Runs: .*beta=4 = b4"))
-    expect(caption).to_be_visible()
-    expect(page.get_by_test_id("stVegaLiteChart")).to_have_count(1)
-    box = page.get_by_test_id("stMultiSelect")
-    for _ in range(5):
-        try:
-            box.click(timeout=5_000)
-            page.keyboard.type("b1")
-            page.get_by_role("option", name="b1", exact=True).click(timeout=5_000)
-            break
-        except Exception:  # noqa: BLE001 - a rerun redrew the box: again
-            page.keyboard.press("Escape")
-    expect(page.get_by_text(re.compile(r"beta=1 \(b1\) = b1"))).to_be_visible()
-    page.keyboard.press("Escape")
-    _choose(page, "curve", "KL(q || p)")  # where beta = 4 visibly differs
-    expect(page.get_by_text(re.compile(r"^KL\(q \|\| p\) of each run"))).to_be_visible()
-    page.screenshot(path=str(ARTIFACTS / "history-overlay.png"), full_page=True)
-    assert not page.get_by_test_id("stException").count()
-    # re-open one: its curves, its settings in the sidebar
-    _choose(page, "open a run: its curves, model figures and exploration", "b4")
-    _button(page, "Open").click()
-    expect(page.get_by_text(re.compile(
-        r"ssm on pendulum \(opened from its checkpoint\) — status: finished"))).to_be_visible()
-    expect(page.get_by_test_id("stVegaLiteChart").first).to_be_visible()
-    z_dim = page.get_by_label("latent size z_dim", exact=True)
-    expect(z_dim).to_have_count(1)  # the rerun's stale copy (another model's) has gone
-    expect(z_dim).to_have_value("4")
-    page.screenshot(path=str(ARTIFACTS / "reopened.png"), full_page=True)
-    _view(page, "latents and samples")
-    expect(page.get_by_text("computed at step 10")).to_be_visible()
-    expect(page.get_by_test_id("stImage").first).to_be_visible()
-    page.screenshot(path=str(ARTIFACTS / "reopened-figures.png"), full_page=True)
-    # explore: the time slider moves the marked step and redraws the frame
-    _view(page, "explore")
-    slider = page.get_by_test_id("stSlider").filter(has_text="time step t").get_by_role("slider")
-    expect(slider).to_be_visible()
-    image = page.get_by_test_id("stImage").locator("img").first
-    before = image.get_attribute("src")
-    slider.focus()
-    page.keyboard.press("End")
-    expect(slider).to_have_value("49")
-    expect(image).not_to_have_attribute("src", before)
-    assert not page.get_by_test_id("stException").count()
-    page.screenshot(path=str(ARTIFACTS / "explore-ssm-pendulum.png"), full_page=True)
+            pages = []
+            for _ in range(2):
+                page = browser.new_context(viewport={"width": 1400, "height": 1700}).new_page()
+                page.set_default_timeout(UI_LIMIT_MS)
+                page.goto(hosted_server.url)
+                expect(page.get_by_text("press Train")).to_be_visible()
+                expect(page.get_by_label("runs folder", exact=True)).to_have_count(0)
+                pages.append(page)
+            a, b = pages
+            _fill(a, "other config fields (key=value; key=value)", "z_dim='many'")
+            _button(a, "Train").click()
+            expect(a.get_by_text(re.compile("z_dim='many' has the wrong type"))).to_be_visible()
+            _fill(a, "other config fields (key=value; key=value)", "")
+            for page, width in ((a, "16"), (b, "24")):
+                _fill(page, "hidden size", width)
+                _fill(page, "epochs", "1000")
+                _button(page, "Train").click()
+                expect(page.get_by_text(re.compile(r": vae on digits — training, step [1-9]")
+                                        )).to_be_visible()
+            assert not b.get_by_text(re.compile("wrong type")).count()  # a's error is a's
+            runs_root = tmp_path / "runs"
+            ids = {page: re.search(r"run=([\w-]+)", page.url).group(1) for page in pages}
+            assert ids[a] != ids[b]
+            for page in pages:  # each lists only its own run
+                picker = page.get_by_test_id("stSelectbox").filter(
+                    has=page.get_by_text("run", exact=True))
+                expect(picker.get_by_role("combobox")).to_have_value(
+                    f"{ids[page]} (training, yours)")
+                picker.click()
+                options = page.get_by_role("option").all_inner_texts()
+                page.keyboard.press("Escape")
+                assert options == [f"{ids[page]} (training, yours)"], options
+            a.screenshot(path=str(ARTIFACTS / "hosted-session-a.png"), full_page=True)
+            b.screenshot(path=str(ARTIFACTS / "hosted-session-b.png"), full_page=True)
+            a.reload()
+            expect(a.get_by_text(re.compile(r": vae on digits — training"))).to_be_visible()
+            expect(_button(a, "Stop")).to_be_enabled()
+            _button(a, "Stop").click()
+            expect(a.get_by_text(re.compile(r": vae on digits — stopped"))).to_be_visible()
+            expect(b.get_by_text(re.compile(r": vae on digits — training"))).to_be_visible()
+            assert (runs_root / ids[a] / "checkpoint.pt").is_file()
+            _button(b, "Stop").click()
+            expect(b.get_by_text(re.compile(r": vae on digits — stopped"))).to_be_visible()
+            assert not a.get_by_test_id("stException").count()
+        finally:
+            browser.close()

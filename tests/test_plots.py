@@ -292,23 +292,6 @@ def test_decoded_image_says_what_its_grey_levels_are():
 # ----------------------------------------------------------------------------- dashboard
 
 
-def test_overlay_spec_colours_runs_and_names_them():
-    rows = [{"step": 1, "value": 5.0, "run": "beta=1", "split": "train"},
-            {"step": 1, "value": 6.0, "run": "beta=4", "split": "train"},
-            {"step": 1, "value": 5.5, "run": "beta=4", "split": "validation"}]
-    panel = {"title": "-ELBO", "unit": "nats per observed step", "rows": rows}
-    spec = plots.overlay_spec(panel)
-    colour = spec["encoding"]["color"]
-    assert colour["field"] == "run" and colour["scale"]["domain"] == ["beta=1", "beta=4"]
-    assert colour["scale"]["scheme"] == "tableau10"  # not Streamlit's two blues side by side
-    assert colour["legend"]["title"] == "run (settings that differ)"
-    assert colour["legend"]["labelLimit"] == 0  # long labels are never cut
-    assert spec["encoding"]["y"]["title"] == "nats per observed step"
-    marks = {layer["transform"][0]["filter"]: layer["mark"]["type"] for layer in spec["layer"]}
-    assert marks == {"datum.split == 'train'": "line", "datum.split == 'validation'": "point"}
-    assert plots.overlay_spec(panel, log=True)["encoding"]["y"]["scale"] == {"type": "symlog"}
-
-
 def _marked_times(fig) -> dict[str, list[float]]:
     """Axis title -> the x positions of its time markers."""
     return {ax.get_title(): [line.get_xdata()[0] for line in ax.lines
@@ -465,11 +448,3 @@ def test_dashboard_figures_are_readable_at_default_latent_sizes(name, data, size
         figures["explore"] = plots.decoded_image(model, {0: 1.0}, info["image_shape"])
     problems = {title: readability_problems(fig) for title, fig in figures.items()}
     assert not {t: p for t, p in problems.items() if p}, problems
-
-
-def test_latent_usage_spec_is_the_validated_chart():
-    entry = {"activity": [0.5, 0.001, 0.2], "kl_per_dim": [0.3, 0.0, 0.1], "step": 4}
-    spec = plots.latent_usage_spec(entry)
-    assert spec == plots.latent_usage_chart(entry).to_dict()  # validated against the schema
-    assert [r["active"] for r in spec["hconcat"][0]["data"]["values"]] == \
-        ["active", "inactive", "active"]

@@ -18,6 +18,7 @@ from vaelab.config import check_types, data_spec, make_model, parse_sets
 from vaelab.datasets import DATASETS, load_dataset
 from vaelab.kalman import exact_nll
 from vaelab.presets import PRESETS, apply_preset, preset_optimizer
+from vaelab.runs import RunWriter
 from vaelab.sweep import run_sweep, summarise
 from vaelab.train import (
     CheckpointWriteError,
@@ -87,6 +88,16 @@ def _resumed(args: argparse.Namespace, spec: dict, ckpt: dict, model_sets: dict)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train, writing the run folder (:class:`vaelab.runs.RunWriter`: metrics, status,
+    requests) on rank 0 when there is an output folder."""
+    folder = args.out or (args.resume and str(Path(args.resume).parent))
+    if folder is None or int(os.environ.get("RANK", "0")) != 0:
+        return _train(args, None)
+    with RunWriter(folder) as writer:
+        return _train(args, writer)
+
+
+def _train(args: argparse.Namespace, writer: RunWriter | None) -> int:
     ckpt = None if args.resume is None else _from_checkpoint(args)
     missing = [flag for flag, value in (("--model", args.model), ("--data", args.data),
                                         ("--out", args.out)) if value is None]
@@ -126,8 +137,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         _check_size(args, train, model_sets)
         model = make_model(args.model, train, model_sets)
     args.resolved = (model, config)  # for the divergence advice's command
+    if writer is not None:
+        writer.start({"model": args.model, "model_config": dataclasses.asdict(model.config),
+                      "train_config": dataclasses.asdict(config), "data": spec,
+                      "unit": model.unit, "has_latents": model.has_latents})
     history = fit(model, train, val, config, resume=args.resume, data_spec=spec,
-                  optimizer=optimizer)
+                  optimizer=optimizer, callback=writer)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 reports for all
         return 0
     last = {r["kind"]: r for r in history}
