@@ -46,9 +46,45 @@ def test_right_answers_pass(capsys: pytest.CaptureFixture) -> None:
     check_coupling_forward(forward_right)
     check_coupling_log_det(log_det_right)
     check_flow_log_prob(log_prob_right)
-    # the library's own answer passes too
-    check_flow_log_prob(lambda x, t, base: TransformedDistribution(base, [t]).log_prob(x))
-    assert capsys.readouterr().out.count("correct") == 4
+    assert capsys.readouterr().out.count("correct") == 3
+
+
+def test_library_shortcuts_are_named() -> None:
+    # right numbers, but the library's own answer: named, however it is reached
+    from vaelab.flows import AffineCoupling
+
+    with pytest.raises(Mistake, match="TransformedDistribution\\(...\\).log_prob is the"):
+        check_flow_log_prob(lambda x, t, base: TransformedDistribution(base, [t]).log_prob(x))
+
+    def forward_by_library(x, mask, shift, raw, bound):
+        return AffineCoupling(lambda xm, c: (shift, raw), mask, None, bound)(x)
+
+    with pytest.raises(Mistake, match="vaelab.flows is the library's answer"):
+        check_coupling_forward(forward_by_library)
+
+
+def test_swapped_log_det_arguments_are_named() -> None:
+    # a coupling layer's log-det is the same at z and at x; the exponential's is not
+    def swapped(x, t, base):
+        z = t.inv(x)
+        return base.log_prob(z) - t.log_abs_det_jacobian(x, z)
+
+    with pytest.raises(Mistake, match="takes \\(z, x\\), the base point first.*exp "
+                                      "transform"):
+        check_flow_log_prob(swapped)
+
+
+def test_float32_answers_pass_and_a_dtype_mismatch_is_named() -> None:
+    seen = []
+
+    def log_det_any_dtype(mask, raw, bound):
+        seen.append(raw.dtype)
+        return log_det_right(mask, raw, bound)
+
+    check_coupling_log_det(log_det_any_dtype)
+    assert torch.float32 in seen and torch.float64 in seen
+    with pytest.raises(Mistake, match="returned torch.float32 for torch.float64 inputs"):
+        check_coupling_forward(lambda x, b, t, r, k: forward_right(x, b, t, r, k).float())
 
 
 FORWARD_MISTAKES = {
@@ -141,4 +177,5 @@ def test_hints_are_distinct() -> None:
     for i, u in enumerate(values):
         for v in values[i + 1:]:
             assert not torch.allclose(u, v, rtol=1e-5, atol=1e-6)
-    assert flows.SEEDS == (0, 1)
+    assert [c[:2] for c in flows.CASES] == [(0, torch.float64), (1, torch.float64),
+                                            (2, torch.float32)]

@@ -7,6 +7,7 @@ log-density with respect to rho by hand and the checker compares with autograd.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import torch
@@ -14,24 +15,35 @@ from torch import Tensor
 from torch.distributions import Normal
 from torch.nn.functional import softplus
 
-from vaelab.exercises.common import Mistake, check_close, check_shape, not_written
+from vaelab.exercises.common import call_student, cast, check_close, check_shape, watch_module
 
 N = 6
 
 
 def check_scale_gradient(scale_gradient: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
     """``scale_gradient(x [N], mu [N], rho [N]) -> [N]``: d/drho log N(x; mu, softplus(rho))
-    element by element, compared with autograd through ``torch.distributions.Normal``."""
+    element by element, compared with autograd through ``torch.distributions.Normal``, in
+    float64 and float32. Autograd inside the answer (the exercise is the gradient) is named."""
     g = torch.Generator().manual_seed(3)
-    x = 2 * torch.randn(N, generator=g, dtype=torch.float64)
-    mu = torch.randn(N, generator=g, dtype=torch.float64)
-    rho = torch.linspace(-1.5, 1.5, N, dtype=torch.float64)  # sigmoid(rho) far from 1/2 and 1
-    try:
-        got = scale_gradient(x.clone(), mu.clone(), rho.clone())
-    except NotImplementedError as err:
-        raise not_written("scale_gradient", err) from None
-    except Exception as err:
-        raise Mistake(f"scale_gradient raised {type(err).__name__}: {err}") from err
+    for dtype in (torch.float64, torch.float32):
+        inputs, (x, mu, rho) = cast(
+            dtype, 2 * torch.randn(N, generator=g, dtype=torch.float64),
+            torch.randn(N, generator=g, dtype=torch.float64),
+            # sigmoid(rho) far from 1/2 and 1
+            torch.linspace(-1.5, 1.5, N, dtype=torch.float64))
+        got = call_student("scale_gradient", scale_gradient, *(t.clone() for t in inputs),
+                           forbidden=AUTOGRAD)
+        _compare(got, x, mu, rho, dtype)
+
+
+AUTOGRAD = {f: "autograd computes the gradient this exercise asks you to derive; write the "
+               "formula by hand" for f in (
+                   torch.autograd.grad, torch.autograd.backward, torch.Tensor.backward,
+                   torch.autograd.functional.jacobian, torch.autograd.functional.vjp,
+                   torch.func.grad, torch.func.vjp, torch.func.jacrev)}
+
+
+def _compare(got: object, x: Tensor, mu: Tensor, rho: Tensor, dtype: torch.dtype) -> None:
     check_shape("scale_gradient", got, (N,))
     r = rho.clone().requires_grad_(True)
     (expected,) = torch.autograd.grad(Normal(mu, softplus(r)).log_prob(x).sum(), r)
@@ -55,7 +67,8 @@ def check_scale_gradient(scale_gradient: Callable[[Tensor, Tensor, Tensor], Tens
         "you treated sigma as the variance: the density's scale is the standard deviation "
         "sigma": (-1 / (2 * sigma) + sq / (2 * sigma**2)) * torch.sigmoid(rho),
     }
-    check_close("scale_gradient", got, expected, hints=hints)
+    check_close("scale_gradient", got, expected, hints=hints, dtype=dtype)
 
 
 __all__ = ["check_scale_gradient"]
+watch_module(sys.modules[__name__])
