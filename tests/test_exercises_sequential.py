@@ -162,7 +162,27 @@ def reverse_right(x, lengths):
 
 def test_reverse_accepts_the_right_answers() -> None:
     check_reverse_sequences(reverse_right)
-    check_reverse_sequences(reverse_sequences)
+
+
+def test_reverse_names_the_library_and_checks_every_length() -> None:
+    with pytest.raises(Mistake, match="reverse_sequences is the library's answer"):
+        check_reverse_sequences(reverse_sequences)
+    lengths_seen = []
+
+    def recording(x, lengths):
+        lengths_seen.append(sorted(lengths.tolist()))
+        return reverse_right(x, lengths)
+
+    check_reverse_sequences(recording)
+    assert [1, 2, 3, 4, 5, 6, 7] in lengths_seen  # padding at every length
+
+
+def shifted(x, lengths):
+    # x[b, lengths[b] - t], clamped into the sequence: the off-by-one reversal
+    t = torch.arange(x.shape[1])
+    index = (lengths[:, None] - t).clamp(max=x.shape[1] - 1)
+    index = torch.where(t < lengths[:, None], index, t)
+    return x.gather(1, index[..., None].expand_as(x))
 
 
 def test_reverse_names_mistakes() -> None:
@@ -180,7 +200,7 @@ def test_reverse_names_mistakes() -> None:
     with pytest.raises(Mistake, match="changes the padding"):
         check_reverse_sequences(zeroes_padding)
     with pytest.raises(Mistake, match="off by one"):
-        check_reverse_sequences(sequential._shifted_reversal)
+        check_reverse_sequences(lambda x, lengths: shifted(x, lengths))
 
 
 # ----------------------------------------------------------------------------- combiner
@@ -242,3 +262,46 @@ def test_combiner_case_matches_the_module_formula() -> None:
                                                     "b_out", "min_scale")))
     torch.testing.assert_close(loc, case["loc"])
     torch.testing.assert_close(scale, case["scale"])
+
+
+# ----------------------------------------------------------------- precision and shortcuts
+
+
+def test_float32_answers_pass_and_a_dtype_mismatch_is_named() -> None:
+    seen = []
+
+    def kalman_recording(*args):
+        seen.append(args[0].dtype)
+        return kalman_right(*args)
+
+    check_kalman_step(kalman_recording)
+    assert torch.float32 in seen and torch.float64 in seen
+    with pytest.raises(Mistake, match="returned torch.float32 for torch.float64 inputs"):
+        check_kalman_step(lambda *args: tuple(t.float() for t in kalman_right(*args)))
+    with pytest.raises(Mistake, match="returned torch.float32 for torch.float64 inputs"):
+        check_combiner(lambda *args: tuple(t.float() for t in combiner_right(*args)))
+
+
+def test_library_shortcuts_are_named() -> None:
+    from vaelab.dmm import Combiner
+    from vaelab.kalman import LinearGaussianSSM, kalman_filter
+
+    def kalman_by_library(m, P, x, a, A, B, Q, C, R):
+        system = LinearGaussianSSM(m0=m, P0=P, A=A, B=B, Q=Q, C=C, R=R)
+        f = kalman_filter(system, torch.stack([x, 0 * x])[None], torch.stack([a, 0 * a])[None],
+                          torch.tensor([[True, False]]))
+        return f.mean[0, 0], f.cov[0, 0], f.pred_mean[0, 1], f.pred_cov[0, 1]
+
+    with pytest.raises(Mistake, match="vaelab.kalman is the library's answer"):
+        check_kalman_step(kalman_by_library)
+
+    def combiner_by_library(z_prev, h_rnn, W, b, W_out, b_out, min_scale):
+        module = Combiner(W.shape[1], W.shape[0], min_scale).to(W.dtype)
+        module.load_state_dict({"z_to_hidden.weight": W, "z_to_hidden.bias": b,
+                                "hidden_to_loc_scale.weight": W_out,
+                                "hidden_to_loc_scale.bias": b_out}, strict=False)
+        q = module(z_prev, h_rnn).base_dist
+        return q.loc, q.scale
+
+    with pytest.raises(Mistake, match="vaelab.dmm is the library's answer"):
+        check_combiner(combiner_by_library)
