@@ -1,0 +1,181 @@
+"""The course with the real nbgrader: ``course nbgrader`` lays out a course directory,
+``nbgrader generate_assignment`` releases every notebook, and ``nbgrader autograde`` and
+``generate_feedback`` grade a correct, a wrong and a blank submission of each, in grading mode
+(nbgrader_config.py: the short runs). Slow (every submission is executed): the integration
+tier, ``pytest -m integration``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from vaelab import course
+
+pytest.importorskip("nbgrader", reason="nbgrader is in the test extra: pip install -e .[test]")
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDENTS = ("correct", "wrong", "blank")
+# nbgrader's kernel runs the notebooks: the ones it may report for a wrong or blank answer.
+# Anything else (a NameError from a cell that never ran, a timeout, an import error) is a
+# defect of the notebook or of grading mode, not of the student's answer.
+STUDENT_ERRORS = {"Mistake", "NotImplementedError", "AssertionError"}
+
+# A typical wrong answer for every autograded exercise, keyed by grade id: each must score 0.
+WRONG = {
+    "nb01_reparameterize": "return mu + torch.exp(logvar) * eps  # the variance as the scale",
+    "nb01_gaussian_kl": "return -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(dim=1)",
+    "nb01_iwae": "return (log_px_z + log_pz - log_qz).mean(dim=0)  # the K-sample ELBO",
+    # right numbers, by the means the exercise forbids
+    "nb02_scale_gradient": ("rho = rho.clone().requires_grad_(True)\n"
+                            "return torch.autograd.grad(Normal(mu, softplus(rho)).log_prob(x)"
+                            ".sum(), rho)[0]"),
+    "ssm_sequential_elbo": "return ((log_px - kl.sum(-1)) * mask).sum(1)  # 0 * NaN",
+    "ssm_kalman_step": ("S = C @ P @ C.T\nK = P @ C.T @ torch.linalg.inv(S)\n"
+                        "m_filt = m + K @ (x - C @ m)\nP_filt = P - K @ C @ P\n"
+                        "return m_filt, P_filt, A @ m_filt + B @ a, A @ P_filt @ A.T + Q"),
+    "dmm_reverse": "return x.flip(1)",
+    "dmm_combiner": ("h = torch.tanh(z_prev @ W.T + b) + h_rnn  # the 1/2 is missing\n"
+                     "loc, s = (h @ W_out.T + b_out).chunk(2, dim=-1)\n"
+                     "return loc, torch.nn.functional.softplus(s) + min_scale"),
+    "nb05_coupling_forward": ("l = bound * torch.tanh(raw / bound)\n"
+                              "return (1 - mask) * z + mask * (z * l.exp() + shift)"),
+    "nb05_coupling_log_det": "return ((1 - mask) * bound * torch.tanh(raw / bound)).mean(-1)",
+    "nb05_flow_log_prob": ("z = transform.inv(x)\n"
+                           "return base.log_prob(z) - transform.log_abs_det_jacobian(x, z)"),
+}
+
+
+def solution_body(source: str) -> list[str]:
+    """The lines between the solution markers of a source cell, as a student writes them."""
+    lines = source.split("\n")
+    (start, stop), = course._between(lines, course.BEGIN_SOLUTION, course.END_SOLUTION, "cell")
+    return lines[start + 1:stop]
+
+
+def fill(release: nbformat.NotebookNode, source: nbformat.NotebookNode,
+         kind: str) -> nbformat.NotebookNode:
+    """A submission: the released notebook with every stub replaced by the solution
+    (``correct``), by the typical mistake in ``WRONG`` (``wrong``), or left as released
+    (``blank``)."""
+    nb = nbformat.from_dict(release)
+    if kind == "blank":
+        return nb
+    solutions = {c.metadata["nbgrader"]["grade_id"]: c.source for c in source.cells
+                 if c.metadata.get("nbgrader", {}).get("solution")}
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if not meta.get("solution"):
+            continue
+        body = solution_body(solutions[meta["grade_id"]])
+        if kind == "wrong" and cell.cell_type == "code":
+            indent = re.match(r"\s*", body[0]).group(0)
+            body = [indent + line for line in WRONG[meta["grade_id"]].split("\n")]
+        stub = [i for i, line in enumerate(cell.source.split("\n"))
+                if line.strip() in ("# YOUR CODE HERE", "YOUR ANSWER HERE")]
+        lines = cell.source.split("\n")
+        end = stub[0] + (2 if cell.cell_type == "code" else 1)
+        cell.source = "\n".join(lines[:stub[0]] + body + lines[end:])
+    return nb
+
+
+@pytest.fixture
+def grading_env(tmp_path: Path) -> dict[str, str]:
+    """nbgrader's environment: the test's interpreter on PATH (nbgrader runs ``alembic``), a
+    ``python3`` kernelspec starting that interpreter, vaelab importable from this checkout."""
+    spec = tmp_path / "jupyter" / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3", "language": "python"}))
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLBACKEND", "VAELAB_SMALL")}
+    python_path = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return {**env, "JUPYTER_PATH": str(tmp_path / "jupyter"), "PYTHONPATH": python_path,
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])}
+
+
+def nbgrader(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+    done = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0 and "ERROR" not in log, f"nbgrader {' '.join(args)}:\n{log}"
+    return log
+
+
+def errors(nb: nbformat.NotebookNode) -> list[tuple[int, str, bool]]:
+    """``(cell index, error name, graded test cell?)`` for every error output."""
+    return [(i, out.get("ename", "?"), bool(c.metadata.get("nbgrader", {}).get("grade")))
+            for i, c in enumerate(nb.cells) if c.cell_type == "code"
+            for out in c.get("outputs", []) if out.get("output_type") == "error"]
+
+
+@pytest.mark.integration
+def test_nbgrader_grades_correct_wrong_and_blank(tmp_path: Path,
+                                                 grading_env: dict[str, str]) -> None:
+    from nbgrader.api import Gradebook
+
+    root = tmp_path / "course"
+    course.nbgrader_course(root)
+    assert (root / "nbgrader_config.py").read_text() == (ROOT / "nbgrader_config.py").read_text()
+    graded_ids = set()
+    for name in course.ASSIGNMENTS:
+        nbgrader(["generate_assignment", name], root, grading_env)
+        release = nbformat.read(root / "release" / name / f"{name}.ipynb", as_version=4)
+        source = nbformat.read(root / "source" / name / f"{name}.ipynb", as_version=4)
+        text = "\n".join(c.source for c in release.cells)
+        for marker in ("BEGIN SOLUTION", "BEGIN HIDDEN TESTS", "BEGIN MARK SCHEME", "_want"):
+            assert marker not in text, f"{name}: the release holds {marker!r}"
+        graded_ids |= {c.metadata["nbgrader"]["grade_id"] for c in source.cells
+                       if c.metadata.get("nbgrader", {}).get("solution")
+                       and c.cell_type == "code"}
+        for student in STUDENTS:
+            folder = root / "submitted" / student / name
+            folder.mkdir(parents=True)
+            nbformat.write(fill(release, source, student), folder / f"{name}.ipynb")
+    assert graded_ids == set(WRONG), "every autograded exercise has a typical wrong answer"
+
+    seconds = {}
+    for name in course.ASSIGNMENTS:
+        for student in STUDENTS:
+            start = time.perf_counter()
+            nbgrader(["autograde", name, "--student", student], root, grading_env)
+            seconds[name, student] = time.perf_counter() - start
+        nbgrader(["generate_feedback", name], root, grading_env)
+    print("autograde seconds per submission:",
+          {f"{n[:2]} {s}": round(t, 1) for (n, s), t in seconds.items()})
+
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
+        for name in course.ASSIGNMENTS:
+            for student in STUDENTS:
+                sub = gb.find_submission_notebook(name, name, student)
+                auto = [g for g in sub.grades if g.auto_score is not None]
+                points = sum(g.max_score for g in auto)
+                score = sum(g.auto_score for g in auto)
+                assert points > 0, f"{name}: no autograded points"
+                expected = points if student == "correct" else 0
+                assert score == expected, (f"{name}, {student} submission: {score} of {points} "
+                                           f"autograded points, expected {expected}")
+
+    for name in course.ASSIGNMENTS:
+        for student in STUDENTS:
+            graded = nbformat.read(root / "autograded" / student / name / f"{name}.ipynb",
+                                   as_version=4)
+            found = errors(graded)
+            if student == "correct":
+                assert not found, f"{name}: the correct submission's feedback has errors {found}"
+            else:
+                assert any(in_test for _, _, in_test in found), name
+                other = [e for e in found if e[1] not in STUDENT_ERRORS]
+                assert not other, (f"{name}, {student}: errors that are not the student's "
+                                   f"answer failing: {other}")
+            html = root / "feedback" / student / name / f"{name}.html"
+            assert html.is_file(), f"no feedback for {student} on {name}"
+            if student == "correct":
+                assert "Traceback" not in html.read_text(), f"{name}: error in feedback"
