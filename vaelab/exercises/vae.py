@@ -24,7 +24,7 @@ from vaelab.exercises.common import (
     check_shape,
     watch_module,
 )
-from vaelab.objectives import importance_log_likelihood
+from vaelab.objectives import ELBOTerms, importance_log_likelihood, kl_weight, loss
 
 # batch and latent sizes differ, so a sum over the wrong axis shows in the shape
 B, J, K = 5, 3, 7
@@ -204,5 +204,109 @@ def check_iwae(iwae_bound: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
         check_close("iwae_bound", got, expected, hints=hints, dtype=dtype)
 
 
-__all__ = ["check_gaussian_kl", "check_iwae", "check_reparameterize"]
+# ---------------------------------------------------------------- the loss with KL warm-up
+
+# the behaviour check: a 2-D VAE on 8x8 digits trained with the student's loss
+TRAIN_STEPS, WARMUP_STEPS, BATCH = 150, 50, 64
+
+
+def annealed_loss_cases() -> list[tuple[Tensor, Tensor, int, int, torch.dtype]]:
+    """``(log_px_z [B], kl [B], step, warmup_steps, dtype)``: before, during and after the
+    warm-up, no warm-up at all, and a float32 case."""
+    g = _inputs(3)
+    cases = []
+    for step, warmup, dtype in ((3, 10, torch.float64), (0, 10, torch.float64),
+                                (25, 10, torch.float64), (4, 0, torch.float64),
+                                (7, 20, torch.float32)):
+        log_px = -50 + 10 * torch.randn(B + 2, generator=g, dtype=torch.float64)
+        kl = 5 * torch.rand(B + 2, generator=g, dtype=torch.float64)
+        cases.append((log_px.to(dtype), kl.to(dtype), step, warmup, dtype))
+    return cases
+
+
+def check_annealed_loss(annealed_loss: Callable[[Tensor, Tensor, int, int], Tensor]) -> float:
+    """``annealed_loss(log_px_z [B], kl [B], step, warmup_steps) -> []``: the training loss
+    ``-(1/B) sum_b (log p(x_b | z_b) - beta KL_b)`` with ``beta = min(1, step /
+    warmup_steps)`` (1 without warm-up), against :func:`vaelab.objectives.loss` and
+    :func:`vaelab.objectives.kl_weight`; then, by behaviour, a 2-D ``vaelab.VAE`` trained on
+    8x8 digits with it for ``TRAIN_STEPS`` steps must reach the validation bound the library's
+    loss reaches (within 1 nat per image). Returns that validation -ELBO (nats per image)."""
+    name = "annealed_loss"
+    library = {loss: "vaelab.objectives.loss is the library's answer",
+               kl_weight: "vaelab.objectives.kl_weight is the library's answer"}
+    for log_px, kl, step, warmup, dtype in annealed_loss_cases():
+        got = call_student(name, annealed_loss, log_px.clone(), kl.clone(), step, warmup,
+                           forbidden=library, no_grad=True)
+        lp, k = log_px.double(), kl.double()
+        beta = kl_weight(step, warmup, 0.0)
+        expected = loss(ELBOTerms(lp, k, torch.ones_like(lp)), beta)
+        raw = step / warmup if warmup else 1.0
+        hints = {
+            "the KL weight is not applied: during the warm-up the KL counts beta = min(1, "
+            "step / warmup_steps) times": -(lp - k).mean(),
+            "the weight multiplies the log-likelihood instead of the KL": -(beta * lp - k).mean(),
+            "beta is not capped at 1 after the warm-up: beta = min(1, step / warmup_steps)":
+                -(lp - raw * k).mean(),
+            "the loss is summed over the batch; average it (nats per image)":
+                -(lp - beta * k).sum(),
+            "the sign is wrong: the loss is the negative (weighted) ELBO, minimised":
+                (lp - beta * k).mean(),
+            "the KL enters with the wrong sign: ELBO = log-likelihood - KL":
+                -(lp + beta * k).mean(),
+            "the weight is 1 - step / warmup_steps; it rises from 0 to 1":
+                -(lp - max(0.0, 1 - raw) * k).mean(),
+        }
+        if warmup == 0 and isinstance(got, Tensor) and not torch.isfinite(got).all():
+            raise Mistake(f"{name} returned NaN or inf with warmup_steps = 0: no warm-up "
+                          f"means beta = 1 (guard the division step / warmup_steps)")
+        check_close(name, got, expected, hints=hints, dtype=dtype)
+    return _train_with(annealed_loss)
+
+
+def _train_with(annealed_loss: Callable) -> float:
+    """Train a 2-D VAE on the digits with ``annealed_loss`` and with the library's loss from
+    the same seed; the student's must reach the library's validation bound."""
+    from vaelab.data import load_digits
+    from vaelab.train import evaluate_elbo
+    from vaelab.vae import VAE, VAEConfig
+
+    train, val, _ = load_digits()
+    reached = {}
+    for who, fn in (("yours", annealed_loss), ("library", None)):
+        torch.manual_seed(0)
+        model = VAE(VAEConfig(x_dim=train.x_dim, z_dim=2))
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        batches = train.batches(BATCH, shuffle=True, generator=_inputs(0))
+        step = 0
+        while step < TRAIN_STEPS:
+            for batch in batches:
+                terms = model.elbo(batch)
+                if fn is None:
+                    value = loss(terms, kl_weight(step, WARMUP_STEPS, 0.0))
+                else:
+                    value = call_student("annealed_loss", fn, terms.log_likelihood, terms.kl,
+                                         step, WARMUP_STEPS)
+                    if not isinstance(value, Tensor) or value.dim() != 0:
+                        raise Mistake("annealed_loss must return one number, a 0-d tensor")
+                    if not value.requires_grad:
+                        raise Mistake("annealed_loss's value has no gradient: build it from "
+                                      "log_px_z and kl with torch operations (no .item(), "
+                                      ".detach() or torch.tensor(...))")
+                optimizer.zero_grad()
+                value.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+                optimizer.step()
+                step += 1
+                if step == TRAIN_STEPS:
+                    break
+            batches = train.batches(BATCH, shuffle=True, generator=_inputs(step))
+        reached[who] = evaluate_elbo(model, val)["nelbo"]
+    if not math.isfinite(reached["yours"]) or reached["yours"] > reached["library"] + 1.0:
+        raise Mistake(f"a VAE trained {TRAIN_STEPS} steps with your annealed_loss reached a "
+                      f"validation -ELBO of {reached['yours']:.2f} nats per image, the "
+                      f"library's loss {reached['library']:.2f}: it should train as well")
+    return reached["yours"]
+
+
+__all__ = ["check_annealed_loss", "check_gaussian_kl", "check_iwae", "check_reparameterize"]
 watch_module(sys.modules[__name__])
