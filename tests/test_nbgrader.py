@@ -38,6 +38,12 @@ WRONG = {
     "nb02_scale_gradient": ("rho = rho.clone().requires_grad_(True)\n"
                             "return torch.autograd.grad(Normal(mu, softplus(rho)).log_prob(x)"
                             ".sum(), rho)[0]"),
+    "nb02_laplace": (  # a Normal where the Laplace belongs
+        "self.loc = nn.Parameter(torch.zeros(dim))\n"
+        "self.raw_scale = nn.Parameter(torch.full((dim,), math.log(math.expm1(1 - min_scale))))"
+        "\nself.min_scale = min_scale",
+        "scale = softplus(self.raw_scale) + self.min_scale\n"
+        "return Independent(Normal(self.loc.expand(n, -1), scale.expand(n, -1)), 1)"),
     "ssm_sequential_elbo": "return ((log_px - kl.sum(-1)) * mask).sum(1)  # 0 * NaN",
     "ssm_kalman_step": ("S = C @ P @ C.T\nK = P @ C.T @ torch.linalg.inv(S)\n"
                         "m_filt = m + K @ (x - C @ m)\nP_filt = P - K @ C @ P\n"
@@ -54,11 +60,11 @@ WRONG = {
 }
 
 
-def solution_body(source: str) -> list[str]:
-    """The lines between the solution markers of a source cell, as a student writes them."""
+def solution_bodies(source: str) -> list[list[str]]:
+    """The lines between each pair of solution markers of a source cell."""
     lines = source.split("\n")
-    (start, stop), = course._between(lines, course.BEGIN_SOLUTION, course.END_SOLUTION, "cell")
-    return lines[start + 1:stop]
+    return [lines[start + 1:stop] for start, stop in
+            course._between(lines, course.BEGIN_SOLUTION, course.END_SOLUTION, "cell")]
 
 
 def fill(release: nbformat.NotebookNode, source: nbformat.NotebookNode,
@@ -75,15 +81,20 @@ def fill(release: nbformat.NotebookNode, source: nbformat.NotebookNode,
         meta = cell.metadata.get("nbgrader", {})
         if not meta.get("solution"):
             continue
-        body = solution_body(solutions[meta["grade_id"]])
+        bodies = solution_bodies(solutions[meta["grade_id"]])
         if kind == "wrong" and cell.cell_type == "code":
-            indent = re.match(r"\s*", body[0]).group(0)
-            body = [indent + line for line in WRONG[meta["grade_id"]].split("\n")]
-        stub = [i for i, line in enumerate(cell.source.split("\n"))
-                if line.strip() in ("# YOUR CODE HERE", "YOUR ANSWER HERE")]
+            wrong = WRONG[meta["grade_id"]]
+            wrong = (wrong,) if isinstance(wrong, str) else wrong
+            bodies = [[re.match(r"\s*", body[0]).group(0) + line for line in text.split("\n")]
+                      for body, text in zip(bodies, wrong, strict=True)]
         lines = cell.source.split("\n")
-        end = stub[0] + (2 if cell.cell_type == "code" else 1)
-        cell.source = "\n".join(lines[:stub[0]] + body + lines[end:])
+        stubs = [i for i, line in enumerate(lines)
+                 if line.strip() in ("# YOUR CODE HERE", "YOUR ANSWER HERE")]
+        assert len(stubs) == len(bodies), meta["grade_id"]
+        for i, body in reversed(list(zip(stubs, bodies))):
+            end = i + (2 if cell.cell_type == "code" else 1)
+            lines[i:end] = body
+        cell.source = "\n".join(lines)
     return nb
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import traceback
 import types
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -100,11 +101,15 @@ def call_student(name: str, fn: Callable, *args: object,
     previous = sys.getprofile()
     sys.setprofile(watch)
     try:
-        if no_grad:
-            with torch.no_grad():
+        # a warning from the student's code would print to stderr, which nbgrader scores as a
+        # failed test cell: the checker judges the values, not the warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if no_grad:
+                with torch.no_grad():
+                    out = fn(*args)
+            else:
                 out = fn(*args)
-        else:
-            out = fn(*args)
     except NotImplementedError as err:
         raise not_written(name, err) from None
     except Mistake:
@@ -113,7 +118,7 @@ def call_student(name: str, fn: Callable, *args: object,
         raise Mistake(f"{name} raised {type(err).__name__}: {err}{student_line(err)}"
                       f"{context}") from err
     finally:
-        sys.setprofile(previous)
+        sys.setprofile(previous if previous is None or callable(previous) else None)
     if used:
         raise Mistake(f"{name} calls a function this exercise asks you to write yourself: "
                       f"{used[0]}")
@@ -143,6 +148,8 @@ def check_dtype(name: str, got: Tensor, dtype: torch.dtype) -> None:
 def close(got: Tensor, expected: Tensor, dtype: torch.dtype) -> bool:
     """``got`` equals ``expected`` within the precision of ``dtype`` (compared in float64)."""
     rtol, atol = TOLERANCES.get(dtype, TOLERANCES[torch.float32])
+    if tuple(got.shape) != tuple(expected.shape):
+        return False
     got, expected = got.detach().double(), expected.detach().double()
     scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
     return bool(torch.allclose(got, expected, rtol=rtol, atol=atol * scale))
