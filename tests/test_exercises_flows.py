@@ -179,3 +179,83 @@ def test_hints_are_distinct() -> None:
             assert not torch.allclose(u, v, rtol=1e-5, atol=1e-6)
     assert [c[:2] for c in flows.CASES] == [(0, torch.float64), (1, torch.float64),
                                             (2, torch.float32)]
+
+
+# ------------------------------------------------------- a coupling layer as a Transform (builds)
+
+from torch.distributions import Transform, constraints  # noqa: E402
+
+from vaelab.exercises.flows import check_coupling_transform  # noqa: E402
+from vaelab.flows import AffineCoupling  # noqa: E402
+
+
+class CouplingRight(Transform):
+    domain = constraints.independent(constraints.real, 1)
+    codomain = constraints.independent(constraints.real, 1)
+    bijective = True
+
+    def __init__(self, net, mask, context, bound=2.0):
+        super().__init__(cache_size=1)
+        self.net, self.mask, self.context, self.bound = net, mask, context, bound
+
+    def _shift_log_scale(self, v):
+        shift, raw = self.net(self.mask * v, self.context)
+        return shift, bounded(raw, self.bound)
+
+    def _call(self, z):
+        t, l_ = self._shift_log_scale(z)
+        return self.mask * z + (1 - self.mask) * (z * l_.exp() + t)
+
+    def _inverse(self, x):
+        t, l_ = self._shift_log_scale(x)
+        return self.mask * x + (1 - self.mask) * (x - t) * torch.exp(-l_)
+
+    def log_abs_det_jacobian(self, z, x):
+        return ((1 - self.mask) * self._shift_log_scale(z)[1]).sum(-1)
+
+
+def test_coupling_transform_accepts_correct_and_trains() -> None:
+    log_lik = check_coupling_transform(CouplingRight)
+    assert -2.5 < log_lik < 0  # nats per point on two-moons after 150 steps
+
+
+class InverseShiftFirst(CouplingRight):
+    def _inverse(self, x):
+        t, l_ = self._shift_log_scale(x)
+        return self.mask * x + (1 - self.mask) * (x * torch.exp(-l_) - t)
+
+
+class LogDetSign(CouplingRight):
+    def log_abs_det_jacobian(self, z, x):
+        return -super().log_abs_det_jacobian(z, x)
+
+
+class ByLibrary(CouplingRight):
+    def _call(self, z):
+        return AffineCoupling(self.net, self.mask, self.context, self.bound)(z)
+
+
+class NotATransform:
+    def __init__(self, net, mask, context, bound=2.0):
+        pass
+
+
+class LogDetOfAnotherMap(CouplingRight):
+    def _call(self, z):  # the forward map scales by exp(2 l): its Jacobian is not the log-det's
+        t, l_ = self._shift_log_scale(z)
+        return self.mask * z + (1 - self.mask) * (z * (2 * l_).exp() + t)
+
+
+COUPLING_MISTAKES = {
+    "removing the shift": InverseShiftFirst,
+    "inverse's log-determinant": LogDetSign,
+    "AffineCoupling is the library's answer": ByLibrary,
+    "must subclass torch.distributions.Transform": NotATransform,
+    "forward \\(_call\\)": LogDetOfAnotherMap,
+}
+
+
+@pytest.mark.parametrize("match", COUPLING_MISTAKES)
+def test_coupling_transform_names_mistakes(match: str) -> None:
+    with pytest.raises(Mistake, match=match):
+        check_coupling_transform(COUPLING_MISTAKES[match])

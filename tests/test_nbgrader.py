@@ -55,6 +55,14 @@ WRONG = {
     "nb05_coupling_forward": ("l = bound * torch.tanh(raw / bound)\n"
                               "return (1 - mask) * z + mask * (z * l.exp() + shift)"),
     "nb05_coupling_log_det": "return ((1 - mask) * bound * torch.tanh(raw / bound)).mean(-1)",
+    "nb05_coupling_transform": (  # the inverse removes the shift after the scale
+        "shift, raw = self.net(self.mask * z, self.context)\n"
+        "return coupling_forward(z, self.mask, shift, raw, self.bound)",
+        "shift, raw = self.net(self.mask * x, self.context)\n"
+        "log_scale = self.bound * torch.tanh(raw / self.bound)\n"
+        "return self.mask * x + (1 - self.mask) * (x * torch.exp(-log_scale) - shift)",
+        "_, raw = self.net(self.mask * z, self.context)\n"
+        "return coupling_log_det(self.mask, raw, self.bound)"),
     "nb05_flow_log_prob": ("z = transform.inv(x)\n"
                            "return base.log_prob(z) - transform.log_abs_det_jacobian(x, z)"),
 }

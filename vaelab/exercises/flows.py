@@ -12,6 +12,7 @@ named (:class:`~vaelab.exercises.common.Mistake`).
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 
@@ -32,6 +33,8 @@ from vaelab.exercises.common import (
     call_student,
     check_close,
     check_shape,
+    close,
+    student_line,
     watch_module,
 )
 from vaelab.flows import AffineCoupling, CouplingNet
@@ -238,4 +241,109 @@ def check_flow_log_prob(flow_log_prob: Callable) -> None:
 
 __all__ = ["check_coupling_forward", "check_coupling_log_det", "check_flow_log_prob",
            "coupling_case", "flow_cases"]
+
+
+# ------------------------------------------------------- a coupling layer as a Transform (builds)
+
+MOONS_STEPS, MOONS_LAYERS, MOONS_HIDDEN = 150, 4, (32, 32)
+
+
+class _Flow(torch.nn.Module):
+    """A conditional flow on two-moons: ``MOONS_LAYERS`` coupling layers of ``layer_class``
+    (alternating masks) over a standard normal base; ``forward(a)`` returns p(x | a)."""
+
+    def __init__(self, layer_class: Callable, bound: float = 2.0) -> None:
+        super().__init__()
+        self.layer_class, self.bound = layer_class, bound
+        self.nets = torch.nn.ModuleList(CouplingNet(2, 2, MOONS_HIDDEN)
+                                        for _ in range(MOONS_LAYERS))
+        self.masks = [torch.tensor([1.0, 0.0]) if k % 2 == 0 else torch.tensor([0.0, 1.0])
+                      for k in range(MOONS_LAYERS)]
+
+    def forward(self, a: Tensor) -> Distribution:
+        base = Independent(Normal(a.new_zeros(a.shape[0], 2), a.new_ones(a.shape[0], 2)), 1)
+        layers = [self.layer_class(net, mask, a, self.bound)
+                  for net, mask in zip(self.nets, self.masks)]
+        return TransformedDistribution(base, layers)
+
+
+def train_moons_flow(layer_class: Callable, steps: int = MOONS_STEPS) -> float:
+    """Train :class:`_Flow` of ``layer_class`` layers on two-moons (Adam, fixed seed) and
+    return the held-out mean log p(x | a), nats per point."""
+    from vaelab.data import load_moons
+
+    train, _, test = load_moons(n=3000, n_val=500, n_test=500)
+    torch.manual_seed(0)
+    flow = _Flow(layer_class)
+    optimizer = torch.optim.Adam(flow.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        i = torch.randint(len(train), (256,), generator=g)
+        loss = -flow(train.a[i]).log_prob(train.x[i]).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return flow(test.a).log_prob(test.x).mean().item()
+
+
+def check_coupling_transform(coupling_class: Callable) -> float:
+    """Check ``coupling_class(net, mask, context, bound)``, a ``torch.distributions.Transform``
+    for the affine coupling layer (forward ``_call``, ``_inverse`` and
+    ``log_abs_det_jacobian``), against :class:`vaelab.flows.AffineCoupling` on random layers
+    (float64): the forward map, the inverse, ``inv(f(z)) == z``, and the log-determinant, which
+    must also equal ``log|det|`` of the autograd Jacobian. Then, by behaviour, a four-layer
+    conditional flow of these layers trained on two-moons must reach the held-out
+    log-likelihood of the same flow built from the library's layer. Returns that
+    log-likelihood (nats per point)."""
+    name = "the coupling Transform"
+    library = {AffineCoupling._call: "AffineCoupling is the library's answer",
+               AffineCoupling._inverse: "AffineCoupling is the library's answer",
+               AffineCoupling.log_abs_det_jacobian: "AffineCoupling is the library's answer"}
+    for seed in (0, 1):
+        case = coupling_case(seed)
+        z, b, c, bound, lib = (case[k] for k in ("x", "mask", "c", "bound", "layer"))
+        net = lib.net
+        layer = call_student(name, coupling_class, net, b, c, bound, forbidden=library)
+        if not isinstance(layer, Transform):
+            raise Mistake(f"{type(layer).__name__} must subclass "
+                          f"torch.distributions.Transform")
+        x = _call(f"{name}'s forward (_call)", layer._call, z.clone(), forbidden=library)
+        check_close(f"{name}'s forward (_call)", x, lib(z), hints={
+            "the forward map is the inverse: x = b z + (1 - b)(z exp(l) + t)": lib._inverse(z)})
+        back = _call(f"{name}'s _inverse", layer._inverse, x.clone(), forbidden=library)
+        l_ = bound * torch.tanh(case["raw"] / bound)
+        t = case["shift"]
+        check_close(f"{name}'s _inverse", back, z, hints={
+            "the inverse divides by exp(l) before removing the shift: z = (x - t) exp(-l), "
+            "not x exp(-l) - t": b * x + (1 - b) * (x * (-l_).exp() - t),
+            "the inverse computes t and l from the wrong half: the network sees b * x, which "
+            "equals b * z, so both directions take one pass": torch.full_like(z, float("nan")),
+        })
+        log_det = _call(f"{name}'s log_abs_det_jacobian", layer.log_abs_det_jacobian,
+                        z.clone(), x.detach().clone(), forbidden=library)
+        expected = lib.log_abs_det_jacobian(z, x.detach())
+        check_close(f"{name}'s log_abs_det_jacobian", log_det, expected, hints={
+            "that is the inverse's log-determinant: the forward map scales by exp(+l)":
+                -expected})
+        # independent of the library: log|det| of the autograd Jacobian of one example
+        jac = torch.autograd.functional.jacobian(lambda v: layer._call(v[None])[0], z[0])
+        slog = torch.linalg.slogdet(jac).logabsdet
+        if not close(log_det[0].detach(), slog, torch.float64):
+            raise Mistake(f"{name}'s log_abs_det_jacobian ({log_det[0].item():.6f}) differs "
+                          f"from log|det| of the Jacobian of your _call ({slog.item():.6f})")
+    try:
+        yours = train_moons_flow(coupling_class)
+    except Exception as err:
+        raise Mistake(f"training a flow of your layers on two-moons raised "
+                      f"{type(err).__name__}: {err}{student_line(err)}") from err
+    theirs = train_moons_flow(AffineCoupling)
+    if not math.isfinite(yours) or yours < theirs - 0.05:
+        raise Mistake(f"a four-layer flow of your coupling layers trained on two-moons reached "
+                      f"a held-out log-likelihood of {yours:.3f} nats per point; the same flow "
+                      f"of the library's layers {theirs:.3f}")
+    return yours
+
+
+__all__ += ["check_coupling_transform", "train_moons_flow"]
 watch_module(sys.modules[__name__])
