@@ -305,3 +305,50 @@ def test_library_shortcuts_are_named() -> None:
 
     with pytest.raises(Mistake, match="vaelab.dmm is the library's answer"):
         check_combiner(combiner_by_library)
+
+
+# ------------------------------------------------------- the DMM's ELBO, a loop over time (builds)
+
+from vaelab.data import Batch  # noqa: E402
+from vaelab.exercises.sequential import check_dmm_elbo  # noqa: E402
+
+
+def dmm_elbo_right(model, x, mask, noise, *, use_mask=True, kl_sign=1.0, prior_from_q0=False):
+    h_rnn = model.rnn_states(x, mask.sum(1))
+    z_q = model.z_q_0.expand(len(x), -1)
+    z_p = z_q if prior_from_q0 else model.z_0.expand(len(x), -1)
+    total = x.new_zeros(len(x))
+    for t in range(x.shape[1]):
+        q = model.combiner(z_q, h_rnn[:, t]).base_dist
+        p = model.transition(z_p).base_dist
+        z = q.loc + q.scale * noise[:, t]
+        kl = (torch.log(p.scale / q.scale)
+              + (q.scale**2 + (q.loc - p.loc) ** 2) / (2 * p.scale**2) - 0.5).sum(-1)
+        x_t = torch.where(mask[:, t, None], x[:, t], 0.0)
+        step = model.emitter(z).log_prob(x_t) - kl_sign * kl
+        total = total + (torch.where(mask[:, t], step, 0.0) if use_mask else step)
+        z_q = z_p = z
+    return total
+
+
+def test_dmm_elbo_accepts_the_loop_over_time() -> None:
+    check_dmm_elbo(dmm_elbo_right)
+
+
+def test_dmm_elbo_names_mistakes() -> None:
+    with pytest.raises(Mistake, match="off by up to"):  # the padding steps summed too
+        check_dmm_elbo(lambda m, x, mask, e: dmm_elbo_right(m, x, mask, e, use_mask=False))
+    with pytest.raises(Mistake, match="off by up to"):
+        check_dmm_elbo(lambda m, x, mask, e: dmm_elbo_right(m, x, mask, e, kl_sign=-1.0))
+    with pytest.raises(Mistake, match="DMM.elbo is the library's answer"):
+        check_dmm_elbo(lambda m, x, mask, e: m.elbo(Batch(x, mask=mask), analytic_kl=True,
+                                                    noise=e).elbo)
+    with pytest.raises(Mistake, match="DMM.guide is the library's loop"):
+        check_dmm_elbo(lambda m, x, mask, e: m.guide(x, mask.sum(1), e)[0].sum((1, 2)))
+
+    def nan_times_mask(model, x, mask, noise):  # 0 * NaN
+        return dmm_elbo_right(model, torch.where(mask[..., None], x, x), mask, noise) + (
+            x.nan_to_num(0.0).sum((1, 2)) * 0 + (x * 0).sum((1, 2)))
+
+    with pytest.raises(Mistake, match="0 \\* NaN = NaN"):
+        check_dmm_elbo(nan_times_mask)

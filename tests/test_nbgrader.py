@@ -49,6 +49,20 @@ WRONG = {
                         "m_filt = m + K @ (x - C @ m)\nP_filt = P - K @ C @ P\n"
                         "return m_filt, P_filt, A @ m_filt + B @ a, A @ P_filt @ A.T + Q"),
     "dmm_reverse": "return x.flip(1)",
+    "dmm_elbo": ("h_rnn = model.rnn_states(x, mask.sum(dim=1))\n"
+                 "z_q, z_p = model.z_q_0.expand(len(x), -1), model.z_0.expand(len(x), -1)\n"
+                 "total = x.new_zeros(len(x))\n"
+                 "for t in range(x.shape[1]):  # the prior never moves: p(z_t | z_0)\n"
+                 "    q = model.combiner(z_q, h_rnn[:, t]).base_dist\n"
+                 "    p = model.transition(z_p).base_dist\n"
+                 "    z = q.loc + q.scale * noise[:, t]\n"
+                 "    kl = (torch.log(p.scale / q.scale) + (q.scale**2 + (q.loc - p.loc) ** 2)"
+                 " / (2 * p.scale**2) - 0.5).sum(-1)\n"
+                 "    x_t = torch.where(mask[:, t, None], x[:, t], 0.0)\n"
+                 "    total = total + torch.where(mask[:, t], model.emitter(z).log_prob(x_t)"
+                 " - kl, 0.0)\n"
+                 "    z_q = z\n"
+                 "return total"),
     "dmm_combiner": ("h = torch.tanh(z_prev @ W.T + b) + h_rnn  # the 1/2 is missing\n"
                      "loc, s = (h @ W_out.T + b_out).chunk(2, dim=-1)\n"
                      "return loc, torch.nn.functional.softplus(s) + min_scale"),

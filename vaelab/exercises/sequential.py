@@ -376,8 +376,67 @@ def check_combiner(combiner: Callable) -> None:
                     hints=scale_hints)
 
 
+# ------------------------------------------------------- the DMM's ELBO, a loop over time (builds)
+
+
+def dmm_case(seed: int, padding: str) -> dict:
+    """A small random :class:`vaelab.dmm.DMM` (random weights), a padded batch of binary
+    sequences ``x [B, T, X]`` with one sequence of length 1 and one of length T, its ``mask``,
+    standard-normal ``noise [B, T, Z]`` and the library's ``elbo [B]`` along that path
+    (closed-form KL). The padding holds NaN (``"nan"``) or finite values (``"finite"``)."""
+    from vaelab.dmm import DMM, DMMConfig
+
+    g = torch.Generator().manual_seed(seed)
+    model = DMM(DMMConfig(x_dim=6, z_dim=3, emission_dim=8, transition_dim=8, rnn_dim=8))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    batch, steps = 4, 7
+    lengths = torch.tensor([steps, 1, 4, 6])
+    mask = torch.arange(steps) < lengths[:, None]
+    x = torch.bernoulli(torch.full((batch, steps, 6), 0.4), generator=g)
+    x[~mask] = float("nan") if padding == "nan" else 1.0
+    noise = torch.randn(batch, steps, 3, generator=g)
+    with torch.no_grad():
+        expected = model.elbo(Batch(x, mask=mask), analytic_kl=True, noise=noise).elbo
+    return {"model": model, "x": x, "mask": mask, "noise": noise, "elbo": expected}
+
+
+def check_dmm_elbo(dmm_elbo: Callable) -> None:
+    """Check ``dmm_elbo(model, x [B, T, X], mask [B, T], noise [B, T, Z]) -> [B]``: the guide's
+    loop over time (combiner of the previous sample and the backward RNN's state, one
+    reparameterised sample per step from ``noise``), the emitter's log-likelihood and the
+    closed-form KL against the gated transition of the previous sample, summed over the
+    observed steps; against :meth:`vaelab.dmm.DMM.elbo` on random models and padded batches
+    (NaN and finite padding, lengths 1 to T)."""
+    from vaelab.dmm import DMM
+
+    name = "dmm_elbo"
+    library = {DMM.elbo: "DMM.elbo is the library's answer; write the loop over time",
+               DMM.forward: "DMM.forward is DMM.elbo, the library's answer",
+               DMM.guide: "DMM.guide is the library's loop over time; write yours with "
+                          "model.combiner"}
+    for seed, padding in ((0, "finite"), (1, "nan")):
+        case = dmm_case(seed, padding)
+        x, mask, noise, expected = (case[k] for k in ("x", "mask", "noise", "elbo"))
+        got = _call(name, dmm_elbo, case["model"], x.clone(), mask.clone(), noise.clone(),
+                    forbidden=library,
+                    shapes=f"\n(x is [B, T, X] = {list(x.shape)}, mask [B, T], noise [B, T, Z] "
+                           f"= {list(noise.shape)}: step t uses x[:, t], mask[:, t] and "
+                           f"noise[:, t]; the padding may hold NaN, which a Bernoulli refuses: "
+                           f"score torch.where(mask[:, t, None], x[:, t], 0.0))")
+        check_shape(name, got, expected.shape)
+        if not torch.isfinite(got).all():
+            raise Mistake(f"{name} returned NaN: the padding holds NaN here, and multiplying "
+                          f"a step's terms by the mask gives 0 * NaN = NaN; keep the observed "
+                          f"steps with torch.where(mask[:, t], ..., 0.0)")
+        check_close(name, got, expected)  # float32, as the model
+
+
 __all__ = [
     "check_combiner",
+    "check_dmm_elbo",
+    "dmm_case",
     "check_kalman_step",
     "check_reverse_sequences",
     "check_sequential_elbo",
