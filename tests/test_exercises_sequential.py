@@ -352,3 +352,36 @@ def test_dmm_elbo_names_mistakes() -> None:
 
     with pytest.raises(Mistake, match="0 \\* NaN = NaN"):
         check_dmm_elbo(nan_times_mask)
+
+
+# ------------------------------------------------------------ the SSM's ELBO from its modules
+
+from torch.distributions import kl_divergence  # noqa: E402
+
+from vaelab.exercises.sequential import check_ssm_elbo  # noqa: E402
+
+
+def ssm_elbo_right(model, batch, *, zero_padding=True, kl_sign=1.0):
+    x, a = batch.x, batch.a
+    if zero_padding:
+        x = torch.where(batch.mask[..., None], x, 0.0)
+        a = torch.where(batch.mask[..., None], a, 0.0)
+    z, q_z = model.posterior(batch)
+    log_px = model.emitter(z).log_prob(x)
+    kl = kl_divergence(q_z.base_dist, model.prior(z, a).base_dist)
+    return elbo_right(log_px, kl_sign * kl, batch.mask)
+
+
+def test_ssm_elbo_accepts_the_modules_assembled() -> None:
+    check_ssm_elbo(ssm_elbo_right)
+
+
+def test_ssm_elbo_names_mistakes() -> None:
+    with pytest.raises(Mistake, match="padding holds NaN here, which Normal.log_prob refuses"):
+        check_ssm_elbo(lambda m, b: ssm_elbo_right(m, b, zero_padding=False))
+    with pytest.raises(Mistake, match="off by up to"):
+        check_ssm_elbo(lambda m, b: ssm_elbo_right(m, b, kl_sign=-1.0))
+    with pytest.raises(Mistake, match="SSM.elbo is the library's answer"):
+        check_ssm_elbo(lambda m, b: m.elbo(b, analytic_kl=True).elbo)
+    with pytest.raises(Mistake, match="has no gradient"):
+        check_ssm_elbo(lambda m, b: ssm_elbo_right(m, b).detach())

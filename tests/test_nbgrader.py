@@ -45,6 +45,10 @@ WRONG = {
         "scale = softplus(self.raw_scale) + self.min_scale\n"
         "return Independent(Normal(self.loc.expand(n, -1), scale.expand(n, -1)), 1)"),
     "ssm_sequential_elbo": "return ((log_px - kl.sum(-1)) * mask).sum(1)  # 0 * NaN",
+    "ssm_elbo": ("z, q_z = model.posterior(batch)  # the padding's NaN reaches the emitter\n"
+                 "log_px = model.emitter(z).log_prob(batch.x)\n"
+                 "kl = kl_divergence(q_z.base_dist, model.prior(z, batch.a).base_dist)\n"
+                 "return sequential_elbo(log_px, kl, batch.mask)"),
     "ssm_kalman_step": ("S = C @ P @ C.T\nK = P @ C.T @ torch.linalg.inv(S)\n"
                         "m_filt = m + K @ (x - C @ m)\nP_filt = P - K @ C @ P\n"
                         "return m_filt, P_filt, A @ m_filt + B @ a, A @ P_filt @ A.T + Q"),

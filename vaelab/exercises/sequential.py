@@ -376,6 +376,49 @@ def check_combiner(combiner: Callable) -> None:
                     hints=scale_hints)
 
 
+# ------------------------------------------------------------ the SSM's ELBO from its modules
+
+
+def check_ssm_elbo(ssm_elbo: Callable) -> None:
+    """Check ``ssm_elbo(model, batch) -> [B]``: the sequential ELBO of an
+    :class:`vaelab.ssm.SSM` assembled from its modules (``model.posterior`` for the guide's
+    path, ``model.prior``, ``model.emitter``, the closed-form KL per step), summed over the
+    observed steps, against :meth:`vaelab.ssm.SSM.elbo` with the same random path, on random
+    models (filtering and smoothing guides) and batches whose padding holds NaN; the result
+    must carry gradients, since the notebook trains with it."""
+    name = "ssm_elbo"
+    library = {SSM.elbo: "SSM.elbo is the library's answer; assemble the terms yourself",
+               SSM.forward: "SSM.forward is SSM.elbo, the library's answer"}
+    for seed, guide in ((0, "smoothing"), (1, "filtering")):
+        g = torch.Generator().manual_seed(seed)
+        model = SSM(SSMConfig(x_dim=2, a_dim=1, z_dim=3, hidden_dim=8, guide=guide,
+                              rnn_dim=8))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+        lengths = torch.tensor([6, 1, 4, 5])
+        mask = torch.arange(6) < lengths[:, None]
+        x, a = torch.randn(4, 6, 2, generator=g), torch.randn(4, 6, 1, generator=g)
+        x[~mask], a[~mask] = float("nan"), float("nan")
+        batch = Batch(x, a, mask=mask)
+        torch.manual_seed(100 + seed)
+        with torch.no_grad():
+            expected = model.elbo(batch, analytic_kl=True).elbo
+        torch.manual_seed(100 + seed)
+        got = call_student(name, ssm_elbo, model, batch, forbidden=library, context=(
+            "\n(batch.x [B, T, X], batch.a [B, T, A] and batch.mask [B, T]; the padding holds "
+            "NaN here, which Normal.log_prob refuses: zero it with torch.where(batch.mask"
+            "[..., None], batch.x, 0.0) before scoring, and the same for batch.a)"))
+        check_shape(name, got, expected.shape)
+        if not torch.isfinite(got.detach()).all():
+            raise Mistake(f"{name} returned NaN: the padding holds NaN here; keep only the "
+                          f"observed steps with torch.where (0 * NaN = NaN)")
+        check_close(name, got.detach(), expected)  # float32, as the model
+        if not got.requires_grad:
+            raise Mistake(f"{name}'s result has no gradient: do not compute it under "
+                          f"torch.no_grad() or detach it; the notebook trains with it")
+
+
 # ------------------------------------------------------- the DMM's ELBO, a loop over time (builds)
 
 
@@ -436,6 +479,7 @@ def check_dmm_elbo(dmm_elbo: Callable) -> None:
 __all__ = [
     "check_combiner",
     "check_dmm_elbo",
+    "check_ssm_elbo",
     "dmm_case",
     "check_kalman_step",
     "check_reverse_sequences",
