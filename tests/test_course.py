@@ -285,7 +285,7 @@ def test_every_graded_cell_carries_nbgrader_metadata() -> None:
             meta = cell.metadata.get("nbgrader", {})
             text = cell.source
             if course.BEGIN_SOLUTION in text:
-                assert meta.get("solution"), f"{path.name}: solution region outside a solution cell"
+                assert meta.get("solution"), f"{path.name}: solution region, no solution cell"
             if "BEGIN MARK SCHEME" in text:
                 assert meta.get("task"), f"{path.name}: mark scheme outside a task cell"
             if meta.get("grade") and not meta.get("solution"):

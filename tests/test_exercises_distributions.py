@@ -81,10 +81,10 @@ def test_not_implemented_passes_through() -> None:
 
 # ---------------------------------------------------------------- a learnable Laplace (builds)
 
-import math  # noqa: E402
+import math
 
-from torch import nn  # noqa: E402
-from torch.distributions import Independent, Laplace  # noqa: E402
+from torch import nn
+from torch.distributions import Independent, Laplace
 
 
 class LaplaceRight(nn.Module):

@@ -183,10 +183,10 @@ def test_hints_are_distinct() -> None:
 
 # ------------------------------------------------------- a coupling layer as a Transform (builds)
 
-from torch.distributions import Transform, constraints  # noqa: E402
+from torch.distributions import Transform, constraints
 
-from vaelab.exercises.flows import check_coupling_transform  # noqa: E402
-from vaelab.flows import AffineCoupling  # noqa: E402
+from vaelab.exercises.flows import check_coupling_transform
+from vaelab.flows import AffineCoupling
 
 
 class CouplingRight(Transform):

@@ -309,8 +309,8 @@ def test_library_shortcuts_are_named() -> None:
 
 # ------------------------------------------------------- the DMM's ELBO, a loop over time (builds)
 
-from vaelab.data import Batch  # noqa: E402
-from vaelab.exercises.sequential import check_dmm_elbo  # noqa: E402
+from vaelab.data import Batch
+from vaelab.exercises.sequential import check_dmm_elbo
 
 
 def dmm_elbo_right(model, x, mask, noise, *, use_mask=True, kl_sign=1.0, prior_from_q0=False):
@@ -356,9 +356,9 @@ def test_dmm_elbo_names_mistakes() -> None:
 
 # ------------------------------------------------------------ the SSM's ELBO from its modules
 
-from torch.distributions import kl_divergence  # noqa: E402
+from torch.distributions import kl_divergence
 
-from vaelab.exercises.sequential import check_ssm_elbo  # noqa: E402
+from vaelab.exercises.sequential import check_ssm_elbo
 
 
 def ssm_elbo_right(model, batch, *, zero_padding=True, kl_sign=1.0):

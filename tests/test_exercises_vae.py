@@ -9,7 +9,6 @@ import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
 from vaelab.exercises import Mistake, vae
-from vaelab.objectives import importance_log_likelihood
 
 # ------------------------------------------------------------------ the Gaussian KL
 

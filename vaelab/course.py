@@ -312,5 +312,5 @@ def _cmd_site(args) -> int:
     return 0
 
 
-__all__ = ["ASSIGNMENTS", "add_course_parser", "build_site", "nbgrader_course", "release", "strip_mark_scheme", "strip_solutions",
-           "student_version"]
+__all__ = ["ASSIGNMENTS", "add_course_parser", "build_site", "nbgrader_course", "release",
+           "strip_mark_scheme", "strip_solutions", "student_version"]

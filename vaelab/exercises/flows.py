@@ -21,8 +21,8 @@ from torch import Tensor
 from torch.distributions import (
     Distribution,
     ExpTransform,
-    IndependentTransform,
     Independent,
+    IndependentTransform,
     Normal,
     Transform,
     TransformedDistribution,
@@ -327,7 +327,7 @@ def check_coupling_transform(coupling_class: Callable) -> float:
             "that is the inverse's log-determinant: the forward map scales by exp(+l)":
                 -expected})
         # independent of the library: log|det| of the autograd Jacobian of one example
-        jac = torch.autograd.functional.jacobian(lambda v: layer._call(v[None])[0], z[0])
+        jac = torch.autograd.functional.jacobian(lambda v, f=layer._call: f(v[None])[0], z[0])
         slog = torch.linalg.slogdet(jac).logabsdet
         if not close(log_det[0].detach(), slog, torch.float64):
             raise Mistake(f"{name}'s log_abs_det_jacobian ({log_det[0].item():.6f}) differs "
