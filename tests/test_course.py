@@ -31,6 +31,12 @@ def solution_bodies(nb: nbformat.NotebookNode) -> list[list[str]]:
     return bodies
 
 
+def solution_bodies_of(source: str) -> list[set[str]]:
+    lines = source.split("\n")
+    return [{s.strip() for s in lines[a + 1:b] if len(s.strip()) > 12}
+            for a, b in course._between(lines, course.BEGIN_SOLUTION, course.END_SOLUTION, "t")]
+
+
 def toy_notebook() -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
     code = new_code("def square(x):\n    ### BEGIN SOLUTION\n    y = x * x  # secret\n"
@@ -103,8 +109,9 @@ def test_release_of_the_course_holds_no_solution_code(tmp_path: Path) -> None:
         student = nbformat.read(student_path, as_version=4)
         text = "\n".join(c.source for c in student.cells)
         markers = {course.BEGIN_SOLUTION, course.END_SOLUTION, course.BEGIN_SCHEME,
-                   course.END_SCHEME}
+                   course.END_SCHEME, course.BEGIN_HIDDEN, course.END_HIDDEN}
         assert not markers & {line.strip() for line in text.split("\n")}, path.name
+        assert "check_untouched" not in text and "_want" not in text, path.name  # hidden tests
         bodies = solution_bodies(solution)
         total += len(bodies)
         assert text.count("raise NotImplementedError()") >= len(bodies)
@@ -115,9 +122,12 @@ def test_release_of_the_course_holds_no_solution_code(tmp_path: Path) -> None:
             assert distinctive, f"{path.name}: a solution body too short to check"
             survived = [line for line in distinctive if line in student_lines]
             assert not survived, f"{path.name}: solution lines survive the release: {survived}"
-        for cell in solution.cells:  # nor the mark schemes' answers (notebook 02 has one)
+        for cell in solution.cells:  # nor the mark schemes, nor written answers (02's derivation)
             if cell.cell_type != "markdown":
                 continue
+            if cell.metadata.get("nbgrader", {}).get("solution"):
+                for body in solution_bodies_of(cell.source):
+                    assert not set(body) & student_lines, path.name
             lines = cell.source.split("\n")
             for start, stop in course._between(lines, course.BEGIN_SCHEME, course.END_SCHEME,
                                                "test"):
@@ -225,3 +235,62 @@ def test_site_executes_notebooks_and_reports_a_failing_one(
     with pytest.raises(ValueError, match="(?s)b.ipynb failed while executing.*"
                        "ZeroDivisionError: division by zero"):
         course.build_site(src, tmp_path / "site2", execute=True, timeout=60, kernel_name=KERNEL)
+
+
+def test_release_removes_hidden_tests_and_written_answers() -> None:
+    code = ("check(f)\n### BEGIN HIDDEN TESTS\nassert f(2) == 4  # secret\n"
+            "### END HIDDEN TESTS\nprint('ok')")
+    assert course.strip_solutions(code) == "check(f)\nprint('ok')"
+    nb = nbformat.v4.new_notebook(cells=[new_markdown(
+        "**Derivation.**\n\n### BEGIN SOLUTION\nd/dx x^2 = 2x\n### END SOLUTION")])
+    student, replaced = course.student_version(nb)
+    assert student.cells[0].source == "**Derivation.**\n\nYOUR ANSWER HERE" and replaced == 1
+    bad = nbformat.v4.new_notebook(cells=[new_code("x = 1\n=== BEGIN MARK SCHEME ===\n"
+                                                   "=== END MARK SCHEME ===")])
+    with pytest.raises(ValueError, match="mark schemes belong in markdown task cells"):
+        course.student_version(bad)
+
+
+def test_nbgrader_course_layout(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["course", "nbgrader", str(tmp_path / "c")]) == 0
+    assert "next: cd" in capsys.readouterr().out
+    root = tmp_path / "c"
+    assert sorted(p.name for p in (root / "source").iterdir()) == list(course.ASSIGNMENTS)
+    for name in course.ASSIGNMENTS:  # the solution notebook, unchanged, one per assignment
+        copied = nbformat.read(root / "source" / name / f"{name}.ipynb", as_version=4)
+        original = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+        assert [c.source for c in copied.cells] == [c.source for c in original.cells]
+    config = (root / "nbgrader_config.py").read_text()
+    assert 'os.environ.setdefault("VAELAB_SMALL", "1")' in config
+    assert "c.Execute.timeout = 120" in config
+    # a second layout into the same folder would overwrite an instructor's gradebook
+    assert main(["course", "nbgrader", str(root)]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no .ipynb notebooks"):
+        course.nbgrader_course(tmp_path / "c2", empty)
+    nbformat.write(nbformat.v4.new_notebook(), empty / "01_vae_elbo.ipynb")
+    with pytest.raises(ValueError, match="lacks 02_learnable_distributions.ipynb"):
+        course.nbgrader_course(tmp_path / "c3", empty)
+
+
+def test_every_graded_cell_carries_nbgrader_metadata() -> None:
+    # nbgrader refuses solution regions outside solution cells and mark schemes outside task
+    # cells; every test cell is locked, worth points and holds hidden tests
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        ids = []
+        for cell in nb.cells:
+            meta = cell.metadata.get("nbgrader", {})
+            text = cell.source
+            if course.BEGIN_SOLUTION in text:
+                assert meta.get("solution"), f"{path.name}: solution region, no solution cell"
+            if "BEGIN MARK SCHEME" in text:
+                assert meta.get("task"), f"{path.name}: mark scheme outside a task cell"
+            if meta.get("grade") and not meta.get("solution"):
+                assert meta["locked"] and meta["points"] > 0, path.name
+                assert course.BEGIN_HIDDEN in text and "check_untouched()" in text, path.name
+            if meta:
+                ids.append(meta["grade_id"])
+        assert len(ids) == len(set(ids)), f"{path.name}: duplicate grade ids"

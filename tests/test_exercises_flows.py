@@ -46,9 +46,45 @@ def test_right_answers_pass(capsys: pytest.CaptureFixture) -> None:
     check_coupling_forward(forward_right)
     check_coupling_log_det(log_det_right)
     check_flow_log_prob(log_prob_right)
-    # the library's own answer passes too
-    check_flow_log_prob(lambda x, t, base: TransformedDistribution(base, [t]).log_prob(x))
-    assert capsys.readouterr().out.count("correct") == 4
+    assert capsys.readouterr().out.count("correct") == 3
+
+
+def test_library_shortcuts_are_named() -> None:
+    # right numbers, but the library's own answer: named, however it is reached
+    from vaelab.flows import AffineCoupling
+
+    with pytest.raises(Mistake, match="TransformedDistribution\\(...\\).log_prob is the"):
+        check_flow_log_prob(lambda x, t, base: TransformedDistribution(base, [t]).log_prob(x))
+
+    def forward_by_library(x, mask, shift, raw, bound):
+        return AffineCoupling(lambda xm, c: (shift, raw), mask, None, bound)(x)
+
+    with pytest.raises(Mistake, match="vaelab.flows is the library's answer"):
+        check_coupling_forward(forward_by_library)
+
+
+def test_swapped_log_det_arguments_are_named() -> None:
+    # a coupling layer's log-det is the same at z and at x; the exponential's is not
+    def swapped(x, t, base):
+        z = t.inv(x)
+        return base.log_prob(z) - t.log_abs_det_jacobian(x, z)
+
+    with pytest.raises(Mistake, match="takes \\(z, x\\), the base point first.*exp "
+                                      "transform"):
+        check_flow_log_prob(swapped)
+
+
+def test_float32_answers_pass_and_a_dtype_mismatch_is_named() -> None:
+    seen = []
+
+    def log_det_any_dtype(mask, raw, bound):
+        seen.append(raw.dtype)
+        return log_det_right(mask, raw, bound)
+
+    check_coupling_log_det(log_det_any_dtype)
+    assert torch.float32 in seen and torch.float64 in seen
+    with pytest.raises(Mistake, match="returned torch.float32 for torch.float64 inputs"):
+        check_coupling_forward(lambda x, b, t, r, k: forward_right(x, b, t, r, k).float())
 
 
 FORWARD_MISTAKES = {
@@ -141,4 +177,85 @@ def test_hints_are_distinct() -> None:
     for i, u in enumerate(values):
         for v in values[i + 1:]:
             assert not torch.allclose(u, v, rtol=1e-5, atol=1e-6)
-    assert flows.SEEDS == (0, 1)
+    assert [c[:2] for c in flows.CASES] == [(0, torch.float64), (1, torch.float64),
+                                            (2, torch.float32)]
+
+
+# ------------------------------------------------------- a coupling layer as a Transform (builds)
+
+from torch.distributions import Transform, constraints
+
+from vaelab.exercises.flows import check_coupling_transform
+from vaelab.flows import AffineCoupling
+
+
+class CouplingRight(Transform):
+    domain = constraints.independent(constraints.real, 1)
+    codomain = constraints.independent(constraints.real, 1)
+    bijective = True
+
+    def __init__(self, net, mask, context, bound=2.0):
+        super().__init__(cache_size=1)
+        self.net, self.mask, self.context, self.bound = net, mask, context, bound
+
+    def _shift_log_scale(self, v):
+        shift, raw = self.net(self.mask * v, self.context)
+        return shift, bounded(raw, self.bound)
+
+    def _call(self, z):
+        t, l_ = self._shift_log_scale(z)
+        return self.mask * z + (1 - self.mask) * (z * l_.exp() + t)
+
+    def _inverse(self, x):
+        t, l_ = self._shift_log_scale(x)
+        return self.mask * x + (1 - self.mask) * (x - t) * torch.exp(-l_)
+
+    def log_abs_det_jacobian(self, z, x):
+        return ((1 - self.mask) * self._shift_log_scale(z)[1]).sum(-1)
+
+
+def test_coupling_transform_accepts_correct_and_trains() -> None:
+    log_lik = check_coupling_transform(CouplingRight)
+    assert -2.5 < log_lik < 0  # nats per point on two-moons after 150 steps
+
+
+class InverseShiftFirst(CouplingRight):
+    def _inverse(self, x):
+        t, l_ = self._shift_log_scale(x)
+        return self.mask * x + (1 - self.mask) * (x * torch.exp(-l_) - t)
+
+
+class LogDetSign(CouplingRight):
+    def log_abs_det_jacobian(self, z, x):
+        return -super().log_abs_det_jacobian(z, x)
+
+
+class ByLibrary(CouplingRight):
+    def _call(self, z):
+        return AffineCoupling(self.net, self.mask, self.context, self.bound)(z)
+
+
+class NotATransform:
+    def __init__(self, net, mask, context, bound=2.0):
+        pass
+
+
+class LogDetOfAnotherMap(CouplingRight):
+    def _call(self, z):  # the forward map scales by exp(2 l): its Jacobian is not the log-det's
+        t, l_ = self._shift_log_scale(z)
+        return self.mask * z + (1 - self.mask) * (z * (2 * l_).exp() + t)
+
+
+COUPLING_MISTAKES = {
+    "removing the shift": InverseShiftFirst,
+    "inverse's log-determinant": LogDetSign,
+    "AffineCoupling is the library's answer": ByLibrary,
+    "must subclass torch.distributions.Transform": NotATransform,
+    "forward \\(_call\\)": LogDetOfAnotherMap,
+}
+
+
+@pytest.mark.parametrize("match", COUPLING_MISTAKES)
+def test_coupling_transform_names_mistakes(match: str) -> None:
+    with pytest.raises(Mistake, match=match):
+        check_coupling_transform(COUPLING_MISTAKES[match])

@@ -162,7 +162,27 @@ def reverse_right(x, lengths):
 
 def test_reverse_accepts_the_right_answers() -> None:
     check_reverse_sequences(reverse_right)
-    check_reverse_sequences(reverse_sequences)
+
+
+def test_reverse_names_the_library_and_checks_every_length() -> None:
+    with pytest.raises(Mistake, match="reverse_sequences is the library's answer"):
+        check_reverse_sequences(reverse_sequences)
+    lengths_seen = []
+
+    def recording(x, lengths):
+        lengths_seen.append(sorted(lengths.tolist()))
+        return reverse_right(x, lengths)
+
+    check_reverse_sequences(recording)
+    assert [1, 2, 3, 4, 5, 6, 7] in lengths_seen  # padding at every length
+
+
+def shifted(x, lengths):
+    # x[b, lengths[b] - t], clamped into the sequence: the off-by-one reversal
+    t = torch.arange(x.shape[1])
+    index = (lengths[:, None] - t).clamp(max=x.shape[1] - 1)
+    index = torch.where(t < lengths[:, None], index, t)
+    return x.gather(1, index[..., None].expand_as(x))
 
 
 def test_reverse_names_mistakes() -> None:
@@ -180,7 +200,7 @@ def test_reverse_names_mistakes() -> None:
     with pytest.raises(Mistake, match="changes the padding"):
         check_reverse_sequences(zeroes_padding)
     with pytest.raises(Mistake, match="off by one"):
-        check_reverse_sequences(sequential._shifted_reversal)
+        check_reverse_sequences(lambda x, lengths: shifted(x, lengths))
 
 
 # ----------------------------------------------------------------------------- combiner
@@ -242,3 +262,126 @@ def test_combiner_case_matches_the_module_formula() -> None:
                                                     "b_out", "min_scale")))
     torch.testing.assert_close(loc, case["loc"])
     torch.testing.assert_close(scale, case["scale"])
+
+
+# ----------------------------------------------------------------- precision and shortcuts
+
+
+def test_float32_answers_pass_and_a_dtype_mismatch_is_named() -> None:
+    seen = []
+
+    def kalman_recording(*args):
+        seen.append(args[0].dtype)
+        return kalman_right(*args)
+
+    check_kalman_step(kalman_recording)
+    assert torch.float32 in seen and torch.float64 in seen
+    with pytest.raises(Mistake, match="returned torch.float32 for torch.float64 inputs"):
+        check_kalman_step(lambda *args: tuple(t.float() for t in kalman_right(*args)))
+    with pytest.raises(Mistake, match="returned torch.float32 for torch.float64 inputs"):
+        check_combiner(lambda *args: tuple(t.float() for t in combiner_right(*args)))
+
+
+def test_library_shortcuts_are_named() -> None:
+    from vaelab.dmm import Combiner
+    from vaelab.kalman import LinearGaussianSSM, kalman_filter
+
+    def kalman_by_library(m, P, x, a, A, B, Q, C, R):
+        system = LinearGaussianSSM(m0=m, P0=P, A=A, B=B, Q=Q, C=C, R=R)
+        f = kalman_filter(system, torch.stack([x, 0 * x])[None], torch.stack([a, 0 * a])[None],
+                          torch.tensor([[True, False]]))
+        return f.mean[0, 0], f.cov[0, 0], f.pred_mean[0, 1], f.pred_cov[0, 1]
+
+    with pytest.raises(Mistake, match="vaelab.kalman is the library's answer"):
+        check_kalman_step(kalman_by_library)
+
+    def combiner_by_library(z_prev, h_rnn, W, b, W_out, b_out, min_scale):
+        module = Combiner(W.shape[1], W.shape[0], min_scale).to(W.dtype)
+        module.load_state_dict({"z_to_hidden.weight": W, "z_to_hidden.bias": b,
+                                "hidden_to_loc_scale.weight": W_out,
+                                "hidden_to_loc_scale.bias": b_out}, strict=False)
+        q = module(z_prev, h_rnn).base_dist
+        return q.loc, q.scale
+
+    with pytest.raises(Mistake, match="vaelab.dmm is the library's answer"):
+        check_combiner(combiner_by_library)
+
+
+# ------------------------------------------------------- the DMM's ELBO, a loop over time (builds)
+
+from vaelab.data import Batch
+from vaelab.exercises.sequential import check_dmm_elbo
+
+
+def dmm_elbo_right(model, x, mask, noise, *, use_mask=True, kl_sign=1.0, prior_from_q0=False):
+    h_rnn = model.rnn_states(x, mask.sum(1))
+    z_q = model.z_q_0.expand(len(x), -1)
+    z_p = z_q if prior_from_q0 else model.z_0.expand(len(x), -1)
+    total = x.new_zeros(len(x))
+    for t in range(x.shape[1]):
+        q = model.combiner(z_q, h_rnn[:, t]).base_dist
+        p = model.transition(z_p).base_dist
+        z = q.loc + q.scale * noise[:, t]
+        kl = (torch.log(p.scale / q.scale)
+              + (q.scale**2 + (q.loc - p.loc) ** 2) / (2 * p.scale**2) - 0.5).sum(-1)
+        x_t = torch.where(mask[:, t, None], x[:, t], 0.0)
+        step = model.emitter(z).log_prob(x_t) - kl_sign * kl
+        total = total + (torch.where(mask[:, t], step, 0.0) if use_mask else step)
+        z_q = z_p = z
+    return total
+
+
+def test_dmm_elbo_accepts_the_loop_over_time() -> None:
+    check_dmm_elbo(dmm_elbo_right)
+
+
+def test_dmm_elbo_names_mistakes() -> None:
+    with pytest.raises(Mistake, match="off by up to"):  # the padding steps summed too
+        check_dmm_elbo(lambda m, x, mask, e: dmm_elbo_right(m, x, mask, e, use_mask=False))
+    with pytest.raises(Mistake, match="off by up to"):
+        check_dmm_elbo(lambda m, x, mask, e: dmm_elbo_right(m, x, mask, e, kl_sign=-1.0))
+    with pytest.raises(Mistake, match="DMM.elbo is the library's answer"):
+        check_dmm_elbo(lambda m, x, mask, e: m.elbo(Batch(x, mask=mask), analytic_kl=True,
+                                                    noise=e).elbo)
+    with pytest.raises(Mistake, match="DMM.guide is the library's loop"):
+        check_dmm_elbo(lambda m, x, mask, e: m.guide(x, mask.sum(1), e)[0].sum((1, 2)))
+
+    def nan_times_mask(model, x, mask, noise):  # 0 * NaN
+        return dmm_elbo_right(model, torch.where(mask[..., None], x, x), mask, noise) + (
+            x.nan_to_num(0.0).sum((1, 2)) * 0 + (x * 0).sum((1, 2)))
+
+    with pytest.raises(Mistake, match="0 \\* NaN = NaN"):
+        check_dmm_elbo(nan_times_mask)
+
+
+# ------------------------------------------------------------ the SSM's ELBO from its modules
+
+from torch.distributions import kl_divergence
+
+from vaelab.exercises.sequential import check_ssm_elbo
+
+
+def ssm_elbo_right(model, batch, *, zero_padding=True, kl_sign=1.0):
+    x, a = batch.x, batch.a
+    if zero_padding:
+        x = torch.where(batch.mask[..., None], x, 0.0)
+        a = torch.where(batch.mask[..., None], a, 0.0)
+    z, q_z = model.posterior(batch)
+    log_px = model.emitter(z).log_prob(x)
+    kl = kl_divergence(q_z.base_dist, model.prior(z, a).base_dist)
+    return elbo_right(log_px, kl_sign * kl, batch.mask)
+
+
+def test_ssm_elbo_accepts_the_modules_assembled() -> None:
+    check_ssm_elbo(ssm_elbo_right)
+
+
+def test_ssm_elbo_names_mistakes() -> None:
+    with pytest.raises(Mistake, match="padding holds NaN here, which Normal.log_prob refuses"):
+        check_ssm_elbo(lambda m, b: ssm_elbo_right(m, b, zero_padding=False))
+    with pytest.raises(Mistake, match="off by up to"):
+        check_ssm_elbo(lambda m, b: ssm_elbo_right(m, b, kl_sign=-1.0))
+    with pytest.raises(Mistake, match="SSM.elbo is the library's answer"):
+        check_ssm_elbo(lambda m, b: m.elbo(b, analytic_kl=True).elbo)
+    with pytest.raises(Mistake, match="has no gradient"):
+        check_ssm_elbo(lambda m, b: ssm_elbo_right(m, b).detach())

@@ -1,10 +1,13 @@
 """The course around the notebooks: the student release and the static site.
 
 ``release(src, dst)`` writes the student version of every notebook in ``src`` following
-nbgrader's ``generate_assignment`` conventions: in code cells, the lines between
-``### BEGIN SOLUTION`` and ``### END SOLUTION`` become ``# YOUR CODE HERE`` and
-``raise NotImplementedError()``; in markdown cells, the text between
-``=== BEGIN MARK SCHEME ===`` and ``=== END MARK SCHEME ===`` is removed; outputs are cleared.
+nbgrader's ``generate_assignment`` conventions, without nbgrader's database: in code cells,
+the lines between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` become ``# YOUR CODE HERE``
+and ``raise NotImplementedError()``, and hidden tests (``### BEGIN HIDDEN TESTS`` to
+``### END HIDDEN TESTS``) are removed; in markdown cells, a solution region becomes
+``YOUR ANSWER HERE`` and the text between ``=== BEGIN MARK SCHEME ===`` and
+``=== END MARK SCHEME ===`` is removed; outputs are cleared. For grading, use nbgrader itself
+(``nbgrader_config.py`` at the repository's root, and docs/instructors.md).
 
 ``build_site(src, dst, execute=...)`` renders every notebook to HTML with nbconvert (executed
 first when asked) and writes an ``index.html`` linking them in course order.
@@ -23,8 +26,10 @@ from pathlib import Path
 import nbformat
 
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
+BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 BEGIN_SCHEME, END_SCHEME = "=== BEGIN MARK SCHEME ===", "=== END MARK SCHEME ==="
 STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
+TEXT_STUB = ("YOUR ANSWER HERE",)
 ANSI = r"\x1b\[[0-9;]*m"  # terminal colours in nbclient's traceback
 DEFAULT_SOURCE = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -81,14 +86,17 @@ def _between(lines: list[str], begin: str, end: str, where: str) -> list[tuple[i
     return spans
 
 
-def strip_solutions(source: str, where: str = "cell") -> str:
-    """The code cell ``source`` with each solution block replaced by nbgrader's stub, indented
-    as the ``### BEGIN SOLUTION`` line."""
+def strip_solutions(source: str, where: str = "cell", stub: tuple[str, ...] = STUB) -> str:
+    """The cell ``source`` with each solution block replaced by nbgrader's ``stub`` (code's by
+    default; ``TEXT_STUB`` for markdown), indented as the ``### BEGIN SOLUTION`` line, and
+    each hidden-test block removed."""
     lines = source.split("\n")
     spans = _between(lines, BEGIN_SOLUTION, END_SOLUTION, where)
     for start, stop in reversed(spans):
         indent = re.match(r"\s*", lines[start]).group(0)
-        lines[start:stop + 1] = [indent + stub for stub in STUB]
+        lines[start:stop + 1] = [indent + line for line in stub]
+    for start, stop in reversed(_between(lines, BEGIN_HIDDEN, END_HIDDEN, where)):
+        del lines[start:stop + 1]
     return "\n".join(lines)
 
 
@@ -114,13 +122,14 @@ def student_version(nb: nbformat.NotebookNode, name: str = "notebook") -> tuple[
             cell.outputs = []
             cell.execution_count = None
         elif cell.cell_type == "markdown":
-            cell.source = strip_mark_scheme(cell.source, where)
-        # a solution-only marker in the other kind of cell is a mistake in the source
-        other = (BEGIN_SCHEME, END_SCHEME) if cell.cell_type == "code" else (
-            BEGIN_SOLUTION, END_SOLUTION)
-        if any(line.strip() in other for line in cell.source.split("\n")):
-            raise ValueError(f"{where}: a '{other[0]}' marker in a {cell.cell_type} cell; "
-                             f"solution markers belong in code cells, mark schemes in markdown")
+            new = strip_solutions(strip_mark_scheme(cell.source, where), where, TEXT_STUB)
+            replaced += new != strip_mark_scheme(cell.source, where)
+            cell.source = new
+        # a mark scheme in a code cell is a mistake in the source
+        if cell.cell_type == "code" and any(line.strip() in (BEGIN_SCHEME, END_SCHEME)
+                                            for line in cell.source.split("\n")):
+            raise ValueError(f"{where}: a '{BEGIN_SCHEME}' marker in a code cell; mark "
+                             f"schemes belong in markdown task cells")
     return nb, replaced
 
 
@@ -156,6 +165,38 @@ def release(dst: str | Path, src: str | Path | None = None) -> list[Path]:
         exercises = f"{replaced} exercise(s)" if replaced else "no exercises"
         listing.append(f"- `{name}`: {title} ({exercises})")
     (dst / "README.md").write_text(RELEASE_README + "\n".join(listing) + "\n")
+    return written
+
+
+ASSIGNMENTS = ("01_vae_elbo", "02_learnable_distributions", "03_sequential_vae",
+               "04_deep_markov_model", "05_normalizing_flows")
+NBGRADER_CONFIG = DEFAULT_SOURCE.parent / "nbgrader_config.py"
+
+
+def nbgrader_course(dst: str | Path, src: str | Path | None = None) -> list[Path]:
+    """Lay out a new nbgrader course directory ``dst``: ``source/<name>/<name>.ipynb`` for each
+    graded notebook (one assignment per notebook, named as its file), and the course's
+    ``nbgrader_config.py`` (grading mode). Returns the source notebooks written. nbgrader
+    then runs in ``dst`` (docs/instructors.md)."""
+    src, dst = _source_dir(src), Path(dst)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise ValueError(f"course folder {dst} exists and is not empty; choose a new folder "
+                         f"(nbgrader keeps its gradebook there, which this never overwrites)")
+    missing = [name for name in ASSIGNMENTS if not (src / f"{name}.ipynb").is_file()]
+    if missing:
+        raise ValueError(f"{src} lacks {', '.join(m + '.ipynb' for m in missing)}; pass "
+                         f"--source with the folder holding the solution notebooks")
+    if not NBGRADER_CONFIG.is_file():
+        raise FileNotFoundError(f"{NBGRADER_CONFIG} is missing; run from a checkout of vaelab")
+    written = []
+    for name in ASSIGNMENTS:
+        folder = dst / "source" / name
+        folder.mkdir(parents=True)
+        nb = nbformat.read(src / f"{name}.ipynb", as_version=4)
+        student_version(nb, name)  # unbalanced markers fail here, before nbgrader sees them
+        nbformat.write(nb, folder / f"{name}.ipynb")
+        written.append(folder / f"{name}.ipynb")
+    (dst / "nbgrader_config.py").write_text(NBGRADER_CONFIG.read_text())
     return written
 
 
@@ -235,6 +276,12 @@ def add_course_parser(sub) -> None:
     r.add_argument("--source", default=None,
                    help="folder of solution notebooks (default: the repository's notebooks/)")
     r.set_defaults(func=_cmd_release)
+    n = what.add_parser("nbgrader", help="lay out an nbgrader course directory in DIR "
+                                         "(source/ and nbgrader_config.py)")
+    n.add_argument("dir", metavar="DIR", help="new or empty course folder")
+    n.add_argument("--source", default=None,
+                   help="folder of solution notebooks (default: the repository's notebooks/)")
+    n.set_defaults(func=_cmd_nbgrader)
     s = what.add_parser("site", help="render the notebooks (executed) to HTML in DIR")
     s.add_argument("dir", metavar="DIR", help="output folder, e.g. build/site")
     s.add_argument("--source", default=None,
@@ -251,11 +298,19 @@ def _cmd_release(args) -> int:
     return 0
 
 
+def _cmd_nbgrader(args) -> int:
+    written = nbgrader_course(args.dir, args.source)
+    print(f"wrote {len(written)} assignments ({', '.join(ASSIGNMENTS)}) and "
+          f"nbgrader_config.py to {args.dir}; next: cd {args.dir} && nbgrader "
+          f"generate_assignment {ASSIGNMENTS[0]}")
+    return 0
+
+
 def _cmd_site(args) -> int:
     pages = build_site(args.source, args.dir, execute=not args.no_execute, timeout=args.timeout)
     print(f"wrote {pages[0]} and {len(pages) - 1} notebook pages")
     return 0
 
 
-__all__ = ["add_course_parser", "build_site", "release", "strip_mark_scheme", "strip_solutions",
-           "student_version"]
+__all__ = ["ASSIGNMENTS", "add_course_parser", "build_site", "nbgrader_course", "release",
+           "strip_mark_scheme", "strip_solutions", "student_version"]

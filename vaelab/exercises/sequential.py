@@ -11,6 +11,7 @@ initialisation), runs the student's function and compares it with the library
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import torch
@@ -20,25 +21,28 @@ from torch.nn.functional import softplus
 
 from vaelab.data import Batch
 from vaelab.dmm import Combiner
-from vaelab.exercises.common import Mistake, check_close, check_shape, not_written
+from vaelab.exercises.common import (
+    Mistake,
+    call_student,
+    check_close,
+    check_shape,
+    watch_module,
+)
 from vaelab.kalman import LinearGaussianSSM, kalman_filter
 from vaelab.nn import reverse_sequences
+from vaelab.objectives import masked_sum
 from vaelab.ssm import SSM, SSMConfig
 
 SEEDS = (0, 1)
 
 
-def _call(name: str, fn: Callable, *args, outputs: int = 1, shapes: str = ""):
-    """Run the student's ``fn`` without gradients; a crash or a wrong number of outputs is a
-    :class:`Mistake` naming the function (and, for a crash, followed by ``shapes``: what the
-    inputs are, for the usual shape slips)."""
-    try:
-        with torch.no_grad():
-            out = fn(*args)
-    except NotImplementedError as err:
-        raise not_written(name, err) from None
-    except (RuntimeError, IndexError, TypeError, ValueError) as e:
-        raise Mistake(f"{name} raised {type(e).__name__}: {e}{shapes}") from e
+def _call(name: str, fn: Callable, *args, outputs: int = 1, shapes: str = "",
+          forbidden: dict | None = None, forbidden_files: dict | None = None):
+    """Run the student's ``fn`` without gradients (:func:`call_student`: a crash is a
+    :class:`Mistake` naming the function and the student's line, followed by ``shapes``, what
+    the inputs are); a wrong number of outputs is a Mistake too."""
+    out = call_student(name, fn, *args, forbidden=forbidden, forbidden_files=forbidden_files,
+                       no_grad=True, context=shapes)
     if outputs == 1:
         if isinstance(out, tuple):
             raise Mistake(f"{name} returned a tuple; return one tensor")
@@ -95,6 +99,9 @@ def check_sequential_elbo(sequential_elbo: Callable) -> None:
         case = elbo_case(seed, padding=padding)
         log_px, kl, mask, expected = (case[k] for k in ("log_px", "kl", "mask", "elbo"))
         got = _call(name, sequential_elbo, log_px.clone(), kl.clone(), mask.clone(),
+                    forbidden={masked_sum: "vaelab.objectives.masked_sum is the library's "
+                                           "answer; select with torch.where and sum"},
+                    forbidden_files={"ssm.py": "vaelab.ssm is the library's answer"},
                     shapes=f"\n(the inputs are log_px {list(log_px.shape)} = [B, T], kl "
                            f"{list(kl.shape)} = [B, T, Z] and mask {list(mask.shape)} = [B, T]: "
                            f"sum kl over its last axis, the Z latent dimensions, to get the "
@@ -131,23 +138,25 @@ def check_sequential_elbo(sequential_elbo: Callable) -> None:
             "the KL is averaged over the latent dimensions instead of summed":
                 (clean_px - clean_kl / kl.shape[-1]).sum(1),
         }
-        check_close(name, got, expected, rtol=1e-4, atol=1e-4, hints=hints)
+        check_close(name, got, expected, hints=hints)  # float32, as the model
 
 
-def kalman_case(seed: int, z_dim: int, x_dim: int, a_dim: int = 2) -> dict:
+def kalman_case(seed: int, z_dim: int, x_dim: int, a_dim: int = 2,
+                dtype: torch.dtype = torch.float64) -> dict:
     """A random linear-Gaussian system (float64, dense SPD ``Q``, ``R``, ``P``) and one step's
     ``m [Z]``, ``P [Z, Z]``, ``x [X]``, ``a [A]``, with the library's answer from
     :func:`vaelab.kalman.kalman_filter` run over two steps, the second one padding (so it only
     predicts): ``m_filt, P_filt`` of p(z_t | x_{1:t}) and ``m_next, P_next`` of
-    p(z_{t+1} | x_{1:t})."""
+    p(z_{t+1} | x_{1:t}). With ``dtype=torch.float32`` the inputs are rounded to float32
+    first (the answer is still computed in float64 from those values)."""
     g = torch.Generator().manual_seed(seed)
 
     def randn(*shape: int) -> Tensor:
-        return torch.randn(*shape, generator=g, dtype=torch.float64)
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).double()
 
     def spd(n: int) -> Tensor:
         root = randn(n, n)
-        return root @ root.T / n + 0.5 * torch.eye(n, dtype=torch.float64)
+        return (root @ root.T / n + 0.5 * torch.eye(n, dtype=torch.float64)).to(dtype).double()
 
     m, P = randn(z_dim), spd(z_dim)
     A, B, C = 0.5 * randn(z_dim, z_dim), randn(z_dim, a_dim), randn(x_dim, z_dim)
@@ -172,12 +181,16 @@ def check_kalman_step(kalman_step: Callable) -> None:
     a_t, against :func:`vaelab.kalman.kalman_filter` (float64; a square case X = Z, where a
     transposed matrix still has the right shape, then X != Z)."""
     name = "kalman_step"
-    for seed, (z_dim, x_dim) in zip(SEEDS, ((3, 3), (4, 2))):
-        case = kalman_case(seed, z_dim, x_dim)
+    for seed, (z_dim, x_dim), dtype in ((0, (3, 3), torch.float64), (1, (4, 2), torch.float64),
+                                        (2, (3, 2), torch.float32)):
+        case = kalman_case(seed, z_dim, x_dim, dtype=dtype)
         m, P, x, a, A, B, Q, C, R = (case[k] for k in
                                      ("m", "P", "x", "a", "A", "B", "Q", "C", "R"))
         try:
-            got = _call(name, kalman_step, m, P, x, a, A, B, Q, C, R, outputs=4)
+            got = _call(name, kalman_step, *(t.to(dtype) for t in (m, P, x, a, A, B, Q, C, R)),
+                        outputs=4, forbidden_files={
+                            "kalman.py": "vaelab.kalman is the library's answer; write the "
+                                         "update and the prediction with torch operations"})
         except Mistake as e:
             if x_dim != z_dim and "raised" in str(e):
                 raise Mistake(f"{e}\n(with X = {x_dim} observations and Z = {z_dim} states: "
@@ -207,17 +220,17 @@ def check_kalman_step(kalman_step: Callable) -> None:
             "observation never adds uncertainty": (m + K @ (x - C @ m), P + K @ C @ P),
         }
         update_hints = {k: v for k, v in update_hints.items() if v is not None}
-        check_close(f"{name}'s m_filt", m_f, case["m_filt"], rtol=1e-6, atol=1e-8,
+        check_close(f"{name}'s m_filt", m_f, case["m_filt"], dtype=dtype,
                     hints={k: v[0] for k, v in update_hints.items()})
-        check_close(f"{name}'s P_filt", P_f, case["P_filt"], rtol=1e-6, atol=1e-8,
+        check_close(f"{name}'s P_filt", P_f, case["P_filt"], dtype=dtype,
                     hints={k: v[1] for k, v in update_hints.items()})
         m_ok, P_ok = case["m_filt"], case["P_filt"]
-        check_close(f"{name}'s m_next", m_n, case["m_next"], rtol=1e-6, atol=1e-8, hints={
+        check_close(f"{name}'s m_next", m_n, case["m_next"], dtype=dtype, hints={
             "the action is missing: m_next = A m_filt + B a": A @ m_ok,
             "the prediction starts from the predicted m, not the filtered m_filt":
                 A @ m + B @ a,
         })
-        check_close(f"{name}'s P_next", P_n, case["P_next"], rtol=1e-6, atol=1e-8, hints={
+        check_close(f"{name}'s P_next", P_n, case["P_next"], dtype=dtype, hints={
             "the process noise Q is missing: P_next = A P_filt A^T + Q": A @ P_ok @ A.T,
             "A is on the wrong sides: P_next = A P_filt A^T + Q, not A^T P_filt A + Q":
                 A.T @ P_ok @ A + Q,
@@ -237,6 +250,8 @@ def reversal_case(seed: int, batch: int = 4, steps: int = 6, features: int = 3) 
     x = torch.randn(batch, steps, features, generator=g)
     lengths = torch.tensor([steps] + [int(n) for n in torch.randint(1, steps, (batch - 1,),
                                                                     generator=g)])
+    if batch == steps:  # padding at every length: one sequence of each length 1..T, shuffled
+        lengths = 1 + torch.randperm(steps, generator=g)
     return {"x": x, "lengths": lengths, "expected": reverse_sequences(x, lengths)}
 
 
@@ -244,10 +259,15 @@ def check_reverse_sequences(reverse: Callable) -> None:
     """Check ``reverse(x [B, T, F], lengths [B]) -> [B, T, F]``: every sequence reversed over
     its own length, padding left where it is, against :func:`vaelab.nn.reverse_sequences`."""
     name = "reverse"
-    for seed in SEEDS:
-        case = reversal_case(seed)
+    for seed, batch, steps in ((0, 4, 6), (1, 4, 6), (2, 7, 7)):  # the last: every length
+        case = reversal_case(seed, batch, steps)
         x, lengths, expected = case["x"], case["lengths"], case["expected"]
-        got = check_shape(name, _call(name, reverse, x.clone(), lengths.clone()), x.shape)
+        got = check_shape(name, _call(name, reverse, x.clone(), lengths.clone(), forbidden={
+            reverse_sequences: "vaelab.nn.reverse_sequences is the library's answer; build "
+                               "the index and gather"}), x.shape)
+        if got.dtype != x.dtype:
+            raise Mistake(f"{name} returned {got.dtype} for {x.dtype} inputs: reversing moves "
+                          f"values, it does not change their dtype")
         mask = torch.arange(x.shape[1]) < lengths[:, None]
         if torch.allclose(got, x.flip(1)):
             raise Mistake(f"{name} flipped the whole padded tensor (x.flip(1)): the padding "
@@ -278,17 +298,22 @@ def _shifted_reversal(x: Tensor, lengths: Tensor) -> Tensor:
 
 
 def combiner_case(seed: int, batch: int = 6, z_dim: int = 3, rnn_dim: int = 5,
-                  min_scale: float = 1e-3) -> dict:
+                  min_scale: float = 1e-3, dtype: torch.dtype = torch.float64) -> dict:
     """A random :class:`vaelab.dmm.Combiner` and its inputs ``z_prev [B, Z]``,
     ``h_rnn [B, R]`` (in (-1, 1), like a tanh RNN's state), its weights ``W [R, Z]``,
-    ``b [R]``, ``W_out [2Z, R]``, ``b_out [2Z]`` and the library's ``loc``, ``scale``."""
+    ``b [R]``, ``W_out [2Z, R]``, ``b_out [2Z]`` and the library's ``loc``, ``scale``, in
+    float64 (a float32 case's values are rounded to float32 first)."""
     g = torch.Generator().manual_seed(seed)
     combiner = Combiner(z_dim, rnn_dim, min_scale).double()
+
+    def randn(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).double()
+
     with torch.no_grad():
         for p in combiner.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype))
-        z_prev = torch.randn(batch, z_dim, generator=g, dtype=torch.float64)
-        h_rnn = torch.tanh(2 * torch.randn(batch, rnn_dim, generator=g, dtype=torch.float64))
+            p.copy_(randn(*p.shape))
+        z_prev = randn(batch, z_dim)
+        h_rnn = torch.tanh(2 * randn(batch, rnn_dim)).to(dtype).double()
         q = combiner(z_prev, h_rnn).base_dist
     return {"z_prev": z_prev, "h_rnn": h_rnn, "W": combiner.z_to_hidden.weight.detach(),
             "b": combiner.z_to_hidden.bias.detach(),
@@ -302,12 +327,16 @@ def check_combiner(combiner: Callable) -> None:
     ``h = 1/2 (tanh(W z_prev + b) + h_rnn)``, ``[loc | s] = W_out h + b_out``,
     ``scale = softplus(s) + min_scale``, against :class:`vaelab.dmm.Combiner`."""
     name = "combiner"
-    for seed in SEEDS:
-        case = combiner_case(seed)
+    for seed, batch, dtype in ((0, 6, torch.float64), (1, 6, torch.float64),
+                               (2, 5, torch.float32)):
+        case = combiner_case(seed, batch, dtype=dtype)
         z_prev, h_rnn, W, b, W_out, b_out, min_scale = (
             case[k] for k in ("z_prev", "h_rnn", "W", "b", "W_out", "b_out", "min_scale"))
-        loc, scale = _call(name, combiner, z_prev, h_rnn, W, b, W_out, b_out, min_scale,
-                           outputs=2,
+        inputs = (t.to(dtype) for t in (z_prev, h_rnn, W, b, W_out, b_out))
+        loc, scale = _call(name, combiner, *inputs, min_scale, outputs=2,
+                           forbidden_files={"dmm.py": "vaelab.dmm is the library's answer; "
+                                                      "write the combiner with torch "
+                                                      "operations"},
                            shapes=f"\n(W is [R, Z] = {list(W.shape)} and W_out [2Z, R] = "
                                   f"{list(W_out.shape)}, as torch.nn.Linear stores them: for a "
                                   f"batch z_prev [B, Z], W z_prev + b is z_prev @ W.T + b)")
@@ -330,7 +359,7 @@ def check_combiner(combiner: Callable) -> None:
         loc_hints = {k: split(h)[0] for k, h in hidden.items()}
         _, s = split(0.5 * (tanh_z + h_rnn))
         loc_hints["loc and the scale are swapped: the first Z outputs are the loc"] = s
-        check_close(f"{name}'s loc", loc, case["loc"], rtol=1e-6, atol=1e-8, hints=loc_hints)
+        check_close(f"{name}'s loc", loc, case["loc"], dtype=dtype, hints=loc_hints)
         scale_hints = {k: softplus(split(h)[1]) + min_scale for k, h in hidden.items()}
         scale_hints.update({
             "the softplus is missing: scale = softplus(s) + min_scale keeps it positive":
@@ -343,17 +372,121 @@ def check_combiner(combiner: Callable) -> None:
             "sqrt(softplus(s) + min_scale^2)); here softplus gives the scale itself":
                 torch.sqrt(softplus(s) + min_scale**2),
         })
-        check_close(f"{name}'s scale", scale, case["scale"], rtol=1e-6, atol=1e-8,
+        check_close(f"{name}'s scale", scale, case["scale"], dtype=dtype,
                     hints=scale_hints)
+
+
+# ------------------------------------------------------------ the SSM's ELBO from its modules
+
+
+def check_ssm_elbo(ssm_elbo: Callable) -> None:
+    """Check ``ssm_elbo(model, batch) -> [B]``: the sequential ELBO of an
+    :class:`vaelab.ssm.SSM` assembled from its modules (``model.posterior`` for the guide's
+    path, ``model.prior``, ``model.emitter``, the closed-form KL per step), summed over the
+    observed steps, against :meth:`vaelab.ssm.SSM.elbo` with the same random path, on random
+    models (filtering and smoothing guides) and batches whose padding holds NaN; the result
+    must carry gradients, since the notebook trains with it."""
+    name = "ssm_elbo"
+    library = {SSM.elbo: "SSM.elbo is the library's answer; assemble the terms yourself",
+               SSM.forward: "SSM.forward is SSM.elbo, the library's answer"}
+    for seed, guide in ((0, "smoothing"), (1, "filtering")):
+        g = torch.Generator().manual_seed(seed)
+        model = SSM(SSMConfig(x_dim=2, a_dim=1, z_dim=3, hidden_dim=8, guide=guide,
+                              rnn_dim=8))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.3 * torch.randn(p.shape, generator=g))
+        lengths = torch.tensor([6, 1, 4, 5])
+        mask = torch.arange(6) < lengths[:, None]
+        x, a = torch.randn(4, 6, 2, generator=g), torch.randn(4, 6, 1, generator=g)
+        x[~mask], a[~mask] = float("nan"), float("nan")
+        batch = Batch(x, a, mask=mask)
+        torch.manual_seed(100 + seed)
+        with torch.no_grad():
+            expected = model.elbo(batch, analytic_kl=True).elbo
+        torch.manual_seed(100 + seed)
+        got = call_student(name, ssm_elbo, model, batch, forbidden=library, context=(
+            "\n(batch.x [B, T, X], batch.a [B, T, A] and batch.mask [B, T]; the padding holds "
+            "NaN here, which Normal.log_prob refuses: zero it with torch.where(batch.mask"
+            "[..., None], batch.x, 0.0) before scoring, and the same for batch.a)"))
+        check_shape(name, got, expected.shape)
+        if not torch.isfinite(got.detach()).all():
+            raise Mistake(f"{name} returned NaN: the padding holds NaN here; keep only the "
+                          f"observed steps with torch.where (0 * NaN = NaN)")
+        check_close(name, got.detach(), expected)  # float32, as the model
+        if not got.requires_grad:
+            raise Mistake(f"{name}'s result has no gradient: do not compute it under "
+                          f"torch.no_grad() or detach it; the notebook trains with it")
+
+
+# ------------------------------------------------------- the DMM's ELBO, a loop over time (builds)
+
+
+def dmm_case(seed: int, padding: str) -> dict:
+    """A small random :class:`vaelab.dmm.DMM` (random weights), a padded batch of binary
+    sequences ``x [B, T, X]`` with one sequence of length 1 and one of length T, its ``mask``,
+    standard-normal ``noise [B, T, Z]`` and the library's ``elbo [B]`` along that path
+    (closed-form KL). The padding holds NaN (``"nan"``) or finite values (``"finite"``)."""
+    from vaelab.dmm import DMM, DMMConfig
+
+    g = torch.Generator().manual_seed(seed)
+    model = DMM(DMMConfig(x_dim=6, z_dim=3, emission_dim=8, transition_dim=8, rnn_dim=8))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+    batch, steps = 4, 7
+    lengths = torch.tensor([steps, 1, 4, 6])
+    mask = torch.arange(steps) < lengths[:, None]
+    x = torch.bernoulli(torch.full((batch, steps, 6), 0.4), generator=g)
+    x[~mask] = float("nan") if padding == "nan" else 1.0
+    noise = torch.randn(batch, steps, 3, generator=g)
+    with torch.no_grad():
+        expected = model.elbo(Batch(x, mask=mask), analytic_kl=True, noise=noise).elbo
+    return {"model": model, "x": x, "mask": mask, "noise": noise, "elbo": expected}
+
+
+def check_dmm_elbo(dmm_elbo: Callable) -> None:
+    """Check ``dmm_elbo(model, x [B, T, X], mask [B, T], noise [B, T, Z]) -> [B]``: the guide's
+    loop over time (combiner of the previous sample and the backward RNN's state, one
+    reparameterised sample per step from ``noise``), the emitter's log-likelihood and the
+    closed-form KL against the gated transition of the previous sample, summed over the
+    observed steps; against :meth:`vaelab.dmm.DMM.elbo` on random models and padded batches
+    (NaN and finite padding, lengths 1 to T)."""
+    from vaelab.dmm import DMM
+
+    name = "dmm_elbo"
+    library = {DMM.elbo: "DMM.elbo is the library's answer; write the loop over time",
+               DMM.forward: "DMM.forward is DMM.elbo, the library's answer",
+               DMM.guide: "DMM.guide is the library's loop over time; write yours with "
+                          "model.combiner"}
+    for seed, padding in ((0, "finite"), (1, "nan")):
+        case = dmm_case(seed, padding)
+        x, mask, noise, expected = (case[k] for k in ("x", "mask", "noise", "elbo"))
+        got = _call(name, dmm_elbo, case["model"], x.clone(), mask.clone(), noise.clone(),
+                    forbidden=library,
+                    shapes=f"\n(x is [B, T, X] = {list(x.shape)}, mask [B, T], noise [B, T, Z] "
+                           f"= {list(noise.shape)}: step t uses x[:, t], mask[:, t] and "
+                           f"noise[:, t]; the padding may hold NaN, which a Bernoulli refuses: "
+                           f"score torch.where(mask[:, t, None], x[:, t], 0.0))")
+        check_shape(name, got, expected.shape)
+        if not torch.isfinite(got).all():
+            raise Mistake(f"{name} returned NaN: the padding holds NaN here, and multiplying "
+                          f"a step's terms by the mask gives 0 * NaN = NaN; keep the observed "
+                          f"steps with torch.where(mask[:, t], ..., 0.0)")
+        check_close(name, got, expected)  # float32, as the model
 
 
 __all__ = [
     "check_combiner",
+    "check_dmm_elbo",
     "check_kalman_step",
     "check_reverse_sequences",
     "check_sequential_elbo",
+    "check_ssm_elbo",
     "combiner_case",
+    "dmm_case",
     "elbo_case",
     "kalman_case",
     "reversal_case",
 ]
+watch_module(sys.modules[__name__])
