@@ -300,7 +300,7 @@ def test_dmm_jsb_rejects_an_unknown_preset_naming_the_known_ones(capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_args(["--preset", "fast"])
     assert exit_info.value.code == 2
-    assert "unknown preset 'fast'; choose one of ['krishnan', 'pyro', 'quick']" in (
+    assert "unknown preset 'fast'; choose one of ['krishnan', 'krishnan-aug', 'krishnan-aug-made', 'pyro', 'quick']" in (
         capsys.readouterr().err)
 
 

@@ -344,7 +344,7 @@ def test_dmm_elbo_names_mistakes() -> None:
         check_dmm_elbo(lambda m, x, mask, e: m.elbo(Batch(x, mask=mask), analytic_kl=True,
                                                     noise=e).elbo)
     with pytest.raises(Mistake, match="DMM.guide is the library's loop"):
-        check_dmm_elbo(lambda m, x, mask, e: m.guide(x, mask.sum(1), e)[0].sum((1, 2)))
+        check_dmm_elbo(lambda m, x, mask, e: m.guide(x, x.new_zeros(*x.shape[:2], 0), mask, e)[0].sum((1, 2)))
 
     def nan_times_mask(model, x, mask, noise):  # 0 * NaN
         return dmm_elbo_right(model, torch.where(mask[..., None], x, x), mask, noise) + (

@@ -256,6 +256,8 @@ class DMM(SequentialModel):
         causal, so its outputs at observed steps never see the padding that follows them: the
         same numbers as with ``pack_padded_sequence`` (a test checks), without its cost.
         """
+        observed = torch.arange(x.shape[1], device=x.device) < lengths.to(x.device)[:, None]
+        x = torch.where(observed[..., None], x, 0.0)  # the padding may hold NaN
         x_rev = reverse_sequences(x, lengths)
         if self.embed is not None:
             x_rev = self.embed(x_rev)

@@ -76,7 +76,7 @@ def elbo_case(seed: int, batch: int = 5, steps: int = 7, padding: str = "nan") -
         expected = model.elbo(data).elbo
     torch.manual_seed(seed)
     with torch.no_grad():  # the same path, unpacked into its per-step terms
-        x, a, _ = model._check(data)
+        x, a, _ = model.check(data)
         z, q_z = model.posterior(data)
         log_px = model.emitter(z).log_prob(x)  # [B, T]
         kl = kl_divergence(q_z.base_dist, model.prior(z, a).base_dist)  # [B, T, Z]
