@@ -166,6 +166,13 @@ def _choose(page, label: str, option: str) -> None:
             break
         except Exception:  # noqa: BLE001 - playwright's TimeoutError or strict mode: again
             page.keyboard.press("Escape")
+    for _ in range(20):  # a rerun may show the stale box beside the new one for a moment
+        try:
+            expect(box).to_have_count(1)
+            expect(box.get_by_role("combobox")).to_have_value(option, timeout=5_000)
+            return
+        except Exception:  # noqa: BLE001 - strict mode during a redraw: look again
+            page.wait_for_timeout(500)
     expect(box.get_by_role("combobox")).to_have_value(option)
 
 
