@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal
 
+from tests.test_gpu import SMALL
 from vaelab import MODELS, Model, SequentialModel, register
 from vaelab.__main__ import main
 from vaelab.config import make_model
@@ -18,14 +19,7 @@ from vaelab.datasets import load_dataset
 from vaelab.distributions import BernoulliLogits, DiagGaussian
 from vaelab.train import TrainConfig, fit, load_checkpoint, load_model
 
-SMALL = {
-    "vae": ("digits", {"hidden_dims": [16], "z_dim": 2}),
-    "ssm": ("linear", {"z_dim": 2, "hidden_dim": 8, "rnn_dim": 8}),
-    "realnvp": ("moons", {"hidden_dim": 8, "num_layers": 2}),
-    "dmm": ("jsb", {"z_dim": 3, "emission_dim": 8, "transition_dim": 8, "rnn_dim": 8}),
-    "dmm_iaf": ("jsb", {"z_dim": 3, "emission_dim": 8, "transition_dim": 8, "rnn_dim": 8,
-                        "iaf_dim": 8}),
-}
+# every model small, on the data set it is shown with first (shared with the CUDA tests)
 
 
 # ----------------------------------------------------------------------------- a new model
