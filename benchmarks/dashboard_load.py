@@ -30,7 +30,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
@@ -38,6 +37,9 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from vaelab import runs  # the repository's vaelab, run from anywhere
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import dashboard_overhead  # noqa: E402  (its server start, shared)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -53,26 +55,9 @@ def free_port() -> int:
 
 
 def serve(port: int, root: Path, max_runs: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "VAELAB_HOSTED": "1",
-           "VAELAB_RUNS_ROOT": str(root), "VAELAB_MAX_RUNS": str(max_runs),
-           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
-    with open(log, "w") as f:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.address", "127.0.0.1", "--server.port", str(port),
-             "--server.fileWatcherType", "none"], cwd=ROOT, stdout=f,
-            stderr=subprocess.STDOUT, env=env)
-    end = time.monotonic() + 120
-    while time.monotonic() < end:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
-                return server
-        except OSError:
-            if server.poll() is not None:
-                break
-            time.sleep(0.5)
-    server.terminate()
-    raise RuntimeError(f"streamlit did not start:\n{log.read_text()[-2000:]}")
+    """The dashboard in hosted mode over ``root``, at most ``max_runs`` training at once."""
+    return dashboard_overhead.serve(port, log, {
+        "VAELAB_HOSTED": "1", "VAELAB_RUNS_ROOT": str(root), "VAELAB_MAX_RUNS": str(max_runs)})
 
 
 class Sampler(threading.Thread):

@@ -166,9 +166,11 @@ def latency(browser, url: str, model: str, data: str, seconds: float, out: Path)
             "age_max": ages[-1]}
 
 
-def serve(port: int, log: Path) -> subprocess.Popen:
+def serve(port: int, log: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    """The dashboard served on ``127.0.0.1:port`` (its output to ``log``), once it answers
+    its health check; ``extra_env`` adds settings (e.g. the hosted mode's)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1",  # the trainer's torch: 1 thread
-           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false", **(extra_env or {})}
     with open(log, "w") as f:
         server = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
