@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vaelab.train.run
-from vaelab.__main__ import main
+from tests.test_reliability import run_cli
 from vaelab.config import parse_sets
 from vaelab.data import load_digits
 from vaelab.train import (
@@ -54,17 +54,6 @@ TINY_VAE = ["--model", "vae", "--data", "digits", "--set", "hidden_dims=[8]", "-
 def digits():
     train, val, _ = load_digits()
     return train.subset(slice(0, 160)), val.subset(slice(0, 48))
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    """``main(argv)`` as the shell runs it: (exit code, stdout, stderr), never a traceback."""
-    try:
-        code = main(argv)
-    except SystemExit as e:  # argparse's own usage errors
-        code = e.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err, err
-    return code, out, err
 
 
 # ----------------------------------------------------------------------------- disk
