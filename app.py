@@ -108,75 +108,117 @@ with st.sidebar:
     config_cls, model_cls = MODELS[model_name]
     model_defaults = field_defaults(config_cls)
     accepted = accepted_data(model_name)
-    offered = [name for name, why in accepted.items() if why is None and (
-        not HOSTING.hosted or not dataset_needs_path(name))]  # hosted: built-in data only
+    offered = [
+        name
+        for name, why in accepted.items()
+        if why is None and (not HOSTING.hosted or not dataset_needs_path(name))
+    ]  # hosted: built-in data only
     refused = "; ".join(f"{name}: {why}" for name, why in accepted.items() if why)
     preferred = model_cls.preferred_data
     data_key = widget(f"data_{model_name}", preferred if preferred in offered else offered[0])
     if state[data_key] not in offered:
         state[data_key] = offered[0]
     data_name = st.selectbox(
-        "data set", offered, key=data_key,
-        help=f"the data sets {model_name} can train on. Not offered: {refused}" if refused
-        else f"every data set suits {model_name}")
+        "data set",
+        offered,
+        key=data_key,
+        help=f"the data sets {model_name} can train on. Not offered: {refused}"
+        if refused
+        else f"every data set suits {model_name}",
+    )
     data_path = ""
     if dataset_needs_path(data_name):
-        data_path = st.text_input("path to the data (file or folder)",
-                                  key=widget(f"path_{data_name}", ""),
-                                  help="mnist: the folder of the IDX files; polyphonic: a "
-                                       ".pickle; arrays: an .npz with x [N, T, X] (and a)")
+        data_path = st.text_input(
+            "path to the data (file or folder)",
+            key=widget(f"path_{data_name}", ""),
+            help="mnist: the folder of the IDX files; polyphonic: a "
+            ".pickle; arrays: an .npz with x [N, T, X] (and a)",
+        )
     overrides: dict = {}
     for field, label, low, high, step in INT_FIELDS:
         if has_widget(field, model_defaults):
             default = min(max(int(model_defaults[field]), low), high)
-            overrides[field] = int(st.number_input(
-                label, low, high, step=step, key=widget(f"{field}_{model_name}", default)))
+            overrides[field] = int(
+                st.number_input(
+                    label, low, high, step=step, key=widget(f"{field}_{model_name}", default)
+                )
+            )
     if "hidden_dims" in model_defaults:  # same depth as the default, every layer this wide
-        width = st.number_input("hidden size", 2, 2048, step=8, key=widget(
-            f"hidden_dims_{model_name}", int(model_defaults["hidden_dims"][0])))
+        width = st.number_input(
+            "hidden size",
+            2,
+            2048,
+            step=8,
+            key=widget(f"hidden_dims_{model_name}", int(model_defaults["hidden_dims"][0])),
+        )
         overrides["hidden_dims"] = [int(width)] * len(model_defaults["hidden_dims"])
-    extra = st.text_input("other config fields (key=value; key=value)",
-                          key=widget(f"extra_{model_name}", ""),
-                          help=f"fields of {config_cls.__name__}: {', '.join(model_defaults)}")
+    extra = st.text_input(
+        "other config fields (key=value; key=value)",
+        key=widget(f"extra_{model_name}", ""),
+        help=f"fields of {config_cls.__name__}: {', '.join(model_defaults)}",
+    )
 
     st.header("Training")
     tdef = {**field_defaults(TrainConfig), **model_cls.train_defaults}
-    epochs = st.number_input("epochs", 1, 100000,
-                             key=widget(f"epochs_{model_name}", int(tdef["epochs"])))
-    batch_size = st.number_input("batch size", 1, 4096,
-                                 key=widget(f"bs_{model_name}", int(tdef["batch_size"])))
+    epochs = st.number_input(
+        "epochs", 1, 100000, key=widget(f"epochs_{model_name}", int(tdef["epochs"]))
+    )
+    batch_size = st.number_input(
+        "batch size", 1, 4096, key=widget(f"bs_{model_name}", int(tdef["batch_size"]))
+    )
     lr_key = widget(f"lr_{model_name}", float(tdef["lr"]))
-    lr = st.select_slider("learning rate", sorted({*LEARNING_RATES, float(tdef["lr"]),
-                                                   float(state[lr_key])}),
-                          format_func=lambda v: f"{v:.0e}", key=lr_key)
+    lr = st.select_slider(
+        "learning rate",
+        sorted({*LEARNING_RATES, float(tdef["lr"]), float(state[lr_key])}),
+        format_func=lambda v: f"{v:.0e}",
+        key=lr_key,
+    )
     anneal, train_samples = float(tdef["anneal_epochs"]), int(tdef["train_samples"])
     if model_cls.has_latents:  # a flow has no KL to anneal and no guide to sample
         anneal = st.number_input(
-            "KL annealing epochs (0 = off)", 0.0, 10000.0, step=1.0,
-            key=widget(f"anneal_{model_name}", float(tdef["anneal_epochs"])))
+            "KL annealing epochs (0 = off)",
+            0.0,
+            10000.0,
+            step=1.0,
+            key=widget(f"anneal_{model_name}", float(tdef["anneal_epochs"])),
+        )
         train_samples = st.number_input(
-            "guide samples per example in each step", 1, 64,
-            key=widget("train_samples", int(tdef["train_samples"])))
+            "guide samples per example in each step",
+            1,
+            64,
+            key=widget("train_samples", int(tdef["train_samples"])),
+        )
     seed = st.number_input("seed", 0, 2**31 - 1, key=widget("seed", int(tdef["seed"])))
     cap = HOSTING.max_steps
     max_steps = st.number_input(
-        f"max steps (0 = {'the cap, ' + format(cap, ',') if cap else 'no limit'})", 0,
-        cap or 10**9, key=widget("max_steps", 0))
+        f"max steps (0 = {'the cap, ' + format(cap, ',') if cap else 'no limit'})",
+        0,
+        cap or 10**9,
+        key=widget("max_steps", 0),
+    )
     device = st.selectbox("device", devices, key=widget("device", devices[0]))
 
     st.header("Runs")
     if HOSTING.hosted:
         root = HOSTING.root
-        st.caption(f"runs are kept on the server; at most {HOSTING.max_running} train at once "
-                   f"(the others wait in a queue), each for at most "
-                   f"{HOSTING.max_seconds / 60:g} min and {HOSTING.max_steps:,} steps")
+        st.caption(
+            f"runs are kept on the server; at most {HOSTING.max_running} train at once "
+            f"(the others wait in a queue), each for at most "
+            f"{HOSTING.max_seconds / 60:g} min and {HOSTING.max_steps:,} steps"
+        )
         resume_path = ""
     else:
-        root = Path(st.text_input("runs folder", key=widget("out_root", str(HOSTING.root)),
-                                  help="each run writes RUNS/<run id>/; runs started with "
-                                       "'python -m vaelab train --out RUNS/<name>' show up"))
-        resume_path = st.text_input("resume from a checkpoint file (optional)",
-                                    key=widget("resume", ""))
+        root = Path(
+            st.text_input(
+                "runs folder",
+                key=widget("out_root", str(HOSTING.root)),
+                help="each run writes RUNS/<run id>/; runs started with "
+                "'python -m vaelab train --out RUNS/<name>' show up",
+            )
+        )
+        resume_path = st.text_input(
+            "resume from a checkpoint file (optional)", key=widget("resume", "")
+        )
     upload = st.file_uploader("upload a checkpoint to continue", type=["pt"], key="upload")
     if upload is None:
         state.pop("uploaded", None)
@@ -190,8 +232,10 @@ with st.sidebar:
         if "error" in state.uploaded:
             st.error(state.uploaded["error"])
         elif state.uploaded["remaining"]:
-            st.warning(f"uploaded {state.uploaded['text']}; nothing to continue: "
-                       f"{state.uploaded['remaining']}")
+            st.warning(
+                f"uploaded {state.uploaded['text']}; nothing to continue: "
+                f"{state.uploaded['remaining']}"
+            )
         else:
             st.success(f"uploaded {state.uploaded['text']}; press 'Resume'")
 
@@ -214,11 +258,19 @@ def on_train() -> None:
     state.pop("message", None)
     try:
         sets = parse_sets([s.strip() for s in extra.split(";") if s.strip()], "config field")
-        train = {"epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
-                 "seed": int(seed), "device": device, "max_steps": int(max_steps),
-                 "anneal_epochs": float(anneal), "train_samples": int(train_samples)}
-        args, settings = plan_run(model_name, data_name, data_path or None,
-                                  {**overrides, **sets}, train, HOSTING)
+        train = {
+            "epochs": int(epochs),
+            "batch_size": int(batch_size),
+            "lr": float(lr),
+            "seed": int(seed),
+            "device": device,
+            "max_steps": int(max_steps),
+            "anneal_epochs": float(anneal),
+            "train_samples": int(train_samples),
+        }
+        args, settings = plan_run(
+            model_name, data_name, data_path or None, {**overrides, **sets}, train, HOSTING
+        )
         run_id = runs.create_run(root, TOKEN, args, settings, HOSTING)
     except (ValueError, OSError) as e:
         say(str(e))
@@ -233,24 +285,36 @@ def on_resume(run: dict | None) -> None:
         if "uploaded" in state and "error" not in state.uploaded:
             info = state.uploaded
             run_id = runs.create_run(
-                root, TOKEN, ["--resume", "{folder}/uploaded.pt", "--train-set",
-                              "progress=False"],
-                {"model": info["model"], "data": info["data"]}, HOSTING,
-                files={"uploaded.pt": upload.getvalue()})
+                root,
+                TOKEN,
+                ["--resume", "{folder}/uploaded.pt", "--train-set", "progress=False"],
+                {"model": info["model"], "data": info["data"]},
+                HOSTING,
+                files={"uploaded.pt": upload.getvalue()},
+            )
         elif resume_path and not HOSTING.hosted:
             path = Path(resume_path)
             if not path.is_file():
                 raise ValueError(f"no checkpoint at {path}; give the path of a checkpoint.pt")
-            run_id = runs.create_run(root, TOKEN, ["--resume", str(path.resolve()),
-                                                   "--train-set", "progress=False"],
-                                     {"model": "?", "data": {}}, HOSTING)
+            run_id = runs.create_run(
+                root,
+                TOKEN,
+                ["--resume", str(path.resolve()), "--train-set", "progress=False"],
+                {"model": "?", "data": {}},
+                HOSTING,
+            )
         elif run is not None and runs.owns(run, TOKEN):
-            runs.requeue(root, run["id"], TOKEN, ["--resume", "{folder}/checkpoint.pt",
-                                                  "--train-set", "progress=False"])
+            runs.requeue(
+                root,
+                run["id"],
+                TOKEN,
+                ["--resume", "{folder}/checkpoint.pt", "--train-set", "progress=False"],
+            )
             run_id = run["id"]
         else:
-            raise ValueError("nothing to resume: upload a checkpoint, or open a stopped run "
-                             "of yours")
+            raise ValueError(
+                "nothing to resume: upload a checkpoint, or open a stopped run of yours"
+            )
     except (ValueError, OSError) as e:
         say(str(e))
         return
@@ -267,8 +331,13 @@ def on_request(run_id: str, action: str) -> None:
 
 def on_rename(run_id: str) -> None:
     try:
-        runs.rename(root, run_id, TOKEN, name=state.get("rename", ""),
-                    tags=state.get("tags", "").split(","))
+        runs.rename(
+            root,
+            run_id,
+            TOKEN,
+            name=state.get("rename", ""),
+            tags=state.get("tags", "").split(","),
+        )
         say("saved", "success")
     except (ValueError, OSError) as e:
         say(str(e))
@@ -308,26 +377,46 @@ own = run is not None and runs.owns(run, TOKEN)
 b1, b2, b3, b4 = st.columns(4)
 # Train and Resume act here, not in on_click: a callback runs before the script and would read
 # the widget values of the previous run, not the ones just set
-if b1.button("Train", type="primary", key="train",
-             disabled=bool(mine_active) and HOSTING.hosted,
-             help="one run at a time per session on this server" if mine_active and
-             HOSTING.hosted else "queue a new run with the sidebar's settings"):
+if b1.button(
+    "Train",
+    type="primary",
+    key="train",
+    disabled=bool(mine_active) and HOSTING.hosted,
+    help="one run at a time per session on this server"
+    if mine_active and HOSTING.hosted
+    else "queue a new run with the sidebar's settings",
+):
     on_train()
     st.rerun()
 live_state = run["state"] if own else None
 if live_state == "paused":
     b2.button("Continue", key="continue", on_click=on_request, args=(run["id"], "continue"))
 else:
-    b2.button("Pause", key="pause", on_click=on_request, disabled=live_state != "training",
-              args=(run["id"] if run else "", "pause"))
-b3.button("Stop", key="stop", on_click=on_request, disabled=live_state not in runs.ACTIVE,
-          args=(run["id"] if run else "", "stop"))
-can_resume = ("uploaded" in state and "error" not in state.uploaded
-              and not state.uploaded["remaining"]) or bool(resume_path) or (
-    own and run["state"] == "stopped" and (run["folder"] / "checkpoint.pt").is_file())
-if b4.button("Resume", key="resume_run",
-             disabled=not can_resume or (bool(mine_active) and HOSTING.hosted),
-             help="continue an uploaded checkpoint, or this stopped run of yours"):
+    b2.button(
+        "Pause",
+        key="pause",
+        on_click=on_request,
+        disabled=live_state != "training",
+        args=(run["id"] if run else "", "pause"),
+    )
+b3.button(
+    "Stop",
+    key="stop",
+    on_click=on_request,
+    disabled=live_state not in runs.ACTIVE,
+    args=(run["id"] if run else "", "stop"),
+)
+can_resume = (
+    ("uploaded" in state and "error" not in state.uploaded and not state.uploaded["remaining"])
+    or bool(resume_path)
+    or (own and run["state"] == "stopped" and (run["folder"] / "checkpoint.pt").is_file())
+)
+if b4.button(
+    "Resume",
+    key="resume_run",
+    disabled=not can_resume or (bool(mine_active) and HOSTING.hosted),
+    help="continue an uploaded checkpoint, or this stopped run of yours",
+):
     on_resume(run)
     st.rerun()
 if "message" in state:
@@ -336,11 +425,19 @@ if "message" in state:
 
 if visible:
     ids = [r["id"] for r in visible]
-    names = {r["id"]: f"{r['name']} ({r['state']}" + (", yours)" if runs.owns(r, TOKEN)
-                                                       else ", read-only)") for r in visible}
-    picked = st.selectbox("run", ids, index=ids.index(run["id"]) if run else None,
-                          format_func=names.get, placeholder="choose a run to show",
-                          key=f"pick_{run['id'] if run else ''}")
+    names = {
+        r["id"]: f"{r['name']} ({r['state']}"
+        + (", yours)" if runs.owns(r, TOKEN) else ", read-only)")
+        for r in visible
+    }
+    picked = st.selectbox(
+        "run",
+        ids,
+        index=ids.index(run["id"]) if run else None,
+        format_func=names.get,
+        placeholder="choose a run to show",
+        key=f"pick_{run['id'] if run else ''}",
+    )
     if picked is not None and (run is None or picked != run["id"]):
         st.query_params["run"] = picked
         st.rerun()
@@ -349,13 +446,14 @@ view = st.radio("view", VIEWS, horizontal=True, key="view", label_visibility="co
 
 def status_line(run: dict, records: list[dict], position: int | None) -> str:
     last = {r.get("kind"): r for r in records}
-    text = (f"**{run['name']}**: {run['model']} on {run['data']} — **{run['state']}**")
+    text = f"**{run['name']}**: {run['model']} on {run['data']} — **{run['state']}**"
     if position is not None:
         text += f", number {position} in the queue"
     if "train" in last:
         epochs = (run["settings"].get("train_config") or {}).get("epochs")
         text += f", step {last['train']['step']} (epoch {last['train']['epoch'] + 1}" + (
-            f" of {epochs})" if epochs else ")")
+            f" of {epochs})" if epochs else ")"
+        )
         text += f", train {last['train']['nelbo']:.3f} {run['unit']}"
     if "val" in last:
         text += f", validation {last['val']['nelbo']:.3f}"
@@ -382,27 +480,45 @@ def reference(data: str) -> dict:
 
 def show_curves(run: dict, records: list[dict]) -> None:
     c1, c2, c3 = st.columns(3)
-    smoothing = c1.slider("smoothing", 0.0, 0.99, 0.6, 0.01, key="smoothing",
-                          help="TensorBoard's: a moving average with its start-up bias removed; "
-                               "the raw curve stays faint behind it")
-    x = c2.radio("x axis", ("step", "wall"), horizontal=True, key="x_axis",
-                 format_func={"step": "step", "wall": "wall time"}.get)
+    smoothing = c1.slider(
+        "smoothing",
+        0.0,
+        0.99,
+        0.6,
+        0.01,
+        key="smoothing",
+        help="TensorBoard's: a moving average with its start-up bias removed; "
+        "the raw curve stays faint behind it",
+    )
+    x = c2.radio(
+        "x axis",
+        ("step", "wall"),
+        horizontal=True,
+        key="x_axis",
+        format_func={"step": "step", "wall": "wall time"}.get,
+    )
     log = c3.toggle("symmetric log scale", key="log_scale")
     latents = run["settings"].get("has_latents", True)
     annealed = float((run["settings"].get("train_config") or {}).get("anneal_epochs") or 0) > 0
-    panels = charts.curve_panels(records, latents, run["unit"],
-                                 reference=reference(run["data"]) if run["data"] != "?" else
-                                 None, smoothing=smoothing, annealed=annealed)
+    panels = charts.curve_panels(
+        records,
+        latents,
+        run["unit"],
+        reference=reference(run["data"]) if run["data"] != "?" else None,
+        smoothing=smoothing,
+        annealed=annealed,
+    )
     columns = st.columns(2)
     for i, panel in enumerate(panels):
         with columns[i % 2]:
-            st.markdown(f"**{panel['title']}**" + (f" ({panel['unit']})" if panel["unit"]
-                                                   else ""))
+            st.markdown(f"**{panel['title']}**" + (f" ({panel['unit']})" if panel["unit"] else ""))
             if panel["rows"]:
-                st.vega_lite_chart(charts.chart_table(panel["rows"]),
-                                   charts.curve_spec(panel, log=log, x=x,
-                                                     smoothed=smoothing > 0),
-                                   width="stretch", key=f"curve_{i}")
+                st.vega_lite_chart(
+                    charts.chart_table(panel["rows"]),
+                    charts.curve_spec(panel, log=log, x=x, smoothed=smoothing > 0),
+                    width="stretch",
+                    key=f"curve_{i}",
+                )
             else:
                 st.caption("no points yet")
             st.caption(panel["caption"])
@@ -418,16 +534,24 @@ def run_panel() -> None:
         runs.dispatch(root, HOSTING)
     shown = current(all_runs())
     if shown is None:
-        st.info("Choose a model and a data set in the sidebar, then press Train."
-                if view != VIEWS[3] else "no run to compare yet")
+        st.info(
+            "Choose a model and a data set in the sidebar, then press Train."
+            if view != VIEWS[3]
+            else "no run to compare yet"
+        )
         return
     try:
         records = tail(shown)
     except OSError as e:
         st.error(f"this run cannot be read: {e.strerror}")
         return
-    st.markdown(status_line(shown, records, runs.queue_position(listed, shown["id"])
-                            if shown["state"] == "queued" else None))
+    st.markdown(
+        status_line(
+            shown,
+            records,
+            runs.queue_position(listed, shown["id"]) if shown["state"] == "queued" else None,
+        )
+    )
     if shown["state"] == "failed":
         st.error(f"this run failed: {shown['message']}")
     elif shown["message"] and shown["state"] == "stopped":
@@ -436,8 +560,7 @@ def run_panel() -> None:
         show_curves(shown, records)
     if run is not None and shown["id"] == run["id"] and shown["state"] != run["state"]:
         st.rerun()  # the run started, paused or ended: refresh the buttons and the run list
-    if mine_active and not any(r["state"] in runs.ACTIVE for r in listed
-                               if runs.owns(r, TOKEN)):
+    if mine_active and not any(r["state"] in runs.ACTIVE for r in listed if runs.owns(r, TOKEN)):
         st.rerun()  # the session's runs ended: stop polling
 
 
@@ -464,22 +587,32 @@ def snapshot(run: dict):
     try:
         key = (str(path), path.stat().st_mtime_ns)
     except OSError:
-        return "no checkpoint yet: the figures come from the run's checkpoint, written at "\
+        return (
+            "no checkpoint yet: the figures come from the run's checkpoint, written at "
             "each epoch's end"
+        )
     held = state.get("snapshot")
     if held is not None and held["key"] == key:
         return held
     try:
         model, ckpt = load_model(path)
         spec = runs.check_data_spec(dict(ckpt["data"] or {}), HOSTING)
-        train, val, _ = builtin_dataset(spec["name"]) if set(spec) == {"name"} and not \
-            dataset_needs_path(spec["name"]) else load_dataset(**spec)
+        train, val, _ = (
+            builtin_dataset(spec["name"])
+            if set(spec) == {"name"} and not dataset_needs_path(spec["name"])
+            else load_dataset(**spec)
+        )
     except (ValueError, FileNotFoundError, OSError, KeyError) as e:
         return f"figures unavailable: {e}"
     view_ = make_view(train, val)
     entry = diagnose(model.eval(), view_.batch) if model.has_latents else None
-    state.snapshot = {"key": key, "model": model.eval(), "view": view_, "step": ckpt["step"],
-                      "diagnostics": entry}
+    state.snapshot = {
+        "key": key,
+        "model": model.eval(),
+        "view": view_,
+        "step": ckpt["step"],
+        "diagnostics": entry,
+    }
     state.pop("figures", None)
     return state.snapshot
 
@@ -490,15 +623,20 @@ def show_figures(run: dict) -> None:
         st.info(snap)
         return
     if snap["diagnostics"] is not None:
-        st.vega_lite_chart(spec=charts.latent_usage_spec(snap["diagnostics"]), width="stretch",
-                           key="latent_usage")
+        st.vega_lite_chart(
+            spec=charts.latent_usage_spec(snap["diagnostics"]), width="stretch", key="latent_usage"
+        )
     held = state.get("figures")
     if held is None or held["key"] != snap["key"]:
         try:
-            figures = plots.model_figures(snap["model"], snap["view"].batch, snap["view"].info,
-                                          labels=snap["view"].labels)
-            held = {"key": snap["key"], "images": [(t, png(f), f) for t, f in figures.items()],
-                    "warning": None}
+            figures = plots.model_figures(
+                snap["model"], snap["view"].batch, snap["view"].info, labels=snap["view"].labels
+            )
+            held = {
+                "key": snap["key"],
+                "images": [(t, png(f), f) for t, f in figures.items()],
+                "warning": None,
+            }
         except (ValueError, RuntimeError, TypeError, NotImplementedError) as e:
             held = {"key": snap["key"], "images": [], "warning": f"{type(e).__name__}: {e}"}
         state.figures = held
@@ -510,10 +648,12 @@ def show_figures(run: dict) -> None:
         st.image(image)
         name = title.split(" (")[0].replace(" ", "_")
         st.download_button(  # drawn at EXPORT_DPI only when clicked
-            f"PNG, {EXPORT_DPI} dpi", functools.partial(
-                export_png, fig, f"{run['name']}, step {snap['step']}: {title}"),
+            f"PNG, {EXPORT_DPI} dpi",
+            functools.partial(export_png, fig, f"{run['name']}, step {snap['step']}: {title}"),
             file_name=runs.export_name(run, f"{name}-step{snap['step']}", "png"),
-            mime="image/png", key=f"png_{i}")
+            mime="image/png",
+            key=f"png_{i}",
+        )
 
 
 def explore(run: dict) -> None:
@@ -525,16 +665,23 @@ def explore(run: dict) -> None:
     if batch.x.dim() == 3:
         st.subheader("a validation sequence at time t: latent path and observation")
         c1, c2 = st.columns(2)
-        index = c1.slider("sequence", 0, len(batch) - 1, 0, key="explore_sequence") \
-            if len(batch) > 1 else 0
+        index = (
+            c1.slider("sequence", 0, len(batch) - 1, 0, key="explore_sequence")
+            if len(batch) > 1
+            else 0
+        )
         steps = observed_steps(batch, index)
         t = c2.slider("time step t", 0, steps - 1, 0, key="explore_t") if steps > 1 else 0
         st.image(png(plots.sequence_explorer(model, batch, t, index=index, info=info)))
     if "image_shape" in info and run["settings"].get("has_latents", True):
         st.subheader("latent sliders: E[x | z], other dimensions at the prior mean 0")
         z_dim = model.config.z_dim
-        dims = st.multiselect("latent dimensions", list(range(z_dim)),
-                              default=list(range(min(z_dim, 2))), key="slider_dims")
+        dims = st.multiselect(
+            "latent dimensions",
+            list(range(z_dim)),
+            default=list(range(min(z_dim, 2))),
+            key="slider_dims",
+        )
         values = {d: st.slider(f"z{d}", -3.0, 3.0, 0.0, 0.1, key=f"z_slider_{d}") for d in dims}
         st.image(png(plots.decoded_image(model, values, info["image_shape"])))
     elif info.get("kind") == "piano_roll":
@@ -553,16 +700,30 @@ def compare(run: dict | None, visible: list[dict]) -> None:
         return
     same = runs.comparable(visible, run)
     names = {r["id"]: r["name"] for r in same}
-    picked = st.multiselect(f"runs on {run['data']} ({run['unit']}) to overlay", list(names),
-                            default=[run["id"]], format_func=names.get, key="overlay_runs")
+    picked = st.multiselect(
+        f"runs on {run['data']} ({run['unit']}) to overlay",
+        list(names),
+        default=[run["id"]],
+        format_func=names.get,
+        key="overlay_runs",
+    )
     if not picked:
         return
-    chosen = [{"name": names[i], "data": run["data"], "unit": run["unit"],
-               "has_latents": r["settings"].get("has_latents", True),
-               "records": runs.read_metrics(r["folder"])[0]}
-              for i in picked for r in same if r["id"] == i]
-    panels = charts.LATENT_PANELS if run["settings"].get("has_latents", True) else \
-        charts.FLOW_PANELS
+    chosen = [
+        {
+            "name": names[i],
+            "data": run["data"],
+            "unit": run["unit"],
+            "has_latents": r["settings"].get("has_latents", True),
+            "records": runs.read_metrics(r["folder"])[0],
+        }
+        for i in picked
+        for r in same
+        if r["id"] == i
+    ]
+    panels = (
+        charts.LATENT_PANELS if run["settings"].get("has_latents", True) else charts.FLOW_PANELS
+    )
     keys = {k: t for t, k, _ in panels}
     key = st.selectbox("curve", list(keys), format_func=keys.get, key="overlay_metric")
     c1, c2 = st.columns(2)
@@ -573,9 +734,12 @@ def compare(run: dict | None, visible: list[dict]) -> None:
         st.caption("no run here records this curve")
         return
     st.markdown(f"**{panel['title']}**" + (f" ({panel['unit']})" if panel["unit"] else ""))
-    st.vega_lite_chart(charts.chart_table(panel["rows"]),
-                       charts.overlay_spec(panel, x=x, smoothed=smoothing > 0),
-                       width="stretch", key="overlay_chart")
+    st.vega_lite_chart(
+        charts.chart_table(panel["rows"]),
+        charts.overlay_spec(panel, x=x, smoothed=smoothing > 0),
+        width="stretch",
+        key="overlay_chart",
+    )
     st.caption(panel["caption"])
 
 
@@ -584,23 +748,36 @@ if run is not None:
     records = runs.read_metrics(run["folder"])[0] if run["state"] not in runs.ACTIVE else []
     d1, d2 = st.columns(2)
     if records:
-        d1.download_button("Download metrics (CSV)", functools.partial(
-            runs.metrics_csv, run["id"], records, run["unit"]),
-            file_name=runs.export_name(run), mime="text/csv", key="download_csv")
+        d1.download_button(
+            "Download metrics (CSV)",
+            functools.partial(runs.metrics_csv, run["id"], records, run["unit"]),
+            file_name=runs.export_name(run),
+            mime="text/csv",
+            key="download_csv",
+        )
     checkpoint = run["folder"] / "checkpoint.pt"
     if run["state"] not in runs.ACTIVE and (own or not HOSTING.hosted) and checkpoint.is_file():
-        d2.download_button("Download checkpoint", checkpoint.read_bytes,
-                           file_name=runs.export_name(run, f"step{run['step']}", "pt"),
-                           mime="application/octet-stream", key="download")
+        d2.download_button(
+            "Download checkpoint",
+            checkpoint.read_bytes,
+            file_name=runs.export_name(run, f"step{run['step']}", "pt"),
+            mime="application/octet-stream",
+            key="download",
+        )
     if own:
         with st.expander("name, tags, delete"):
             st.text_input("name", value=run["name"], key="rename")
             st.text_input("tags (comma separated)", value=", ".join(run["tags"]), key="tags")
             c1, c2 = st.columns(2)
             c1.button("Save", key="save_meta", on_click=on_rename, args=(run["id"],))
-            c2.button("Delete this run", key="delete", on_click=on_delete, args=(run["id"],),
-                      disabled=run["state"] in runs.ACTIVE, help="stop it first" if
-                      run["state"] in runs.ACTIVE else "remove its folder")
+            c2.button(
+                "Delete this run",
+                key="delete",
+                on_click=on_delete,
+                args=(run["id"],),
+                disabled=run["state"] in runs.ACTIVE,
+                help="stop it first" if run["state"] in runs.ACTIVE else "remove its folder",
+            )
     if view == VIEWS[1]:
         show_figures(run)
     elif view == VIEWS[2]:

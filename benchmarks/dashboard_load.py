@@ -39,12 +39,19 @@ sys.path.insert(0, str(ROOT))
 from vaelab import runs  # the repository's vaelab, run from anywhere
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import dashboard_overhead  # noqa: E402  (its server start, shared)
+import dashboard_overhead
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 STATUS = re.compile(r"— (queued|training|paused|stopped|finished|failed)(?:, step (\d+))?")
 
 
@@ -56,8 +63,11 @@ def free_port() -> int:
 
 def serve(port: int, root: Path, max_runs: int, log: Path) -> subprocess.Popen:
     """The dashboard in hosted mode over ``root``, at most ``max_runs`` training at once."""
-    return dashboard_overhead.serve(port, log, {
-        "VAELAB_HOSTED": "1", "VAELAB_RUNS_ROOT": str(root), "VAELAB_MAX_RUNS": str(max_runs)})
+    return dashboard_overhead.serve(
+        port,
+        log,
+        {"VAELAB_HOSTED": "1", "VAELAB_RUNS_ROOT": str(root), "VAELAB_MAX_RUNS": str(max_runs)},
+    )
 
 
 class Sampler(threading.Thread):
@@ -74,9 +84,13 @@ class Sampler(threading.Thread):
         start = time.monotonic()
         while not self.done.wait(1.0):
             try:
-                self.samples.append((time.monotonic() - start,
-                                     self.process.memory_info().rss / 2**20,
-                                     self.process.cpu_percent() / 100))
+                self.samples.append(
+                    (
+                        time.monotonic() - start,
+                        self.process.memory_info().rss / 2**20,
+                        self.process.cpu_percent() / 100,
+                    )
+                )
             except psutil.NoSuchProcess:
                 return
 
@@ -130,11 +144,14 @@ def main() -> None:
     ages: list[float] = []
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                        headless=True)
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+            )
             try:
-                pages = [start_session(browser, f"http://127.0.0.1:{port}", i, args.steps)
-                         for i in range(args.sessions)]
+                pages = [
+                    start_session(browser, f"http://127.0.0.1:{port}", i, args.steps)
+                    for i in range(args.sessions)
+                ]
                 ids = [re.search(r"run=([\w-]+)", page.url).group(1) for page in pages]
                 shown = dict.fromkeys(ids, 0)
                 walls: dict[str, dict[int, float]] = {i: {} for i in ids}
@@ -152,10 +169,12 @@ def main() -> None:
                         match = STATUS.search(text)
                         step = int(match.group(2) or 0)
                         if step > shown[run_id]:
-                            new, offsets[run_id] = runs.read_metrics(root / run_id,
-                                                                     offsets[run_id])
-                            walls[run_id].update({r["step"]: r["wall"] for r in new
-                                                  if r.get("kind") == "train"})
+                            new, offsets[run_id] = runs.read_metrics(
+                                root / run_id, offsets[run_id]
+                            )
+                            walls[run_id].update(
+                                {r["step"]: r["wall"] for r in new if r.get("kind") == "train"}
+                            )
                             if step in walls[run_id]:
                                 ages.append(now - walls[run_id][step])
                             shown[run_id] = step
@@ -170,14 +189,21 @@ def main() -> None:
         server.terminate()
         server.wait(30)
     finished = [runs.read_status(root / i) for i in ids]
-    own = [runs.read_json(root / i / "settings.json").get("model_config", {}).get("hidden_dims")
-           == [16 + k] * 2 for k, i in enumerate(ids)]
+    own = [
+        runs.read_json(root / i / "settings.json").get("model_config", {}).get("hidden_dims")
+        == [16 + k] * 2
+        for k, i in enumerate(ids)
+    ]
     memory = [s[1] for s in sampler.samples]
     cpu = [s[2] for s in sampler.samples]
     result = {
-        "sessions": args.sessions, "steps": args.steps, "max_runs": args.max_runs,
-        "cpus": os.cpu_count(), "finished": sum(s["state"] == "finished" for s in finished),
-        "own_settings": sum(own), "latency_updates": len(ages),
+        "sessions": args.sessions,
+        "steps": args.steps,
+        "max_runs": args.max_runs,
+        "cpus": os.cpu_count(),
+        "finished": sum(s["state"] == "finished" for s in finished),
+        "own_settings": sum(own),
+        "latency_updates": len(ages),
         "latency_median_s": round(statistics.median(ages), 3) if ages else None,
         "latency_p90_s": round(percentile(ages, 0.9), 3) if ages else None,
         "latency_max_s": round(max(ages), 3) if ages else None,
@@ -188,14 +214,20 @@ def main() -> None:
         "server_cpu_cores_max": round(max(cpu), 3) if cpu else None,
         "seconds": round(sampler.samples[-1][0], 1) if sampler.samples else None,
     }
-    print(f"{result['finished']} of {args.sessions} runs finished, {result['own_settings']} "
-          f"with their own settings; at most {args.max_runs} at once on {os.cpu_count()} CPUs")
-    print(f"record -> page: median {result['latency_median_s']} s, p90 "
-          f"{result['latency_p90_s']} s, max {result['latency_max_s']} s "
-          f"({len(ages)} updates)")
-    print(f"server: {result['server_rss_mb_first']} -> {result['server_rss_mb_last']} MB "
-          f"resident (max {result['server_rss_mb_max']}), CPU {result['server_cpu_cores_mean']} "
-          f"cores mean, {result['server_cpu_cores_max']} max, over {result['seconds']} s")
+    print(
+        f"{result['finished']} of {args.sessions} runs finished, {result['own_settings']} "
+        f"with their own settings; at most {args.max_runs} at once on {os.cpu_count()} CPUs"
+    )
+    print(
+        f"record -> page: median {result['latency_median_s']} s, p90 "
+        f"{result['latency_p90_s']} s, max {result['latency_max_s']} s "
+        f"({len(ages)} updates)"
+    )
+    print(
+        f"server: {result['server_rss_mb_first']} -> {result['server_rss_mb_last']} MB "
+        f"resident (max {result['server_rss_mb_max']}), CPU {result['server_cpu_cores_mean']} "
+        f"cores mean, {result['server_cpu_cores_max']} max, over {result['seconds']} s"
+    )
     print(json.dumps(result))
 
 

@@ -35,15 +35,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repository's vaelab, run from anywhere
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def speed(history: list[dict], warmup: int, steps: int) -> float:
     """Steps per second over train steps ``warmup+1 ... warmup+steps`` of ``history``."""
-    seconds = [r["seconds"] for r in history
-               if r["kind"] == "train" and warmup < r["step"] <= warmup + steps]
+    seconds = [
+        r["seconds"]
+        for r in history
+        if r["kind"] == "train" and warmup < r["step"] <= warmup + steps
+    ]
     if len(seconds) != steps:
         raise RuntimeError(f"expected {steps} timed steps, got {len(seconds)}")
     return steps / sum(seconds)
@@ -57,16 +67,36 @@ def _records(folder: Path) -> list[dict]:
 
 def alone(warmup: int, steps: int, out: Path) -> float:
     """Steps/s of the run as a command-line process, no page."""
-    subprocess.run([sys.executable, "-m", "vaelab", "train", "--model", "vae", "--data",
-                    "digits", "--epochs", "100000", "--device", "cpu", "--max-steps",
-                    str(warmup + steps), "--train-set", "progress=False", "--out", str(out)],
-                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vaelab",
+            "train",
+            "--model",
+            "vae",
+            "--data",
+            "digits",
+            "--epochs",
+            "100000",
+            "--device",
+            "cpu",
+            "--max-steps",
+            str(warmup + steps),
+            "--train-set",
+            "progress=False",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     return speed(_records(out), warmup, steps)
 
 
-def _start(browser, url: str, out: Path, settings: dict, model: str = "vae",
-           data: str = "digits"):
+def _start(browser, url: str, out: Path, settings: dict, model: str = "vae", data: str = "digits"):
     """A page that started a run with ``settings`` (label -> value); returns (page, folder)."""
     from playwright.sync_api import expect
 
@@ -92,8 +122,9 @@ def in_page(browser, url: str, warmup: int, steps: int, out: Path) -> float:
     """Steps/s of the run started from the page, the training curves on screen throughout."""
     from playwright.sync_api import expect
 
-    page, folder = _start(browser, url, out, {"epochs": "100000",
-                                               "max steps (0 = no limit)": str(warmup + steps)})
+    page, folder = _start(
+        browser, url, out, {"epochs": "100000", "max steps (0 = no limit)": str(warmup + steps)}
+    )
     try:
         expect(page.get_by_text(re.compile(r"— finished"))).to_be_visible()
     except BaseException:
@@ -161,22 +192,47 @@ def latency(browser, url: str, model: str, data: str, seconds: float, out: Path)
     if not ages:
         raise RuntimeError(f"{model} on {data}: no new point in {seconds} s")
     ages.sort()
-    return {"model": model, "data": data, "updates": len(ages),
-            "age_median": statistics.median(ages), "age_p90": ages[int(0.9 * (len(ages) - 1))],
-            "age_max": ages[-1]}
+    return {
+        "model": model,
+        "data": data,
+        "updates": len(ages),
+        "age_median": statistics.median(ages),
+        "age_p90": ages[int(0.9 * (len(ages) - 1))],
+        "age_max": ages[-1],
+    }
 
 
 def serve(port: int, log: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     """The dashboard served on ``127.0.0.1:port`` (its output to ``log``), once it answers
     its health check; ``extra_env`` adds settings (e.g. the hosted mode's)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1",  # the trainer's torch: 1 thread
-           "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false", **(extra_env or {})}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",  # the trainer's torch: 1 thread
+        "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+        **(extra_env or {}),
+    }
     with open(log, "w") as f:
         server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.address", "127.0.0.1", "--server.port", str(port),
-             "--server.fileWatcherType", "none"], cwd=ROOT, stdout=f,
-            stderr=subprocess.STDOUT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.headless",
+                "true",
+                "--server.address",
+                "127.0.0.1",
+                "--server.port",
+                str(port),
+                "--server.fileWatcherType",
+                "none",
+            ],
+            cwd=ROOT,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     end = time.monotonic() + 120
     while time.monotonic() < end:
         try:
@@ -196,11 +252,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=100, help="untimed steps first")
     parser.add_argument("--rounds", type=int, default=3, help="A/B pairs")
     parser.add_argument("--port", type=int, default=8597)
-    parser.add_argument("--latency-seconds", type=float, default=30.0,
-                        help="seconds of chart watching per model for the record-to-chart "
-                             "latency (0 skips it)")
-    parser.add_argument("--latency-models", default="vae:digits,ssm:linear,dmm:jsb,dmm_iaf:jsb",
-                        help="model:data pairs whose latency is measured")
+    parser.add_argument(
+        "--latency-seconds",
+        type=float,
+        default=30.0,
+        help="seconds of chart watching per model for the record-to-chart latency (0 skips it)",
+    )
+    parser.add_argument(
+        "--latency-models",
+        default="vae:digits,ssm:linear,dmm:jsb,dmm_iaf:jsb",
+        help="model:data pairs whose latency is measured",
+    )
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = "1"
     from playwright.sync_api import sync_playwright
@@ -210,23 +272,41 @@ def main() -> None:
     results = []
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                        headless=True)
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+            )
             try:
                 for pair in args.latency_models.split(",") if args.latency_seconds else ():
                     model, data = pair.split(":")
-                    r = latency(browser, f"http://127.0.0.1:{args.port}", model, data,
-                                args.latency_seconds, work / f"latency-{model}")
-                    print(f"record -> page, {model} on {data} (default sizes): median "
-                          f"{r['age_median']:.2f} s, p90 {r['age_p90']:.2f} s, max "
-                          f"{r['age_max']:.2f} s ({r['updates']} updates)", flush=True)
+                    r = latency(
+                        browser,
+                        f"http://127.0.0.1:{args.port}",
+                        model,
+                        data,
+                        args.latency_seconds,
+                        work / f"latency-{model}",
+                    )
+                    print(
+                        f"record -> page, {model} on {data} (default sizes): median "
+                        f"{r['age_median']:.2f} s, p90 {r['age_p90']:.2f} s, max "
+                        f"{r['age_max']:.2f} s ({r['updates']} updates)",
+                        flush=True,
+                    )
                 for i in range(args.rounds):
                     a = alone(args.warmup, args.steps, work / f"alone{i}")
-                    b = in_page(browser, f"http://127.0.0.1:{args.port}", args.warmup,
-                                args.steps, work / f"page{i}")
+                    b = in_page(
+                        browser,
+                        f"http://127.0.0.1:{args.port}",
+                        args.warmup,
+                        args.steps,
+                        work / f"page{i}",
+                    )
                     results.append((a, b, 100 * (1 - b / a)))
-                    print(f"round {i + 1}: alone {a:7.1f} steps/s   with page {b:7.1f} steps/s"
-                          f"   slowdown {results[-1][2]:5.1f} %", flush=True)
+                    print(
+                        f"round {i + 1}: alone {a:7.1f} steps/s   with page {b:7.1f} steps/s"
+                        f"   slowdown {results[-1][2]:5.1f} %",
+                        flush=True,
+                    )
             finally:
                 browser.close()
     finally:
@@ -236,12 +316,16 @@ def main() -> None:
         return
     slow = [r[2] for r in results]
     spread = statistics.stdev(slow) if len(slow) > 1 else float("nan")
-    print(f"vae on digits, {args.steps} steps after {args.warmup}, torch 1 thread, "
-          f"{os.cpu_count()} CPUs")
+    print(
+        f"vae on digits, {args.steps} steps after {args.warmup}, torch 1 thread, "
+        f"{os.cpu_count()} CPUs"
+    )
     print(f"alone     {statistics.mean(r[0] for r in results):7.1f} steps/s (mean)")
     print(f"with page {statistics.mean(r[1] for r in results):7.1f} steps/s (mean)")
-    print(f"slowdown  {statistics.mean(slow):5.1f} % +- {spread:.1f} (sd over {len(slow)} "
-          f"pairs; min {min(slow):.1f}, max {max(slow):.1f})")
+    print(
+        f"slowdown  {statistics.mean(slow):5.1f} % +- {spread:.1f} (sd over {len(slow)} "
+        f"pairs; min {min(slow):.1f}, max {max(slow):.1f})"
+    )
 
 
 if __name__ == "__main__":

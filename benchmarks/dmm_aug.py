@@ -29,17 +29,36 @@ from vaelab.train import TrainConfig, evaluate_elbo, evaluate_nll, fit
 
 # Krishnan et al. 2017, Tables 3-4: test IS-NLL (-ELBO), nats per observed step
 KRISHNAN = {
-    "dmm": {"jsb": (6.388, 6.926), "nottingham": (2.770, 2.964),
-            "piano_midi": (7.835, 7.980), "musedata": (6.831, 6.989)},
-    "dmm_aug": {"jsb": (6.288, 6.773), "nottingham": (2.679, 2.856),
-                "piano_midi": (7.591, 7.721), "musedata": (6.356, 6.476)},
-    "dmm_aug_made": {"jsb": (5.118, 5.335), "nottingham": (2.305, 2.347),
-                     "piano_midi": (7.048, 7.099), "musedata": (6.049, 6.115)},
+    "dmm": {
+        "jsb": (6.388, 6.926),
+        "nottingham": (2.770, 2.964),
+        "piano_midi": (7.835, 7.980),
+        "musedata": (6.831, 6.989),
+    },
+    "dmm_aug": {
+        "jsb": (6.288, 6.773),
+        "nottingham": (2.679, 2.856),
+        "piano_midi": (7.591, 7.721),
+        "musedata": (6.356, 6.476),
+    },
+    "dmm_aug_made": {
+        "jsb": (5.118, 5.335),
+        "nottingham": (2.305, 2.347),
+        "piano_midi": (7.048, 7.099),
+        "musedata": (6.049, 6.115),
+    },
 }
-RUNS = {"dmm": ("dmm", "krishnan"), "dmm_aug": ("dmm_aug", "krishnan-aug"),
-        "dmm_aug_made": ("dmm_aug", "krishnan-aug-made")}
-FILES = {"jsb": "jsb_chorales.pickle", "nottingham": "nottingham.pickle",
-         "piano_midi": "piano_midi.pickle", "musedata": "musedata.pickle"}
+RUNS = {
+    "dmm": ("dmm", "krishnan"),
+    "dmm_aug": ("dmm_aug", "krishnan-aug"),
+    "dmm_aug_made": ("dmm_aug", "krishnan-aug-made"),
+}
+FILES = {
+    "jsb": "jsb_chorales.pickle",
+    "nottingham": "nottingham.pickle",
+    "piano_midi": "piano_midi.pickle",
+    "musedata": "musedata.pickle",
+}
 
 
 def run(label: str, dataset: str, args: argparse.Namespace, seed: int) -> dict:
@@ -51,9 +70,18 @@ def run(label: str, dataset: str, args: argparse.Namespace, seed: int) -> dict:
     model = make_model(model_name, train, model_sets)
     # the preset's schedule, its warm-up scaled to the epochs run
     anneal = train_sets["anneal_epochs"] * args.epochs / train_sets["epochs"]
-    config = TrainConfig(**{**train_sets, "epochs": args.epochs, "anneal_epochs": anneal,
-                            "seed": seed, "progress": False, "eval_every": 0,
-                            "device": args.device, "preset": preset})
+    config = TrainConfig(
+        **{
+            **train_sets,
+            "epochs": args.epochs,
+            "anneal_epochs": anneal,
+            "seed": seed,
+            "progress": False,
+            "eval_every": 0,
+            "device": args.device,
+            "preset": preset,
+        }
+    )
     epoch_seconds: list[float] = []
     last = [time.perf_counter()]
 
@@ -70,11 +98,18 @@ def run(label: str, dataset: str, args: argparse.Namespace, seed: int) -> dict:
     torch.manual_seed(seed)
     elbo = evaluate_elbo(model, test, samples=args.elbo_samples, batch_size=16)["nelbo"]
     nll = evaluate_nll(model, test, args.samples, batch_size=16) if args.samples else None
-    return {"model": label, "dataset": dataset, "seed": seed, "epochs": args.epochs,
-            "train_seconds": round(seconds, 1),
-            "median_epoch_s": round(statistics.median(epoch_seconds[1:] or epoch_seconds), 3),
-            "test_nelbo": round(elbo, 3), "test_nll_is": None if nll is None else round(nll, 3),
-            "K": args.samples, "threads": torch.get_num_threads()}
+    return {
+        "model": label,
+        "dataset": dataset,
+        "seed": seed,
+        "epochs": args.epochs,
+        "train_seconds": round(seconds, 1),
+        "median_epoch_s": round(statistics.median(epoch_seconds[1:] or epoch_seconds), 3),
+        "test_nelbo": round(elbo, 3),
+        "test_nll_is": None if nll is None else round(nll, 3),
+        "K": args.samples,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main() -> None:
@@ -97,15 +132,21 @@ def main() -> None:
                 record = run(label, dataset, args, seed)
                 results.append(record)
                 print(json.dumps(record), flush=True)
-    print(f"\ntest, nats per observed step; {args.epochs} epochs, K={args.samples}, "
-          f"{args.threads} thread(s)")
-    print(f"  {'data':11s} {'model':13s} {'-ELBO':>7s} {'IS-NLL':>7s}   {'Krishnan':>15s}"
-          f"  {'s/epoch':>7s}")
+    print(
+        f"\ntest, nats per observed step; {args.epochs} epochs, K={args.samples}, "
+        f"{args.threads} thread(s)"
+    )
+    print(
+        f"  {'data':11s} {'model':13s} {'-ELBO':>7s} {'IS-NLL':>7s}   {'Krishnan':>15s}"
+        f"  {'s/epoch':>7s}"
+    )
     for r in results:
         ref_nll, ref_elbo = KRISHNAN[r["model"]][r["dataset"]]
         nll = "-" if r["test_nll_is"] is None else f"{r['test_nll_is']:.3f}"
-        print(f"  {r['dataset']:11s} {r['model']:13s} {r['test_nelbo']:7.3f} {nll:>7s}   "
-              f"{ref_nll:.3f} ({ref_elbo:.3f})  {r['median_epoch_s']:7.3f}")
+        print(
+            f"  {r['dataset']:11s} {r['model']:13s} {r['test_nelbo']:7.3f} {nll:>7s}   "
+            f"{ref_nll:.3f} ({ref_elbo:.3f})  {r['median_epoch_s']:7.3f}"
+        )
     for dataset in args.datasets:
         by = {r["model"]: r["median_epoch_s"] for r in results if r["dataset"] == dataset}
         if "dmm" in by:

@@ -36,6 +36,7 @@ One prepared GPU session runs all of it: ``bash benchmarks/gpu_session.sh speed 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import os
 import statistics
@@ -59,8 +60,9 @@ Epoch = Callable[[], tuple[float, float]]  # one training epoch -> (seconds, los
 DIVERGED_LOSS = 1e3
 
 
-def our_settings(device: str = "cpu", krishnan: bool = False
-                 ) -> dict[str, tuple[str, dict, dict, bool]]:
+def our_settings(
+    device: str = "cpu", krishnan: bool = False
+) -> dict[str, tuple[str, dict, dict, bool]]:
     """The vaelab settings timed against Pyro: ``label -> (description, DMMConfig overrides,
     TrainConfig overrides, CUDA graphs)``. Three always; on CUDA also the defaults without
     CUDA graphs and with a read per step (what the graphs and deferred reads gain); with
@@ -69,18 +71,29 @@ def our_settings(device: str = "cpu", krishnan: bool = False
     buckets = {**pyro_train, "bucket_jitter": TrainConfig.bucket_jitter}
     settings = {
         "defaults": ("vaelab, defaults", {}, {}, True),
-        "closest": ("vaelab, closest to Pyro (ReLU RNN, MC KL, its optimiser)", pyro_model,
-                    buckets, True),
-        "pyro_padding": ("vaelab, closest, on Pyro's plain shuffle", pyro_model, pyro_train,
-                         True),
+        "closest": (
+            "vaelab, closest to Pyro (ReLU RNN, MC KL, its optimiser)",
+            pyro_model,
+            buckets,
+            True,
+        ),
+        "pyro_padding": ("vaelab, closest, on Pyro's plain shuffle", pyro_model, pyro_train, True),
     }
     if device.startswith("cuda"):
-        settings["eager"] = ("vaelab, defaults, eager: no graphs, a read per step", {},
-                             {"sync_every": 1}, False)
+        settings["eager"] = (
+            "vaelab, defaults, eager: no graphs, a read per step",
+            {},
+            {"sync_every": 1},
+            False,
+        )
     if krishnan:
         model_kw, train_kw = apply_preset("krishnan")
-        settings["krishnan"] = ("vaelab, --preset krishnan (best flow-free JSB)", model_kw,
-                                train_kw, True)
+        settings["krishnan"] = (
+            "vaelab, --preset krishnan (best flow-free JSB)",
+            model_kw,
+            train_kw,
+            True,
+        )
     return settings
 
 
@@ -88,13 +101,28 @@ class OurTraining:
     """vaelab's DMM trained by ``fit``, one epoch per :meth:`epoch` (each a fresh ``fit`` call
     with the next seed, so each epoch shuffles afresh)."""
 
-    def __init__(self, train: Data, model_kw: dict, train_kw: dict, seed: int = 0,
-                 max_batches: int | None = None, device: str = "cpu", num_iafs: int = 0,
-                 graphs: bool = True) -> None:
+    def __init__(
+        self,
+        train: Data,
+        model_kw: dict,
+        train_kw: dict,
+        seed: int = 0,
+        max_batches: int | None = None,
+        device: str = "cpu",
+        num_iafs: int = 0,
+        graphs: bool = True,
+    ) -> None:
         self.model_kw, self.num_iafs, self.graphs = model_kw, num_iafs, graphs
         self.train, self.device = train, torch.device(device)
-        self.base = {**DMM.train_defaults, **train_kw, "epochs": 1, "eval_every": 0,
-                     "progress": False, "device": device, "max_steps": max_batches}
+        self.base = {
+            **DMM.train_defaults,
+            **train_kw,
+            "epochs": 1,
+            "eval_every": 0,
+            "progress": False,
+            "device": device,
+            "max_steps": max_batches,
+        }
         self.restart(seed)
 
     def restart(self, seed: int) -> None:
@@ -142,10 +170,9 @@ def peak_memory(epoch: Epoch, device: torch.device) -> int | None:
         return torch.cuda.max_memory_allocated(device) - before
     if not os.path.exists("/proc/self/statm"):
         return None
-    try:
+    # not glibc: the baseline may include freed memory, and the rise read low
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass  # not glibc: the baseline may include freed memory, and the rise read low
     before = peak = _resident_bytes()
     done = threading.Event()
 
@@ -173,13 +200,27 @@ def vs_pyro(args: argparse.Namespace) -> None:
     train, _, _ = load_jsb()
     device = torch.device(args.device)
     runs: dict[str, tuple[str, PyroTraining | OurTraining]] = {
-        "pyro": ("Pyro examples/dmm.py (Trace_ELBO)",
-                 PyroTraining(train, args.seed, args.max_batches, device,
-                              num_iafs=args.num_iafs))}
-    for label, (what, model_kw, train_kw, graphs) in our_settings(args.device,
-                                                                  args.krishnan).items():
-        runs[label] = (what, OurTraining(train, model_kw, train_kw, args.seed,
-                                         args.max_batches, args.device, args.num_iafs, graphs))
+        "pyro": (
+            "Pyro examples/dmm.py (Trace_ELBO)",
+            PyroTraining(train, args.seed, args.max_batches, device, num_iafs=args.num_iafs),
+        )
+    }
+    for label, (what, model_kw, train_kw, graphs) in our_settings(
+        args.device, args.krishnan
+    ).items():
+        runs[label] = (
+            what,
+            OurTraining(
+                train,
+                model_kw,
+                train_kw,
+                args.seed,
+                args.max_batches,
+                args.device,
+                args.num_iafs,
+                graphs,
+            ),
+        )
     order = list(runs)
     restarts = dict.fromkeys(order, 0)
 
@@ -191,8 +232,11 @@ def vs_pyro(args: argparse.Namespace) -> None:
         for _ in range(5):
             try:
                 seconds, loss_per_step = runs[label][1].epoch()
-                print(f"  {label}: {seconds:.3f} s, loss {loss_per_step:.4g} per step",
-                      file=sys.stderr, flush=True)  # progress; the table goes to stdout
+                print(
+                    f"  {label}: {seconds:.3f} s, loss {loss_per_step:.4g} per step",
+                    file=sys.stderr,
+                    flush=True,
+                )  # progress; the table goes to stdout
                 if loss_per_step < DIVERGED_LOSS:
                     return seconds, loss_per_step
             except (TrainingDiverged, ValueError) as e:
@@ -207,30 +251,39 @@ def vs_pyro(args: argparse.Namespace) -> None:
     times: dict[str, list[float]] = {label: [] for label in order}
     losses: dict[str, float] = {}
     for r in range(args.epochs):
-        for label in order[r % len(order):] + order[:r % len(order)]:  # rotate the order
+        for label in order[r % len(order) :] + order[: r % len(order)]:  # rotate the order
             seconds, losses[label] = epoch(label)
             times[label].append(seconds)
     peaks = {label: peak_memory(lambda label=label: epoch(label), device) for label in order}
     batches = "all" if args.max_batches is None else f"at most {args.max_batches}"
-    print(f"JSB training epoch, mini-batches of 20: {batches}; {torch.get_num_threads()} "
-          f"threads, {device}; {args.epochs} epochs each after a warm-up, alternating")
-    print(f"  {'':58s} {'min':>7s} {'median':>7s} {'max':>7s}  {'peak MB':>8s}  loss/step"
-          f"  restarts")
+    print(
+        f"JSB training epoch, mini-batches of 20: {batches}; {torch.get_num_threads()} "
+        f"threads, {device}; {args.epochs} epochs each after a warm-up, alternating"
+    )
+    print(
+        f"  {'':58s} {'min':>7s} {'median':>7s} {'max':>7s}  {'peak MB':>8s}  loss/step  restarts"
+    )
     medians = {}
     for label in order:
         t = times[label]
         medians[label] = statistics.median(t)
         peak = "n/a" if peaks[label] is None else f"{peaks[label] / 2**20:.0f}"
-        print(f"  {runs[label][0]:58s} {min(t):7.3f} {medians[label]:7.3f} {max(t):7.3f}  "
-              f"{peak:>8s}  {losses[label]:9.3g}  {restarts[label]}")
-    print(f"  (seconds per epoch; loss: the last timed epoch's annealed -ELBO per observed "
-          f"step; restarts: fresh weights after a divergence, NaN or a loss above "
-          f"{DIVERGED_LOSS:g}, the ReLU RNN's failure)")
+        print(
+            f"  {runs[label][0]:58s} {min(t):7.3f} {medians[label]:7.3f} {max(t):7.3f}  "
+            f"{peak:>8s}  {losses[label]:9.3g}  {restarts[label]}"
+        )
+    print(
+        f"  (seconds per epoch; loss: the last timed epoch's annealed -ELBO per observed "
+        f"step; restarts: fresh weights after a divergence, NaN or a loss above "
+        f"{DIVERGED_LOSS:g}, the ReLU RNN's failure)"
+    )
     if "krishnan" in medians:
         epochs = apply_preset("krishnan")[1]["epochs"]
-        print(f"  projected: --preset krishnan, {epochs} epochs at its median "
-              f"{medians['krishnan']:.3f} s = {epochs * medians['krishnan'] / 60:.1f} min of "
-              f"training (validation and checkpoints not counted)")
+        print(
+            f"  projected: --preset krishnan, {epochs} epochs at its median "
+            f"{medians['krishnan']:.3f} s = {epochs * medians['krishnan'] / 60:.1f} min of "
+            f"training (validation and checkpoints not counted)"
+        )
     for label in (*(k for k in order if k not in ("pyro", "defaults")), "defaults"):
         name = "ratio" if label == "defaults" else f"ratio_{label}"
         print(f"{name}={medians['pyro'] / medians[label]:.2f}")
@@ -240,21 +293,36 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5, help="epochs per path, alternating")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--vs-pyro", action="store_true",
-                   help="time Pyro's DMM example against vaelab's (see the module doc)")
-    p.add_argument("--epochs", type=int, default=3,
-                   help="--vs-pyro: timed epochs of each, after one warm-up epoch")
-    p.add_argument("--max-batches", type=int, default=None,
-                   help="--vs-pyro: mini-batches per epoch (default: all 12; tests use 1)")
+    p.add_argument(
+        "--vs-pyro",
+        action="store_true",
+        help="time Pyro's DMM example against vaelab's (see the module doc)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=3,
+        help="--vs-pyro: timed epochs of each, after one warm-up epoch",
+    )
+    p.add_argument(
+        "--max-batches",
+        type=int,
+        default=None,
+        help="--vs-pyro: mini-batches per epoch (default: all 12; tests use 1)",
+    )
     p.add_argument("--num-iafs", type=int, default=0, help="--vs-pyro: IAFs in both guides")
     p.add_argument("--device", default="cpu", help="--vs-pyro: cpu or cuda")
-    p.add_argument("--krishnan", action="store_true",
-                   help="--vs-pyro: also time --preset krishnan and project its wall time")
+    p.add_argument(
+        "--krishnan",
+        action="store_true",
+        help="--vs-pyro: also time --preset krishnan and project its wall time",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     if args.epochs < 1 or (args.max_batches is not None and args.max_batches < 1):
-        p.error(f"--epochs and --max-batches must be >= 1, got {args.epochs} and "
-                f"{args.max_batches}")
+        p.error(
+            f"--epochs and --max-batches must be >= 1, got {args.epochs} and {args.max_batches}"
+        )
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.vs_pyro:
@@ -265,11 +333,15 @@ def main() -> None:
     torch.manual_seed(0)
     model = DMM(DMMConfig())
     defaults = DMM.train_defaults
-    optimizer = adam(model.parameters(), TrainConfig(**defaults), torch.device("cpu"),
-                     weight_decay=per_step_decay(defaults["weight_decay_sum"], train,
-                                                 defaults["batch_size"]))
-    batches = list(train.batches(defaults["batch_size"], generator=torch.Generator()
-                                 .manual_seed(0)))
+    optimizer = adam(
+        model.parameters(),
+        TrainConfig(**defaults),
+        torch.device("cpu"),
+        weight_decay=per_step_decay(defaults["weight_decay_sum"], train, defaults["batch_size"]),
+    )
+    batches = list(
+        train.batches(defaults["batch_size"], generator=torch.Generator().manual_seed(0))
+    )
 
     def epoch() -> float:
         start = time.perf_counter()
@@ -284,7 +356,7 @@ def main() -> None:
     times: dict[bool, list[float]] = {True: [], False: []}
     epoch()  # warm-up: allocations, thread pools
     for r in range(args.rounds):
-        for plain in ((True, False) if r % 2 == 0 else (False, True)):
+        for plain in (True, False) if r % 2 == 0 else (False, True):
             model.fast = not plain  # the readable model file's path, or vaelab.fast
             times[plain].append(epoch())
     fast, plain = statistics.median(times[False]), statistics.median(times[True])

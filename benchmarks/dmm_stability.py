@@ -30,10 +30,18 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--data", default=None, help="polyphonic pickle (default: shipped JSB)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--rnn-nonlinearity", default=DMMConfig.rnn_nonlinearity,
-                   choices=["tanh", "relu"], help="relu is Pyro's example's choice")
-    p.add_argument("--jump", type=float, default=200.0,
-                   help="a training -ELBO per step above this counts as a divergence")
+    p.add_argument(
+        "--rnn-nonlinearity",
+        default=DMMConfig.rnn_nonlinearity,
+        choices=["tanh", "relu"],
+        help="relu is Pyro's example's choice",
+    )
+    p.add_argument(
+        "--jump",
+        type=float,
+        default=200.0,
+        help="a training -ELBO per step above this counts as a divergence",
+    )
     args = p.parse_args()
 
     train, _, _ = load_polyphonic(args.data) if args.data else load_jsb()
@@ -42,8 +50,16 @@ def main() -> None:
     for seed in range(args.seeds):
         torch.manual_seed(seed)
         model = DMM(DMMConfig(x_dim=train.x_dim, rnn_nonlinearity=args.rnn_nonlinearity))
-        config = TrainConfig(**{**DMM.train_defaults, "epochs": args.epochs, "seed": seed,
-                                "device": args.device, "eval_every": 0, "progress": False})
+        config = TrainConfig(
+            **{
+                **DMM.train_defaults,
+                "epochs": args.epochs,
+                "seed": seed,
+                "device": args.device,
+                "eval_every": 0,
+                "progress": False,
+            }
+        )
         worst = [-math.inf]
 
         def callback(record: dict, worst: list = worst) -> None:
@@ -58,11 +74,15 @@ def main() -> None:
         except TrainingDiverged as err:
             bad, last, status = True, math.nan, f"diverged: {err}"
         diverged += bad
-        print(f"seed {seed}: last train -ELBO/step {last:.3f}, worst {worst[0]:.3f}, {status}",
-              flush=True)
-    print(f"{diverged} of {args.seeds} runs diverged within {args.epochs} epochs with a "
-          f"{args.rnn_nonlinearity} RNN "
-          f"({time.perf_counter() - t0:.0f} s)")
+        print(
+            f"seed {seed}: last train -ELBO/step {last:.3f}, worst {worst[0]:.3f}, {status}",
+            flush=True,
+        )
+    print(
+        f"{diverged} of {args.seeds} runs diverged within {args.epochs} epochs with a "
+        f"{args.rnn_nonlinearity} RNN "
+        f"({time.perf_counter() - t0:.0f} s)"
+    )
 
 
 if __name__ == "__main__":

@@ -46,9 +46,13 @@ def main(out: Path) -> None:
         time.sleep(1.0)
         at.run()  # the page's poll
         assert not at.exception, at.exception
-        polls.append({"t": round(time.monotonic() - t0, 1),
-                      "step": runs.read_status(folder)["step"],
-                      "charts": len(at.get("vega_lite_chart"))})
+        polls.append(
+            {
+                "t": round(time.monotonic() - t0, 1),
+                "step": runs.read_status(folder)["step"],
+                "charts": len(at.get("vega_lite_chart")),
+            }
+        )
     settings = runs.read_json(folder / "settings.json")
     assert settings["train_config"]["device"] == device, settings["train_config"]["device"]
     at.button(key="stop").click().run()
@@ -63,8 +67,17 @@ def main(out: Path) -> None:
     steps = [p["step"] for p in polls]
     assert steps[-1] > steps[0] and polls[-1]["charts"] > 0, polls
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
-    print(json.dumps({"device": name, "status": status["state"], "final_step": status["step"],
-                      "polls": polls, "checkpoint_bytes": ckpt.stat().st_size}))
+    print(
+        json.dumps(
+            {
+                "device": name,
+                "status": status["state"],
+                "final_step": status["step"],
+                "polls": polls,
+                "checkpoint_bytes": ckpt.stat().st_size,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

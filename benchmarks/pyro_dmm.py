@@ -41,9 +41,17 @@ from vaelab.nn import reverse_sequences
 # The command-line defaults of Pyro's examples/dmm.py. ClippedAdam's "clip_norm" clamps each
 # gradient element of the loss summed over the mini-batch; its weight decay acts on that sum.
 PYRO_DEFAULTS = {
-    "lr": 3e-4, "betas": (0.96, 0.999), "clip_norm": 10.0, "lr_decay": 0.99996,
-    "weight_decay": 2.0, "batch_size": 20, "anneal_epochs": 1000, "min_anneal": 0.2,
-    "epochs": 5000, "num_iafs": 0, "iaf_dim": 100,
+    "lr": 3e-4,
+    "betas": (0.96, 0.999),
+    "clip_norm": 10.0,
+    "lr_decay": 0.99996,
+    "weight_decay": 2.0,
+    "batch_size": 20,
+    "anneal_epochs": 1000,
+    "min_anneal": 0.2,
+    "epochs": 5000,
+    "num_iafs": 0,
+    "iaf_dim": 100,
 }
 
 
@@ -105,9 +113,16 @@ class PyroDMM(nn.Module):
     """The DMM of Pyro's example: ``model`` and ``guide`` are Pyro programs over one mini-batch
     (from :func:`prepare_batch`), with the example's widths as defaults."""
 
-    def __init__(self, x_dim: int = 88, z_dim: int = 100, emission_dim: int = 100,
-                 transition_dim: int = 200, rnn_dim: int = 600, num_iafs: int = 0,
-                 iaf_dim: int = 100) -> None:
+    def __init__(
+        self,
+        x_dim: int = 88,
+        z_dim: int = 100,
+        emission_dim: int = 100,
+        transition_dim: int = 200,
+        rnn_dim: int = 600,
+        num_iafs: int = 0,
+        iaf_dim: int = 100,
+    ) -> None:
         super().__init__()
         self.emitter = Emitter(x_dim, z_dim, emission_dim)
         self.transition = GatedTransition(z_dim, transition_dim)
@@ -120,8 +135,14 @@ class PyroDMM(nn.Module):
         self.z_q_0 = nn.Parameter(torch.zeros(z_dim))  # the guide's z_0
         self.h_0 = nn.Parameter(torch.zeros(1, 1, rnn_dim))
 
-    def model(self, x: Tensor, x_rev: PackedSequence, mask: Tensor, lengths: Tensor,
-              annealing: float = 1.0) -> None:
+    def model(
+        self,
+        x: Tensor,
+        x_rev: PackedSequence,
+        mask: Tensor,
+        lengths: Tensor,
+        annealing: float = 1.0,
+    ) -> None:
         """p(x_{1:T}, z_{1:T}) one step at a time; ``mask [B, T]`` bool drops the padding."""
         pyro.module("dmm", self)
         z_prev = self.z_0.expand(len(x), -1)
@@ -129,14 +150,24 @@ class PyroDMM(nn.Module):
             for t in pyro.markov(range(x.shape[1])):
                 loc, scale = self.transition(z_prev)
                 with poutine.scale(scale=annealing):  # the KL's weight
-                    z = pyro.sample(f"z_{t + 1}", dist.Normal(loc, scale)
-                                    .mask(mask[:, t:t + 1]).to_event(1))
-                pyro.sample(f"x_{t + 1}", dist.Bernoulli(self.emitter(z))
-                            .mask(mask[:, t:t + 1]).to_event(1), obs=x[:, t])
+                    z = pyro.sample(
+                        f"z_{t + 1}", dist.Normal(loc, scale).mask(mask[:, t : t + 1]).to_event(1)
+                    )
+                pyro.sample(
+                    f"x_{t + 1}",
+                    dist.Bernoulli(self.emitter(z)).mask(mask[:, t : t + 1]).to_event(1),
+                    obs=x[:, t],
+                )
                 z_prev = z
 
-    def guide(self, x: Tensor, x_rev: PackedSequence, mask: Tensor, lengths: Tensor,
-              annealing: float = 1.0) -> None:
+    def guide(
+        self,
+        x: Tensor,
+        x_rev: PackedSequence,
+        mask: Tensor,
+        lengths: Tensor,
+        annealing: float = 1.0,
+    ) -> None:
         """q(z_{1:T} | x_{1:T}): the backward RNN once, then the combiner step by step."""
         pyro.module("dmm", self)
         h_0 = self.h_0.expand(1, len(x), -1).contiguous()
@@ -152,18 +183,21 @@ class PyroDMM(nn.Module):
                         q_z = dist.TransformedDistribution(dist.Normal(loc, scale), self.iafs)
                         z = pyro.sample(f"z_{t + 1}", q_z.mask(mask[:, t]))
                     else:
-                        z = pyro.sample(f"z_{t + 1}", dist.Normal(loc, scale)
-                                        .mask(mask[:, t:t + 1]).to_event(1))
+                        z = pyro.sample(
+                            f"z_{t + 1}",
+                            dist.Normal(loc, scale).mask(mask[:, t : t + 1]).to_event(1),
+                        )
                 z_prev = z
 
 
-def prepare_batch(data: Data, index: Tensor, device: torch.device | None = None
-                  ) -> tuple[Tensor, PackedSequence, Tensor, Tensor]:
+def prepare_batch(
+    data: Data, index: Tensor, device: torch.device | None = None
+) -> tuple[Tensor, PackedSequence, Tensor, Tensor]:
     """The example's mini-batch: the sequences at ``index`` sorted by decreasing length and
     trimmed to the longest, ``(x [B, T, X], x reversed per sequence and packed, mask [B, T]
     bool, lengths [B])``."""
     lengths, order = torch.sort(data.lengths[index], descending=True)
-    x = data.x[index[order], :int(lengths[0])]
+    x = data.x[index[order], : int(lengths[0])]
     mask = torch.arange(x.shape[1]) < lengths[:, None]
     x_rev = reverse_sequences(x, lengths)
     if device is not None:
@@ -176,8 +210,9 @@ def diverged(error: BaseException) -> bool:
     return isinstance(error, ValueError) and "found invalid values" in str(error)
 
 
-def annealing_factor(epoch: int, batch: int, batches_per_epoch: int, anneal_epochs: int,
-                     min_anneal: float) -> float:
+def annealing_factor(
+    epoch: int, batch: int, batches_per_epoch: int, anneal_epochs: int, min_anneal: float
+) -> float:
     """The example's KL weight: a linear rise from ``min_anneal`` reaching 1 at the last
     mini-batch of epoch ``anneal_epochs - 1``, then 1."""
     if anneal_epochs <= 0 or epoch >= anneal_epochs:
@@ -197,12 +232,19 @@ class PyroTraining:
         Overrides of :data:`PYRO_DEFAULTS` (``num_iafs``, ``lr``, ...).
     """
 
-    def __init__(self, train: Data, seed: int = 0, max_batches: int | None = None,
-                 device: str | torch.device = "cpu", **settings) -> None:
+    def __init__(
+        self,
+        train: Data,
+        seed: int = 0,
+        max_batches: int | None = None,
+        device: str | torch.device = "cpu",
+        **settings,
+    ) -> None:
         unknown = set(settings) - set(PYRO_DEFAULTS)
         if unknown:
-            raise ValueError(f"unknown Pyro settings {sorted(unknown)}; choose from "
-                             f"{sorted(PYRO_DEFAULTS)}")
+            raise ValueError(
+                f"unknown Pyro settings {sorted(unknown)}; choose from {sorted(PYRO_DEFAULTS)}"
+            )
         if not train.is_sequence:
             raise ValueError("the Pyro DMM trains on sequences [N, T, X]; pass piano rolls")
         if max_batches is not None and max_batches < 1:
@@ -220,8 +262,15 @@ class PyroTraining:
         pyro.set_rng_seed(seed)
         self.dmm = PyroDMM(self.train.x_dim, num_iafs=s["num_iafs"], iaf_dim=s["iaf_dim"])
         self.dmm.to(self.device)
-        optim = ClippedAdam({"lr": s["lr"], "betas": s["betas"], "clip_norm": s["clip_norm"],
-                             "lrd": s["lr_decay"], "weight_decay": s["weight_decay"]})
+        optim = ClippedAdam(
+            {
+                "lr": s["lr"],
+                "betas": s["betas"],
+                "clip_norm": s["clip_norm"],
+                "lrd": s["lr_decay"],
+                "weight_decay": s["weight_decay"],
+            }
+        )
         self.svi = SVI(self.dmm.model, self.dmm.guide, optim, loss=Trace_ELBO())
         self.shuffle = torch.Generator().manual_seed(seed)
         self.epochs_done = 0
@@ -245,8 +294,7 @@ class PyroTraining:
             if self.max_batches is not None and i >= self.max_batches:
                 break
             x, x_rev, mask, lengths = prepare_batch(train, index, self.device)
-            a = annealing_factor(self.epochs_done, i, batches, s["anneal_epochs"],
-                                 s["min_anneal"])
+            a = annealing_factor(self.epochs_done, i, batches, s["anneal_epochs"], s["min_anneal"])
             total += self.svi.step(x, x_rev, mask, lengths, a)
             steps += int(lengths.sum())
         if self.device.type == "cuda":

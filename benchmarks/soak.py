@@ -47,8 +47,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--every", type=float, default=60.0, help="seconds between memory lines")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="DMM config field, e.g. rnn_dim=64 (default: the DMM's defaults)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="DMM config field, e.g. rnn_dim=64 (default: the DMM's defaults)",
+    )
     p.add_argument("--out", default=None, help="checkpoint folder (default: a temporary one)")
     args = p.parse_args(argv)
     if not args.minutes > 0 or not args.every > 0 or args.threads < 1:
@@ -60,8 +65,15 @@ def main(argv: list[str] | None = None) -> dict:
     model = make_model("dmm", train, parse_sets(args.set))
     folder = tempfile.TemporaryDirectory(prefix="vaelab-soak-") if args.out is None else None
     out = args.out or folder.name
-    config = TrainConfig(**{**DMM.train_defaults, "epochs": 10**6, "seed": args.seed,
-                            "progress": False, "out_dir": out})
+    config = TrainConfig(
+        **{
+            **DMM.train_defaults,
+            "epochs": 10**6,
+            "seed": args.seed,
+            "progress": False,
+            "out_dir": out,
+        }
+    )
 
     start = time.perf_counter()
     deadline = start + 60 * args.minutes
@@ -76,8 +88,11 @@ def main(argv: list[str] | None = None) -> dict:
         now = time.perf_counter()
         if record["kind"] == "train" and now >= next_print:
             samples.append((now - start, record["step"], resident_mb()))
-            print(f"t={now - start:8.1f} s  step {record['step']:7d}  resident "
-                  f"{samples[-1][2]:8.1f} MB  train -ELBO {last['train']:.3f}", flush=True)
+            print(
+                f"t={now - start:8.1f} s  step {record['step']:7d}  resident "
+                f"{samples[-1][2]:8.1f} MB  train -ELBO {last['train']:.3f}",
+                flush=True,
+            )
             next_print = now + args.every
         return now < deadline  # False: fit saves a checkpoint and stops
 
@@ -87,13 +102,16 @@ def main(argv: list[str] | None = None) -> dict:
     base = samples[1][2] if len(samples) > 2 else samples[0][2]
     result = {
         "minutes": round((time.perf_counter() - start) / 60, 3),
-        "steps": history[-1]["step"], "epochs": history[-1]["epoch"],
-        "train_nelbo": last["train"], "val_nelbo": None if math.isnan(last["val"]) else
-        last["val"],
-        "rss_mb_first": round(samples[0][2], 1), "rss_mb_after_warmup": round(base, 1),
+        "steps": history[-1]["step"],
+        "epochs": history[-1]["epoch"],
+        "train_nelbo": last["train"],
+        "val_nelbo": None if math.isnan(last["val"]) else last["val"],
+        "rss_mb_first": round(samples[0][2], 1),
+        "rss_mb_after_warmup": round(base, 1),
         "rss_mb_end": round(samples[-1][2], 1),
         "rss_mb_max": round(max(s[2] for s in samples), 1),
-        "growth_mb": round(samples[-1][2] - base, 1), "samples": len(samples),
+        "growth_mb": round(samples[-1][2] - base, 1),
+        "samples": len(samples),
         "threads": args.threads,
     }
     print(json.dumps(result), flush=True)

@@ -17,14 +17,21 @@ from vaelab.ssm import SSM, SSMConfig
 from vaelab.systems import load_linear
 
 
-def steps_per_second(guide: str, device: torch.device, steps: int, warmup: int = 3,
-                     hidden_dim: int = 64, rnn_dim: int = 64) -> float:
+def steps_per_second(
+    guide: str,
+    device: torch.device,
+    steps: int,
+    warmup: int = 3,
+    hidden_dim: int = 64,
+    rnn_dim: int = 64,
+) -> float:
     """Adam steps per second on one batch of 1000 sequences of 20 steps."""
     torch.manual_seed(0)
     train, _, _ = load_linear(n_train=1000, n_val=1, n_test=1, steps=20)
     batch = next(train.batches(1000, shuffle=False)).to(device)
-    model = SSM(SSMConfig(x_dim=2, a_dim=2, z_dim=4, hidden_dim=hidden_dim, rnn_dim=rnn_dim,
-                          guide=guide)).to(device)
+    model = SSM(
+        SSMConfig(x_dim=2, a_dim=2, z_dim=4, hidden_dim=hidden_dim, rnn_dim=rnn_dim, guide=guide)
+    ).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step() -> None:
@@ -56,14 +63,17 @@ def main() -> None:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     else:
         devices = [args.device]
-    print(f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}; "
-          f"T=20, batch 1000, z 4, x 2, a 2, hidden {args.hidden_dim}, rnn {args.rnn_dim}")
+    print(
+        f"torch {torch.__version__}, CPU threads {torch.get_num_threads()}; "
+        f"T=20, batch 1000, z 4, x 2, a 2, hidden {args.hidden_dim}, rnn {args.rnn_dim}"
+    )
     for name in devices:
         device = torch.device(name)
         label = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
         for guide in ("filtering", "smoothing"):
-            rate = steps_per_second(guide, device, args.steps, hidden_dim=args.hidden_dim,
-                                    rnn_dim=args.rnn_dim)
+            rate = steps_per_second(
+                guide, device, args.steps, hidden_dim=args.hidden_dim, rnn_dim=args.rnn_dim
+            )
             print(f"{label:>24s}  {guide:>9s} guide: {rate:7.2f} training steps/s")
 
 

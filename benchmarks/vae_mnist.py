@@ -32,8 +32,12 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-decay", type=float, default=1.0, help="per-step LR factor")
     p.add_argument("--samples", type=int, default=5000, help="importance samples K")
-    p.add_argument("--test-subset", type=int, default=0, help="evaluate NLL on the first N "
-                   "test images only (0 = all 10000)")
+    p.add_argument(
+        "--test-subset",
+        type=int,
+        default=0,
+        help="evaluate NLL on the first N test images only (0 = all 10000)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="checkpoint folder (allows --resume)")
@@ -43,8 +47,11 @@ def main() -> None:
 
     device = select_device(args.device)
     train, val, test = load_mnist(args.data, binarize="dynamic")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"CPU ({torch.get_num_threads()} threads)"
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({torch.get_num_threads()} threads)"
+    )
     print(f"device: {name}; train {len(train)}, val {len(val)}, test {len(test)}")
 
     train_seconds = 0.0
@@ -53,41 +60,87 @@ def main() -> None:
         epochs = ckpt["epoch"]
     else:
         model = VAE(VAEConfig(x_dim=784, z_dim=50, hidden_dims=[200, 200], activation="tanh"))
-        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                             lr_decay=args.lr_decay, seed=args.seed, device=args.device,
-                             out_dir=args.out, eval_every=5, progress=False)
+        config = TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            lr_decay=args.lr_decay,
+            seed=args.seed,
+            device=args.device,
+            out_dir=args.out,
+            eval_every=5,
+            progress=False,
+        )
         resume = Path(args.out) / "checkpoint.pt" if args.resume else None
         t0 = time.perf_counter()
 
         def report(r: dict) -> None:
             if r["kind"] == "val":
-                print(json.dumps({"epoch": r["epoch"], "val_nelbo": round(r["nelbo"], 3),
-                                  "elapsed_s": round(time.perf_counter() - t0, 1)}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "epoch": r["epoch"],
+                            "val_nelbo": round(r["nelbo"], 3),
+                            "elapsed_s": round(time.perf_counter() - t0, 1),
+                        }
+                    ),
+                    flush=True,
+                )
 
-        history = fit(model, train, val, config, callback=report, resume=resume,
-                      data_spec={"name": "mnist", "path": args.data})
+        history = fit(
+            model,
+            train,
+            val,
+            config,
+            callback=report,
+            resume=resume,
+            data_spec={"name": "mnist", "path": args.data},
+        )
         train_seconds = time.perf_counter() - t0
         epochs = history[-1]["epoch"]
-        new_epochs = epochs - (0 if resume is None else
-                               torch.load(resume, weights_only=True)["epoch"])
-        print(f"training: {train_seconds:.1f} s, {train_seconds / max(new_epochs, 1):.2f} "
-              f"s/epoch over {new_epochs} epochs this run ({epochs} in total)")
+        new_epochs = epochs - (
+            0 if resume is None else torch.load(resume, weights_only=True)["epoch"]
+        )
+        print(
+            f"training: {train_seconds:.1f} s, {train_seconds / max(new_epochs, 1):.2f} "
+            f"s/epoch over {new_epochs} epochs this run ({epochs} in total)"
+        )
 
     torch.manual_seed(args.seed)
     elbo = evaluate_elbo(model, test, samples=1, device=device)
     subset = test.subset(slice(0, args.test_subset)) if args.test_subset else test
     t0 = time.perf_counter()
-    nll = evaluate_nll(model, subset, num_samples=args.samples, batch_size=10,
-                       chunk_size=500, device=device, progress=True)
+    nll = evaluate_nll(
+        model,
+        subset,
+        num_samples=args.samples,
+        batch_size=10,
+        chunk_size=500,
+        device=device,
+        progress=True,
+    )
     eval_seconds = time.perf_counter() - t0
     print(f"test -ELBO (bound, 1 sample)      : {elbo['nelbo']:.2f} nats")
-    print(f"test NLL, importance K={args.samples:<5}     : {nll:.2f} nats on {len(subset)} "
-          f"images ({eval_seconds:.0f} s)")
-    print(f"reference (Burda et al. 2016, T1) : {REFERENCE_NLL:.2f} nats after 3280 passes; "
-          f"target <= 87")
-    print(json.dumps({"epochs": epochs, "train_seconds": round(train_seconds, 1),
-                      "test_nelbo": elbo["nelbo"], "test_nll_is": nll, "K": args.samples,
-                      "device": name}))
+    print(
+        f"test NLL, importance K={args.samples:<5}     : {nll:.2f} nats on {len(subset)} "
+        f"images ({eval_seconds:.0f} s)"
+    )
+    print(
+        f"reference (Burda et al. 2016, T1) : {REFERENCE_NLL:.2f} nats after 3280 passes; "
+        f"target <= 87"
+    )
+    print(
+        json.dumps(
+            {
+                "epochs": epochs,
+                "train_seconds": round(train_seconds, 1),
+                "test_nelbo": elbo["nelbo"],
+                "test_nll_is": nll,
+                "K": args.samples,
+                "device": name,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,11 @@ def assert_every_parameter_gets_gradient(model: nn.Module, batch) -> None:
             zero.append(name)
     problems = [
         f"{label}: {names}"
-        for label, names in (("no grad", missing), ("non-finite grad", non_finite),
-                             ("all-zero grad", zero))
+        for label, names in (
+            ("no grad", missing),
+            ("non-finite grad", non_finite),
+            ("all-zero grad", zero),
+        )
         if names
     ]
     assert not problems, "parameters without a useful gradient -- " + "; ".join(problems)
@@ -38,9 +41,16 @@ def assert_every_parameter_gets_gradient(model: nn.Module, batch) -> None:
 
 def config(tmp_path=None, **kw) -> TrainConfig:
     """A small TrainConfig for trainer tests; ``tmp_path`` becomes its out_dir."""
-    base = {"epochs": 2, "batch_size": 32, "lr": 3e-3, "anneal_epochs": 1.0, "lr_decay": 0.99,
-            "progress": False, "device": "cpu",
-            "out_dir": None if tmp_path is None else str(tmp_path)}
+    base = {
+        "epochs": 2,
+        "batch_size": 32,
+        "lr": 3e-3,
+        "anneal_epochs": 1.0,
+        "lr_decay": 0.99,
+        "progress": False,
+        "device": "cpu",
+        "out_dir": None if tmp_path is None else str(tmp_path),
+    }
     return TrainConfig(**{**base, **kw})
 
 
@@ -63,13 +73,28 @@ def finished_runs(folder):
 
     folder = Path(folder)
     train, val, _ = builtin_dataset("pendulum")
-    for name, beta, callback in (("b1", 1.0, None), ("b4", 4.0, None),
-                                 ("stopped", 1.0, lambda r: r["step"] < 3)):
+    for name, beta, callback in (
+        ("b1", 1.0, None),
+        ("b4", 4.0, None),
+        ("stopped", 1.0, lambda r: r["step"] < 3),
+    ):
         torch.manual_seed(0)
         model = make_model("ssm", train, {"z_dim": 4, "hidden_dim": 8, "rnn_dim": 8})
-        fit(model, train, val, TrainConfig(epochs=1, batch_size=100, beta=beta, progress=False,
-                                           device="cpu", out_dir=str(folder / name)),
-            callback=callback, data_spec={"name": "pendulum"})
+        fit(
+            model,
+            train,
+            val,
+            TrainConfig(
+                epochs=1,
+                batch_size=100,
+                beta=beta,
+                progress=False,
+                device="cpu",
+                out_dir=str(folder / name),
+            ),
+            callback=callback,
+            data_spec={"name": "pendulum"},
+        )
     (folder / "damaged").mkdir()
     good = (folder / "b1" / "checkpoint.pt").read_bytes()
     (folder / "damaged" / "checkpoint.pt").write_bytes(good[: len(good) // 2])

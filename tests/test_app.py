@@ -26,8 +26,13 @@ SIZES = {  # every model sized to train a few steps a second
     "vae": {"hidden_dims_vae": 16, "z_dim_vae": 2},
     "ssm": {"z_dim_ssm": 2, "hidden_dim_ssm": 8, "rnn_dim_ssm": 8},
     "dmm": {"z_dim_dmm": 2, "rnn_dim_dmm": 8, "emission_dim_dmm": 8, "transition_dim_dmm": 8},
-    "dmm_iaf": {"z_dim_dmm_iaf": 2, "rnn_dim_dmm_iaf": 8, "emission_dim_dmm_iaf": 8,
-                "transition_dim_dmm_iaf": 8, "iaf_dim_dmm_iaf": 8},
+    "dmm_iaf": {
+        "z_dim_dmm_iaf": 2,
+        "rnn_dim_dmm_iaf": 8,
+        "emission_dim_dmm_iaf": 8,
+        "transition_dim_dmm_iaf": 8,
+        "iaf_dim_dmm_iaf": 8,
+    },
     "realnvp": {"hidden_dim_realnvp": 16, "num_layers_realnvp": 2},
 }
 
@@ -65,8 +70,9 @@ def _ok(at: AppTest) -> None:
     assert not at.exception, at.exception
 
 
-def _texts(at: AppTest, kinds=("markdown", "caption", "info", "warning", "error",
-                               "success")) -> list[str]:
+def _texts(
+    at: AppTest, kinds=("markdown", "caption", "info", "warning", "error", "success")
+) -> list[str]:
     return [e.value for kind in kinds for e in at.get(kind)]
 
 
@@ -75,8 +81,14 @@ def _param(at: AppTest, key: str) -> str | None:
     return value[0] if isinstance(value, list) else value
 
 
-def _train(at: AppTest, model: str = "vae", data: str | None = None, root: Path | None = None,
-           extra: str = "", **values) -> str | None:
+def _train(
+    at: AppTest,
+    model: str = "vae",
+    data: str | None = None,
+    root: Path | None = None,
+    extra: str = "",
+    **values,
+) -> str | None:
     at.selectbox(key="model").set_value(model).run()
     if data is not None:
         at.selectbox(key=f"data_{model}").set_value(data).run()
@@ -123,8 +135,9 @@ def test_page_renders_with_every_model_and_refuses_wrong_pairings():
 def test_five_sessions_five_runs_each_sees_and_controls_only_its_own(hosted, monkeypatch):
     monkeypatch.setenv("VAELAB_MAX_RUNS", "5")
     sessions = [session() for _ in range(5)]
-    ids = [_train(at, extra=f"hidden_dims=[{8 + i}]", epochs=100000)
-           for i, at in enumerate(sessions)]
+    ids = [
+        _train(at, extra=f"hidden_dims=[{8 + i}]", epochs=100000) for i, at in enumerate(sessions)
+    ]
     assert len(set(ids)) == 5 and None not in ids
     for i, at in enumerate(sessions):
         _poll(at, lambda at=at: _state(at, hosted) == "training")
@@ -132,7 +145,8 @@ def test_five_sessions_five_runs_each_sees_and_controls_only_its_own(hosted, mon
         assert len(shown) == 1 and shown[0].startswith(f"{ids[i]} (")  # hosted: no other
         assert shown[0].endswith(", yours)")  # session's run is even listed
         assert runs.read_json(hosted / ids[i] / "settings.json")["model_config"][
-            "hidden_dims"] == [8 + i]  # its own settings
+            "hidden_dims"
+        ] == [8 + i]  # its own settings
     # a session cannot reach another's run, even by putting its id in the URL
     intruder = session(run=ids[0])
     assert _param(intruder, "run") is None
@@ -179,8 +193,9 @@ def test_with_the_limit_at_two_the_third_run_waits_and_starts_when_one_ends(host
     for at in sessions:
         _train(at, epochs=100000)
     first, second, third = sessions
-    _poll(third, lambda: _state(first, hosted) == "training" and
-          _state(second, hosted) == "training")
+    _poll(
+        third, lambda: _state(first, hosted) == "training" and _state(second, hosted) == "training"
+    )
     assert _state(third, hosted) == "queued"
     assert "number 1 in the queue" in " ".join(_texts(third, ("markdown",)))
     assert third.button(key="train").disabled  # one run at a time per session
@@ -196,8 +211,13 @@ def _checkpoint_with_spec(folder: Path, spec: dict) -> bytes:
     from vaelab.config import make_model
 
     model = make_model("vae", train, {"hidden_dims": [8], "z_dim": 2})
-    fit(model, train, val, TrainConfig(max_steps=1, epochs=5, progress=False,
-                                       out_dir=str(folder)), data_spec=spec)
+    fit(
+        model,
+        train,
+        val,
+        TrainConfig(max_steps=1, epochs=5, progress=False, out_dir=str(folder)),
+        data_spec=spec,
+    )
     return (folder / "checkpoint.pt").read_bytes()
 
 
@@ -211,12 +231,17 @@ def test_hosted_mode_types_lists_and_reads_no_server_path(hosted, tmp_path_facto
     # what the page does with an uploaded checkpoint: read it (weights_only), then check its
     # data spec before anything is loaded
     hosting = runs.Hosting.from_env()
-    evil = read_upload("evil.pt", _checkpoint_with_spec(
-        tmp_path_factory.mktemp("elsewhere"), {"name": "arrays", "path": "/etc/passwd"}))
+    evil = read_upload(
+        "evil.pt",
+        _checkpoint_with_spec(
+            tmp_path_factory.mktemp("elsewhere"), {"name": "arrays", "path": "/etc/passwd"}
+        ),
+    )
     with pytest.raises(ValueError, match="only built-in data sets"):
         runs.check_data_spec(evil["data"], hosting)
-    fine = read_upload("ok.pt", _checkpoint_with_spec(tmp_path_factory.mktemp("fine"),
-                                                      {"name": "digits"}))
+    fine = read_upload(
+        "ok.pt", _checkpoint_with_spec(tmp_path_factory.mktemp("fine"), {"name": "digits"})
+    )
     assert runs.check_data_spec(fine["data"], hosting) == {"name": "digits"}
 
 
@@ -225,13 +250,39 @@ def test_a_command_line_run_shows_up_live(tmp_path):
     at = session()
     at.text_input(key="out_root").set_value(str(tmp_path)).run()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vaelab", "train", "--model", "vae", "--data", "digits",
-         "--set", "hidden_dims=[8]", "--epochs", "100000", "--train-set", "progress=False",
-         "--out", str(tmp_path / "from-the-shell")], cwd=ROOT, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        [
+            sys.executable,
+            "-m",
+            "vaelab",
+            "train",
+            "--model",
+            "vae",
+            "--data",
+            "digits",
+            "--set",
+            "hidden_dims=[8]",
+            "--epochs",
+            "100000",
+            "--train-set",
+            "progress=False",
+            "--out",
+            str(tmp_path / "from-the-shell"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     try:
-        _poll(at, lambda: any(o.startswith("from-the-shell (") for s in at.selectbox
-                              if s.key.startswith("pick_") for o in s.options))
+        _poll(
+            at,
+            lambda: any(
+                o.startswith("from-the-shell (")
+                for s in at.selectbox
+                if s.key.startswith("pick_")
+                for o in s.options
+            ),
+        )
         at.query_params["run"] = "from-the-shell"
         _poll(at, lambda: at.get("vega_lite_chart"))
         text = " ".join(_texts(at, ("markdown",)))
@@ -246,16 +297,25 @@ def test_the_dashboard_is_served_without_magic_tracebacks_or_deploy_menu():
     """``streamlit run app.py`` from the repository root reads .streamlit/config.toml: no
     "magic" (its ast.parse is not thread-safe on Python 3.11), no garbage collection after
     every poll (~0.4 s of CPU each time with torch loaded), no tracebacks, no Deploy menu."""
-    code = ("from streamlit import config; print([config.get_option(k) for k in "
-            "('runner.magicEnabled', 'runner.postScriptGC', 'client.showErrorDetails', "
-            "'client.toolbarMode')])")
-    read = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120, check=True).stdout
+    code = (
+        "from streamlit import config; print([config.get_option(k) for k in "
+        "('runner.magicEnabled', 'runner.postScriptGC', 'client.showErrorDetails', "
+        "'client.toolbarMode')])"
+    )
+    read = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     assert read.strip() == "[False, False, 'none', 'minimal']"
 
 
-def _finished_run(folder: Path, model_name: str = "vae", data: str = "digits",
-                  **overrides) -> None:
+def _finished_run(
+    folder: Path, model_name: str = "vae", data: str = "digits", **overrides
+) -> None:
     """A run folder written in this process as the CLI writes it (RunWriter as fit's
     callback), two epochs of a tiny model."""
     from vaelab.config import make_model
@@ -264,9 +324,16 @@ def _finished_run(folder: Path, model_name: str = "vae", data: str = "digits",
     model = make_model(model_name, train, overrides)
     config = TrainConfig(epochs=2, batch_size=256, progress=False, out_dir=str(folder))
     with runs.RunWriter(folder) as writer:
-        writer.start({"model": model_name, "model_config": dict(overrides),
-                      "train_config": {"epochs": 2}, "data": {"name": data},
-                      "unit": model.unit, "has_latents": model.has_latents})
+        writer.start(
+            {
+                "model": model_name,
+                "model_config": dict(overrides),
+                "train_config": {"epochs": 2},
+                "data": {"name": data},
+                "unit": model.unit,
+                "has_latents": model.has_latents,
+            }
+        )
         fit(model, train, val, config, data_spec={"name": data}, callback=writer)
 
 
@@ -283,8 +350,10 @@ def test_views_of_a_finished_run_compare_and_export(tmp_path):
     assert "**small**: vae on digits — **finished**" in text
     assert at.button(key="stop").disabled  # a command-line run: read-only here
     # the CSV is written when clicked (its name, <run>-metrics.csv: tests/test_runs.py)
-    assert [b.proto.label for b in at.get("download_button")] == ["Download metrics (CSV)",
-                                                                  "Download checkpoint"]
+    assert [b.proto.label for b in at.get("download_button")] == [
+        "Download metrics (CSV)",
+        "Download checkpoint",
+    ]
     at.radio(key="x_axis").set_value("wall").run()
     _ok(at)
     spec = __import__("json").loads(at.get("vega_lite_chart")[0].proto.spec)

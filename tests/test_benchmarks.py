@@ -18,17 +18,51 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "dmm_jsb.py"), "--epochs", "2",
-           "--eval-every", "1", "--samples", "3", "--elbo-samples", "1", "--threads", "1",
-           "--rnn-nonlinearity", "relu", "--weight-decay-sum", "4.0", "--mc-kl",
-           "--anneal-epochs", "417", "--min-kl-weight", "0.01", "--train-samples", "2",
-           "--lr", "8e-4", "--lr-decay", "1", "--softplus-variance",
-           "--standard-initial-prior", "--emission-dim", "16", "--transition-dim", "24",
-           "--clip-norm", "0.0166", "--adam-eps", "1.66e-10", "--beta1", "0.9",
-           "--decay-before-clip",
-           "--out", str(tmp_path)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          check=False)
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "dmm_jsb.py"),
+        "--epochs",
+        "2",
+        "--eval-every",
+        "1",
+        "--samples",
+        "3",
+        "--elbo-samples",
+        "1",
+        "--threads",
+        "1",
+        "--rnn-nonlinearity",
+        "relu",
+        "--weight-decay-sum",
+        "4.0",
+        "--mc-kl",
+        "--anneal-epochs",
+        "417",
+        "--min-kl-weight",
+        "0.01",
+        "--train-samples",
+        "2",
+        "--lr",
+        "8e-4",
+        "--lr-decay",
+        "1",
+        "--softplus-variance",
+        "--standard-initial-prior",
+        "--emission-dim",
+        "16",
+        "--transition-dim",
+        "24",
+        "--clip-norm",
+        "0.0166",
+        "--adam-eps",
+        "1.66e-10",
+        "--beta1",
+        "0.9",
+        "--decay-before-clip",
+        "--out",
+        str(tmp_path),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["epochs"] == result["epochs_this_run"] == 2
@@ -40,7 +74,7 @@ def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
         bound = result[f"{label}_test_neg_elbo_bound"]
         assert bound > result[f"{label}_test_nll_importance_K3"] > 0
     assert "best validation -ELBO" in done.stdout
-    ckpt = (tmp_path / "jsb_chorales" / "checkpoint.pt")
+    ckpt = tmp_path / "jsb_chorales" / "checkpoint.pt"
     assert ckpt.exists() and (tmp_path / "jsb_chorales" / "best.pt").exists()
     state = load_checkpoint(ckpt)  # records the model's settings and the data set it saw
     assert state["config"]["analytic_kl"] is False
@@ -51,7 +85,9 @@ def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
     assert state["data"] == {"name": "jsb"}
     # Krishnan et al.'s annealing reached fit: KL weight 0.01 at the first step, 1 at epoch 417
     assert (state["train_config"]["anneal_epochs"], state["train_config"]["min_kl_weight"]) == (
-        417, 0.01)
+        417,
+        0.01,
+    )
     assert result["anneal_epochs"] == 417 and result["min_kl_weight"] == 0.01
     assert result["train_samples"] == state["train_config"]["train_samples"] == 2
     first = next(r for r in state["history"] if r["kind"] == "train")
@@ -74,14 +110,36 @@ def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
 
 
 def test_dmm_jsb_time_limit_stops_with_a_checkpoint_that_resume_continues(tmp_path):
-    base = [sys.executable, str(ROOT / "benchmarks" / "dmm_jsb.py"), "--epochs", "1",
-            "--eval-every", "1", "--samples", "0", "--elbo-samples", "1", "--threads", "1",
-            "--select", "last", "--rnn-type", "lstm", "--input-embedding",
-            "--rnn-output-dropout", "0.1", "--transpose", "2", "--out", str(tmp_path)]
+    base = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "dmm_jsb.py"),
+        "--epochs",
+        "1",
+        "--eval-every",
+        "1",
+        "--samples",
+        "0",
+        "--elbo-samples",
+        "1",
+        "--threads",
+        "1",
+        "--select",
+        "last",
+        "--rnn-type",
+        "lstm",
+        "--input-embedding",
+        "--rnn-output-dropout",
+        "0.1",
+        "--transpose",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
 
     def run(*extra: str) -> tuple[dict, str]:
-        done = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=300,
-                              cwd=ROOT, check=False)
+        done = subprocess.run(
+            [*base, *extra], capture_output=True, text=True, timeout=300, cwd=ROOT, check=False
+        )
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout.strip().splitlines()[-1]), done.stdout
 
@@ -99,7 +157,10 @@ def test_dmm_jsb_time_limit_stops_with_a_checkpoint_that_resume_continues(tmp_pa
     # its own parameters (the embedding, the cell state) are in the checkpoint to resume from
     for record in (state["config"], result):
         assert (record["rnn_type"], record["input_embedding"], record["rnn_output_dropout"]) == (
-            "lstm", True, 0.1)
+            "lstm",
+            True,
+            0.1,
+        )
     assert {"embed.0.weight", "c_0", "rnn.weight_hh_l0"} <= set(state["state_dict"])
     # key augmentation is part of the data spec that the checkpoint records
     assert state["data"] == {"name": "jsb", "transpose": 2} and result["transpose"] == 2
@@ -115,20 +176,31 @@ def test_dmm_jsb_time_limit_stops_with_a_checkpoint_that_resume_continues(tmp_pa
     assert result["epochs_this_run"] == round((steps_per_epoch - 1) / steps_per_epoch, 2)
     # the first slice's step is counted once: 1 step before, the rest of the epoch after
     assert [r["step"] for r in state["history"] if r["kind"] == "train"] == list(
-        range(1, steps_per_epoch + 1))
+        range(1, steps_per_epoch + 1)
+    )
 
 
 def test_dmm_jsb_rejects_a_negative_time_limit():
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dmm_jsb.py"),
-                           "--time-limit", "-1"], capture_output=True, text=True, timeout=60,
-                          cwd=ROOT, check=False)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "dmm_jsb.py"), "--time-limit", "-1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
     assert done.returncode == 2 and "--time-limit must be >= 0" in done.stderr
 
 
 def test_dmm_jsb_rejects_no_elbo_samples():
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dmm_jsb.py"),
-                           "--elbo-samples", "0"], capture_output=True, text=True, timeout=60,
-                          cwd=ROOT, check=False)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "dmm_jsb.py"), "--elbo-samples", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        check=False,
+    )
     assert done.returncode == 2 and "--elbo-samples must be >= 1" in done.stderr
 
 
@@ -142,22 +214,25 @@ def _pyro_and_ours(min_scale: float = 1e-12):
     from vaelab.dmm import DMM, DMMConfig
 
     dims = {"x_dim": 6, "z_dim": 3, "emission_dim": 5, "transition_dim": 7, "rnn_dim": 8}
-    ours = DMM(DMMConfig(**dims, rnn_nonlinearity="relu", analytic_kl=False,
-                         min_scale=min_scale)).double()
+    ours = DMM(
+        DMMConfig(**dims, rnn_nonlinearity="relu", analytic_kl=False, min_scale=min_scale)
+    ).double()
     theirs = PyroDMM(**dims).double()
     with torch.no_grad():
         for p in ours.parameters():
             p.normal_(0, 0.5)
-        pairs = [(theirs.emitter.z_to_hidden, ours.emitter.net.net[0]),
-                 (theirs.emitter.hidden_to_hidden, ours.emitter.net.net[2]),
-                 (theirs.emitter.hidden_to_x, ours.emitter.net.net[4]),
-                 (theirs.transition.gate_in, ours.transition.gate[0]),
-                 (theirs.transition.gate_out, ours.transition.gate[2]),
-                 (theirs.transition.proposal_in, ours.transition.proposed_mean[0]),
-                 (theirs.transition.proposal_out, ours.transition.proposed_mean[2]),
-                 (theirs.transition.z_to_loc, ours.transition.z_to_loc),
-                 (theirs.transition.z_to_scale, ours.transition.z_to_scale),
-                 (theirs.combiner.z_to_hidden, ours.combiner.z_to_hidden)]
+        pairs = [
+            (theirs.emitter.z_to_hidden, ours.emitter.net.net[0]),
+            (theirs.emitter.hidden_to_hidden, ours.emitter.net.net[2]),
+            (theirs.emitter.hidden_to_x, ours.emitter.net.net[4]),
+            (theirs.transition.gate_in, ours.transition.gate[0]),
+            (theirs.transition.gate_out, ours.transition.gate[2]),
+            (theirs.transition.proposal_in, ours.transition.proposed_mean[0]),
+            (theirs.transition.proposal_out, ours.transition.proposed_mean[2]),
+            (theirs.transition.z_to_loc, ours.transition.z_to_loc),
+            (theirs.transition.z_to_scale, ours.transition.z_to_scale),
+            (theirs.combiner.z_to_hidden, ours.combiner.z_to_hidden),
+        ]
         for dst, src in pairs:
             dst.weight.copy_(src.weight)
             dst.bias.copy_(src.bias)
@@ -195,9 +270,11 @@ def test_pyro_dmm_has_our_architecture_and_elbo():
     for annealing in (1.0, 0.3):
         path = {f"z_{t + 1}": z[:, t] for t in range(5)}
         guide = poutine.trace(poutine.condition(theirs.guide, data=path)).get_trace(
-            x, x_rev, mask, lengths, annealing)
+            x, x_rev, mask, lengths, annealing
+        )
         model = poutine.trace(poutine.condition(theirs.model, data=path)).get_trace(
-            x, x_rev, mask, lengths, annealing)
+            x, x_rev, mask, lengths, annealing
+        )
         elbo = model.log_prob_sum() - guide.log_prob_sum()
         expected = terms.log_likelihood.sum() - annealing * terms.kl.sum()
         torch.testing.assert_close(elbo, expected, rtol=1e-9, atol=1e-9)
@@ -209,12 +286,11 @@ def test_pyro_annealing_factor_rises_linearly_to_one():
     from benchmarks.pyro_dmm import annealing_factor
 
     n, epochs = 12, 3
-    factors = [annealing_factor(e, i, n, epochs, 0.2) for e in range(epochs + 1)
-               for i in range(n)]
+    factors = [annealing_factor(e, i, n, epochs, 0.2) for e in range(epochs + 1) for i in range(n)]
     assert factors[0] == pytest.approx(0.2 + 0.8 / (n * epochs))  # Pyro counts from 1
     assert factors[n * epochs - 1] == pytest.approx(1.0)
-    assert all(f == 1.0 for f in factors[n * epochs:])
-    steps = torch.diff(torch.tensor(factors[:n * epochs]))
+    assert all(f == 1.0 for f in factors[n * epochs :])
+    steps = torch.diff(torch.tensor(factors[: n * epochs]))
     torch.testing.assert_close(steps, torch.full_like(steps, 0.8 / (n * epochs)))
     assert annealing_factor(0, 0, n, 0, 0.2) == 1.0  # 0 epochs: no annealing
 
@@ -231,26 +307,49 @@ def test_pyro_training_rejects_unknown_settings_and_static_data():
 
 
 def test_dmm_speed_vs_pyro_times_one_tiny_epoch_of_each():
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dmm_speed.py"),
-                           "--vs-pyro", "--epochs", "1", "--max-batches", "1", "--threads",
-                           "1", "--krishnan"], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT,
-                          check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "dmm_speed.py"),
+            "--vs-pyro",
+            "--epochs",
+            "1",
+            "--max-batches",
+            "1",
+            "--threads",
+            "1",
+            "--krishnan",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert "mini-batches of 20: at most 1;" in lines[0]
     rows = {}
     for line in lines:
-        for what in ("Pyro examples/dmm.py", "vaelab, defaults", "vaelab, closest to Pyro",
-                     "vaelab, closest, on Pyro's plain shuffle", "vaelab, --preset krishnan"):
+        for what in (
+            "Pyro examples/dmm.py",
+            "vaelab, defaults",
+            "vaelab, closest to Pyro",
+            "vaelab, closest, on Pyro's plain shuffle",
+            "vaelab, --preset krishnan",
+        ):
             if line.strip().startswith(what):
                 rows[what] = [float(v) for v in line[60:].split()[:4]]
     assert len(rows) == 5, done.stdout  # no eager-GPU row on the CPU
     for low, median, high, peak_mb in rows.values():
         assert 0 < low <= median <= high and peak_mb >= 0
     ratios = dict(line.split("=") for line in lines[-4:])
-    assert list(ratios) == ["ratio_closest", "ratio_pyro_padding", "ratio_krishnan",
-                            "ratio"]  # the defaults' last
+    assert list(ratios) == [
+        "ratio_closest",
+        "ratio_pyro_padding",
+        "ratio_krishnan",
+        "ratio",
+    ]  # the defaults' last
     # the wall time of the README's best flow-free run, from the preset's epoch time
     projected = next(line for line in lines if "projected: --preset krishnan" in line)
     minutes = float(projected.split(" s = ")[1].split(" min")[0])
@@ -258,7 +357,8 @@ def test_dmm_speed_vs_pyro_times_one_tiny_epoch_of_each():
     assert minutes == pytest.approx(1300 * krishnan / 60, rel=0.02, abs=0.06)
     pyro_median = rows["Pyro examples/dmm.py"][1]
     assert float(ratios["ratio"]) == pytest.approx(
-        pyro_median / rows["vaelab, defaults"][1], rel=0.01, abs=0.01)
+        pyro_median / rows["vaelab, defaults"][1], rel=0.01, abs=0.01
+    )
 
 
 # ----------------------------------------------------------------------------- presets
@@ -271,27 +371,62 @@ def test_dmm_jsb_preset_sets_defaults_that_explicit_flags_override():
     model, train = configs(args, 88)
     assert (model.rnn_nonlinearity, model.analytic_kl) == ("relu", False)
     assert (recipe(args).clip_value_sum, train.clip_norm, train.bucket_jitter) == (
-        10.0, math.inf, math.inf)
-    args = parse_args(["--preset", "pyro", "--rnn-nonlinearity", "tanh", "--no-mc-kl", "--lr",
-                       "1e-3", "--clip-norm", "5"])
+        10.0,
+        math.inf,
+        math.inf,
+    )
+    args = parse_args(
+        [
+            "--preset",
+            "pyro",
+            "--rnn-nonlinearity",
+            "tanh",
+            "--no-mc-kl",
+            "--lr",
+            "1e-3",
+            "--clip-norm",
+            "5",
+        ]
+    )
     model, train = configs(args, 88)
     assert (model.rnn_nonlinearity, model.analytic_kl) == ("tanh", True)
     assert (train.lr, train.clip_norm, recipe(args).clip_value_sum) == (1e-3, 5.0, 10.0)
     # --preset krishnan is the README's best JSB command, flag for flag
-    readme = ["--anneal-epochs", "417", "--min-kl-weight", "0.01", "--lr", "8e-4",
-              "--lr-decay", "1", "--softplus-variance", "--standard-initial-prior",
-              "--emission-dim", "200", "--transition-dim", "400", "--epochs", "1300"]
+    readme = [
+        "--anneal-epochs",
+        "417",
+        "--min-kl-weight",
+        "0.01",
+        "--lr",
+        "8e-4",
+        "--lr-decay",
+        "1",
+        "--softplus-variance",
+        "--standard-initial-prior",
+        "--emission-dim",
+        "200",
+        "--transition-dim",
+        "400",
+        "--epochs",
+        "1300",
+    ]
     named_model, named_train = configs(parse_args(["--preset", "krishnan"]), 88)
     flags_model, flags_train = configs(parse_args(readme), 88)
     assert named_train.preset == "krishnan" and flags_train.preset is None  # recorded
-    assert (named_model, dataclasses.replace(named_train, preset=None)) == (flags_model,
-                                                                           flags_train)
+    assert (named_model, dataclasses.replace(named_train, preset=None)) == (
+        flags_model,
+        flags_train,
+    )
     # a field without a flag (quick's widths) reaches the model; no preset: the old defaults
     model, train = configs(parse_args(["--preset", "quick", "--emission-dim", "40"]), 88)
     assert (model.z_dim, model.rnn_dim, model.emission_dim, train.batch_size) == (16, 64, 40, 20)
     model, train = configs(parse_args([]), 88)
-    assert (model.z_dim, model.rnn_nonlinearity, train.lr, train.epochs) == (100, "tanh", 3e-4,
-                                                                            5000)
+    assert (model.z_dim, model.rnn_nonlinearity, train.lr, train.epochs) == (
+        100,
+        "tanh",
+        3e-4,
+        5000,
+    )
 
 
 def test_dmm_jsb_rejects_an_unknown_preset_naming_the_known_ones(capsys):
@@ -300,16 +435,35 @@ def test_dmm_jsb_rejects_an_unknown_preset_naming_the_known_ones(capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_args(["--preset", "fast"])
     assert exit_info.value.code == 2
-    assert "unknown preset 'fast'; choose one of ['krishnan', 'krishnan-aug', 'krishnan-aug-made', 'pyro', 'quick']" in (
-        capsys.readouterr().err)
+    assert (
+        "unknown preset 'fast'; choose one of "
+        "['krishnan', 'krishnan-aug', 'krishnan-aug-made', 'pyro', 'quick']"
+        in (capsys.readouterr().err)
+    )
 
 
 def test_dmm_jsb_preset_reaches_the_checkpoints_and_the_result(tmp_path):
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "dmm_jsb.py"), "--preset", "quick",
-           "--epochs", "1", "--eval-every", "1", "--samples", "0", "--elbo-samples", "1",
-           "--threads", "1", "--lr", "2e-3", "--out", str(tmp_path)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          check=False)
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "dmm_jsb.py"),
+        "--preset",
+        "quick",
+        "--epochs",
+        "1",
+        "--eval-every",
+        "1",
+        "--samples",
+        "0",
+        "--elbo-samples",
+        "1",
+        "--threads",
+        "1",
+        "--lr",
+        "2e-3",
+        "--out",
+        str(tmp_path),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["preset"] == "quick" and (result["z_dim"], result["rnn_dim"]) == (16, 64)

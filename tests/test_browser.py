@@ -25,9 +25,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts" / "browser"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 START_LIMIT = 90.0  # seconds for the server to answer /_stcore/health
 UI_LIMIT_MS = 90_000  # for the page to show what the test waits for
 
@@ -44,8 +51,9 @@ def _wait_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
     end = time.monotonic() + START_LIMIT
     while time.monotonic() < end:
         if server.poll() is not None:
-            raise AssertionError(f"streamlit exited with {server.returncode}:\n"
-                                 f"{log.read_text()[-3000:]}")
+            raise AssertionError(
+                f"streamlit exited with {server.returncode}:\n{log.read_text()[-3000:]}"
+            )
         try:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
                 if r.status == 200:
@@ -53,8 +61,9 @@ def _wait_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
         except OSError:
             pass
         time.sleep(0.5)
-    raise AssertionError(f"streamlit did not become healthy in {START_LIMIT} s:\n"
-                         f"{log.read_text()[-3000:]}")
+    raise AssertionError(
+        f"streamlit did not become healthy in {START_LIMIT} s:\n{log.read_text()[-3000:]}"
+    )
 
 
 @contextlib.contextmanager
@@ -63,14 +72,34 @@ def _serve(tmp_path: Path, **env: str):
     terminated afterwards whatever happens, with the training processes it started."""
     port = _free_port()
     log = tmp_path / "streamlit.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
-           **env}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+        **env,
+    }
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.address", "127.0.0.1", "--server.port", str(port),
-             "--server.fileWatcherType", "none"],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.headless",
+                "true",
+                "--server.address",
+                "127.0.0.1",
+                "--server.port",
+                str(port),
+                "--server.fileWatcherType",
+                "none",
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, proc, log)
@@ -98,21 +127,26 @@ def server(tmp_path):
 @pytest.fixture
 def hosted_server(tmp_path):
     """The dashboard hosted for a class, its runs under tmp_path/runs."""
-    with _serve(tmp_path, VAELAB_HOSTED="1", VAELAB_RUNS_ROOT=str(tmp_path / "runs"),
-                VAELAB_MAX_RUNS="2") as served:
+    with _serve(
+        tmp_path, VAELAB_HOSTED="1", VAELAB_RUNS_ROOT=str(tmp_path / "runs"), VAELAB_MAX_RUNS="2"
+    ) as served:
         yield served
 
 
 def _browser_tools():
     """Playwright and the system Chromium, or a failure saying how to install them."""
     if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
-        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's package with "
-                    f"'apt-get update && apt-get install -y chromium' (as .ci/run does)")
+        pytest.fail(
+            f"Chromium not found at {CHROMIUM}: install Debian's package with "
+            f"'apt-get update && apt-get install -y chromium' (as .ci/run does)"
+        )
     try:
         from playwright.sync_api import expect, sync_playwright
     except ImportError:
-        pytest.fail("the playwright Python package is missing: pip install -c constraints.txt "
-                    "-e '.[test]' (never 'playwright install': the system Chromium is used)")
+        pytest.fail(
+            "the playwright Python package is missing: pip install -c constraints.txt "
+            "-e '.[test]' (never 'playwright install': the system Chromium is used)"
+        )
     return sync_playwright, expect
 
 
@@ -134,8 +168,10 @@ def _trainers(server_pid: int) -> list[int]:
     with contextlib.suppress(psutil.NoSuchProcess):
         for child in psutil.Process(server_pid).children(recursive=True):
             try:
-                if "vaelab train" in " ".join(child.cmdline()) and \
-                        child.status() != psutil.STATUS_ZOMBIE:
+                if (
+                    "vaelab train" in " ".join(child.cmdline())
+                    and child.status() != psutil.STATUS_ZOMBIE
+                ):
                     out.append(child.pid)
             except psutil.NoSuchProcess:
                 pass
@@ -154,8 +190,7 @@ def _choose(page, label: str, option: str) -> None:
     """Pick ``option`` in the sidebar's select box ``label``."""
     from playwright.sync_api import expect
 
-    box = page.get_by_test_id("stSelectbox").filter(
-        has=page.get_by_text(label, exact=True))
+    box = page.get_by_test_id("stSelectbox").filter(has=page.get_by_text(label, exact=True))
     choice = page.get_by_role("option", name=option, exact=True)
     for _ in range(5):  # the page may rerun (and redraw the box) between any two actions
         try:
@@ -211,8 +246,7 @@ def browser_page():
     sync_playwright, expect = _browser_tools()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                    headless=True)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1700})
             page.set_default_timeout(UI_LIMIT_MS)
@@ -241,11 +275,25 @@ BROWSER_CASES = {
     "vae": ("digits", {"hidden size": "16"}),
     "ssm": ("pendulum", {"latent size z_dim": "4", "hidden size": "8", "RNN size rnn_dim": "8"}),
     "realnvp": ("moons", {"hidden size": "16", "coupling layers": "2"}),
-    "dmm": ("jsb", {"latent size z_dim": "4", "RNN size rnn_dim": "8",
-                    "emission network size": "8", "transition network size": "8"}),
-    "dmm_iaf": ("jsb", {"latent size z_dim": "4", "RNN size rnn_dim": "8",
-                        "emission network size": "8", "transition network size": "8",
-                        "IAF hidden size": "8"}),
+    "dmm": (
+        "jsb",
+        {
+            "latent size z_dim": "4",
+            "RNN size rnn_dim": "8",
+            "emission network size": "8",
+            "transition network size": "8",
+        },
+    ),
+    "dmm_iaf": (
+        "jsb",
+        {
+            "latent size z_dim": "4",
+            "RNN size rnn_dim": "8",
+            "emission network size": "8",
+            "transition network size": "8",
+            "IAF hidden size": "8",
+        },
+    ),
 }
 
 
@@ -282,8 +330,7 @@ def test_two_sessions_own_their_runs_and_a_reload_reattaches(hosted_server, tmp_
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     expect.set_options(timeout=UI_LIMIT_MS)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-                                    headless=True)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             pages = []
             for _ in range(2):
@@ -302,17 +349,20 @@ def test_two_sessions_own_their_runs_and_a_reload_reattaches(hosted_server, tmp_
                 _fill(page, "hidden size", width)
                 _fill(page, "epochs", "1000")
                 _button(page, "Train").click()
-                expect(page.get_by_text(re.compile(r": vae on digits — training, step [1-9]")
-                                        )).to_be_visible()
+                expect(
+                    page.get_by_text(re.compile(r": vae on digits — training, step [1-9]"))
+                ).to_be_visible()
             assert not b.get_by_text(re.compile("wrong type")).count()  # a's error is a's
             runs_root = tmp_path / "runs"
             ids = {page: re.search(r"run=([\w-]+)", page.url).group(1) for page in pages}
             assert ids[a] != ids[b]
             for page in pages:  # each lists only its own run
                 picker = page.get_by_test_id("stSelectbox").filter(
-                    has=page.get_by_text("run", exact=True))
+                    has=page.get_by_text("run", exact=True)
+                )
                 expect(picker.get_by_role("combobox")).to_have_value(
-                    f"{ids[page]} (training, yours)")
+                    f"{ids[page]} (training, yours)"
+                )
                 picker.click()
                 options = page.get_by_role("option").all_inner_texts()
                 page.keyboard.press("Escape")

@@ -15,9 +15,27 @@ def _last_json(text: str) -> dict:
 
 def test_train_then_evaluate(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--model", "vae", "--data", "digits", "--out", str(out),
-                 "--max-steps", "5", "--batch-size", "64", "--set", "hidden_dims=[16]",
-                 "--set", "z_dim=3", "--train-set", "progress=False"])
+    code = main(
+        [
+            "train",
+            "--model",
+            "vae",
+            "--data",
+            "digits",
+            "--out",
+            str(out),
+            "--max-steps",
+            "5",
+            "--batch-size",
+            "64",
+            "--set",
+            "hidden_dims=[16]",
+            "--set",
+            "z_dim=3",
+            "--train-set",
+            "progress=False",
+        ]
+    )
     assert code == 0
     printed = _last_json(capsys.readouterr().out)
     assert printed["steps"] == 5 and printed["checkpoint"] == f"{out}/checkpoint.pt"
@@ -26,14 +44,33 @@ def test_train_then_evaluate(tmp_path, capsys):
     assert ckpt["config"]["z_dim"] == 3 and ckpt["config"]["hidden_dims"] == [16]
     assert ckpt["data"] == {"name": "digits"} and ckpt["train_config"]["batch_size"] == 64
 
-    code = main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--samples", "20",
-                 "--elbo-samples", "1", "--batch-size", "100"])
+    code = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(out / "checkpoint.pt"),
+            "--samples",
+            "20",
+            "--elbo-samples",
+            "1",
+            "--batch-size",
+            "100",
+        ]
+    )
     assert code == 0
     result = _last_json(capsys.readouterr().out)
     assert set(result) == {
-        "model", "data", "step", "epoch", "unit",
-        "val_neg_elbo_bound", "val_kl", "val_nll_importance_K20",
-        "test_neg_elbo_bound", "test_kl", "test_nll_importance_K20",
+        "model",
+        "data",
+        "step",
+        "epoch",
+        "unit",
+        "val_neg_elbo_bound",
+        "val_kl",
+        "val_nll_importance_K20",
+        "test_neg_elbo_bound",
+        "test_kl",
+        "test_nll_importance_K20",
     }
     assert result["model"] == "vae" and result["data"] == "digits" and result["step"] == 5
     assert result["epoch"] == 0  # five steps into the first epoch
@@ -43,16 +80,42 @@ def test_train_then_evaluate(tmp_path, capsys):
         assert 0 < result[f"{split}_nll_importance_K20"] < result[f"{split}_neg_elbo_bound"]
 
     # one split only: its keys alone
-    code = main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--samples", "20",
-                 "--elbo-samples", "1", "--batch-size", "100", "--split", "test"])
+    code = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(out / "checkpoint.pt"),
+            "--samples",
+            "20",
+            "--elbo-samples",
+            "1",
+            "--batch-size",
+            "100",
+            "--split",
+            "test",
+        ]
+    )
     assert code == 0
     only_test = _last_json(capsys.readouterr().out)
     assert not any(key.startswith("val_") for key in only_test)
     assert {"test_neg_elbo_bound", "test_kl", "test_nll_importance_K20"} <= set(only_test)
 
     # --elbo-samples 0 skips the bound, as --samples 0 skips the NLL estimate
-    code = main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--samples", "20",
-                 "--elbo-samples", "0", "--batch-size", "100", "--split", "test"])
+    code = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(out / "checkpoint.pt"),
+            "--samples",
+            "20",
+            "--elbo-samples",
+            "0",
+            "--batch-size",
+            "100",
+            "--split",
+            "test",
+        ]
+    )
     assert code == 0
     no_bound = _last_json(capsys.readouterr().out)
     assert set(no_bound) == {"model", "data", "step", "epoch", "unit", "test_nll_importance_K20"}
@@ -64,9 +127,25 @@ def test_train_then_evaluate(tmp_path, capsys):
 
 def test_flow_prior_vae_from_the_command_line_with_lowercase_booleans(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--model", "vae", "--data", "digits", "--out", str(out),
-                 "--max-steps", "3", "--set", "prior_flows=2", "--set", "analytic_kl=false",
-                 "--train-set", "progress=false"])
+    code = main(
+        [
+            "train",
+            "--model",
+            "vae",
+            "--data",
+            "digits",
+            "--out",
+            str(out),
+            "--max-steps",
+            "3",
+            "--set",
+            "prior_flows=2",
+            "--set",
+            "analytic_kl=false",
+            "--train-set",
+            "progress=false",
+        ]
+    )
     assert code == 0
     config = load_checkpoint(out / "checkpoint.pt")["config"]
     assert config["prior_flows"] == 2 and config["analytic_kl"] is False
@@ -83,14 +162,22 @@ def test_unknown_model_is_a_usage_error(tmp_path, capsys):
     "argv, message",
     [
         (["train", "--model", "vae", "--data", "mnist"], "needs a path"),
-        (["train", "--model", "vae", "--data", "digits", "--set", "z_dim=0"],
-         "z_dim must be >= 1"),
-        (["train", "--model", "vae", "--data", "digits", "--set", "depth=3"],
-         r"VAEConfig has no field\(s\) \['depth'\]"),
-        (["train", "--model", "vae", "--data", "digits", "--epochs", "0"],
-         "TrainConfig.epochs=0 is out of range"),
-        (["train", "--model", "vae", "--data", "mnist", "--data-path", "/nonexistent/mnist"],
-         "/nonexistent/mnist does not exist"),
+        (
+            ["train", "--model", "vae", "--data", "digits", "--set", "z_dim=0"],
+            "z_dim must be >= 1",
+        ),
+        (
+            ["train", "--model", "vae", "--data", "digits", "--set", "depth=3"],
+            r"VAEConfig has no field\(s\) \['depth'\]",
+        ),
+        (
+            ["train", "--model", "vae", "--data", "digits", "--epochs", "0"],
+            "TrainConfig.epochs=0 is out of range",
+        ),
+        (
+            ["train", "--model", "vae", "--data", "mnist", "--data-path", "/nonexistent/mnist"],
+            "/nonexistent/mnist does not exist",
+        ),
     ],
 )
 def test_bad_train_input_exits_with_code_2(tmp_path, capsys, argv, message):
@@ -108,9 +195,25 @@ def test_evaluate_missing_checkpoint_exits_with_code_2(tmp_path, capsys):
 
 def test_train_keeps_the_best_validation_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", "--model", "vae", "--data", "digits", "--out", str(out),
-                 "--epochs", "2", "--batch-size", "256", "--set", "hidden_dims=[16]",
-                 "--train-set", "progress=False"])
+    code = main(
+        [
+            "train",
+            "--model",
+            "vae",
+            "--data",
+            "digits",
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "256",
+            "--set",
+            "hidden_dims=[16]",
+            "--train-set",
+            "progress=False",
+        ]
+    )
     assert code == 0
     printed = _last_json(capsys.readouterr().out)
     assert printed["best"] == str(out / "best.pt")
@@ -126,9 +229,27 @@ def test_preset_sets_the_model_and_training_and_is_recorded(tmp_path, capsys):
     from vaelab.presets import apply_preset
 
     out = tmp_path / "run"
-    code = main(["train", "--model", "dmm", "--data", "jsb", "--preset", "quick", "--out",
-                 str(out), "--max-steps", "2", "--set", "z_dim=4", "--lr", "2e-3",
-                 "--train-set", "progress=False"])
+    code = main(
+        [
+            "train",
+            "--model",
+            "dmm",
+            "--data",
+            "jsb",
+            "--preset",
+            "quick",
+            "--out",
+            str(out),
+            "--max-steps",
+            "2",
+            "--set",
+            "z_dim=4",
+            "--lr",
+            "2e-3",
+            "--train-set",
+            "progress=False",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     model_sets, train_sets = apply_preset("quick")
     ckpt = load_checkpoint(out / "checkpoint.pt")
@@ -139,17 +260,35 @@ def test_preset_sets_the_model_and_training_and_is_recorded(tmp_path, capsys):
     assert tc["batch_size"] == train_sets["batch_size"]
     assert tc["anneal_epochs"] == train_sets["anneal_epochs"]
     # a resume keeps the preset; another preset is refused naming both
-    code = main(["train", "--model", "dmm", "--data", "jsb", "--preset", "pyro", "--out",
-                 str(out), "--resume", str(out / "checkpoint.pt"), "--max-steps", "3"])
+    code = main(
+        [
+            "train",
+            "--model",
+            "dmm",
+            "--data",
+            "jsb",
+            "--preset",
+            "pyro",
+            "--out",
+            str(out),
+            "--resume",
+            str(out / "checkpoint.pt"),
+            "--max-steps",
+            "3",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "--preset pyro disagrees" in err and "'quick'" in err
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("args, match", [
-    (["--model", "dmm", "--preset", "fast"], "unknown preset 'fast'; choose one of"),
-    (["--model", "vae", "--data", "digits", "--preset", "quick"], "use it with --model dmm"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--model", "dmm", "--preset", "fast"], "unknown preset 'fast'; choose one of"),
+        (["--model", "vae", "--data", "digits", "--preset", "quick"], "use it with --model dmm"),
+    ],
+)
 def test_bad_preset(tmp_path, capsys, args, match):
     base = ["train", "--data", "jsb", "--out", str(tmp_path / "r"), "--max-steps", "1"]
     assert main(base + args) == 2
@@ -158,10 +297,31 @@ def test_bad_preset(tmp_path, capsys, args, match):
 
 
 def test_sweep_command_prints_every_run_and_a_summary(tmp_path, capsys):
-    code = main(["sweep", "--seeds", "0", "1", "--jobs", "2", "--metric", "train_nelbo",
-                 "--out", str(tmp_path), "--", "--model", "vae", "--data", "digits",
-                 "--max-steps", "2", "--set", "hidden_dims=[8]", "--train-set",
-                 "progress=False"])
+    code = main(
+        [
+            "sweep",
+            "--seeds",
+            "0",
+            "1",
+            "--jobs",
+            "2",
+            "--metric",
+            "train_nelbo",
+            "--out",
+            str(tmp_path),
+            "--",
+            "--model",
+            "vae",
+            "--data",
+            "digits",
+            "--max-steps",
+            "2",
+            "--set",
+            "hidden_dims=[8]",
+            "--train-set",
+            "progress=False",
+        ]
+    )
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert code == 0
     assert [line["seed"] for line in lines[:2]] == [0, 1]

@@ -25,27 +25,36 @@ def solution_bodies(nb: nbformat.NotebookNode) -> list[list[str]]:
         if cell.cell_type != "code":
             continue
         lines = cell.source.split("\n")
-        for start, stop in course._between(lines, course.BEGIN_SOLUTION, course.END_SOLUTION,
-                                           "test"):
-            bodies.append([s.strip() for s in lines[start + 1:stop] if s.strip()])
+        for start, stop in course._between(
+            lines, course.BEGIN_SOLUTION, course.END_SOLUTION, "test"
+        ):
+            bodies.append([s.strip() for s in lines[start + 1 : stop] if s.strip()])
     return bodies
 
 
 def solution_bodies_of(source: str) -> list[set[str]]:
     lines = source.split("\n")
-    return [{s.strip() for s in lines[a + 1:b] if len(s.strip()) > 12}
-            for a, b in course._between(lines, course.BEGIN_SOLUTION, course.END_SOLUTION, "t")]
+    return [
+        {s.strip() for s in lines[a + 1 : b] if len(s.strip()) > 12}
+        for a, b in course._between(lines, course.BEGIN_SOLUTION, course.END_SOLUTION, "t")
+    ]
 
 
 def toy_notebook() -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
-    code = new_code("def square(x):\n    ### BEGIN SOLUTION\n    y = x * x  # secret\n"
-                    "    return y\n    ### END SOLUTION\n\nprint(square)")
+    code = new_code(
+        "def square(x):\n    ### BEGIN SOLUTION\n    y = x * x  # secret\n"
+        "    return y\n    ### END SOLUTION\n\nprint(square)"
+    )
     code.outputs = [nbformat.v4.new_output("stream", text="<function square>")]
     code.execution_count = 3
-    nb.cells = [new_markdown("# Toy\n\nWhy?\n=== BEGIN MARK SCHEME ===\nBecause 42.\n"
-                             "=== END MARK SCHEME ===\nEnd."), code,
-                new_code("assert square(3) == 9")]
+    nb.cells = [
+        new_markdown(
+            "# Toy\n\nWhy?\n=== BEGIN MARK SCHEME ===\nBecause 42.\n=== END MARK SCHEME ===\nEnd."
+        ),
+        code,
+        new_code("assert square(3) == 9"),
+    ]
     return nb
 
 
@@ -58,8 +67,9 @@ def test_release_replaces_solutions_and_mark_schemes(tmp_path: Path) -> None:
     assert [p.name for p in written] == ["plain.ipynb", "toy.ipynb"]
     student = nbformat.read(tmp_path / "out" / "toy.ipynb", as_version=4)
     assert student.cells[0].source == "# Toy\n\nWhy?\nEnd."
-    assert student.cells[1].source == ("def square(x):\n    # YOUR CODE HERE\n"
-                                       "    raise NotImplementedError()\n\nprint(square)")
+    assert student.cells[1].source == (
+        "def square(x):\n    # YOUR CODE HERE\n    raise NotImplementedError()\n\nprint(square)"
+    )
     assert student.cells[1].outputs == [] and student.cells[1].execution_count is None
     assert student.cells[2].source == "assert square(3) == 9"  # test cells stay
     plain = nbformat.read(tmp_path / "out" / "plain.ipynb", as_version=4)
@@ -70,12 +80,15 @@ def test_release_replaces_solutions_and_mark_schemes(tmp_path: Path) -> None:
     assert "secret" in nbformat.read(src / "toy.ipynb", as_version=4).cells[1].source
 
 
-@pytest.mark.parametrize(("source", "message"), [
-    ("### BEGIN SOLUTION\nx = 1", "never closed"),
-    ("x = 1\n### END SOLUTION", "without a '### BEGIN SOLUTION'"),
-    ("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION", "before the"),
-    ("x = 1  # === BEGIN MARK SCHEME ===\n=== BEGIN MARK SCHEME ===", "marker in a code cell"),
-])
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("### BEGIN SOLUTION\nx = 1", "never closed"),
+        ("x = 1\n### END SOLUTION", "without a '### BEGIN SOLUTION'"),
+        ("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION", "before the"),
+        ("x = 1  # === BEGIN MARK SCHEME ===\n=== BEGIN MARK SCHEME ===", "marker in a code cell"),
+    ],
+)
 def test_unbalanced_markers_are_errors(tmp_path: Path, source: str, message: str) -> None:
     src = tmp_path / "src"
     src.mkdir()
@@ -108,8 +121,14 @@ def test_release_of_the_course_holds_no_solution_code(tmp_path: Path) -> None:
         student_path = tmp_path / "release" / path.name
         student = nbformat.read(student_path, as_version=4)
         text = "\n".join(c.source for c in student.cells)
-        markers = {course.BEGIN_SOLUTION, course.END_SOLUTION, course.BEGIN_SCHEME,
-                   course.END_SCHEME, course.BEGIN_HIDDEN, course.END_HIDDEN}
+        markers = {
+            course.BEGIN_SOLUTION,
+            course.END_SOLUTION,
+            course.BEGIN_SCHEME,
+            course.END_SCHEME,
+            course.BEGIN_HIDDEN,
+            course.END_HIDDEN,
+        }
         assert not markers & {line.strip() for line in text.split("\n")}, path.name
         assert "check_untouched" not in text and "_want" not in text, path.name  # hidden tests
         bodies = solution_bodies(solution)
@@ -129,9 +148,10 @@ def test_release_of_the_course_holds_no_solution_code(tmp_path: Path) -> None:
                 for body in solution_bodies_of(cell.source):
                     assert not set(body) & student_lines, path.name
             lines = cell.source.split("\n")
-            for start, stop in course._between(lines, course.BEGIN_SCHEME, course.END_SCHEME,
-                                               "test"):
-                answer = [s.strip() for s in lines[start + 1:stop] if len(s.strip()) > 12]
+            for start, stop in course._between(
+                lines, course.BEGIN_SCHEME, course.END_SCHEME, "test"
+            ):
+                answer = [s.strip() for s in lines[start + 1 : stop] if len(s.strip()) > 12]
                 assert answer and not set(answer) & student_lines, path.name
     # notebooks 01 and 02 hold exercises at least
     assert total >= 4
@@ -141,14 +161,17 @@ EXERCISE_NOTEBOOKS = [p for p in NOTEBOOKS if solution_bodies(nbformat.read(p, a
 
 
 def test_every_notebook_but_the_map_holds_exercises() -> None:
-    assert [p.name for p in EXERCISE_NOTEBOOKS] == [p.name for p in NOTEBOOKS
-                                                    if not p.name.startswith("00")]
+    assert [p.name for p in EXERCISE_NOTEBOOKS] == [
+        p.name for p in NOTEBOOKS if not p.name.startswith("00")
+    ]
 
 
 @pytest.mark.parametrize("path", EXERCISE_NOTEBOOKS, ids=lambda p: p.name)
-def test_released_notebook_stops_at_its_first_exercise(path: Path, tmp_path: Path,
-                                                       kernel_env: dict[str, str]  # noqa: F811
-                                                       ) -> None:
+def test_released_notebook_stops_at_its_first_exercise(
+    path: Path,
+    tmp_path: Path,
+    kernel_env: dict[str, str],  # noqa: F811
+) -> None:
     """The student release runs as a student runs it: every cell before the first exercise
     works, the exercise's own cell (the stub) defines the function, and its test cell fails
     with the checker's instruction, naming the function to write."""
@@ -159,21 +182,31 @@ def test_released_notebook_stops_at_its_first_exercise(path: Path, tmp_path: Pat
     nb = nbformat.read(tmp_path / "release" / path.name, as_version=4)
     first = next(i for i, c in enumerate(nb.cells) if "raise NotImplementedError()" in c.source)
     function = re.search(r"def (\w+)\(", nb.cells[first].source).group(1)
-    test_cell = next(i for i in range(first + 1, len(nb.cells))
-                     if nb.cells[i].cell_type == "code")
+    test_cell = next(i for i in range(first + 1, len(nb.cells)) if nb.cells[i].cell_type == "code")
     assert re.search(rf"check_\w+\({function}\)", nb.cells[test_cell].source), (
-        f"{path.name}: the cell after {function}'s exercise does not check it")
-    nb.cells = nb.cells[:test_cell + 1]  # up to the first exercise's test cell
-    client = NotebookClient(nb, timeout=120, kernel_name=KERNEL, allow_errors=True,
-                            resources={"metadata": {"path": str(path.parent)}})
+        f"{path.name}: the cell after {function}'s exercise does not check it"
+    )
+    nb.cells = nb.cells[: test_cell + 1]  # up to the first exercise's test cell
+    client = NotebookClient(
+        nb,
+        timeout=120,
+        kernel_name=KERNEL,
+        allow_errors=True,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
     client.execute(env=kernel_env)
-    errors = {i: o for i, c in enumerate(nb.cells) if c.cell_type == "code"
-              for o in c.outputs if o.output_type == "error"}
+    errors = {
+        i: o
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.output_type == "error"
+    }
     assert list(errors) == [test_cell], f"{path.name}: errors in cells {list(errors)}"
     assert errors[test_cell]["ename"] == "NotImplementedError"
     assert errors[test_cell]["evalue"].startswith(
-        f"{function} is not written yet: in its cell, replace the two lines"), \
-        errors[test_cell]["evalue"]
+        f"{function} is not written yet: in its cell, replace the two lines"
+    ), errors[test_cell]["evalue"]
 
 
 class Links(HTMLParser):
@@ -186,8 +219,9 @@ class Links(HTMLParser):
             self.links += [v for k, v in attrs if k == "href"]
 
 
-def test_site_builds_with_an_index_linking_every_notebook(tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture) -> None:
+def test_site_builds_with_an_index_linking_every_notebook(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     # rendered as stored (no execution): test_notebooks executes them already
     assert main(["course", "site", str(tmp_path / "site"), "--no-execute"]) == 0
     index = tmp_path / "site" / "index.html"
@@ -206,47 +240,63 @@ def test_site_builds_with_an_index_linking_every_notebook(tmp_path: Path,
         assert not [h for h in local if ".ipynb" in h], (path.name, local)
         assert {h.split("#")[0] for h in local} <= pages, (path.name, local)
     assert "notebook pages" in capsys.readouterr().out
-    assert 'href="03_sequential_vae.html"' in (tmp_path / "site" / "02_learnable_distributions"
-                                                                   ".html").read_text()
-    assert 'href="00_start_here.html#Notation"' in (tmp_path / "site" / "01_vae_elbo.html"
-                                                    ).read_text()
+    assert (
+        'href="03_sequential_vae.html"'
+        in (tmp_path / "site" / "02_learnable_distributions.html").read_text()
+    )
+    assert (
+        'href="00_start_here.html#Notation"'
+        in (tmp_path / "site" / "01_vae_elbo.html").read_text()
+    )
 
 
 def test_site_executes_notebooks_and_reports_a_failing_one(
-        tmp_path: Path, kernel_env: dict[str, str],  # noqa: F811  (the kernelspec)
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path,
+    kernel_env: dict[str, str],  # noqa: F811  (the kernelspec)
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("VAELAB_SMALL", raising=False)
     src = tmp_path / "src"
     src.mkdir()
-    nbformat.write(nbformat.v4.new_notebook(cells=[new_markdown("# Sums"),
-                                                   new_code("print(sum(range(1234)))")]),
-                   src / "a.ipynb")
-    pages = course.build_site(src, tmp_path / "site", execute=True, timeout=60,
-                              kernel_name=KERNEL)
+    nbformat.write(
+        nbformat.v4.new_notebook(
+            cells=[new_markdown("# Sums"), new_code("print(sum(range(1234)))")]
+        ),
+        src / "a.ipynb",
+    )
+    pages = course.build_site(src, tmp_path / "site", execute=True, timeout=60, kernel_name=KERNEL)
     assert [p.name for p in pages] == ["index.html", "a.html"]
     assert str(sum(range(1234))) in pages[1].read_text()  # the executed output is rendered
     assert "executed when the site was built" in pages[0].read_text()
     assert "short setting" not in pages[0].read_text()
     monkeypatch.setenv("VAELAB_SMALL", "1")  # `make site VAELAB_SMALL=1`: the index says so
-    small = course.build_site(src, tmp_path / "small", execute=True, timeout=60,
-                              kernel_name=KERNEL)
+    small = course.build_site(
+        src, tmp_path / "small", execute=True, timeout=60, kernel_name=KERNEL
+    )
     assert "short setting (VAELAB_SMALL=1)" in small[0].read_text()
     nbformat.write(nbformat.v4.new_notebook(cells=[new_code("1 / 0")]), src / "b.ipynb")
-    with pytest.raises(ValueError, match="(?s)b.ipynb failed while executing.*"
-                       "ZeroDivisionError: division by zero"):
+    with pytest.raises(
+        ValueError, match="(?s)b.ipynb failed while executing.*ZeroDivisionError: division by zero"
+    ):
         course.build_site(src, tmp_path / "site2", execute=True, timeout=60, kernel_name=KERNEL)
 
 
 def test_release_removes_hidden_tests_and_written_answers() -> None:
-    code = ("check(f)\n### BEGIN HIDDEN TESTS\nassert f(2) == 4  # secret\n"
-            "### END HIDDEN TESTS\nprint('ok')")
+    code = (
+        "check(f)\n### BEGIN HIDDEN TESTS\nassert f(2) == 4  # secret\n"
+        "### END HIDDEN TESTS\nprint('ok')"
+    )
     assert course.strip_solutions(code) == "check(f)\nprint('ok')"
-    nb = nbformat.v4.new_notebook(cells=[new_markdown(
-        "**Derivation.**\n\n### BEGIN SOLUTION\nd/dx x^2 = 2x\n### END SOLUTION")])
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            new_markdown("**Derivation.**\n\n### BEGIN SOLUTION\nd/dx x^2 = 2x\n### END SOLUTION")
+        ]
+    )
     student, replaced = course.student_version(nb)
     assert student.cells[0].source == "**Derivation.**\n\nYOUR ANSWER HERE" and replaced == 1
-    bad = nbformat.v4.new_notebook(cells=[new_code("x = 1\n=== BEGIN MARK SCHEME ===\n"
-                                                   "=== END MARK SCHEME ===")])
+    bad = nbformat.v4.new_notebook(
+        cells=[new_code("x = 1\n=== BEGIN MARK SCHEME ===\n=== END MARK SCHEME ===")]
+    )
     with pytest.raises(ValueError, match="mark schemes belong in markdown task cells"):
         course.student_version(bad)
 

@@ -227,7 +227,7 @@ def _shift_of(original, shifted, max_shift):
         # a roll wraps around the keyboard, a true shift may not: check the range too
         if torch.equal(torch.roll(original, s, dims=-1), shifted):
             notes = original.nonzero()[:, 1]
-            if len(notes) == 0 or 0 <= notes.min() + s and notes.max() + s < original.shape[-1]:
+            if len(notes) == 0 or notes.min() + s >= 0 and notes.max() + s < original.shape[-1]:
                 return s
     return None
 
@@ -281,8 +281,11 @@ def test_polyphonic_transpose_augments_the_training_set_only(tmp_path):
 
 
 def test_transpose_rejects_bad_settings():
-    with pytest.raises(ValueError, match=r"transpose must be >= 0 semitones \(a whole number\), "
-                       r"got -1"):
+    with pytest.raises(
+        ValueError,
+        match=r"transpose must be >= 0 semitones \(a whole number\), "
+        r"got -1",
+    ):
         Data(torch.zeros(2, 3, 88), transpose=-1)
     with pytest.raises(ValueError, match="whole number.*got 1.5"):
         Data(torch.zeros(2, 3, 88), transpose=1.5)
@@ -354,8 +357,13 @@ def test_bucket_jitter_trades_padding_for_mixing():
 
     def epochs(jitter, n=6):
         gen = torch.Generator().manual_seed(1)
-        return [[sorted(b.x[:, 0, 0].long().tolist())
-                 for b in data.batches(20, generator=gen, jitter=jitter)] for _ in range(n)]
+        return [
+            [
+                sorted(b.x[:, 0, 0].long().tolist())
+                for b in data.batches(20, generator=gen, jitter=jitter)
+            ]
+            for _ in range(n)
+        ]
 
     def padded(runs):
         return sum(len(b) * max(data.lengths[b]) for run in runs for b in run)
@@ -363,6 +371,7 @@ def test_bucket_jitter_trades_padding_for_mixing():
     def repeats(runs):  # pairs batched together in one epoch that are together again next
         def pairs(run):
             return {(i, j) for b in run for i in b for j in b if i < j}
+
         return sum(len(pairs(a) & pairs(b)) / len(pairs(a)) for a, b in pairwise(runs))
 
     tight, loose, shuffled = epochs(0.1), epochs(2.0), epochs(math.inf)
@@ -370,8 +379,9 @@ def test_bucket_jitter_trades_padding_for_mixing():
     assert repeats(tight) > 2 * repeats(loose) > 2 * repeats(shuffled)
     # an infinite jitter is the plain shuffle
     gen = torch.Generator().manual_seed(1)
-    plain = [sorted(b.x[:, 0, 0].long().tolist())
-             for b in data.batches(20, generator=gen, bucket=False)]
+    plain = [
+        sorted(b.x[:, 0, 0].long().tolist()) for b in data.batches(20, generator=gen, bucket=False)
+    ]
     assert plain == shuffled[0]
 
 
@@ -409,9 +419,12 @@ def test_polyphonic_pickle_cannot_run_code(tmp_path, protocol):
 
 
 def pickle_error(path, refused):
-    return pytest.raises(ValueError, match=rf"{re.escape(str(path))}: a polyphonic pickle holds "
-                         rf"only lists/tuples of MIDI note numbers; this file asks to import "
-                         rf"{refused}, which could run code; it was not loaded")
+    return pytest.raises(
+        ValueError,
+        match=rf"{re.escape(str(path))}: a polyphonic pickle holds "
+        rf"only lists/tuples of MIDI note numbers; this file asks to import "
+        rf"{refused}, which could run code; it was not loaded",
+    )
 
 
 def test_polyphonic_pickle_refuses_os_system_and_any_global(tmp_path):
@@ -445,12 +458,20 @@ def test_real_polyphonic_pickles_load_without_globals(name):
     raw = path.read_bytes()
     # the files hold no global at all: nothing the restricted unpickler refuses
     assert not {op.name for op, _, _ in pickletools.genops(raw)} & {
-        "GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "EXT1", "EXT2", "EXT4"}
+        "GLOBAL",
+        "STACK_GLOBAL",
+        "INST",
+        "OBJ",
+        "REDUCE",
+        "EXT1",
+        "EXT2",
+        "EXT4",
+    }
     if name == "jsb_chorales":  # the packaged copy is the same file
         with resources.files("vaelab.assets").joinpath("jsb_chorales.pickle").open("rb") as f:
             assert f.read() == raw
         splits = load_polyphonic(path)
-        for ours, plain in zip(splits, _polyphonic_splits(pickle.loads(raw), "x")):
+        for ours, plain in zip(splits, _polyphonic_splits(pickle.loads(raw), "x"), strict=False):
             assert torch.equal(ours.x, plain.x) and torch.equal(ours.lengths, plain.lengths)
 
 
@@ -459,10 +480,14 @@ def test_real_polyphonic_pickles_load_without_globals(name):
     [
         ({**SONGS, "train": [[("60",)]]}, r"note '60' \(type str\); notes are whole MIDI numbers"),
         ({**SONGS, "train": [[(60.5,)]]}, r"note 60.5 \(type float\)"),
-        ({**SONGS, "valid": [[(True,)]]},
-         r"songs.pickle: the pickle holds True \(type bool\) at \['valid'\]\[0\]\[0\]\[0\]"),
-        ({**SONGS, "test": [[60, 64]]},
-         r"test: sequence 0 step 0 is 60 \(type int\), not a collection of notes"),
+        (
+            {**SONGS, "valid": [[(True,)]]},
+            r"songs.pickle: the pickle holds True \(type bool\) at \['valid'\]\[0\]\[0\]\[0\]",
+        ),
+        (
+            {**SONGS, "test": [[60, 64]]},
+            r"test: sequence 0 step 0 is 60 \(type int\), not a collection of notes",
+        ),
         ({**SONGS, "test": [[(60,), "64"]]}, r"step 1 is '64' \(type str\), not a collection"),
         ({**SONGS, "train": [5]}, r"sequence 0 is 5 \(type int\).*each sequence is a list"),
         ({**SONGS, "train": "abc"}, "expected a list of sequences, got a str"),
@@ -479,10 +504,14 @@ def test_polyphonic_wrong_notes_and_nesting(tmp_path, obj, match):
 
 
 def test_polyphonic_whole_float_notes_are_notes(tmp_path):
-    floats = {k: [[tuple(float(n) for n in step) for step in s] for s in v]
-              for k, v in SONGS.items()}
-    for ours, ints in zip(load_polyphonic(_pickle(tmp_path, floats)),
-                          load_polyphonic(_pickle(tmp_path, SONGS, "ints.pickle"))):
+    floats = {
+        k: [[tuple(float(n) for n in step) for step in s] for s in v] for k, v in SONGS.items()
+    }
+    for ours, ints in zip(
+        load_polyphonic(_pickle(tmp_path, floats)),
+        load_polyphonic(_pickle(tmp_path, SONGS, "ints.pickle")),
+        strict=False,
+    ):
         assert torch.equal(ours.x, ints.x)
 
 
@@ -506,9 +535,12 @@ def test_mnist_label_and_image_counts_must_agree(tmp_path, split):
     labels = tmp_path / f"{split}-labels-idx1-ubyte"
     labels.write_bytes(_idx_bytes(np.zeros(2, np.uint8)))
     n = 6 if split == "train" else 3
-    with pytest.raises(ValueError, match=rf"{split}-images-idx3-ubyte holds {n} images but "
-                       rf".*{split}-labels-idx1-ubyte holds 2 labels; both must come from the "
-                       rf"same download"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{split}-images-idx3-ubyte holds {n} images but "
+        rf".*{split}-labels-idx1-ubyte holds 2 labels; both must come from the "
+        rf"same download",
+    ):
         load_mnist(tmp_path, n_val=2)
 
 
@@ -517,20 +549,32 @@ def test_mnist_swapped_files(tmp_path):
     images, labels = (tmp_path / f"t10k-{k}" for k in ("images-idx3-ubyte", "labels-idx1-ubyte"))
     a, b = images.read_bytes(), labels.read_bytes()
     images.write_bytes(b), labels.write_bytes(a)
-    with pytest.raises(ValueError, match=r"must hold images \[N, H, W\].*got shapes \[3\] and "
-                       r"\[3, 28, 28\]; are the two files swapped"):
+    with pytest.raises(
+        ValueError,
+        match=r"must hold images \[N, H, W\].*got shapes \[3\] and "
+        r"\[3, 28, 28\]; are the two files swapped",
+    ):
         load_mnist(tmp_path, n_val=2)
 
 
-@pytest.mark.parametrize("n_val, match", [
-    (6, "n_val=6 validation images leave none to train on: .* holds 6 images; choose n_val < 6"),
-    (60000, "n_val=60000 validation images leave none"),
-    (0, "n_val must be >= 1, got 0"),
-    (-3, "n_val must be >= 1, got -3"),
-    (2.5, r"n_val must be a whole number, got 2.5 \(type float\)"),
-    ("2", r"n_val must be a whole number, got '2' \(type str\)"),
-    (True, "n_val must be a whole number, got True"),
-])
+@pytest.mark.parametrize(
+    "n_val, match",
+    [
+        (
+            6,
+            (
+                "n_val=6 validation images leave none to train on: .* holds 6 images; "
+                "choose n_val < 6"
+            ),
+        ),
+        (60000, "n_val=60000 validation images leave none"),
+        (0, "n_val must be >= 1, got 0"),
+        (-3, "n_val must be >= 1, got -3"),
+        (2.5, r"n_val must be a whole number, got 2.5 \(type float\)"),
+        ("2", r"n_val must be a whole number, got '2' \(type str\)"),
+        (True, "n_val must be a whole number, got True"),
+    ],
+)
 def test_mnist_n_val_out_of_range(tmp_path, n_val, match):
     _write_mnist(tmp_path)
     with pytest.raises(ValueError, match=match):
@@ -543,8 +587,11 @@ def test_idx_truncated_or_padded_names_the_byte_counts(tmp_path):
     path = tmp_path / "train-images-idx3-ubyte"
     raw = path.read_bytes()
     path.write_bytes(raw[:-10])
-    with pytest.raises(ValueError, match=r"header promises 6 x 28 x 28 = 4704 bytes of data, "
-                       r"the file holds 4694: it is truncated"):
+    with pytest.raises(
+        ValueError,
+        match=r"header promises 6 x 28 x 28 = 4704 bytes of data, "
+        r"the file holds 4694: it is truncated",
+    ):
         load_mnist(tmp_path, n_val=2)
     path.write_bytes(raw + b"\0")
     with pytest.raises(ValueError, match="the file holds 4705: it is too long"):
@@ -565,15 +612,19 @@ def test_idx_truncated_or_padded_names_the_byte_counts(tmp_path):
 
 def test_mnist_folder_and_file_mixed_up(tmp_path):
     _write_mnist(tmp_path)
-    with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz is a file; pass the folder "
-                       "holding it"):
+    with pytest.raises(
+        ValueError, match="train-images-idx3-ubyte.gz is a file; pass the folder holding it"
+    ):
         load_mnist(tmp_path / "train-images-idx3-ubyte.gz")
     (tmp_path / "t10k-images-idx3-ubyte.gz").unlink()
     (tmp_path / "t10k-images-idx3-ubyte.gz").mkdir()
-    with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.gz is a folder; it should be "
-                       "the MNIST file itself"):
+    with pytest.raises(
+        ValueError,
+        match="t10k-images-idx3-ubyte.gz is a folder; it should be the MNIST file itself",
+    ):
         load_mnist(tmp_path, n_val=2)
     from vaelab.data import read_idx
+
     with pytest.raises(ValueError, match="is a folder, not an IDX file"):
         read_idx(tmp_path)
     with pytest.raises(FileNotFoundError, match="IDX file .*nothing not found"):
@@ -582,13 +633,20 @@ def test_mnist_folder_and_file_mixed_up(tmp_path):
         load_mnist(7)
 
 
-@pytest.mark.parametrize("loader, kw, match", [
-    (load_digits, {"binarize": "yes"}, r"binarize must be True or False, got 'yes' \(type str"),
-    (load_digits, {"binarize": 1}, "binarize must be True or False, got 1"),
-    (load_mnist, {"path": ".", "seed": 0.5}, "seed must be a whole number, got 0.5"),
-    (load_jsb, {"transpose": "3"}, "transpose must be a whole number, got '3'"),
-    (load_jsb, {"transpose": True}, "transpose must be a whole number, got True"),
-])
+@pytest.mark.parametrize(
+    "loader, kw, match",
+    [
+        (
+            load_digits,
+            {"binarize": "yes"},
+            r"binarize must be True or False, got 'yes' \(type str",
+        ),
+        (load_digits, {"binarize": 1}, "binarize must be True or False, got 1"),
+        (load_mnist, {"path": ".", "seed": 0.5}, "seed must be a whole number, got 0.5"),
+        (load_jsb, {"transpose": "3"}, "transpose must be a whole number, got '3'"),
+        (load_jsb, {"transpose": True}, "transpose must be a whole number, got True"),
+    ],
+)
 def test_loader_arguments_of_the_wrong_type(loader, kw, match):
     with pytest.raises(ValueError, match=match):
         loader(**kw)
@@ -599,44 +657,71 @@ def test_loader_arguments_of_the_wrong_type(loader, kw, match):
 
 def test_validate_data_spec_accepts_what_the_loaders_take(tmp_path):
     from vaelab.datasets import validate_data_spec
+
     path = _pickle(tmp_path, SONGS)
     spec = {"name": "polyphonic", "path": path, "transpose": 2}
     assert validate_data_spec(spec) == {"name": "polyphonic", "path": str(path), "transpose": 2}
     assert validate_data_spec({"name": "digits", "path": None}) == {"name": "digits"}
-    assert validate_data_spec({"name": "linear", "process_std": [0.1, 0.2], "min_steps": None,
-                               "steps": 5}) == {"name": "linear", "process_std": [0.1, 0.2],
-                                                "min_steps": None, "steps": 5}
+    assert validate_data_spec(
+        {"name": "linear", "process_std": [0.1, 0.2], "min_steps": None, "steps": 5}
+    ) == {"name": "linear", "process_std": [0.1, 0.2], "min_steps": None, "steps": 5}
     _write_mnist(tmp_path / "mnist")
     assert validate_data_spec({"name": "mnist", "path": str(tmp_path / "mnist"), "n_val": 2})
 
 
-@pytest.mark.parametrize("spec, error, match", [
-    (["digits"], ValueError, r"a data spec must be a dict .*got list"),
-    ({"path": "x"}, ValueError, r"has no 'name'; add one of \['arrays', 'digits'"),
-    ({"name": "cifar"}, ValueError, "unknown data set 'cifar'; choose one of"),
-    ({"name": ["digits"]}, ValueError, r"unknown data set \['digits'\]"),
-    ({"name": "digits", "transpose": 3}, ValueError,
-     r"'digits' has no such option\(s\) \['transpose'\]; its options are \['binarize'\]"),
-    ({"name": "jsb", "path": "x.pickle"}, ValueError, r"'jsb' has no such option\(s\) \['path'\]"),
-    ({"name": "digits", "__class__": "os.system"}, ValueError, r"no such option\(s\) \['__class"),
-    ({"name": "arrays", "path": "a.npz", "name_": 1}, ValueError, r"option\(s\) \['name_'\]"),
-    ({"name": "moons", "noise": {"a": 1}}, ValueError,
-     r"data option noise=\{'a': 1\} \(type dict\) is not a plain value"),
-    ({"name": "moons", "noise": np.float32(0.1)}, ValueError, "type float32.* not a plain value"),
-    ({"name": "polyphonic"}, ValueError, "'polyphonic' needs a path: pass a polyphonic-music"),
-    ({"name": "polyphonic", "path": 3}, ValueError, r"path must be a non-empty str.*type int"),
-    ({"name": "polyphonic", "path": ""}, ValueError, "path must be a non-empty str"),
-    ({"name": "polyphonic", "path": "/nowhere/x.pickle"}, FileNotFoundError,
-     r"path /nowhere/x.pickle does not exist; pass a polyphonic-music .pickle file"),
-])
+@pytest.mark.parametrize(
+    "spec, error, match",
+    [
+        (["digits"], ValueError, r"a data spec must be a dict .*got list"),
+        ({"path": "x"}, ValueError, r"has no 'name'; add one of \['arrays', 'digits'"),
+        ({"name": "cifar"}, ValueError, "unknown data set 'cifar'; choose one of"),
+        ({"name": ["digits"]}, ValueError, r"unknown data set \['digits'\]"),
+        (
+            {"name": "digits", "transpose": 3},
+            ValueError,
+            r"'digits' has no such option\(s\) \['transpose'\]; its options are \['binarize'\]",
+        ),
+        (
+            {"name": "jsb", "path": "x.pickle"},
+            ValueError,
+            r"'jsb' has no such option\(s\) \['path'\]",
+        ),
+        (
+            {"name": "digits", "__class__": "os.system"},
+            ValueError,
+            r"no such option\(s\) \['__class",
+        ),
+        ({"name": "arrays", "path": "a.npz", "name_": 1}, ValueError, r"option\(s\) \['name_'\]"),
+        (
+            {"name": "moons", "noise": {"a": 1}},
+            ValueError,
+            r"data option noise=\{'a': 1\} \(type dict\) is not a plain value",
+        ),
+        (
+            {"name": "moons", "noise": np.float32(0.1)},
+            ValueError,
+            "type float32.* not a plain value",
+        ),
+        ({"name": "polyphonic"}, ValueError, "'polyphonic' needs a path: pass a polyphonic-music"),
+        ({"name": "polyphonic", "path": 3}, ValueError, r"path must be a non-empty str.*type int"),
+        ({"name": "polyphonic", "path": ""}, ValueError, "path must be a non-empty str"),
+        (
+            {"name": "polyphonic", "path": "/nowhere/x.pickle"},
+            FileNotFoundError,
+            r"path /nowhere/x.pickle does not exist; pass a polyphonic-music .pickle file",
+        ),
+    ],
+)
 def test_validate_data_spec_names_the_field(spec, error, match):
     from vaelab.datasets import validate_data_spec
+
     with pytest.raises(error, match=match):
         validate_data_spec(spec)
 
 
 def test_data_spec_path_kind_and_load_dataset_validates_first(tmp_path, monkeypatch):
     from vaelab import datasets
+
     path = _pickle(tmp_path, SONGS)
     with pytest.raises(ValueError, match=r"path .* is a folder, but this data set reads a file"):
         datasets.validate_data_spec({"name": "polyphonic", "path": str(tmp_path)})
@@ -648,8 +733,11 @@ def test_data_spec_path_kind_and_load_dataset_validates_first(tmp_path, monkeypa
     def fake(path, transpose=0):
         calls.append(path)
 
-    monkeypatch.setattr(datasets, "DATASETS", {**datasets.DATASETS, "polyphonic":
-                        datasets._needs_path(fake, "a file", "file")})
+    monkeypatch.setattr(
+        datasets,
+        "DATASETS",
+        {**datasets.DATASETS, "polyphonic": datasets._needs_path(fake, "a file", "file")},
+    )
     with pytest.raises(ValueError, match="no such option"):
         datasets.load_dataset("polyphonic", path=str(path), transpose=1, extra=2)
     with pytest.raises(FileNotFoundError):
@@ -674,24 +762,46 @@ def test_batches_reject_bad_settings():
         assert len(list(_sequences([4]).batches(2))) == 1
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda: Data(np.zeros((3, 2))), r"x must be a torch tensor \[N, X\] .*got ndarray"),
-    (lambda: Data(torch.zeros(3)), r"x must be a torch tensor .*of shape \[3\]"),
-    (lambda: Data(torch.zeros(3, 2, dtype=torch.long)), r"x must hold floats, got torch.int64"),
-    (lambda: Data(torch.zeros(3, 4, 2), a=torch.zeros(2, 4, 1)), r"a must be \[3, 4, A\] like x"),
-    (lambda: Data(torch.zeros(3, 4, 2), z=torch.zeros(3, 5, 1)), r"z must be \[3, 4, Z\] like x"),
-    (lambda: Data(torch.zeros(3, 2), a=torch.zeros(3, 2, 1)), r"a must be \[3, A\] like x"),
-    (lambda: Data(torch.zeros(3, 4, 2), lengths=torch.tensor([1, 2])),
-     r"lengths must be an integer tensor \[N\] = \[3\], got torch.int64 of shape \[2\]"),
-    (lambda: Data(torch.zeros(3, 4, 2), lengths=torch.tensor([1.0, 2.0, 3.0])),
-     "lengths must be an integer tensor"),
-    (lambda: Data(torch.zeros(3, 4, 2), lengths=torch.tensor([1, 2, 9])),
-     r"lengths must be in 1..T=4, got values from 1 to 9"),
-    (lambda: Data(torch.zeros(3, 4, 2), lengths=torch.tensor([0, 2, 3])),
-     r"lengths must be in 1..T=4, got values from 0 to 3"),
-    (lambda: Data(torch.zeros(3, 2), lengths=torch.tensor([1, 1, 1])),
-     r"lengths are for sequences \[N, T, X\]; drop them"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: Data(np.zeros((3, 2))), r"x must be a torch tensor \[N, X\] .*got ndarray"),
+        (lambda: Data(torch.zeros(3)), r"x must be a torch tensor .*of shape \[3\]"),
+        (
+            lambda: Data(torch.zeros(3, 2, dtype=torch.long)),
+            r"x must hold floats, got torch.int64",
+        ),
+        (
+            lambda: Data(torch.zeros(3, 4, 2), a=torch.zeros(2, 4, 1)),
+            r"a must be \[3, 4, A\] like x",
+        ),
+        (
+            lambda: Data(torch.zeros(3, 4, 2), z=torch.zeros(3, 5, 1)),
+            r"z must be \[3, 4, Z\] like x",
+        ),
+        (lambda: Data(torch.zeros(3, 2), a=torch.zeros(3, 2, 1)), r"a must be \[3, A\] like x"),
+        (
+            lambda: Data(torch.zeros(3, 4, 2), lengths=torch.tensor([1, 2])),
+            r"lengths must be an integer tensor \[N\] = \[3\], got torch.int64 of shape \[2\]",
+        ),
+        (
+            lambda: Data(torch.zeros(3, 4, 2), lengths=torch.tensor([1.0, 2.0, 3.0])),
+            "lengths must be an integer tensor",
+        ),
+        (
+            lambda: Data(torch.zeros(3, 4, 2), lengths=torch.tensor([1, 2, 9])),
+            r"lengths must be in 1..T=4, got values from 1 to 9",
+        ),
+        (
+            lambda: Data(torch.zeros(3, 4, 2), lengths=torch.tensor([0, 2, 3])),
+            r"lengths must be in 1..T=4, got values from 0 to 3",
+        ),
+        (
+            lambda: Data(torch.zeros(3, 2), lengths=torch.tensor([1, 1, 1])),
+            r"lengths are for sequences \[N, T, X\]; drop them",
+        ),
+    ],
+)
 def test_data_checks_its_arrays(make, match):
     with pytest.raises(ValueError, match=match):
         make()
@@ -722,12 +832,18 @@ def test_load_dataset_never_runs_a_pickle(tmp_path):
 
 def test_piano_roll_of_silence_and_of_the_keyboard_edges():
     from vaelab.data import piano_roll
+
     silent = piano_roll([[(), ()], [()]], "silent")
     assert silent.x.shape == (2, 2, 88) and silent.x.sum() == 0
     assert silent.lengths.tolist() == [2, 1]
     edges = piano_roll([[(21, 108), [60]], [{64, 67}]], "edges")  # tuples, lists and sets
-    assert edges.x.nonzero().tolist() == [[0, 0, 0], [0, 0, 87], [0, 1, 39], [1, 0, 43],
-                                          [1, 0, 46]]
+    assert edges.x.nonzero().tolist() == [
+        [0, 0, 0],
+        [0, 0, 87],
+        [0, 1, 39],
+        [1, 0, 43],
+        [1, 0, 46],
+    ]
 
 
 def test_sequence_lengths_set_to_none_later_are_named():
@@ -746,6 +862,9 @@ def test_a_path_loader_registered_without_its_description_is_named(monkeypatch):
         raise AssertionError("the spec check runs before any loader")
 
     monkeypatch.setattr(datasets, "DATASETS", {**datasets.DATASETS, "bare": bare})
-    with pytest.raises(ValueError, match=r"'bare' takes a path but its loader does not say what "
-                                         r"it reads; register it as .*_needs_path"):
+    with pytest.raises(
+        ValueError,
+        match=r"'bare' takes a path but its loader does not say what "
+        r"it reads; register it as .*_needs_path",
+    ):
         datasets.validate_data_spec({"name": "bare", "path": "somewhere"})

@@ -45,9 +45,15 @@ def _python(tmp_path: Path, *args: str, torchrun: bool = False) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    done = subprocess.run([sys.executable, *(launcher if torchrun else []), *args],
-                          check=False, capture_output=True, text=True, env=env, timeout=300,
-                          cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, *(launcher if torchrun else []), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -61,8 +67,7 @@ def test_two_gloo_processes_train_as_one_process_on_the_global_batch(tmp_path: P
     one_state = load_checkpoint(one / "checkpoint.pt")["state_dict"]
     assert ddp_state.keys() == one_state.keys()
     for key in one_state:  # float32 sums in another order: rounding, not a different step
-        torch.testing.assert_close(ddp_state[key], one_state[key], rtol=1e-4, atol=1e-5,
-                                   msg=key)
+        torch.testing.assert_close(ddp_state[key], one_state[key], rtol=1e-4, atol=1e-5, msg=key)
     # the logged metrics are the global batch's, on every process
     single = torch.load(tmp_path / "single.0", weights_only=False)["history"]
     rank0, rank1 = (torch.load(tmp_path / f"r.{r}", weights_only=False) for r in (0, 1))
@@ -70,8 +75,9 @@ def test_two_gloo_processes_train_as_one_process_on_the_global_batch(tmp_path: P
         train_ddp = [r["nelbo"] for r in hist if r["kind"] == "train"]
         train_one = [r["nelbo"] for r in single if r["kind"] == "train"]
         assert len(train_ddp) == 12 and train_ddp == pytest.approx(train_one, rel=1e-5)
-        assert [r["epoch"] for r in hist if r["kind"] == "val"] == \
-            [r["epoch"] for r in single if r["kind"] == "val"]
+        assert [r["epoch"] for r in hist if r["kind"] == "val"] == [
+            r["epoch"] for r in single if r["kind"] == "val"
+        ]
     # callbacks and files on rank 0 only
     assert rank0["calls"] == len(rank0["history"]) and rank1["calls"] == 0
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "checkpoint.pt"]
@@ -79,8 +85,9 @@ def test_two_gloo_processes_train_as_one_process_on_the_global_batch(tmp_path: P
 
 def test_shard_takes_every_world_th_row_and_trims_padding():
     x = torch.arange(5 * 4 * 1, dtype=torch.float32).view(5, 4, 1)
-    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0],
-                         [1, 1, 0, 0]], dtype=torch.bool)
+    mask = torch.tensor(
+        [[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0]], dtype=torch.bool
+    )
     batch = Batch(x, None, mask)
     ctx = distributed.Context(rank=1, world=2)
     part = distributed.shard(batch, ctx)
@@ -105,27 +112,78 @@ def test_torchrun_cli_run_resumes_in_a_single_process(tmp_path: Path):
     """The README's command: python -m torch.distributed.run --nproc-per-node 2 -m vaelab
     train ...; rank 0 alone prints and writes; the checkpoint then resumes without torchrun."""
     out = tmp_path / "run"
-    common = ["--model", "vae", "--data", "digits", "--batch-size", "32", "--set",
-              "hidden_dims=[8]", "--train-set", "progress=False", "--out", str(out)]
+    common = [
+        "--model",
+        "vae",
+        "--data",
+        "digits",
+        "--batch-size",
+        "32",
+        "--set",
+        "hidden_dims=[8]",
+        "--train-set",
+        "progress=False",
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env = {k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-         "2", "-m", "vaelab", "train", *common, "--max-steps", "3"],
-        check=False, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "vaelab",
+            "train",
+            *common,
+            "--max-steps",
+            "3",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     printed = [json.loads(line) for line in ddp.stdout.splitlines() if line.startswith("{")]
     assert len(printed) == 1 and printed[0]["steps"] == 3  # rank 0 only
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 3
-    resume = [sys.executable, "-m", "vaelab", "train", *common, "--max-steps", "5",
-              "--resume", str(out / "checkpoint.pt")]
+    resume = [
+        sys.executable,
+        "-m",
+        "vaelab",
+        "train",
+        *common,
+        "--max-steps",
+        "5",
+        "--resume",
+        str(out / "checkpoint.pt"),
+    ]
     # stopped inside an epoch of global batches of 64: one process must keep them
-    halved = subprocess.run(resume, check=False, capture_output=True, text=True, env=env,
-                            timeout=300, cwd=tmp_path)
-    assert halved.returncode == 2 and "whose batches are global batches of 64; pass " \
-        "batch_size=64 (--batch-size) to keep them" in halved.stderr, halved.stderr[-2000:]
-    one = subprocess.run([*resume, "--batch-size", "64"], check=False, capture_output=True,
-                         text=True, env=env, timeout=300, cwd=tmp_path)
+    halved = subprocess.run(
+        resume, check=False, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path
+    )
+    assert (
+        halved.returncode == 2
+        and "whose batches are global batches of 64; pass "
+        "batch_size=64 (--batch-size) to keep them"
+        in halved.stderr
+    ), halved.stderr[-2000:]
+    one = subprocess.run(
+        [*resume, "--batch-size", "64"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert one.returncode == 0, one.stderr[-2000:]
     assert json.loads(one.stdout.splitlines()[-1])["steps"] == 5
     ckpt = load_checkpoint(out / "checkpoint.pt")

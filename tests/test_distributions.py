@@ -42,8 +42,9 @@ def test_independent_normal_log_prob_equals_hand_written_density():
     loc = torch.randn(4, 3, dtype=torch.float64)
     scale = torch.rand(4, 3, dtype=torch.float64) + 0.1
     x = torch.randn(4, 3, dtype=torch.float64)
-    by_hand = (-0.5 * ((x - loc) / scale) ** 2 - torch.log(scale)
-               - 0.5 * math.log(2 * math.pi)).sum(dim=-1)
+    by_hand = (
+        -0.5 * ((x - loc) / scale) ** 2 - torch.log(scale) - 0.5 * math.log(2 * math.pi)
+    ).sum(dim=-1)
     torch.testing.assert_close(Independent(Normal(loc, scale), 1).log_prob(x), by_hand)
 
 

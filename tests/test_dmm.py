@@ -57,8 +57,9 @@ def test_reverse_sequences_matches_loop_and_round_trips():
 # ----------------------------------------------------------------------------- masks
 
 
-@pytest.mark.parametrize("make", [small_dmm, small_dmm_iaf,
-                                  lambda: small_dmm(**LSTM_GUIDE).eval()])
+@pytest.mark.parametrize(
+    "make", [small_dmm, small_dmm_iaf, lambda: small_dmm(**LSTM_GUIDE).eval()]
+)
 def test_padding_never_changes_the_elbo(make):
     model = make().double()
     long = ragged_batch([8])
@@ -139,9 +140,15 @@ def test_monte_carlo_elbo_is_log_joint_minus_log_q(options):
 # ----------------------------------------------------------------------------- gradients
 
 
-@pytest.mark.parametrize("make", [small_dmm, small_dmm_iaf,
-                                  lambda: small_dmm_iaf(**KRISHNAN),
-                                  lambda: small_dmm(**KRISHNAN, **LSTM_GUIDE)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        small_dmm,
+        small_dmm_iaf,
+        lambda: small_dmm_iaf(**KRISHNAN),
+        lambda: small_dmm(**KRISHNAN, **LSTM_GUIDE),
+    ],
+)
 def test_every_parameter_gets_a_gradient(make):
     assert_every_parameter_gets_gradient(make(), ragged_batch([6, 3, 4]))
 
@@ -232,8 +239,9 @@ def test_elbo_samples_shares_the_rnn_and_equals_a_repeated_batch(make, monkeypat
     batch = ragged_batch([5, 3])
     rows = []
     real = fast.dmm.rnn_states
-    monkeypatch.setattr(fast.dmm, "rnn_states",
-                        lambda model, x, n: rows.append(len(x)) or real(model, x, n))
+    monkeypatch.setattr(
+        fast.dmm, "rnn_states", lambda model, x, n: rows.append(len(x)) or real(model, x, n)
+    )
     torch.manual_seed(2)
     shared = elbo_samples(model, batch, 3)  # the same noise draw as the repeated batch's
     torch.manual_seed(2)
@@ -295,8 +303,17 @@ def test_short_training_on_jsb_lowers_the_negative_elbo():
     subset = train.subset(slice(0, 30))
     model = DMM(DMMConfig(z_dim=8, emission_dim=32, transition_dim=32, rnn_dim=48))
     before = evaluate_elbo(model, subset, samples=3)["nelbo"]
-    config = TrainConfig(**{**DMM.train_defaults, "epochs": 15, "lr": 3e-3, "batch_size": 10,
-                            "anneal_epochs": 0, "progress": False, "eval_every": 0})
+    config = TrainConfig(
+        **{
+            **DMM.train_defaults,
+            "epochs": 15,
+            "lr": 3e-3,
+            "batch_size": 10,
+            "anneal_epochs": 0,
+            "progress": False,
+            "eval_every": 0,
+        }
+    )
     fit(model, subset, None, config)
     after = evaluate_elbo(model, subset, samples=3)["nelbo"]
     # from ~88 log 2 = 61 nats per step (coin flips) to well below it
@@ -315,8 +332,13 @@ def test_models_are_registered_with_valid_train_defaults():
     per_step = per_step_decay(2.0, load_jsb()[0], 20)
     assert math.isclose(per_step, 2.0 / 1150, rel_tol=1e-2)
     defaults = DMMConfig()
-    assert (defaults.z_dim, defaults.emission_dim, defaults.transition_dim,
-            defaults.rnn_dim, defaults.x_dim) == (100, 100, 200, 600, 88)
+    assert (
+        defaults.z_dim,
+        defaults.emission_dim,
+        defaults.transition_dim,
+        defaults.rnn_dim,
+        defaults.x_dim,
+    ) == (100, 100, 200, 600, 88)
     assert DMMIAFConfig().num_iafs == 1 and not DMMIAFConfig().analytic_kl
 
 
@@ -344,20 +366,23 @@ def test_bad_shapes_raise_and_name_the_fix():
         model.sample(0)
 
 
-@pytest.mark.parametrize(("kw", "match"), [
-    ({"z_dim": 0}, "z_dim must be >= 1"),
-    ({"rnn_dim": -1}, "rnn_dim must be >= 1"),
-    ({"num_iafs": -1}, "num_iafs must be >= 0"),
-    ({"num_iafs": 1}, "set analytic_kl=False"),
-    ({"rnn_dropout": 0.2}, "set rnn_layers >= 2"),
-    ({"rnn_dropout": 1.0}, r"rnn_dropout must be in \[0, 1\)"),
-    ({"min_scale": 0.0}, "min_scale must be > 0"),
-    ({"rnn_nonlinearity": "sigmoid"}, "rnn_nonlinearity must be 'tanh' or 'relu'"),
-    ({"rnn_type": "gru"}, "rnn_type must be 'rnn' or 'lstm'"),
-    ({"rnn_type": "lstm", "rnn_nonlinearity": "relu"}, "applies to rnn_type='rnn' only"),
-    ({"rnn_output_dropout": 1.0}, r"rnn_output_dropout must be in \[0, 1\)"),
-    ({"rnn_dropout": 0.1}, "use rnn_output_dropout"),
-])
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"z_dim": 0}, "z_dim must be >= 1"),
+        ({"rnn_dim": -1}, "rnn_dim must be >= 1"),
+        ({"num_iafs": -1}, "num_iafs must be >= 0"),
+        ({"num_iafs": 1}, "set analytic_kl=False"),
+        ({"rnn_dropout": 0.2}, "set rnn_layers >= 2"),
+        ({"rnn_dropout": 1.0}, r"rnn_dropout must be in \[0, 1\)"),
+        ({"min_scale": 0.0}, "min_scale must be > 0"),
+        ({"rnn_nonlinearity": "sigmoid"}, "rnn_nonlinearity must be 'tanh' or 'relu'"),
+        ({"rnn_type": "gru"}, "rnn_type must be 'rnn' or 'lstm'"),
+        ({"rnn_type": "lstm", "rnn_nonlinearity": "relu"}, "applies to rnn_type='rnn' only"),
+        ({"rnn_output_dropout": 1.0}, r"rnn_output_dropout must be in \[0, 1\)"),
+        ({"rnn_dropout": 0.1}, "use rnn_output_dropout"),
+    ],
+)
 def test_config_checks(kw, match):
     with pytest.raises(ValueError, match=match):
         DMMConfig(**kw)
@@ -414,13 +439,15 @@ def test_krishnan_options_variance_through_softplus_and_a_standard_initial_prior
     z = torch.randn(5, 3)
     tr = model.transition
     pre = tr.z_to_scale(tr.proposed_mean(z).relu())
-    torch.testing.assert_close(tr(z).base_dist.scale ** 2,
-                               torch.nn.functional.softplus(pre) + 1e-6)
+    torch.testing.assert_close(
+        tr(z).base_dist.scale ** 2, torch.nn.functional.softplus(pre) + 1e-6
+    )
     h_rnn = torch.randn(5, 10)
     h = 0.5 * (torch.tanh(model.combiner.z_to_hidden(z)) + h_rnn)
     pre = model.combiner.hidden_to_loc_scale(h)[:, 3:]
-    torch.testing.assert_close(model.combiner(z, h_rnn).base_dist.scale ** 2,
-                               torch.nn.functional.softplus(pre) + 1e-6)
+    torch.testing.assert_close(
+        model.combiner(z, h_rnn).base_dist.scale ** 2, torch.nn.functional.softplus(pre) + 1e-6
+    )
     # z_0 and z_q_0 are fixed zeros, not parameters, and p(z_1) = N(0, I) whatever z_0 holds
     names = {n for n, _ in model.named_parameters()}
     assert not names & {"z_0", "z_q_0"} and torch.equal(model.z_0, torch.zeros(3))
@@ -435,8 +462,10 @@ def test_krishnan_options_variance_through_softplus_and_a_standard_initial_prior
     assert first.mean(0).abs().max() < 0.1 and (first.std(0) - 1).abs().max() < 0.05
     # the default model's p(z_1) is the transition from its trained z_0
     default = small_dmm()
-    torch.testing.assert_close(default.prior(path).base_dist.loc[:, 0],
-                               default.transition(default.z_0.expand(2, -1)).base_dist.loc)
+    torch.testing.assert_close(
+        default.prior(path).base_dist.loc[:, 0],
+        default.transition(default.z_0.expand(2, -1)).base_dist.loc,
+    )
 
 
 def test_kl_per_dim_sums_to_the_elbo_kl():

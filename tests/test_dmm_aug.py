@@ -17,8 +17,14 @@ from vaelab.distributions import MADEBernoulli
 from vaelab.dmm_aug import DMMAug, DMMAugConfig
 from vaelab.objectives import importance_log_likelihood
 
-SMALL = {"x_dim": 6, "z_dim": 3, "emission_dim": 8, "transition_dim": 8, "rnn_dim": 10,
-         "made_dim": 8}
+SMALL = {
+    "x_dim": 6,
+    "z_dim": 3,
+    "emission_dim": 8,
+    "transition_dim": 8,
+    "rnn_dim": 10,
+    "made_dim": 8,
+}
 
 
 def small_aug(emission: str = "bernoulli", **kw) -> DMMAug:
@@ -134,9 +140,11 @@ def test_sampling_feeds_each_sampled_x_into_the_next_step(emission, monkeypatch)
         return real(z, a_prev)
 
     monkeypatch.setattr(model, "emission", spy)
-    monkeypatch.setattr(model, "transition_prior",
-                        lambda z, a, real=model.transition_prior: seen.append(a.clone())
-                        or real(z, a))
+    monkeypatch.setattr(
+        model,
+        "transition_prior",
+        lambda z, a, real=model.transition_prior: seen.append(a.clone()) or real(z, a),
+    )
     z, x = model.sample(4, steps=6)
     assert z.shape == (4, 6, 3) and x.shape == (4, 6, 6) and set(x.unique().tolist()) <= {0, 1}
     emitted = seen[0::2][:1] + seen[2::2]  # emission at t = 1, then emission after transition

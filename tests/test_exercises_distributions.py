@@ -46,18 +46,20 @@ def d_sigma(x, mu, rho):
 
 MISTAKES = {
     "d/dsigma, not d/drho": d_sigma,
-    "not 1 / \\(1 \\+ exp\\(rho\\)\\)":
-        lambda x, mu, rho: d_sigma(x, mu, rho) * torch.sigmoid(-rho),
+    "not 1 / \\(1 \\+ exp\\(rho\\)\\)": lambda x, mu, rho: (
+        d_sigma(x, mu, rho) * torch.sigmoid(-rho)
+    ),
     "sigma = exp\\(rho\\)": lambda x, mu, rho: d_sigma(x, mu, rho) * softplus(rho),
     "sign is wrong": lambda x, mu, rho: -by_hand(x, mu, rho),
-    "2 of .* is \\+\\(x - mu\\)\\^2 / sigma\\^3":
-        lambda x, mu, rho: (-1 / softplus(rho) + (x - mu) ** 2 / (2 * softplus(rho) ** 3))
-        * torch.sigmoid(rho),
-    "-log sigma term is missing": lambda x, mu, rho: (x - mu) ** 2 / softplus(rho) ** 3
-    * torch.sigmoid(rho),
-    "sigma as the variance": lambda x, mu, rho: (-1 / (2 * softplus(rho))
-                                                 + (x - mu) ** 2 / (2 * softplus(rho) ** 2))
-    * torch.sigmoid(rho),
+    "2 of .* is \\+\\(x - mu\\)\\^2 / sigma\\^3": lambda x, mu, rho: (
+        (-1 / softplus(rho) + (x - mu) ** 2 / (2 * softplus(rho) ** 3)) * torch.sigmoid(rho)
+    ),
+    "-log sigma term is missing": lambda x, mu, rho: (
+        (x - mu) ** 2 / softplus(rho) ** 3 * torch.sigmoid(rho)
+    ),
+    "sigma as the variance": lambda x, mu, rho: (
+        (-1 / (2 * softplus(rho)) + (x - mu) ** 2 / (2 * softplus(rho) ** 2)) * torch.sigmoid(rho)
+    ),
     "the denominator is missing": lambda x, mu, rho: d_sigma(x, mu, rho) * rho.exp(),
     "returned shape": lambda x, mu, rho: by_hand(x, mu, rho).sum(),
     "off by up to": lambda x, mu, rho: by_hand(x, mu, rho) + 0.01,
@@ -154,8 +156,9 @@ class LaplaceFixedScale(nn.Module):
         self.loc = nn.Parameter(torch.zeros(dim))
 
     def forward(self, n):  # scale pinned at 1: the fit cannot reach the MLE
-        return Independent(Laplace(self.loc.expand(n, -1), torch.ones_like(self.loc)
-                                   .expand(n, -1)), 1)
+        return Independent(
+            Laplace(self.loc.expand(n, -1), torch.ones_like(self.loc).expand(n, -1)), 1
+        )
 
 
 LAPLACE_MISTAKES = {

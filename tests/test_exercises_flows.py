@@ -69,8 +69,7 @@ def test_swapped_log_det_arguments_are_named() -> None:
         z = t.inv(x)
         return base.log_prob(z) - t.log_abs_det_jacobian(x, z)
 
-    with pytest.raises(Mistake, match="takes \\(z, x\\), the base point first.*exp "
-                                      "transform"):
+    with pytest.raises(Mistake, match="takes \\(z, x\\), the base point first.*exp transform"):
         check_flow_log_prob(swapped)
 
 
@@ -138,13 +137,16 @@ def _pushed(x, t, base):
 
 
 LOG_PROB_MISTAKES = {
-    "has the wrong sign": lambda x, t, base: base.log_prob(t.inv(x))
-    + t.log_abs_det_jacobian(t.inv(x), x),
+    "has the wrong sign": lambda x, t, base: (
+        base.log_prob(t.inv(x)) + t.log_abs_det_jacobian(t.inv(x), x)
+    ),
     # the inverse direction's log-det, as a student may reach for it: the same wrong sign
-    "inverse's, transform.inv.log_abs_det_jacobian": lambda x, t, base: base.log_prob(t.inv(x))
-    - t.inv.log_abs_det_jacobian(x, t.inv(x)),
-    "base density is evaluated at x": lambda x, t, base: base.log_prob(x)
-    - t.log_abs_det_jacobian(t.inv(x), x),
+    "inverse's, transform.inv.log_abs_det_jacobian": lambda x, t, base: (
+        base.log_prob(t.inv(x)) - t.inv.log_abs_det_jacobian(x, t.inv(x))
+    ),
+    "base density is evaluated at x": lambda x, t, base: (
+        base.log_prob(x) - t.log_abs_det_jacobian(t.inv(x), x)
+    ),
     "Jacobian term is missing": lambda x, t, base: base.log_prob(t.inv(x)),
     "pushed forward": _pushed,
     "off by up to": lambda x, t, base: log_prob_right(x, t, base) - 0.5,
@@ -161,6 +163,7 @@ def test_a_stub_is_not_a_mistake() -> None:
     # the released notebook's stub raises NotImplementedError, which the checker lets through
     def stub(*args):
         raise NotImplementedError()
+
     for check in (check_coupling_forward, check_coupling_log_det, check_flow_log_prob):
         name = check.__name__.removeprefix("check_")
         with pytest.raises(NotImplementedError, match=f"^{name} is not written yet"):
@@ -171,14 +174,20 @@ def test_hints_are_distinct() -> None:
     # no two typical mistakes give the same numbers, so each message is the one that applies
     case = coupling_case(1)
     x, b, t, r, k = (case[n] for n in ("x", "mask", "shift", "raw", "bound"))
-    values = [f(x, b, t, r, k) for n, f in FORWARD_MISTAKES.items()
-              if n not in ("shape", "NaN", "torch.Tensor")]
+    values = [
+        f(x, b, t, r, k)
+        for n, f in FORWARD_MISTAKES.items()
+        if n not in ("shape", "NaN", "torch.Tensor")
+    ]
     values += [forward_right(x, b, t, r, k)]
     for i, u in enumerate(values):
-        for v in values[i + 1:]:
+        for v in values[i + 1 :]:
             assert not torch.allclose(u, v, rtol=1e-5, atol=1e-6)
-    assert [c[:2] for c in flows.CASES] == [(0, torch.float64), (1, torch.float64),
-                                            (2, torch.float32)]
+    assert [c[:2] for c in flows.CASES] == [
+        (0, torch.float64),
+        (1, torch.float64),
+        (2, torch.float32),
+    ]
 
 
 # ------------------------------------------------------- a coupling layer as a Transform (builds)

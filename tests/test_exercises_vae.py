@@ -12,6 +12,7 @@ from vaelab.exercises import Mistake, vae
 
 # ------------------------------------------------------------------ the Gaussian KL
 
+
 def kl_library(mu, logvar):
     q = Independent(Normal(mu, (0.5 * logvar).exp()), 1)
     return kl_divergence(q, Independent(Normal(torch.zeros_like(mu), torch.ones_like(mu)), 1))
@@ -51,7 +52,7 @@ def test_gaussian_kl_summed_over_dim_1() -> None:
     # right on [B, J] (dim 1 is the last axis there): the 1-D and 3-D cases expose it
     with pytest.raises(Mistake, match="(Dimension out of range|dim 1)"):
         vae.check_gaussian_kl(lambda m, lv: -0.5 * (1 + lv - m**2 - lv.exp()).sum(dim=1))
-    three_d_only = (lambda m, lv: -0.5 * (1 + lv - m**2 - lv.exp()).sum(dim=min(1, m.dim() - 1)))
+    three_d_only = lambda m, lv: -0.5 * (1 + lv - m**2 - lv.exp()).sum(dim=min(1, m.dim() - 1))
     with pytest.raises(Mistake, match="you summed over dim 1, a batch axis"):
         vae.check_gaussian_kl(three_d_only)
 
@@ -71,13 +72,15 @@ def test_error_is_reported_with_the_students_line() -> None:
         var = logvar.exp()
         return -0.5 * (1 + logvar - mu**2 - var).sum(dim=-1) + mu @ mu  # matmul of [B, J]
 
-    with pytest.raises(Mistake, match=r"gaussian_kl raised RuntimeError: .*\(line \d+ of "
-                                      r"your function's cell: return -0\.5 \* \(1"):
+    with pytest.raises(
+        Mistake,
+        match=r"gaussian_kl raised RuntimeError: .*\(line \d+ of "
+        r"your function's cell: return -0\.5 \* \(1",
+    ):
         vae.check_gaussian_kl(kl_with_slip)
 
 
-def test_replaced_checker_or_library_function_is_detected(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_replaced_checker_or_library_function_is_detected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(vae, "check_iwae", lambda fn: None)
     with pytest.raises(Mistake, match="check_iwae was replaced"):
         vae.check_gaussian_kl(kl_formula)
@@ -117,12 +120,16 @@ def test_not_implemented_passes_through() -> None:
     def todo(*args):
         raise NotImplementedError()
 
-    for check, name in ((vae.check_gaussian_kl, "gaussian_kl"),
-                        (vae.check_reparameterize, "reparameterize"),
-                        (vae.check_iwae, "iwae_bound")):
+    for check, name in (
+        (vae.check_gaussian_kl, "gaussian_kl"),
+        (vae.check_reparameterize, "reparameterize"),
+        (vae.check_iwae, "iwae_bound"),
+    ):
         # the release's stub: still NotImplementedError, now saying what to do
-        with pytest.raises(NotImplementedError, match=f"^{name} is not written yet: in its "
-                                                      "cell, replace the two lines"):
+        with pytest.raises(
+            NotImplementedError,
+            match=f"^{name} is not written yet: in its cell, replace the two lines",
+        ):
             check(todo)
 
     def library_gap(*args):
@@ -138,6 +145,7 @@ def test_crash_is_reported_as_mistake() -> None:
 
 
 # ------------------------------------------------------------------ reparameterisation
+
 
 def reparam_formula(mu, logvar, eps):
     return mu + (0.5 * logvar).exp() * eps
@@ -187,6 +195,7 @@ def test_reparameterize_names_mistake(message: str) -> None:
 
 # ------------------------------------------------------------------ the IWAE bound
 
+
 def iwae_formula(log_px_z, log_pz, log_qz):
     return torch.logsumexp(log_px_z + log_pz - log_qz, dim=0) - math.log(len(log_px_z))
 
@@ -203,10 +212,12 @@ IWAE_MISTAKES = {
     "log p\\(z\\) is missing": (lambda lx, lp, lq: iwae_formula(lx, 0 * lp, lq)),
     "maximum log-weight": (lambda lx, lp, lq: (lx + lp - lq).max(0).values),
     "underflows": (lambda lx, lp, lq: (lx + lp - lq).exp().mean(0).log()),
-    "over the batch": (lambda lx, lp, lq: torch.logsumexp(lx + lp - lq, dim=1)
-                       - math.log(lx.shape[1])),
-    "divided the log by K": (lambda lx, lp, lq: torch.logsumexp(lx + lp - lq, dim=0)
-                             / lx.shape[0]),
+    "over the batch": (
+        lambda lx, lp, lq: torch.logsumexp(lx + lp - lq, dim=1) - math.log(lx.shape[1])
+    ),
+    "divided the log by K": (
+        lambda lx, lp, lq: torch.logsumexp(lx + lp - lq, dim=0) / lx.shape[0]
+    ),
 }
 
 
@@ -217,6 +228,7 @@ def test_iwae_names_mistake(message: str) -> None:
 
 
 # ------------------------------------------------------------------ the loss with KL warm-up
+
 
 def annealed_right(log_px_z, kl, step, warmup_steps):
     beta = min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
@@ -239,13 +251,16 @@ ANNEALED_MISTAKES = {
     "summed over the batch": lambda lx, kl, t, w: -(lx - _beta(t, w) * kl).sum(),
     "the sign is wrong": lambda lx, kl, t, w: (lx - _beta(t, w) * kl).mean(),
     "KL enters with the wrong sign": lambda lx, kl, t, w: -(lx + _beta(t, w) * kl).mean(),
-    "rises from 0 to 1": lambda lx, kl, t, w: -(lx - max(0.0, 1 - t / w) * kl).mean()
-    if w else -(lx - kl).mean(),
-    "warmup_steps = 0": lambda lx, kl, t, w: -(lx - min(1.0, t / w if w else math.inf) * kl
-                                               * (1 if w else math.nan)).mean(),
+    "rises from 0 to 1": lambda lx, kl, t, w: (
+        -(lx - max(0.0, 1 - t / w) * kl).mean() if w else -(lx - kl).mean()
+    ),
+    "warmup_steps = 0": lambda lx, kl, t, w: (
+        -(lx - min(1.0, t / w if w else math.inf) * kl * (1 if w else math.nan)).mean()
+    ),
     "library's answer": lambda lx, kl, t, w: __import__("vaelab.objectives").objectives.loss(
         __import__("vaelab.objectives").objectives.ELBOTerms(lx, kl, torch.ones_like(lx)),
-        _beta(t, w)),
+        _beta(t, w),
+    ),
 }
 
 

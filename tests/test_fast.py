@@ -24,8 +24,9 @@ def test_elman_rnn_equals_nn_rnn_with_exact_gradients(nonlinearity):
     h_0 = torch.randn(3, 5, dtype=torch.double, requires_grad=True)
     torch.testing.assert_close(elman_rnn(rnn, x, h_0), rnn(x, h_0[None])[0])
     # the hand-written backward against finite differences, weights included
-    assert torch.autograd.gradcheck(lambda x, h_0, *params: elman_rnn(rnn, x, h_0),
-                                    (x, h_0, *rnn.parameters()))
+    assert torch.autograd.gradcheck(
+        lambda x, h_0, *params: elman_rnn(rnn, x, h_0), (x, h_0, *rnn.parameters())
+    )
 
 
 @pytest.mark.parametrize("lengths", [[6, 4, 1], [2, 6, 5]])
@@ -38,21 +39,23 @@ def test_elman_rnn_on_observed_steps_equals_a_packed_rnn(nonlinearity, lengths):
     h_0 = torch.randn(3, 5, dtype=torch.double, requires_grad=True)
     lengths = torch.tensor(lengths)
     mask = torch.arange(6) < lengths[:, None]
-    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True,
-                                               enforce_sorted=False)
-    expected, _ = nn.utils.rnn.pad_packed_sequence(rnn(packed, h_0[None])[0], batch_first=True,
-                                                   total_length=6)
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    expected, _ = nn.utils.rnn.pad_packed_sequence(
+        rnn(packed, h_0[None])[0], batch_first=True, total_length=6
+    )
     got = elman_rnn(rnn, x, h_0, lengths)
     torch.testing.assert_close(got, expected)  # pad_packed_sequence pads with 0 too
     assert torch.equal(got[~mask], torch.zeros_like(got[~mask]))
-    assert torch.autograd.gradcheck(lambda x, h_0, *params: elman_rnn(rnn, x, h_0, lengths),
-                                    (x, h_0, *rnn.parameters()))
+    assert torch.autograd.gradcheck(
+        lambda x, h_0, *params: elman_rnn(rnn, x, h_0, lengths), (x, h_0, *rnn.parameters())
+    )
 
 
 def test_elman_rnn_refuses_what_it_does_not_implement():
     with pytest.raises(ValueError, match="one-layer, batch-first"):
-        elman_rnn(nn.RNN(4, 5, num_layers=2, batch_first=True), torch.randn(2, 3, 4),
-                  torch.zeros(2, 5))
+        elman_rnn(
+            nn.RNN(4, 5, num_layers=2, batch_first=True), torch.randn(2, 3, 4), torch.zeros(2, 5)
+        )
 
 
 def test_fill_padding_sets_the_staircase_after_each_steps_rows_and_nothing_else():
@@ -77,14 +80,23 @@ def _terms_and_gradients(model, batch, noise, samples, analytic):
 
 @pytest.mark.parametrize("samples", [1, 2])
 @pytest.mark.parametrize("lengths", [[7, 4, 1, 6], [1, 7, 4, 7]])
-@pytest.mark.parametrize(("make", "options", "analytic"), [
-    (small_dmm, {}, True), (small_dmm, {}, False), (small_dmm, KRISHNAN, True),
-    (small_dmm, LSTM_GUIDE, True), (small_dmm_iaf, {}, False),
-    (small_dmm_iaf, KRISHNAN, False), (lambda **kw: small_aug(**kw), {}, True),
-    (lambda **kw: small_aug("made", **kw), KRISHNAN, True)],
-    ids=["dmm", "mc-kl", "krishnan", "lstm", "iaf", "iaf-krishnan", "aug", "aug-made"])
-def test_the_fast_elbo_equals_the_readable_one_with_every_gradient(make, options, analytic,
-                                                                     lengths, samples):
+@pytest.mark.parametrize(
+    ("make", "options", "analytic"),
+    [
+        (small_dmm, {}, True),
+        (small_dmm, {}, False),
+        (small_dmm, KRISHNAN, True),
+        (small_dmm, LSTM_GUIDE, True),
+        (small_dmm_iaf, {}, False),
+        (small_dmm_iaf, KRISHNAN, False),
+        (lambda **kw: small_aug(**kw), {}, True),
+        (lambda **kw: small_aug("made", **kw), KRISHNAN, True),
+    ],
+    ids=["dmm", "mc-kl", "krishnan", "lstm", "iaf", "iaf-krishnan", "aug", "aug-made"],
+)
+def test_the_fast_elbo_equals_the_readable_one_with_every_gradient(
+    make, options, analytic, lengths, samples
+):
     """vaelab.fast.dmm (elman_rnn, the combiner scan with its hand-written backward, shared RNN
     passes, observed steps only) against the model file's readable loop: the same terms and
     every gradient, float64, with the batch sorted by length and not."""
@@ -102,7 +114,7 @@ def test_the_fast_elbo_equals_the_readable_one_with_every_gradient(make, options
     assert torch.isfinite(plain.elbo).all()
     for field in ("log_likelihood", "kl", "steps"):
         torch.testing.assert_close(getattr(quick, field), getattr(plain, field), msg=field)
-    for (name, _), a, b in zip(model.named_parameters(), plain_grads, quick_grads):
+    for (name, _), a, b in zip(model.named_parameters(), plain_grads, quick_grads, strict=False):
         assert (a is None) == (b is None), name
         if a is not None:
             torch.testing.assert_close(b, a, msg=name)
@@ -118,8 +130,7 @@ def test_the_fast_path_is_on_by_default_and_a_wrong_z_index_would_fail():
     noise = torch.randn(2, 5, SMALL["z_dim"], dtype=torch.double)
     fast_terms = model.elbo(batch, noise=noise)
     model.fast = False
-    assert not torch.allclose(model.elbo(batch, noise=noise.roll(1, dims=1)).elbo,
-                              fast_terms.elbo)
+    assert not torch.allclose(model.elbo(batch, noise=noise.roll(1, dims=1)).elbo, fast_terms.elbo)
 
 
 @pytest.mark.parametrize("options", [{}, KRISHNAN])
@@ -135,17 +146,18 @@ def test_the_scan_padded_to_a_graph_bucket_equals_the_scan_on_the_batch(options)
     scan = _Scan(model.combiner, model.z_q_0)
     inputs = [h_rows, *model.parameters()]
     results = []
-    padded_scan = bucketed_scan(model.combiner, model.z_q_0, h_rows, noise, capture=False,
-                                bucket=8)
+    padded_scan = bucketed_scan(
+        model.combiner, model.z_q_0, h_rows, noise, capture=False, bucket=8
+    )
     for outputs in (scan(h_rows, noise), padded_scan):
         assert [y.shape for y in outputs] == [(steps, n, SMALL["z_dim"])] * 3
-        objective = sum((w * y).sum() for w, y in zip(weights, outputs))
+        objective = sum((w * y).sum() for w, y in zip(weights, outputs, strict=False))
         results.append((outputs, torch.autograd.grad(objective, inputs, allow_unused=True)))
     (plain, plain_grads), (padded, padded_grads) = results
-    for a, b in zip(plain, padded):
+    for a, b in zip(plain, padded, strict=False):
         torch.testing.assert_close(a, b)
     names = ["h_rnn", *(name for name, _ in model.named_parameters())]
-    for name, a, b in zip(names, plain_grads, padded_grads):
+    for name, a, b in zip(names, plain_grads, padded_grads, strict=False):
         assert (a is None) == (b is None), name
         if a is not None:
             torch.testing.assert_close(a, b, msg=name)
@@ -160,5 +172,5 @@ def test_a_copy_or_pickle_of_a_dmm_leaves_its_cuda_graphs_behind():
     _GRAPHS[model.combiner] = {("a shape",): None}  # stands for a captured graph
     for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
         assert captured_graphs(twin.combiner) == {} and captured_graphs(model.combiner)
-        for a, b in zip(model.parameters(), twin.parameters()):
+        for a, b in zip(model.parameters(), twin.parameters(), strict=False):
             assert torch.equal(a, b)

@@ -42,8 +42,9 @@ def make_transforms(dim: int = 3, context_dim: int = 2, batch: tuple[int, ...] =
     context = torch.randn(*batch, context_dim, dtype=torch.float64)
     return {
         "iaf": AffineAutoregressive(made, cache_size=0),
-        "permute": Permute(torch.tensor([2, 0, 1][:dim] if dim == 3 else list(range(dim))[::-1]),
-                           cache_size=0),
+        "permute": Permute(
+            torch.tensor([2, 0, 1][:dim] if dim == 3 else list(range(dim))[::-1]), cache_size=0
+        ),
         "coupling0": AffineCoupling(flow.nets[0], flow.masks[0].double(), context, cache_size=0),
         "coupling1": AffineCoupling(flow.nets[1], flow.masks[1].double(), context, cache_size=0),
     }
@@ -61,8 +62,9 @@ def test_log_det_equals_slogdet_of_autograd_jacobian(kind):
         # and the inverse direction: log|det dx/dy| = -log|det dy/dx|
         y = t(x)
         inv_jac = jacobian(t.inv, y)
-        torch.testing.assert_close(t.inv.log_abs_det_jacobian(y, x),
-                                   torch.linalg.slogdet(inv_jac)[1])
+        torch.testing.assert_close(
+            t.inv.log_abs_det_jacobian(y, x), torch.linalg.slogdet(inv_jac)[1]
+        )
 
 
 @pytest.mark.parametrize("kind", ["iaf", "permute", "coupling0", "coupling1"])
@@ -120,8 +122,9 @@ def trapezoid_mass(log_prob, lim: float, n: int, dim: int) -> float:
 def test_density_integrates_to_one_on_a_grid(dim, flow):
     if flow == "iaf":
         stack = perturb(IAFStack(dim, num_iafs=2, hidden_dim=8), std=0.5).double()
-        base = Independent(Normal(torch.zeros(dim, dtype=torch.float64),
-                                  torch.ones(dim, dtype=torch.float64)), 1)
+        base = Independent(
+            Normal(torch.zeros(dim, dtype=torch.float64), torch.ones(dim, dtype=torch.float64)), 1
+        )
         q = stack(base)
     else:
         model = perturb(ConditionalRealNVP(dim, 1, (8,), num_layers=4), std=0.2).double()
@@ -139,8 +142,13 @@ def test_density_integrates_to_one_on_a_grid(dim, flow):
 def test_iaf_stack_on_batch_and_time_log_prob_matches_independent_computation():
     B, T, Z = 4, 5, 3
     stack = perturb(IAFStack(Z, num_iafs=2, hidden_dim=8)).double()
-    base = Independent(Normal(torch.randn(B, T, Z, dtype=torch.float64),
-                              torch.rand(B, T, Z, dtype=torch.float64) + 0.5), 1)
+    base = Independent(
+        Normal(
+            torch.randn(B, T, Z, dtype=torch.float64),
+            torch.rand(B, T, Z, dtype=torch.float64) + 0.5,
+        ),
+        1,
+    )
     q = stack(base)
     assert q.batch_shape == (B, T) and q.event_shape == (Z,)
     torch.manual_seed(1)
@@ -177,10 +185,12 @@ def test_realnvp_log_prob_of_rsample_and_push():
     x0 = base.rsample()
     torch.testing.assert_close(flow.push(x0, c), y)
     torch.testing.assert_close(flow.pull(y, c), x0)
-    log_det = torch.stack([
-        torch.linalg.slogdet(jacobian(lambda v, ci=ci: flow.push(v, ci), v))[1]
-        for v, ci in zip(x0, c)
-    ])
+    log_det = torch.stack(
+        [
+            torch.linalg.slogdet(jacobian(lambda v, ci=ci: flow.push(v, ci), v))[1]
+            for v, ci in zip(x0, c, strict=False)
+        ]
+    )
     torch.testing.assert_close(p.log_prob(y), base.log_prob(x0) - log_det)
     torch.testing.assert_close(p.log_prob(y.clone()), base.log_prob(x0) - log_det)
     assert p.sample((5,)).shape == (5, B, D)
@@ -207,8 +217,11 @@ def moons_batch(n: int = 32) -> Batch:
 
 @pytest.mark.parametrize("conditional_base", [True, False])
 def test_every_model_parameter_gets_a_gradient(conditional_base):
-    model = ConditionalFlowModel(RealNVPConfig(x_dim=2, a_dim=2, hidden_dim=8, num_layers=3,
-                                               conditional_base=conditional_base))
+    model = ConditionalFlowModel(
+        RealNVPConfig(
+            x_dim=2, a_dim=2, hidden_dim=8, num_layers=3, conditional_base=conditional_base
+        )
+    )
     perturb(model, std=0.2)  # the coupling nets start at zero, which blocks inner gradients
     assert_every_parameter_gets_gradient(model, moons_batch())
 
@@ -221,8 +234,9 @@ def test_model_protocol_and_exact_likelihood():
     assert terms.log_likelihood.shape == terms.kl.shape == terms.steps.shape == (16,)
     assert torch.all(terms.kl == 0) and torch.all(terms.steps == 1)
     # no latent: the importance-sampled estimate equals the exact log-likelihood
-    torch.testing.assert_close(importance_log_likelihood(model, batch, num_samples=5),
-                               terms.log_likelihood.detach())
+    torch.testing.assert_close(
+        importance_log_likelihood(model, batch, num_samples=5), terms.log_likelihood.detach()
+    )
     z = model.latents(batch)
     torch.testing.assert_close(model.flow.push(z, batch.a), batch.x, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(model.reconstruct(batch), batch.x, atol=1e-5, rtol=1e-5)
@@ -252,8 +266,9 @@ def test_unconditional_model_takes_no_context():
     model = ConditionalFlowModel(RealNVPConfig(x_dim=2, a_dim=0, hidden_dim=8, num_layers=2))
     x = torch.randn(5, 2)
     # identity initialisation over a N(0, I) base: exactly the standard normal density
-    torch.testing.assert_close(model.elbo(Batch(x)).log_likelihood,
-                               Normal(0.0, 1.0).log_prob(x).sum(-1))
+    torch.testing.assert_close(
+        model.elbo(Batch(x)).log_likelihood, Normal(0.0, 1.0).log_prob(x).sum(-1)
+    )
     assert model.sample(3)[1].shape == (3, 2)
 
 

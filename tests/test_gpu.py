@@ -45,7 +45,7 @@ def test_dmm_elbo_and_gradients_on_cuda_equal_the_cpu(make):
     (elbo_cpu, grads_cpu), (elbo_gpu, grads_gpu) = results
     assert torch.isfinite(elbo_cpu).all()
     torch.testing.assert_close(elbo_gpu, elbo_cpu)
-    for (name, _), a, b in zip(cpu.named_parameters(), grads_cpu, grads_gpu):
+    for (name, _), a, b in zip(cpu.named_parameters(), grads_cpu, grads_gpu, strict=False):
         torch.testing.assert_close(b, a, msg=name)
 
 
@@ -67,8 +67,10 @@ SMALL = {
     "ssm": ("linear", {"z_dim": 2, "hidden_dim": 8, "rnn_dim": 8}),
     "realnvp": ("moons", {"hidden_dim": 8, "num_layers": 2}),
     "dmm": ("jsb", {"z_dim": 3, "emission_dim": 8, "transition_dim": 8, "rnn_dim": 8}),
-    "dmm_iaf": ("jsb", {"z_dim": 3, "emission_dim": 8, "transition_dim": 8, "rnn_dim": 8,
-                        "iaf_dim": 8}),
+    "dmm_iaf": (
+        "jsb",
+        {"z_dim": 3, "emission_dim": 8, "transition_dim": 8, "rnn_dim": 8, "iaf_dim": 8},
+    ),
 }
 
 
@@ -77,8 +79,15 @@ def test_every_model_trains_on_cuda_and_its_checkpoint_loads_on_the_cpu(name, tm
     data, overrides = SMALL[name]
     train, val, _ = load_dataset(data)
     model = make_model(name, train, overrides)
-    config = TrainConfig(epochs=2, batch_size=16, lr=1e-3, device="cuda", max_steps=6,
-                         out_dir=str(tmp_path), progress=False)
+    config = TrainConfig(
+        epochs=2,
+        batch_size=16,
+        lr=1e-3,
+        device="cuda",
+        max_steps=6,
+        out_dir=str(tmp_path),
+        progress=False,
+    )
     history = fit(model, train, val, config)
     assert next(model.parameters()).device.type == "cuda"
     losses = [r["loss"] for r in history if r["kind"] == "train"]
@@ -86,8 +95,7 @@ def test_every_model_trains_on_cuda_and_its_checkpoint_loads_on_the_cpu(name, tm
     loaded, ckpt = load_model(tmp_path / "checkpoint.pt", "cpu")
     assert ckpt["model"] == name and next(loaded.parameters()).device.type == "cpu"
     for key, value in model.state_dict().items():
-        torch.testing.assert_close(loaded.state_dict()[key], value.cpu(), rtol=0, atol=0,
-                                   msg=key)
+        torch.testing.assert_close(loaded.state_dict()[key], value.cpu(), rtol=0, atol=0, msg=key)
 
 
 def test_the_guide_scan_replayed_from_cuda_graphs_equals_the_eager_scan(monkeypatch):
@@ -99,8 +107,7 @@ def test_the_guide_scan_replayed_from_cuda_graphs_equals_the_eager_scan(monkeypa
     for lengths in ([9, 5, 2, 9], [13, 13, 4, 1], [20, 3, 20, 7], [9, 9, 9, 2]):
         batch = ragged_batch(lengths)
         batch = Batch(batch.x.double(), mask=batch.mask).to(CUDA)
-        noise = torch.randn(4, max(lengths), model.config.z_dim, dtype=torch.double,
-                            device=CUDA)
+        noise = torch.randn(4, max(lengths), model.config.z_dim, dtype=torch.double, device=CUDA)
         results = []
         for graphs in (False, True):
             monkeypatch.setattr(fast.scan, "CUDA_GRAPHS", graphs)
@@ -115,10 +122,13 @@ def test_the_guide_scan_replayed_from_cuda_graphs_equals_the_eager_scan(monkeypa
             del terms
         (elbo_eager, grads_eager), (elbo_graph, grads_graph) = results
         torch.testing.assert_close(elbo_graph, elbo_eager)
-        for (name, _), a, b in zip(model.named_parameters(), grads_eager, grads_graph):
+        for (name, _), a, b in zip(
+            model.named_parameters(), grads_eager, grads_graph, strict=False
+        ):
             torch.testing.assert_close(b, a, msg=name)
-    captured = [key[:2] for key, graph in captured_graphs(model.combiner).items()
-                if graph is not None]
+    captured = [
+        key[:2] for key, graph in captured_graphs(model.combiner).items() if graph is not None
+    ]
     assert sorted(captured) == [(16, 4), (32, 4)]
 
 
@@ -131,13 +141,21 @@ def test_fit_on_cuda_trains_through_the_graphs_with_a_read_every_few_steps(monke
         torch.manual_seed(0)
         model = make_model("dmm", train, SMALL["dmm"][1])
         monkeypatch.setattr(fast.scan, "CUDA_GRAPHS", graphs)
-        config = TrainConfig(epochs=1, batch_size=16, lr=1e-3, device="cuda", max_steps=12,
-                             sync_every=every, progress=False, eval_every=0)
+        config = TrainConfig(
+            epochs=1,
+            batch_size=16,
+            lr=1e-3,
+            device="cuda",
+            max_steps=12,
+            sync_every=every,
+            progress=False,
+            eval_every=0,
+        )
         histories.append([r for r in fit(model, train, val, config) if r["kind"] == "train"])
         found = captured_graphs(model.combiner)
         assert bool(found) == graphs and all(found.values())
     eager, graphed = histories
     assert [r["step"] for r in graphed] == list(range(1, 13))
-    for a, b in zip(eager, graphed):
+    for a, b in zip(eager, graphed, strict=False):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 
-from vaelab.data import Batch
 from vaelab.datasets import load_dataset
 from vaelab.train import TrainConfig, fit, load_checkpoint, load_model
 
@@ -32,8 +31,15 @@ def test_a_checkpoint_written_on_cuda_loads_and_evaluates_on_the_cpu():
 def test_a_cuda_checkpoint_resumes_on_the_cpu(tmp_path):
     model, ckpt = load_model(CKPT, "cpu")
     train, val, _ = load_dataset("jsb")
-    config = TrainConfig(**{**ckpt["train_config"], "device": "cpu", "out_dir": str(tmp_path),
-                            "max_steps": ckpt["step"] + 3, "progress": False})
+    config = TrainConfig(
+        **{
+            **ckpt["train_config"],
+            "device": "cpu",
+            "out_dir": str(tmp_path),
+            "max_steps": ckpt["step"] + 3,
+            "progress": False,
+        }
+    )
     history = fit(model, train, val, config, resume=CKPT)
     steps = [r["step"] for r in history if r["kind"] == "train"]
     assert steps[-3:] == [541, 542, 543]

@@ -28,10 +28,15 @@ def random_system(z: int = 3, x: int = 2, a: int = 2, seed: int = 0) -> LinearGa
     A = torch.randn(z, z, generator=g, dtype=D)
     A = 0.9 * A / torch.linalg.matrix_norm(A, ord=2)
     return LinearGaussianSSM(
-        m0=torch.randn(z, generator=g, dtype=D), P0=random_spd(z, g, 1.0), A=A,
-        B=torch.randn(z, a, generator=g, dtype=D), Q=random_spd(z, g, 0.3),
-        C=torch.randn(x, z, generator=g, dtype=D), R=random_spd(x, g, 0.2),
-        b=0.1 * torch.randn(z, generator=g, dtype=D), d=torch.randn(x, generator=g, dtype=D),
+        m0=torch.randn(z, generator=g, dtype=D),
+        P0=random_spd(z, g, 1.0),
+        A=A,
+        B=torch.randn(z, a, generator=g, dtype=D),
+        Q=random_spd(z, g, 0.3),
+        C=torch.randn(x, z, generator=g, dtype=D),
+        R=random_spd(x, g, 0.2),
+        b=0.1 * torch.randn(z, generator=g, dtype=D),
+        d=torch.randn(x, generator=g, dtype=D),
     )
 
 
@@ -51,8 +56,8 @@ def dense_gaussian(sys: LinearGaussianSSM, a: torch.Tensor):
     for s in range(steps):
         for t in range(s + 1):
             block = torch.linalg.matrix_power(sys.A, s - t) @ marg[t]
-            cov_z[s * z:(s + 1) * z, t * z:(t + 1) * z] = block
-            cov_z[t * z:(t + 1) * z, s * z:(s + 1) * z] = block.T
+            cov_z[s * z : (s + 1) * z, t * z : (t + 1) * z] = block
+            cov_z[t * z : (t + 1) * z, s * z : (s + 1) * z] = block.T
     big_c = torch.block_diag(*[sys.C] * steps)  # [T*X, T*Z]
     mean_z = torch.cat(means, dim=1)
     mean_x = mean_z @ big_c.T + sys.d.repeat(steps)
@@ -91,10 +96,10 @@ def test_smoother_equals_dense_conditional():
     s = rts_smoother(sys, x, a)
     torch.testing.assert_close(s.mean, mean.view(-1, steps, z))
     for t in range(steps):
-        block = cov[t * z:(t + 1) * z, t * z:(t + 1) * z]
+        block = cov[t * z : (t + 1) * z, t * z : (t + 1) * z]
         torch.testing.assert_close(s.cov[:, t], block.expand_as(s.cov[:, t]))
     for t in range(steps - 1):  # Cov(z_{t+1}, z_t | x)
-        block = cov[(t + 1) * z:(t + 2) * z, t * z:(t + 1) * z]
+        block = cov[(t + 1) * z : (t + 2) * z, t * z : (t + 1) * z]
         torch.testing.assert_close(s.cross_cov[:, t], block.expand_as(s.cross_cov[:, t]))
     # filtering at the last step is smoothing there
     f = kalman_filter(sys, x, a)
@@ -112,10 +117,10 @@ def test_masked_steps_equal_truncated_sequences():
     s = rts_smoother(sys, x_pad, a_pad, mask)
     assert torch.isfinite(ll).all() and torch.isfinite(s.mean).all()
     for i, n in enumerate(lengths.tolist()):
-        xi, ai = x[i:i + 1, :n], a[i:i + 1, :n]
+        xi, ai = x[i : i + 1, :n], a[i : i + 1, :n]
         _, _, mean_x, cov_x, _ = dense_gaussian(sys, ai)
         expected = MultivariateNormal(mean_x, cov_x).log_prob(xi.flatten(1))
-        torch.testing.assert_close(ll[i:i + 1], expected)
+        torch.testing.assert_close(ll[i : i + 1], expected)
         mean, _ = dense_posterior(sys, xi, ai)
         torch.testing.assert_close(s.mean[i, :n], mean.view(n, -1))
 
@@ -141,12 +146,24 @@ def test_log_likelihood_is_differentiable():
     x, a = data(sys, batch=2, steps=3)
 
     def f(A, C, Q_root):
-        s = LinearGaussianSSM(sys.m0, sys.P0, A, sys.B, Q_root @ Q_root.T + 0.1 * torch.eye(2,
-                              dtype=D), C, sys.R, sys.b, sys.d)
+        s = LinearGaussianSSM(
+            sys.m0,
+            sys.P0,
+            A,
+            sys.B,
+            Q_root @ Q_root.T + 0.1 * torch.eye(2, dtype=D),
+            C,
+            sys.R,
+            sys.b,
+            sys.d,
+        )
         return kalman_log_likelihood(s, x, a)
 
-    inputs = (sys.A.clone().requires_grad_(), sys.C.clone().requires_grad_(),
-              torch.linalg.cholesky(sys.Q).requires_grad_())
+    inputs = (
+        sys.A.clone().requires_grad_(),
+        sys.C.clone().requires_grad_(),
+        torch.linalg.cholesky(sys.Q).requires_grad_(),
+    )
     assert torch.autograd.gradcheck(f, inputs)
 
 

@@ -31,8 +31,16 @@ from vaelab.live import (
 from vaelab.runs import Hosting
 from vaelab.train import TrainConfig, fit
 
-TRAIN = {"epochs": 2, "batch_size": 32, "lr": 1e-3, "seed": 0, "device": "cpu",
-         "max_steps": 0, "anneal_epochs": 0.0, "train_samples": 1}
+TRAIN = {
+    "epochs": 2,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "seed": 0,
+    "device": "cpu",
+    "max_steps": 0,
+    "anneal_epochs": 0.0,
+    "train_samples": 1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +118,7 @@ def test_vae_kl_per_dim_sums_to_the_analytic_kl(digits):
     torch.testing.assert_close(per_dim.sum(), total, rtol=1e-5, atol=1e-6)
     # and each dimension by the closed form 0.5 * (mu^2 + s^2 - 1 - log s^2), written out
     q = model.encoder(batch.x).base_dist
-    closed = 0.5 * (q.loc ** 2 + q.scale ** 2 - 1 - 2 * q.scale.log())
+    closed = 0.5 * (q.loc**2 + q.scale**2 - 1 - 2 * q.scale.log())
     torch.testing.assert_close(per_dim, closed.mean(dim=0), rtol=1e-5, atol=1e-6)
     assert kl_per_dim(model, batch).shape == (4,)
 
@@ -141,8 +149,10 @@ def test_reference_metrics_give_the_exact_nll_of_the_true_system():
 
 
 def test_accepted_data_per_model():
-    table = {model: {d for d, why in accepted_data(model).items() if why is None}
-             for model in ("vae", "ssm", "dmm", "dmm_iaf", "realnvp")}
+    table = {
+        model: {d for d, why in accepted_data(model).items() if why is None}
+        for model in ("vae", "ssm", "dmm", "dmm_iaf", "realnvp")
+    }
     paths = {"mnist", "polyphonic", "arrays"}  # checked only once a path is given
     assert table["vae"] == {"digits"} | paths
     assert table["realnvp"] == {"moons"} | paths  # a density on 17 grey levels: unbounded
@@ -172,9 +182,13 @@ def test_read_upload_gives_a_clean_message(digits, tmp_path):
         assert "weights_only" not in text and tempfile.gettempdir() not in text
     train_data, val, _ = digits
     model = make_model("vae", train_data, {"hidden_dims": [8], "z_dim": 2})
-    fit(model, train_data, val, TrainConfig(max_steps=2, progress=False,
-                                            out_dir=str(tmp_path / "run")),
-        data_spec={"name": "digits"})
+    fit(
+        model,
+        train_data,
+        val,
+        TrainConfig(max_steps=2, progress=False, out_dir=str(tmp_path / "run")),
+        data_spec={"name": "digits"},
+    )
     path = tmp_path / "run" / "checkpoint.pt"
     good = read_upload("good.pt", path.read_bytes())
     assert good["text"] == "vae at step 2" and good["remaining"] == "it reached its max steps (2)"
@@ -193,38 +207,44 @@ def test_view_is_fixed_validation_examples(digits):
     assert len(seq.batch) == 8 and seq.batch.mask is not None
 
 
-
 def test_plan_run_builds_the_command_and_applies_the_caps(digits):
     hosted = Hosting(hosted=True, max_params=100_000, max_steps=50)
-    args, settings = plan_run("vae", "digits", None, {"z_dim": 4, "hidden_dims": [16]},
-                              TRAIN, hosted)
+    args, settings = plan_run(
+        "vae", "digits", None, {"z_dim": 4, "hidden_dims": [16]}, TRAIN, hosted
+    )
     assert args[:4] == ["--model", "vae", "--data", "digits"]
     assert "z_dim=4" in args and "hidden_dims=[16]" in args
     assert args[args.index("--max-steps") + 1] == "50"  # no limit asked: the cap
     assert "progress=False" in args
     assert settings["unit"] == "nats per example" and settings["train_config"]["max_steps"] == 50
-    capped = plan_run("vae", "digits", None, {"hidden_dims": [16]},
-                      {**TRAIN, "max_steps": 10**6}, hosted)[0]
+    capped = plan_run(
+        "vae", "digits", None, {"hidden_dims": [16]}, {**TRAIN, "max_steps": 10**6}, hosted
+    )[0]
     assert capped[capped.index("--max-steps") + 1] == "50"
     free = plan_run("vae", "digits", None, {}, TRAIN, Hosting())[0]
     assert "--max-steps" not in free  # on a laptop: no cap
     params = count_parameters("vae", digits[0], {"z_dim": 4, "hidden_dims": [16]})
-    assert params == sum(p.numel() for p in make_model(
-        "vae", digits[0], {"z_dim": 4, "hidden_dims": [16]}).parameters())
+    assert params == sum(
+        p.numel()
+        for p in make_model("vae", digits[0], {"z_dim": 4, "hidden_dims": [16]}).parameters()
+    )
 
 
-@pytest.mark.parametrize("model, data, overrides, train, match", [
-    ("vae", "digits", {"z_dim": 100000}, {}, "parameters, over this server's cap"),
-    ("vae", "digits", {"z_dim": "x"}, {}, "z_dim='x' has the wrong type"),
-    ("vae", "digits", {"nope": 1}, {}, "has no field"),
-    ("vae", "digits", {"z_dim": 0}, {}, "z_dim"),
-    ("ssm", "jsb", {}, {}, "density over real values"),
-    ("realnvp", "digits", {}, {}, "density over real values"),
-    ("vae", "jsb", {}, {}, "sequences"),
-    ("vae", "digits", {}, {"lr": -1.0}, "training settings"),
-    ("vae", "arrays", {}, {}, "needs the path"),
-    ("gpt", "digits", {}, {}, "unknown model"),
-])
+@pytest.mark.parametrize(
+    "model, data, overrides, train, match",
+    [
+        ("vae", "digits", {"z_dim": 100000}, {}, "parameters, over this server's cap"),
+        ("vae", "digits", {"z_dim": "x"}, {}, "z_dim='x' has the wrong type"),
+        ("vae", "digits", {"nope": 1}, {}, "has no field"),
+        ("vae", "digits", {"z_dim": 0}, {}, "z_dim"),
+        ("ssm", "jsb", {}, {}, "density over real values"),
+        ("realnvp", "digits", {}, {}, "density over real values"),
+        ("vae", "jsb", {}, {}, "sequences"),
+        ("vae", "digits", {}, {"lr": -1.0}, "training settings"),
+        ("vae", "arrays", {}, {}, "needs the path"),
+        ("gpt", "digits", {}, {}, "unknown model"),
+    ],
+)
 def test_plan_run_refuses_bad_requests_with_the_fix(model, data, overrides, train, match):
     hosted = Hosting(hosted=True, max_params=2_000_000, max_steps=100)
     with pytest.raises(ValueError, match=match):
@@ -236,18 +256,31 @@ def test_plan_run_refuses_server_paths_when_hosted(tmp_path):
     with pytest.raises(ValueError, match="only built-in data sets"):
         plan_run("vae", "arrays", "/etc/passwd", {}, TRAIN, hosted)
     with pytest.raises(ValueError, match="outside the server's data folder"):
-        plan_run("vae", "arrays", "/etc/passwd", {}, TRAIN,
-                 Hosting(hosted=True, root=tmp_path, data_root=tmp_path))
+        plan_run(
+            "vae",
+            "arrays",
+            "/etc/passwd",
+            {},
+            TRAIN,
+            Hosting(hosted=True, root=tmp_path, data_root=tmp_path),
+        )
 
 
 def test_check_upload_applies_the_size_data_and_parameter_caps(digits, tmp_path):
     train_data, val, _ = digits
     model = make_model("vae", train_data, {"hidden_dims": [8], "z_dim": 2})
     params = sum(p.numel() for p in model.parameters())
-    for name, spec in (("ok", {"name": "digits"}),
-                       ("evil", {"name": "arrays", "path": "/etc/passwd"})):
-        fit(model, train_data, val, TrainConfig(max_steps=1, epochs=3, progress=False,
-                                                out_dir=str(tmp_path / name)), data_spec=spec)
+    for name, spec in (
+        ("ok", {"name": "digits"}),
+        ("evil", {"name": "arrays", "path": "/etc/passwd"}),
+    ):
+        fit(
+            model,
+            train_data,
+            val,
+            TrainConfig(max_steps=1, epochs=3, progress=False, out_dir=str(tmp_path / name)),
+            data_spec=spec,
+        )
     ok = (tmp_path / "ok" / "checkpoint.pt").read_bytes()
     evil = (tmp_path / "evil" / "checkpoint.pt").read_bytes()
     hosted = Hosting(hosted=True, root=tmp_path, max_params=params)
@@ -257,8 +290,11 @@ def test_check_upload_applies_the_size_data_and_parameter_caps(digits, tmp_path)
     check_upload("evil.pt", evil, Hosting(root=tmp_path))  # a laptop's own paths are its own
     with pytest.raises(ValueError, match=f"over this server's cap of {params - 1:,}"):
         check_upload("ok.pt", ok, Hosting(hosted=True, root=tmp_path, max_params=params - 1))
-    with pytest.raises(ValueError, match=rf"ok.pt is {len(ok) / 1024:.1f} KB, over this "
-                                         rf"server's 1\.0 KB cap"):
+    with pytest.raises(
+        ValueError,
+        match=rf"ok.pt is {len(ok) / 1024:.1f} KB, over this "
+        rf"server's 1\.0 KB cap",
+    ):
         check_upload("ok.pt", ok, Hosting(hosted=True, root=tmp_path, max_upload_bytes=1024))
     with pytest.raises(ValueError, match="not a vaelab checkpoint"):
         check_upload("junk.pt", b"junk", hosted)

@@ -25,8 +25,9 @@ from vaelab.ssm import SSM, SSMConfig
 from vaelab.systems import from_arrays, load_arrays
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = settings(max_examples=30, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 lengths_lists = st.lists(st.integers(1, 12), min_size=1, max_size=8)
 garbage = st.sampled_from([math.nan, math.inf, -math.inf, 1e30, -7.0])
 
@@ -46,14 +47,15 @@ def ids_data(lengths: list[int], extra: int = 0) -> Data:
 @given(lengths=lengths_lists, extra=st.integers(0, 4), data=st.data())
 def test_batch_mask_matches_lengths(lengths, extra, data):
     d = ids_data(lengths, extra)
-    index = data.draw(st.lists(st.integers(0, len(lengths) - 1), min_size=1,
-                               max_size=len(lengths), unique=True))
+    index = data.draw(
+        st.lists(st.integers(0, len(lengths) - 1), min_size=1, max_size=len(lengths), unique=True)
+    )
     batch = d.batch(torch.tensor(index))
     want = [lengths[i] for i in index]
     assert batch.x[:, 0, 0].long().tolist() == index
     assert batch.mask.dtype == torch.bool and batch.mask.shape == (len(index), max(want))
     assert batch.x.shape[1] == max(want)  # trimmed to the batch's longest sequence
-    for row, n in zip(batch.mask.tolist(), want):
+    for row, n in zip(batch.mask.tolist(), want, strict=False):
         assert row == [True] * n + [False] * (max(want) - n)  # padding only at the end
     assert batch.lengths.tolist() == want
 
@@ -66,16 +68,16 @@ def test_padding_never_changes_masked_sum(lengths, pad, seed):
     x = torch.randn(len(lengths), t_max, generator=g, dtype=torch.float64)
     mask = torch.arange(t_max) < torch.tensor(lengths)[:, None]
     padded = torch.where(mask, x, torch.tensor(pad, dtype=torch.float64))
-    expected = torch.tensor([sum(x[b, :n].tolist()) for b, n in enumerate(lengths)],
-                            dtype=torch.float64)  # a plain loop over the observed steps
+    expected = torch.tensor(
+        [sum(x[b, :n].tolist()) for b, n in enumerate(lengths)], dtype=torch.float64
+    )  # a plain loop over the observed steps
     torch.testing.assert_close(masked_sum(padded, mask), expected)
     torch.testing.assert_close(masked_sum(x, mask), expected)
 
 
 torch.manual_seed(0)
 DMM_MODEL = DMM(DMMConfig(x_dim=5, z_dim=3, emission_dim=6, transition_dim=6, rnn_dim=7)).eval()
-SSM_MODEL = SSM(SSMConfig(x_dim=5, a_dim=2, z_dim=3, hidden_dim=6, rnn_dim=6,
-                          guide="smoothing"))
+SSM_MODEL = SSM(SSMConfig(x_dim=5, a_dim=2, z_dim=3, hidden_dim=6, rnn_dim=6, guide="smoothing"))
 
 
 @FAST
@@ -111,18 +113,24 @@ def test_padding_never_changes_a_model_elbo(lengths, pad, seed):
 
 
 @FAST
-@given(lengths=st.lists(st.integers(1, 30), min_size=1, max_size=40),
-       batch_size=st.integers(1, 50),
-       jitter=st.one_of(st.floats(0, 10), st.just(math.inf)),
-       shuffle=st.booleans(), bucket=st.booleans(), seed=st.integers(0, 2**16))
-def test_batches_cover_every_example_once_per_epoch(lengths, batch_size, jitter, shuffle,
-                                                    bucket, seed):
+@given(
+    lengths=st.lists(st.integers(1, 30), min_size=1, max_size=40),
+    batch_size=st.integers(1, 50),
+    jitter=st.one_of(st.floats(0, 10), st.just(math.inf)),
+    shuffle=st.booleans(),
+    bucket=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_batches_cover_every_example_once_per_epoch(
+    lengths, batch_size, jitter, shuffle, bucket, seed
+):
     d = ids_data(lengths)
     g = torch.Generator().manual_seed(seed)
     for _ in range(2):  # two epochs
         seen = []
-        for batch in d.batches(batch_size, shuffle=shuffle, generator=g, bucket=bucket,
-                               jitter=jitter):
+        for batch in d.batches(
+            batch_size, shuffle=shuffle, generator=g, bucket=bucket, jitter=jitter
+        ):
             assert 1 <= len(batch) <= batch_size
             idx = batch.x[:, 0, 0].long().tolist()
             assert batch.lengths.tolist() == [lengths[i] for i in idx]
@@ -141,8 +149,12 @@ def test_batches_cover_every_example_once_per_epoch(lengths, batch_size, jitter,
 @given(data=st.data(), max_shift=st.integers(0, 12), seed=st.integers(0, 2**16))
 def test_transpose_keeps_notes_on_the_keyboard(data, max_shift, seed):
     b, t, keys = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 5)), 88
-    notes = data.draw(st.lists(st.tuples(st.integers(0, b - 1), st.integers(0, t - 1),
-                                         st.integers(0, keys - 1)), max_size=20))
+    notes = data.draw(
+        st.lists(
+            st.tuples(st.integers(0, b - 1), st.integers(0, t - 1), st.integers(0, keys - 1)),
+            max_size=20,
+        )
+    )
     x = torch.zeros(b, t, keys)
     for i, s, n in notes:
         x[i, s, n] = 1.0
@@ -157,7 +169,7 @@ def test_transpose_keeps_notes_on_the_keyboard(data, max_shift, seed):
             continue
         shift = int(y[i].nonzero()[:, 1].min() - played.min())
         assert abs(shift) <= max_shift
-        assert 0 <= played.min() + shift and played.max() + shift < keys
+        assert played.min() + shift >= 0 and played.max() + shift < keys
         assert torch.equal(torch.roll(x[i], shift, dims=-1), y[i])
 
 
@@ -167,8 +179,11 @@ def test_transpose_keeps_notes_on_the_keyboard(data, max_shift, seed):
 @FAST
 @given(data=st.data(), with_a=st.booleans(), seed=st.integers(0, 100))
 def test_from_arrays_round_trips(data, with_a, seed):
-    n, t, xd = data.draw(st.integers(3, 12)), data.draw(st.integers(1, 6)), data.draw(
-        st.integers(1, 3))
+    n, t, xd = (
+        data.draw(st.integers(3, 12)),
+        data.draw(st.integers(1, 6)),
+        data.draw(st.integers(1, 3)),
+    )
     lengths = np.array(data.draw(st.lists(st.integers(1, t), min_size=n, max_size=n)))
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, t, xd + 1))
@@ -186,11 +201,13 @@ def test_from_arrays_round_trips(data, with_a, seed):
             seen.append(i)
             assert int(part.lengths[j]) == lengths[i]
             keep = observed[i][:, None]
-            torch.testing.assert_close(part.x[j], torch.tensor(np.where(keep, x[i], 0.0),
-                                                               dtype=torch.float32))
+            torch.testing.assert_close(
+                part.x[j], torch.tensor(np.where(keep, x[i], 0.0), dtype=torch.float32)
+            )
             if with_a:
-                torch.testing.assert_close(part.a[j], torch.tensor(np.where(keep, a[i], 0.0),
-                                                                   dtype=torch.float32))
+                torch.testing.assert_close(
+                    part.a[j], torch.tensor(np.where(keep, a[i], 0.0), dtype=torch.float32)
+                )
             else:
                 assert part.a is None
     assert sorted(seen) == list(range(n))
@@ -198,16 +215,19 @@ def test_from_arrays_round_trips(data, with_a, seed):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "mine.npz"
         np.savez(path, x=x, lengths=lengths, **({"a": a} if with_a else {}))
-        for ours, direct in zip(load_arrays(path, seed=seed), splits):
+        for ours, direct in zip(load_arrays(path, seed=seed), splits, strict=False):
             assert torch.equal(ours.x, direct.x) and torch.equal(ours.lengths, direct.lengths)
 
 
 # ----------------------------------------------------------------------------- pickles
 
 notes_like = st.recursive(
-    st.one_of(st.integers(-2**70, 2**70), st.floats(allow_nan=False), st.text(max_size=5)),
-    lambda inner: st.one_of(st.lists(inner, max_size=4), st.tuples(inner, inner),
-                            st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+    st.one_of(st.integers(-(2**70), 2**70), st.floats(allow_nan=False), st.text(max_size=5)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.tuples(inner, inner),
+        st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    ),
     max_leaves=30,
 )
 
@@ -227,38 +247,64 @@ class Touch:
         return (Path.touch, (Path(self.marker),))
 
 
-needs_a_global = st.sampled_from([
-    lambda m: Touch(m), lambda m: complex(1, 2), lambda m: range(3), lambda m: np.int64(60),
-    lambda m: Path(m), lambda m: slice(1, 2), lambda m: print, lambda m: torch.zeros(1),
-])
+needs_a_global = st.sampled_from(
+    [
+        lambda m: Touch(m),
+        lambda m: complex(1, 2),
+        lambda m: range(3),
+        lambda m: np.int64(60),
+        lambda m: Path(m),
+        lambda m: slice(1, 2),
+        lambda m: print,
+        lambda m: torch.zeros(1),
+    ]
+)
 
 
 @FAST
-@given(obj=notes_like, make=needs_a_global, where=st.integers(0, 10),
-       protocol=st.integers(0, pickle.HIGHEST_PROTOCOL))
+@given(
+    obj=notes_like,
+    make=needs_a_global,
+    where=st.integers(0, 10),
+    protocol=st.integers(0, pickle.HIGHEST_PROTOCOL),
+)
 def test_restricted_unpickler_refuses_any_global(obj, make, where, protocol):
     with tempfile.TemporaryDirectory() as tmp:
         marker = str(Path(tmp) / "marker")
         bad = make(marker)
-        payload = [[obj, bad], [bad, obj], {"train": [[bad]], "valid": obj},
-                   (obj, [(60, bad)])][where % 4]
+        payload = [[obj, bad], [bad, obj], {"train": [[bad]], "valid": obj}, (obj, [(60, bad)])][
+            where % 4
+        ]
         raw = pickle.dumps(payload, protocol=protocol)
-        with pytest.raises(ValueError, match=r"f.pickle: .*this file asks to import \S+\.\S+, "
-                           r"which could run code; it was not loaded"):
+        with pytest.raises(
+            ValueError,
+            match=r"f.pickle: .*this file asks to import \S+\.\S+, "
+            r"which could run code; it was not loaded",
+        ):
             read_notes_pickle(io.BytesIO(raw), "f.pickle")
         assert not Path(marker).exists()
 
 
 @FAST
-@given(module=st.from_regex(r"[a-z_][a-z0-9_.]{0,12}", fullmatch=True),
-       name=st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,12}", fullmatch=True),
-       opcode=st.sampled_from(["GLOBAL", "STACK_GLOBAL"]))
+@given(
+    module=st.from_regex(r"[a-z_][a-z0-9_.]{0,12}", fullmatch=True),
+    name=st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,12}", fullmatch=True),
+    opcode=st.sampled_from(["GLOBAL", "STACK_GLOBAL"]),
+)
 def test_restricted_unpickler_names_the_refused_global(module, name, opcode):
     if opcode == "GLOBAL":
         raw = b"c" + module.encode() + b"\n" + name.encode() + b"\n."
     else:
-        raw = (b"\x80\x04" + pickle.SHORT_BINUNICODE + bytes([len(module)]) + module.encode()
-               + pickle.SHORT_BINUNICODE + bytes([len(name)]) + name.encode() + b"\x93.")
+        raw = (
+            b"\x80\x04"
+            + pickle.SHORT_BINUNICODE
+            + bytes([len(module)])
+            + module.encode()
+            + pickle.SHORT_BINUNICODE
+            + bytes([len(name)])
+            + name.encode()
+            + b"\x93."
+        )
     before = set(sys.modules)
     with pytest.raises(ValueError, match=f"asks to import {module}.{name}, which could run"):
         NotesUnpickler(io.BytesIO(raw), "f.pickle").load()
@@ -268,18 +314,28 @@ def test_restricted_unpickler_names_the_refused_global(module, name, opcode):
 # ----------------------------------------------------------------------------- imports
 
 
-@pytest.mark.parametrize("module, never", [
-    ("vaelab.data", ["vaelab.systems", "vaelab.datasets"]),
-    ("vaelab.kalman", ["vaelab.systems", "vaelab.datasets"]),
-    ("vaelab.systems", ["vaelab.datasets"]),
-])
+@pytest.mark.parametrize(
+    "module, never",
+    [
+        ("vaelab.data", ["vaelab.systems", "vaelab.datasets"]),
+        ("vaelab.kalman", ["vaelab.systems", "vaelab.datasets"]),
+        ("vaelab.systems", ["vaelab.datasets"]),
+    ],
+)
 def test_imports_flow_one_way(module, never):
     """data -> kalman -> systems -> datasets: importing a module, in a fresh process, never
     loads one above it."""
-    code = (f"import sys; import {module}; "
-            f"print(','.join(m for m in {never!r} if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, check=True, cwd=ROOT)
+    code = (
+        f"import sys; import {module}; print(','.join(m for m in {never!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=ROOT,
+    )
     assert out.stdout.strip() == "", f"{module} imports {out.stdout.strip()}"
 
 
@@ -297,7 +353,6 @@ def test_each_module_imports_only_those_below_it(module):
             names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
             imported |= {n.split(".")[1] for n in names if n.count(".") >= 1}
         elif isinstance(node, ast.Import):
-            imported |= {a.name.split(".")[1] for a in node.names
-                         if a.name.startswith("vaelab.")}
-    above = set(CHAIN[CHAIN.index(module):])
+            imported |= {a.name.split(".")[1] for a in node.names if a.name.startswith("vaelab.")}
+    above = set(CHAIN[CHAIN.index(module) :])
     assert not imported & above, f"vaelab.{module} imports {sorted(imported & above)}"

@@ -13,7 +13,7 @@ def test_mlp_shapes_and_layers(hidden):
     assert net(torch.randn(2, 9, 3)).shape == (2, 9, 4)
     linears = [m for m in net if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == list(
-        zip([3, *hidden], [*hidden, 4])
+        zip([3, *hidden], [*hidden, 4], strict=False)
     )
     # one activation after every hidden layer, none after the output
     assert sum(isinstance(m, nn.Tanh) for m in net) == len(hidden)
@@ -49,7 +49,7 @@ def test_masked_linear_rejects_wrong_mask_shape():
 def test_made_degrees():
     degrees = made_degrees(4, [6, 5])
     assert degrees[0].tolist() == [1, 2, 3, 4]
-    for d, h in zip(degrees[1:], [6, 5]):
+    for d, h in zip(degrees[1:], [6, 5], strict=False):
         assert len(d) == h
         assert d.min() >= 1 and d.max() <= 3  # hidden degrees in 1..in_dim-1
     assert sorted(set(degrees[1].tolist())) == [1, 2, 3]

@@ -65,8 +65,9 @@ def test_masked_sum_ignores_nan_and_inf_padding():
 
 
 def test_loss_normalises_by_observed_steps_and_weights_kl():
-    terms = ELBOTerms(torch.tensor([-10.0, -20.0]), torch.tensor([2.0, 4.0]),
-                      torch.tensor([3.0, 2.0]))
+    terms = ELBOTerms(
+        torch.tensor([-10.0, -20.0]), torch.tensor([2.0, 4.0]), torch.tensor([3.0, 2.0])
+    )
     torch.testing.assert_close(terms.elbo, torch.tensor([-12.0, -24.0]))
     # -(ll - w kl).sum() / steps.sum()
     torch.testing.assert_close(loss(terms), torch.tensor(36.0 / 5.0))
@@ -130,7 +131,8 @@ def _spy_chunks(monkeypatch):
 
 
 def test_importance_log_likelihood_default_chunk_fits_long_sequences_in_the_row_budget(
-        monkeypatch):
+    monkeypatch,
+):
     objectives, sizes = _spy_chunks(monkeypatch)
     model = DMM(DMMConfig(x_dim=5, z_dim=2, emission_dim=4, transition_dim=4, rnn_dim=6))
     lengths = torch.tensor([300, 120, 40])
@@ -152,14 +154,23 @@ def test_importance_log_likelihood_default_chunk_fits_long_sequences_in_the_row_
 def test_importance_log_likelihood_default_chunk_takes_short_batches_whole(monkeypatch):
     _, sizes = _spy_chunks(monkeypatch)
     model = VAE(VAEConfig(x_dim=4, z_dim=2, hidden_dims=[8]))
-    importance_log_likelihood(model, Batch(torch.bernoulli(torch.full((3, 4), 0.5))),
-                              num_samples=500)
+    importance_log_likelihood(
+        model, Batch(torch.bernoulli(torch.full((3, 4), 0.5))), num_samples=500
+    )
     assert sizes == [500]  # 500 paths x 3 examples is far below the budget: one chunk
 
 
-@pytest.mark.parametrize("name, data", [("vae", "digits"), ("ssm", "linear"), ("dmm", "jsb"),
-                                        ("dmm_iaf", "jsb"), ("dmm_aug", "jsb"),
-                                        ("realnvp", "moons")])
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("vae", "digits"),
+        ("ssm", "linear"),
+        ("dmm", "jsb"),
+        ("dmm_iaf", "jsb"),
+        ("dmm_aug", "jsb"),
+        ("realnvp", "moons"),
+    ],
+)
 def test_forward_is_the_elbo_for_every_model(name, data):
     """Training calls models through forward (so DDP can synchronise gradients): it must give
     exactly the terms elbo gives for the same random state, with and without samples."""
@@ -176,9 +187,15 @@ def test_forward_is_the_elbo_for_every_model(name, data):
         torch.manual_seed(5)
         via_forward = objectives.elbo_samples(model, batch, samples)
         torch.manual_seed(5)
-        direct = (model.elbo(batch, samples=samples) if name.startswith("dmm") else
-                  model.elbo(batch.repeat(samples)))
-        for got, want in zip((via_forward.log_likelihood, via_forward.kl, via_forward.steps),
-                             (direct.log_likelihood, direct.kl, direct.steps)):
+        direct = (
+            model.elbo(batch, samples=samples)
+            if name.startswith("dmm")
+            else model.elbo(batch.repeat(samples))
+        )
+        for got, want in zip(
+            (via_forward.log_likelihood, via_forward.kl, via_forward.steps),
+            (direct.log_likelihood, direct.kl, direct.steps),
+            strict=False,
+        ):
             assert got.shape == (samples * 3,)
             assert torch.equal(got, want)

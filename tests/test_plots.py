@@ -11,11 +11,22 @@ from vaelab.datasets import load_dataset
 
 
 def _history() -> list[dict]:
-    train = [{"kind": "train", "step": s, "epoch": 0, "nelbo": 50.0 - s, "log_likelihood": -40.0,
-              "kl": 10.0 - s, "kl_weight": min(1.0, 0.2 + 0.1 * s), "grad_norm": 3.0}
-             for s in range(1, 6)]
-    val = [{"kind": "val", "step": 5, "epoch": 1, "nelbo": 46.0, "log_likelihood": -39.0,
-            "kl": 7.0}]
+    train = [
+        {
+            "kind": "train",
+            "step": s,
+            "epoch": 0,
+            "nelbo": 50.0 - s,
+            "log_likelihood": -40.0,
+            "kl": 10.0 - s,
+            "kl_weight": min(1.0, 0.2 + 0.1 * s),
+            "grad_norm": 3.0,
+        }
+        for s in range(1, 6)
+    ]
+    val = [
+        {"kind": "val", "step": 5, "epoch": 1, "nelbo": 46.0, "log_likelihood": -39.0, "kl": 7.0}
+    ]
     return train + val + [{"kind": "end", "step": 5, "epoch": 1, "stopped": False}]
 
 
@@ -52,15 +63,18 @@ def test_training_curves_has_no_constant_or_empty_panels():
     assert not any(t.startswith("active units") for t in titles)
     assert "KL(q || p); KL weight 1 throughout" in titles
     assert all(ax.lines for ax in fig.axes)  # every panel shows data
-    with_latents = plots.training_curves(flat, diagnostics=[{"step": 5, "active_units": 1,
-                                                              "activity": [0.5, 0.0]}])
+    with_latents = plots.training_curves(
+        flat, diagnostics=[{"step": 5, "active_units": 1, "activity": [0.5, 0.0]}]
+    )
     assert [ax.get_title() for ax in with_latents.axes][-1].startswith("active units")
     assert len(with_latents.axes) == 5
 
 
 def test_training_curves_exact_reference_and_active_units():
-    diagnostics = [{"step": 2, "active_units": 1, "activity": [0.5, 0.0, 0.0]},
-                   {"step": 5, "active_units": 2, "activity": [0.5, 0.2, 0.0]}]
+    diagnostics = [
+        {"step": 2, "active_units": 1, "activity": [0.5, 0.0, 0.0]},
+        {"step": 5, "active_units": 2, "activity": [0.5, 0.2, 0.0]},
+    ]
     fig = plots.training_curves(_history(), {"exact_nll_val": 44.5}, diagnostics)
     nelbo, units = fig.axes[0], fig.axes[5]
     exact = [line for line in nelbo.lines if "exact" in str(line.get_label())]
@@ -70,8 +84,12 @@ def test_training_curves_exact_reference_and_active_units():
 
 
 def test_latent_usage_bars_and_threshold():
-    entry = {"step": 7, "activity": [0.5, 0.001, 0.02], "active_units": 2,
-             "kl_per_dim": [1.0, 0.0, 0.25]}
+    entry = {
+        "step": 7,
+        "activity": [0.5, 0.001, 0.02],
+        "active_units": 2,
+        "kl_per_dim": [1.0, 0.0, 0.25],
+    }
     fig = plots.latent_usage(entry)
     kl_ax, act_ax = fig.axes
     np.testing.assert_allclose([b.get_height() for b in kl_ax.patches], [1.0, 0.0, 0.25])
@@ -104,12 +122,16 @@ def test_flow_density_one_axis_per_context_with_samples():
     model = make_model("realnvp", train, {"hidden_dim": 16, "num_layers": 2})
     fig = plots.flow_density(model, val.a[:3], extent=2.0, resolution=20, n_samples=50)
     assert len(fig.axes) == 3
-    for ax, a in zip(fig.axes, val.a[:3]):
+    for ax, a in zip(fig.axes, val.a[:3], strict=False):
         assert len(ax.collections[-1].get_offsets()) == 50  # samples on top of the contours
         assert f"{float(a[0]):.2f}" in ax.get_title()
     with pytest.raises(ValueError, match="conditional flow"):
-        plots.flow_log_density(make_model("vae", load_dataset("digits")[0], {}), val.a[0],
-                               torch.zeros(2), torch.zeros(2))
+        plots.flow_log_density(
+            make_model("vae", load_dataset("digits")[0], {}),
+            val.a[0],
+            torch.zeros(2),
+            torch.zeros(2),
+        )
 
 
 def test_image_grid_tiles_images_in_place():
@@ -147,7 +169,7 @@ def test_latent_trajectories_align_to_true_states():
     mask = torch.arange(8) < torch.tensor([8, 5])[:, None]
     fig = plots.latent_trajectories(z, z_true, mask)
     assert len(fig.axes) == 2  # one axis per true dimension
-    for d, ax in enumerate(fig.axes):
+    for _d, ax in enumerate(fig.axes):
         assert len(ax.lines) == 4  # true and aligned for two sequences
         assert "R^2 = 1.000" in ax.get_title()
         np.testing.assert_allclose(ax.lines[3].get_ydata(), ax.lines[2].get_ydata(), atol=1e-4)
@@ -172,8 +194,9 @@ def test_latent_projection_matches_svd_and_skips_padding():
     proj = centred @ torch.linalg.svd(centred, full_matrices=False).Vh[:2].T
     # principal axes are defined up to sign
     for k in range(2):
-        np.testing.assert_allclose(np.abs(offsets[:, k]), proj[:, k].abs().numpy(), rtol=1e-4,
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            np.abs(offsets[:, k]), proj[:, k].abs().numpy(), rtol=1e-4, atol=1e-5
+        )
     np.testing.assert_array_equal(ax.collections[0].get_array(), [0, 1, 2, 3, 4, 5, 0, 1, 2, 3])
     assert len(ax.lines) == 2  # one path per sequence
 
@@ -216,8 +239,12 @@ def test_model_figures_for_images():
     model = make_model("vae", train, {"hidden_dims": [16]})
     batch = val.batch(torch.arange(32))
     figs = plots.model_figures(model, batch, val.info, labels=val.info["labels"][:32])
-    assert set(figs) == {"data (top) and reconstructions (bottom)", "samples",
-                         "latent traversal", "latent space"}
+    assert set(figs) == {
+        "data (top) and reconstructions (bottom)",
+        "samples",
+        "latent traversal",
+        "latent space",
+    }
     assert all(isinstance(f, Figure) for f in figs.values())
     assert model.training  # the mode is restored
 
@@ -228,8 +255,9 @@ def test_model_figures_for_sequences(data):
     if name not in MODELS:
         pytest.fail(f"model {name!r} is not registered in vaelab.MODELS")
     train, val, _ = load_dataset(data)
-    small = {"z_dim": 3, "rnn_dim": 8} | ({"hidden_dim": 8} if name == "ssm" else
-                                           {"emission_dim": 8, "transition_dim": 8})
+    small = {"z_dim": 3, "rnn_dim": 8} | (
+        {"hidden_dim": 8} if name == "ssm" else {"emission_dim": 8, "transition_dim": 8}
+    )
     model = make_model(name, train, small)
     batch = val.batch(torch.arange(4))
     figs = plots.model_figures(model, batch, val.info)
@@ -264,12 +292,16 @@ def test_latent_usage_labels_units_and_keeps_many_dimensions_readable():
 
 def test_paths_name_their_axes_and_explain_colours_and_line_styles():
     z = torch.randn(3, 6, 2)
-    fig = plots.latent_trajectories(z, z[..., :1] * 2.0, names=["angle (rad)"],
-                                    title="pendulum")
+    fig = plots.latent_trajectories(z, z[..., :1] * 2.0, names=["angle (rad)"], title="pendulum")
     assert [ax.get_ylabel() for ax in fig.axes] == ["angle (rad)"]
     (legend,) = fig.legends
     assert [t.get_text() for t in legend.get_texts()] == [
-        "sequence 0", "sequence 1", "sequence 2", "true state", "inferred, affinely aligned"]
+        "sequence 0",
+        "sequence 1",
+        "sequence 2",
+        "true state",
+        "inferred, affinely aligned",
+    ]
     assert fig.get_suptitle() == "pendulum"
     obs = plots.observation_paths(z, z + 0.1, names=["cos", "sin"])
     assert [ax.get_ylabel() for ax in obs.axes] == ["cos", "sin"]
@@ -294,14 +326,20 @@ def test_decoded_image_says_what_its_grey_levels_are():
 
 def _marked_times(fig) -> dict[str, list[float]]:
     """Axis title -> the x positions of its time markers."""
-    return {ax.get_title(): [line.get_xdata()[0] for line in ax.lines
-                             if line.get_gid() == plots.MARKER] for ax in fig.axes}
+    return {
+        ax.get_title(): [
+            line.get_xdata()[0] for line in ax.lines if line.get_gid() == plots.MARKER
+        ]
+        for ax in fig.axes
+    }
 
 
 def _tiny(name: str, data: str, **sizes):
     train, val, _ = load_dataset(data)
-    small = {"ssm": {"z_dim": 3, "hidden_dim": 8, "rnn_dim": 8},
-             "dmm": {"z_dim": 3, "rnn_dim": 8, "emission_dim": 8, "transition_dim": 8}}[name]
+    small = {
+        "ssm": {"z_dim": 3, "hidden_dim": 8, "rnn_dim": 8},
+        "dmm": {"z_dim": 3, "rnn_dim": 8, "emission_dim": 8, "transition_dim": 8},
+    }[name]
     return make_model(name, train, {**small, **sizes}).eval(), val
 
 
@@ -317,18 +355,21 @@ def test_sequence_explorer_shows_the_pendulum_at_t():
     (pendulum,) = [ax for title, ax in axes.items() if title.startswith("the pendulum at t = 7")]
     theta = float(batch.z[i, t, 0])
     (rod,) = [line for line in pendulum.lines if line.get_gid() == "true-rod"]
-    np.testing.assert_allclose([rod.get_xdata()[1], rod.get_ydata()[1]],
-                               [np.sin(theta), -np.cos(theta)], atol=1e-6)
+    np.testing.assert_allclose(
+        [rod.get_xdata()[1], rod.get_ydata()[1]], [np.sin(theta), -np.cos(theta)], atol=1e-6
+    )
     (bob,) = [line for line in pendulum.lines if line.get_gid() == "observed-bob"]
     x = batch.x[i, t].numpy()
-    np.testing.assert_allclose([bob.get_xdata()[0], bob.get_ydata()[0]], [x[1], -x[0]],
-                               atol=1e-6)
+    np.testing.assert_allclose([bob.get_xdata()[0], bob.get_ydata()[0]], [x[1], -x[0]], atol=1e-6)
     assert "(0.7 s)" in pendulum.get_title()  # dt = 0.1
     labels = " ".join(ax.get_ylabel() + ax.get_xlabel() for ax in fig.axes)
     for unit in ("(rad, rad/s)", "(pendulum lengths)", "(latent units)", "time step t"):
         assert unit in labels
-    assert all(ax.get_legend() for title, ax in axes.items() if "latent path" in title
-               or "pendulum" in title or "true state" in title)
+    assert all(
+        ax.get_legend()
+        for title, ax in axes.items()
+        if "latent path" in title or "pendulum" in title or "true state" in title
+    )
     with pytest.raises(ValueError, match="t must be an observed step in 0..49"):
         plots.sequence_explorer(model, batch, 50, info=val.info)
 
@@ -339,11 +380,13 @@ def test_sequence_explorer_linear_system_marks_observation_and_true_position():
     fig = plots.sequence_explorer(model, batch, 4, index=0, info=val.info)
     (plane,) = [ax for ax in fig.axes if ax.get_title() == "observation plane"]
     (point,) = [line for line in plane.lines if line.get_gid() == "observed-point"]
-    np.testing.assert_allclose([point.get_xdata()[0], point.get_ydata()[0]],
-                               batch.x[0, 4].numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        [point.get_xdata()[0], point.get_ydata()[0]], batch.x[0, 4].numpy(), atol=1e-6
+    )
     (star,) = [line for line in plane.lines if line.get_label() == "true state at t"]
-    np.testing.assert_allclose([star.get_xdata()[0], star.get_ydata()[0]],
-                               batch.z[0, 4, :2].numpy(), atol=1e-6)  # p_x, p_y of the state
+    np.testing.assert_allclose(
+        [star.get_xdata()[0], star.get_ydata()[0]], batch.z[0, 4, :2].numpy(), atol=1e-6
+    )  # p_x, p_y of the state
     assert plane.get_xlabel() == "p_x (data units)"
     assert all(xs == [4] for xs in _marked_times(fig).values() if xs)
 
@@ -376,6 +419,37 @@ COLUMN_PX = 940  # the page's main column at a 1400 px wide window (the browser 
 DPI = 100  # app.py's
 
 
+def _undrawn_tick_labels(fig) -> set[int]:
+    """ids of the tick labels of ticks outside the view (matplotlib does not draw them)."""
+    undrawn = set()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            span = (high - low) * 1e-6
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                if not low - span <= tick.get_loc() <= high + span:
+                    undrawn.update({id(tick.label1), id(tick.label2)})
+    return undrawn
+
+
+def _text_problems(fig, text, box) -> list[str]:
+    """A drawn text too small in the file or on the page, or cut off at the figure's edge."""
+    problems, page = [], fig.bbox
+    if text.get_fontsize() < 8:
+        problems.append(f"{text.get_text()!r} at {text.get_fontsize():.1f} pt")
+    shown = text.get_fontsize() / 72 * min(DPI, COLUMN_PX / fig.get_figwidth())
+    if shown < 9:
+        problems.append(f"{text.get_text()!r} shown at {shown:.1f} px on the page")
+    if (
+        box.x0 < page.x0 - 1
+        or box.x1 > page.x1 + 1
+        or box.y0 < page.y0 - 1
+        or box.y1 > page.y1 + 1
+    ):
+        problems.append(f"{text.get_text()!r} cut off at the figure's edge")
+    return problems
+
+
 def readability_problems(fig) -> list[str]:
     """What makes a drawn figure hard to read: text under 8 pt in the file, or under 9 px
     on the page (where a figure wider than the column is shrunk to it), text outside the
@@ -385,15 +459,7 @@ def readability_problems(fig) -> list[str]:
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     renderer = canvas.get_renderer()
-    page = fig.bbox
-    undrawn = set()  # tick labels of ticks outside the view (matplotlib does not draw them)
-    for ax in fig.axes:
-        for axis in (ax.xaxis, ax.yaxis):
-            low, high = sorted(axis.get_view_interval())
-            span = (high - low) * 1e-6
-            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
-                if not low - span <= tick.get_loc() <= high + span:
-                    undrawn.update({id(tick.label1), id(tick.label2)})
+    undrawn = _undrawn_tick_labels(fig)
     problems, texts = [], []
     for text in fig.findobj(lambda a: hasattr(a, "get_text") and hasattr(a, "get_fontsize")):
         if not text.get_visible() or not text.get_text().strip() or id(text) in undrawn:
@@ -401,17 +467,10 @@ def readability_problems(fig) -> list[str]:
         box = text.get_window_extent(renderer)
         if box.width <= 0:
             continue
-        if text.get_fontsize() < 8:
-            problems.append(f"{text.get_text()!r} at {text.get_fontsize():.1f} pt")
-        shown = text.get_fontsize() / 72 * min(DPI, COLUMN_PX / fig.get_figwidth())
-        if shown < 9:
-            problems.append(f"{text.get_text()!r} shown at {shown:.1f} px on the page")
-        if box.x0 < page.x0 - 1 or box.x1 > page.x1 + 1 or box.y0 < page.y0 - 1 or \
-                box.y1 > page.y1 + 1:
-            problems.append(f"{text.get_text()!r} cut off at the figure's edge")
+        problems += _text_problems(fig, text, box)
         texts.append((text.get_text(), box))
     for i, (a, box_a) in enumerate(texts):
-        for b, box_b in texts[i + 1:]:
+        for b, box_b in texts[i + 1 :]:
             if _overlaps(box_a, box_b):
                 problems.append(f"{a!r} overlaps {b!r}")
     for ax in fig.axes:
@@ -422,13 +481,19 @@ def readability_problems(fig) -> list[str]:
     return problems
 
 
-DEFAULT_SIZED = [("vae", "digits", {}), ("ssm", "pendulum", {}), ("ssm", "linear", {}),
-                 ("dmm", "jsb", {"rnn_dim": 16, "emission_dim": 16, "transition_dim": 16}),
-                 ("realnvp", "moons", {}), ("realnvp", "digits", {"hidden_dim": 16})]
+DEFAULT_SIZED = [
+    ("vae", "digits", {}),
+    ("ssm", "pendulum", {}),
+    ("ssm", "linear", {}),
+    ("dmm", "jsb", {"rnn_dim": 16, "emission_dim": 16, "transition_dim": 16}),
+    ("realnvp", "moons", {}),
+    ("realnvp", "digits", {"hidden_dim": 16}),
+]
 
 
-@pytest.mark.parametrize(("name", "data", "sizes"), DEFAULT_SIZED,
-                         ids=[f"{n}-{d}" for n, d, _ in DEFAULT_SIZED])
+@pytest.mark.parametrize(
+    ("name", "data", "sizes"), DEFAULT_SIZED, ids=[f"{n}-{d}" for n, d, _ in DEFAULT_SIZED]
+)
 def test_dashboard_figures_are_readable_at_default_latent_sizes(name, data, sizes):
     """Every matplotlib figure the dashboard draws for a model (its latent size the default:
     100 dimensions for the DMM; networks shrunk only where that costs time), rendered: no
@@ -441,10 +506,12 @@ def test_dashboard_figures_are_readable_at_default_latent_sizes(name, data, size
     if batch.x.dim() == 3:
         figures["explore"] = plots.sequence_explorer(model, batch, 3, index=1, info=info)
     if not model.has_latents and batch.a is not None:
-        figures["explore"] = plots.flow_density(model, batch.a[:1], resolution=20,
-                                                n_samples=50)
-    if "image_shape" in info and model.has_latents and model.decode(
-            torch.zeros(1, model.config.z_dim)) is not None:
+        figures["explore"] = plots.flow_density(model, batch.a[:1], resolution=20, n_samples=50)
+    if (
+        "image_shape" in info
+        and model.has_latents
+        and model.decode(torch.zeros(1, model.config.z_dim)) is not None
+    ):
         figures["explore"] = plots.decoded_image(model, {0: 1.0}, info["image_shape"])
     problems = {title: readability_problems(fig) for title, fig in figures.items()}
     assert not {t: p for t, p in problems.items() if p}, problems

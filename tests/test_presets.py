@@ -25,8 +25,10 @@ def test_every_preset_builds_a_valid_model_and_train_config(name):
     for field, value in model_kw.items():
         assert getattr(config, field) == value
     # alone and over the model's own defaults, as the CLI layers them
-    for train in (TrainConfig(**train_kw),
-                  TrainConfig(**{**model_cls.train_defaults, **train_kw})):
+    for train in (
+        TrainConfig(**train_kw),
+        TrainConfig(**{**model_cls.train_defaults, **train_kw}),
+    ):
         for field, value in train_kw.items():
             assert getattr(train, field) == value
     model = model_cls(config)
@@ -43,10 +45,15 @@ def test_unknown_preset_names_the_known_ones():
 def test_apply_preset_returns_fresh_dicts():
     model_kw, train_kw = apply_preset("krishnan")
     model_kw["emission_dim"], train_kw["lr"] = 1, 1.0
-    assert apply_preset("krishnan") == ({"softplus_variance": True,
-                                         "standard_initial_prior": True,
-                                         "emission_dim": 200, "transition_dim": 400},
-                                        dict(PRESETS["krishnan"].train))
+    assert apply_preset("krishnan") == (
+        {
+            "softplus_variance": True,
+            "standard_initial_prior": True,
+            "emission_dim": 200,
+            "transition_dim": 400,
+        },
+        dict(PRESETS["krishnan"].train),
+    )
     with pytest.raises(TypeError):  # the registry itself is read-only
         PRESETS["krishnan"].train["lr"] = 1.0
 
@@ -59,8 +66,16 @@ def test_pyro_preset_is_pyros_example_apart_from_what_its_doc_names():
     assert "clip_value_sum" not in train_kw and train_kw["clip_norm"] == math.inf
     assert train_kw["bucket_jitter"] == math.inf  # a plain shuffle
     # the settings the README's Pyro runs used: DMM.train_defaults
-    for field in ("batch_size", "lr", "betas", "lr_decay", "anneal_epochs", "min_kl_weight",
-                  "weight_decay_sum", "epochs"):
+    for field in (
+        "batch_size",
+        "lr",
+        "betas",
+        "lr_decay",
+        "anneal_epochs",
+        "min_kl_weight",
+        "weight_decay_sum",
+        "epochs",
+    ):
         assert train_kw[field] == DMM.train_defaults[field], field
 
 
@@ -71,9 +86,19 @@ def test_krishnan_preset_is_the_readmes_best_command():
     model_kw, train_kw = apply_preset("krishnan")
     train = TrainConfig(**{**DMM.train_defaults, **train_kw})
     assert (train.anneal_epochs, train.min_kl_weight, train.lr, train.lr_decay) == (
-        417, 0.01, 8e-4, 1.0)
-    expected = {**DMM.train_defaults, "anneal_epochs": 417, "min_kl_weight": 0.01,
-                "lr": 8e-4, "lr_decay": 1.0, "epochs": 1300}
+        417,
+        0.01,
+        8e-4,
+        1.0,
+    )
+    expected = {
+        **DMM.train_defaults,
+        "anneal_epochs": 417,
+        "min_kl_weight": 0.01,
+        "lr": 8e-4,
+        "lr_decay": 1.0,
+        "epochs": 1300,
+    }
     for field, value in expected.items():
         assert getattr(train, field) == value, field
     config = MODELS["dmm"][0](**model_kw)

@@ -34,8 +34,9 @@ class ToyConfig:
 
     def __post_init__(self) -> None:
         if self.z_dim < 1 or self.hidden_dim < 1:
-            raise ValueError(f"z_dim and hidden_dim must be >= 1, got {self.z_dim}, "
-                             f"{self.hidden_dim}")
+            raise ValueError(
+                f"z_dim and hidden_dim must be >= 1, got {self.z_dim}, {self.hidden_dim}"
+            )
 
 
 class Toy(SequentialModel):
@@ -86,13 +87,15 @@ def toy_registered():
 
 
 def test_a_model_defined_in_one_file_trains_checkpoints_resumes_and_is_listed(
-        toy_registered, tmp_path, capsys):
+    toy_registered, tmp_path, capsys
+):
     train, val, _ = load_dataset("jsb")
     train = train.subset(slice(0, 40))
     model = make_model("toy_ssm", train, {})
     assert isinstance(model, SequentialModel) and model.unit == "nats per observed step"
-    config = TrainConfig(epochs=2, batch_size=20, lr=3e-3, out_dir=str(tmp_path / "a"),
-                         progress=False, eval_every=1)
+    config = TrainConfig(
+        epochs=2, batch_size=20, lr=3e-3, out_dir=str(tmp_path / "a"), progress=False, eval_every=1
+    )
     history = fit(model, train, val.subset(slice(0, 10)), config)
     losses = [r["loss"] for r in history if r["kind"] == "train"]
     assert len(losses) == 4 and losses[-1] < losses[0]
@@ -102,15 +105,29 @@ def test_a_model_defined_in_one_file_trains_checkpoints_resumes_and_is_listed(
         assert torch.equal(loaded.state_dict()[key], value), key
     # resume: two more epochs continue the step count
     more = TrainConfig(**{**ckpt["train_config"], "epochs": 4, "out_dir": str(tmp_path / "a")})
-    resumed = fit(loaded, train, val.subset(slice(0, 10)), more,
-                  resume=tmp_path / "a" / "checkpoint.pt")
+    resumed = fit(
+        loaded, train, val.subset(slice(0, 10)), more, resume=tmp_path / "a" / "checkpoint.pt"
+    )
     steps = [r["step"] for r in resumed if r["kind"] == "train"]
     assert steps[-1] == 8 and load_checkpoint(tmp_path / "a" / "checkpoint.pt")["step"] == 8
     # the CLI lists it and trains it
     assert main(["models"]) == 0
     assert "toy_ssm" in capsys.readouterr().out
-    code = main(["train", "--model", "toy_ssm", "--data", "jsb", "--epochs", "1",
-                 "--max-steps", "2", "--out", str(tmp_path / "b")])
+    code = main(
+        [
+            "train",
+            "--model",
+            "toy_ssm",
+            "--data",
+            "jsb",
+            "--epochs",
+            "1",
+            "--max-steps",
+            "2",
+            "--out",
+            str(tmp_path / "b"),
+        ]
+    )
     assert code == 0 and (tmp_path / "b" / "checkpoint.pt").exists()
 
 
@@ -138,20 +155,23 @@ def test_every_registered_model_honours_the_protocol(name):
     assert recon is None or recon.shape == batch.x.shape
     steps = 5 if model.sequential else None
     a = None if batch.a is None or model.sequential else batch.a[:3]
-    zs, xs = model.sample(3, steps=steps, a=a)
+    _zs, xs = model.sample(3, steps=steps, a=a)
     assert xs.shape[0] == 3 and torch.isfinite(xs).all()
     assert model.sequential == (xs.dim() == 3)
     log_p = model.importance_log_likelihood(batch, num_samples=4)
     assert log_p.shape == (4,) and torch.isfinite(log_p).all()
 
 
-@pytest.mark.parametrize(("name", "data", "reason"), [
-    ("ssm", "jsb", "density over real values"),
-    ("realnvp", "digits", "density over real values"),
-    ("vae", "jsb", "single vectors|sequences"),
-    ("dmm", "digits", "sequences"),
-    ("dmm", "linear", "takes no actions"),
-])
+@pytest.mark.parametrize(
+    ("name", "data", "reason"),
+    [
+        ("ssm", "jsb", "density over real values"),
+        ("realnvp", "digits", "density over real values"),
+        ("vae", "jsb", "single vectors|sequences"),
+        ("dmm", "digits", "sequences"),
+        ("dmm", "linear", "takes no actions"),
+    ],
+)
 def test_a_model_names_why_it_cannot_train_on_a_data_set(name, data, reason):
     train, _, _ = load_dataset(data)
     model = make_model(name, train, SMALL[name][1])

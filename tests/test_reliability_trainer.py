@@ -41,13 +41,32 @@ from vaelab.train import (
 from vaelab.vae import VAE, VAEConfig
 
 # what the run-folder writer (vaelab.runs.RunWriter) keeps beside the checkpoints
-RUN_FOLDER_FILES = {"settings.json", "metrics.jsonl", "status.json", "log.txt", "meta.json",
-                    "command.json", "heartbeat", "limits.json", "request.json"}
+RUN_FOLDER_FILES = {
+    "settings.json",
+    "metrics.jsonl",
+    "status.json",
+    "log.txt",
+    "meta.json",
+    "command.json",
+    "heartbeat",
+    "limits.json",
+    "request.json",
+}
 
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_VAE = ["--model", "vae", "--data", "digits", "--set", "hidden_dims=[8]", "--set",
-            "z_dim=2", "--train-set", "progress=False"]
+TINY_VAE = [
+    "--model",
+    "vae",
+    "--data",
+    "digits",
+    "--set",
+    "hidden_dims=[8]",
+    "--set",
+    "z_dim=2",
+    "--train-set",
+    "progress=False",
+]
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +81,7 @@ def digits():
 def _limit_file_size(size: int):
     def preexec() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
     return preexec
 
 
@@ -71,15 +91,32 @@ def test_a_file_size_limit_names_the_path_and_space_and_leaves_no_temporary_file
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "vaelab", "train", *TINY_VAE, "--out", str(out),
-         "--max-steps", "2"], capture_output=True, text=True, env=env, timeout=300, check=False,
-        preexec_fn=_limit_file_size(8192))
+        [
+            sys.executable,
+            "-m",
+            "vaelab",
+            "train",
+            *TINY_VAE,
+            "--out",
+            str(out),
+            "--max-steps",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+        preexec_fn=_limit_file_size(8192),
+    )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert re.search(rf"could not write checkpoint {out}/checkpoint.pt in folder {out}: the "
-                     rf"file is larger than this process may write \(ulimit -f\); it needs "
-                     rf"[0-9.]+ MiB .*no checkpoint.pt was there before", proc.stderr), \
-        proc.stderr
+    assert re.search(
+        rf"could not write checkpoint {out}/checkpoint.pt in folder {out}: the "
+        rf"file is larger than this process may write \(ulimit -f\); it needs "
+        rf"[0-9.]+ MiB .*no checkpoint.pt was there before",
+        proc.stderr,
+    ), proc.stderr
     # no temporary file, no lock file; the run folder's own records (runs.RunWriter) may stay
     left = {p.name for p in out.iterdir()} - RUN_FOLDER_FILES
     assert not left, left
@@ -88,23 +125,41 @@ def test_a_file_size_limit_names_the_path_and_space_and_leaves_no_temporary_file
 # ----------------------------------------------------------------------------- divergence
 
 
-@pytest.mark.parametrize("model, data, sets", [
-    ("vae", "digits", ["hidden_dims=[16]", "z_dim=2"]),
-    ("ssm", "linear", ["hidden_dim=8", "rnn_dim=8", "z_dim=2"]),
-])
+@pytest.mark.parametrize(
+    "model, data, sets",
+    [
+        ("vae", "digits", ["hidden_dims=[16]", "z_dim=2"]),
+        ("ssm", "linear", ["hidden_dim=8", "rnn_dim=8", "z_dim=2"]),
+    ],
+)
 def test_the_printed_command_after_divergence_trains_past_the_failing_step(
-        tmp_path, capsys, model, data, sets):
+    tmp_path, capsys, model, data, sets
+):
     """--lr 10 diverges within the first steps, far below max_abs_loss for the VAE; the
     printed command, followed word for word, trains the whole run."""
-    argv = ["train", "--model", model, "--data", data, "--lr", "10", "--epochs", "1",
-            "--out", str(tmp_path / "run"), "--train-set", "progress=False"]
+    argv = [
+        "train",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--lr",
+        "10",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+        "--train-set",
+        "progress=False",
+    ]
     for s in sets:
         argv += ["--set", s]
     code, _, err = run_cli(argv, capsys)
     assert code == 3, err
     failing = int(re.search(r"at step (\d+)", err).group(1))
-    command = re.search(r"to start again with a lower learning rate: python -m vaelab (.*)",
-                        err).group(1)
+    command = re.search(
+        r"to start again with a lower learning rate: python -m vaelab (.*)", err
+    ).group(1)
     words = shlex.split(command)
     assert words[words.index("--lr") + 1] == "0.001" and "--resume" not in words
     code, _, err = run_cli(words, capsys)
@@ -114,8 +169,9 @@ def test_the_printed_command_after_divergence_trains_past_the_failing_step(
     assert same_values(ckpt["config"]["z_dim"], 2)  # the same model as the failed run
 
 
-def test_a_distribution_rejecting_its_argument_mid_run_is_divergence(digits, tmp_path,
-                                                                      monkeypatch):
+def test_a_distribution_rejecting_its_argument_mid_run_is_divergence(
+    digits, tmp_path, monkeypatch
+):
     """A flow or a Bernoulli whose argument check fails once the run has trained on the data
     is divergence (with the checkpoint that survives); on the first step it is the data."""
     train, val = digits
@@ -127,9 +183,11 @@ def test_a_distribution_rejecting_its_argument_mid_run_is_divergence(digits, tmp
         def elbo(batch, *args, **kwargs):
             calls.append(model.training)  # training steps, not validation
             if model.training and sum(calls) == at_step:
-                raise ValueError("Expected value argument (Tensor of shape (32, 2)) to be "
-                                 "within the support (Real()) of the distribution Normal(), "
-                                 "but found invalid values:\ntensor([[1e30, 0]])")
+                raise ValueError(
+                    "Expected value argument (Tensor of shape (32, 2)) to be "
+                    "within the support (Real()) of the distribution Normal(), "
+                    "but found invalid values:\ntensor([[1e30, 0]])"
+                )
             return real(batch, *args, **kwargs)
 
         monkeypatch.setattr(model, "elbo", elbo)
@@ -145,8 +203,7 @@ def test_a_distribution_rejecting_its_argument_mid_run_is_divergence(digits, tmp
         fit(rejecting(1), train, val, config(tmp_path / "b", epochs=1))
 
 
-def test_a_resumed_run_measures_divergence_against_its_own_history(digits, tmp_path,
-                                                                   monkeypatch):
+def test_a_resumed_run_measures_divergence_against_its_own_history(digits, tmp_path, monkeypatch):
     """The loss level goes on from the checkpoint's records: a resumed run refuses a loss
     ten times its level at its first step, as the run would have without the stop."""
     train, val = digits
@@ -188,8 +245,21 @@ def test_sigterm_to_a_training_process_exits_130_with_the_resume_command(tmp_pat
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vaelab", "train", *TINY_VAE, "--out", str(out),
-         "--epochs", "100000"], stderr=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "vaelab",
+            "train",
+            *TINY_VAE,
+            "--out",
+            str(out),
+            "--epochs",
+            "100000",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -208,8 +278,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused_by_name(tmp_path, capsys):
     out.mkdir()
     held = vaelab.train.run._lock(out)  # another run training there
     try:
-        code, _, err = run_cli(["train", *TINY_VAE, "--out", str(out), "--max-steps", "1"],
-                               capsys)
+        code, _, err = run_cli(["train", *TINY_VAE, "--out", str(out), "--max-steps", "1"], capsys)
         assert code == 2
         assert f"{out} is in use by another training run (pid {os.getpid()} on " in err
         assert "pass another --out folder" in err
@@ -229,14 +298,28 @@ def test_a_second_run_into_a_folder_in_use_is_refused_by_name(tmp_path, capsys):
 def checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ckpt")
     train, val, _ = load_digits()
-    fit(VAE(VAEConfig(x_dim=64, z_dim=2, hidden_dims=[8])), train.subset(slice(0, 64)),
-        val.subset(slice(0, 32)), config(out, epochs=1), data_spec={"name": "digits"})
+    fit(
+        VAE(VAEConfig(x_dim=64, z_dim=2, hidden_dims=[8])),
+        train.subset(slice(0, 64)),
+        val.subset(slice(0, 32)),
+        config(out, epochs=1),
+        data_spec={"name": "digits"},
+    )
     return out / "checkpoint.pt"
 
 
 def test_evaluate_data_flags_act_on_the_checkpoints_data_set(checkpoint, capsys):
-    base = ["evaluate", "--checkpoint", str(checkpoint), "--samples", "0", "--elbo-samples",
-            "1", "--split", "val"]
+    base = [
+        "evaluate",
+        "--checkpoint",
+        str(checkpoint),
+        "--samples",
+        "0",
+        "--elbo-samples",
+        "1",
+        "--split",
+        "val",
+    ]
     code, _, err = run_cli(base, capsys)
     assert code == 0, err
     # the option reaches the loader: grey levels, which the Bernoulli decoder refuses
@@ -247,41 +330,78 @@ def test_evaluate_data_flags_act_on_the_checkpoints_data_set(checkpoint, capsys)
 
 
 def test_resume_with_another_data_path_is_refused_by_name(checkpoint, tmp_path, capsys):
-    code, _, err = run_cli(["train", "--resume", str(checkpoint), "--out", str(tmp_path),
-                            "--epochs", "2", "--data-path", "x.npz"], capsys)
+    code, _, err = run_cli(
+        [
+            "train",
+            "--resume",
+            str(checkpoint),
+            "--out",
+            str(tmp_path),
+            "--epochs",
+            "2",
+            "--data-path",
+            "x.npz",
+        ],
+        capsys,
+    )
     assert code == 2
-    assert "its data path is None but 'x.npz' here (--data-path); a resumed run keeps its " \
-           "data: drop --data-path" in err
+    assert (
+        "its data path is None but 'x.npz' here (--data-path); a resumed run keeps its "
+        "data: drop --data-path" in err
+    )
 
 
-@pytest.mark.parametrize("device, message", [
-    ("meta", r"device 'meta' cannot train vaelab models"),
-    ("mps", r"device 'mps' \(Apple's Metal\) is not available"),
-    ("cuda:7", r"device 'cuda(:7)?' asked for but"),
-    ("gpu", r"unknown device 'gpu'"),
-])
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("meta", r"device 'meta' cannot train vaelab models"),
+        ("mps", r"device 'mps' \(Apple's Metal\) is not available"),
+        ("cuda:7", r"device 'cuda(:7)?' asked for but"),
+        ("gpu", r"unknown device 'gpu'"),
+    ],
+)
 def test_a_device_that_cannot_train_is_refused_by_name(tmp_path, capsys, device, message):
     if device == "mps" and torch.backends.mps.is_available():
         device, message = "meta", r"device 'meta' cannot train vaelab models"
-    code, _, err = run_cli(["train", *TINY_VAE, "--out", str(tmp_path), "--device", device],
-                           capsys)
+    code, _, err = run_cli(
+        ["train", *TINY_VAE, "--out", str(tmp_path), "--device", device], capsys
+    )
     assert code == 2 and re.search(message, err), err
-    code, _, err = run_cli(["evaluate", "--checkpoint", str(tmp_path / "none.pt"),
-                            "--device", device], capsys)
+    code, _, err = run_cli(
+        ["evaluate", "--checkpoint", str(tmp_path / "none.pt"), "--device", device], capsys
+    )
     assert code == 2 and re.search(message, err), err
 
 
-@pytest.mark.parametrize("model, data, sets, message", [
-    ("dmm", "jsb", ["z_dim=100000000"], (r"--set z_dim=100000000 is above 1e\+06, larger "
-                                         r"than any size .* or --allow-large if you mean it")),
-    ("dmm", "jsb", ["z_dim=20000", "rnn_dim=5000"],
-     (r"has [0-9.]+e\+09 parameters .* over the limit of 5e\+07; pass smaller sizes with "
-      r"--set, or --allow-large")),
-    ("vae", "digits", ["hidden_dims=[-5]"], r"cannot be built with hidden_dims=\[-5\]"),
-    ("vae", "digits", ["hidden_dims=[0]"], r"has a layer of width 0 \(encoder"),
-])
-def test_an_impossible_size_is_refused_before_allocating(tmp_path, capsys, model, data, sets,
-                                                         message):
+@pytest.mark.parametrize(
+    "model, data, sets, message",
+    [
+        (
+            "dmm",
+            "jsb",
+            ["z_dim=100000000"],
+            (
+                r"--set z_dim=100000000 is above 1e\+06, larger "
+                r"than any size .* or --allow-large if you mean it"
+            ),
+        ),
+        (
+            "dmm",
+            "jsb",
+            ["z_dim=20000", "rnn_dim=5000"],
+            (
+                r"has [0-9.]+e\+09 parameters .* over the limit of 5e\+07; "
+                r"pass smaller sizes with "
+                r"--set, or --allow-large"
+            ),
+        ),
+        ("vae", "digits", ["hidden_dims=[-5]"], r"cannot be built with hidden_dims=\[-5\]"),
+        ("vae", "digits", ["hidden_dims=[0]"], r"has a layer of width 0 \(encoder"),
+    ],
+)
+def test_an_impossible_size_is_refused_before_allocating(
+    tmp_path, capsys, model, data, sets, message
+):
     argv = ["train", "--model", model, "--data", data, "--out", str(tmp_path)]
     for s in sets:
         argv += ["--set", s]
@@ -299,25 +419,53 @@ def test_an_empty_out_is_refused(capsys):
 
 # ----------------------------------------------------------------------------- property
 
-NUMBERS = st.one_of(st.integers(-3, 40), st.just(10**9), st.floats(allow_nan=True),
-                    st.sampled_from([0.0, 1e-3, 0.5, 2.0, -1.0, math.inf]))
-VALUES = st.one_of(NUMBERS, st.booleans(), st.none(), st.text(max_size=6),
-                   st.lists(st.integers(-2, 12), max_size=3),
-                   st.tuples(NUMBERS, NUMBERS))
+NUMBERS = st.one_of(
+    st.integers(-3, 40),
+    st.just(10**9),
+    st.floats(allow_nan=True),
+    st.sampled_from([0.0, 1e-3, 0.5, 2.0, -1.0, math.inf]),
+)
+VALUES = st.one_of(
+    NUMBERS,
+    st.booleans(),
+    st.none(),
+    st.text(max_size=6),
+    st.lists(st.integers(-2, 12), max_size=3),
+    st.tuples(NUMBERS, NUMBERS),
+)
 MODEL_KEYS = [*VAEConfig.__dataclass_fields__, "nosuch"]
-TRAIN_KEYS = [k for k in TrainConfig.__dataclass_fields__
-              if k not in ("out_dir", "max_steps", "progress", "epochs")] + ["nosuch"]
+TRAIN_KEYS = [
+    k
+    for k in TrainConfig.__dataclass_fields__
+    if k not in ("out_dir", "max_steps", "progress", "epochs")
+] + ["nosuch"]
 
 
-@settings(max_examples=30, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(flag=st.sampled_from(["--set", "--train-set"]), data=st.data(), value=VALUES)
 def test_random_set_values_are_applied_or_refused_with_a_sentence(capsys, flag, data, value):
     key = data.draw(st.sampled_from(MODEL_KEYS if flag == "--set" else TRAIN_KEYS))
     text = f"{key}={value!r}"
     with tempfile.TemporaryDirectory() as tmp:
-        argv = ["train", "--model", "vae", "--data", "digits", "--out", tmp, "--max-steps", "1",
-                "--epochs", "1", "--train-set", "progress=False", "--set", "hidden_dims=[8]"]
+        argv = [
+            "train",
+            "--model",
+            "vae",
+            "--data",
+            "digits",
+            "--out",
+            tmp,
+            "--max-steps",
+            "1",
+            "--epochs",
+            "1",
+            "--train-set",
+            "progress=False",
+            "--set",
+            "hidden_dims=[8]",
+        ]
         code, _, err = run_cli([*argv, flag, text], capsys)
         if code != 0:
             assert err.startswith("error:") or "\nerror:" in err or "usage:" in err, err
@@ -348,17 +496,25 @@ def _nan_weights(state: dict) -> None:
         state["state_dict"][key] = value * math.nan
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda s: s["history"].append({"step": 1}),
-     r"a history record is \{'step': 1\}, not a dict with kind 'train', 'val' or 'end'"),
-    (lambda s: s.update(rng={}), r"its 'rng' lacks the random states 'data' and 'torch'"),
-    (_nan_weights, r"holds non-finite weights \(encoder\.net\.0\.weight has NaN or inf"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda s: s["history"].append({"step": 1}),
+            r"a history record is \{'step': 1\}, not a dict with kind 'train', 'val' or 'end'",
+        ),
+        (lambda s: s.update(rng={}), r"its 'rng' lacks the random states 'data' and 'torch'"),
+        (_nan_weights, r"holds non-finite weights \(encoder\.net\.0\.weight has NaN or inf"),
+    ],
+)
 def test_a_crafted_checkpoint_is_refused_in_one_line_by_evaluate_and_resume(
-        checkpoint, tmp_path, capsys, change, message):
+    checkpoint, tmp_path, capsys, change, message
+):
     path = _crafted(checkpoint, tmp_path, change)
-    for argv in (["evaluate", "--checkpoint", str(path), "--samples", "2"],
-                 ["train", "--resume", str(path), "--epochs", "3"]):
+    for argv in (
+        ["evaluate", "--checkpoint", str(path), "--samples", "2"],
+        ["train", "--resume", str(path), "--epochs", "3"],
+    ):
         code, _, err = run_cli(argv, capsys)
         assert code == 2 and re.search(message, err), err
         assert len(err.strip().splitlines()) == 1 and "tensor(" not in err
@@ -382,25 +538,32 @@ def test_a_deeply_nested_checkpoint_is_refused_by_name(checkpoint, tmp_path, cap
 
 
 def test_a_two_process_checkpoint_resumed_alone_says_how_the_global_batch_changes(
-        digits, tmp_path):
+    digits, tmp_path
+):
     """A torchrun checkpoint (world 2) resumed in one process: at an epoch's end it goes on
     with a warning naming both global batches (and the --batch-size that keeps it), recorded
     in ``resumes``; inside an epoch it is refused."""
     train, val = digits
-    fit(VAE(VAEConfig(x_dim=64, z_dim=2, hidden_dims=[8])), train, val,
-        config(tmp_path, epochs=1))
+    fit(VAE(VAEConfig(x_dim=64, z_dim=2, hidden_dims=[8])), train, val, config(tmp_path, epochs=1))
     path = _crafted(tmp_path / "checkpoint.pt", tmp_path, lambda s: s.update(world=2))
     model = VAE(VAEConfig(x_dim=64, z_dim=2, hidden_dims=[8]))
-    with pytest.warns(UserWarning, match=r"in 1 process\(es\) where it trained in 2: the global "
-                                         r"batch changes from 64 to 32 examples \(pass "
-                                         r"--batch-size 64 to keep it\)"):
+    with pytest.warns(
+        UserWarning,
+        match=r"in 1 process\(es\) where it trained in 2: the global "
+        r"batch changes from 64 to 32 examples \(pass "
+        r"--batch-size 64 to keep it\)",
+    ):
         fit(model, train, val, config(tmp_path / "b", epochs=2), resume=path)
     resumes = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["resumes"]
     assert resumes[-1]["changed"]["global_batch_size"] == [64, 32]
     assert resumes[-1]["changed"]["world"] == [2, 1]
-    inside = _crafted(tmp_path / "checkpoint.pt", tmp_path,
-                      lambda s: s.update(world=2, batch_in_epoch=1))
-    with pytest.raises(ValueError, match=r"in 1 process\(es\) with batch_size=32: it trained "
-                                         r"in 2 and stopped inside epoch 2, whose batches are "
-                                         r"global batches of 64; pass batch_size=64"):
+    inside = _crafted(
+        tmp_path / "checkpoint.pt", tmp_path, lambda s: s.update(world=2, batch_in_epoch=1)
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"in 1 process\(es\) with batch_size=32: it trained "
+        r"in 2 and stopped inside epoch 2, whose batches are "
+        r"global batches of 64; pass batch_size=64",
+    ):
         fit(model, train, val, config(tmp_path / "c", epochs=2), resume=inside)

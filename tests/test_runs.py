@@ -17,8 +17,18 @@ from vaelab import runs
 from vaelab.runs import Hosting, RunWriter
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--model", "vae", "--data", "digits", "--set", "hidden_dims=[8]", "--set", "z_dim=2",
-        "--train-set", "progress=False"]
+TINY = [
+    "--model",
+    "vae",
+    "--data",
+    "digits",
+    "--set",
+    "hidden_dims=[8]",
+    "--set",
+    "z_dim=2",
+    "--train-set",
+    "progress=False",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -37,8 +47,9 @@ _STARTED: list[subprocess.Popen] = []
 
 
 def _steps(folder: Path) -> int:
-    return max((r["step"] for r in runs.read_metrics(folder)[0] if r["kind"] == "train"),
-               default=0)
+    return max(
+        (r["step"] for r in runs.read_metrics(folder)[0] if r["kind"] == "train"), default=0
+    )
 
 
 def _wait(done, limit: float = 120.0) -> None:
@@ -60,7 +71,12 @@ def test_writer_records_metrics_status_and_how_it_ended(tmp_path):
         assert [r["step"] for r in records] == [1, 2] and all("wall" in r for r in records)
         writer({"kind": "end", "step": 2})
     assert runs.read_status(folder) | {"updated": 0} == {
-        "state": "finished", "message": "", "pid": os.getpid(), "step": 2, "updated": 0}
+        "state": "finished",
+        "message": "",
+        "pid": os.getpid(),
+        "step": 2,
+        "updated": 0,
+    }
     more, offset2 = runs.read_metrics(folder, offset)  # only what is new
     assert [r["kind"] for r in more] == ["end"] and offset2 > offset
     with open(folder / "metrics.jsonl", "a") as f:
@@ -79,8 +95,7 @@ def test_writer_obeys_requests_and_the_wall_time_cap(tmp_path):
     runs.write_json(folder / "limits.json", {"max_seconds": 0.2})
     writer = RunWriter(folder).start({})
     runs.write_json(folder / "request.json", {"action": "stop"})
-    assert writer({"kind": "train", "step": 1}) is False and writer.reason == \
-        "stopped on request"
+    assert writer({"kind": "train", "step": 1}) is False and writer.reason == "stopped on request"
     (folder / "request.json").unlink()
     writer.reason = None
     time.sleep(0.3)
@@ -101,13 +116,20 @@ def test_a_run_whose_process_died_is_failed_not_training(tmp_path):
 
 def test_ownership_requests_rename_tag_and_delete(tmp_path):
     hosting = Hosting(root=tmp_path, max_running=0)
-    mine = runs.create_run(tmp_path, "me", TINY, {"model": "vae", "data": {"name": "digits"},
-                                                  "unit": "nats per example"}, hosting)
+    mine = runs.create_run(
+        tmp_path,
+        "me",
+        TINY,
+        {"model": "vae", "data": {"name": "digits"}, "unit": "nats per example"},
+        hosting,
+    )
     info = runs.run_info(tmp_path, mine)
     assert info["state"] == "queued" and runs.owns(info, "me") and not runs.owns(info, "you")
-    for call in (lambda: runs.request(tmp_path, mine, "you", "stop"),
-                 lambda: runs.rename(tmp_path, mine, "you", name="x"),
-                 lambda: runs.delete(tmp_path, mine, "you")):
+    for call in (
+        lambda: runs.request(tmp_path, mine, "you", "stop"),
+        lambda: runs.rename(tmp_path, mine, "you", name="x"),
+        lambda: runs.delete(tmp_path, mine, "you"),
+    ):
         with pytest.raises(ValueError, match="belongs to another session"):
             call()
     with pytest.raises(ValueError, match="stop this run before deleting"):
@@ -155,8 +177,9 @@ def test_paths_outside_the_roots_are_refused(tmp_path):
     with pytest.raises(ValueError, match="outside the server's data folder"):
         runs.check_data_spec({"name": "arrays", "path": "../../etc/passwd"}, hosted)
     with pytest.raises(ValueError, match="only built-in data sets"):
-        runs.check_data_spec({"name": "arrays", "path": "x.npz"},
-                             Hosting(hosted=True, root=tmp_path))
+        runs.check_data_spec(
+            {"name": "arrays", "path": "x.npz"}, Hosting(hosted=True, root=tmp_path)
+        )
     with pytest.raises(ValueError, match="unknown"):
         runs.check_data_spec({"name": "/etc/passwd"}, hosted)
     # on a laptop (not hosted) the user's own paths are theirs to use
@@ -165,10 +188,15 @@ def test_paths_outside_the_roots_are_refused(tmp_path):
 
 def test_hosting_from_the_environment():
     assert Hosting.from_env({}).hosted is False and Hosting.from_env({}).max_steps == 0
-    h = Hosting.from_env({"VAELAB_HOSTED": "1", "VAELAB_RUNS_ROOT": "/srv/runs",
-                          "VAELAB_MAX_RUNS": "2", "VAELAB_MAX_MINUTES": "5"})
-    assert (h.hosted, h.root, h.max_running, h.max_seconds) == (True, Path("/srv/runs"), 2,
-                                                                300.0)
+    h = Hosting.from_env(
+        {
+            "VAELAB_HOSTED": "1",
+            "VAELAB_RUNS_ROOT": "/srv/runs",
+            "VAELAB_MAX_RUNS": "2",
+            "VAELAB_MAX_MINUTES": "5",
+        }
+    )
+    assert (h.hosted, h.root, h.max_running, h.max_seconds) == (True, Path("/srv/runs"), 2, 300.0)
     assert h.max_params == 2_000_000 and h.grace_seconds == 120.0
     with pytest.raises(ValueError, match="VAELAB_MAX_RUNS='two' is not a whole number"):
         Hosting.from_env({"VAELAB_MAX_RUNS": "two"})
@@ -189,8 +217,10 @@ def test_queue_positions_follow_creation_order(tmp_path):
 
 
 def test_metrics_csv_names_the_run_and_its_units():
-    records = [{"kind": "train", "step": 1, "nelbo": 3.0, "wall": 100.0},
-               {"kind": "val", "step": 1, "nelbo": 2.0, "epoch": 1, "wall": 101.5}]
+    records = [
+        {"kind": "train", "step": 1, "nelbo": 3.0, "wall": 100.0},
+        {"kind": "val", "step": 1, "nelbo": 2.0, "epoch": 1, "wall": 101.5},
+    ]
     lines = runs.metrics_csv("vae-digits-1", records, "nats per example").splitlines()
     assert lines[0] == "run,wall_time,step,kind,unit,nelbo,epoch"
     assert lines[1] == "vae-digits-1,0.0,1,train,nats per example,3.0,"
@@ -207,10 +237,14 @@ def test_comparable_runs_share_data_and_unit():
 
 
 def _train(folder: Path, *args: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "vaelab", "train", *TINY, "--out",
-                             str(folder), *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vaelab", "train", *TINY, "--out", str(folder), *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     _STARTED.append(proc)
     return proc
 
@@ -222,7 +256,12 @@ def test_a_cli_run_writes_its_folder_and_stops_on_sigint(tmp_path):
     _wait(lambda: len(runs.read_metrics(folder)[0]) >= 3)
     info = runs.list_runs(tmp_path)[0]
     assert (info["id"], info["model"], info["data"], info["unit"], info["state"]) == (
-        "cli-run", "vae", "digits", "nats per example", "training")
+        "cli-run",
+        "vae",
+        "digits",
+        "nats per example",
+        "training",
+    )
     assert info["owner"] is None  # read-only for every session
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 130
@@ -245,8 +284,12 @@ def test_a_bad_value_fails_its_run_with_the_message(tmp_path):
 @pytest.mark.integration
 def test_queue_with_limit_two_pause_continue_stop(tmp_path):
     hosting = Hosting(root=tmp_path, max_running=2)
-    ids = [runs.create_run(tmp_path, f"s{i}", [*TINY, "--epochs", "100000"],
-                           {"model": "vae"}, hosting) for i in range(3)]
+    ids = [
+        runs.create_run(
+            tmp_path, f"s{i}", [*TINY, "--epochs", "100000"], {"model": "vae"}, hosting
+        )
+        for i in range(3)
+    ]
     assert runs.dispatch(tmp_path, hosting) == ids[:2]
     listed = runs.list_runs(tmp_path)
     assert runs.queue_position(listed, ids[2]) == 1
@@ -266,8 +309,7 @@ def test_queue_with_limit_two_pause_continue_stop(tmp_path):
     assert runs.dispatch(tmp_path, hosting) == [ids[2]]  # the third starts when one ends
     for i, run_id in enumerate(ids[1:], start=1):
         runs.request(tmp_path, run_id, f"s{i}", "stop")
-    _wait(lambda: all(runs.read_status(tmp_path / i)["state"] not in runs.ACTIVE
-                      for i in ids))
+    _wait(lambda: all(runs.read_status(tmp_path / i)["state"] not in runs.ACTIVE for i in ids))
     assert all((tmp_path / i / "checkpoint.pt").is_file() for i in ids)
     _wait(lambda: runs.dispatch(tmp_path, hosting) == [] and not runs._CHILDREN)  # reaped
 
@@ -275,10 +317,8 @@ def test_queue_with_limit_two_pause_continue_stop(tmp_path):
 @pytest.mark.integration
 def test_runs_of_a_gone_session_stop_after_the_grace_period(tmp_path):
     hosting = Hosting(hosted=True, root=tmp_path, max_running=1, grace_seconds=60)
-    a = runs.create_run(tmp_path, "a", [*TINY, "--epochs", "100000"], {"model": "vae"},
-                        hosting)
-    b = runs.create_run(tmp_path, "b", [*TINY, "--epochs", "100000"], {"model": "vae"},
-                        hosting)
+    a = runs.create_run(tmp_path, "a", [*TINY, "--epochs", "100000"], {"model": "vae"}, hosting)
+    b = runs.create_run(tmp_path, "b", [*TINY, "--epochs", "100000"], {"model": "vae"}, hosting)
     assert runs.dispatch(tmp_path, hosting) == [a]
     _wait(lambda: runs.read_metrics(tmp_path / a)[0])
     runs.dispatch(tmp_path, hosting, now=time.time() + 120)  # both pages gone

@@ -34,17 +34,24 @@ def small_system(seed: int = 0) -> LinearGaussianSSM:
     d = torch.float64
     A = torch.randn(2, 2, generator=g, dtype=d)
     return LinearGaussianSSM(
-        m0=torch.randn(2, generator=g, dtype=d), P0=torch.diag(torch.tensor([1.0, 0.5], dtype=d)),
-        A=0.8 * A / torch.linalg.matrix_norm(A, ord=2), B=torch.randn(2, 1, generator=g, dtype=d),
-        Q=torch.diag(torch.tensor([0.3, 0.2], dtype=d)), C=torch.randn(2, 2, generator=g, dtype=d),
-        R=torch.diag(torch.tensor([0.4, 0.3], dtype=d)), b=0.1 * torch.ones(2, dtype=d),
+        m0=torch.randn(2, generator=g, dtype=d),
+        P0=torch.diag(torch.tensor([1.0, 0.5], dtype=d)),
+        A=0.8 * A / torch.linalg.matrix_norm(A, ord=2),
+        B=torch.randn(2, 1, generator=g, dtype=d),
+        Q=torch.diag(torch.tensor([0.3, 0.2], dtype=d)),
+        C=torch.randn(2, 2, generator=g, dtype=d),
+        R=torch.diag(torch.tensor([0.4, 0.3], dtype=d)),
+        b=0.1 * torch.ones(2, dtype=d),
         d=torch.tensor([0.5, -0.5], dtype=d),
     )
 
 
 def linear_model(sys: LinearGaussianSSM, guide: str) -> SSM:
-    model = SSM(SSMConfig(x_dim=sys.x_dim, a_dim=sys.a_dim, z_dim=sys.z_dim, linear=True,
-                          guide=guide, rnn_dim=8)).double()
+    model = SSM(
+        SSMConfig(
+            x_dim=sys.x_dim, a_dim=sys.a_dim, z_dim=sys.z_dim, linear=True, guide=guide, rnn_dim=8
+        )
+    ).double()
     model.set_linear_system(sys)
     return model
 
@@ -70,9 +77,13 @@ def test_registered():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"z_dim": 0}, "z_dim must be >= 1"), ({"a_dim": -1}, "a_dim must be >= 0"),
-     ({"guide": "future"}, "guide must be one of"), ({"activation": "sin"}, "activation must"),
-     ({"min_scale": 0.0}, "min_scale must be > 0")],
+    [
+        ({"z_dim": 0}, "z_dim must be >= 1"),
+        ({"a_dim": -1}, "a_dim must be >= 0"),
+        ({"guide": "future"}, "guide must be one of"),
+        ({"activation": "sin"}, "activation must"),
+        ({"min_scale": 0.0}, "min_scale must be > 0"),
+    ],
 )
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -126,8 +137,11 @@ def test_seed_configuration_trains_every_network(guide):
     configuration (T=20, batch 1000, z 4, x 2, a 2, tanh MLPs) every parameter of the
     transition, emitter and guide must get a non-zero gradient, and training lowers -ELBO."""
     batch = seed_batch()
-    model = SSM(SSMConfig(x_dim=2, a_dim=2, z_dim=4, hidden_dim=32, activation="tanh",
-                          guide=guide, rnn_dim=16))
+    model = SSM(
+        SSMConfig(
+            x_dim=2, a_dim=2, z_dim=4, hidden_dim=32, activation="tanh", guide=guide, rnn_dim=16
+        )
+    )
     assert_every_parameter_gets_gradient(model, batch)
     for net in (model.transition, model.emitter, model.combiner):
         assert all(p.grad.abs().sum() > 0 for p in net.parameters())
@@ -158,8 +172,9 @@ def test_padding_values_do_not_matter(guide):
     x, a = torch.randn(4, 8, 2), torch.randn(4, 8, 2)
     mask = torch.arange(8) < lengths[:, None]
     nan = torch.tensor(float("nan"))
-    padded = Batch(torch.where(mask[..., None], x, nan), torch.where(mask[..., None], a, nan),
-                   mask)
+    padded = Batch(
+        torch.where(mask[..., None], x, nan), torch.where(mask[..., None], a, nan), mask
+    )
     torch.manual_seed(1)
     terms = model.elbo(padded)
     loss(terms).backward()
@@ -227,8 +242,9 @@ def test_elbo_below_exact_log_likelihood(guide):
     mean, se = mean_and_se(elbos)
     assert (mean <= log_p + 3 * se).all()
     # and the model's own matrices give the same exact value
-    torch.testing.assert_close(kalman_log_likelihood(model.linear_system(), batch.x, batch.a),
-                               log_p)
+    torch.testing.assert_close(
+        kalman_log_likelihood(model.linear_system(), batch.x, batch.a), log_p
+    )
 
 
 @pytest.mark.parametrize("guide", GUIDES)

@@ -10,8 +10,20 @@ import torch
 
 from vaelab.sweep import SweepRun, run_sweep, summarise
 
-TINY = ["--model", "vae", "--data", "digits", "--max-steps", "2", "--batch-size", "64",
-        "--set", "hidden_dims=[8]", "--train-set", "progress=False"]
+TINY = [
+    "--model",
+    "vae",
+    "--data",
+    "digits",
+    "--max-steps",
+    "2",
+    "--batch-size",
+    "64",
+    "--set",
+    "hidden_dims=[8]",
+    "--train-set",
+    "progress=False",
+]
 
 
 def test_sweep_runs_every_seed_as_its_own_process(tmp_path: Path) -> None:
@@ -40,13 +52,16 @@ def test_sweep_reports_a_failed_run_with_its_message(tmp_path: Path) -> None:
     assert summarise(runs)["failed"] == 1 and math.isnan(summarise(runs)["mean"])
 
 
-@pytest.mark.parametrize("args, seeds, jobs, match", [
-    (TINY, [], 1, "at least one seed"),
-    (TINY, [1, 1], 1, "must differ"),
-    (TINY, [0], 0, "--jobs must be >= 1"),
-    ([*TINY, "--seed", "3"], [0], 1, "sets --seed itself"),
-    ([*TINY, "--out=x"], [0], 1, "sets --out itself"),
-])
+@pytest.mark.parametrize(
+    "args, seeds, jobs, match",
+    [
+        (TINY, [], 1, "at least one seed"),
+        (TINY, [1, 1], 1, "must differ"),
+        (TINY, [0], 0, "--jobs must be >= 1"),
+        ([*TINY, "--seed", "3"], [0], 1, "sets --seed itself"),
+        ([*TINY, "--out=x"], [0], 1, "sets --out itself"),
+    ],
+)
 def test_sweep_bad_arguments(tmp_path: Path, args, seeds, jobs, match) -> None:
     with pytest.raises(ValueError, match=match):
         run_sweep(args, seeds=seeds, out=tmp_path, jobs=jobs)

@@ -56,8 +56,11 @@ def test_pendulum_follows_its_equations():
     u = train.a[..., 0].double()
     # semi-implicit Euler: theta' = theta + dt omega' exactly
     torch.testing.assert_close(theta[:, 1:], theta[:, :-1] + dt * omega[:, 1:], atol=1e-5, rtol=0)
-    w = omega[:, 1:] - omega[:, :-1] - dt * (-g * torch.sin(theta[:, :-1])
-                                             - damping * omega[:, :-1] + u[:, :-1])
+    w = (
+        omega[:, 1:]
+        - omega[:, :-1]
+        - dt * (-g * torch.sin(theta[:, :-1]) - damping * omega[:, :-1] + u[:, :-1])
+    )
     v = train.x.double() - torch.stack([torch.cos(theta), torch.sin(theta)], -1)
     for resid, std in ((w.flatten(), q), (v.flatten(), r)):
         n = len(resid)
@@ -107,15 +110,19 @@ def test_from_arrays_splits_and_padding():
 
 @pytest.mark.parametrize(
     "change, match",
-    [(lambda x, a, n: (x[:, :, 0], a, n), r"x must be \[N, T, obs\].*add a feature axis"),
-     (lambda x, a, n: (x, a[:, :4], n), r"a must be \[N, T, act\] = \[20, 6, act\]"),
-     (lambda x, a, n: (x, a, n[:5]), r"lengths must be \[N\] = \[20\]"),
-     (lambda x, a, n: (x, a, n * 0), r"lengths must be in 1..T=6"),
-     (lambda x, a, n: (x, a, n + 0.5), "whole numbers"),
-     (lambda x, a, n: (x[:2], a[:2], n[:2]), "at least 3 sequences"),
-     (lambda x, a, n: (np.where(np.arange(6)[None, :, None] == 2, np.nan, x), a, n),
-      r"x holds NaN/inf at 20 observed steps \(first: sequence 0, step 2\)"),
-     (lambda x, a, n: (x.astype(str), a, n), "must hold numbers")],
+    [
+        (lambda x, a, n: (x[:, :, 0], a, n), r"x must be \[N, T, obs\].*add a feature axis"),
+        (lambda x, a, n: (x, a[:, :4], n), r"a must be \[N, T, act\] = \[20, 6, act\]"),
+        (lambda x, a, n: (x, a, n[:5]), r"lengths must be \[N\] = \[20\]"),
+        (lambda x, a, n: (x, a, n * 0), r"lengths must be in 1..T=6"),
+        (lambda x, a, n: (x, a, n + 0.5), "whole numbers"),
+        (lambda x, a, n: (x[:2], a[:2], n[:2]), "at least 3 sequences"),
+        (
+            lambda x, a, n: (np.where(np.arange(6)[None, :, None] == 2, np.nan, x), a, n),
+            r"x holds NaN/inf at 20 observed steps \(first: sequence 0, step 2\)",
+        ),
+        (lambda x, a, n: (x.astype(str), a, n), "must hold numbers"),
+    ],
 )
 def test_from_arrays_rejects_bad_input(change, match):
     x, a = arrays()
@@ -146,34 +153,40 @@ def test_load_arrays_file(tmp_path):
 
 
 @pytest.mark.parametrize("loader", [load_linear, load_pendulum])
-@pytest.mark.parametrize("kw, match", [
-    ({"n_train": "5"}, r"n_train must be a whole number, got '5' \(type str\)"),
-    ({"n_val": 0}, "n_val must be >= 1, got 0"),
-    ({"n_test": 2.0}, "n_test must be a whole number, got 2.0"),
-    ({"steps": 1.5}, "steps must be a whole number, got 1.5"),
-    ({"steps": 1}, "steps must be >= 2"),
-    ({"min_steps": 0}, r"min_steps must be in 1..\d+, got 0"),
-    ({"steps": 5, "min_steps": 6}, "min_steps must be in 1..5, got 6"),
-    ({"min_steps": 2.5}, "min_steps must be a whole number"),
-    ({"seed": "0"}, "seed must be a whole number, got '0'"),
-    ({"dt": 0}, "dt must be > 0, got 0.0"),
-    ({"dt": "fast"}, r"dt must be a number, got 'fast' \(type str\)"),
-    ({"damping": -1}, "damping must be >= 0, got -1.0"),
-    ({"obs_std": float("nan")}, "obs_std must be finite, got nan"),
-    ({"obs_std": -0.1}, r"obs_std must be (> 0|>= 0), got -0.1"),
-    ({"n_train": True}, "n_train must be a whole number, got True"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"n_train": "5"}, r"n_train must be a whole number, got '5' \(type str\)"),
+        ({"n_val": 0}, "n_val must be >= 1, got 0"),
+        ({"n_test": 2.0}, "n_test must be a whole number, got 2.0"),
+        ({"steps": 1.5}, "steps must be a whole number, got 1.5"),
+        ({"steps": 1}, "steps must be >= 2"),
+        ({"min_steps": 0}, r"min_steps must be in 1..\d+, got 0"),
+        ({"steps": 5, "min_steps": 6}, "min_steps must be in 1..5, got 6"),
+        ({"min_steps": 2.5}, "min_steps must be a whole number"),
+        ({"seed": "0"}, "seed must be a whole number, got '0'"),
+        ({"dt": 0}, "dt must be > 0, got 0.0"),
+        ({"dt": "fast"}, r"dt must be a number, got 'fast' \(type str\)"),
+        ({"damping": -1}, "damping must be >= 0, got -1.0"),
+        ({"obs_std": float("nan")}, "obs_std must be finite, got nan"),
+        ({"obs_std": -0.1}, r"obs_std must be (> 0|>= 0), got -0.1"),
+        ({"n_train": True}, "n_train must be a whole number, got True"),
+    ],
+)
 def test_system_loaders_name_bad_arguments(loader, kw, match):
     with pytest.raises(ValueError, match=match):
         loader(**{"n_train": 5, "n_val": 1, "n_test": 1, "steps": 4, **kw})
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"force_std": -1}, "force_std must be >= 0, got -1.0"),
-    ({"process_std": 0.1}, r"process_std must be a pair \(position, velocity\)"),
-    ({"init_std": (1.0, 0.0)}, "init_std must be > 0, got 0.0"),
-    ({"process_std": (0.1, "a")}, "process_std must be a number, got 'a'"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"force_std": -1}, "force_std must be >= 0, got -1.0"),
+        ({"process_std": 0.1}, r"process_std must be a pair \(position, velocity\)"),
+        ({"init_std": (1.0, 0.0)}, "init_std must be > 0, got 0.0"),
+        ({"process_std": (0.1, "a")}, "process_std must be a number, got 'a'"),
+    ],
+)
 def test_linear_system_parameters(kw, match):
     with pytest.raises(ValueError, match=match):
         load_linear(n_train=5, n_val=1, n_test=1, steps=4, **kw)
@@ -189,13 +202,16 @@ def test_pendulum_parameters():
         load_pendulum(gravity=float("inf"))
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"val_fraction": "0.1"}, "val_fraction must be a number, got '0.1'"),
-    ({"test_fraction": 1.0}, r"must be in \[0, 1\), got 0.1 and 1.0"),
-    ({"val_fraction": -0.1}, r"must be in \[0, 1\), got -0.1"),
-    ({"seed": 1.5}, "seed must be a whole number, got 1.5"),
-    ({"name": 3}, "name must be a str, got 3"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"val_fraction": "0.1"}, "val_fraction must be a number, got '0.1'"),
+        ({"test_fraction": 1.0}, r"must be in \[0, 1\), got 0.1 and 1.0"),
+        ({"val_fraction": -0.1}, r"must be in \[0, 1\), got -0.1"),
+        ({"seed": 1.5}, "seed must be a whole number, got 1.5"),
+        ({"name": 3}, "name must be a str, got 3"),
+    ],
+)
 def test_from_arrays_rejects_bad_options(kw, match):
     x, a = arrays()
     with pytest.raises(ValueError, match=match):
@@ -245,8 +261,11 @@ def test_load_arrays_wrong_files(tmp_path):
 
 
 def test_simulated_sizes_are_bounded_and_obs_std_is_one_number():
-    with pytest.raises(ValueError, match=r"1e\+09 steps\) exceed the 2e\+07 a simulated data set "
-                       r"may hold in memory; lower n_train or steps"):
+    with pytest.raises(
+        ValueError,
+        match=r"1e\+09 steps\) exceed the 2e\+07 a simulated data set "
+        r"may hold in memory; lower n_train or steps",
+    ):
         load_linear(n_train=10**8, steps=10)
     with pytest.raises(ValueError, match="exceed the"):
         load_pendulum(steps=10**6)

@@ -104,8 +104,13 @@ def test_resume_after_an_epoch_matches_a_straight_run(digits, tmp_path):
     fit(first, train, val, config(tmp_path / "b", epochs=1))
     torch.manual_seed(99)  # resuming must restore every random state itself
     resumed = small_vae()
-    hist_resumed = fit(resumed, train, val, config(tmp_path / "b", epochs=2),
-                       resume=tmp_path / "b" / "checkpoint.pt")
+    hist_resumed = fit(
+        resumed,
+        train,
+        val,
+        config(tmp_path / "b", epochs=2),
+        resume=tmp_path / "b" / "checkpoint.pt",
+    )
     _assert_same_params(_params(straight), _params(resumed))
     assert timeless(hist_resumed) == timeless(hist_straight)
 
@@ -123,8 +128,13 @@ def test_resume_from_a_mid_epoch_stop_matches_a_straight_run(digits, tmp_path):
     ckpt = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
     assert (ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]) == (7, 1, 2)
     resumed = small_vae()
-    hist_resumed = fit(resumed, train, val, config(tmp_path / "b", epochs=2),
-                       resume=tmp_path / "b" / "checkpoint.pt")
+    hist_resumed = fit(
+        resumed,
+        train,
+        val,
+        config(tmp_path / "b", epochs=2),
+        resume=tmp_path / "b" / "checkpoint.pt",
+    )
     _assert_same_params(_params(straight), _params(resumed))
     assert timeless(hist_resumed) == timeless(hist_straight)
 
@@ -283,24 +293,34 @@ def test_decay_before_clip_puts_the_l2_gradient_inside_the_clipped_norm(digits, 
 
     def spy(parameters, max_norm):
         parameters = list(parameters)
-        seen.append(([p.grad.clone() for p in parameters],
-                     [p.detach().clone() for p in parameters]))
+        seen.append(
+            ([p.grad.clone() for p in parameters], [p.detach().clone() for p in parameters])
+        )
         return real(parameters, max_norm)
 
     monkeypatch.setattr(vaelab.train.step.nn.utils, "clip_grad_norm_", spy)
     runs = {}
-    for name, recipe in {"none": None, "after": None,
-                         "before": ClippedAdam(decay_before_clip=True)}.items():
+    for name, recipe in {
+        "none": None,
+        "after": None,
+        "before": ClippedAdam(decay_before_clip=True),
+    }.items():
         seen.clear()
         torch.manual_seed(0)  # the same initial weights in all three
         model = small_vae()
         decay = {} if name == "none" else {"weight_decay": 0.5}
-        fit(model, train, None, config(max_steps=1, seed=3, clip_norm=1e-3, **decay),
-            optimizer=recipe)
+        fit(
+            model,
+            train,
+            None,
+            config(max_steps=1, seed=3, clip_norm=1e-3, **decay),
+            optimizer=recipe,
+        )
         runs[name] = seen[0]
     grads, params = runs["none"]
-    for g_none, g_after, g_before, p in zip(grads, runs["after"][0], runs["before"][0], params,
-                                            strict=True):
+    for g_none, g_after, g_before, p in zip(
+        grads, runs["after"][0], runs["before"][0], params, strict=True
+    ):
         torch.testing.assert_close(g_after, g_none)  # Adam adds it later, after the clip
         torch.testing.assert_close(g_before, g_none + 0.5 * p)
 
@@ -324,8 +344,13 @@ def test_clip_value_sum_clamps_every_gradient_element_per_step(digits, monkeypat
         assert before > value and after == pytest.approx(value)  # it did clamp
     seen.clear()
     seen.clear()  # several guide draws per step: the same summed loss per batch, same clamp
-    fit(small_vae(), train, None, config(epochs=1, train_samples=2),
-        optimizer=ClippedAdam(clip_value_sum=3.2))
+    fit(
+        small_vae(),
+        train,
+        None,
+        config(epochs=1, train_samples=2),
+        optimizer=ClippedAdam(clip_value_sum=3.2),
+    )
     assert [value for value, _, _ in seen] == pytest.approx([3.2 / 32] * 5)
     seen.clear()
     fit(small_vae(), train, None, config(epochs=1))  # off by default
@@ -339,15 +364,17 @@ def test_train_samples_average_the_elbo_of_several_guide_draws(digits, monkeypat
     real_elbo, real_loss = model.elbo, vaelab.train.step.loss
     # the VAE's elbo takes no samples: it sees the batch repeated, sample-major
     monkeypatch.setattr(model, "elbo", lambda b: rows.append(len(b)) or real_elbo(b))
-    monkeypatch.setattr(vaelab.train.step, "loss",
-                        lambda terms, w: seen.append((terms, w)) or real_loss(terms, w))
+    monkeypatch.setattr(
+        vaelab.train.step, "loss", lambda terms, w: seen.append((terms, w)) or real_loss(terms, w)
+    )
     history = fit(model, train, None, config(epochs=1, train_samples=3))
     assert rows == [96] * 5  # 5 batches of 32, three draws each
     for terms, w in seen:  # the loss is the mean of the three draws' losses
         fields = (terms.log_likelihood, terms.kl, terms.steps)
-        draws = [ELBOTerms(*(t[i * 32:(i + 1) * 32] for t in fields)) for i in range(3)]
-        torch.testing.assert_close(real_loss(terms, w),
-                                   torch.stack([real_loss(d, w) for d in draws]).mean())
+        draws = [ELBOTerms(*(t[i * 32 : (i + 1) * 32] for t in fields)) for i in range(3)]
+        torch.testing.assert_close(
+            real_loss(terms, w), torch.stack([real_loss(d, w) for d in draws]).mean()
+        )
     assert history[0]["nelbo"] == pytest.approx(-float(seen[0][0].elbo.detach().mean()))
 
 
@@ -375,12 +402,14 @@ def test_resume_rejects_a_missing_or_foreign_checkpoint(digits, tmp_path):
         load_checkpoint(bad)
 
 
-def test_best_checkpoint_keeps_the_weights_of_the_lowest_validation_elbo(digits, tmp_path,
-                                                                           monkeypatch):
+def test_best_checkpoint_keeps_the_weights_of_the_lowest_validation_elbo(
+    digits, tmp_path, monkeypatch
+):
     train, val = digits
     scripted = iter([5.0, 3.0, 4.0, 3.5, 2.0])  # validation -ELBO after epochs 1..5
-    monkeypatch.setattr(vaelab.train.run, "evaluate_elbo",
-                        lambda *a, **k: {"nelbo": next(scripted), "kl": 0.0})
+    monkeypatch.setattr(
+        vaelab.train.run, "evaluate_elbo", lambda *a, **k: {"nelbo": next(scripted), "kl": 0.0}
+    )
     model = small_vae()
     snapshots = {}
 
@@ -401,11 +430,23 @@ def test_best_checkpoint_keeps_the_weights_of_the_lowest_validation_elbo(digits,
     with pytest.raises(AssertionError):
         _assert_same_params(best["state_dict"], snapshots[3])
     # resuming remembers the best so far: 3.5 at epoch 4 is not better than 3.0, 2.0 is
-    fit(model, train, val, config(tmp_path, epochs=4), callback=keep,
-        resume=tmp_path / "checkpoint.pt")
+    fit(
+        model,
+        train,
+        val,
+        config(tmp_path, epochs=4),
+        callback=keep,
+        resume=tmp_path / "checkpoint.pt",
+    )
     assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 2
-    fit(model, train, val, config(tmp_path, epochs=5), callback=keep,
-        resume=tmp_path / "checkpoint.pt")
+    fit(
+        model,
+        train,
+        val,
+        config(tmp_path, epochs=5),
+        callback=keep,
+        resume=tmp_path / "checkpoint.pt",
+    )
     best = load_checkpoint(tmp_path / "best.pt")
     assert best["epoch"] == 5
     _assert_same_params(best["state_dict"], snapshots[5])
@@ -418,14 +459,17 @@ def test_no_best_checkpoint_without_validation(digits, tmp_path):
 
 
 @pytest.mark.parametrize("links", [True, False])
-def test_best_checkpoint_shares_the_saved_state_by_link_or_copy(digits, tmp_path, monkeypatch,
-                                                                links):
+def test_best_checkpoint_shares_the_saved_state_by_link_or_copy(
+    digits, tmp_path, monkeypatch, links
+):
     """best.pt due with checkpoint.pt: a hard link where the file system allows, else a copy;
     either way it keeps its bytes when checkpoint.pt is replaced later."""
     train, val = digits
     if not links:
+
         def no_link(*_):
             raise OSError("no hard links here")
+
         monkeypatch.setattr(vaelab.train.checkpoint.os, "link", no_link)
     fit(small_vae(), train, val, config(tmp_path, epochs=1))
     best, last = tmp_path / "best.pt", tmp_path / "checkpoint.pt"
@@ -455,8 +499,13 @@ def test_train_step_alone_is_one_optimiser_step_of_fit(digits):
     history = fit(reference, train, None, cfg)  # seeds itself with cfg.seed
     vaelab.train.seed_everything(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    batch = next(iter(train.batches(cfg.batch_size, shuffle=True, generator=generator,
-                                    jitter=cfg.bucket_jitter)))
+    batch = next(
+        iter(
+            train.batches(
+                cfg.batch_size, shuffle=True, generator=generator, jitter=cfg.bucket_jitter
+            )
+        )
+    )
     optimizer = vaelab.train.adam(model.parameters(), cfg, torch.device("cpu"))
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=1.0)
     record = vaelab.train.train_step(model, batch, optimizer, scheduler, cfg, step=0)
@@ -467,8 +516,9 @@ def test_train_step_alone_is_one_optimiser_step_of_fit(digits):
 
 
 @pytest.mark.parametrize("every", [2, 3])
-def test_reading_the_metrics_every_few_steps_changes_no_number(digits, tmp_path, monkeypatch,
-                                                               every):
+def test_reading_the_metrics_every_few_steps_changes_no_number(
+    digits, tmp_path, monkeypatch, every
+):
     """sync_every keeps a step's metrics on the device and reads an interval's in one
     transfer (for a GPU, where every read waits for the device); the run is the same."""
     train, val = digits
@@ -485,11 +535,19 @@ def test_reading_the_metrics_every_few_steps_changes_no_number(digits, tmp_path,
         reads.clear()
         torch.manual_seed(0)
         model = small_vae()
-        history = fit(model, train, val, config(tmp_path / str(k), epochs=2, sync_every=k,
-                                                 weight_decay=1e-3),
-                      optimizer=ClippedAdam(clip_value_sum=3.2, decay_before_clip=True))
-        runs[k] = (timeless(history), model.state_dict(), list(reads),
-                   load_checkpoint(tmp_path / str(k) / "checkpoint.pt")["state_dict"])
+        history = fit(
+            model,
+            train,
+            val,
+            config(tmp_path / str(k), epochs=2, sync_every=k, weight_decay=1e-3),
+            optimizer=ClippedAdam(clip_value_sum=3.2, decay_before_clip=True),
+        )
+        runs[k] = (
+            timeless(history),
+            model.state_dict(),
+            list(reads),
+            load_checkpoint(tmp_path / str(k) / "checkpoint.pt")["state_dict"],
+        )
     assert runs[1][0] == runs[every][0]
     for state in (1, 3):
         for name, value in runs[1][state].items():
@@ -520,11 +578,17 @@ def _poisoned(kind: str, model, monkeypatch, at_step: int = 7):
     monkeypatch.setattr(model, "elbo", elbo)
 
 
-@pytest.mark.parametrize("kind, reason", [("nan", "non-finite loss at step 7"),
-                                          ("exploding", "exploding loss"),
-                                          ("gradient", "non-finite gradient norm at step 7")])
+@pytest.mark.parametrize(
+    "kind, reason",
+    [
+        ("nan", "non-finite loss at step 7"),
+        ("exploding", "exploding loss"),
+        ("gradient", "non-finite gradient norm at step 7"),
+    ],
+)
 def test_a_deferred_read_stops_at_the_diverged_step_with_its_parameters_untouched(
-        digits, tmp_path, monkeypatch, kind, reason):
+    digits, tmp_path, monkeypatch, kind, reason
+):
     """With sync_every=4 step 7 diverges inside the interval 5-8: the fused optimiser skips
     its update and step 8's on the device, and the read raises what a read per step raises,
     with the same parameters (those after step 6), records and message."""
@@ -535,10 +599,18 @@ def test_a_deferred_read_stops_at_the_diverged_step_with_its_parameters_untouche
         model, seen = small_vae(), []
         _poisoned(kind, model, monkeypatch)
         with pytest.raises(TrainingDiverged, match=reason) as info:
-            fit(model, train, val, config(tmp_path / str(k), epochs=3, sync_every=k),
-                callback=seen.append)
-        runs[k] = (str(info.value).replace(str(tmp_path / str(k)), "OUT"),
-                   timeless(seen), model.state_dict())
+            fit(
+                model,
+                train,
+                val,
+                config(tmp_path / str(k), epochs=3, sync_every=k),
+                callback=seen.append,
+            )
+        runs[k] = (
+            str(info.value).replace(str(tmp_path / str(k)), "OUT"),
+            timeless(seen),
+            model.state_dict(),
+        )
     assert runs[1][0] == runs[4][0]
     assert runs[1][1] == runs[4][1]
     assert [r["step"] for r in runs[4][1] if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
@@ -551,8 +623,13 @@ def test_a_callback_stop_acts_at_the_next_read(digits, tmp_path):
     """sync_every=4: the callback sees step 2's record only when steps 1-4 are read; training
     stops there, saves step 4, and every step run has its record."""
     train, val = digits
-    history = fit(small_vae(), train, val, config(tmp_path, epochs=2, sync_every=4),
-                  callback=lambda r: r.get("step") != 2)
+    history = fit(
+        small_vae(),
+        train,
+        val,
+        config(tmp_path, epochs=2, sync_every=4),
+        callback=lambda r: r.get("step") != 2,
+    )
     assert [r["step"] for r in history if r["kind"] == "train"] == [1, 2, 3, 4]
     assert history[-1]["stopped"] is True
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 4
@@ -592,10 +669,15 @@ def test_a_checkpoint_from_before_the_train_package_resumes_bit_for_bit(tmp_path
     shutil.copy(DATA / "dmm_pyro_checkpoint_v1.pt", path)
     ckpt = load_checkpoint(path)  # the old fields became the recipe that trains as they did
     assert "clip_value_sum" not in ckpt["train_config"]
-    assert ckpt["recipe"] == {"name": "ClippedAdam", "clip_value_sum": 10.0,
-                              "decay_before_clip": False, "adam_eps": 1e-8}
-    code = main(["train", "--resume", str(path), "--max-steps", "6",
-                 "--train-set", "progress=False"])
+    assert ckpt["recipe"] == {
+        "name": "ClippedAdam",
+        "clip_value_sum": 10.0,
+        "decay_before_clip": False,
+        "adam_eps": 1e-8,
+    }
+    code = main(
+        ["train", "--resume", str(path), "--max-steps", "6", "--train-set", "progress=False"]
+    )
     assert code == 0, capsys.readouterr().err
     ckpt = load_checkpoint(path)
     records = [r for r in ckpt["history"] if r["kind"] == "train"]
@@ -606,8 +688,14 @@ def test_a_checkpoint_from_before_the_train_package_resumes_bit_for_bit(tmp_path
     with pytest.raises(ValueError, match=r"it trained with ClippedAdam\(clip_value_sum=10.0"):
         model = build_model(ckpt["model"], ckpt["config"])
         train, val, _ = load_dataset(**ckpt["data"])
-        fit(model, train, val, TrainConfig(**{**ckpt["train_config"], "max_steps": 9}),
-            resume=path, optimizer=Adam())
+        fit(
+            model,
+            train,
+            val,
+            TrainConfig(**{**ckpt["train_config"], "max_steps": 9}),
+            resume=path,
+            optimizer=Adam(),
+        )
 
 
 def test_an_unknown_optimiser_recipe_is_refused_by_name(tmp_path):
@@ -620,9 +708,14 @@ def test_an_unknown_optimiser_recipe_is_refused_by_name(tmp_path):
         load_checkpoint(path)
 
 
-@pytest.mark.parametrize("kw, field", [({"clip_value_sum": -1.0}, "clip_value_sum"),
-                                       ({"clip_value_sum": math.nan}, "clip_value_sum"),
-                                       ({"adam_eps": 0.0}, "adam_eps")])
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        ({"clip_value_sum": -1.0}, "clip_value_sum"),
+        ({"clip_value_sum": math.nan}, "clip_value_sum"),
+        ({"adam_eps": 0.0}, "adam_eps"),
+    ],
+)
 def test_a_bad_comparison_recipe_is_rejected(kw, field):
     with pytest.raises(ValueError, match=rf"ClippedAdam\.{field}=.* is out of range"):
         ClippedAdam(**kw)
@@ -631,9 +724,16 @@ def test_a_bad_comparison_recipe_is_rejected(kw, field):
 def test_the_recipes_epsilon_reaches_fits_adam(digits, tmp_path):
     """adam_eps left TrainConfig for the comparison recipe; fit's optimiser takes it."""
     train, _ = digits
-    fit(small_vae(), train, None, config(tmp_path / "a", max_steps=1),
-        optimizer=ClippedAdam(adam_eps=1.66e-10))
+    fit(
+        small_vae(),
+        train,
+        None,
+        config(tmp_path / "a", max_steps=1),
+        optimizer=ClippedAdam(adam_eps=1.66e-10),
+    )
     fit(small_vae(), train, None, config(tmp_path / "b", max_steps=1))
-    eps = {k: load_checkpoint(tmp_path / k / "checkpoint.pt")["optimizer"]["param_groups"][0]
-           ["eps"] for k in "ab"}
+    eps = {
+        k: load_checkpoint(tmp_path / k / "checkpoint.pt")["optimizer"]["param_groups"][0]["eps"]
+        for k in "ab"
+    }
     assert eps == {"a": 1.66e-10, "b": 1e-8}

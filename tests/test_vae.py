@@ -123,8 +123,9 @@ def test_importance_sampling_tightens_towards_log_px():
     means, ses = {}, {}
     for k, reps in ((1, 4000), (10, 1000), (1000, 40)):
         # `reps` independent estimates for each x: the batch is x repeated, sample-major
-        est = importance_log_likelihood(model, Batch(x.repeat(reps, 1)), num_samples=k,
-                                        chunk_size=min(k, 100)).view(reps, len(x))
+        est = importance_log_likelihood(
+            model, Batch(x.repeat(reps, 1)), num_samples=k, chunk_size=min(k, 100)
+        ).view(reps, len(x))
         means[k], ses[k] = est.mean(0), est.std(0) / math.sqrt(reps)
         # a lower bound in expectation (Burda et al. 2016, theorem 1)
         assert (means[k] <= exact + 5 * ses[k]).all(), (k, means[k], ses[k], exact)
@@ -190,8 +191,11 @@ def test_wrong_x_shape_is_rejected(shape):
 def test_bernoulli_decoder_refuses_grey_pixels_and_names_the_fix():
     model = VAE(VAEConfig(x_dim=4, z_dim=2, hidden_dims=[8]))
     x = torch.tensor([[0.0, 1.0, 1.0, 0.0], [0.0, 0.25, 1.0, 1.0]])
-    with pytest.raises(ValueError, match=r"needs binary x \(0 or 1\), got values such as "
-                                         r"0\.25; .*binarize=True\) or set likelihood=gauss"):
+    with pytest.raises(
+        ValueError,
+        match=r"needs binary x \(0 or 1\), got values such as "
+        r"0\.25; .*binarize=True\) or set likelihood=gauss",
+    ):
         model.elbo(Batch(x))
     gaussian = VAE(VAEConfig(x_dim=4, z_dim=2, hidden_dims=[8], likelihood="gaussian"))
     assert torch.isfinite(gaussian.elbo(Batch(x)).elbo).all()  # grey pixels suit a Gaussian
@@ -232,8 +236,12 @@ def test_short_training_on_digits_lowers_negative_elbo():
     train, val, _ = load_digits()
     model = VAE(VAEConfig(x_dim=64, z_dim=2, hidden_dims=[32]))
     before = evaluate_elbo(model, val, samples=2)["nelbo"]
-    fit(model, train, None, TrainConfig(epochs=1, batch_size=32, lr=3e-3, progress=False,
-                                        device="cpu"))
+    fit(
+        model,
+        train,
+        None,
+        TrainConfig(epochs=1, batch_size=32, lr=3e-3, progress=False, device="cpu"),
+    )
     after = evaluate_elbo(model, val, samples=2)["nelbo"]
     assert after < before - 5.0, (before, after)
 
@@ -242,8 +250,18 @@ def test_short_training_on_digits_lowers_negative_elbo():
 
 
 def flow_prior_vae(**kw) -> VAE:
-    model = VAE(VAEConfig(**{"x_dim": 64, "z_dim": 2, "hidden_dims": [32], "prior_flows": 4,
-                             "analytic_kl": False, **kw}))
+    model = VAE(
+        VAEConfig(
+            **{
+                "x_dim": 64,
+                "z_dim": 2,
+                "hidden_dims": [32],
+                "prior_flows": 4,
+                "analytic_kl": False,
+                **kw,
+            }
+        )
+    )
     with torch.no_grad():  # couplings start as the identity; move them off it
         for net in model.prior.nets:
             net.net[-1].weight.normal_(0, 0.3)
@@ -271,8 +289,7 @@ def test_a_learnt_flow_prior_lowers_the_kl_below_the_standard_normal():
     fall below its value against N(0, I), which the flow starts as."""
     train, _, _ = load_digits()
     x = train.batch(torch.arange(256)).x
-    model = VAE(VAEConfig(x_dim=64, z_dim=2, hidden_dims=[32], prior_flows=4,
-                          analytic_kl=False))
+    model = VAE(VAEConfig(x_dim=64, z_dim=2, hidden_dims=[32], prior_flows=4, analytic_kl=False))
     with torch.no_grad():  # spread the posteriors out so N(0, I) is a poor fit
         model.encoder.net[-1].weight.mul_(20)
     with torch.no_grad():

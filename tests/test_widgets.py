@@ -30,11 +30,14 @@ def test_live_figure_draws_at_start_and_redraws_when_a_control_moves():
     assert view.outputs[0]["data"]["image/png"] != first
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({}, "at least one control"),
-    ({"m": 3.0}, "not ipywidgets value widgets"),
-    ({"m": widgets.FloatSlider(), "layout": "grid"}, "layout must be"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({}, "at least one control"),
+        ({"m": 3.0}, "not ipywidgets value widgets"),
+        ({"m": widgets.FloatSlider(), "layout": "grid"}, "layout must be"),
+    ],
+)
 def test_live_figure_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         live_figure(lambda **_: Figure(), **kw)

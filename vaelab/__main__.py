@@ -42,11 +42,22 @@ def _train_config(args: argparse.Namespace, base: dict) -> TrainConfig:
     then the flags given, each checked against TrainConfig's field types."""
     sets = check_types(TrainConfig, parse_sets(args.train_set, "--train-set"), "--train-set")
     if "preset" in sets:
-        raise ValueError(f"--train-set preset={sets['preset']!r} would only label the run; use "
-                         f"--preset NAME, which applies the preset's settings")
-    given = {k: v for k, v in {
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-        "device": args.device, "max_steps": args.max_steps}.items() if v is not None}
+        raise ValueError(
+            f"--train-set preset={sets['preset']!r} would only label the run; use "
+            f"--preset NAME, which applies the preset's settings"
+        )
+    given = {
+        k: v
+        for k, v in {
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "seed": args.seed,
+            "device": args.device,
+            "max_steps": args.max_steps,
+        }.items()
+        if v is not None
+    }
     return TrainConfig(**{**base, **sets, **given, "out_dir": args.out})
 
 
@@ -78,11 +89,16 @@ def _resumed(args: argparse.Namespace, spec: dict, ckpt: dict, model_sets: dict)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     base = {k: v for k, v in ckpt["train_config"].items() if k in fields}
     if args.preset is not None and args.preset != base.get("preset"):
-        raise ValueError(f"--preset {args.preset} disagrees with --resume {args.resume}, "
-                         f"which trained with preset {base.get('preset')!r}; a resumed run "
-                         f"keeps its settings: drop --preset")
-    if (args.device is None and str(base.get("device", "")).startswith("cuda")
-            and not torch.cuda.is_available()):
+        raise ValueError(
+            f"--preset {args.preset} disagrees with --resume {args.resume}, "
+            f"which trained with preset {base.get('preset')!r}; a resumed run "
+            f"keeps its settings: drop --preset"
+        )
+    if (
+        args.device is None
+        and str(base.get("device", "")).startswith("cuda")
+        and not torch.cuda.is_available()
+    ):
         base["device"] = "cpu"  # trained on a GPU, continued where there is none
     return base
 
@@ -99,18 +115,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, writer: RunWriter | None) -> int:
     ckpt = None if args.resume is None else _from_checkpoint(args)
-    missing = [flag for flag, value in (("--model", args.model), ("--data", args.data),
-                                        ("--out", args.out)) if value is None]
+    missing = [
+        flag
+        for flag, value in (("--model", args.model), ("--data", args.data), ("--out", args.out))
+        if value is None
+    ]
     if missing:
-        raise ValueError(f"train needs {', '.join(missing)} (a new run names its model, data "
-                         f"and output folder; --resume CHECKPOINT takes them from the "
-                         f"checkpoint)")
+        raise ValueError(
+            f"train needs {', '.join(missing)} (a new run names its model, data "
+            f"and output folder; --resume CHECKPOINT takes them from the "
+            f"checkpoint)"
+        )
     if not args.out.strip():
         raise ValueError("--out is empty; pass a folder name for checkpoint.pt")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; pass a folder (new or existing) for "
-                         f"checkpoint.pt")
+        raise ValueError(
+            f"--out {out} is a file; pass a folder (new or existing) for checkpoint.pt"
+        )
     spec = data_spec(args.data, args.data_path, parse_sets(args.data_option, "--data-option"))
     model_sets = parse_sets(args.set, "--set")
     optimizer = None  # on resume: the checkpoint's recipe
@@ -127,8 +149,15 @@ def _train(args: argparse.Namespace, writer: RunWriter | None) -> int:
     config = _train_config(args, base)
     if ckpt is not None:  # every resume rule, before the data is loaded
         world = int(os.environ.get("WORLD_SIZE", "1") or 1)  # under torchrun: its processes
-        resume.check(args.resume, ckpt, args.model, {**ckpt["config"], **model_sets}, spec,
-                     dataclasses.asdict(config), world=world)
+        resume.check(
+            args.resume,
+            ckpt,
+            args.model,
+            {**ckpt["config"], **model_sets},
+            spec,
+            dataclasses.asdict(config),
+            world=world,
+        )
     train, val, _ = load_dataset(**spec)
     seed_everything(config.seed)  # before the model is built: the seed fixes its weights
     if ckpt is not None:  # the checkpoint's own model config
@@ -138,20 +167,41 @@ def _train(args: argparse.Namespace, writer: RunWriter | None) -> int:
         model = make_model(args.model, train, model_sets)
     args.resolved = (model, config)  # for the divergence advice's command
     if writer is not None:
-        writer.start({"model": args.model, "model_config": dataclasses.asdict(model.config),
-                      "train_config": dataclasses.asdict(config), "data": spec,
-                      "unit": model.unit, "has_latents": model.has_latents})
-    history = fit(model, train, val, config, resume=args.resume, data_spec=spec,
-                  optimizer=optimizer, callback=writer)
+        writer.start(
+            {
+                "model": args.model,
+                "model_config": dataclasses.asdict(model.config),
+                "train_config": dataclasses.asdict(config),
+                "data": spec,
+                "unit": model.unit,
+                "has_latents": model.has_latents,
+            }
+        )
+    history = fit(
+        model,
+        train,
+        val,
+        config,
+        resume=args.resume,
+        data_spec=spec,
+        optimizer=optimizer,
+        callback=writer,
+    )
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 reports for all
         return 0
     last = {r["kind"]: r for r in history}
     best = Path(args.out) / "best.pt"  # lowest validation -ELBO so far
-    print(json.dumps({"checkpoint": f"{args.out}/checkpoint.pt",
-                      "best": str(best) if best.exists() else None,
-                      "steps": last["end"]["step"],
-                      "train_nelbo": last.get("train", {}).get("nelbo"),
-                      "val_nelbo": last.get("val", {}).get("nelbo")}))
+    print(
+        json.dumps(
+            {
+                "checkpoint": f"{args.out}/checkpoint.pt",
+                "best": str(best) if best.exists() else None,
+                "steps": last["end"]["step"],
+                "train_nelbo": last.get("train", {}).get("nelbo"),
+                "val_nelbo": last.get("val", {}).get("nelbo"),
+            }
+        )
+    )
     return 0
 
 
@@ -165,51 +215,73 @@ def _check_size(args: argparse.Namespace, train, model_sets: dict) -> None:
     sizes = ", ".join(f"{k}={v!r}" for k, v in model_sets.items()) or "the defaults"
     for key, value in model_sets.items():  # before building: a count of 1e9 layers would hang
         values = value if isinstance(value, (list, tuple)) else [value]
-        big = [v for v in values if isinstance(v, int) and not isinstance(v, bool)
-               and v > MAX_SIZE]
+        big = [
+            v for v in values if isinstance(v, int) and not isinstance(v, bool) and v > MAX_SIZE
+        ]
         if big and not args.allow_large:
-            raise ValueError(f"--set {key}={value!r} is above {MAX_SIZE:.0e}, larger than any "
-                             f"size or count a model here needs; pass a smaller value, or "
-                             f"--allow-large if you mean it")
+            raise ValueError(
+                f"--set {key}={value!r} is above {MAX_SIZE:.0e}, larger than any "
+                f"size or count a model here needs; pass a smaller value, or "
+                f"--allow-large if you mean it"
+            )
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Initializing zero-element tensors is a no-op"
             probe = make_model(args.model, train, model_sets)
     except RuntimeError as err:  # e.g. a negative width
         reason = str(err).splitlines()[0]
-        raise ValueError(f"--model {args.model} cannot be built with {sizes} ({reason}); "
-                         f"every size must be a positive integer") from None
+        raise ValueError(
+            f"--model {args.model} cannot be built with {sizes} ({reason}); "
+            f"every size must be a positive integer"
+        ) from None
     empty = next((name for name, p in probe.named_parameters() if 0 in p.shape), None)
     if empty is not None:
-        raise ValueError(f"--model {args.model} with {sizes} has a layer of width 0 "
-                         f"({empty}); every size must be a positive integer")
+        raise ValueError(
+            f"--model {args.model} with {sizes} has a layer of width 0 "
+            f"({empty}); every size must be a positive integer"
+        )
     count = sum(p.numel() for p in probe.parameters())
     if count > MAX_PARAMETERS and not args.allow_large:
-        raise ValueError(f"--model {args.model} with {sizes} has {count:.3g} parameters "
-                         f"({count * 4 / 2**30:.3g} GiB of weights, more again for Adam), over "
-                         f"the limit of {MAX_PARAMETERS:.0e}; pass smaller sizes with --set, or "
-                         f"--allow-large if you mean it")
+        raise ValueError(
+            f"--model {args.model} with {sizes} has {count:.3g} parameters "
+            f"({count * 4 / 2**30:.3g} GiB of weights, more again for Adam), over "
+            f"the limit of {MAX_PARAMETERS:.0e}; pass smaller sizes with --set, or "
+            f"--allow-large if you mean it"
+        )
 
 
 def _preset(name: str, model: str) -> tuple[dict, dict]:
     """The model and TrainConfig settings of preset ``name``, checked against ``--model``."""
     model_sets, train_sets = apply_preset(name)
     if not model.startswith(PRESETS[name].model_name):
-        raise ValueError(f"preset {name!r} sets a {PRESETS[name].model_name} model's config, "
-                         f"not {model!r}'s; use it with --model {PRESETS[name].model_name} (or "
-                         f"{PRESETS[name].model_name}_iaf), or drop --preset")
+        raise ValueError(
+            f"preset {name!r} sets a {PRESETS[name].model_name} model's config, "
+            f"not {model!r}'s; use it with --model {PRESETS[name].model_name} (or "
+            f"{PRESETS[name].model_name}_iaf), or drop --preset"
+        )
     return model_sets, train_sets
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
     if not train_args:
-        raise ValueError("sweep needs the training arguments after --, e.g. python -m vaelab "
-                         "sweep --seeds 0 1 2 --out runs/sweep -- --model vae --data digits")
+        raise ValueError(
+            "sweep needs the training arguments after --, e.g. python -m vaelab "
+            "sweep --seeds 0 1 2 --out runs/sweep -- --model vae --data digits"
+        )
     runs = run_sweep(train_args, args.seeds, args.out, jobs=args.jobs, threads=args.threads)
     for run in runs:
-        print(json.dumps({"seed": run.seed, "out": str(run.out), "returncode": run.returncode,
-                          "error": run.error, **(run.result or {})}))
+        print(
+            json.dumps(
+                {
+                    "seed": run.seed,
+                    "out": str(run.out),
+                    "returncode": run.returncode,
+                    "error": run.error,
+                    **(run.result or {}),
+                }
+            )
+        )
     summary = summarise(runs, args.metric)
     print(json.dumps({"summary": summary}))
     return 0 if summary["failed"] == 0 else 1
@@ -217,14 +289,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.samples < 0 or args.elbo_samples < 0:
-        raise ValueError(f"--samples and --elbo-samples must be >= 0 (0 skips that figure), "
-                         f"got {args.samples} and {args.elbo_samples}")
+        raise ValueError(
+            f"--samples and --elbo-samples must be >= 0 (0 skips that figure), "
+            f"got {args.samples} and {args.elbo_samples}"
+        )
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1 sequences (or examples) per batch, got "
-                         f"{args.batch_size}")
+        raise ValueError(
+            f"--batch-size must be >= 1 sequences (or examples) per batch, got {args.batch_size}"
+        )
     if args.chunk_size is not None and args.chunk_size < 1:
-        raise ValueError(f"--chunk-size must be >= 1 importance paths per chunk (or left out "
-                         f"to fit each batch), got {args.chunk_size}")
+        raise ValueError(
+            f"--chunk-size must be >= 1 importance paths per chunk (or left out "
+            f"to fit each batch), got {args.chunk_size}"
+        )
     if not 0 <= args.seed < 2**32:
         raise ValueError(f"--seed must be in [0, 2**32), got {args.seed}")
     device = select_device(args.device)
@@ -236,15 +313,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     elif spec and (args.data_path is not None or options):  # the checkpoint's data set, there
         spec = {**spec, **options, **({"path": args.data_path} if args.data_path else {})}
     elif args.data_path is not None or options:
-        raise ValueError("the checkpoint records no data set, so --data-path and --data-option "
-                         "need --data NAME as well")
+        raise ValueError(
+            "the checkpoint records no data set, so --data-path and --data-option "
+            "need --data NAME as well"
+        )
     if not spec:
         raise ValueError("the checkpoint records no data set; pass --data (and --data-path)")
     _, val, test = load_dataset(**spec)
     torch.manual_seed(args.seed)
-    result = {"model": ckpt["model"], "data": spec.get("name"), "step": ckpt["step"],
-              "epoch": ckpt["epoch"],
-              "unit": "nats per observed time step" if test.is_sequence else "nats per example"}
+    result = {
+        "model": ckpt["model"],
+        "data": spec.get("name"),
+        "step": ckpt["step"],
+        "epoch": ckpt["epoch"],
+        "unit": "nats per observed time step" if test.is_sequence else "nats per example",
+    }
     for split, data in (("val", val), ("test", test)):
         if args.split not in (split, "both"):
             continue
@@ -257,8 +340,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             result[f"{split}_nll_exact_true_system"] = exact_nll(system, data)
         if args.samples > 0:
             result[f"{split}_nll_importance_K{args.samples}"] = evaluate_nll(
-                model, data, args.samples, batch_size=args.batch_size,
-                chunk_size=args.chunk_size, device=device)
+                model,
+                data,
+                args.samples,
+                batch_size=args.batch_size,
+                chunk_size=args.chunk_size,
+                device=device,
+            )
     print(json.dumps(result))
     return 0
 
@@ -267,8 +355,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     """One line per registered model (vaelab.MODELS): name, kind, unit, preferred data set."""
     for name, (_, cls) in MODELS.items():
         kind = "sequences" if cls.sequential else "vectors"
-        print(f"{name:10s} {kind:9s} {cls.unit:24s} data: {cls.preferred_data or '-':8s} "
-              f"{cls.__name__}")
+        print(
+            f"{name:10s} {kind:9s} {cls.unit:24s} data: {cls.preferred_data or '-':8s} "
+            f"{cls.__name__}"
+        )
     return 0
 
 
@@ -277,16 +367,28 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def data_args(p: argparse.ArgumentParser, required: bool) -> None:
-        p.add_argument("--data", required=required, default=None, choices=sorted(DATASETS),
-                       help="data set name")
-        p.add_argument("--data-path", default=None, help="file or folder for mnist, "
-                       "polyphonic and arrays")
-        p.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
-                       help="loader keyword, e.g. binarize=static")
+        p.add_argument(
+            "--data",
+            required=required,
+            default=None,
+            choices=sorted(DATASETS),
+            help="data set name",
+        )
+        p.add_argument(
+            "--data-path", default=None, help="file or folder for mnist, polyphonic and arrays"
+        )
+        p.add_argument(
+            "--data-option",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="loader keyword, e.g. binarize=static",
+        )
 
     t = sub.add_parser("train", help="train a model and write DIR/checkpoint.pt")
-    t.add_argument("--model", choices=sorted(MODELS),
-                   help="the model (with --resume: the checkpoint's)")
+    t.add_argument(
+        "--model", choices=sorted(MODELS), help="the model (with --resume: the checkpoint's)"
+    )
     data_args(t, required=False)
     t.add_argument("--out", help="output folder (with --resume: the checkpoint's folder)")
     t.add_argument("--epochs", type=int)
@@ -295,57 +397,100 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--seed", type=int)
     t.add_argument("--device", default=None)
     t.add_argument("--max-steps", type=int)
-    t.add_argument("--resume", default=None,
-                   help="checkpoint to continue from: its model config, data and settings are "
-                        "kept; --epochs, --max-steps, --lr, --batch-size (and a few "
-                        "--train-set fields, see vaelab.train.RESUMABLE) may change and apply")
-    t.add_argument("--allow-large", action="store_true",
-                   help=f"train a model of more than {MAX_PARAMETERS:.0e} parameters")
-    t.add_argument("--preset", default=None, metavar="NAME",
-                   help=f"named settings ({', '.join(sorted(PRESETS))}; see vaelab.presets) "
-                        f"under --set, --train-set and the flags; recorded in the checkpoint")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="model config field, e.g. z_dim=8")
-    t.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="TrainConfig field, e.g. anneal_epochs=5")
+    t.add_argument(
+        "--resume",
+        default=None,
+        help="checkpoint to continue from: its model config, data and settings are "
+        "kept; --epochs, --max-steps, --lr, --batch-size (and a few "
+        "--train-set fields, see vaelab.train.RESUMABLE) may change and apply",
+    )
+    t.add_argument(
+        "--allow-large",
+        action="store_true",
+        help=f"train a model of more than {MAX_PARAMETERS:.0e} parameters",
+    )
+    t.add_argument(
+        "--preset",
+        default=None,
+        metavar="NAME",
+        help=f"named settings ({', '.join(sorted(PRESETS))}; see vaelab.presets) "
+        f"under --set, --train-set and the flags; recorded in the checkpoint",
+    )
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model config field, e.g. z_dim=8",
+    )
+    t.add_argument(
+        "--train-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="TrainConfig field, e.g. anneal_epochs=5",
+    )
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="print a JSON line of validation and test metrics")
     e.add_argument("--checkpoint", required=True)
     data_args(e, required=False)
-    e.add_argument("--samples", type=int, default=1000,
-                   help="importance samples K for the NLL estimate (0 skips it)")
-    e.add_argument("--elbo-samples", type=int, default=10,
-                   help="guide samples averaged in the ELBO bound (0 skips it)")
-    e.add_argument("--split", choices=("val", "test", "both"), default="both",
-                   help="which held-out set(s) to evaluate (one halves a long K=2000 run)")
+    e.add_argument(
+        "--samples",
+        type=int,
+        default=1000,
+        help="importance samples K for the NLL estimate (0 skips it)",
+    )
+    e.add_argument(
+        "--elbo-samples",
+        type=int,
+        default=10,
+        help="guide samples averaged in the ELBO bound (0 skips it)",
+    )
+    e.add_argument(
+        "--split",
+        choices=("val", "test", "both"),
+        default="both",
+        help="which held-out set(s) to evaluate (one halves a long K=2000 run)",
+    )
     e.add_argument("--batch-size", type=int, default=16)
-    e.add_argument("--chunk-size", type=int, default=None,
-                   help="importance paths per chunk (default: as many as keep a chunk within "
-                        "2^18 path x sequence x step rows)")
+    e.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="importance paths per chunk (default: as many as keep a chunk within "
+        "2^18 path x sequence x step rows)",
+    )
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=cmd_evaluate)
 
-    w = sub.add_parser("sweep", help="train one command for several seeds, as independent "
-                       "processes, and summarise them",
-                       description="python -m vaelab sweep --seeds 0 1 2 3 4 --jobs 2 --out "
-                                   "runs/sweep -- --model vae --data digits --epochs 20")
+    w = sub.add_parser(
+        "sweep",
+        help="train one command for several seeds, as independent processes, and summarise them",
+        description="python -m vaelab sweep --seeds 0 1 2 3 4 --jobs 2 --out "
+        "runs/sweep -- --model vae --data digits --epochs 20",
+    )
     w.add_argument("--seeds", type=int, nargs="+", required=True)
     w.add_argument("--out", required=True, help="folder; run S writes OUT/seed_S/")
-    w.add_argument("--jobs", type=int, default=1, help="processes at a time (one per core "
-                   "or GPU)")
+    w.add_argument("--jobs", type=int, default=1, help="processes at a time (one per core or GPU)")
     w.add_argument("--threads", type=int, default=1, help="torch threads per process")
     w.add_argument("--metric", default="val_nelbo", help="result field summarised")
-    w.add_argument("train_args", nargs=argparse.REMAINDER,
-                   help="-- then the arguments of python -m vaelab train (no --seed, --out)")
+    w.add_argument(
+        "train_args",
+        nargs=argparse.REMAINDER,
+        help="-- then the arguments of python -m vaelab train (no --seed, --out)",
+    )
     w.set_defaults(func=cmd_sweep)
 
-    m = sub.add_parser("models", help="list the registered models: name, what it models, "
-                       "its unit and preferred data set")
+    m = sub.add_parser(
+        "models",
+        help="list the registered models: name, what it models, its unit and preferred data set",
+    )
     m.set_defaults(func=cmd_models)
 
     from vaelab.course import add_course_parser  # course release / course site
+
     add_course_parser(sub)
 
     args = parser.parse_args(argv)
@@ -354,18 +499,25 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingInterrupted as err:  # Ctrl-C: fit saved what it could and says so
         print(f"\ninterrupted: {err}", file=sys.stderr)
         if err.checkpoint is not None and args.command == "train":
-            print(f"to resume: python -m vaelab {_resume_command(argv, err.checkpoint)}",
-                  file=sys.stderr)
+            print(
+                f"to resume: python -m vaelab {_resume_command(argv, err.checkpoint)}",
+                file=sys.stderr,
+            )
         return 130
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         if args.command == "train" and getattr(args, "resolved", None) is not None:
-            print(f"to start again with a lower learning rate: python -m vaelab "
-                  f"{_restart_command(args, err)}", file=sys.stderr)
+            print(
+                f"to start again with a lower learning rate: python -m vaelab "
+                f"{_restart_command(args, err)}",
+                file=sys.stderr,
+            )
         return 3
     except KeyboardInterrupt:  # Ctrl-C outside training (start-up, evaluate): nothing saved
-        print(f"\ninterrupted: {args.command} stopped before it finished; nothing was written",
-              file=sys.stderr)
+        print(
+            f"\ninterrupted: {args.command} stopped before it finished; nothing was written",
+            file=sys.stderr,
+        )
         return 130
     except CheckpointWriteError as err:  # disk full, no permission: not the user's input
         print(f"error: {err.strerror}", file=sys.stderr)
@@ -392,6 +544,7 @@ def _resume_command(argv: list[str] | None, checkpoint: Path) -> str:
             kept.append(word)
     return shlex.join([*kept, "--resume", str(checkpoint)])
 
+
 def _restart_command(args: argparse.Namespace, err: TrainingDiverged) -> str:
     """A new run of the same model, data and settings, with a lower learning rate applied
     from the first step, into a new folder: resuming would recompute the failing loss from
@@ -408,12 +561,21 @@ def _restart_command(args: argparse.Namespace, err: TrainingDiverged) -> str:
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     for key, value in dataclasses.asdict(model.config).items():
         field = fields[key]
-        default = (field.default_factory() if field.default_factory is not dataclasses.MISSING
-                   else field.default)
+        default = (
+            field.default_factory()
+            if field.default_factory is not dataclasses.MISSING
+            else field.default
+        )
         if key not in sized and not resume.same_values(value, default):
             words += ["--set", f"{key}={value!r}"]
-    flags = {"lr": "--lr", "epochs": "--epochs", "batch_size": "--batch-size",
-             "seed": "--seed", "max_steps": "--max-steps", "device": "--device"}
+    flags = {
+        "lr": "--lr",
+        "epochs": "--epochs",
+        "batch_size": "--batch-size",
+        "seed": "--seed",
+        "max_steps": "--max-steps",
+        "device": "--device",
+    }
     skip = {"out_dir", "progress", "preset", *flags}
     for key, value in dataclasses.asdict(config).items():
         if key not in skip and value != TrainConfig.__dataclass_fields__[key].default:

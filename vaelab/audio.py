@@ -22,9 +22,13 @@ def midi_frequency(note: int | np.ndarray) -> np.ndarray:
     return 440.0 * 2.0 ** ((np.asarray(note, dtype=np.float64) - 69.0) / 12.0)
 
 
-def synthesize(roll: Tensor | np.ndarray, step_seconds: float = 0.25,
-               sample_rate: int = 22050, note_min: int = NOTE_MIN,
-               fade_seconds: float = 0.01) -> np.ndarray:
+def synthesize(
+    roll: Tensor | np.ndarray,
+    step_seconds: float = 0.25,
+    sample_rate: int = 22050,
+    note_min: int = NOTE_MIN,
+    fade_seconds: float = 0.01,
+) -> np.ndarray:
     """Returns the waveform ``[T * round(step_seconds * sample_rate)]`` (float64 in [-1, 1])
     of a binary piano roll ``roll [T, P]`` whose column ``j`` is MIDI note ``note_min + j``.
 
@@ -35,18 +39,22 @@ def synthesize(roll: Tensor | np.ndarray, step_seconds: float = 0.25,
     """
     notes = np.asarray(roll.detach().cpu() if isinstance(roll, Tensor) else roll) > 0.5
     if notes.ndim != 2:
-        raise ValueError(f"roll must be [T, P], got shape {list(notes.shape)}; take one "
-                         f"sequence of a [B, T, P] batch")
+        raise ValueError(
+            f"roll must be [T, P], got shape {list(notes.shape)}; take one "
+            f"sequence of a [B, T, P] batch"
+        )
     if step_seconds <= 0 or sample_rate < 1000 or fade_seconds < 0:
-        raise ValueError(f"need step_seconds > 0, sample_rate >= 1000 and fade_seconds >= 0, "
-                         f"got {step_seconds}, {sample_rate}, {fade_seconds}")
+        raise ValueError(
+            f"need step_seconds > 0, sample_rate >= 1000 and fade_seconds >= 0, "
+            f"got {step_seconds}, {sample_rate}, {fade_seconds}"
+        )
     steps, pitches = notes.shape
     n = round(step_seconds * sample_rate)  # samples per step
     fade = min(round(fade_seconds * sample_rate), n // 2)
     envelope = np.ones(n)
     if fade > 0:
         ramp = np.linspace(0.0, 1.0, fade, endpoint=False)
-        envelope[:fade], envelope[n - fade:] = ramp, ramp[::-1]
+        envelope[:fade], envelope[n - fade :] = ramp, ramp[::-1]
     t = np.arange(steps * n) / sample_rate  # [T * n] seconds
     out = np.zeros(steps * n)
     freqs = midi_frequency(note_min + np.arange(pitches))
@@ -72,7 +80,11 @@ def wav_bytes(signal: np.ndarray, sample_rate: int = 22050) -> bytes:
     return buffer.getvalue()
 
 
-def piano_roll_wav(roll: Tensor | np.ndarray, step_seconds: float = 0.25,
-                   sample_rate: int = 22050, note_min: int = NOTE_MIN) -> bytes:
+def piano_roll_wav(
+    roll: Tensor | np.ndarray,
+    step_seconds: float = 0.25,
+    sample_rate: int = 22050,
+    note_min: int = NOTE_MIN,
+) -> bytes:
     """Returns the WAV bytes of :func:`synthesize` for ``roll [T, P]`` (for ``st.audio``)."""
     return wav_bytes(synthesize(roll, step_seconds, sample_rate, note_min), sample_rate)

@@ -68,19 +68,25 @@ def _describe(hint) -> str:
         return f"a list of {_PLURAL.get(typing.get_args(hint)[0], 'values')}, e.g. [64,64]"
     if origin is tuple:
         args = typing.get_args(hint)
-        return (f"a pair of {_PLURAL.get(args[0], 'values')}, e.g. (0.9,0.999)" if len(args) == 2
-                else "a tuple")
+        return (
+            f"a pair of {_PLURAL.get(args[0], 'values')}, e.g. (0.9,0.999)"
+            if len(args) == 2
+            else "a tuple"
+        )
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
-        hint, getattr(hint, "__name__", str(hint)))
+        hint, getattr(hint, "__name__", str(hint))
+    )
 
 
 def _conform_scalar(value, hint):
     """``value`` as the plain type ``hint`` (bool, int, float, str; numpy's numbers too), or
     raise ``TypeError``; an int is a float, a bool is neither."""
-    kinds = {bool: lambda v: isinstance(v, bool),
-             int: lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
-             float: lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
-             str: lambda v: isinstance(v, str)}
+    kinds = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+    }
     if hint not in kinds:
         return value  # a type configs do not use: left to the config's own checks
     if not kinds[hint](value):
@@ -126,8 +132,9 @@ def check_types(config_cls: type, values: dict, flag: str = "--set") -> dict:
     fields = [f.name for f in dataclasses.fields(config_cls)]
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"{config_cls.__name__} has no field(s) {unknown}; "
-                         f"fields are {sorted(fields)}")
+        raise ValueError(
+            f"{config_cls.__name__} has no field(s) {unknown}; fields are {sorted(fields)}"
+        )
     out = {}
     for key, value in values.items():
         try:
@@ -135,5 +142,6 @@ def check_types(config_cls: type, values: dict, flag: str = "--set") -> dict:
         except TypeError:
             raise ValueError(
                 f"{flag} {key}={value!r} has the wrong type: {config_cls.__name__}.{key} "
-                f"takes {_describe(hints[key])}") from None
+                f"takes {_describe(hints[key])}"
+            ) from None
     return out

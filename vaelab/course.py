@@ -53,12 +53,16 @@ Notebooks:
 def _source_dir(src: str | Path | None) -> Path:
     src = DEFAULT_SOURCE if src is None else Path(src)
     if not src.is_dir():
-        raise FileNotFoundError(f"notebook folder {src} does not exist; pass --source with the "
-                                f"folder holding the solution notebooks")
+        raise FileNotFoundError(
+            f"notebook folder {src} does not exist; pass --source with the "
+            f"folder holding the solution notebooks"
+        )
     notebooks = sorted(src.glob("*.ipynb"))
     if not notebooks:
-        raise ValueError(f"no .ipynb notebooks in {src}; pass --source with the folder holding "
-                         f"the solution notebooks")
+        raise ValueError(
+            f"no .ipynb notebooks in {src}; pass --source with the folder holding "
+            f"the solution notebooks"
+        )
     return src
 
 
@@ -70,19 +74,25 @@ def _between(lines: list[str], begin: str, end: str, where: str) -> list[tuple[i
         text = line.strip()
         if text == begin:
             if start is not None:
-                raise ValueError(f"{where}: '{begin}' at line {i + 1} before the '{end}' of the "
-                                 f"one at line {start + 1}; close each block before opening "
-                                 f"the next")
+                raise ValueError(
+                    f"{where}: '{begin}' at line {i + 1} before the '{end}' of the "
+                    f"one at line {start + 1}; close each block before opening "
+                    f"the next"
+                )
             start = i
         elif text == end:
             if start is None:
-                raise ValueError(f"{where}: '{end}' at line {i + 1} without a '{begin}' before "
-                                 f"it; add the missing '{begin}' line")
+                raise ValueError(
+                    f"{where}: '{end}' at line {i + 1} without a '{begin}' before "
+                    f"it; add the missing '{begin}' line"
+                )
             spans.append((start, i))
             start = None
     if start is not None:
-        raise ValueError(f"{where}: '{begin}' at line {start + 1} is never closed; add an "
-                         f"'{end}' line after the solution")
+        raise ValueError(
+            f"{where}: '{begin}' at line {start + 1} is never closed; add an "
+            f"'{end}' line after the solution"
+        )
     return spans
 
 
@@ -94,9 +104,9 @@ def strip_solutions(source: str, where: str = "cell", stub: tuple[str, ...] = ST
     spans = _between(lines, BEGIN_SOLUTION, END_SOLUTION, where)
     for start, stop in reversed(spans):
         indent = re.match(r"\s*", lines[start]).group(0)
-        lines[start:stop + 1] = [indent + line for line in stub]
+        lines[start : stop + 1] = [indent + line for line in stub]
     for start, stop in reversed(_between(lines, BEGIN_HIDDEN, END_HIDDEN, where)):
-        del lines[start:stop + 1]
+        del lines[start : stop + 1]
     return "\n".join(lines)
 
 
@@ -104,12 +114,13 @@ def strip_mark_scheme(source: str, where: str = "cell") -> str:
     """The markdown cell ``source`` without its mark-scheme blocks."""
     lines = source.split("\n")
     for start, stop in reversed(_between(lines, BEGIN_SCHEME, END_SCHEME, where)):
-        del lines[start:stop + 1]
+        del lines[start : stop + 1]
     return "\n".join(lines)
 
 
-def student_version(nb: nbformat.NotebookNode, name: str = "notebook") -> tuple[
-        nbformat.NotebookNode, int]:
+def student_version(
+    nb: nbformat.NotebookNode, name: str = "notebook"
+) -> tuple[nbformat.NotebookNode, int]:
     """Returns ``(student notebook, number of solution blocks replaced)``; ``nb`` is unchanged."""
     nb = nbformat.from_dict(nb)  # a deep copy
     replaced = 0
@@ -126,10 +137,13 @@ def student_version(nb: nbformat.NotebookNode, name: str = "notebook") -> tuple[
             replaced += new != strip_mark_scheme(cell.source, where)
             cell.source = new
         # a mark scheme in a code cell is a mistake in the source
-        if cell.cell_type == "code" and any(line.strip() in (BEGIN_SCHEME, END_SCHEME)
-                                            for line in cell.source.split("\n")):
-            raise ValueError(f"{where}: a '{BEGIN_SCHEME}' marker in a code cell; mark "
-                             f"schemes belong in markdown task cells")
+        if cell.cell_type == "code" and any(
+            line.strip() in (BEGIN_SCHEME, END_SCHEME) for line in cell.source.split("\n")
+        ):
+            raise ValueError(
+                f"{where}: a '{BEGIN_SCHEME}' marker in a code cell; mark "
+                f"schemes belong in markdown task cells"
+            )
     return nb, replaced
 
 
@@ -148,8 +162,10 @@ def release(dst: str | Path, src: str | Path | None = None) -> list[Path]:
     written. Nothing is written when a notebook's markers are unbalanced."""
     src, dst = _source_dir(src), Path(dst)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise ValueError(f"release folder {dst} exists and is not empty; choose a new folder or "
-                         f"remove it first (the release never overwrites files)")
+        raise ValueError(
+            f"release folder {dst} exists and is not empty; choose a new folder or "
+            f"remove it first (the release never overwrites files)"
+        )
     if dst.resolve() == src.resolve():
         raise ValueError("the release folder must differ from the source folder")
     released = []
@@ -168,8 +184,13 @@ def release(dst: str | Path, src: str | Path | None = None) -> list[Path]:
     return written
 
 
-ASSIGNMENTS = ("01_vae_elbo", "02_learnable_distributions", "03_sequential_vae",
-               "04_deep_markov_model", "05_normalizing_flows")
+ASSIGNMENTS = (
+    "01_vae_elbo",
+    "02_learnable_distributions",
+    "03_sequential_vae",
+    "04_deep_markov_model",
+    "05_normalizing_flows",
+)
 NBGRADER_CONFIG = DEFAULT_SOURCE.parent / "nbgrader_config.py"
 
 
@@ -180,12 +201,16 @@ def nbgrader_course(dst: str | Path, src: str | Path | None = None) -> list[Path
     then runs in ``dst`` (docs/instructors.md)."""
     src, dst = _source_dir(src), Path(dst)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise ValueError(f"course folder {dst} exists and is not empty; choose a new folder "
-                         f"(nbgrader keeps its gradebook there, which this never overwrites)")
+        raise ValueError(
+            f"course folder {dst} exists and is not empty; choose a new folder "
+            f"(nbgrader keeps its gradebook there, which this never overwrites)"
+        )
     missing = [name for name in ASSIGNMENTS if not (src / f"{name}.ipynb").is_file()]
     if missing:
-        raise ValueError(f"{src} lacks {', '.join(m + '.ipynb' for m in missing)}; pass "
-                         f"--source with the folder holding the solution notebooks")
+        raise ValueError(
+            f"{src} lacks {', '.join(m + '.ipynb' for m in missing)}; pass "
+            f"--source with the folder holding the solution notebooks"
+        )
     if not NBGRADER_CONFIG.is_file():
         raise FileNotFoundError(f"{NBGRADER_CONFIG} is missing; run from a checkout of vaelab")
     written = []
@@ -200,8 +225,13 @@ def nbgrader_course(dst: str | Path, src: str | Path | None = None) -> list[Path
     return written
 
 
-def build_site(src: str | Path | None, dst: str | Path, execute: bool = True,
-               timeout: int = 600, kernel_name: str | None = None) -> list[Path]:
+def build_site(
+    src: str | Path | None,
+    dst: str | Path,
+    execute: bool = True,
+    timeout: int = 600,
+    kernel_name: str | None = None,
+) -> list[Path]:
     """Render every notebook in ``src`` to ``dst/<name>.html`` and write ``dst/index.html``
     linking them; returns the pages (index first). With ``execute`` each notebook runs first
     (in its own folder, inheriting the environment, so ``VAELAB_SMALL=1`` gives the short
@@ -229,19 +259,25 @@ def build_site(src: str | Path | None, dst: str | Path, execute: bool = True,
         page = dst / f"{path.stem}.html"
         page.write_text(body, encoding="utf-8")
         pages.append(page)
-        entries.append(f'<li><a href="{html.escape(page.name)}">'
-                       f"{html.escape(_title(nb, path.stem))}</a></li>")
+        entries.append(
+            f'<li><a href="{html.escape(page.name)}">{html.escape(_title(nb, path.stem))}</a></li>'
+        )
     how = "executed when the site was built" if execute else "as stored, without outputs"
     if execute and os.environ.get("VAELAB_SMALL") == "1":
-        how += (", in the short setting (VAELAB_SMALL=1): figures and printed numbers come from "
-                "short runs, not from the full runs the text describes")
+        how += (
+            ", in the short setting (VAELAB_SMALL=1): figures and printed numbers come from "
+            "short runs, not from the full runs the text describes"
+        )
     index = dst / "index.html"
     index.write_text(
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">'
         "<title>vaelab course</title></head>\n<body>\n<h1>vaelab course</h1>\n"
         "<p>Variational autoencoders, sequential VAEs, deep Markov models and normalizing "
         f"flows in PyTorch. The notebooks in course order ({how}):</p>\n<ol>\n"
-        + "\n".join(entries) + "\n</ol>\n</body>\n</html>\n", encoding="utf-8")
+        + "\n".join(entries)
+        + "\n</ol>\n</body>\n</html>\n",
+        encoding="utf-8",
+    )
     return [index, *pages]
 
 
@@ -249,8 +285,11 @@ def _link_pages(body: str, stems: list[str]) -> str:
     """``body`` with every link to a course notebook (``01_vae_elbo.ipynb``, with or without
     ``#anchor``) pointing to its page (``01_vae_elbo.html``), as the site has no .ipynb."""
     names = "|".join(re.escape(stem) for stem in stems)
-    return re.sub(rf'href="(?:\./)?({names})\.ipynb(#[^"]*)?"',
-                  lambda m: f'href="{m.group(1)}.html{m.group(2) or ""}"', body)
+    return re.sub(
+        rf'href="(?:\./)?({names})\.ipynb(#[^"]*)?"',
+        lambda m: f'href="{m.group(1)}.html{m.group(2) or ""}"',
+        body,
+    )
 
 
 def _execute(nb: nbformat.NotebookNode, path: Path, options: dict, env: dict) -> None:
@@ -261,9 +300,11 @@ def _execute(nb: nbformat.NotebookNode, path: Path, options: dict, env: dict) ->
     try:
         client.execute(env=env)
     except (CellExecutionError, CellTimeoutError) as err:
-        raise ValueError(f"{path.name} failed while executing for the site; fix the notebook, "
-                         f"or build with --no-execute to render it as stored:\n"
-                         f"{re.sub(ANSI, '', str(err))}") from None
+        raise ValueError(
+            f"{path.name} failed while executing for the site; fix the notebook, "
+            f"or build with --no-execute to render it as stored:\n"
+            f"{re.sub(ANSI, '', str(err))}"
+        ) from None
 
 
 def add_course_parser(sub) -> None:
@@ -273,21 +314,33 @@ def add_course_parser(sub) -> None:
     what = course.add_subparsers(dest="course_command", required=True)
     r = what.add_parser("release", help="write the student release of the notebooks to DIR")
     r.add_argument("dir", metavar="DIR", help="new or empty output folder")
-    r.add_argument("--source", default=None,
-                   help="folder of solution notebooks (default: the repository's notebooks/)")
+    r.add_argument(
+        "--source",
+        default=None,
+        help="folder of solution notebooks (default: the repository's notebooks/)",
+    )
     r.set_defaults(func=_cmd_release)
-    n = what.add_parser("nbgrader", help="lay out an nbgrader course directory in DIR "
-                                         "(source/ and nbgrader_config.py)")
+    n = what.add_parser(
+        "nbgrader",
+        help="lay out an nbgrader course directory in DIR (source/ and nbgrader_config.py)",
+    )
     n.add_argument("dir", metavar="DIR", help="new or empty course folder")
-    n.add_argument("--source", default=None,
-                   help="folder of solution notebooks (default: the repository's notebooks/)")
+    n.add_argument(
+        "--source",
+        default=None,
+        help="folder of solution notebooks (default: the repository's notebooks/)",
+    )
     n.set_defaults(func=_cmd_nbgrader)
     s = what.add_parser("site", help="render the notebooks (executed) to HTML in DIR")
     s.add_argument("dir", metavar="DIR", help="output folder, e.g. build/site")
-    s.add_argument("--source", default=None,
-                   help="folder of notebooks (default: the repository's notebooks/)")
-    s.add_argument("--no-execute", action="store_true",
-                   help="render the stored notebooks without running them")
+    s.add_argument(
+        "--source", default=None, help="folder of notebooks (default: the repository's notebooks/)"
+    )
+    s.add_argument(
+        "--no-execute",
+        action="store_true",
+        help="render the stored notebooks without running them",
+    )
     s.add_argument("--timeout", type=int, default=600, help="seconds per cell")
     s.set_defaults(func=_cmd_site)
 
@@ -300,9 +353,11 @@ def _cmd_release(args) -> int:
 
 def _cmd_nbgrader(args) -> int:
     written = nbgrader_course(args.dir, args.source)
-    print(f"wrote {len(written)} assignments ({', '.join(ASSIGNMENTS)}) and "
-          f"nbgrader_config.py to {args.dir}; next: cd {args.dir} && nbgrader "
-          f"generate_assignment {ASSIGNMENTS[0]}")
+    print(
+        f"wrote {len(written)} assignments ({', '.join(ASSIGNMENTS)}) and "
+        f"nbgrader_config.py to {args.dir}; next: cd {args.dir} && nbgrader "
+        f"generate_assignment {ASSIGNMENTS[0]}"
+    )
     return 0
 
 
@@ -312,5 +367,13 @@ def _cmd_site(args) -> int:
     return 0
 
 
-__all__ = ["ASSIGNMENTS", "add_course_parser", "build_site", "nbgrader_course", "release",
-           "strip_mark_scheme", "strip_solutions", "student_version"]
+__all__ = [
+    "ASSIGNMENTS",
+    "add_course_parser",
+    "build_site",
+    "nbgrader_course",
+    "release",
+    "strip_mark_scheme",
+    "strip_solutions",
+    "student_version",
+]

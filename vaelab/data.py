@@ -42,14 +42,16 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)
-        return Batch(self.x.to(device, non_blocking=True), move(self.a), move(self.mask),
-                     move(self.z))
+        return Batch(
+            self.x.to(device, non_blocking=True), move(self.a), move(self.mask), move(self.z)
+        )
 
     def repeat(self, k: int) -> Batch:
         """``k`` copies stacked sample-major: row ``i * B + b`` is copy ``i`` of example ``b``."""
         rep = lambda t: None if t is None else t.repeat(k, *([1] * (t.dim() - 1)))
-        return Batch(self.x.repeat(k, *([1] * (self.x.dim() - 1))), rep(self.a),
-                     rep(self.mask), rep(self.z))
+        return Batch(
+            self.x.repeat(k, *([1] * (self.x.dim() - 1))), rep(self.a), rep(self.mask), rep(self.z)
+        )
 
 
 def check_finite(name: str, t: Tensor | np.ndarray, where: str) -> None:
@@ -65,26 +67,29 @@ def check_finite(name: str, t: Tensor | np.ndarray, where: str) -> None:
 # A wrong type is a ValueError too, like every bad input (STYLE.md), hence noqa: TRY004.
 
 
-def check_int(name: str, value: object, low: int | None = None, high: int | None = None
-              ) -> int:
+def check_int(name: str, value: object, low: int | None = None, high: int | None = None) -> int:
     """``value`` as an int, or a ``ValueError`` naming ``name``, the value and the range."""
     if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
-        raise ValueError(f"{name} must be a whole number, got {value!r} (type "  # noqa: TRY004
-                         f"{type(value).__name__}); pass e.g. {name}={low or 0}")
+        raise ValueError(
+            f"{name} must be a whole number, got {value!r} (type "
+            f"{type(value).__name__}); pass e.g. {name}={low or 0}"
+        )
     value = int(value)
     if (low is not None and value < low) or (high is not None and value > high):
-        span = (f">= {low}" if high is None else f"<= {high}" if low is None
-                else f"in {low}..{high}")
+        span = (
+            f">= {low}" if high is None else f"<= {high}" if low is None else f"in {low}..{high}"
+        )
         raise ValueError(f"{name} must be {span}, got {value}")
     return value
 
 
-def check_number(name: str, value: object, low: float | None = None, positive: bool = False
-                 ) -> float:
+def check_number(
+    name: str, value: object, low: float | None = None, positive: bool = False
+) -> float:
     """``value`` as a finite float (``>= low``, or ``> 0`` when ``positive``), or a
     ``ValueError`` naming ``name``."""
     if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.number):
-        raise ValueError(f"{name} must be a number, got {value!r} (type {type(value).__name__})")  # noqa: TRY004
+        raise ValueError(f"{name} must be a number, got {value!r} (type {type(value).__name__})")
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
@@ -98,8 +103,9 @@ def check_number(name: str, value: object, low: float | None = None, positive: b
 def check_bool(name: str, value: object) -> bool:
     """``value`` if it is True or False, else a ``ValueError`` naming ``name``."""
     if not isinstance(value, bool | np.bool_):
-        raise ValueError(f"{name} must be True or False, got {value!r} (type "  # noqa: TRY004
-                         f"{type(value).__name__})")
+        raise ValueError(
+            f"{name} must be True or False, got {value!r} (type {type(value).__name__})"
+        )
     return bool(value)
 
 
@@ -143,47 +149,70 @@ class Data:
             self.lengths = torch.full((len(self.x),), self.x.shape[1], dtype=torch.long)
         if self.binarize and (self.x.min() < 0 or self.x.max() > 1):
             raise ValueError(f"{self.name}: binarize needs x in [0, 1]; rescale it first")
-        if (isinstance(self.transpose, bool) or not isinstance(self.transpose, int)
-                or self.transpose < 0):
-            raise ValueError(f"{self.name}: transpose must be >= 0 semitones (a whole "
-                             f"number), got {self.transpose!r}")
+        if (
+            isinstance(self.transpose, bool)
+            or not isinstance(self.transpose, int)
+            or self.transpose < 0
+        ):
+            raise ValueError(
+                f"{self.name}: transpose must be >= 0 semitones (a whole "
+                f"number), got {self.transpose!r}"
+            )
         if self.transpose and not self.is_sequence:
-            raise ValueError(f"{self.name}: transpose shifts piano rolls [N, T, notes]; "
-                             f"set it to 0 for data of shape {list(self.x.shape)}")
+            raise ValueError(
+                f"{self.name}: transpose shifts piano rolls [N, T, notes]; "
+                f"set it to 0 for data of shape {list(self.x.shape)}"
+            )
 
     def _check_shapes(self) -> None:
         """x a float tensor [N, X] or [N, T, X]; a, z with the same N (and T); lengths [N]
         whole numbers in 1..T, sequences only."""
         if not isinstance(self.x, Tensor) or self.x.dim() not in (2, 3):
             shape = list(getattr(self.x, "shape", []))
-            raise ValueError(f"{self.name}: x must be a torch tensor [N, X] or [N, T, X], got "
-                             f"{type(self.x).__name__} of shape {shape}; use torch.as_tensor "
-                             f"and add the missing axes")
+            raise ValueError(
+                f"{self.name}: x must be a torch tensor [N, X] or [N, T, X], got "
+                f"{type(self.x).__name__} of shape {shape}; use torch.as_tensor "
+                f"and add the missing axes"
+            )
         if not self.x.is_floating_point():
-            raise ValueError(f"{self.name}: x must hold floats, got {self.x.dtype}; pass "
-                             f"x.float()")
-        lead = tuple(self.x.shape[:self.x.dim() - 1])  # (N,) or (N, T)
+            raise ValueError(
+                f"{self.name}: x must hold floats, got {self.x.dtype}; pass x.float()"
+            )
+        lead = tuple(self.x.shape[: self.x.dim() - 1])  # (N,) or (N, T)
         for key in ("a", "z"):
             t = getattr(self, key)
-            if t is not None and (not isinstance(t, Tensor) or t.dim() != self.x.dim()
-                                  or tuple(t.shape[:-1]) != lead):
-                raise ValueError(f"{self.name}: {key} must be [{', '.join(map(str, lead))}, "
-                                 f"{key.upper()}] like x, got shape "
-                                 f"{list(getattr(t, 'shape', []))}")
+            if t is not None and (
+                not isinstance(t, Tensor) or t.dim() != self.x.dim() or tuple(t.shape[:-1]) != lead
+            ):
+                raise ValueError(
+                    f"{self.name}: {key} must be [{', '.join(map(str, lead))}, "
+                    f"{key.upper()}] like x, got shape "
+                    f"{list(getattr(t, 'shape', []))}"
+                )
         if self.lengths is None:
             return
         if not self.is_sequence:
-            raise ValueError(f"{self.name}: lengths are for sequences [N, T, X]; drop them for "
-                             f"data of shape {list(self.x.shape)}")
+            raise ValueError(
+                f"{self.name}: lengths are for sequences [N, T, X]; drop them for "
+                f"data of shape {list(self.x.shape)}"
+            )
         n, steps = lead
-        if (not isinstance(self.lengths, Tensor) or self.lengths.shape != (n,)
-                or self.lengths.is_floating_point() or self.lengths.dtype == torch.bool):
-            raise ValueError(f"{self.name}: lengths must be an integer tensor [N] = [{n}], got "
-                             f"{getattr(self.lengths, 'dtype', type(self.lengths).__name__)} "
-                             f"of shape {list(getattr(self.lengths, 'shape', []))}")
+        if (
+            not isinstance(self.lengths, Tensor)
+            or self.lengths.shape != (n,)
+            or self.lengths.is_floating_point()
+            or self.lengths.dtype == torch.bool
+        ):
+            raise ValueError(
+                f"{self.name}: lengths must be an integer tensor [N] = [{n}], got "
+                f"{getattr(self.lengths, 'dtype', type(self.lengths).__name__)} "
+                f"of shape {list(getattr(self.lengths, 'shape', []))}"
+            )
         if n and not (int(self.lengths.min()) >= 1 and int(self.lengths.max()) <= steps):
-            raise ValueError(f"{self.name}: lengths must be in 1..T={steps}, got values from "
-                             f"{int(self.lengths.min())} to {int(self.lengths.max())}")
+            raise ValueError(
+                f"{self.name}: lengths must be in 1..T={steps}, got values from "
+                f"{int(self.lengths.min())} to {int(self.lengths.max())}"
+            )
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -203,15 +232,18 @@ class Data:
     def _seq_lengths(self) -> Tensor:
         """``lengths [N]`` of a sequence data set (set in ``__post_init__``)."""
         if self.lengths is None:
-            raise ValueError(f"{self.name}: lengths is None for sequences of shape "
-                             f"{list(self.x.shape)}; pass lengths [N] or leave it unset when "
-                             f"building the Data, not None afterwards")
+            raise ValueError(
+                f"{self.name}: lengths is None for sequences of shape "
+                f"{list(self.x.shape)}; pass lengths [N] or leave it unset when "
+                f"building the Data, not None afterwards"
+            )
         return self.lengths
 
     def subset(self, index: Tensor | slice) -> Data:
         take = lambda t: None if t is None else t[index]
-        return replace(self, x=self.x[index], a=take(self.a), z=take(self.z),
-                       lengths=take(self.lengths))
+        return replace(
+            self, x=self.x[index], a=take(self.a), z=take(self.z), lengths=take(self.lengths)
+        )
 
     def batch(self, index: Tensor, generator: torch.Generator | None = None) -> Batch:
         """The examples at ``index`` as a Batch, sequences trimmed to their longest length."""
@@ -250,8 +282,10 @@ class Data:
         (:func:`vaelab.nn.observed_rows`)."""
         check_int("batch_size", batch_size, low=1)
         if not jitter >= 0:  # NaN too
-            raise ValueError(f"jitter must be >= 0 length standard deviations (math.inf for a "
-                             f"plain shuffle), got {jitter}")
+            raise ValueError(
+                f"jitter must be >= 0 length standard deviations (math.inf for a "
+                f"plain shuffle), got {jitter}"
+            )
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         if self.is_sequence and bucket and shuffle and math.isfinite(jitter):
@@ -264,8 +298,9 @@ class Data:
             chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=generator)]
             if self.is_sequence:  # longest first: each step's observed rows are a prefix
                 seq_lengths = self._seq_lengths()
-                chunks = [c[torch.argsort(seq_lengths[c], descending=True, stable=True)]
-                          for c in chunks]
+                chunks = [
+                    c[torch.argsort(seq_lengths[c], descending=True, stable=True)] for c in chunks
+                ]
         for index in chunks:
             yield self.batch(index, generator)
 
@@ -278,7 +313,7 @@ class Data:
 
 def _split(n: int, n_val: int, n_test: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[n_val + n_test:], perm[:n_val], perm[n_val:n_val + n_test]
+    return perm[n_val + n_test :], perm[:n_val], perm[n_val : n_val + n_test]
 
 
 def load_digits(binarize: bool = True) -> tuple[Data, Data, Data]:
@@ -313,7 +348,7 @@ MNIST_FILES = {
 
 def _check_path(name: str, path: object) -> Path:
     if not isinstance(path, str | os.PathLike):
-        raise ValueError(f"{name} must be a path (str), got {path!r} (type {type(path).__name__})")  # noqa: TRY004
+        raise ValueError(f"{name} must be a path (str), got {path!r} (type {type(path).__name__})")
     return Path(path)
 
 
@@ -322,8 +357,10 @@ def read_idx(path: str | Path) -> np.ndarray:
     ``[N]``."""
     path = _check_path("path", path)
     if path.is_dir():
-        raise ValueError(f"{path} is a folder, not an IDX file; pass a file such as "
-                         f"{path / MNIST_FILES['train_images']}.gz")
+        raise ValueError(
+            f"{path} is a folder, not an IDX file; pass a file such as "
+            f"{path / MNIST_FILES['train_images']}.gz"
+        )
     if not path.exists():
         raise FileNotFoundError(f"IDX file {path} not found; download the MNIST files")
     opener = gzip.open if path.suffix == ".gz" else open
@@ -332,7 +369,7 @@ def read_idx(path: str | Path) -> np.ndarray:
             raw = f.read()
         if len(raw) < 4:
             raise ValueError(f"it holds {len(raw)} bytes, fewer than the 4-byte magic number")
-        magic, = struct.unpack(">I", raw[:4])
+        (magic,) = struct.unpack(">I", raw[:4])
         ndim = magic & 0xFF
         if magic >> 8 != 0x08 or ndim not in (1, 3):
             raise ValueError(f"bad magic number {magic:#010x}")
@@ -344,7 +381,8 @@ def read_idx(path: str | Path) -> np.ndarray:
             raise ValueError(
                 f"its header promises {' x '.join(map(str, shape))} = {math.prod(shape)} "
                 f"bytes of data, the file holds {len(raw) - header}: it is "
-                f"{'truncated' if len(raw) - header < math.prod(shape) else 'too long'}")
+                f"{'truncated' if len(raw) - header < math.prod(shape) else 'too long'}"
+            )
         return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
     except (OSError, EOFError, ValueError, struct.error, zlib.error) as e:
         raise ValueError(
@@ -356,8 +394,10 @@ def read_idx(path: str | Path) -> np.ndarray:
 def _find_mnist(root: Path, stem: str) -> Path:
     for candidate in (root / f"{stem}.gz", root / stem):
         if candidate.is_dir():
-            raise ValueError(f"{candidate} is a folder; it should be the MNIST file itself "
-                             f"(unpack or re-download it)")
+            raise ValueError(
+                f"{candidate} is a folder; it should be the MNIST file itself "
+                f"(unpack or re-download it)"
+            )
         if candidate.exists():
             return candidate
     expected = ", ".join(f"{s}[.gz]" for s in MNIST_FILES.values())
@@ -381,33 +421,45 @@ def load_mnist(
     seed = check_int("seed", seed)
     root = _check_path("path", path)
     if root.is_file():
-        raise ValueError(f"{root} is a file; pass the folder holding it and the other MNIST "
-                         f"IDX files ({', '.join(MNIST_FILES.values())}, optionally .gz)")
+        raise ValueError(
+            f"{root} is a file; pass the folder holding it and the other MNIST "
+            f"IDX files ({', '.join(MNIST_FILES.values())}, optionally .gz)"
+        )
     if not root.is_dir():
-        raise FileNotFoundError(f"MNIST folder {root} does not exist; pass the folder holding "
-                                f"{MNIST_FILES['train_images']}.gz and the other IDX files")
+        raise FileNotFoundError(
+            f"MNIST folder {root} does not exist; pass the folder holding "
+            f"{MNIST_FILES['train_images']}.gz and the other IDX files"
+        )
     files = {k: _find_mnist(root, stem) for k, stem in MNIST_FILES.items()}
     arrays = {k: read_idx(file) for k, file in files.items()}
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or labels.ndim != 1:
-            raise ValueError(f"{files[f'{split}_images'].name} must hold images [N, H, W] and "
-                             f"{files[f'{split}_labels'].name} labels [N], got shapes "
-                             f"{list(images.shape)} and {list(labels.shape)}; are the two "
-                             f"files swapped?")
+            raise ValueError(
+                f"{files[f'{split}_images'].name} must hold images [N, H, W] and "
+                f"{files[f'{split}_labels'].name} labels [N], got shapes "
+                f"{list(images.shape)} and {list(labels.shape)}; are the two "
+                f"files swapped?"
+            )
         if len(images) != len(labels):
-            raise ValueError(f"{files[f'{split}_images']} holds {len(images)} images but "
-                             f"{files[f'{split}_labels']} holds {len(labels)} labels; both must "
-                             f"come from the same download (re-download them)")
+            raise ValueError(
+                f"{files[f'{split}_images']} holds {len(images)} images but "
+                f"{files[f'{split}_labels']} holds {len(labels)} labels; both must "
+                f"come from the same download (re-download them)"
+            )
     if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
-        raise ValueError(f"training images are {list(arrays['train_images'].shape[1:])} but "
-                         f"test images {list(arrays['test_images'].shape[1:])} pixels; both "
-                         f"files must come from the same data set")
+        raise ValueError(
+            f"training images are {list(arrays['train_images'].shape[1:])} but "
+            f"test images {list(arrays['test_images'].shape[1:])} pixels; both "
+            f"files must come from the same data set"
+        )
     n_images = len(arrays["train_images"])
     if n_val >= n_images:
-        raise ValueError(f"n_val={n_val} validation images leave none to train on: "
-                         f"{files['train_images']} holds {n_images} images; choose "
-                         f"n_val < {n_images}")
+        raise ValueError(
+            f"n_val={n_val} validation images leave none to train on: "
+            f"{files['train_images']} holds {n_images} images; choose "
+            f"n_val < {n_images}"
+        )
     g = torch.Generator().manual_seed(seed)
     image_shape = tuple(int(s) for s in arrays["train_images"].shape[1:])
 
@@ -451,13 +503,15 @@ class NotesUnpickler(pickle.Unpickler):
         raise RefusedPickle(
             f"{self.where}: a polyphonic pickle holds only lists/tuples of MIDI note numbers; "
             f"this file asks to import {module}.{name}, which could run code; it was not "
-            f"loaded. Use the original file of Boulanger-Lewandowski et al. (2012)")
+            f"loaded. Use the original file of Boulanger-Lewandowski et al. (2012)"
+        )
 
     def persistent_load(self, pid):
         raise RefusedPickle(
             f"{self.where}: a polyphonic pickle holds only lists/tuples of MIDI note numbers; "
             f"this file refers to an outside object (persistent id {str(pid)[:50]!r}); it was "
-            f"not loaded")
+            f"not loaded"
+        )
 
 
 def read_notes_pickle(file, where: str) -> object:
@@ -468,26 +522,32 @@ def read_notes_pickle(file, where: str) -> object:
     except RefusedPickle:
         raise
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise ValueError(f"{where} is not a readable pickle ({type(e).__name__}: {e}); use "
-                         f"the original file") from None
+        raise ValueError(
+            f"{where} is not a readable pickle ({type(e).__name__}: {e}); use the original file"
+        ) from None
     stack = [(obj, "")]  # iterative: a deeply nested file must not overflow the stack
     while stack:
         item, at = stack.pop()
         if type(item) not in PICKLE_TYPES:
-            raise ValueError(f"{where}: the pickle holds {item!r:.40} (type "
-                             f"{type(item).__name__}) at "
-                             f"{at or 'the top'}; a polyphonic pickle holds only dicts, lists, "
-                             f"tuples and numbers")
+            raise ValueError(
+                f"{where}: the pickle holds {item!r:.40} (type "
+                f"{type(item).__name__}) at "
+                f"{at or 'the top'}; a polyphonic pickle holds only dicts, lists, "
+                f"tuples and numbers"
+            )
         if type(item) is dict:
             for key, value in item.items():
                 if type(key) is not str:
-                    raise ValueError(f"{where}: the pickle has a key {key!r} (type "
-                                     f"{type(key).__name__}) at {at or 'the top'}; the keys "
-                                     f"are 'train', 'valid' and 'test'")
+                    raise ValueError(
+                        f"{where}: the pickle has a key {key!r} (type "
+                        f"{type(key).__name__}) at {at or 'the top'}; the keys "
+                        f"are 'train', 'valid' and 'test'"
+                    )
                 stack.append((value, f"{at}[{key!r}]"))
         elif type(item) in (list, tuple):
-            stack.extend((v, f"{at}[{i}]") for i, v in enumerate(item)
-                         if type(v) is not int)  # notes, the bulk of the file, are fine
+            stack.extend(
+                (v, f"{at}[{i}]") for i, v in enumerate(item) if type(v) is not int
+            )  # notes, the bulk of the file, are fine
     return obj
 
 
@@ -495,11 +555,15 @@ def _note_number(note: object, name: str, i: int, t: int) -> int:
     if isinstance(note, float) and note.is_integer():
         note = int(note)  # 60.0 is note 60
     if isinstance(note, bool | np.bool_) or not isinstance(note, int | np.integer):
-        raise ValueError(f"{name}: sequence {i} step {t} has note {note!r} (type "  # noqa: TRY004
-                         f"{type(note).__name__}); notes are whole MIDI numbers 21..108")
+        raise ValueError(
+            f"{name}: sequence {i} step {t} has note {note!r} (type "
+            f"{type(note).__name__}); notes are whole MIDI numbers 21..108"
+        )
     if not NOTE_MIN <= note < NOTE_MIN + NUM_NOTES:
-        raise ValueError(f"{name}: sequence {i} step {t} has note {note}, outside the "
-                         f"piano's MIDI range 21..108")
+        raise ValueError(
+            f"{name}: sequence {i} step {t} has note {note}, outside the "
+            f"piano's MIDI range 21..108"
+        )
     return int(note)
 
 
@@ -508,19 +572,22 @@ def piano_roll(sequences: list, name: str, transpose: int = 0) -> Data:
     piano roll ``x [N, T, 88]`` with ``lengths`` (``transpose``: see :class:`Data`)."""
     collection = list | tuple | set | frozenset | np.ndarray
     if not isinstance(sequences, list | tuple):
-        raise ValueError(f"{name}: expected a list of sequences, got a "  # noqa: TRY004
-                         f"{type(sequences).__name__}")
+        raise ValueError(f"{name}: expected a list of sequences, got a {type(sequences).__name__}")
     for i, seq in enumerate(sequences):
         if not isinstance(seq, list | tuple):
-            raise ValueError(f"{name}: sequence {i} is {seq!r:.40} (type "  # noqa: TRY004
-                             f"{type(seq).__name__}); "
-                             f"each sequence is a list of time steps, each a tuple of notes")
+            raise ValueError(
+                f"{name}: sequence {i} is {seq!r:.40} (type "
+                f"{type(seq).__name__}); "
+                f"each sequence is a list of time steps, each a tuple of notes"
+            )
         for t, notes in enumerate(seq):
             if not isinstance(notes, collection):
-                raise ValueError(f"{name}: sequence {i} step {t} is {notes!r:.40} (type "  # noqa: TRY004
-                                 f"{type(notes).__name__}), not a collection of notes; write "
-                                 f"each step as a tuple of MIDI numbers, e.g. (60, 64, 67), "
-                                 f"or () for silence")
+                raise ValueError(
+                    f"{name}: sequence {i} step {t} is {notes!r:.40} (type "
+                    f"{type(notes).__name__}), not a collection of notes; write "
+                    f"each step as a tuple of MIDI numbers, e.g. (60, 64, 67), "
+                    f"or () for silence"
+                )
     lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
     if len(sequences) == 0 or int(lengths.min()) == 0:
         raise ValueError(f"{name}: every split needs non-empty sequences")
@@ -540,8 +607,7 @@ def piano_roll(sequences: list, name: str, transpose: int = 0) -> Data:
     return Data(x, lengths=lengths, transpose=transpose, name=name, info={"kind": "piano_roll"})
 
 
-def transpose_rolls(x: Tensor, max_shift: int, generator: torch.Generator | None = None
-                    ) -> Tensor:
+def transpose_rolls(x: Tensor, max_shift: int, generator: torch.Generator | None = None) -> Tensor:
     """Returns the piano rolls ``x [B, T, N]``, each shifted up or down by its own whole number
     of semitones, uniform over the shifts in ``[-max_shift, max_shift]`` that keep all of its
     notes in range (a sequence near the keyboard's edge is shifted less)."""
@@ -557,8 +623,7 @@ def transpose_rolls(x: Tensor, max_shift: int, generator: torch.Generator | None
     valid = (source >= 0) & (source < x.shape[-1])
     index = source.clamp(0, x.shape[-1] - 1)[:, None, :].expand(-1, x.shape[1], -1)
     shifted = torch.gather(x, 2, index)  # [B, T, N]
-    return torch.where(valid[:, None, :], shifted, torch.zeros((), dtype=x.dtype,
-                                                               device=x.device))
+    return torch.where(valid[:, None, :], shifted, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def load_polyphonic(path: str | Path, transpose: int = 0) -> tuple[Data, Data, Data]:
@@ -569,8 +634,10 @@ def load_polyphonic(path: str | Path, transpose: int = 0) -> tuple[Data, Data, D
     transpose = check_int("transpose", transpose, low=0)
     path = _check_path("path", path)
     if path.is_dir():
-        raise ValueError(f"{path} is a folder; pass the polyphonic pickle file itself, e.g. "
-                         f"{path / 'jsb_chorales.pickle'}")
+        raise ValueError(
+            f"{path} is a folder; pass the polyphonic pickle file itself, e.g. "
+            f"{path / 'jsb_chorales.pickle'}"
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"polyphonic pickle {path} not found; pass the path of e.g. jsb_chorales.pickle"
@@ -582,11 +649,15 @@ def load_polyphonic(path: str | Path, transpose: int = 0) -> tuple[Data, Data, D
 
 def _polyphonic_splits(d: object, name: str, transpose: int = 0) -> tuple[Data, Data, Data]:
     if not isinstance(d, dict) or not {"train", "valid", "test"} <= set(d):
-        raise ValueError(f"{name}: expected a dict with keys 'train', 'valid', 'test' of "
-                         f"sequences of MIDI notes")
-    return (piano_roll(d["train"], f"{name}-train", transpose),  # augment training only
-            piano_roll(d["valid"], f"{name}-valid"),
-            piano_roll(d["test"], f"{name}-test"))
+        raise ValueError(
+            f"{name}: expected a dict with keys 'train', 'valid', 'test' of "
+            f"sequences of MIDI notes"
+        )
+    return (
+        piano_roll(d["train"], f"{name}-train", transpose),  # augment training only
+        piano_roll(d["valid"], f"{name}-valid"),
+        piano_roll(d["test"], f"{name}-test"),
+    )
 
 
 def load_jsb(transpose: int = 0) -> tuple[Data, Data, Data]:
@@ -609,19 +680,25 @@ def load_moons(
     modelled variable ``x`` ``[N, 2]`` a point of the two interleaved half circles (centred,
     Gaussian noise of sd ``noise``) rotated by ``theta``. Every p(x | a) is bimodal and curved,
     which no conditional Gaussian can fit. ``info["theta"]`` holds the angles."""
-    n, n_val, n_test = (check_int(k, v, low=1) for k, v in
-                        (("n", n), ("n_val", n_val), ("n_test", n_test)))
+    n, n_val, n_test = (
+        check_int(k, v, low=1) for k, v in (("n", n), ("n_val", n_val), ("n_test", n_test))
+    )
     noise, seed = check_number("noise", noise, low=0), check_int("seed", seed)
     if n < n_val + n_test + 1:
-        raise ValueError(f"load_moons needs n > n_val + n_test, got n={n}, n_val={n_val}, "
-                         f"n_test={n_test}; raise n or lower n_val, n_test")
+        raise ValueError(
+            f"load_moons needs n > n_val + n_test, got n={n}, n_val={n_val}, "
+            f"n_test={n_test}; raise n or lower n_val, n_test"
+        )
     if n > 10_000_000:
         raise ValueError(f"n={n} points exceed the 1e7 load_moons makes in memory; lower n")
     g = torch.Generator().manual_seed(seed)
     t = torch.rand(n, generator=g) * torch.pi
     upper = torch.rand(n, generator=g) < 0.5
-    moon = torch.where(upper[:, None], torch.stack([t.cos(), t.sin()], dim=1),
-                       torch.stack([1 - t.cos(), 0.5 - t.sin()], dim=1))
+    moon = torch.where(
+        upper[:, None],
+        torch.stack([t.cos(), t.sin()], dim=1),
+        torch.stack([1 - t.cos(), 0.5 - t.sin()], dim=1),
+    )
     moon = moon - torch.tensor([0.5, 0.25]) + noise * torch.randn(n, 2, generator=g)
     theta = torch.rand(n, generator=g) * 2 * torch.pi
     cos, sin = theta.cos(), theta.sin()
@@ -637,4 +714,3 @@ def load_moons(
         splits.append(part)
     train, val, test = splits
     return train, val, test
-

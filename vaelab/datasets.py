@@ -62,8 +62,11 @@ def loader_options(name: str) -> list[str]:
     """The options (keyword arguments) that data set ``name``'s loader takes, ``path`` too."""
     params = inspect.signature(DATASETS[name]).parameters.values()
     # "name" is the data set's in a spec, so a loader's own "name" (load_arrays) is not an option
-    return [p.name for p in params if p.name != "name"
-            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return [
+        p.name
+        for p in params
+        if p.name != "name" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
 
 
 def validate_data_spec(spec: object) -> dict:
@@ -77,11 +80,14 @@ def validate_data_spec(spec: object) -> dict:
     fix.
     """
     if not isinstance(spec, dict):
-        raise ValueError(f"a data spec must be a dict {{'name': ..., 'path': ..., **options}}, "  # noqa: TRY004
-                         f"got {type(spec).__name__}")
+        raise ValueError(
+            f"a data spec must be a dict {{'name': ..., 'path': ..., **options}}, "
+            f"got {type(spec).__name__}"
+        )
     if "name" not in spec:
-        raise ValueError(f"the data spec {spec!r:.80} has no 'name'; add one of "
-                         f"{sorted(DATASETS)}")
+        raise ValueError(
+            f"the data spec {spec!r:.80} has no 'name'; add one of {sorted(DATASETS)}"
+        )
     name = spec["name"]
     if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of {sorted(DATASETS)}")
@@ -89,16 +95,20 @@ def validate_data_spec(spec: object) -> dict:
     unknown = sorted(str(k) for k in spec if k != "name" and k not in options)
     if unknown and not (unknown == ["path"] and spec["path"] is None):
         takes = [o for o in options if o != "path"]
-        raise ValueError(f"data set {name!r} has no such option(s) {unknown}; its options are "
-                         f"{takes or 'none'}: drop the others or pick a data set that takes them")
+        raise ValueError(
+            f"data set {name!r} has no such option(s) {unknown}; its options are "
+            f"{takes or 'none'}: drop the others or pick a data set that takes them"
+        )
     out = {"name": name}
     for key, value in spec.items():
         if key in ("name", "path"):
             continue
         if not _plain(value):
-            raise ValueError(f"data option {key}={value!r:.60} (type {type(value).__name__}) is "
-                             f"not a plain value; options are numbers, strs, bools, None or "
-                             f"lists of them")
+            raise ValueError(
+                f"data option {key}={value!r:.60} (type {type(value).__name__}) is "
+                f"not a plain value; options are numbers, strs, bools, None or "
+                f"lists of them"
+            )
         out[key] = value
     if "path" in options:
         out["path"] = _check_spec_path(name, spec.get("path"))
@@ -108,28 +118,37 @@ def validate_data_spec(spec: object) -> dict:
 def _check_spec_path(name: str, path: object) -> str:
     loader = DATASETS[name]
     if not isinstance(loader, _PathLoader):
-        raise ValueError(  # noqa: TRY004
+        raise ValueError(
             f"data set {name!r} takes a path but its loader does not say what it reads; "
-            f"register it as vaelab.datasets._needs_path(loader, what, 'file' or 'folder')")
+            f"register it as vaelab.datasets._needs_path(loader, what, 'file' or 'folder')"
+        )
     what, kind = loader.path_what, loader.path_kind
     if path is None:
         raise ValueError(f"data set {name!r} needs a path: pass {what}")
     if isinstance(path, os.PathLike):
         path = os.fspath(path)
     if not isinstance(path, str) or not path:
-        raise ValueError(f"data set {name!r}: path must be a non-empty str, {what}; got "
-                         f"{path!r:.60} (type {type(path).__name__})")
+        raise ValueError(
+            f"data set {name!r}: path must be a non-empty str, {what}; got "
+            f"{path!r:.60} (type {type(path).__name__})"
+        )
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"data set {name!r}: path {path} does not exist; pass {what} "
-                                f"(a checkpoint records the path it was trained from: put the "
-                                f"data back there or name it again)")
+        raise FileNotFoundError(
+            f"data set {name!r}: path {path} does not exist; pass {what} "
+            f"(a checkpoint records the path it was trained from: put the "
+            f"data back there or name it again)"
+        )
     if kind == "folder" and not p.is_dir():
-        raise ValueError(f"data set {name!r}: path {path} is a file, but this data set reads a "
-                         f"folder; pass {what}")
+        raise ValueError(
+            f"data set {name!r}: path {path} is a file, but this data set reads a "
+            f"folder; pass {what}"
+        )
     if kind == "file" and not p.is_file():
-        raise ValueError(f"data set {name!r}: path {path} is a folder, but this data set reads "
-                         f"a file; pass {what}")
+        raise ValueError(
+            f"data set {name!r}: path {path} is a folder, but this data set reads "
+            f"a file; pass {what}"
+        )
     return path
 
 

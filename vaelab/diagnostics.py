@@ -60,8 +60,11 @@ def diagnose(model: Model, batch: Batch) -> dict:
     batch = batch.to(device)
     activity = latent_activity(model, batch).cpu()
     kl = kl_per_dim(model, batch)
-    return {"activity": activity.tolist(), "active_units": active_units(activity),
-            "kl_per_dim": None if kl is None else kl.tolist()}
+    return {
+        "activity": activity.tolist(),
+        "active_units": active_units(activity),
+        "kl_per_dim": None if kl is None else kl.tolist(),
+    }
 
 
 def exact_nll(system, data: Data) -> float:

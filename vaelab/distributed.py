@@ -56,8 +56,10 @@ def _env_int(name: str) -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} must be an integer; launch "
-                         f"with torchrun, which sets it") from None
+        raise ValueError(
+            f"environment variable {name}={value!r} must be an integer; launch "
+            f"with torchrun, which sets it"
+        ) from None
 
 
 def context(device: torch.device) -> Context:
@@ -69,8 +71,10 @@ def context(device: torch.device) -> Context:
         return Context(device=device)
     rank, local = _env_int("RANK"), _env_int("LOCAL_RANK") or 0
     if rank is None or not 0 <= rank < world:
-        raise ValueError(f"RANK must be in 0..{world - 1} with WORLD_SIZE={world}, got {rank}; "
-                         f"launch with torchrun")
+        raise ValueError(
+            f"RANK must be in 0..{world - 1} with WORLD_SIZE={world}, got {rank}; "
+            f"launch with torchrun"
+        )
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
@@ -97,7 +101,7 @@ def shard(batch: Batch, ctx: Context) -> Batch | None:
         return batch
     if len(batch) < ctx.world:
         return None
-    take = lambda t: None if t is None else t[ctx.rank::ctx.world]
+    take = lambda t: None if t is None else t[ctx.rank :: ctx.world]
     part = Batch(take(batch.x), take(batch.a), take(batch.mask), take(batch.z))
     if part.mask is not None:
         t_max = int(part.mask.sum(dim=1).max())
@@ -124,8 +128,15 @@ def global_loss(terms: ELBOTerms, kl_weight: float, ctx: Context) -> tuple[Tenso
     ``world * (-sum_own(ll - w kl)) / steps_all``. Alone, this is :func:`objectives.loss`.
     """
     weighted = (terms.log_likelihood - kl_weight * terms.kl).sum(dim=0)
-    local = torch.stack([terms.elbo.sum(dim=0), terms.log_likelihood.sum(dim=0),
-                         terms.kl.sum(dim=0), terms.steps.sum(dim=0), weighted]).detach()
+    local = torch.stack(
+        [
+            terms.elbo.sum(dim=0),
+            terms.log_likelihood.sum(dim=0),
+            terms.kl.sum(dim=0),
+            terms.steps.sum(dim=0),
+            weighted,
+        ]
+    ).detach()
     sums = all_sum(local, ctx)
     steps = sums[3].clone()  # kept for backward: sums is changed below
     loss = -weighted * ctx.world / steps

@@ -164,12 +164,17 @@ class MADEBernoulli(nn.Module):
     """Returns :class:`AutoregressiveBernoulli` over ``out_dim`` bits for a context ``c``: a
     MADE whose hidden units (``hidden_dim`` wide, at least ``out_dim - 1``) read the context."""
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int,
-                 activation: type[nn.Module] = nn.ReLU) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, hidden_dim: int, activation: type[nn.Module] = nn.ReLU
+    ) -> None:
         super().__init__()
-        self.made = MADE(out_dim, [max(hidden_dim, out_dim - 1)], num_outputs=1,
-                         context_dim=in_dim, activation=activation)
+        self.made = MADE(
+            out_dim,
+            [max(hidden_dim, out_dim - 1)],
+            num_outputs=1,
+            context_dim=in_dim,
+            activation=activation,
+        )
 
     def forward(self, *context: Tensor) -> AutoregressiveBernoulli:
         return AutoregressiveBernoulli(self.made, _cat(context))
-

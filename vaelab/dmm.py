@@ -76,32 +76,45 @@ class DMMConfig:
     standard_initial_prior: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("x_dim", "z_dim", "emission_dim", "transition_dim", "rnn_dim",
-                     "rnn_layers", "iaf_dim"):
+        for name in (
+            "x_dim",
+            "z_dim",
+            "emission_dim",
+            "transition_dim",
+            "rnn_dim",
+            "rnn_layers",
+            "iaf_dim",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.rnn_nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"rnn_nonlinearity must be 'tanh' or 'relu', got "
-                             f"{self.rnn_nonlinearity!r}")
+            raise ValueError(
+                f"rnn_nonlinearity must be 'tanh' or 'relu', got {self.rnn_nonlinearity!r}"
+            )
         if self.num_iafs < 0:
             raise ValueError(f"num_iafs must be >= 0, got {self.num_iafs}")
         if self.rnn_type not in ("rnn", "lstm"):
             raise ValueError(f"rnn_type must be 'rnn' or 'lstm', got {self.rnn_type!r}")
         if self.rnn_type == "lstm" and self.rnn_nonlinearity != "tanh":
-            raise ValueError("rnn_nonlinearity applies to rnn_type='rnn' only; leave it at "
-                             "'tanh'")
+            raise ValueError("rnn_nonlinearity applies to rnn_type='rnn' only; leave it at 'tanh'")
         for name in ("rnn_dropout", "rnn_output_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.rnn_dropout > 0 and self.rnn_layers == 1:
-            raise ValueError("rnn_dropout acts between RNN layers only; set rnn_layers >= 2, "
-                             "or use rnn_output_dropout for a one-layer RNN's outputs")
+            raise ValueError(
+                "rnn_dropout acts between RNN layers only; set rnn_layers >= 2, "
+                "or use rnn_output_dropout for a one-layer RNN's outputs"
+            )
         if not self.min_scale > 0:
-            raise ValueError(f"min_scale must be > 0 (a scale of exactly 0 makes the ELBO "
-                             f"non-finite), got {self.min_scale}")
+            raise ValueError(
+                f"min_scale must be > 0 (a scale of exactly 0 makes the ELBO "
+                f"non-finite), got {self.min_scale}"
+            )
         if self.num_iafs > 0 and self.analytic_kl:
-            raise ValueError("analytic_kl=True needs num_iafs=0: the KL of an IAF posterior "
-                             "has no closed form; set analytic_kl=False")
+            raise ValueError(
+                "analytic_kl=True needs num_iafs=0: the KL of an IAF posterior "
+                "has no closed form; set analytic_kl=False"
+            )
 
 
 def positive_scale(s: Tensor, min_scale: float, softplus_variance: bool) -> Tensor:
@@ -132,8 +145,14 @@ class GatedTransition(nn.Module):
     + min_scale`` (or the variance through softplus, :func:`positive_scale`).
     """
 
-    def __init__(self, z_dim: int, transition_dim: int, min_scale: float,
-                 softplus_variance: bool = False, extra_dim: int = 0) -> None:
+    def __init__(
+        self,
+        z_dim: int,
+        transition_dim: int,
+        min_scale: float,
+        softplus_variance: bool = False,
+        extra_dim: int = 0,
+    ) -> None:
         super().__init__()
         in_dim = z_dim + extra_dim  # z_{t-1}, then any input the transition also reads
         self.gate = MLP(in_dim, [transition_dim], z_dim)  # sigmoid applied in forward
@@ -152,8 +171,9 @@ class GatedTransition(nn.Module):
         gate = torch.sigmoid(self.gate(z_prev))
         proposed = self.proposed_mean(z_prev)
         loc = (1 - gate) * self.z_to_loc(z_prev) + gate * proposed
-        scale = positive_scale(self.z_to_scale(torch.relu(proposed)), self.min_scale,
-                               self.softplus_variance)
+        scale = positive_scale(
+            self.z_to_scale(torch.relu(proposed)), self.min_scale, self.softplus_variance
+        )
         return Independent(Normal(loc, scale), 1)
 
 
@@ -164,8 +184,9 @@ class Combiner(nn.Module):
     ``vaelab.fast.scan`` runs the same step over all t with a hand-written backward.
     """
 
-    def __init__(self, z_dim: int, rnn_dim: int, min_scale: float,
-                 softplus_variance: bool = False) -> None:
+    def __init__(
+        self, z_dim: int, rnn_dim: int, min_scale: float, softplus_variance: bool = False
+    ) -> None:
         super().__init__()
         self.z_to_hidden = nn.Linear(z_dim, rnn_dim)
         self.hidden_to_loc_scale = nn.Linear(rnn_dim, 2 * z_dim)  # [loc | pre-softplus scale]
@@ -188,25 +209,37 @@ class DMM(SequentialModel):
 
     name = "dmm"
     Config = DMMConfig
-    card = ("**Deep Markov Model.** Nonlinear (gated) transitions and emissions of a latent "
-            "Markov chain, a backward-RNN guide with a combiner; trained on polyphonic music "
-            "(88 piano keys per step). Krishnan, Shalit & Sontag 2017 (arXiv:1609.09869). "
-            "Taught in notebooks/04_deep_markov_model.ipynb.")
+    card = (
+        "**Deep Markov Model.** Nonlinear (gated) transitions and emissions of a latent "
+        "Markov chain, a backward-RNN guide with a combiner; trained on polyphonic music "
+        "(88 piano keys per step). Krishnan, Shalit & Sontag 2017 (arXiv:1609.09869). "
+        "Taught in notebooks/04_deep_markov_model.ipynb."
+    )
     preferred_data = "jsb"
     default_steps = 64
     shares_samples = True  # S guide paths share one backward-RNN pass (vaelab.fast.dmm)
     # Pyro's example's settings (weight_decay_sum: its ClippedAdam's, on a summed loss)
     train_defaults: ClassVar[dict] = {
-        "batch_size": 20, "lr": 3e-4, "betas": (0.96, 0.999), "clip_norm": 10.0,
-        "lr_decay": 0.99996, "anneal_epochs": 1000, "min_kl_weight": 0.2, "epochs": 5000,
-        "eval_every": 10, "checkpoint_every": 10, "weight_decay_sum": 2.0}
+        "batch_size": 20,
+        "lr": 3e-4,
+        "betas": (0.96, 0.999),
+        "clip_norm": 10.0,
+        "lr_decay": 0.99996,
+        "anneal_epochs": 1000,
+        "min_kl_weight": 0.2,
+        "epochs": 5000,
+        "eval_every": 10,
+        "checkpoint_every": 10,
+        "weight_decay_sum": 2.0,
+    }
 
     def __init__(self, config: DMMConfig) -> None:
         super().__init__()
         self.config = c = config
         self.emitter: nn.Module = Emitter(c.x_dim, c.z_dim, c.emission_dim)  # DMMAug's differs
-        self.transition = GatedTransition(c.z_dim, c.transition_dim, c.min_scale,
-                                          c.softplus_variance)
+        self.transition = GatedTransition(
+            c.z_dim, c.transition_dim, c.min_scale, c.softplus_variance
+        )
         self.combiner = Combiner(c.z_dim, c.rnn_dim, c.min_scale, c.softplus_variance)
         rnn_in = c.x_dim
         self.embed = None
@@ -215,8 +248,14 @@ class DMM(SequentialModel):
             rnn_in = c.rnn_dim
         rnn = nn.LSTM if c.rnn_type == "lstm" else nn.RNN
         kw = {} if c.rnn_type == "lstm" else {"nonlinearity": c.rnn_nonlinearity}
-        self.rnn = rnn(rnn_in, c.rnn_dim, num_layers=c.rnn_layers, batch_first=True,
-                       dropout=c.rnn_dropout, **kw)
+        self.rnn = rnn(
+            rnn_in,
+            c.rnn_dim,
+            num_layers=c.rnn_layers,
+            batch_first=True,
+            dropout=c.rnn_dropout,
+            **kw,
+        )
         if c.rnn_type == "lstm":
             self.c_0 = nn.Parameter(torch.zeros(c.rnn_layers, 1, c.rnn_dim))  # cell state
         self.output_dropout = nn.Dropout(c.rnn_output_dropout)
@@ -268,8 +307,9 @@ class DMM(SequentialModel):
         out, _ = self.rnn(x_rev, state)  # [B, T, R], reversed time
         return reverse_sequences(self.output_dropout(out), lengths)
 
-    def guide(self, x: Tensor, a: Tensor, mask: Tensor, noise: Tensor | None = None
-              ) -> tuple[Tensor, Distribution]:
+    def guide(
+        self, x: Tensor, a: Tensor, mask: Tensor, noise: Tensor | None = None
+    ) -> tuple[Tensor, Distribution]:
         """Samples z ~ q(z | x) = prod_t q(z_t | z_{t-1}, x_{t:T}), one step at a time; returns
         the path ``[B, T, Z]`` and the conditionals along it, batch ``[B, T]``."""
         h_rnn = self.rnn_states(x, mask.sum(dim=1))  # [B, T, R]
@@ -295,14 +335,21 @@ class DMM(SequentialModel):
             z = transform(z)  # cache scores it without inverting the flows
         return z, q_z
 
-    def elbo(self, batch: Batch, analytic_kl: bool | None = None, noise: Tensor | None = None,
-             samples: int = 1) -> ELBOTerms:
+    def elbo(
+        self,
+        batch: Batch,
+        analytic_kl: bool | None = None,
+        noise: Tensor | None = None,
+        samples: int = 1,
+    ) -> ELBOTerms:
         """Returns the ELBO terms per sequence (:meth:`SequentialModel.elbo`); ``samples``
         paths per sequence are ``[S*B]`` terms, sample-major like ``batch.repeat(S)``."""
         analytic = self.config.analytic_kl if analytic_kl is None else analytic_kl
         if analytic and self.iaf is not None:
-            raise ValueError("analytic_kl=True needs num_iafs=0: the KL of an IAF posterior "
-                             "has no closed form; pass analytic_kl=False")
+            raise ValueError(
+                "analytic_kl=True needs num_iafs=0: the KL of an IAF posterior "
+                "has no closed form; pass analytic_kl=False"
+            )
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
         if self.fast:
@@ -325,8 +372,10 @@ class DMMIAF(DMM):
 
     name = "dmm_iaf"
     Config = DMMIAFConfig
-    card = ("**Deep Markov Model with an IAF guide.** The DMM whose guide distribution is made "
-            "more flexible by inverse autoregressive flows; its KL has no closed form and is "
-            "estimated by Monte Carlo. Kingma et al. 2016 (arXiv:1606.04934) on Krishnan et al. "
-            "2017. Taught in notebooks/04_deep_markov_model.ipynb and "
-            "05_normalizing_flows.ipynb.")
+    card = (
+        "**Deep Markov Model with an IAF guide.** The DMM whose guide distribution is made "
+        "more flexible by inverse autoregressive flows; its KL has no closed form and is "
+        "estimated by Monte Carlo. Kingma et al. 2016 (arXiv:1606.04934) on Krishnan et al. "
+        "2017. Taught in notebooks/04_deep_markov_model.ipynb and "
+        "05_normalizing_flows.ipynb."
+    )

@@ -46,8 +46,10 @@ class DMMAugConfig(DMMConfig):
         if self.emission not in ("bernoulli", "made"):
             raise ValueError(f"emission must be 'bernoulli' or 'made', got {self.emission!r}")
         if self.made_dim < self.x_dim - 1:
-            raise ValueError(f"made_dim must be >= x_dim - 1 = {self.x_dim - 1} (a MADE needs "
-                             f"every degree), got {self.made_dim}")
+            raise ValueError(
+                f"made_dim must be >= x_dim - 1 = {self.x_dim - 1} (a MADE needs "
+                f"every degree), got {self.made_dim}"
+            )
 
 
 @register
@@ -56,23 +58,27 @@ class DMMAug(DMM):
 
     name = "dmm_aug"
     Config = DMMAugConfig
-    card = ("**Augmented Deep Markov Model.** The DMM whose transition and emission also read "
-            "the previous step's notes x_{t-1}, optionally with an emission autoregressive "
-            "over the 88 notes (MADE, as NADE in the paper): a decoder that sees the past "
-            "needs its latents less. Krishnan, Shalit & Sontag 2017 (arXiv:1609.09869), "
-            "DMM-Aug.")
+    card = (
+        "**Augmented Deep Markov Model.** The DMM whose transition and emission also read "
+        "the previous step's notes x_{t-1}, optionally with an emission autoregressive "
+        "over the 88 notes (MADE, as NADE in the paper): a decoder that sees the past "
+        "needs its latents less. Krishnan, Shalit & Sontag 2017 (arXiv:1609.09869), "
+        "DMM-Aug."
+    )
     feeds_back_x = True
 
     def __init__(self, config: DMMAugConfig) -> None:
         super().__init__(config)
         c = config
-        self.transition = GatedTransition(c.z_dim, c.transition_dim, c.min_scale,
-                                          c.softplus_variance, extra_dim=c.x_dim)
+        self.transition = GatedTransition(
+            c.z_dim, c.transition_dim, c.min_scale, c.softplus_variance, extra_dim=c.x_dim
+        )
         if c.emission == "made":
             self.emitter = MADEBernoulli(c.z_dim + c.x_dim, c.x_dim, c.made_dim)
         else:
-            self.emitter = BernoulliLogits(c.z_dim + c.x_dim, c.x_dim,
-                                           [c.emission_dim, c.emission_dim], torch.nn.ReLU)
+            self.emitter = BernoulliLogits(
+                c.z_dim + c.x_dim, c.x_dim, [c.emission_dim, c.emission_dim], torch.nn.ReLU
+            )
 
     def check(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
         """The DMM's checks; the input a_t is the observation x_t itself."""

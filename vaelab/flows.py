@@ -31,8 +31,10 @@ from vaelab.nn import MADE, MLP
 
 def _event_shape_check(x: Tensor, dim: int, who: str) -> None:
     if x.dim() < 1 or x.shape[-1] != dim:
-        raise ValueError(f"{who} acts on [..., {dim}], got {list(x.shape)}; "
-                         f"the last axis must be the event of size {dim}")
+        raise ValueError(
+            f"{who} acts on [..., {dim}], got {list(x.shape)}; "
+            f"the last axis must be the event of size {dim}"
+        )
 
 
 # ----------------------------------------------------------------------------- permutation
@@ -160,13 +162,16 @@ class IAFStack(nn.Module):
         See :class:`AffineAutoregressive`.
     """
 
-    def __init__(self, dim: int, num_iafs: int, hidden_dim: int, num_hidden: int = 1,
-                 gate_bias: float = 1.5) -> None:
+    def __init__(
+        self, dim: int, num_iafs: int, hidden_dim: int, num_hidden: int = 1, gate_bias: float = 1.5
+    ) -> None:
         super().__init__()
         if dim < 1 or num_iafs < 0 or hidden_dim < 1 or num_hidden < 1:
-            raise ValueError(f"IAFStack needs dim >= 1, num_iafs >= 0, hidden_dim >= 1 and "
-                             f"num_hidden >= 1, got {dim}, {num_iafs}, {hidden_dim}, "
-                             f"{num_hidden}")
+            raise ValueError(
+                f"IAFStack needs dim >= 1, num_iafs >= 0, hidden_dim >= 1 and "
+                f"num_hidden >= 1, got {dim}, {num_iafs}, {hidden_dim}, "
+                f"{num_hidden}"
+            )
         self.dim, self.gate_bias = dim, gate_bias
         self.mades = nn.ModuleList(
             MADE(dim, [max(hidden_dim, dim - 1)] * num_hidden, num_outputs=2)
@@ -186,8 +191,10 @@ class IAFStack(nn.Module):
 
     def forward(self, base: Distribution) -> TransformedDistribution:
         if base.event_shape != (self.dim,):
-            raise ValueError(f"the base distribution must have event shape [{self.dim}], got "
-                             f"{list(base.event_shape)}; wrap Normal in Independent(..., 1)")
+            raise ValueError(
+                f"the base distribution must have event shape [{self.dim}], got "
+                f"{list(base.event_shape)}; wrap Normal in Independent(..., 1)"
+            )
         return TransformedDistribution(base, self.transforms())
 
 
@@ -199,8 +206,13 @@ class CouplingNet(nn.Module):
     the untouched half ``b * x`` and the context ``c``. Its last layer starts at zero, so a new
     coupling layer is the identity."""
 
-    def __init__(self, dim: int, context_dim: int, hidden_dims: Sequence[int],
-                 activation: type[nn.Module] = nn.ReLU) -> None:
+    def __init__(
+        self,
+        dim: int,
+        context_dim: int,
+        hidden_dims: Sequence[int],
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
         super().__init__()
         self.net = MLP(dim + context_dim, hidden_dims, 2 * dim, activation)
         last = cast(nn.Linear, self.net[-1])
@@ -232,8 +244,14 @@ class AffineCoupling(Transform):
     codomain = constraints.independent(constraints.real, 1)
     bijective = True
 
-    def __init__(self, net: CouplingNet, mask: Tensor, context: Tensor,
-                 log_scale_bound: float = 3.0, cache_size: int = 1) -> None:
+    def __init__(
+        self,
+        net: CouplingNet,
+        mask: Tensor,
+        context: Tensor,
+        log_scale_bound: float = 3.0,
+        cache_size: int = 1,
+    ) -> None:
         super().__init__(cache_size=cache_size)
         self.net, self.mask, self.context = net, mask, context
         self.log_scale_bound = log_scale_bound
@@ -262,8 +280,7 @@ class AffineCoupling(Transform):
     def with_cache(self, cache_size: int = 1) -> AffineCoupling:
         if self._cache_size == cache_size:
             return self
-        return AffineCoupling(self.net, self.mask, self.context, self.log_scale_bound,
-                              cache_size)
+        return AffineCoupling(self.net, self.mask, self.context, self.log_scale_bound, cache_size)
 
 
 class ConditionalRealNVP(nn.Module):
@@ -290,13 +307,23 @@ class ConditionalRealNVP(nn.Module):
         (``min_scale`` floor) instead of ``N(0, I)``.
     """
 
-    def __init__(self, dim: int, context_dim: int, hidden_dims: Sequence[int] = (64, 64),
-                 num_layers: int = 4, conditional_base: bool = True, min_scale: float = 1e-3,
-                 log_scale_bound: float = 3.0, activation: type[nn.Module] = nn.ReLU) -> None:
+    def __init__(
+        self,
+        dim: int,
+        context_dim: int,
+        hidden_dims: Sequence[int] = (64, 64),
+        num_layers: int = 4,
+        conditional_base: bool = True,
+        min_scale: float = 1e-3,
+        log_scale_bound: float = 3.0,
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
         super().__init__()
         if dim < 1 or context_dim < 0 or num_layers < 1:
-            raise ValueError(f"ConditionalRealNVP needs dim >= 1, context_dim >= 0 and "
-                             f"num_layers >= 1, got {dim}, {context_dim}, {num_layers}")
+            raise ValueError(
+                f"ConditionalRealNVP needs dim >= 1, context_dim >= 0 and "
+                f"num_layers >= 1, got {dim}, {context_dim}, {num_layers}"
+            )
         self.dim, self.context_dim, self.log_scale_bound = dim, context_dim, log_scale_bound
         self.nets = nn.ModuleList(
             CouplingNet(dim, context_dim, hidden_dims, activation) for _ in range(num_layers)
@@ -306,20 +333,26 @@ class ConditionalRealNVP(nn.Module):
         masks = torch.stack([(torch.arange(dim) + i) % 2 == 0 for i in range(num_layers)])
         self.masks: Tensor
         self.register_buffer("masks", masks.float(), persistent=False)  # [L, D]
-        self.base = (DiagGaussian(context_dim, dim, hidden_dims, activation, min_scale)
-                     if conditional_base and context_dim > 0 else None)
+        self.base = (
+            DiagGaussian(context_dim, dim, hidden_dims, activation, min_scale)
+            if conditional_base and context_dim > 0
+            else None
+        )
 
     def _check_context(self, context: Tensor) -> None:
         if context.dim() < 1 or context.shape[-1] != self.context_dim:
-            raise ValueError(f"context must be [..., {self.context_dim}], got "
-                             f"{list(context.shape)}")
+            raise ValueError(
+                f"context must be [..., {self.context_dim}], got {list(context.shape)}"
+            )
 
     def transforms(self, context: Tensor) -> list[Transform]:
         """Fresh coupling transforms for ``context`` ``[..., C]``, base -> sample order."""
         self._check_context(context)
         masks = self.masks.to(context.dtype)
-        return [AffineCoupling(cast(CouplingNet, net), mask, context, self.log_scale_bound)
-                for net, mask in zip(self.nets, masks, strict=True)]
+        return [
+            AffineCoupling(cast(CouplingNet, net), mask, context, self.log_scale_bound)
+            for net, mask in zip(self.nets, masks, strict=True)
+        ]
 
     def base_distribution(self, context: Tensor) -> Distribution:
         """Returns the base p(x | c), batch shape ``context.shape[:-1]``, event ``[D]``."""

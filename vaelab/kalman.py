@@ -53,13 +53,24 @@ class LinearGaussianSSM:
         if self.d is None:
             self.d = self.m0.new_zeros(self.C.shape[0])
         z, x, a = self.z_dim, self.C.shape[0], self.B.shape[-1]
-        expected = {"m0": (z,), "P0": (z, z), "A": (z, z), "B": (z, a), "Q": (z, z),
-                    "C": (x, z), "R": (x, x), "b": (z,), "d": (x,)}
+        expected = {
+            "m0": (z,),
+            "P0": (z, z),
+            "A": (z, z),
+            "B": (z, a),
+            "Q": (z, z),
+            "C": (x, z),
+            "R": (x, x),
+            "b": (z,),
+            "d": (x,),
+        }
         for name, shape in expected.items():
             got = tuple(getattr(self, name).shape)
             if got != shape:
-                raise ValueError(f"LinearGaussianSSM.{name} must be {list(shape)} for z_dim={z}, "
-                                 f"x_dim={x}, a_dim={a}; got {list(got)}")
+                raise ValueError(
+                    f"LinearGaussianSSM.{name} must be {list(shape)} for z_dim={z}, "
+                    f"x_dim={x}, a_dim={a}; got {list(got)}"
+                )
 
     @property
     def z_dim(self) -> int:
@@ -68,8 +79,10 @@ class LinearGaussianSSM:
     def offsets(self) -> tuple[Tensor, Tensor]:
         """Returns the offsets ``(b [Z], d [X])`` (zeros when they were omitted)."""
         if self.b is None or self.d is None:
-            raise ValueError("LinearGaussianSSM.b or .d was set to None after construction; "
-                             "build a new LinearGaussianSSM (an omitted offset becomes zeros)")
+            raise ValueError(
+                "LinearGaussianSSM.b or .d was set to None after construction; "
+                "build a new LinearGaussianSSM (an omitted offset becomes zeros)"
+            )
         return self.b, self.d
 
     @property
@@ -82,8 +95,9 @@ class LinearGaussianSSM:
 
     def to(self, *args, **kwargs) -> LinearGaussianSSM:
         """A copy with every matrix moved/cast by ``Tensor.to(*args, **kwargs)``."""
-        return LinearGaussianSSM(**{f.name: getattr(self, f.name).to(*args, **kwargs)
-                                    for f in fields(self)})
+        return LinearGaussianSSM(
+            **{f.name: getattr(self, f.name).to(*args, **kwargs) for f in fields(self)}
+        )
 
     def detach(self) -> LinearGaussianSSM:
         return LinearGaussianSSM(**{f.name: getattr(self, f.name).detach() for f in fields(self)})
@@ -105,8 +119,10 @@ class LinearGaussianSSM:
             zs.append(zs[-1] @ self.A.T + a[:, t] @ self.B.T + b + noise(self.z_dim, chol[1]))
         z = torch.stack(zs, dim=1)  # [N, T, Z]
         x = z @ self.C.T + d
-        x = x + (torch.randn(n * steps, self.x_dim, generator=generator, dtype=a.dtype)
-                 .to(a.device) @ chol[2].T).view(n, steps, -1)
+        x = x + (
+            torch.randn(n * steps, self.x_dim, generator=generator, dtype=a.dtype).to(a.device)
+            @ chol[2].T
+        ).view(n, steps, -1)
         return z, x
 
 
@@ -174,9 +190,11 @@ def kalman_filter(
         S = _symmetrize(CP @ C.T + R)
         L = torch.linalg.cholesky(S)  # [B, X, X]
         alpha = torch.linalg.solve_triangular(L, y[..., None], upper=False)[..., 0]
-        ll = (-0.5 * alpha.pow(2).sum(dim=-1)
-              - torch.diagonal(L, dim1=-2, dim2=-1).log().sum(dim=-1)
-              - 0.5 * x_dim * math.log(2 * math.pi))  # log N(y; 0, S), [B]
+        ll = (
+            -0.5 * alpha.pow(2).sum(dim=-1)
+            - torch.diagonal(L, dim1=-2, dim2=-1).log().sum(dim=-1)
+            - 0.5 * x_dim * math.log(2 * math.pi)
+        )  # log N(y; 0, S), [B]
         K = torch.cholesky_solve(CP, L).transpose(-1, -2)  # gain P C^T S^-1, [B, Z, X]
         m_f = m + (K @ y[..., None])[..., 0]
         # Joseph form (I - KC) P (I - KC)^T + K R K^T: stays symmetric positive definite
@@ -192,9 +210,14 @@ def kalman_filter(
         m = m @ A.T + a[:, t] @ B.T + b
         P = _symmetrize(A @ P @ A.T + Q)
     step_ll = torch.stack(out["ll"], dim=1)  # [B, T]
-    return FilterResult(step_ll.sum(dim=1), step_ll, torch.stack(out["pm"], 1),
-                        torch.stack(out["pP"], 1), torch.stack(out["m"], 1),
-                        torch.stack(out["P"], 1))
+    return FilterResult(
+        step_ll.sum(dim=1),
+        step_ll,
+        torch.stack(out["pm"], 1),
+        torch.stack(out["pP"], 1),
+        torch.stack(out["m"], 1),
+        torch.stack(out["P"], 1),
+    )
 
 
 def kalman_log_likelihood(
@@ -241,10 +264,10 @@ def rts_smoother(
         means.append(m_s)
         covs.append(P_s)
     z = params.z_dim
-    cross_cov = (torch.stack(cross[::-1], dim=1) if cross
-                 else x.new_zeros(x.shape[0], 0, z, z))
-    return SmootherResult(torch.stack(means[::-1], 1), torch.stack(covs[::-1], 1), cross_cov,
-                          f.log_likelihood)
+    cross_cov = torch.stack(cross[::-1], dim=1) if cross else x.new_zeros(x.shape[0], 0, z, z)
+    return SmootherResult(
+        torch.stack(means[::-1], 1), torch.stack(covs[::-1], 1), cross_cov, f.log_likelihood
+    )
 
 
 @torch.no_grad()
@@ -257,8 +280,10 @@ def exact_nll(params: LinearGaussianSSM, data: Data, batch_size: int = 1000) -> 
         a = None if batch.a is None else batch.a.double()
         total += float(kalman_log_likelihood(params, batch.x.double(), a, batch.mask).sum())
         if batch.mask is None:  # only sequences [N, T, X] reach here
-            raise ValueError(f"exact_nll needs sequences [N, T, X], got {data.name} of shape "
-                             f"{list(data.x.shape)}")
+            raise ValueError(
+                f"exact_nll needs sequences [N, T, X], got {data.name} of shape "
+                f"{list(data.x.shape)}"
+            )
         steps += float(batch.mask.sum())
     return -total / steps
 

@@ -87,16 +87,25 @@ def incompatibility(model_name: str, data: Data) -> str | None:
     levels = discrete_levels(data)
     if levels is None:
         return None
-    return (f"{model_name} is a density over real numbers; {data.name.split('-')[0]} holds "
-            f"values in [0, 1] with {levels} levels (pixels or notes), where a density's "
-            f"log p(x) has no bound and its nats mean nothing: pick a model with a Bernoulli "
-            f"likelihood")
+    return (
+        f"{model_name} is a density over real numbers; {data.name.split('-')[0]} holds "
+        f"values in [0, 1] with {levels} levels (pixels or notes), where a density's "
+        f"log p(x) has no bound and its nats mean nothing: pick a model with a Bernoulli "
+        f"likelihood"
+    )
 
 
 @functools.cache
 def _accepted(model_name: str) -> tuple[tuple[str, str | None], ...]:
-    return tuple((name, None if dataset_needs_path(name) else
-                  incompatibility(model_name, builtin_dataset(name)[0])) for name in DATASETS)
+    return tuple(
+        (
+            name,
+            None
+            if dataset_needs_path(name)
+            else incompatibility(model_name, builtin_dataset(name)[0]),
+        )
+        for name in DATASETS
+    )
 
 
 def accepted_data(model_name: str) -> dict[str, str | None]:
@@ -126,12 +135,16 @@ def read_upload(name: str, content: bytes) -> dict:
         except (ValueError, FileNotFoundError):
             ckpt = None
     if ckpt is None or not isinstance(ckpt.get("step"), int):
-        raise ValueError(f"{name} is not a vaelab checkpoint: only a checkpoint.pt written by "
-                         f"vaelab training (the dashboard or 'python -m vaelab train') can be "
-                         f"uploaded")
+        raise ValueError(
+            f"{name} is not a vaelab checkpoint: only a checkpoint.pt written by "
+            f"vaelab training (the dashboard or 'python -m vaelab train') can be "
+            f"uploaded"
+        )
     if ckpt.get("model") not in MODELS:
-        raise ValueError(f"{name} holds a model vaelab does not know ({ckpt.get('model')!r}); "
-                         f"models are {', '.join(MODELS)}")
+        raise ValueError(
+            f"{name} holds a model vaelab does not know ({ckpt.get('model')!r}); "
+            f"models are {', '.join(MODELS)}"
+        )
     return summary(ckpt)
 
 
@@ -147,24 +160,35 @@ def check_upload(name: str, content: bytes, hosting) -> dict:
     from vaelab.runs import check_data_spec
 
     if len(content) > hosting.max_upload_bytes:
-        raise ValueError(f"{name} is {_size(len(content))}, over this server's "
-                         f"{_size(hosting.max_upload_bytes)} cap")
+        raise ValueError(
+            f"{name} is {_size(len(content))}, over this server's "
+            f"{_size(hosting.max_upload_bytes)} cap"
+        )
     info = read_upload(name, content)
     check_data_spec(info["data"], hosting)
     if hosting.max_params and info["params"] > hosting.max_params:
-        raise ValueError(f"{name} holds {info['params']:,} parameters, over this server's cap "
-                         f"of {hosting.max_params:,}")
+        raise ValueError(
+            f"{name} holds {info['params']:,} parameters, over this server's cap "
+            f"of {hosting.max_params:,}"
+        )
     return info
 
 
 def summary(ckpt: dict) -> dict:
     """``{"model", "step", "epoch", "data", "text", "remaining"}`` of a checkpoint dict:
     ``text`` is ``"<model> at step N"``, ``remaining`` is :func:`remaining`."""
-    params = sum(t.numel() for t in (ckpt.get("state_dict") or {}).values()
-                 if isinstance(t, torch.Tensor))
-    return {"model": ckpt["model"], "step": ckpt["step"], "epoch": ckpt["epoch"],
-            "data": dict(ckpt.get("data") or {}), "remaining": remaining(ckpt),
-            "params": params, "text": f"{ckpt['model']} at step {ckpt['step']}"}
+    params = sum(
+        t.numel() for t in (ckpt.get("state_dict") or {}).values() if isinstance(t, torch.Tensor)
+    )
+    return {
+        "model": ckpt["model"],
+        "step": ckpt["step"],
+        "epoch": ckpt["epoch"],
+        "data": dict(ckpt.get("data") or {}),
+        "remaining": remaining(ckpt),
+        "params": params,
+        "text": f"{ckpt['model']} at step {ckpt['step']}",
+    }
 
 
 def remaining(ckpt: dict) -> str | None:
@@ -188,8 +212,7 @@ def checkpoint_summary(path: str | Path) -> dict:
     changes. Raises ``FileNotFoundError`` / ``ValueError`` as :func:`load_checkpoint`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found; give the path of a "
-                                f"checkpoint.pt")
+        raise FileNotFoundError(f"checkpoint {path} not found; give the path of a checkpoint.pt")
     return dict(_summary(str(path.resolve()), path.stat().st_mtime_ns))
 
 
@@ -211,8 +234,11 @@ def make_view(train: Data, val: Data | None, size: int | None = None) -> View:
     index = torch.arange(min(len(data), size))
     info = dict(data.info or {})
     labels = info.pop("labels", None)
-    return View(data.batch(index, torch.Generator().manual_seed(0)), info,
-                None if labels is None else labels[index])
+    return View(
+        data.batch(index, torch.Generator().manual_seed(0)),
+        info,
+        None if labels is None else labels[index],
+    )
 
 
 @torch.no_grad()
@@ -228,8 +254,7 @@ def observed_steps(batch: Batch, index: int) -> int:
     """The number of observed time steps of sequence ``index`` of ``batch`` (``x [B, T, X]``,
     padding at the end)."""
     if batch.x.dim() != 3:
-        raise ValueError(f"observed_steps needs sequences x [B, T, X], got "
-                         f"{list(batch.x.shape)}")
+        raise ValueError(f"observed_steps needs sequences x [B, T, X], got {list(batch.x.shape)}")
     return int(batch.mask[index].sum()) if batch.mask is not None else batch.x.shape[1]
 
 
@@ -247,13 +272,16 @@ def count_parameters(model_name: str, data: Data, overrides: dict) -> int:
         raise
     except Exception as e:  # noqa: BLE001  (any failure of a model built from typed values)
         fields = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "its defaults"
-        raise ValueError(f"{model_name} cannot be built with {fields} ({type(e).__name__}: "
-                         f"{e}); change or remove these values") from None
+        raise ValueError(
+            f"{model_name} cannot be built with {fields} ({type(e).__name__}: "
+            f"{e}); change or remove these values"
+        ) from None
     return sum(p.numel() for p in model.parameters())
 
 
-def plan_run(model_name: str, data_name: str, data_path: str | None, overrides: dict,
-             train: dict, hosting) -> tuple[list[str], dict]:
+def plan_run(
+    model_name: str, data_name: str, data_path: str | None, overrides: dict, train: dict, hosting
+) -> tuple[list[str], dict]:
     """Check a run request from the page and turn it into ``python -m vaelab train``
     arguments (without ``--out``) and the settings shown until the process writes its own.
 
@@ -291,24 +319,40 @@ def plan_run(model_name: str, data_name: str, data_path: str | None, overrides: 
             raise ValueError(why)
         params = count_parameters(model_name, data, overrides)
         if hosting.max_params and params > hosting.max_params:
-            raise ValueError(f"this {model_name} has {params:,} parameters, over this server's "
-                             f"cap of {hosting.max_params:,}: make z_dim or the hidden sizes "
-                             f"smaller")
+            raise ValueError(
+                f"this {model_name} has {params:,} parameters, over this server's "
+                f"cap of {hosting.max_params:,}: make z_dim or the hidden sizes "
+                f"smaller"
+            )
         unit = "nats per observed step" if data.is_sequence else "nats per example"
     args = ["--model", model_name, "--data", data_name]
     if "path" in spec:
         args += ["--data-path", str(spec["path"])]
     for key, value in overrides.items():
         args += ["--set", f"{key}={value!r}"]
-    args += ["--epochs", str(int(train["epochs"])), "--batch-size", str(int(train["batch_size"])),
-             "--lr", repr(float(train["lr"])), "--seed", str(int(train["seed"])),
-             "--device", str(train["device"])]
+    args += [
+        "--epochs",
+        str(int(train["epochs"])),
+        "--batch-size",
+        str(int(train["batch_size"])),
+        "--lr",
+        repr(float(train["lr"])),
+        "--seed",
+        str(int(train["seed"])),
+        "--device",
+        str(train["device"]),
+    ]
     if max_steps:
         args += ["--max-steps", str(max_steps)]
     for key in ("anneal_epochs", "train_samples"):
         if key in train:
             args += ["--train-set", f"{key}={train[key]!r}"]
     args += ["--train-set", "progress=False"]
-    settings = {"model": model_name, "model_config": overrides, "data": spec, "unit": unit,
-                "train_config": {**train, "max_steps": max_steps or None}}
+    settings = {
+        "model": model_name,
+        "model_config": overrides,
+        "data": spec,
+        "unit": unit,
+        "train_config": {**train, "max_steps": max_steps or None},
+    }
     return args, settings

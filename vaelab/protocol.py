@@ -38,8 +38,9 @@ def register(cls: type[Model]) -> type[Model]:
     if not (isinstance(cls, type) and issubclass(cls, Model)):
         raise TypeError(f"@register takes a subclass of vaelab.protocol.Model, got {cls!r}")
     if not cls.name or cls.Config is None:
-        raise ValueError(f"{cls.__name__} needs the class attributes name and Config to be "
-                         f"registered")
+        raise ValueError(
+            f"{cls.__name__} needs the class attributes name and Config to be registered"
+        )
     MODELS[cls.name] = (cls.Config, cls)
     return cls
 
@@ -101,8 +102,9 @@ class Model(nn.Module, ABC):
         """Returns the ELBO terms per example, ``[B]`` each, summed over time, unweighted."""
 
     @abstractmethod
-    def sample(self, n: int, steps: int | None = None, a: Tensor | None = None
-               ) -> tuple[Tensor, Tensor]:
+    def sample(
+        self, n: int, steps: int | None = None, a: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Returns ``(z, x)`` drawn from the model (x as the emission's mean)."""
 
     @abstractmethod
@@ -125,14 +127,16 @@ class Model(nn.Module, ABC):
         return None
 
     @torch.no_grad()
-    def importance_log_likelihood(self, batch: Batch, num_samples: int = 1000,
-                                  chunk_size: int | None = None) -> Tensor:
+    def importance_log_likelihood(
+        self, batch: Batch, num_samples: int = 1000, chunk_size: int | None = None
+    ) -> Tensor:
         """Returns the importance-sampled estimate of log p(x) per example, ``[B]``
         (:func:`vaelab.objectives.importance_log_likelihood`)."""
         return importance_log_likelihood(self, batch, num_samples, chunk_size)
 
-    def figures(self, batch: Batch, info: dict | None = None, labels: Tensor | None = None
-                ) -> dict[str, Any]:
+    def figures(
+        self, batch: Batch, info: dict | None = None, labels: Tensor | None = None
+    ) -> dict[str, Any]:
         """The matplotlib figures that suit the model and its data, by title (the dashboard's
         "latents and samples" view): :func:`vaelab.plots.model_figures` unless a model adds
         its own."""
@@ -157,11 +161,15 @@ class Model(nn.Module, ABC):
         except (ValueError, RuntimeError, TypeError) as e:
             text = str(e)
             if "time axis" in text and not data.is_sequence:
-                return (f"{self.name} models sequences x [N, T, X]; {what} holds single vectors "
-                        f"x [N, X]: pick a static model")
+                return (
+                    f"{self.name} models sequences x [N, T, X]; {what} holds single vectors "
+                    f"x [N, X]: pick a static model"
+                )
             if data.is_sequence and "must be [B," in text:
-                return (f"{self.name} models single vectors x [N, X]; {what} holds sequences "
-                        f"x [N, T, X]: pick a sequence model")
+                return (
+                    f"{self.name} models single vectors x [N, X]; {what} holds sequences "
+                    f"x [N, T, X]: pick a sequence model"
+                )
             if "binary" in text or ("support" in text and "Bernoulli" in text):
                 return f"{self.name}'s Bernoulli likelihood needs 0/1 data; {what} is real-valued"
             return f"{self.name} cannot train on {what}: {text}"
@@ -169,8 +177,10 @@ class Model(nn.Module, ABC):
             return f"{self.name}.elbo returned {list(terms.log_likelihood.shape)} terms, not [B]"
         x = batch.x if batch.mask is None else batch.x[batch.mask]
         if self.continuous and is_binary(x):
-            return (f"{self.name}'s likelihood is a density over real values; {what} holds 0/1 "
-                    f"values, where a density is unbounded and its nats measure nothing")
+            return (
+                f"{self.name}'s likelihood is a density over real values; {what} holds 0/1 "
+                f"values, where a density is unbounded and its nats measure nothing"
+            )
         return None
 
 
@@ -215,8 +225,9 @@ class SequentialModel(Model):
         a_{t-1} (0 at t = 1), which only an emission that reads the past uses."""
 
     @abstractmethod
-    def guide(self, x: Tensor, a: Tensor, mask: Tensor, noise: Tensor | None = None
-              ) -> tuple[Tensor, Distribution]:
+    def guide(
+        self, x: Tensor, a: Tensor, mask: Tensor, noise: Tensor | None = None
+    ) -> tuple[Tensor, Distribution]:
         """Samples a path ``z [B, T, Z] ~ q(z | x, a)`` (reparameterised; ``noise [B, T, Z]``
         gives the standard-normal draws, zeros the path of the means) and returns it with
         q(z_t | ...) along it, batch ``[B, T]``."""
@@ -229,35 +240,49 @@ class SequentialModel(Model):
         ValueError naming the problem and the fix."""
         x, x_dim = batch.x, self.config.x_dim
         if x.dim() != 3 or x.shape[-1] != x_dim:
-            fix = ("add a time axis" if x.dim() == 2 else
-                   f"build the model with x_dim={x.shape[-1]}" if x.dim() == 3 else
-                   "pass padded sequences")
+            fix = (
+                "add a time axis"
+                if x.dim() == 2
+                else f"build the model with x_dim={x.shape[-1]}"
+                if x.dim() == 3
+                else "pass padded sequences"
+            )
             raise ValueError(f"x must be [B, T, {x_dim}], got {list(x.shape)}; {fix}")
         size, steps = x.shape[:2]
         mask = batch.mask
         if mask is None:
             mask = torch.ones(size, steps, dtype=torch.bool, device=x.device)
         if mask.shape != (size, steps) or mask.dtype != torch.bool:
-            raise ValueError(f"mask must be bool [B, T] = {[size, steps]}, got {mask.dtype} "
-                             f"{list(mask.shape)}; build it as t < lengths[:, None]")
+            raise ValueError(
+                f"mask must be bool [B, T] = {[size, steps]}, got {mask.dtype} "
+                f"{list(mask.shape)}; build it as t < lengths[:, None]"
+            )
         lengths = mask.sum(dim=1)
         if int(lengths.min()) < 1:
             raise ValueError("every sequence needs at least one observed step; drop empty ones")
         if not torch.equal(mask, torch.arange(steps, device=x.device) < lengths[:, None]):
-            raise ValueError("mask must be True on a prefix of each sequence (padding at the "
-                             "end); shift the observed steps to the start")
+            raise ValueError(
+                "mask must be True on a prefix of each sequence (padding at the "
+                "end); shift the observed steps to the start"
+            )
         a = batch.a
         if a is None:
             if self.a_dim > 0:
-                raise ValueError(f"this model takes actions: the batch needs a [B, T, "
-                                 f"{self.a_dim}], or build it with a_dim=0")
+                raise ValueError(
+                    f"this model takes actions: the batch needs a [B, T, "
+                    f"{self.a_dim}], or build it with a_dim=0"
+                )
             a = x.new_zeros(size, steps, 0)
         elif self.a_dim == 0 and a.shape[-1] > 0:
-            raise ValueError(f"{self.name} takes no actions, and the batch has a "
-                             f"{list(a.shape)}: pick a model with actions (ssm), or drop them")
+            raise ValueError(
+                f"{self.name} takes no actions, and the batch has a "
+                f"{list(a.shape)}: pick a model with actions (ssm), or drop them"
+            )
         elif a.shape != (size, steps, self.a_dim):
-            raise ValueError(f"a must be [{size}, {steps}, {self.a_dim}] like x, got "
-                             f"{list(a.shape)}; build the model with a_dim={a.shape[-1]}")
+            raise ValueError(
+                f"a must be [{size}, {steps}, {self.a_dim}] like x, got "
+                f"{list(a.shape)}; build the model with a_dim={a.shape[-1]}"
+            )
         x = torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
         a = torch.where(mask[..., None], a, torch.zeros((), dtype=a.dtype, device=a.device))
         return x, a, mask
@@ -281,8 +306,9 @@ class SequentialModel(Model):
         noise = None if sample else x.new_zeros(*x.shape[:2], self.config.z_dim)
         return self.guide(x, a, mask, noise)
 
-    def elbo(self, batch: Batch, analytic_kl: bool | None = None,
-             noise: Tensor | None = None) -> ELBOTerms:
+    def elbo(
+        self, batch: Batch, analytic_kl: bool | None = None, noise: Tensor | None = None
+    ) -> ELBOTerms:
         """Returns the sequential ELBO per sequence, ``[B]`` each, summed over observed steps:
 
             ELBO = sum_t E_q[log p(x_t | z_t)] - E_q[KL(q(z_t | .) || p(z_t | z_{t-1}, a_{t-1}))]
@@ -292,13 +318,15 @@ class SequentialModel(Model):
         analytic = self.config.analytic_kl if analytic_kl is None else analytic_kl
         x, a, mask = self.check(batch)
         if noise is not None and noise.shape != (*x.shape[:2], self.config.z_dim):
-            raise ValueError(f"noise must be {[*x.shape[:2], self.config.z_dim]}, got "
-                             f"{list(noise.shape)}")
+            raise ValueError(
+                f"noise must be {[*x.shape[:2], self.config.z_dim]}, got {list(noise.shape)}"
+            )
         z, q_z = self.guide(x, a, mask, noise)  # [B, T, Z], q batch [B, T]
         log_px = self.emission(z, shift(a)).log_prob(x)  # [B, T], every step in one call
         kl = kl_term(q_z, self.prior(z, a), z, analytic)  # [B, T]
-        return ELBOTerms(masked_sum(log_px, mask), masked_sum(kl, mask),
-                         mask.sum(dim=1).to(log_px.dtype))
+        return ELBOTerms(
+            masked_sum(log_px, mask), masked_sum(kl, mask), mask.sum(dim=1).to(log_px.dtype)
+        )
 
     @torch.no_grad()
     def latents(self, batch: Batch) -> Tensor:
@@ -327,8 +355,9 @@ class SequentialModel(Model):
         return kl[mask].mean(dim=0)
 
     @torch.no_grad()
-    def sample(self, n: int, steps: int | None = None, a: Tensor | None = None
-               ) -> tuple[Tensor, Tensor]:
+    def sample(
+        self, n: int, steps: int | None = None, a: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Ancestral sampling: returns ``(z [n, T, Z], x [n, T, X])`` with x the emission's
         mean, driven by actions ``a [n, T, A]`` (zeros when None). ``steps`` defaults to
         ``a``'s length, else :attr:`default_steps`."""
@@ -340,8 +369,10 @@ class SequentialModel(Model):
         if a is None:
             a = p.new_zeros(n, steps, self.a_dim)
         if a.shape != (n, steps, self.a_dim):
-            raise ValueError(f"a must be [n, steps, {self.a_dim}] = [{n}, {steps}, "
-                             f"{self.a_dim}], got {list(a.shape)}")
+            raise ValueError(
+                f"a must be [n, steps, {self.a_dim}] = [{n}, {steps}, "
+                f"{self.a_dim}], got {list(a.shape)}"
+            )
         if self.feeds_back_x:
             return self._sample_feeding_back(n, steps)
         zs = [self.initial_prior(n).sample()]

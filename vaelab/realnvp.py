@@ -31,17 +31,27 @@ class RealNVPConfig:
     activation: str = "relu"
 
     def __post_init__(self) -> None:
-        for name, low in (("x_dim", 1), ("a_dim", 0), ("hidden_dim", 1), ("num_hidden", 1),
-                          ("num_layers", 1)):
+        for name, low in (
+            ("x_dim", 1),
+            ("a_dim", 0),
+            ("hidden_dim", 1),
+            ("num_hidden", 1),
+            ("num_layers", 1),
+        ):
             if getattr(self, name) < low:
-                raise ValueError(f"RealNVPConfig.{name} must be >= {low}, got "
-                                 f"{getattr(self, name)}")
+                raise ValueError(
+                    f"RealNVPConfig.{name} must be >= {low}, got {getattr(self, name)}"
+                )
         if self.x_dim == 1 and self.a_dim == 0:
-            raise ValueError("an unconditional 1-D RealNVP is a single affine map; use "
-                             "x_dim >= 2 or give a context (a_dim >= 1)")
+            raise ValueError(
+                "an unconditional 1-D RealNVP is a single affine map; use "
+                "x_dim >= 2 or give a context (a_dim >= 1)"
+            )
         if self.min_scale <= 0 or self.log_scale_bound <= 0:
-            raise ValueError(f"min_scale and log_scale_bound must be > 0, got "
-                             f"{self.min_scale} and {self.log_scale_bound}")
+            raise ValueError(
+                f"min_scale and log_scale_bound must be > 0, got "
+                f"{self.min_scale} and {self.log_scale_bound}"
+            )
         activation(self.activation)  # raises on an unknown name
 
 
@@ -59,11 +69,13 @@ class ConditionalFlowModel(Model):
 
     name = "realnvp"
     Config = RealNVPConfig
-    card = ("**RealNVP normalizing flow.** An invertible map of a Gaussian, made of affine "
-            "coupling layers, gives the exact density p(x | a) by the change of variables; no "
-            "latent variables, no ELBO: training maximises log p(x | a) itself. A density over "
-            "real values, so it is offered only for real-valued data. Dinh et al. 2017 "
-            "(arXiv:1605.08803). Taught in notebooks/05_normalizing_flows.ipynb.")
+    card = (
+        "**RealNVP normalizing flow.** An invertible map of a Gaussian, made of affine "
+        "coupling layers, gives the exact density p(x | a) by the change of variables; no "
+        "latent variables, no ELBO: training maximises log p(x | a) itself. A density over "
+        "real values, so it is offered only for real-valued data. Dinh et al. 2017 "
+        "(arXiv:1605.08803). Taught in notebooks/05_normalizing_flows.ipynb."
+    )
     preferred_data = "moons"
     has_latents = False
     train_defaults: ClassVar[dict] = {"epochs": 30, "batch_size": 256, "lr": 2e-3}
@@ -72,26 +84,39 @@ class ConditionalFlowModel(Model):
         super().__init__()
         self.config = c = config
         self.flow = ConditionalRealNVP(
-            c.x_dim, c.a_dim, [c.hidden_dim] * c.num_hidden, c.num_layers, c.conditional_base,
-            c.min_scale, c.log_scale_bound, activation(c.activation))
+            c.x_dim,
+            c.a_dim,
+            [c.hidden_dim] * c.num_hidden,
+            c.num_layers,
+            c.conditional_base,
+            c.min_scale,
+            c.log_scale_bound,
+            activation(c.activation),
+        )
 
     def _context(self, a: Tensor | None, like: Tensor) -> Tensor:
         c = self.config
         if a is None:
             if c.a_dim > 0:
-                raise ValueError(f"this realnvp model is conditional (a_dim={c.a_dim}); the "
-                                 f"batch needs a context a [B, {c.a_dim}]")
+                raise ValueError(
+                    f"this realnvp model is conditional (a_dim={c.a_dim}); the "
+                    f"batch needs a context a [B, {c.a_dim}]"
+                )
             return like.new_zeros(like.shape[0], 0)
         if a.dim() != 2 or a.shape[1] != c.a_dim or a.shape[0] != like.shape[0]:
-            raise ValueError(f"a must be [{like.shape[0]}, {c.a_dim}], got {list(a.shape)}; "
-                             f"set a_dim to the context width")
+            raise ValueError(
+                f"a must be [{like.shape[0]}, {c.a_dim}], got {list(a.shape)}; "
+                f"set a_dim to the context width"
+            )
         return a
 
     def _check(self, batch: Batch) -> tuple[Tensor, Tensor]:
         x = batch.x
         if x.dim() != 2 or x.shape[1] != self.config.x_dim:
-            raise ValueError(f"x must be [B, {self.config.x_dim}], got {list(x.shape)}; "
-                             f"realnvp models static data")
+            raise ValueError(
+                f"x must be [B, {self.config.x_dim}], got {list(x.shape)}; "
+                f"realnvp models static data"
+            )
         return x, self._context(batch.a, x)
 
     @property

@@ -60,8 +60,9 @@ def _int_env(env: dict, key: str, default: int) -> int:
     try:
         value = int(env.get(key, default))
     except ValueError:
-        raise ValueError(f"{key}={env[key]!r} is not a whole number; set it to e.g. "
-                         f"{key}={default}") from None
+        raise ValueError(
+            f"{key}={env[key]!r} is not a whole number; set it to e.g. {key}={default}"
+        ) from None
     if value < 0:
         raise ValueError(f"{key} must be >= 0, got {value}")
     return value
@@ -102,12 +103,17 @@ class Hosting:
         running = max(1, _int_env(env, "VAELAB_MAX_RUNS", cores))
         if not hosted:
             return cls(hosted=False, root=root, data_root=data, max_running=running)
-        return cls(hosted=True, root=root, data_root=data, max_running=running,
-                   max_params=_int_env(env, "VAELAB_MAX_PARAMS", 2_000_000),
-                   max_steps=_int_env(env, "VAELAB_MAX_STEPS", 20_000),
-                   max_seconds=60.0 * _int_env(env, "VAELAB_MAX_MINUTES", 30),
-                   max_upload_bytes=_int_env(env, "VAELAB_MAX_UPLOAD_MB", 50) * 2**20,
-                   grace_seconds=float(_int_env(env, "VAELAB_GRACE_SECONDS", 120)))
+        return cls(
+            hosted=True,
+            root=root,
+            data_root=data,
+            max_running=running,
+            max_params=_int_env(env, "VAELAB_MAX_PARAMS", 2_000_000),
+            max_steps=_int_env(env, "VAELAB_MAX_STEPS", 20_000),
+            max_seconds=60.0 * _int_env(env, "VAELAB_MAX_MINUTES", 30),
+            max_upload_bytes=_int_env(env, "VAELAB_MAX_UPLOAD_MB", 50) * 2**20,
+            grace_seconds=float(_int_env(env, "VAELAB_GRACE_SECONDS", 120)),
+        )
 
 
 def inside(root: str | Path, path: str | Path) -> Path:
@@ -115,8 +121,10 @@ def inside(root: str | Path, path: str | Path) -> Path:
     ``root``, so no request can read or write elsewhere on the server."""
     root_, path_ = Path(root).resolve(), Path(path).resolve()
     if path_ != root_ and root_ not in path_.parents:
-        raise ValueError(f"{Path(path).name or path} is outside the folder this dashboard may "
-                         f"use; choose a run or file inside it")
+        raise ValueError(
+            f"{Path(path).name or path} is outside the folder this dashboard may "
+            f"use; choose a run or file inside it"
+        )
     return path_
 
 
@@ -129,14 +137,17 @@ def check_data_spec(spec: dict, hosting: Hosting) -> dict:
         raise ValueError(f"data set {name!r} is unknown; use one of {', '.join(DATASETS)}")
     if "path" in spec and hosting.hosted:
         if hosting.data_root is None:
-            raise ValueError(f"this server loads only built-in data sets; {name} from a file "
-                             f"is not available here: train on a built-in data set")
+            raise ValueError(
+                f"this server loads only built-in data sets; {name} from a file "
+                f"is not available here: train on a built-in data set"
+            )
         try:
             inside(hosting.data_root, hosting.data_root / str(spec["path"]))
         except ValueError:
-            raise ValueError(f"the data file of this {name} run is outside the server's data "
-                             f"folder; only files the instructor put there can be used") \
-                from None
+            raise ValueError(
+                f"the data file of this {name} run is outside the server's data "
+                f"folder; only files the instructor put there can be used"
+            ) from None
     return spec
 
 
@@ -212,17 +223,23 @@ class RunWriter:
         the writer, to be passed to fit as its callback."""
         self.folder.mkdir(parents=True, exist_ok=True)
         write_json(self.folder / "settings.json", settings)
-        self.max_seconds = float(read_json(self.folder / "limits.json").get("max_seconds")
-                                 or 0.0)
+        self.max_seconds = float(read_json(self.folder / "limits.json").get("max_seconds") or 0.0)
         self.started = time.monotonic()
         self._metrics = open(self.folder / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         self.status("training")
         return self
 
     def status(self, state: str, message: str = "") -> None:
-        write_json(self.folder / "status.json", {
-            "state": state, "message": message, "pid": os.getpid(), "step": self.step,
-            "updated": time.time()})
+        write_json(
+            self.folder / "status.json",
+            {
+                "state": state,
+                "message": message,
+                "pid": os.getpid(),
+                "step": self.step,
+                "updated": time.time(),
+            },
+        )
         self._written = time.monotonic()
 
     def _request(self) -> str | None:
@@ -231,8 +248,7 @@ class RunWriter:
 
     def __call__(self, record: dict) -> bool:
         if self._metrics is None:
-            raise ValueError("RunWriter.start(settings) opens the run folder; call it before "
-                             "fit")
+            raise ValueError("RunWriter.start(settings) opens the run folder; call it before fit")
         self._metrics.write(json.dumps({**record, "wall": time.time()}) + "\n")
         self._metrics.flush()
         self.step = int(record.get("step", self.step))
@@ -248,8 +264,9 @@ class RunWriter:
             self.reason = "stopped on request"
             return False
         if self.max_seconds and time.monotonic() - self.started > self.max_seconds:
-            self.reason = (f"stopped at the server's wall-time cap of "
-                           f"{self.max_seconds / 60:g} min per run")
+            self.reason = (
+                f"stopped at the server's wall-time cap of {self.max_seconds / 60:g} min per run"
+            )
             return False
         if time.monotonic() - self._written >= STATUS_EVERY:
             self.status("training")
@@ -266,8 +283,11 @@ class RunWriter:
         if kind is None:
             self.status("stopped" if self.reason else "finished", self.reason or "")
         elif issubclass(kind, KeyboardInterrupt):
-            self.status("stopped", self.reason or "interrupted (Ctrl-C or SIGINT); the "
-                        "checkpoint holds the last finished step")
+            self.status(
+                "stopped",
+                self.reason
+                or "interrupted (Ctrl-C or SIGINT); the checkpoint holds the last finished step",
+            )
         else:
             self.status("failed", f"{type(error).__name__}: {error}")
 
@@ -282,13 +302,22 @@ def read_status(folder: str | Path) -> dict:
     folder = Path(folder)
     status = read_json(folder / "status.json")
     if not status:
-        return {"state": "stopped" if (folder / "checkpoint.pt").is_file() else "failed",
-                "message": "" if (folder / "checkpoint.pt").is_file() else
-                "not a run folder: no status.json", "pid": None, "step": 0, "updated": 0.0}
+        return {
+            "state": "stopped" if (folder / "checkpoint.pt").is_file() else "failed",
+            "message": ""
+            if (folder / "checkpoint.pt").is_file()
+            else "not a run folder: no status.json",
+            "pid": None,
+            "step": 0,
+            "updated": 0.0,
+        }
     if status.get("state") in RUNNING and not pid_alive(status.get("pid")):
-        return {**status, "state": "failed",
-                "message": "the training process ended without saying why (killed, or out "
-                           "of memory); its last checkpoint, if any, can be resumed"}
+        return {
+            **status,
+            "state": "failed",
+            "message": "the training process ended without saying why (killed, or out "
+            "of memory); its last checkpoint, if any, can be resumed",
+        }
     return status
 
 
@@ -341,13 +370,21 @@ def run_info(root: str | Path, run_id: str) -> dict:
         created = float(meta.get("created") or (folder / "status.json").stat().st_mtime)
     except OSError:
         created = 0.0
-    return {"id": run_id, "folder": folder, "name": meta.get("name") or run_id,
-            "tags": list(meta.get("tags") or []), "owner": meta.get("owner"),
-            "model": settings.get("model", "?"),
-            "data": (settings.get("data") or {}).get("name", "?"),
-            "unit": settings.get("unit", "?"), "state": status.get("state", "failed"),
-            "message": status.get("message", ""), "step": status.get("step", 0),
-            "created": created, "settings": settings}
+    return {
+        "id": run_id,
+        "folder": folder,
+        "name": meta.get("name") or run_id,
+        "tags": list(meta.get("tags") or []),
+        "owner": meta.get("owner"),
+        "model": settings.get("model", "?"),
+        "data": (settings.get("data") or {}).get("name", "?"),
+        "unit": settings.get("unit", "?"),
+        "state": status.get("state", "failed"),
+        "message": status.get("message", ""),
+        "step": status.get("step", 0),
+        "created": created,
+        "settings": settings,
+    }
 
 
 def list_runs(root: str | Path) -> list[dict]:
@@ -356,9 +393,13 @@ def list_runs(root: str | Path) -> list[dict]:
     root = Path(root)
     if not root.is_dir():
         return []
-    runs = [run_info(root, child.name) for child in root.iterdir()
-            if not child.name.startswith(".") and child.is_dir()
-            and ((child / "status.json").is_file() or (child / "checkpoint.pt").is_file())]
+    runs = [
+        run_info(root, child.name)
+        for child in root.iterdir()
+        if not child.name.startswith(".")
+        and child.is_dir()
+        and ((child / "status.json").is_file() or (child / "checkpoint.pt").is_file())
+    ]
     return sorted(runs, key=lambda r: (-r["created"], r["id"]))
 
 
@@ -376,8 +417,10 @@ def owns(run: dict, token: str) -> bool:
 def _owned_folder(root: str | Path, run_id: str, token: str) -> Path:
     run = run_info(root, run_id)
     if not owns(run, token):
-        raise ValueError(f"run {run['name']} belongs to another session; it can only be "
-                         f"watched here (start your own run to control one)")
+        raise ValueError(
+            f"run {run['name']} belongs to another session; it can only be "
+            f"watched here (start your own run to control one)"
+        )
     return run["folder"]
 
 
@@ -388,8 +431,14 @@ def new_run_id(model: str, data: str) -> str:
     return f"{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
-def create_run(root: str | Path, token: str, train_args: Sequence[str], settings: dict,
-               hosting: Hosting, files: dict[str, bytes] | None = None) -> str:
+def create_run(
+    root: str | Path,
+    token: str,
+    train_args: Sequence[str],
+    settings: dict,
+    hosting: Hosting,
+    files: dict[str, bytes] | None = None,
+) -> str:
     """A queued run in a new folder of ``root``, owned by the session holding ``token``:
     ``command.json`` holds its ``python -m vaelab train`` arguments (without ``--out``;
     ``{folder}`` in them becomes the run folder), ``settings.json`` what the page knows of it
@@ -398,20 +447,25 @@ def create_run(root: str | Path, token: str, train_args: Sequence[str], settings
     is free."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    run_id = new_run_id(settings.get("model", "run"), (settings.get("data") or {}).get(
-        "name", "data"))
+    run_id = new_run_id(
+        settings.get("model", "run"), (settings.get("data") or {}).get("name", "data")
+    )
     folder = root / run_id
     folder.mkdir()
     for name, content in (files or {}).items():
         (folder / Path(name).name).write_bytes(content)
-    write_json(folder / "meta.json", {"owner": owner_hash(token), "name": run_id, "tags": [],
-                                      "created": time.time()})
+    write_json(
+        folder / "meta.json",
+        {"owner": owner_hash(token), "name": run_id, "tags": [], "created": time.time()},
+    )
     write_json(folder / "settings.json", settings)
     write_json(folder / "command.json", {"args": [str(a) for a in train_args]})
     write_json(folder / "limits.json", {"max_seconds": hosting.max_seconds})
     (folder / "heartbeat").touch()
-    write_json(folder / "status.json", {"state": "queued", "message": "", "pid": None,
-                                        "step": 0, "updated": time.time()})
+    write_json(
+        folder / "status.json",
+        {"state": "queued", "message": "", "pid": None, "step": 0, "updated": time.time()},
+    )
     return run_id
 
 
@@ -424,9 +478,16 @@ def requeue(root: str | Path, run_id: str, token: str, train_args: Sequence[str]
     (folder / "request.json").unlink(missing_ok=True)
     write_json(folder / "command.json", {"args": [str(a) for a in train_args]})
     (folder / "heartbeat").touch()
-    write_json(folder / "status.json", {"state": "queued", "message": "", "pid": None,
-                                        "step": read_status(folder).get("step", 0),
-                                        "updated": time.time()})
+    write_json(
+        folder / "status.json",
+        {
+            "state": "queued",
+            "message": "",
+            "pid": None,
+            "step": read_status(folder).get("step", 0),
+            "updated": time.time(),
+        },
+    )
 
 
 def request(root: str | Path, run_id: str, token: str, action: str) -> None:
@@ -440,8 +501,10 @@ def request(root: str | Path, run_id: str, token: str, action: str) -> None:
         status = read_status(folder)
         if status["state"] == "queued":
             if action == "stop":
-                write_json(folder / "status.json", {**status, "state": "stopped",
-                                                    "message": "cancelled while queued"})
+                write_json(
+                    folder / "status.json",
+                    {**status, "state": "stopped", "message": "cancelled while queued"},
+                )
             return
         if status["state"] not in RUNNING:
             return
@@ -469,8 +532,13 @@ def heartbeat(root: str | Path, runs: Sequence[dict], token: str) -> None:
                 (Path(root) / run["id"] / "heartbeat").touch()
 
 
-def rename(root: str | Path, run_id: str, token: str, name: str | None = None,
-           tags: Sequence[str] | None = None) -> None:
+def rename(
+    root: str | Path,
+    run_id: str,
+    token: str,
+    name: str | None = None,
+    tags: Sequence[str] | None = None,
+) -> None:
     """Give the session's own run a display ``name`` and/or ``tags`` (its id stays)."""
     folder = _owned_folder(root, run_id, token)
     meta = read_json(folder / "meta.json")
@@ -510,22 +578,30 @@ def _lock(root: str | Path) -> Iterator[None]:
 
 def queue_position(runs: Sequence[dict], run_id: str) -> int | None:
     """1 for the next queued run to start, 2 for the one after, ...; None if not queued."""
-    queued = sorted((r for r in runs if r["state"] == "queued"),
-                    key=lambda r: (r["created"], r["id"]))
+    queued = sorted(
+        (r for r in runs if r["state"] == "queued"), key=lambda r: (r["created"], r["id"])
+    )
     return next((i + 1 for i, r in enumerate(queued) if r["id"] == run_id), None)
 
 
 def _launch(folder: Path) -> int:
-    args = [a.replace("{folder}", str(folder))
-            for a in read_json(folder / "command.json").get("args") or []]
+    args = [
+        a.replace("{folder}", str(folder))
+        for a in read_json(folder / "command.json").get("args") or []
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]
+    ).rstrip(os.pathsep)
     with open(folder / "log.txt", "ab") as log:
         child = subprocess.Popen(
             [sys.executable, "-m", "vaelab", "train", *args, "--out", str(folder)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True)  # a Ctrl-C of the server is not the run's
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )  # a Ctrl-C of the server is not the run's
     _CHILDREN[child.pid] = child
     return child.pid
 
@@ -549,9 +625,16 @@ def dispatch(root: str | Path, hosting: Hosting, now: float | None = None) -> li
                     continue  # not a page's run (e.g. the command line's)
                 if run["state"] in ACTIVE and now - beat > hosting.grace_seconds:
                     if run["state"] == "queued":
-                        write_json(run["folder"] / "status.json", {
-                            "state": "stopped", "pid": None, "step": run["step"],
-                            "updated": now, "message": "cancelled: its page was closed"})
+                        write_json(
+                            run["folder"] / "status.json",
+                            {
+                                "state": "stopped",
+                                "pid": None,
+                                "step": run["step"],
+                                "updated": now,
+                                "message": "cancelled: its page was closed",
+                            },
+                        )
                         run["state"] = "stopped"
                     else:
                         write_json(run["folder"] / "request.json", {"action": "stop"})
@@ -559,15 +642,23 @@ def dispatch(root: str | Path, hosting: Hosting, now: float | None = None) -> li
                         if status.get("message") != "starting":
                             _signal_stop(status.get("pid"))
         busy = sum(r["state"] in RUNNING for r in runs)
-        queued = sorted((r for r in runs if r["state"] == "queued"),
-                        key=lambda r: (r["created"], r["id"]))
-        for run in queued[:max(0, hosting.max_running - busy)]:
+        queued = sorted(
+            (r for r in runs if r["state"] == "queued"), key=lambda r: (r["created"], r["id"])
+        )
+        for run in queued[: max(0, hosting.max_running - busy)]:
             (run["folder"] / "request.json").unlink(missing_ok=True)
             pid = _launch(run["folder"])
             # the slot is taken from now on, before the process writes its own status
-            write_json(run["folder"] / "status.json", {
-                "state": "training", "message": "starting", "pid": pid, "step": run["step"],
-                "updated": now})
+            write_json(
+                run["folder"] / "status.json",
+                {
+                    "state": "training",
+                    "message": "starting",
+                    "pid": pid,
+                    "step": run["step"],
+                    "updated": now,
+                },
+            )
             started.append(run["id"])
     return started
 
@@ -588,9 +679,14 @@ def metrics_csv(run_id: str, records: Sequence[dict], unit: str) -> str:
     writer.writeheader()
     for record in records:
         wall = record.get("wall")
-        writer.writerow({**{k: v for k, v in record.items() if k != "wall"}, "run": run_id,
-                         "unit": unit, "wall_time": None if wall is None or start is None
-                         else round(wall - start, 3)})
+        writer.writerow(
+            {
+                **{k: v for k, v in record.items() if k != "wall"},
+                "run": run_id,
+                "unit": unit,
+                "wall_time": None if wall is None or start is None else round(wall - start, 3),
+            }
+        )
     return out.getvalue()
 
 

@@ -73,8 +73,9 @@ class SSMConfig:
         if self.guide not in GUIDES:
             raise ValueError(f"guide must be one of {GUIDES}, got {self.guide!r}")
         if not self.min_scale > 0:
-            raise ValueError(f"min_scale must be > 0 so scales stay positive, got "
-                             f"{self.min_scale}")
+            raise ValueError(
+                f"min_scale must be > 0 so scales stay positive, got {self.min_scale}"
+            )
         activation(self.activation)  # raises on an unknown name
 
 
@@ -104,13 +105,15 @@ class SSM(SequentialModel):
 
     name = "ssm"
     Config = SSMConfig
-    card = ("**Sequential VAE (deep state-space model).** A latent state z_t evolves by "
-            "p(z_t | z_{t-1}, a_{t-1}) and emits x_t; an RNN guide infers the states from the "
-            "whole sequence. On the linear system the exact log-likelihood is known (Kalman "
-            "filter), so the gap ELBO vs log p(x) can be watched. Its Gaussian emission is a "
-            "density over real values, so it is offered only for real-valued sequences. "
-            "Krishnan et al. 2015 (arXiv:1511.05121). Taught in "
-            "notebooks/03_sequential_vae.ipynb.")
+    card = (
+        "**Sequential VAE (deep state-space model).** A latent state z_t evolves by "
+        "p(z_t | z_{t-1}, a_{t-1}) and emits x_t; an RNN guide infers the states from the "
+        "whole sequence. On the linear system the exact log-likelihood is known (Kalman "
+        "filter), so the gap ELBO vs log p(x) can be watched. Its Gaussian emission is a "
+        "density over real values, so it is offered only for real-valued sequences. "
+        "Krishnan et al. 2015 (arXiv:1511.05121). Taught in "
+        "notebooks/03_sequential_vae.ipynb."
+    )
     preferred_data = "linear"
     train_defaults: ClassVar[dict] = {"epochs": 30, "batch_size": 100, "lr": 3e-3}
 
@@ -123,10 +126,11 @@ class SSM(SequentialModel):
         self.transition: LinearGaussian | DiagGaussian
         self.emitter: LinearGaussian | DiagGaussian
         if c.linear:
-            self.transition = transition = LinearGaussian(c.z_dim + c.a_dim, c.z_dim, 1.0,
-                                                          c.min_scale)
+            self.transition = transition = LinearGaussian(
+                c.z_dim + c.a_dim, c.z_dim, 1.0, c.min_scale
+            )
             with torch.no_grad():  # identity-initialised: states persist (as in Pyro's DMM)
-                transition.linear.weight[:, :c.z_dim].copy_(torch.eye(c.z_dim))
+                transition.linear.weight[:, : c.z_dim].copy_(torch.eye(c.z_dim))
                 transition.linear.bias.zero_()
             self.emitter = LinearGaussian(c.z_dim, c.x_dim, 1.0, c.min_scale)
         else:
@@ -171,8 +175,9 @@ class SSM(SequentialModel):
         h, _ = pad_packed_sequence(h, batch_first=True, total_length=x.shape[1])  # [B, T, H]
         return reverse_sequences(h, lengths)
 
-    def guide(self, x: Tensor, a: Tensor, mask: Tensor, noise: Tensor | None = None
-              ) -> tuple[Tensor, Independent]:
+    def guide(
+        self, x: Tensor, a: Tensor, mask: Tensor, noise: Tensor | None = None
+    ) -> tuple[Tensor, Independent]:
         """Samples z ~ q(z | x, a) = prod_t q(z_t | z_{t-1}, a_{t-1}, x_t[, h_t]), one step at
         a time; returns the path ``[B, T, Z]`` and the conditionals along it, batch
         ``[B, T]``."""
@@ -182,8 +187,9 @@ class SSM(SequentialModel):
         a_prev = a.new_zeros(size, self.config.a_dim)
         zs, locs, scales = [], [], []
         for t in range(steps):  # sequential: z_t depends on the sampled z_{t-1}
-            context = (z_prev, a_prev, x[:, t]) if h is None else (
-                z_prev, a_prev, x[:, t], h[:, t])
+            context = (
+                (z_prev, a_prev, x[:, t]) if h is None else (z_prev, a_prev, x[:, t], h[:, t])
+            )
             q_t = self.combiner(*context)
             # reparameterised (z = mean + stddev * eps): gradients flow through the draw
             z_prev = q_t.rsample() if noise is None else q_t.mean + q_t.stddev * noise[:, t]
@@ -203,10 +209,14 @@ class SSM(SequentialModel):
         z = self.config.z_dim
         w = transition.linear.weight  # [Z, Z + A]
         return LinearGaussianSSM(
-            m0=self.initial.loc, P0=torch.diag(self.initial.scale**2),
-            A=w[:, :z], B=w[:, z:], b=transition.linear.bias,
+            m0=self.initial.loc,
+            P0=torch.diag(self.initial.scale**2),
+            A=w[:, :z],
+            B=w[:, z:],
+            b=transition.linear.bias,
             Q=torch.diag(transition.scale**2),
-            C=emitter.linear.weight, d=emitter.linear.bias,
+            C=emitter.linear.weight,
+            d=emitter.linear.bias,
             R=torch.diag(emitter.scale**2),
         )
 
@@ -217,8 +227,10 @@ class SSM(SequentialModel):
         transition, emitter = self._need_linear()
         c = self.config
         if (system.z_dim, system.x_dim, system.a_dim) != (c.z_dim, c.x_dim, c.a_dim):
-            raise ValueError(f"system has z, x, a dims {system.z_dim, system.x_dim, system.a_dim}"
-                             f", the model {c.z_dim, c.x_dim, c.a_dim}")
+            raise ValueError(
+                f"system has z, x, a dims {system.z_dim, system.x_dim, system.a_dim}"
+                f", the model {c.z_dim, c.x_dim, c.a_dim}"
+            )
         stds = {}
         for name in ("P0", "Q", "R"):
             cov = getattr(system, name)
@@ -241,16 +253,24 @@ class SSM(SequentialModel):
 
     def generative_parameters(self) -> list[nn.Parameter]:
         """The parameters of p(x, z | a): ``initial``, ``transition``, ``emitter``."""
-        return [*self.initial.parameters(), *self.transition.parameters(),
-                *self.emitter.parameters()]
+        return [
+            *self.initial.parameters(),
+            *self.transition.parameters(),
+            *self.emitter.parameters(),
+        ]
 
     def _need_linear(self) -> tuple[LinearGaussian, LinearGaussian]:
         """Returns ``(transition, emitter)``, the affine factors of a ``linear=True`` model."""
         transition, emitter = self.transition, self.emitter
-        if not (self.config.linear and isinstance(transition, LinearGaussian)
-                and isinstance(emitter, LinearGaussian)):
-            raise ValueError("only a linear-Gaussian model has exact matrices; build it with "
-                             "SSMConfig(linear=True)")
+        if not (
+            self.config.linear
+            and isinstance(transition, LinearGaussian)
+            and isinstance(emitter, LinearGaussian)
+        ):
+            raise ValueError(
+                "only a linear-Gaussian model has exact matrices; build it with "
+                "SSMConfig(linear=True)"
+            )
         return transition, emitter
 
 

@@ -30,8 +30,17 @@ class SweepRun:
 
 
 def _command(train_args: list[str], seed: int, out: Path) -> list[str]:
-    return [sys.executable, "-m", "vaelab", "train", *train_args, "--seed", str(seed),
-            "--out", str(out)]
+    return [
+        sys.executable,
+        "-m",
+        "vaelab",
+        "train",
+        *train_args,
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+    ]
 
 
 def _check_args(train_args: list[str], seeds: list[int], jobs: int, out: Path) -> None:
@@ -43,8 +52,10 @@ def _check_args(train_args: list[str], seeds: list[int], jobs: int, out: Path) -
         raise ValueError(f"--jobs must be >= 1 processes at a time, got {jobs}")
     for flag in ("--seed", "--out"):
         if any(a == flag or a.startswith(flag + "=") for a in train_args):
-            raise ValueError(f"sweep sets {flag} itself for every run; drop {flag} from the "
-                             f"training arguments after --")
+            raise ValueError(
+                f"sweep sets {flag} itself for every run; drop {flag} from the "
+                f"training arguments after --"
+            )
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; pass a folder for the runs")
 
@@ -58,8 +69,14 @@ def _gpu_count() -> int:
         return 0
 
 
-def run_sweep(train_args: list[str], seeds: list[int], out: str | Path, jobs: int = 1,
-              threads: int = 1, poll: float = 0.2) -> list[SweepRun]:
+def run_sweep(
+    train_args: list[str],
+    seeds: list[int],
+    out: str | Path,
+    jobs: int = 1,
+    threads: int = 1,
+    poll: float = 0.2,
+) -> list[SweepRun]:
     """Run ``python -m vaelab train TRAIN_ARGS --seed S --out OUT/seed_S`` for every seed, at
     most ``jobs`` at once with ``threads`` torch threads each; returns the runs with their
     JSON results (or the error each printed)."""
@@ -79,8 +96,13 @@ def run_sweep(train_args: list[str], seeds: list[int], out: str | Path, jobs: in
                 env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
             slot += 1
             log = open(out / f"seed_{run.seed}.log", "w")  # noqa: SIM115 - closed below
-            proc = subprocess.Popen(_command(train_args, run.seed, run.out), env=env,
-                                    stdout=subprocess.PIPE, stderr=log, text=True)
+            proc = subprocess.Popen(
+                _command(train_args, run.seed, run.out),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
             running.append((run, proc, log))
         for item in list(running):
             run, proc, log = item
@@ -108,6 +130,12 @@ def summarise(runs: list[SweepRun], key: str = "val_nelbo") -> dict:
     n = len(values)
     mean = sum(values) / n if n else math.nan
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
-    return {"metric": key, "runs": n, "failed": sum(r.result is None for r in runs),
-            "mean": mean, "sd": sd, "min": min(values, default=math.nan),
-            "max": max(values, default=math.nan)}
+    return {
+        "metric": key,
+        "runs": n,
+        "failed": sum(r.result is None for r in runs),
+        "mean": mean,
+        "sd": sd,
+        "min": min(values, default=math.nan),
+        "max": max(values, default=math.nan),
+    }

@@ -29,11 +29,12 @@ from vaelab.kalman import LinearGaussianSSM
 
 def _splits(n: int, n_val: int, n_test: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[n_val + n_test:], perm[:n_val], perm[n_val:n_val + n_test]
+    return perm[n_val + n_test :], perm[:n_val], perm[n_val : n_val + n_test]
 
 
-def _check_sizes(n_train: int, n_val: int, n_test: int, steps: int, min_steps: int | None,
-                 seed: int) -> None:
+def _check_sizes(
+    n_train: int, n_val: int, n_test: int, steps: int, min_steps: int | None, seed: int
+) -> None:
     for key, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         check_int(key, value, low=1)
     check_int("seed", seed)
@@ -43,9 +44,11 @@ def _check_sizes(n_train: int, n_val: int, n_test: int, steps: int, min_steps: i
         check_int("min_steps", min_steps, low=1, high=steps)
     n = n_train + n_val + n_test
     if n * steps > MAX_STEPS:
-        raise ValueError(f"{n} sequences of {steps} steps ({n * steps:.3g} steps) exceed the "
-                         f"{MAX_STEPS:.0e} a simulated data set may hold in memory; lower "
-                         f"n_train or steps")
+        raise ValueError(
+            f"{n} sequences of {steps} steps ({n * steps:.3g} steps) exceed the "
+            f"{MAX_STEPS:.0e} a simulated data set may hold in memory; lower "
+            f"n_train or steps"
+        )
 
 
 MAX_STEPS = 20_000_000  # time steps of all sequences together (~1.3 GB at float64)
@@ -67,10 +70,25 @@ def _lengths(n: int, steps: int, min_steps: int | None, g: torch.Generator) -> T
     return torch.randint(min_steps, steps + 1, (n,), generator=g)
 
 
-def _make_splits(x: Tensor, a: Tensor | None, z: Tensor | None, lengths: Tensor, n_val: int,
-                 n_test: int, seed: int, name: str, info: dict) -> tuple[Data, Data, Data]:
-    full = Data(x.float(), None if a is None else a.float(), None if z is None else z.float(),
-                lengths=lengths, name=name, info=info)
+def _make_splits(
+    x: Tensor,
+    a: Tensor | None,
+    z: Tensor | None,
+    lengths: Tensor,
+    n_val: int,
+    n_test: int,
+    seed: int,
+    name: str,
+    info: dict,
+) -> tuple[Data, Data, Data]:
+    full = Data(
+        x.float(),
+        None if a is None else a.float(),
+        None if z is None else z.float(),
+        lengths=lengths,
+        name=name,
+        info=info,
+    )
     parts = _splits(len(x), n_val, n_test, seed)
     out = []
     for suffix, index in zip(("", "-val", "-test"), parts, strict=True):
@@ -103,8 +121,9 @@ def point_mass_system(
     check_number("damping", damping, low=0)
     for key, pair in (("process_std", process_std), ("init_std", init_std)):
         if not isinstance(pair, tuple | list) or len(pair) != 2:
-            raise ValueError(f"{key} must be a pair (position, velocity) of standard "
-                             f"deviations, got {pair!r}")
+            raise ValueError(
+                f"{key} must be a pair (position, velocity) of standard deviations, got {pair!r}"
+            )
         for value in pair:  # > 0: the Kalman filter and smoother factor these covariances
             check_number(key, value, positive=True)
     check_number("obs_std", obs_std, positive=True)
@@ -114,8 +133,13 @@ def point_mass_system(
     q = torch.tensor([process_std[0]] * 2 + [process_std[1]] * 2, dtype=torch.float64)
     p0 = torch.tensor([init_std[0]] * 2 + [init_std[1]] * 2, dtype=torch.float64)
     return LinearGaussianSSM(
-        m0=torch.zeros(4, dtype=torch.float64), P0=torch.diag(p0**2), A=A, B=B,
-        Q=torch.diag(q**2), C=torch.cat([eye, zero], 1), R=obs_std**2 * eye,
+        m0=torch.zeros(4, dtype=torch.float64),
+        P0=torch.diag(p0**2),
+        A=A,
+        B=B,
+        Q=torch.diag(q**2),
+        C=torch.cat([eye, zero], 1),
+        R=obs_std**2 * eye,
     )
 
 
@@ -148,10 +172,15 @@ def load_linear(
     sys = point_mass_system(dt, damping, process_std, obs_std, init_std)
     a = _smooth_actions(n, steps, 2, force_std, g)
     z, x = sys.sample(a, generator=g)
-    info = {"system": sys, "state_names": ["p_x", "p_y", "v_x", "v_y"],
-            "obs_names": ["p_x", "p_y"], "action_names": ["f_x", "f_y"]}
-    return _make_splits(x, a, z, _lengths(n, steps, min_steps, g), n_val, n_test, seed,
-                        "linear", info)
+    info = {
+        "system": sys,
+        "state_names": ["p_x", "p_y", "v_x", "v_y"],
+        "obs_names": ["p_x", "p_y"],
+        "action_names": ["f_x", "f_y"],
+    }
+    return _make_splits(
+        x, a, z, _lengths(n, steps, min_steps, g), n_val, n_test, seed, "linear", info
+    )
 
 
 # ----------------------------------------------------------------------------- pendulum
@@ -183,8 +212,11 @@ def load_pendulum(
     check_number("dt", dt, positive=True)
     check_number("gravity", gravity)
     check_number("damping", damping, low=0)
-    for key, value in (("torque_std", torque_std), ("process_std", process_std),
-                       ("obs_std", obs_std)):
+    for key, value in (
+        ("torque_std", torque_std),
+        ("process_std", process_std),
+        ("obs_std", obs_std),
+    ):
         check_number(key, value, low=0)
     n = n_train + n_val + n_test
     g = torch.Generator().manual_seed(seed)
@@ -200,12 +232,22 @@ def load_pendulum(
     z = torch.stack(states, dim=1)  # [N, T, 2]
     x = torch.stack([torch.cos(z[..., 0]), torch.sin(z[..., 0])], dim=-1)
     x = x + obs_std * torch.randn(x.shape, generator=g, dtype=torch.float64)
-    info = {"system": "pendulum", "state_names": ["theta", "omega"],
-            "obs_names": ["cos theta", "sin theta"], "action_names": ["torque"],
-            "params": {"dt": dt, "gravity": gravity, "damping": damping,
-                       "process_std": process_std, "obs_std": obs_std}}
-    return _make_splits(x, a, z, _lengths(n, steps, min_steps, g), n_val, n_test, seed,
-                        "pendulum", info)
+    info = {
+        "system": "pendulum",
+        "state_names": ["theta", "omega"],
+        "obs_names": ["cos theta", "sin theta"],
+        "action_names": ["torque"],
+        "params": {
+            "dt": dt,
+            "gravity": gravity,
+            "damping": damping,
+            "process_std": process_std,
+            "obs_std": obs_std,
+        },
+    }
+    return _make_splits(
+        x, a, z, _lengths(n, steps, min_steps, g), n_val, n_test, seed, "pendulum", info
+    )
 
 
 # ----------------------------------------------------------------------------- your arrays
@@ -236,8 +278,10 @@ def _check_lengths(lengths, n: int, steps: int) -> Tensor:
         raise ValueError("lengths must be whole numbers of steps")
     lengths = lengths.long()
     if int(lengths.min()) < 1 or int(lengths.max()) > steps:
-        raise ValueError(f"lengths must be in 1..T={steps}, got values from "
-                         f"{int(lengths.min())} to {int(lengths.max())}")
+        raise ValueError(
+            f"lengths must be in 1..T={steps}, got values from "
+            f"{int(lengths.min())} to {int(lengths.max())}"
+        )
     return lengths
 
 
@@ -246,9 +290,11 @@ def _check_finite(key: str, t: Tensor, observed: Tensor) -> None:
     bad = ~torch.isfinite(t).all(dim=-1) & observed  # [N, T]
     if bad.any():
         i, step = (int(v) for v in bad.nonzero()[0])
-        raise ValueError(f"{key} holds NaN/inf at {int(bad.sum())} observed steps (first: "
-                         f"sequence {i}, step {step}); clean or impute them, or shorten "
-                         f"lengths if they are padding")
+        raise ValueError(
+            f"{key} holds NaN/inf at {int(bad.sum())} observed steps (first: "
+            f"sequence {i}, step {step}); clean or impute them, or shorten "
+            f"lengths if they are padding"
+        )
 
 
 def from_arrays(
@@ -273,24 +319,29 @@ def from_arrays(
     """
     for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0 <= check_number(key, value) < 1:
-            raise ValueError(f"val_fraction and test_fraction must be in [0, 1), got "
-                             f"{val_fraction} and {test_fraction}")
+            raise ValueError(
+                f"val_fraction and test_fraction must be in [0, 1), got "
+                f"{val_fraction} and {test_fraction}"
+            )
     check_int("seed", seed)
     if not isinstance(name, str):
-        raise ValueError(f"name must be a str, got {name!r}")  # noqa: TRY004 (house style)
+        raise ValueError(f"name must be a str, got {name!r}")
     x = _as_tensor("x", x).double()
     if x.dim() != 3:
         fix = "; add a feature axis: x[..., None]" if x.dim() == 2 else ""
         raise ValueError(f"x must be [N, T, obs], got shape {list(x.shape)}{fix}")
     n, steps = x.shape[:2]
     if n < 3 or steps < 1 or x.shape[2] < 1:
-        raise ValueError(f"x must hold at least 3 sequences (train, val, test), 1 step and 1 "
-                         f"feature, got shape {list(x.shape)}")
+        raise ValueError(
+            f"x must hold at least 3 sequences (train, val, test), 1 step and 1 "
+            f"feature, got shape {list(x.shape)}"
+        )
     if a is not None:
         a = _as_tensor("a", a).double()
         if a.dim() != 3 or a.shape[:2] != (n, steps):
-            raise ValueError(f"a must be [N, T, act] = [{n}, {steps}, act] like x, got shape "
-                             f"{list(a.shape)}")
+            raise ValueError(
+                f"a must be [N, T, act] = [{n}, {steps}, act] like x, got shape {list(a.shape)}"
+            )
     lengths = _check_lengths(lengths, n, steps)
     observed = torch.arange(steps) < lengths[:, None]  # [N, T]
     for key, t in (("x", x), ("a", a)):
@@ -302,8 +353,10 @@ def from_arrays(
         a = torch.where(observed[..., None], a, torch.zeros_like(a))
     n_val, n_test = max(1, round(val_fraction * n)), max(1, round(test_fraction * n))
     if n_val + n_test >= n:
-        raise ValueError(f"{n} sequences leave nothing to train on after {n_val} validation "
-                         f"and {n_test} test sequences; lower the fractions or add data")
+        raise ValueError(
+            f"{n} sequences leave nothing to train on after {n_val} validation "
+            f"and {n_test} test sequences; lower the fractions or add data"
+        )
     return _make_splits(x, a, None, lengths, n_val, n_test, seed, name, {"system": None})
 
 
@@ -319,37 +372,51 @@ def load_arrays(
     stem by default)."""
     how = "write it with np.savez(path, x=x, a=a, lengths=lengths)"
     if not isinstance(path, str | os.PathLike):
-        raise ValueError(f"path must be a path (str), got {path!r}")  # noqa: TRY004
+        raise ValueError(f"path must be a path (str), got {path!r}")
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder; pass the .npz file itself ({how})")
     if not path.is_file():
-        raise FileNotFoundError(f"array file {path} not found; pass an .npz written by "
-                                f"np.savez(path, x=x, a=a, lengths=lengths)")
+        raise FileNotFoundError(
+            f"array file {path} not found; pass an .npz written by "
+            f"np.savez(path, x=x, a=a, lengths=lengths)"
+        )
     with open(path, "rb") as f:
         start = f.read(6)
     if start == b"\x93NUMPY":
-        raise ValueError(f"{path} is a single .npy array, not an .npz archive of named arrays; "
-                         f"{how}")
+        raise ValueError(
+            f"{path} is a single .npy array, not an .npz archive of named arrays; {how}"
+        )
     if not start.startswith(b"PK"):
         raise ValueError(f"{path} is not an .npz file (it is not a zip archive); {how}")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path} is not a readable .npz file ({e}); {how} from numeric "
-                         f"arrays") from None
+        raise ValueError(
+            f"{path} is not a readable .npz file ({e}); {how} from numeric arrays"
+        ) from None
     if not arrays:
         raise ValueError(f"{path} holds no arrays; {how}")
     if "x" not in arrays:
-        raise ValueError(f"{path} has arrays {sorted(arrays)} but no 'x'; save the "
-                         f"observations as np.savez(path, x=x, a=a)")
+        raise ValueError(
+            f"{path} has arrays {sorted(arrays)} but no 'x'; save the "
+            f"observations as np.savez(path, x=x, a=a)"
+        )
     unknown = set(arrays) - {"x", "a", "lengths"}
     if unknown:
-        raise ValueError(f"{path} holds unexpected arrays {sorted(unknown)}; only x, a and "
-                         f"lengths are read")
-    return from_arrays(arrays["x"], arrays.get("a"), arrays.get("lengths"), val_fraction,
-                       test_fraction, seed, path.stem if name is None else name)
+        raise ValueError(
+            f"{path} holds unexpected arrays {sorted(unknown)}; only x, a and lengths are read"
+        )
+    return from_arrays(
+        arrays["x"],
+        arrays.get("a"),
+        arrays.get("lengths"),
+        val_fraction,
+        test_fraction,
+        seed,
+        path.stem if name is None else name,
+    )
 
 
 __all__ = ["from_arrays", "load_arrays", "load_linear", "load_pendulum", "point_mass_system"]

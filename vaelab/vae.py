@@ -40,8 +40,10 @@ class VAEConfig:
         if self.prior_flows < 0:
             raise ValueError(f"prior_flows must be >= 0, got {self.prior_flows}")
         if self.prior_flows > 0 and self.analytic_kl:
-            raise ValueError("prior_flows > 0 needs analytic_kl=False: the KL against a flow "
-                             "prior has no closed form (the Monte Carlo estimate is used)")
+            raise ValueError(
+                "prior_flows > 0 needs analytic_kl=False: the KL against a flow "
+                "prior has no closed form (the Monte Carlo estimate is used)"
+            )
         if self.likelihood not in ("bernoulli", "gaussian"):
             raise ValueError(
                 f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}"
@@ -64,11 +66,13 @@ class VAE(Model):
 
     name = "vae"
     Config = VAEConfig
-    card = ("**Variational autoencoder.** An encoder q(z | x) maps an image to a Gaussian over "
-            "a few latent numbers z, a decoder p(x | z) maps z back to pixel probabilities; "
-            "training maximises the ELBO, log p(x) minus the gap KL(q || posterior). "
-            "Kingma & Welling 2014 (arXiv:1312.6114). Taught in notebooks/01_vae_elbo.ipynb "
-            "and 02_learnable_distributions.ipynb.")
+    card = (
+        "**Variational autoencoder.** An encoder q(z | x) maps an image to a Gaussian over "
+        "a few latent numbers z, a decoder p(x | z) maps z back to pixel probabilities; "
+        "training maximises the ELBO, log p(x) minus the gap KL(q || posterior). "
+        "Kingma & Welling 2014 (arXiv:1312.6114). Taught in notebooks/01_vae_elbo.ipynb "
+        "and 02_learnable_distributions.ipynb."
+    )
     preferred_data = "digits"
 
     def __init__(self, config: VAEConfig) -> None:
@@ -84,8 +88,9 @@ class VAE(Model):
             self.decoder = DiagGaussian(c.z_dim, c.x_dim, hidden_rev, act, c.min_scale)
         self.prior = None
         if c.prior_flows > 0:  # unconditional: the couplings read a width-0 context
-            self.prior = ConditionalRealNVP(c.z_dim, 0, [c.prior_hidden] * 2, c.prior_flows,
-                                            conditional_base=False)
+            self.prior = ConditionalRealNVP(
+                c.z_dim, 0, [c.prior_hidden] * 2, c.prior_flows, conditional_base=False
+            )
 
     def p_z(self, like: Tensor) -> Distribution:
         """Returns p(z), batch shape ``like.shape[:-1]``, event ``[Z]``: N(0, I) or the
@@ -105,7 +110,8 @@ class VAE(Model):
             value = float(x[(x != 0) & (x != 1)][0])
             raise ValueError(
                 f"the Bernoulli decoder needs binary x (0 or 1), got values such as {value:.4g}; "
-                f"load the data binarized (e.g. binarize=True) or set likelihood=gaussian")
+                f"load the data binarized (e.g. binarize=True) or set likelihood=gaussian"
+            )
         return x
 
     @property

@@ -14,18 +14,22 @@ from collections.abc import Callable
 import ipywidgets as widgets
 
 
-def live_figure(draw: Callable[..., object], layout: str = "vertical",
-                **controls: widgets.ValueWidget) -> widgets.Box:
+def live_figure(
+    draw: Callable[..., object], layout: str = "vertical", **controls: widgets.ValueWidget
+) -> widgets.Box:
     """The ``controls`` (keyword = ``draw``'s parameter) above an output area showing
     ``draw(**values)``, redrawn whenever one of them changes. ``layout="horizontal"`` puts the
     controls side by side."""
     if not controls:
-        raise ValueError("live_figure needs at least one control, e.g. "
-                         "live_figure(draw, k=widgets.IntSlider(...))")
+        raise ValueError(
+            "live_figure needs at least one control, e.g. "
+            "live_figure(draw, k=widgets.IntSlider(...))"
+        )
     bad = [name for name, c in controls.items() if not isinstance(c, widgets.ValueWidget)]
     if bad:
-        raise ValueError(f"controls {bad} are not ipywidgets value widgets (a slider, a "
-                         f"dropdown, a toggle ...)")
+        raise ValueError(
+            f"controls {bad} are not ipywidgets value widgets (a slider, a dropdown, a toggle ...)"
+        )
     if layout not in ("vertical", "horizontal"):
         raise ValueError(f"layout must be 'vertical' or 'horizontal', got {layout!r}")
     view = widgets.Output()

@@ -40,21 +40,20 @@ def not_written(name: str, err: NotImplementedError) -> NotImplementedError:
     return NotImplementedError(
         f"{name} is not written yet: in its cell, replace the two lines '# YOUR CODE HERE' and "
         f"'raise NotImplementedError()' with your code, run that cell, then run this check "
-        f"again")
+        f"again"
+    )
 
 
 def _library_file(filename: str) -> bool:
     """True for code that is not the student's: vaelab, torch and the standard library."""
     path = str(Path(filename).resolve()) if filename and not filename.startswith("<") else ""
-    return bool(path) and (path.startswith((VAELAB_DIR, TORCH_DIR, sys.prefix,
-                                            sys.base_prefix)))
+    return bool(path) and (path.startswith((VAELAB_DIR, TORCH_DIR, sys.prefix, sys.base_prefix)))
 
 
 def student_line(err: BaseException) -> str:
     """Where in the student's code ``err`` was raised: the innermost traceback frame outside
     vaelab, torch and Python's own library (a notebook cell's code), as "line N: code"."""
-    frames = [f for f in traceback.extract_tb(err.__traceback__)
-              if not _library_file(f.filename)]
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not _library_file(f.filename)]
     if not frames:
         return ""
     frame = frames[-1]
@@ -68,10 +67,15 @@ def _code(obj: object) -> types.CodeType | None:
     return getattr(obj, "__code__", None)
 
 
-def call_student(name: str, fn: Callable, *args: object,
-                 forbidden: dict[object, str] | None = None,
-                 forbidden_files: dict[str, str] | None = None,
-                 no_grad: bool = False, context: str = "") -> object:
+def call_student(
+    name: str,
+    fn: Callable,
+    *args: object,
+    forbidden: dict[object, str] | None = None,
+    forbidden_files: dict[str, str] | None = None,
+    no_grad: bool = False,
+    context: str = "",
+) -> object:
     """Run the student's ``fn(*args)`` and return its result.
 
     A crash is a :class:`Mistake` naming the error and the student's line (the cause is
@@ -93,8 +97,7 @@ def call_student(name: str, fn: Callable, *args: object,
         if code in codes:
             used.append(codes[code])
         elif code.co_filename.startswith(EXERCISES_DIR):
-            used.append("the checkers' own code (vaelab.exercises): write the formula "
-                        "yourself")
+            used.append("the checkers' own code (vaelab.exercises): write the formula yourself")
         elif code.co_filename in files:
             used.append(files[code.co_filename])
 
@@ -115,13 +118,15 @@ def call_student(name: str, fn: Callable, *args: object,
     except Mistake:
         raise
     except Exception as err:  # a crash in the student's code: say where, keep the cause
-        raise Mistake(f"{name} raised {type(err).__name__}: {err}{student_line(err)}"
-                      f"{context}") from err
+        raise Mistake(
+            f"{name} raised {type(err).__name__}: {err}{student_line(err)}{context}"
+        ) from err
     finally:
         sys.setprofile(previous if previous is None or callable(previous) else None)
     if used:
-        raise Mistake(f"{name} calls a function this exercise asks you to write yourself: "
-                      f"{used[0]}")
+        raise Mistake(
+            f"{name} calls a function this exercise asks you to write yourself: {used[0]}"
+        )
     return out
 
 
@@ -130,8 +135,10 @@ def check_shape(name: str, got: object, expected: tuple[int, ...] | torch.Size) 
     if not isinstance(got, Tensor):
         raise Mistake(f"{name} must return a torch.Tensor, got {type(got).__name__}")
     if tuple(got.shape) != tuple(expected):
-        raise Mistake(f"{name} returned shape {list(got.shape)}, expected {list(expected)}: "
-                      f"check which dimension you reduced (or forgot to reduce)")
+        raise Mistake(
+            f"{name} returned shape {list(got.shape)}, expected {list(expected)}: "
+            f"check which dimension you reduced (or forgot to reduce)"
+        )
     return got
 
 
@@ -142,7 +149,8 @@ def check_dtype(name: str, got: Tensor, dtype: torch.dtype) -> None:
             f"{name} returned {got.dtype} for {dtype} inputs: precision is lost or invented on "
             f"the way. A tensor made without dtype= (torch.tensor(...), torch.zeros(...), "
             f"torch.ones(...)) is float32; make new tensors from the inputs (x.new_zeros, "
-            f"torch.zeros_like, dtype=x.dtype) and do not call .float() or .double()")
+            f"torch.zeros_like, dtype=x.dtype) and do not call .float() or .double()"
+        )
 
 
 def close(got: Tensor, expected: Tensor, dtype: torch.dtype) -> bool:
@@ -155,8 +163,13 @@ def close(got: Tensor, expected: Tensor, dtype: torch.dtype) -> bool:
     return bool(torch.allclose(got, expected, rtol=rtol, atol=atol * scale))
 
 
-def check_close(name: str, got: object, expected: Tensor, hints: dict[str, Tensor] | None = None,
-                dtype: torch.dtype | None = None) -> None:
+def check_close(
+    name: str,
+    got: object,
+    expected: Tensor,
+    hints: dict[str, Tensor] | None = None,
+    dtype: torch.dtype | None = None,
+) -> None:
     """Raise :class:`Mistake` unless ``got`` is a tensor of ``expected``'s shape, of the
     inputs' ``dtype`` (default ``expected.dtype``), equal to ``expected`` within that dtype's
     precision. ``hints`` maps the description of a typical mistake to the value that mistake
@@ -172,9 +185,11 @@ def check_close(name: str, got: object, expected: Tensor, hints: dict[str, Tenso
         if close(got, value, dtype):
             raise Mistake(f"{name} is not right: {mistake}")
     error = (got.detach().double() - expected.double()).abs().max().item()
-    raise Mistake(f"{name} is off by up to {error:.3g} (largest absolute difference from the "
-                  f"library's answer on random {dtype} inputs; that precision allows "
-                  f"{TOLERANCES.get(dtype, TOLERANCES[torch.float32])[0]:g} relative)")
+    raise Mistake(
+        f"{name} is off by up to {error:.3g} (largest absolute difference from the "
+        f"library's answer on random {dtype} inputs; that precision allows "
+        f"{TOLERANCES.get(dtype, TOLERANCES[torch.float32])[0]:g} relative)"
+    )
 
 
 def cast(dtype: torch.dtype, *tensors: Tensor) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
@@ -206,13 +221,17 @@ def check_untouched() -> None:
     for owner, attr, original in _WATCHED:
         if getattr(owner, attr, None) is not original:
             where = getattr(owner, "__name__", type(owner).__name__)
-            raise Mistake(f"{where}.{attr} was replaced after vaelab.exercises was imported; "
-                          f"grading uses the original. Remove the assignment to {attr} from "
-                          f"your cell and restart the kernel")
+            raise Mistake(
+                f"{where}.{attr} was replaced after vaelab.exercises was imported; "
+                f"grading uses the original. Remove the assignment to {attr} from "
+                f"your cell and restart the kernel"
+            )
 
 
 _snapshot(torch, ["allclose", "isfinite", "equal", "logsumexp", "randn", "tanh", "exp"])
 _snapshot(torch.autograd, ["grad"])
 _snapshot(torch.distributions, ["kl_divergence"])
-_snapshot(sys.modules[__name__], ["check_close", "check_shape", "check_dtype", "close",
-                                  "call_student", "Mistake"])
+_snapshot(
+    sys.modules[__name__],
+    ["check_close", "check_shape", "check_dtype", "close", "call_student", "Mistake"],
+)

@@ -36,13 +36,27 @@ from vaelab.ssm import SSM, SSMConfig
 SEEDS = (0, 1)
 
 
-def _call(name: str, fn: Callable, *args, outputs: int = 1, shapes: str = "",
-          forbidden: dict | None = None, forbidden_files: dict | None = None):
+def _call(
+    name: str,
+    fn: Callable,
+    *args,
+    outputs: int = 1,
+    shapes: str = "",
+    forbidden: dict | None = None,
+    forbidden_files: dict | None = None,
+):
     """Run the student's ``fn`` without gradients (:func:`call_student`: a crash is a
     :class:`Mistake` naming the function and the student's line, followed by ``shapes``, what
     the inputs are); a wrong number of outputs is a Mistake too."""
-    out = call_student(name, fn, *args, forbidden=forbidden, forbidden_files=forbidden_files,
-                       no_grad=True, context=shapes)
+    out = call_student(
+        name,
+        fn,
+        *args,
+        forbidden=forbidden,
+        forbidden_files=forbidden_files,
+        no_grad=True,
+        context=shapes,
+    )
     if outputs == 1:
         if isinstance(out, tuple):
             raise Mistake(f"{name} returned a tuple; return one tensor")
@@ -61,16 +75,19 @@ def elbo_case(seed: int, batch: int = 5, steps: int = 7, padding: str = "nan") -
     path, the ``mask [B, T]`` and the library's ``elbo [B]`` for the same path. Padding may
     hold anything: NaN (``padding="nan"``) or large finite values (``"garbage"``)."""
     g = torch.Generator().manual_seed(seed)
-    model = SSM(SSMConfig(x_dim=2, a_dim=1, z_dim=3, hidden_dim=8, guide="smoothing",
-                          rnn_dim=8))
+    model = SSM(SSMConfig(x_dim=2, a_dim=1, z_dim=3, hidden_dim=8, guide="smoothing", rnn_dim=8))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.3 * torch.randn(p.shape, generator=g))
-    lengths = torch.tensor([steps] + [int(n) for n in torch.randint(1, steps, (batch - 1,),
-                                                                    generator=g)])
+    lengths = torch.tensor(
+        [steps] + [int(n) for n in torch.randint(1, steps, (batch - 1,), generator=g)]
+    )
     mask = torch.arange(steps) < lengths[:, None]
-    data = Batch(torch.randn(batch, steps, 2, generator=g), torch.randn(batch, steps, 1,
-                                                                        generator=g), mask=mask)
+    data = Batch(
+        torch.randn(batch, steps, 2, generator=g),
+        torch.randn(batch, steps, 1, generator=g),
+        mask=mask,
+    )
     torch.manual_seed(seed)
     with torch.no_grad():
         expected = model.elbo(data).elbo
@@ -95,54 +112,73 @@ def check_sequential_elbo(sequential_elbo: Callable) -> None:
     observed steps of log p(x_t | z_t) - KL(q(z_t | .) || p(z_t | z_{t-1}, a_{t-1})), the KL
     summed over its Z dimensions, against :meth:`vaelab.ssm.SSM.elbo` on the same path."""
     name = "sequential_elbo"
-    for seed, padding in zip(SEEDS, ("garbage", "nan")):
+    for seed, padding in zip(SEEDS, ("garbage", "nan"), strict=False):
         case = elbo_case(seed, padding=padding)
         log_px, kl, mask, expected = (case[k] for k in ("log_px", "kl", "mask", "elbo"))
-        got = _call(name, sequential_elbo, log_px.clone(), kl.clone(), mask.clone(),
-                    forbidden={masked_sum: "vaelab.objectives.masked_sum is the library's "
-                                           "answer; select with torch.where and sum"},
-                    forbidden_files={"ssm.py": "vaelab.ssm is the library's answer"},
-                    shapes=f"\n(the inputs are log_px {list(log_px.shape)} = [B, T], kl "
-                           f"{list(kl.shape)} = [B, T, Z] and mask {list(mask.shape)} = [B, T]: "
-                           f"sum kl over its last axis, the Z latent dimensions, to get the "
-                           f"per-step KL [B, T] that matches log_px; then sum over time, dim 1)")
+        got = _call(
+            name,
+            sequential_elbo,
+            log_px.clone(),
+            kl.clone(),
+            mask.clone(),
+            forbidden={
+                masked_sum: "vaelab.objectives.masked_sum is the library's "
+                "answer; select with torch.where and sum"
+            },
+            forbidden_files={"ssm.py": "vaelab.ssm is the library's answer"},
+            shapes=f"\n(the inputs are log_px {list(log_px.shape)} = [B, T], kl "
+            f"{list(kl.shape)} = [B, T, Z] and mask {list(mask.shape)} = [B, T]: "
+            f"sum kl over its last axis, the Z latent dimensions, to get the "
+            f"per-step KL [B, T] that matches log_px; then sum over time, dim 1)",
+        )
         if isinstance(got, Tensor) and tuple(got.shape) == (log_px.shape[1],):
-            raise Mistake(f"{name} returned one value per time step ({list(got.shape)}): you "
-                          f"summed over the batch axis (dim 0); sum over time (dim 1), one "
-                          f"ELBO per sequence")
+            raise Mistake(
+                f"{name} returned one value per time step ({list(got.shape)}): you "
+                f"summed over the batch axis (dim 0); sum over time (dim 1), one "
+                f"ELBO per sequence"
+            )
         if isinstance(got, Tensor) and got.dim() == 2 and got.shape[0] == log_px.shape[0]:
-            raise Mistake(f"{name} returned shape {list(got.shape)}: sum the KL over its "
-                          f"latent dimensions (dim -1) and the terms over time (dim 1)")
+            raise Mistake(
+                f"{name} returned shape {list(got.shape)}: sum the KL over its "
+                f"latent dimensions (dim -1) and the terms over time (dim 1)"
+            )
         check_shape(name, got, expected.shape)
         if not torch.isfinite(got).all():
-            raise Mistake(f"{name} returned NaN: the padding holds NaN here (padding may "
-                          f"hold anything), and multiplying by the mask gives 0 * NaN = NaN; "
-                          f"select the observed steps with torch.where(mask, ..., 0.0)")
+            raise Mistake(
+                f"{name} returned NaN: the padding holds NaN here (padding may "
+                f"hold anything), and multiplying by the mask gives 0 * NaN = NaN; "
+                f"select the observed steps with torch.where(mask, ..., 0.0)"
+            )
         clean_px = torch.where(mask, log_px, 0.0)
         clean_kl = torch.where(mask[..., None], kl, 0.0).sum(-1)
         hints = {
             "the mask is ignored: the padding steps are summed too; keep only the observed "
             "steps (torch.where(mask, ..., 0.0))": (log_px - kl.sum(-1)).sum(1),
             "the mask is inverted: mask is True on the observed steps, so keep the terms where "
-            "it is True (torch.where(mask, terms, 0.0))":
-                torch.where(mask, 0.0, log_px - kl.sum(-1)).sum(1),
+            "it is True (torch.where(mask, terms, 0.0))": torch.where(
+                mask, 0.0, log_px - kl.sum(-1)
+            ).sum(1),
             "the KL is summed over time only for its first latent dimension: sum kl over its "
-            "last axis (the Z dimensions) first": (clean_px - torch.where(mask, kl[..., 0],
-                                                                          0.0)).sum(1),
-            "the KL enters with the wrong sign: ELBO = log-likelihood - KL":
-                (clean_px + clean_kl).sum(1),
+            "last axis (the Z dimensions) first": (
+                clean_px - torch.where(mask, kl[..., 0], 0.0)
+            ).sum(1),
+            "the KL enters with the wrong sign: ELBO = log-likelihood - KL": (
+                clean_px + clean_kl
+            ).sum(1),
             "the KL term is missing": clean_px.sum(1),
             "the log-likelihood term is missing": -clean_kl.sum(1),
-            "the terms are averaged over time instead of summed":
-                (clean_px - clean_kl).sum(1) / mask.sum(1),
-            "the KL is averaged over the latent dimensions instead of summed":
-                (clean_px - clean_kl / kl.shape[-1]).sum(1),
+            "the terms are averaged over time instead of summed": (clean_px - clean_kl).sum(1)
+            / mask.sum(1),
+            "the KL is averaged over the latent dimensions instead of summed": (
+                clean_px - clean_kl / kl.shape[-1]
+            ).sum(1),
         }
         check_close(name, got, expected, hints=hints)  # float32, as the model
 
 
-def kalman_case(seed: int, z_dim: int, x_dim: int, a_dim: int = 2,
-                dtype: torch.dtype = torch.float64) -> dict:
+def kalman_case(
+    seed: int, z_dim: int, x_dim: int, a_dim: int = 2, dtype: torch.dtype = torch.float64
+) -> dict:
     """A random linear-Gaussian system (float64, dense SPD ``Q``, ``R``, ``P``) and one step's
     ``m [Z]``, ``P [Z, Z]``, ``x [X]``, ``a [A]``, with the library's answer from
     :func:`vaelab.kalman.kalman_filter` run over two steps, the second one padding (so it only
@@ -166,9 +202,21 @@ def kalman_case(seed: int, z_dim: int, x_dim: int, a_dim: int = 2,
     xs = torch.stack([x, torch.zeros_like(x)])[None]  # [1, 2, X]; step 2 is padding
     acts = torch.stack([a, torch.zeros_like(a)])[None]
     f = kalman_filter(system, xs, acts, torch.tensor([[True, False]]))
-    return {"m": m, "P": P, "x": x, "a": a, "A": A, "B": B, "Q": Q, "C": C, "R": R,
-            "m_filt": f.mean[0, 0], "P_filt": f.cov[0, 0],
-            "m_next": f.pred_mean[0, 1], "P_next": f.pred_cov[0, 1]}
+    return {
+        "m": m,
+        "P": P,
+        "x": x,
+        "a": a,
+        "A": A,
+        "B": B,
+        "Q": Q,
+        "C": C,
+        "R": R,
+        "m_filt": f.mean[0, 0],
+        "P_filt": f.cov[0, 0],
+        "m_next": f.pred_mean[0, 1],
+        "P_next": f.pred_cov[0, 1],
+    }
 
 
 def _update(m: Tensor, P: Tensor, x: Tensor, C: Tensor, K: Tensor) -> tuple[Tensor, Tensor]:
@@ -181,21 +229,33 @@ def check_kalman_step(kalman_step: Callable) -> None:
     a_t, against :func:`vaelab.kalman.kalman_filter` (float64; a square case X = Z, where a
     transposed matrix still has the right shape, then X != Z)."""
     name = "kalman_step"
-    for seed, (z_dim, x_dim), dtype in ((0, (3, 3), torch.float64), (1, (4, 2), torch.float64),
-                                        (2, (3, 2), torch.float32)):
+    for seed, (z_dim, x_dim), dtype in (
+        (0, (3, 3), torch.float64),
+        (1, (4, 2), torch.float64),
+        (2, (3, 2), torch.float32),
+    ):
         case = kalman_case(seed, z_dim, x_dim, dtype=dtype)
-        m, P, x, a, A, B, Q, C, R = (case[k] for k in
-                                     ("m", "P", "x", "a", "A", "B", "Q", "C", "R"))
+        m, P, x, a, A, B, Q, C, R = (
+            case[k] for k in ("m", "P", "x", "a", "A", "B", "Q", "C", "R")
+        )
         try:
-            got = _call(name, kalman_step, *(t.to(dtype) for t in (m, P, x, a, A, B, Q, C, R)),
-                        outputs=4, forbidden_files={
-                            "kalman.py": "vaelab.kalman is the library's answer; write the "
-                                         "update and the prediction with torch operations"})
+            got = _call(
+                name,
+                kalman_step,
+                *(t.to(dtype) for t in (m, P, x, a, A, B, Q, C, R)),
+                outputs=4,
+                forbidden_files={
+                    "kalman.py": "vaelab.kalman is the library's answer; write the "
+                    "update and the prediction with torch operations"
+                },
+            )
         except Mistake as e:
             if x_dim != z_dim and "raised" in str(e):
-                raise Mistake(f"{e}\n(with X = {x_dim} observations and Z = {z_dim} states: "
-                              f"check the shapes, S = C P C^T + R is [X, X] and the gain "
-                              f"K = P C^T S^-1 is [Z, X])") from e
+                raise Mistake(
+                    f"{e}\n(with X = {x_dim} observations and Z = {z_dim} states: "
+                    f"check the shapes, S = C P C^T + R is [X, X] and the gain "
+                    f"K = P C^T S^-1 is [Z, X])"
+                ) from e
             raise
         m_f, P_f, m_n, P_n = got
         S = C @ P @ C.T + R
@@ -203,41 +263,75 @@ def check_kalman_step(kalman_step: Callable) -> None:
         update_hints = {
             "the gain uses P instead of the innovation covariance S = C P C^T + R: "
             "K = P C^T S^-1": _update(m, P, x, C, P @ C.T @ torch.linalg.inv(P))
-            if x_dim == z_dim else None,
-            "the innovation covariance misses the observation noise: S = C P C^T + R":
-                _update(m, P, x, C, P @ C.T @ torch.linalg.inv(C @ P @ C.T)),
-            "the gain is transposed: K = P C^T S^-1, not S^-1 C P":
-                _update(m, P, x, C, torch.linalg.inv(S) @ C @ P) if x_dim == z_dim else None,
-            "C is not transposed in the gain: K = P C^T S^-1":
-                _update(m, P, x, C, P @ C @ torch.linalg.inv(S)) if x_dim == z_dim else None,
-            "the gain multiplies S instead of its inverse: K = P C^T S^-1":
-                _update(m, P, x, C, P @ C.T @ S),
-            "the covariance is not updated: P_filt = (I - K C) P":
-                (m + K @ (x - C @ m), P),
-            "the innovation enters with the wrong sign: m_filt = m + K (x - C m)":
-                (m - K @ (x - C @ m), P - K @ C @ P),
+            if x_dim == z_dim
+            else None,
+            "the innovation covariance misses the observation noise: S = C P C^T + R": _update(
+                m, P, x, C, P @ C.T @ torch.linalg.inv(C @ P @ C.T)
+            ),
+            "the gain is transposed: K = P C^T S^-1, not S^-1 C P": _update(
+                m, P, x, C, torch.linalg.inv(S) @ C @ P
+            )
+            if x_dim == z_dim
+            else None,
+            "C is not transposed in the gain: K = P C^T S^-1": _update(
+                m, P, x, C, P @ C @ torch.linalg.inv(S)
+            )
+            if x_dim == z_dim
+            else None,
+            "the gain multiplies S instead of its inverse: K = P C^T S^-1": _update(
+                m, P, x, C, P @ C.T @ S
+            ),
+            "the covariance is not updated: P_filt = (I - K C) P": (m + K @ (x - C @ m), P),
+            "the innovation enters with the wrong sign: m_filt = m + K (x - C m)": (
+                m - K @ (x - C @ m),
+                P - K @ C @ P,
+            ),
             "the covariance update has the wrong sign: P_filt = P - K C P = (I - K C) P, an "
             "observation never adds uncertainty": (m + K @ (x - C @ m), P + K @ C @ P),
         }
         update_hints = {k: v for k, v in update_hints.items() if v is not None}
-        check_close(f"{name}'s m_filt", m_f, case["m_filt"], dtype=dtype,
-                    hints={k: v[0] for k, v in update_hints.items()})
-        check_close(f"{name}'s P_filt", P_f, case["P_filt"], dtype=dtype,
-                    hints={k: v[1] for k, v in update_hints.items()})
+        check_close(
+            f"{name}'s m_filt",
+            m_f,
+            case["m_filt"],
+            dtype=dtype,
+            hints={k: v[0] for k, v in update_hints.items()},
+        )
+        check_close(
+            f"{name}'s P_filt",
+            P_f,
+            case["P_filt"],
+            dtype=dtype,
+            hints={k: v[1] for k, v in update_hints.items()},
+        )
         m_ok, P_ok = case["m_filt"], case["P_filt"]
-        check_close(f"{name}'s m_next", m_n, case["m_next"], dtype=dtype, hints={
-            "the action is missing: m_next = A m_filt + B a": A @ m_ok,
-            "the prediction starts from the predicted m, not the filtered m_filt":
-                A @ m + B @ a,
-        })
-        check_close(f"{name}'s P_next", P_n, case["P_next"], dtype=dtype, hints={
-            "the process noise Q is missing: P_next = A P_filt A^T + Q": A @ P_ok @ A.T,
-            "A is on the wrong sides: P_next = A P_filt A^T + Q, not A^T P_filt A + Q":
-                A.T @ P_ok @ A + Q,
-            "the prediction starts from the predicted P, not the filtered P_filt":
-                A @ P @ A.T + Q,
-            "P_next = A P_filt A^T + Q, not A P_filt + Q": A @ P_ok + Q,
-        })
+        check_close(
+            f"{name}'s m_next",
+            m_n,
+            case["m_next"],
+            dtype=dtype,
+            hints={
+                "the action is missing: m_next = A m_filt + B a": A @ m_ok,
+                "the prediction starts from the predicted m, not the filtered m_filt": A @ m
+                + B @ a,
+            },
+        )
+        check_close(
+            f"{name}'s P_next",
+            P_n,
+            case["P_next"],
+            dtype=dtype,
+            hints={
+                "the process noise Q is missing: P_next = A P_filt A^T + Q": A @ P_ok @ A.T,
+                "A is on the wrong sides: P_next = A P_filt A^T + Q, not A^T P_filt A + Q": A.T
+                @ P_ok
+                @ A
+                + Q,
+                "the prediction starts from the predicted P, not the filtered P_filt": A @ P @ A.T
+                + Q,
+                "P_next = A P_filt A^T + Q, not A P_filt + Q": A @ P_ok + Q,
+            },
+        )
 
 
 # ----------------------------------------------------------------------------- notebook 04
@@ -248,8 +342,9 @@ def reversal_case(seed: int, batch: int = 4, steps: int = 6, features: int = 3) 
     sequence, the others shorter) and the library's per-sequence reversal."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, steps, features, generator=g)
-    lengths = torch.tensor([steps] + [int(n) for n in torch.randint(1, steps, (batch - 1,),
-                                                                    generator=g)])
+    lengths = torch.tensor(
+        [steps] + [int(n) for n in torch.randint(1, steps, (batch - 1,), generator=g)]
+    )
     if batch == steps:  # padding at every length: one sequence of each length 1..T, shuffled
         lengths = 1 + torch.randperm(steps, generator=g)
     return {"x": x, "lengths": lengths, "expected": reverse_sequences(x, lengths)}
@@ -262,31 +357,57 @@ def check_reverse_sequences(reverse: Callable) -> None:
     for seed, batch, steps in ((0, 4, 6), (1, 4, 6), (2, 7, 7)):  # the last: every length
         case = reversal_case(seed, batch, steps)
         x, lengths, expected = case["x"], case["lengths"], case["expected"]
-        got = check_shape(name, _call(name, reverse, x.clone(), lengths.clone(), forbidden={
-            reverse_sequences: "vaelab.nn.reverse_sequences is the library's answer; build "
-                               "the index and gather"}), x.shape)
+        got = check_shape(
+            name,
+            _call(
+                name,
+                reverse,
+                x.clone(),
+                lengths.clone(),
+                forbidden={
+                    reverse_sequences: (
+                        "vaelab.nn.reverse_sequences is the library's answer; build "
+                        "the index and gather"
+                    )
+                },
+            ),
+            x.shape,
+        )
         if got.dtype != x.dtype:
-            raise Mistake(f"{name} returned {got.dtype} for {x.dtype} inputs: reversing moves "
-                          f"values, it does not change their dtype")
+            raise Mistake(
+                f"{name} returned {got.dtype} for {x.dtype} inputs: reversing moves "
+                f"values, it does not change their dtype"
+            )
         mask = torch.arange(x.shape[1]) < lengths[:, None]
         if torch.allclose(got, x.flip(1)):
-            raise Mistake(f"{name} flipped the whole padded tensor (x.flip(1)): the padding "
-                          f"of a short sequence now comes first, so a forward RNN would read "
-                          f"it before the observed steps. Reverse each sequence over its own "
-                          f"length: out[b, t] = x[b, lengths[b] - 1 - t]")
+            raise Mistake(
+                f"{name} flipped the whole padded tensor (x.flip(1)): the padding "
+                f"of a short sequence now comes first, so a forward RNN would read "
+                f"it before the observed steps. Reverse each sequence over its own "
+                f"length: out[b, t] = x[b, lengths[b] - 1 - t]"
+            )
         if torch.allclose(got, x.flip(0)):
             raise Mistake(f"{name} reversed the batch axis (dim 0); reverse time (dim 1)")
         if torch.allclose(got, x):
             raise Mistake(f"{name} returned x unchanged")
-        if (torch.allclose(got[mask], expected[mask])
-                and not torch.allclose(got[~mask], expected[~mask])):
-            raise Mistake(f"{name} reverses the observed steps correctly but changes the "
-                          f"padding: leave out[b, t] = x[b, t] for t >= lengths[b], so that "
-                          f"reversing twice gives x back")
-        check_close(name, got, expected, hints={
-            "the indices are off by one: out[b, t] = x[b, lengths[b] - 1 - t]":
-                _shifted_reversal(x, lengths),
-        })
+        if torch.allclose(got[mask], expected[mask]) and not torch.allclose(
+            got[~mask], expected[~mask]
+        ):
+            raise Mistake(
+                f"{name} reverses the observed steps correctly but changes the "
+                f"padding: leave out[b, t] = x[b, t] for t >= lengths[b], so that "
+                f"reversing twice gives x back"
+            )
+        check_close(
+            name,
+            got,
+            expected,
+            hints={
+                (
+                    "the indices are off by one: out[b, t] = x[b, lengths[b] - 1 - t]"
+                ): _shifted_reversal(x, lengths),
+            },
+        )
 
 
 def _shifted_reversal(x: Tensor, lengths: Tensor) -> Tensor:
@@ -297,8 +418,14 @@ def _shifted_reversal(x: Tensor, lengths: Tensor) -> Tensor:
     return x.gather(1, index[..., None].expand_as(x))
 
 
-def combiner_case(seed: int, batch: int = 6, z_dim: int = 3, rnn_dim: int = 5,
-                  min_scale: float = 1e-3, dtype: torch.dtype = torch.float64) -> dict:
+def combiner_case(
+    seed: int,
+    batch: int = 6,
+    z_dim: int = 3,
+    rnn_dim: int = 5,
+    min_scale: float = 1e-3,
+    dtype: torch.dtype = torch.float64,
+) -> dict:
     """A random :class:`vaelab.dmm.Combiner` and its inputs ``z_prev [B, Z]``,
     ``h_rnn [B, R]`` (in (-1, 1), like a tanh RNN's state), its weights ``W [R, Z]``,
     ``b [R]``, ``W_out [2Z, R]``, ``b_out [2Z]`` and the library's ``loc``, ``scale``, in
@@ -315,11 +442,17 @@ def combiner_case(seed: int, batch: int = 6, z_dim: int = 3, rnn_dim: int = 5,
         z_prev = randn(batch, z_dim)
         h_rnn = torch.tanh(2 * randn(batch, rnn_dim)).to(dtype).double()
         q = combiner(z_prev, h_rnn).base_dist
-    return {"z_prev": z_prev, "h_rnn": h_rnn, "W": combiner.z_to_hidden.weight.detach(),
-            "b": combiner.z_to_hidden.bias.detach(),
-            "W_out": combiner.hidden_to_loc_scale.weight.detach(),
-            "b_out": combiner.hidden_to_loc_scale.bias.detach(), "min_scale": min_scale,
-            "loc": q.loc, "scale": q.scale}
+    return {
+        "z_prev": z_prev,
+        "h_rnn": h_rnn,
+        "W": combiner.z_to_hidden.weight.detach(),
+        "b": combiner.z_to_hidden.bias.detach(),
+        "W_out": combiner.hidden_to_loc_scale.weight.detach(),
+        "b_out": combiner.hidden_to_loc_scale.bias.detach(),
+        "min_scale": min_scale,
+        "loc": q.loc,
+        "scale": q.scale,
+    }
 
 
 def check_combiner(combiner: Callable) -> None:
@@ -327,19 +460,31 @@ def check_combiner(combiner: Callable) -> None:
     ``h = 1/2 (tanh(W z_prev + b) + h_rnn)``, ``[loc | s] = W_out h + b_out``,
     ``scale = softplus(s) + min_scale``, against :class:`vaelab.dmm.Combiner`."""
     name = "combiner"
-    for seed, batch, dtype in ((0, 6, torch.float64), (1, 6, torch.float64),
-                               (2, 5, torch.float32)):
+    for seed, batch, dtype in (
+        (0, 6, torch.float64),
+        (1, 6, torch.float64),
+        (2, 5, torch.float32),
+    ):
         case = combiner_case(seed, batch, dtype=dtype)
         z_prev, h_rnn, W, b, W_out, b_out, min_scale = (
-            case[k] for k in ("z_prev", "h_rnn", "W", "b", "W_out", "b_out", "min_scale"))
+            case[k] for k in ("z_prev", "h_rnn", "W", "b", "W_out", "b_out", "min_scale")
+        )
         inputs = (t.to(dtype) for t in (z_prev, h_rnn, W, b, W_out, b_out))
-        loc, scale = _call(name, combiner, *inputs, min_scale, outputs=2,
-                           forbidden_files={"dmm.py": "vaelab.dmm is the library's answer; "
-                                                      "write the combiner with torch "
-                                                      "operations"},
-                           shapes=f"\n(W is [R, Z] = {list(W.shape)} and W_out [2Z, R] = "
-                                  f"{list(W_out.shape)}, as torch.nn.Linear stores them: for a "
-                                  f"batch z_prev [B, Z], W z_prev + b is z_prev @ W.T + b)")
+        loc, scale = _call(
+            name,
+            combiner,
+            *inputs,
+            min_scale,
+            outputs=2,
+            forbidden_files={
+                "dmm.py": "vaelab.dmm is the library's answer; "
+                "write the combiner with torch "
+                "operations"
+            },
+            shapes=f"\n(W is [R, Z] = {list(W.shape)} and W_out [2Z, R] = "
+            f"{list(W_out.shape)}, as torch.nn.Linear stores them: for a "
+            f"batch z_prev [B, Z], W z_prev + b is z_prev @ W.T + b)",
+        )
         z_dim = case["loc"].shape[-1]
 
         def split(h: Tensor, W_out=W_out, b_out=b_out, z_dim=z_dim) -> tuple[Tensor, Tensor]:
@@ -349,31 +494,32 @@ def check_combiner(combiner: Callable) -> None:
         tanh_z = torch.tanh(z_prev @ W.T + b)
         hidden = {
             "the 1/2 is missing: h = 1/2 (tanh(W z_prev + b) + h_rnn)": tanh_z + h_rnn,
-            "the tanh is missing: h = 1/2 (tanh(W z_prev + b) + h_rnn)":
-                0.5 * (z_prev @ W.T + b + h_rnn),
-            "the 1/2 multiplies the tanh only: h = 1/2 (tanh(W z_prev + b) + h_rnn)":
-                0.5 * tanh_z + h_rnn,
-            "the non-linearity is a tanh, not a relu: h = 1/2 (tanh(W z_prev + b) + h_rnn)":
-                0.5 * (torch.relu(z_prev @ W.T + b) + h_rnn),
+            "the tanh is missing: h = 1/2 (tanh(W z_prev + b) + h_rnn)": 0.5
+            * (z_prev @ W.T + b + h_rnn),
+            "the 1/2 multiplies the tanh only: h = 1/2 (tanh(W z_prev + b) + h_rnn)": 0.5 * tanh_z
+            + h_rnn,
+            "the non-linearity is a tanh, not a relu: h = 1/2 (tanh(W z_prev + b) + h_rnn)": 0.5
+            * (torch.relu(z_prev @ W.T + b) + h_rnn),
         }
         loc_hints = {k: split(h)[0] for k, h in hidden.items()}
         _, s = split(0.5 * (tanh_z + h_rnn))
         loc_hints["loc and the scale are swapped: the first Z outputs are the loc"] = s
         check_close(f"{name}'s loc", loc, case["loc"], dtype=dtype, hints=loc_hints)
         scale_hints = {k: softplus(split(h)[1]) + min_scale for k, h in hidden.items()}
-        scale_hints.update({
-            "the softplus is missing: scale = softplus(s) + min_scale keeps it positive":
-                s + min_scale,
-            "the scale uses exp(s); vaelab uses softplus(s) + min_scale": s.exp() + min_scale,
-            "the min_scale floor is missing: scale = softplus(s) + min_scale": softplus(s),
-            "this is the variance, not the scale: Normal takes the standard deviation "
-            "softplus(s) + min_scale, do not square it": (softplus(s) + min_scale) ** 2,
-            "softplus was taken as the variance (Krishnan et al.'s choice, scale = "
-            "sqrt(softplus(s) + min_scale^2)); here softplus gives the scale itself":
-                torch.sqrt(softplus(s) + min_scale**2),
-        })
-        check_close(f"{name}'s scale", scale, case["scale"], dtype=dtype,
-                    hints=scale_hints)
+        scale_hints.update(
+            {
+                "the softplus is missing: scale = softplus(s) + min_scale keeps it positive": s
+                + min_scale,
+                "the scale uses exp(s); vaelab uses softplus(s) + min_scale": s.exp() + min_scale,
+                "the min_scale floor is missing: scale = softplus(s) + min_scale": softplus(s),
+                "this is the variance, not the scale: Normal takes the standard deviation "
+                "softplus(s) + min_scale, do not square it": (softplus(s) + min_scale) ** 2,
+                "softplus was taken as the variance (Krishnan et al.'s choice, scale = "
+                "sqrt(softplus(s) + min_scale^2)); here softplus gives the scale "
+                "itself": torch.sqrt(softplus(s) + min_scale**2),
+            }
+        )
+        check_close(f"{name}'s scale", scale, case["scale"], dtype=dtype, hints=scale_hints)
 
 
 # ------------------------------------------------------------ the SSM's ELBO from its modules
@@ -387,12 +533,13 @@ def check_ssm_elbo(ssm_elbo: Callable) -> None:
     models (filtering and smoothing guides) and batches whose padding holds NaN; the result
     must carry gradients, since the notebook trains with it."""
     name = "ssm_elbo"
-    library = {SSM.elbo: "SSM.elbo is the library's answer; assemble the terms yourself",
-               SSM.forward: "SSM.forward is SSM.elbo, the library's answer"}
+    library = {
+        SSM.elbo: "SSM.elbo is the library's answer; assemble the terms yourself",
+        SSM.forward: "SSM.forward is SSM.elbo, the library's answer",
+    }
     for seed, guide in ((0, "smoothing"), (1, "filtering")):
         g = torch.Generator().manual_seed(seed)
-        model = SSM(SSMConfig(x_dim=2, a_dim=1, z_dim=3, hidden_dim=8, guide=guide,
-                              rnn_dim=8))
+        model = SSM(SSMConfig(x_dim=2, a_dim=1, z_dim=3, hidden_dim=8, guide=guide, rnn_dim=8))
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.3 * torch.randn(p.shape, generator=g))
@@ -405,18 +552,30 @@ def check_ssm_elbo(ssm_elbo: Callable) -> None:
         with torch.no_grad():
             expected = model.elbo(batch, analytic_kl=True).elbo
         torch.manual_seed(100 + seed)
-        got = call_student(name, ssm_elbo, model, batch, forbidden=library, context=(
-            "\n(batch.x [B, T, X], batch.a [B, T, A] and batch.mask [B, T]; the padding holds "
-            "NaN here, which Normal.log_prob refuses: zero it with torch.where(batch.mask"
-            "[..., None], batch.x, 0.0) before scoring, and the same for batch.a)"))
+        got = call_student(
+            name,
+            ssm_elbo,
+            model,
+            batch,
+            forbidden=library,
+            context=(
+                "\n(batch.x [B, T, X], batch.a [B, T, A] and batch.mask [B, T]; the padding holds "
+                "NaN here, which Normal.log_prob refuses: zero it with torch.where(batch.mask"
+                "[..., None], batch.x, 0.0) before scoring, and the same for batch.a)"
+            ),
+        )
         check_shape(name, got, expected.shape)
         if not torch.isfinite(got.detach()).all():
-            raise Mistake(f"{name} returned NaN: the padding holds NaN here; keep only the "
-                          f"observed steps with torch.where (0 * NaN = NaN)")
+            raise Mistake(
+                f"{name} returned NaN: the padding holds NaN here; keep only the "
+                f"observed steps with torch.where (0 * NaN = NaN)"
+            )
         check_close(name, got.detach(), expected)  # float32, as the model
         if not got.requires_grad:
-            raise Mistake(f"{name}'s result has no gradient: do not compute it under "
-                          f"torch.no_grad() or detach it; the notebook trains with it")
+            raise Mistake(
+                f"{name}'s result has no gradient: do not compute it under "
+                f"torch.no_grad() or detach it; the notebook trains with it"
+            )
 
 
 # ------------------------------------------------------- the DMM's ELBO, a loop over time (builds)
@@ -455,24 +614,34 @@ def check_dmm_elbo(dmm_elbo: Callable) -> None:
     from vaelab.dmm import DMM
 
     name = "dmm_elbo"
-    library = {DMM.elbo: "DMM.elbo is the library's answer; write the loop over time",
-               DMM.forward: "DMM.forward is DMM.elbo, the library's answer",
-               DMM.guide: "DMM.guide is the library's loop over time; write yours with "
-                          "model.combiner"}
+    library = {
+        DMM.elbo: "DMM.elbo is the library's answer; write the loop over time",
+        DMM.forward: "DMM.forward is DMM.elbo, the library's answer",
+        DMM.guide: "DMM.guide is the library's loop over time; write yours with model.combiner",
+    }
     for seed, padding in ((0, "finite"), (1, "nan")):
         case = dmm_case(seed, padding)
         x, mask, noise, expected = (case[k] for k in ("x", "mask", "noise", "elbo"))
-        got = _call(name, dmm_elbo, case["model"], x.clone(), mask.clone(), noise.clone(),
-                    forbidden=library,
-                    shapes=f"\n(x is [B, T, X] = {list(x.shape)}, mask [B, T], noise [B, T, Z] "
-                           f"= {list(noise.shape)}: step t uses x[:, t], mask[:, t] and "
-                           f"noise[:, t]; the padding may hold NaN, which a Bernoulli refuses: "
-                           f"score torch.where(mask[:, t, None], x[:, t], 0.0))")
+        got = _call(
+            name,
+            dmm_elbo,
+            case["model"],
+            x.clone(),
+            mask.clone(),
+            noise.clone(),
+            forbidden=library,
+            shapes=f"\n(x is [B, T, X] = {list(x.shape)}, mask [B, T], noise [B, T, Z] "
+            f"= {list(noise.shape)}: step t uses x[:, t], mask[:, t] and "
+            f"noise[:, t]; the padding may hold NaN, which a Bernoulli refuses: "
+            f"score torch.where(mask[:, t, None], x[:, t], 0.0))",
+        )
         check_shape(name, got, expected.shape)
         if not torch.isfinite(got).all():
-            raise Mistake(f"{name} returned NaN: the padding holds NaN here, and multiplying "
-                          f"a step's terms by the mask gives 0 * NaN = NaN; keep the observed "
-                          f"steps with torch.where(mask[:, t], ..., 0.0)")
+            raise Mistake(
+                f"{name} returned NaN: the padding holds NaN here, and multiplying "
+                f"a step's terms by the mask gives 0 * NaN = NaN; keep the observed "
+                f"steps with torch.where(mask[:, t], ..., 0.0)"
+            )
         check_close(name, got, expected)  # float32, as the model
 
 

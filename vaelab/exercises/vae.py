@@ -52,15 +52,23 @@ def check_gaussian_kl(gaussian_kl: Callable[[Tensor, Tensor], Tensor]) -> None:
     cases = [(shape, torch.float64) for shape in KL_SHAPES] + [((B, J), torch.float32)]
     for shape, dtype in cases:
         (mu, logvar), (mu64, logvar64) = cast(
-            dtype, torch.randn(shape, generator=g, dtype=torch.float64),
-            torch.randn(shape, generator=g, dtype=torch.float64))
+            dtype,
+            torch.randn(shape, generator=g, dtype=torch.float64),
+            torch.randn(shape, generator=g, dtype=torch.float64),
+        )
         got = call_student(
-            "gaussian_kl", gaussian_kl, mu.clone(), logvar.clone(),
-            forbidden={kl_divergence: "torch.distributions.kl_divergence is the library's "
-                                      "answer; write the closed form"},
+            "gaussian_kl",
+            gaussian_kl,
+            mu.clone(),
+            logvar.clone(),
+            forbidden={
+                kl_divergence: "torch.distributions.kl_divergence is the library's "
+                "answer; write the closed form"
+            },
             context=f"\n(here mu and logvar are {list(shape)}: the latent dimensions are the "
-                    f"last axis, and there may be any number of batch axes before it, or none; "
-                    f"sum over dim=-1)")
+            f"last axis, and there may be any number of batch axes before it, or none; "
+            f"sum over dim=-1)",
+        )
         _check_kl(got, mu64, logvar64, dtype)
 
 
@@ -70,37 +78,42 @@ def _check_kl(got: object, mu: Tensor, logvar: Tensor, dtype: torch.dtype) -> No
     if isinstance(got, Tensor) and tuple(got.shape) != batch:
         have = tuple(got.shape)
         if have == shape:
-            raise Mistake(f"gaussian_kl returned shape {list(have)}: one KL per dimension; sum "
-                          f"over the latent dimensions (dim=-1) to get one KL per example")
+            raise Mistake(
+                f"gaussian_kl returned shape {list(have)}: one KL per dimension; sum "
+                f"over the latent dimensions (dim=-1) to get one KL per example"
+            )
         if got.dim() == 0 and batch:
-            raise Mistake("gaussian_kl returned a single number: keep one KL per example (sum "
-                          "over dim=-1 only, not over the batch)")
+            raise Mistake(
+                "gaussian_kl returned a single number: keep one KL per example (sum "
+                "over dim=-1 only, not over the batch)"
+            )
         for d in range(len(shape) - 1):
-            if have == shape[:d] + shape[d + 1:]:
-                raise Mistake(f"gaussian_kl returned shape {list(have)} for mu of shape "
-                              f"{list(shape)}: you summed over dim {d}, a batch axis; sum over "
-                              f"the latent dimensions, the last axis (dim=-1), and keep one KL "
-                              f"per example")
+            if have == shape[:d] + shape[d + 1 :]:
+                raise Mistake(
+                    f"gaussian_kl returned shape {list(have)} for mu of shape "
+                    f"{list(shape)}: you summed over dim {d}, a batch axis; sum over "
+                    f"the latent dimensions, the last axis (dim=-1), and keep one KL "
+                    f"per example"
+                )
     check_shape("gaussian_kl", got, batch)
     expected = _standard_kl(mu, logvar)
     var = logvar.exp()
     hints = {
         "it is twice the KL: is the factor 1/2 missing?": 2 * expected,
         "it is half the KL: the factor 1/2 is applied twice": expected / 2,
-        "it has the wrong sign: KL = -1/2 sum(1 + logvar - mu^2 - exp(logvar)) is >= 0":
-            -expected,
+        "it has the wrong sign: KL = -1/2 sum(1 + logvar - mu^2 - exp(logvar)) is >= 0": -expected,
         "you treated exp(logvar) as the standard deviation (variance passed as scale): the "
         "variance is exp(logvar), the scale exp(logvar / 2)": _standard_kl(mu, 2 * logvar),
         "you averaged over the latent dimensions: the KL of independent dimensions is their "
         "sum": expected / j,
-        "the mu^2 term is missing (or has the wrong sign)":
-            -0.5 * (1 + logvar + mu**2 - var).sum(-1),
-        "you used logvar where exp(logvar) belongs (the variance)":
-            -0.5 * (1 + logvar - mu**2 - logvar).sum(-1),
+        "the mu^2 term is missing (or has the wrong sign)": -0.5
+        * (1 + logvar + mu**2 - var).sum(-1),
+        "you used logvar where exp(logvar) belongs (the variance)": -0.5
+        * (1 + logvar - mu**2 - logvar).sum(-1),
         "the constant 1 inside the sum is missing": -0.5 * (logvar - mu**2 - var).sum(-1),
         "you used exp(2 logvar): exp(logvar) already is the variance sigma^2 (logvar is the "
-        "log of the variance, not of the standard deviation)":
-            -0.5 * (1 + logvar - mu**2 - (2 * logvar).exp()).sum(-1),
+        "log of the variance, not of the standard deviation)": -0.5
+        * (1 + logvar - mu**2 - (2 * logvar).exp()).sum(-1),
         "mu enters squared: the term is mu^2, not mu": -0.5 * (1 + logvar - mu - var).sum(-1),
     }
     check_close("gaussian_kl", got, expected, hints=hints, dtype=dtype)
@@ -113,11 +126,20 @@ def check_reparameterize(reparameterize: Callable[[Tensor, Tensor, Tensor], Tens
     g = _inputs(1)
     for dtype in (torch.float64, torch.float32):
         (mu0, lv0, eps), (m, lv, eps64) = cast(
-            dtype, *(torch.randn(B, J, generator=g, dtype=torch.float64) for _ in range(3)))
+            dtype, *(torch.randn(B, J, generator=g, dtype=torch.float64) for _ in range(3))
+        )
         mu, logvar = mu0.clone().requires_grad_(True), lv0.clone().requires_grad_(True)
-        got = call_student("reparameterize", reparameterize, mu, logvar, eps.clone(),
-                           forbidden={Normal.rsample: "Normal(...).rsample() draws its own "
-                                      "noise; write z from mu, logvar and the eps passed in"})
+        got = call_student(
+            "reparameterize",
+            reparameterize,
+            mu,
+            logvar,
+            eps.clone(),
+            forbidden={
+                Normal.rsample: "Normal(...).rsample() draws its own "
+                "noise; write z from mu, logvar and the eps passed in"
+            },
+        )
         check_shape("reparameterize", got, (B, J))
         expected = m + (0.5 * lv).exp() * eps64
         hints = {
@@ -134,26 +156,34 @@ def check_reparameterize(reparameterize: Callable[[Tensor, Tensor, Tensor], Tens
         except Mistake as err:
             if "is not right" in str(err) or "NaN" in str(err) or "returned" in str(err):
                 raise
-            raise Mistake(f"{err}; use the eps passed in (do not draw your own noise) and "
-                          f"exp(logvar / 2) as the scale") from None
+            raise Mistake(
+                f"{err}; use the eps passed in (do not draw your own noise) and "
+                f"exp(logvar / 2) as the scale"
+            ) from None
         if not got.requires_grad:
-            raise Mistake("no gradient flows from z to mu and logvar: build z from them with "
-                          "torch operations (no .detach(), .item(), torch.tensor(...) or "
-                          ".sample())")
+            raise Mistake(
+                "no gradient flows from z to mu and logvar: build z from them with "
+                "torch operations (no .detach(), .item(), torch.tensor(...) or "
+                ".sample())"
+            )
         try:
-            grad_mu, grad_logvar = torch.autograd.grad(got.sum(), (mu, logvar),
-                                                       allow_unused=True)
+            grad_mu, grad_logvar = torch.autograd.grad(got.sum(), (mu, logvar), allow_unused=True)
         except RuntimeError as err:  # e.g. an input or an intermediate modified in place
-            raise Mistake(f"the gradient of your z cannot be computed: {err}. Your function "
-                          f"modified a tensor in place (x += ..., x.exp_(), x[...] = ...) "
-                          f"that the gradient needs; use out-of-place operations "
-                          f"(x = x + ...)") from err
+            raise Mistake(
+                f"the gradient of your z cannot be computed: {err}. Your function "
+                f"modified a tensor in place (x += ..., x.exp_(), x[...] = ...) "
+                f"that the gradient needs; use out-of-place operations "
+                f"(x = x + ...)"
+            ) from err
         if grad_mu is None or grad_logvar is None:
             missing = "mu" if grad_mu is None else "logvar"
-            raise Mistake(f"z does not depend on {missing} through the graph: build z from "
-                          f"{missing} with torch operations")
-        check_close("the gradient dz/dlogvar", grad_logvar, 0.5 * (0.5 * lv).exp() * eps64,
-                    dtype=dtype)
+            raise Mistake(
+                f"z does not depend on {missing} through the graph: build z from "
+                f"{missing} with torch operations"
+            )
+        check_close(
+            "the gradient dz/dlogvar", grad_logvar, 0.5 * (0.5 * lv).exp() * eps64, dtype=dtype
+        )
         check_close("the gradient dz/dmu", grad_mu, torch.ones_like(m), dtype=dtype)
 
 
@@ -167,35 +197,50 @@ def check_iwae(iwae_bound: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
         # log-likelihoods of hundreds of nats, as for images: exp() of them underflows to 0
         # even in double precision
         inputs, (log_px_z, log_pz, log_qz) = cast(
-            dtype, -800 + 2 * torch.randn(k, B, generator=g, dtype=torch.float64),
+            dtype,
+            -800 + 2 * torch.randn(k, B, generator=g, dtype=torch.float64),
             -2 - torch.rand(k, B, generator=g, dtype=torch.float64),
-            -1 + torch.randn(k, B, generator=g, dtype=torch.float64))
-        got = call_student("iwae_bound", iwae_bound, *(t.clone() for t in inputs),
-                           forbidden={importance_log_likelihood: "vaelab.objectives."
-                                      "importance_log_likelihood is the library's answer; "
-                                      "combine the log-weights yourself"})
+            -1 + torch.randn(k, B, generator=g, dtype=torch.float64),
+        )
+        got = call_student(
+            "iwae_bound",
+            iwae_bound,
+            *(t.clone() for t in inputs),
+            forbidden={
+                importance_log_likelihood: "vaelab.objectives."
+                "importance_log_likelihood is the library's answer; "
+                "combine the log-weights yourself"
+            },
+        )
         if isinstance(got, Tensor) and tuple(got.shape) == (k,) and k != B:
-            raise Mistake(f"iwae_bound returned shape [{k}] for inputs [{k}, {B}]: you "
-                          f"combined over the batch (dim 1); the K samples are dim 0")
+            raise Mistake(
+                f"iwae_bound returned shape [{k}] for inputs [{k}, {B}]: you "
+                f"combined over the batch (dim 1); the K samples are dim 0"
+            )
         check_shape("iwae_bound", got, (B,))
         if not torch.isfinite(got.detach()).all():
-            raise Mistake("iwae_bound returned -inf or NaN: exp() of log-weights near -800 "
-                          "underflows to 0; combine them with torch.logsumexp(log_w, dim=0)")
+            raise Mistake(
+                "iwae_bound returned -inf or NaN: exp() of log-weights near -800 "
+                "underflows to 0; combine them with torch.logsumexp(log_w, dim=0)"
+            )
         log_w = log_px_z + log_pz - log_qz
         expected = torch.logsumexp(log_w, dim=0) - math.log(k)
         hints = {
-            "it is log sum_k w_k: subtract log K to average the weights":
-                torch.logsumexp(log_w, dim=0),
+            "it is log sum_k w_k: subtract log K to average the weights": torch.logsumexp(
+                log_w, dim=0
+            ),
             "it is the mean of the log-weights, the K-sample ELBO, not the log of the mean "
             "weight: use logsumexp": log_w.mean(dim=0),
             "the sign of log q(z | x) is wrong: log w = log p(x | z) + log p(z) - "
             "log q(z | x)": torch.logsumexp(log_px_z + log_pz + log_qz, dim=0) - math.log(k),
-            "the sign of log p(z) is wrong: log w = log p(x | z) + log p(z) - log q(z | x)":
-                torch.logsumexp(log_px_z - log_pz - log_qz, dim=0) - math.log(k),
-            "log p(z) is missing from the log-weight":
-                torch.logsumexp(log_px_z - log_qz, dim=0) - math.log(k),
-            "you took the maximum log-weight: logsumexp averages all K weights":
-                log_w.max(dim=0).values,
+            (
+                "the sign of log p(z) is wrong: log w = log p(x | z) + log p(z) - log q(z | x)"
+            ): torch.logsumexp(log_px_z - log_pz - log_qz, dim=0) - math.log(k),
+            "log p(z) is missing from the log-weight": torch.logsumexp(log_px_z - log_qz, dim=0)
+            - math.log(k),
+            "you took the maximum log-weight: logsumexp averages all K weights": log_w.max(
+                dim=0
+            ).values,
             "you divided the log by K: the 1/K is inside the log, log (1/K) sum_k w_k = "
             "logsumexp(log_w, dim=0) - log K": torch.logsumexp(log_w, dim=0) / k,
         }
@@ -215,9 +260,13 @@ def annealed_loss_cases() -> list[tuple[Tensor, Tensor, int, int, torch.dtype]]:
     warm-up, no warm-up at all, and a float32 case."""
     g = _inputs(3)
     cases = []
-    for step, warmup, dtype in ((3, 10, torch.float64), (0, 10, torch.float64),
-                                (25, 10, torch.float64), (4, 0, torch.float64),
-                                (7, 20, torch.float32)):
+    for step, warmup, dtype in (
+        (3, 10, torch.float64),
+        (0, 10, torch.float64),
+        (25, 10, torch.float64),
+        (4, 0, torch.float64),
+        (7, 20, torch.float32),
+    ):
         log_px = -50 + 10 * torch.randn(B + 2, generator=g, dtype=torch.float64)
         kl = 5 * torch.rand(B + 2, generator=g, dtype=torch.float64)
         cases.append((log_px.to(dtype), kl.to(dtype), step, warmup, dtype))
@@ -232,11 +281,21 @@ def check_annealed_loss(annealed_loss: Callable[[Tensor, Tensor, int, int], Tens
     8x8 digits with it for ``TRAIN_STEPS`` steps must reach the validation bound the library's
     loss reaches (within 1 nat per image). Returns that validation -ELBO (nats per image)."""
     name = "annealed_loss"
-    library = {loss: "vaelab.objectives.loss is the library's answer",
-               kl_weight: "vaelab.objectives.kl_weight is the library's answer"}
+    library = {
+        loss: "vaelab.objectives.loss is the library's answer",
+        kl_weight: "vaelab.objectives.kl_weight is the library's answer",
+    }
     for log_px, kl, step, warmup, dtype in annealed_loss_cases():
-        got = call_student(name, annealed_loss, log_px.clone(), kl.clone(), step, warmup,
-                           forbidden=library, no_grad=True)
+        got = call_student(
+            name,
+            annealed_loss,
+            log_px.clone(),
+            kl.clone(),
+            step,
+            warmup,
+            forbidden=library,
+            no_grad=True,
+        )
         lp, k = log_px.double(), kl.double()
         beta = kl_weight(step, warmup, 0.0)
         expected = loss(ELBOTerms(lp, k, torch.ones_like(lp)), beta)
@@ -245,20 +304,27 @@ def check_annealed_loss(annealed_loss: Callable[[Tensor, Tensor, int, int], Tens
             "the KL weight is not applied: during the warm-up the KL counts beta = min(1, "
             "step / warmup_steps) times": -(lp - k).mean(),
             "the weight multiplies the log-likelihood instead of the KL": -(beta * lp - k).mean(),
-            "beta is not capped at 1 after the warm-up: beta = min(1, step / warmup_steps)":
-                -(lp - raw * k).mean(),
-            "the loss is summed over the batch; average it (nats per image)":
-                -(lp - beta * k).sum(),
-            "the sign is wrong: the loss is the negative (weighted) ELBO, minimised":
-                (lp - beta * k).mean(),
-            "the KL enters with the wrong sign: ELBO = log-likelihood - KL":
-                -(lp + beta * k).mean(),
-            "the weight is 1 - step / warmup_steps; it rises from 0 to 1":
-                -(lp - max(0.0, 1 - raw) * k).mean(),
+            "beta is not capped at 1 after the warm-up: beta = min(1, step / warmup_steps)": -(
+                lp - raw * k
+            ).mean(),
+            "the loss is summed over the batch; average it (nats per image)": -(
+                lp - beta * k
+            ).sum(),
+            "the sign is wrong: the loss is the negative (weighted) ELBO, minimised": (
+                lp - beta * k
+            ).mean(),
+            "the KL enters with the wrong sign: ELBO = log-likelihood - KL": -(
+                lp + beta * k
+            ).mean(),
+            "the weight is 1 - step / warmup_steps; it rises from 0 to 1": -(
+                lp - max(0.0, 1 - raw) * k
+            ).mean(),
         }
         if warmup == 0 and isinstance(got, Tensor) and not torch.isfinite(got).all():
-            raise Mistake(f"{name} returned NaN or inf with warmup_steps = 0: no warm-up "
-                          f"means beta = 1 (guard the division step / warmup_steps)")
+            raise Mistake(
+                f"{name} returned NaN or inf with warmup_steps = 0: no warm-up "
+                f"means beta = 1 (guard the division step / warmup_steps)"
+            )
         check_close(name, got, expected, hints=hints, dtype=dtype)
     return _train_with(annealed_loss)
 
@@ -284,14 +350,17 @@ def _train_with(annealed_loss: Callable) -> float:
                 if fn is None:
                     value = loss(terms, kl_weight(step, WARMUP_STEPS, 0.0))
                 else:
-                    value = call_student("annealed_loss", fn, terms.log_likelihood, terms.kl,
-                                         step, WARMUP_STEPS)
+                    value = call_student(
+                        "annealed_loss", fn, terms.log_likelihood, terms.kl, step, WARMUP_STEPS
+                    )
                     if not isinstance(value, Tensor) or value.dim() != 0:
                         raise Mistake("annealed_loss must return one number, a 0-d tensor")
                     if not value.requires_grad:
-                        raise Mistake("annealed_loss's value has no gradient: build it from "
-                                      "log_px_z and kl with torch operations (no .item(), "
-                                      ".detach() or torch.tensor(...))")
+                        raise Mistake(
+                            "annealed_loss's value has no gradient: build it from "
+                            "log_px_z and kl with torch operations (no .item(), "
+                            ".detach() or torch.tensor(...))"
+                        )
                 optimizer.zero_grad()
                 value.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -302,9 +371,11 @@ def _train_with(annealed_loss: Callable) -> float:
             batches = train.batches(BATCH, shuffle=True, generator=_inputs(step))
         reached[who] = evaluate_elbo(model, val)["nelbo"]
     if not math.isfinite(reached["yours"]) or reached["yours"] > reached["library"] + 1.0:
-        raise Mistake(f"a VAE trained {TRAIN_STEPS} steps with your annealed_loss reached a "
-                      f"validation -ELBO of {reached['yours']:.2f} nats per image, the "
-                      f"library's loss {reached['library']:.2f}: it should train as well")
+        raise Mistake(
+            f"a VAE trained {TRAIN_STEPS} steps with your annealed_loss reached a "
+            f"validation -ELBO of {reached['yours']:.2f} nats per image, the "
+            f"library's loss {reached['library']:.2f}: it should train as well"
+        )
     return reached["yours"]
 
 

@@ -37,8 +37,12 @@ if TYPE_CHECKING:
 def rnn_states(model: DMM, x: Tensor, lengths: Tensor) -> Tensor:
     """``model.rnn_states``, with the CPU's one-layer Elman RNN through :func:`elman_rnn`."""
     c, rnn = model.config, model.rnn
-    if not (c.rnn_type == "rnn" and isinstance(rnn, nn.RNN) and c.rnn_layers == 1
-            and x.device.type == "cpu"):
+    if not (
+        c.rnn_type == "rnn"
+        and isinstance(rnn, nn.RNN)
+        and c.rnn_layers == 1
+        and x.device.type == "cpu"
+    ):
         return model.rnn_states(x, lengths)
     x_rev = reverse_sequences(x, lengths)
     if model.embed is not None:
@@ -48,15 +52,15 @@ def rnn_states(model: DMM, x: Tensor, lengths: Tensor) -> Tensor:
     return reverse_sequences(model.output_dropout(out), lengths)
 
 
-def guide(model: DMM, x: Tensor, lengths: Tensor, noise: Tensor, samples: int
-          ) -> tuple[Tensor, Independent, Tensor | None]:
+def guide(
+    model: DMM, x: Tensor, lengths: Tensor, noise: Tensor, samples: int
+) -> tuple[Tensor, Independent, Tensor | None]:
     """``S = samples`` guide paths per sequence sharing one RNN pass, sample-major
     (``[S*B, T, Z]``): the path, the Gaussian part of q(z_t | z_{t-1}, x_{t:T}) along it
     (batch ``[S*B, T]``) and, with IAFs, log q(z_t | ...) ``[S*B, T]`` (else None)."""
     h_rnn = rnn_states(model, x, lengths)  # [B, T, R]
     if model.iaf is None and torch.is_grad_enabled():
-        z, loc, scale = combiner_scan(model.combiner, model.z_q_0, h_rnn, noise, lengths,
-                                      samples)
+        z, loc, scale = combiner_scan(model.combiner, model.z_q_0, h_rnn, noise, lengths, samples)
         return z, Independent(Normal(loc, scale), 1), None
     # the plain loop: IAF guides, and evaluation without gradients (it keeps nothing)
     combiner = model.combiner
@@ -98,8 +102,9 @@ def _prior_steps(model: DMM, z_prev: Tensor, a_prev: Tensor, first: Tensor) -> I
     return Independent(Normal(loc, torch.where(first, 1.0, p_z.base_dist.scale)), 1)
 
 
-def elbo(model: DMM, batch: Batch, analytic: bool, samples: int = 1,
-         noise: Tensor | None = None) -> ELBOTerms:
+def elbo(
+    model: DMM, batch: Batch, analytic: bool, samples: int = 1, noise: Tensor | None = None
+) -> ELBOTerms:
     """The terms of ``model.elbo(batch, analytic_kl=analytic, noise=noise)``, with ``samples``
     paths per sequence sharing one RNN pass (``[S*B]``, sample-major)."""
     x, a, mask = model.check(batch)
@@ -108,8 +113,9 @@ def elbo(model: DMM, batch: Batch, analytic: bool, samples: int = 1,
     if noise is None:
         noise = torch.randn(n, x.shape[1], model.config.z_dim, device=x.device, dtype=x.dtype)
     elif noise.shape != (n, x.shape[1], model.config.z_dim):
-        raise ValueError(f"noise must be [{n}, {x.shape[1]}, {model.config.z_dim}], got "
-                         f"{list(noise.shape)}")
+        raise ValueError(
+            f"noise must be [{n}, {x.shape[1]}, {model.config.z_dim}], got {list(noise.shape)}"
+        )
     z, q_z, log_q = guide(model, x, lengths, noise, samples)  # [S*B, T, Z]
     if samples > 1:
         x, a, mask = x.repeat(samples, 1, 1), a.repeat(samples, 1, 1), mask.repeat(samples, 1)
@@ -125,10 +131,16 @@ def elbo(model: DMM, batch: Batch, analytic: bool, samples: int = 1,
         first = (t == 0)[:, None]
         z_prev = torch.where(first, model.z_0, take(z, (index - 1).clamp(min=0)))
         q_obs = Independent(Normal(take(q_z.base_dist.loc), take(q_z.base_dist.scale)), 1)
-        log_px, kl = _scores(model, take(x), take(z), take(a_prev), q_obs,
-                             None if log_q is None else take(log_q),
-                             _prior_steps(model, z_prev, take(a_prev), first),
-                             analytic)  # [N_obs]
+        log_px, kl = _scores(
+            model,
+            take(x),
+            take(z),
+            take(a_prev),
+            q_obs,
+            None if log_q is None else take(log_q),
+            _prior_steps(model, z_prev, take(a_prev), first),
+            analytic,
+        )  # [N_obs]
 
         def per_row(v: Tensor) -> Tensor:
             return v.new_zeros(len(mask)).index_add(0, row, v)
@@ -136,13 +148,22 @@ def elbo(model: DMM, batch: Batch, analytic: bool, samples: int = 1,
         return ELBOTerms(per_row(log_px), per_row(kl), steps)
     z_prev = torch.cat([model.z_0.expand(len(z), 1, -1), z[:, :-1]], dim=1)  # [N, T, Z]
     first = (torch.arange(z.shape[1], device=z.device) == 0)[:, None]  # [T, 1]
-    log_px, kl = _scores(model, x, z, a_prev, q_z, log_q,
-                         _prior_steps(model, z_prev, a_prev, first), analytic)
+    log_px, kl = _scores(
+        model, x, z, a_prev, q_z, log_q, _prior_steps(model, z_prev, a_prev, first), analytic
+    )
     return ELBOTerms(masked_sum(log_px, mask), masked_sum(kl, mask), steps)
 
 
-def _scores(model: DMM, x: Tensor, z: Tensor, a_prev: Tensor, q_z: Independent,
-            log_q: Tensor | None, p_z: Independent, analytic: bool) -> tuple[Tensor, Tensor]:
+def _scores(
+    model: DMM,
+    x: Tensor,
+    z: Tensor,
+    a_prev: Tensor,
+    q_z: Independent,
+    log_q: Tensor | None,
+    p_z: Independent,
+    analytic: bool,
+) -> tuple[Tensor, Tensor]:
     """log p(x_t | z_t, a_{t-1}) and the KL term of each step, over any leading shape."""
     log_px = model.emission(z, a_prev).log_prob(x)
     if log_q is None:

@@ -31,13 +31,12 @@ def fill_padding(y: Tensor, rows: tuple[int, ...], value: float = 0.0) -> Tensor
     for m, run in groupby(rows):
         k = len(list(run))
         if m < y.shape[1]:
-            y[t:t + k, m:].fill_(value)
+            y[t : t + k, m:].fill_(value)
         t += k
     return y
 
 
-def padded_like(y: Tensor, rows: tuple[int, ...], shape: tuple[int, ...] | None = None
-                ) -> Tensor:
+def padded_like(y: Tensor, rows: tuple[int, ...], shape: tuple[int, ...] | None = None) -> Tensor:
     """An uninitialised tensor like ``y`` (or of ``shape``), ``[T, N, ...]``, whose padding
     holds 0 (:func:`fill_padding`)."""
     return fill_padding(y.new_empty(shape if shape is not None else y.shape), rows)
@@ -63,8 +62,9 @@ class _ElmanScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, u: Tensor, h_0: Tensor, weight_hh: Tensor, relu: bool,
-                rows: tuple[int, ...] | None) -> Tensor:
+    def forward(
+        ctx, u: Tensor, h_0: Tensor, weight_hh: Tensor, relu: bool, rows: tuple[int, ...] | None
+    ) -> Tensor:
         # u [T, B, R] input projections with both biases; h_0 [B, R]; weight_hh [R, R]
         steps, batch = u.shape[:2]
         rows = rows or (batch,) * steps
@@ -90,15 +90,14 @@ class _ElmanScan(torch.autograd.Function):
         slope = (out > 0).to(out.dtype) if ctx.relu else 1 - out * out
         carry = h_0.new_zeros(0, h_0.shape[1])  # dL/dh_t through h_{t+1}, rows[t + 1] rows
         batch = len(h_0)
-        per_step = zip(rows, grad_pre.unbind(0), grad_out.unbind(0), slope.unbind(0),
-                       strict=True)
+        per_step = zip(rows, grad_pre.unbind(0), grad_out.unbind(0), slope.unbind(0), strict=True)
         for n, *views in reversed(list(per_step)):
             d, g, sl = views if n == batch else (y[:n] for y in views)
             if len(carry) == n:  # dL/dh_t, its own and through h_{t+1}
                 torch.add(g, carry, out=d)
             else:  # the sequences observed at t + 1 are a prefix of those at t
                 d.copy_(g)
-                d[:len(carry)] += carry
+                d[: len(carry)] += carry
             carry = d.mul_(sl) @ weight_hh
         if len(carry) < len(h_0):  # sequences without an observed step (none in a DMM)
             carry = torch.cat([carry, carry.new_zeros(len(h_0) - len(carry), carry.shape[1])])
@@ -123,8 +122,10 @@ def elman_rnn(rnn: nn.RNN, x: Tensor, h_0: Tensor, lengths: Tensor | None = None
         observed only (the outputs at padding are 0, as with a packed sequence).
     """
     if rnn.num_layers != 1 or not rnn.batch_first or rnn.bidirectional or not rnn.bias:
-        raise ValueError("elman_rnn needs a one-layer, batch-first, unidirectional nn.RNN with "
-                         "biases; call the module itself otherwise")
+        raise ValueError(
+            "elman_rnn needs a one-layer, batch-first, unidirectional nn.RNN with "
+            "biases; call the module itself otherwise"
+        )
     rows = order = None
     if lengths is not None:
         order = by_length(lengths)
@@ -136,6 +137,7 @@ def elman_rnn(rnn: nn.RNN, x: Tensor, h_0: Tensor, lengths: Tensor | None = None
     bias = cast(Tensor, rnn.bias_ih_l0) + cast(Tensor, rnn.bias_hh_l0)
     # the input's share of every step in one product, [T, B, R]
     u = nn.functional.linear(x.transpose(0, 1), w_ih, bias)
-    out = _ElmanScan.apply(u.contiguous(), h_0, w_hh, rnn.nonlinearity == "relu",
-                           rows).transpose(0, 1)  # [B, T, R]
+    out = _ElmanScan.apply(u.contiguous(), h_0, w_hh, rnn.nonlinearity == "relu", rows).transpose(
+        0, 1
+    )  # [B, T, R]
     return out if order is None else out[torch.argsort(order)]

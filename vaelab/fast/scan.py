@@ -46,9 +46,19 @@ class _CombinerScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h_rnn: Tensor, noise: Tensor, z_q_0: Tensor, weight: Tensor, bias: Tensor,
-                weight_out: Tensor, bias_out: Tensor, min_scale: float, softplus_variance: bool,
-                rows: tuple[int, ...] | None) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        ctx,
+        h_rnn: Tensor,
+        noise: Tensor,
+        z_q_0: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        weight_out: Tensor,
+        bias_out: Tensor,
+        min_scale: float,
+        softplus_variance: bool,
+        rows: tuple[int, ...] | None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         # h_rnn [T, N, R], noise [T, N, Z], z_q_0 [Z]; weight [R, Z] and bias [R] of
         # z_to_hidden, weight_out [2Z, R] and bias_out [2Z] of hidden_to_loc_scale; rows: step
         # t runs on rows :rows[t] only (the sequences still observed, longest first), the
@@ -65,8 +75,9 @@ class _CombinerScan(torch.autograd.Function):
         half_out_t = (0.5 * weight_out).t().contiguous()  # [R, 2Z]
         z_prev = z_q_0.expand(n, -1)
         # each step's [m, .] views, taken once (indexing costs as much as a small operation)
-        for m, *views in zip(rows, *(y.unbind(0) for y in (tanh_z, h_rnn, h, loc_s, d_scale,
-                                                            noise, z)), strict=True):
+        for m, *views in zip(
+            rows, *(y.unbind(0) for y in (tanh_z, h_rnn, h, loc_s, d_scale, noise, z)), strict=True
+        ):
             tz, hr, hh, out, ds, nz, zz = views if m == n else (y[:m] for y in views)
             torch.addmm(bias, z_prev[:m], weight_t, out=tz).tanh_()
             torch.add(tz, hr, out=hh)
@@ -97,16 +108,31 @@ class _CombinerScan(torch.autograd.Function):
         half_out = 0.5 * weight_out  # [2Z, R]
         slope = 1 - tanh_z * tanh_z  # tanh' at every step in one operation
         carry = noise.new_zeros(0, z_dim)  # dL/dz_t through step t+1, rows[t + 1] rows
-        per_step = zip(rows, *(y.unbind(0) for y in (grad_z, grad_loc, grad_scale, noise,
-                                                      d_scale, grad_out, grad_h_rnn, slope,
-                                                      grad_pre)), strict=True)
+        per_step = zip(
+            rows,
+            *(
+                y.unbind(0)
+                for y in (
+                    grad_z,
+                    grad_loc,
+                    grad_scale,
+                    noise,
+                    d_scale,
+                    grad_out,
+                    grad_h_rnn,
+                    slope,
+                    grad_pre,
+                )
+            ),
+            strict=True,
+        )
         for m, *views in reversed(list(per_step)):
             gz, gl, gs, nz, ds, go, gh, sl, gp = views if m == n else (y[:m] for y in views)
             if len(carry) == m:  # dL/dz_t, its own and through step t + 1
                 d_z = torch.add(gz, carry)
             else:  # the sequences observed at t + 1 are a prefix of those at t
                 d_z = gz.clone()
-                d_z[:len(carry)] += carry
+                d_z[: len(carry)] += carry
             torch.add(gl, d_z, out=go[:, :z_dim])
             torch.mul(torch.addcmul(gs, d_z, nz), ds, out=go[:, z_dim:])
             torch.mm(go, half_out, out=gh)
@@ -120,8 +146,18 @@ class _CombinerScan(torch.autograd.Function):
         grad_weight = flat_pre.t() @ z_prev.reshape(-1, z_dim)
         grad_weight_out = (flat_out.t() @ h.reshape(-1, r)).mul_(0.5)  # h is 2x the combiner's
         grad_z_q_0 = carry.sum(0) if ctx.needs_input_grad[2] else None
-        return (grad_h_rnn, None, grad_z_q_0, grad_weight, flat_pre.sum(0), grad_weight_out,
-                flat_out.sum(0), None, None, None)
+        return (
+            grad_h_rnn,
+            None,
+            grad_z_q_0,
+            grad_weight,
+            flat_pre.sum(0),
+            grad_weight_out,
+            flat_out.sum(0),
+            None,
+            None,
+            None,
+        )
 
 
 class _Scan(nn.Module):
@@ -139,13 +175,28 @@ class _Scan(nn.Module):
 
     def forward(self, h_rows: Tensor, noise_rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         lin, out = self.combiner.z_to_hidden, self.combiner.hidden_to_loc_scale
-        return _CombinerScan.apply(h_rows, noise_rows, self.z_q_0, lin.weight, lin.bias,
-                                   out.weight, out.bias, self.combiner.min_scale,
-                                   self.combiner.softplus_variance, None)
+        return _CombinerScan.apply(
+            h_rows,
+            noise_rows,
+            self.z_q_0,
+            lin.weight,
+            lin.bias,
+            out.weight,
+            out.bias,
+            self.combiner.min_scale,
+            self.combiner.softplus_variance,
+            None,
+        )
 
 
-def combiner_scan(combiner: Combiner, z_q_0: Tensor, h_rnn: Tensor, noise: Tensor,
-                  lengths: Tensor, samples: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+def combiner_scan(
+    combiner: Combiner,
+    z_q_0: Tensor,
+    h_rnn: Tensor,
+    noise: Tensor,
+    lengths: Tensor,
+    samples: int = 1,
+) -> tuple[Tensor, Tensor, Tensor]:
     """The guide's loop through :class:`_CombinerScan`: ``(z, loc, scale)``, each
     ``[S*B, T, Z]`` sample-major, from ``h_rnn [B, T, R]`` and ``noise [S*B, T, Z]``.
 
@@ -171,9 +222,18 @@ def combiner_scan(combiner: Combiner, z_q_0: Tensor, h_rnn: Tensor, noise: Tenso
         outputs = bucketed_scan(combiner, z_q_0, h_rows, noise_rows)
     else:
         lin, out = combiner.z_to_hidden, combiner.hidden_to_loc_scale
-        outputs = _CombinerScan.apply(h_rows, noise_rows, z_q_0, lin.weight, lin.bias,
-                                      out.weight, out.bias, combiner.min_scale,
-                                      combiner.softplus_variance, rows)
+        outputs = _CombinerScan.apply(
+            h_rows,
+            noise_rows,
+            z_q_0,
+            lin.weight,
+            lin.bias,
+            out.weight,
+            out.bias,
+            combiner.min_scale,
+            combiner.softplus_variance,
+            rows,
+        )
     inverse = None if order is None else torch.argsort(order)
 
     def sample_major(y: Tensor) -> Tensor:  # [T, B*S, Z] -> [S*B, T, Z], caller's order
@@ -186,9 +246,14 @@ def combiner_scan(combiner: Combiner, z_q_0: Tensor, h_rnn: Tensor, noise: Tenso
     return sample_major(z), sample_major(loc), sample_major(scale)
 
 
-def bucketed_scan(combiner: Combiner, z_q_0: Tensor, h_rows: Tensor, noise_rows: Tensor,
-                  capture: bool = True, bucket: int | None = None
-                  ) -> tuple[Tensor, Tensor, Tensor]:
+def bucketed_scan(
+    combiner: Combiner,
+    z_q_0: Tensor,
+    h_rows: Tensor,
+    noise_rows: Tensor,
+    capture: bool = True,
+    bucket: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """The scan on ``[T, N, .]`` rows with T padded to a multiple of ``bucket``
     (:data:`GRAPH_BUCKET`; zeros: the padded steps come after every observed one and are cut
     off), replayed from a CUDA graph captured on first use for that shape. ``capture=False``,
@@ -203,8 +268,15 @@ def bucketed_scan(combiner: Combiner, z_q_0: Tensor, h_rows: Tensor, noise_rows:
         graphs = _GRAPHS.setdefault(combiner, {})
         # the parameters' addresses too: a graph reads the tensors it was captured with,
         # which .to() or .double() replace
-        key = (steps + extra, n, h_rows.dtype, h_rows.device, h_rows.requires_grad,
-               *(p.data_ptr() for p in combiner.parameters()), z_q_0.data_ptr())
+        key = (
+            steps + extra,
+            n,
+            h_rows.dtype,
+            h_rows.device,
+            h_rows.requires_grad,
+            *(p.data_ptr() for p in combiner.parameters()),
+            z_q_0.data_ptr(),
+        )
         if key not in graphs:
             graphs[key] = _capture(_Scan(combiner, z_q_0), h_rows, noise_rows)
         scan = graphs[key]
@@ -222,8 +294,10 @@ def captured_graphs(combiner: nn.Module) -> dict:
 def _capture(scan: _Scan, h_rows: Tensor, noise_rows: Tensor) -> nn.Module | None:
     """``scan`` captured for inputs shaped as these (static copies), or None with a warning
     when CUDA cannot capture it."""
-    sample = (h_rows.detach().clone().requires_grad_(h_rows.requires_grad),
-              noise_rows.detach().clone())
+    sample = (
+        h_rows.detach().clone().requires_grad_(h_rows.requires_grad),
+        noise_rows.detach().clone(),
+    )
     try:
         with warnings.catch_warnings():
             # torch >= 2.11 warns while capturing that the parameters' AccumulateGrad nodes
@@ -235,6 +309,9 @@ def _capture(scan: _Scan, h_rows: Tensor, noise_rows: Tensor) -> nn.Module | Non
             # Module | Callable)
             return cast(nn.Module, torch.cuda.make_graphed_callables(scan, sample))
     except RuntimeError as err:
-        warnings.warn(f"the DMM guide's scan could not be captured in a CUDA graph ({err}); it "
-                      f"runs eagerly (the same numbers, slower)", stacklevel=4)
+        warnings.warn(
+            f"the DMM guide's scan could not be captured in a CUDA graph ({err}); it "
+            f"runs eagerly (the same numbers, slower)",
+            stacklevel=4,
+        )
         return None

@@ -31,16 +31,21 @@ class Figure(mpl_figure.Figure):
         return buffer.getvalue()
 
 
-def save_figure(fig: mpl_figure.Figure, path: str | Path, formats: Sequence[str] = ("png", "svg"),
-                dpi: int = 200) -> list[Path]:
+def save_figure(
+    fig: mpl_figure.Figure,
+    path: str | Path,
+    formats: Sequence[str] = ("png", "svg"),
+    dpi: int = 200,
+) -> list[Path]:
     """Write ``fig`` as ``path.<format>`` for every format (PNG at ``dpi``, slide resolution;
     SVG and PDF are vector); returns the files written. ``path`` may carry a suffix, which is
     replaced."""
     allowed = {"png", "svg", "pdf"}
     bad = [f for f in formats if f not in allowed]
     if bad or not formats:
-        raise ValueError(f"save_figure formats must be among {sorted(allowed)}, got "
-                         f"{list(formats)}")
+        raise ValueError(
+            f"save_figure formats must be among {sorted(allowed)}, got {list(formats)}"
+        )
     stem = Path(path)
     stem = stem.with_suffix("") if stem.suffix.lstrip(".") in allowed else stem
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -50,6 +55,7 @@ def save_figure(fig: mpl_figure.Figure, path: str | Path, formats: Sequence[str]
         fig.savefig(out, format=fmt, dpi=dpi, bbox_inches="tight")
         written.append(out)
     return written
+
 
 # Training curves: (record key, axis title); -ELBO, log-likelihood and KL also show val markers.
 CURVES = (

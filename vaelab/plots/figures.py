@@ -35,8 +35,13 @@ def _with_units(names: Sequence[str] | None, count: int) -> list[str] | None:
 
 
 @torch.no_grad()
-def model_figures(model: nn.Module, batch: Batch, info: dict | None = None,
-                  labels: Tensor | None = None, n_samples: int = 16) -> dict[str, Figure]:
+def model_figures(
+    model: nn.Module,
+    batch: Batch,
+    info: dict | None = None,
+    labels: Tensor | None = None,
+    n_samples: int = 16,
+) -> dict[str, Figure]:
     """The figures that suit a model and its data, by title, for the dashboard.
 
     Images (``info["image_shape"]``): data above reconstructions, samples, a latent traversal
@@ -64,7 +69,8 @@ def model_figures(model: nn.Module, batch: Batch, info: dict | None = None,
             if latent:
                 recon = model.reconstruct(batch)
                 figures["data (top) and reconstructions (bottom)"] = image_grid(
-                    torch.cat([batch.x[:k], recon[:k]]), shape, ncols=k)
+                    torch.cat([batch.x[:k], recon[:k]]), shape, ncols=k
+                )
             else:  # a flow's "reconstruction" is x itself: only the data
                 figures["data"] = image_grid(batch.x[:k], shape, ncols=k)
             _, x_sample = model.sample(n_samples)
@@ -72,13 +78,15 @@ def model_figures(model: nn.Module, batch: Batch, info: dict | None = None,
             if latent and model.decode(z[:1]) is not None:
                 dims = range(min(model.config.z_dim, 8))
                 figures["latent traversal"] = latent_traversal(
-                    model, shape, dims, torch.linspace(-2.5, 2.5, 9))
+                    model, shape, dims, torch.linspace(-2.5, 2.5, 9)
+                )
             if latent:
                 figures["latent space"] = latent_projection(z, labels=labels)
             else:
                 fig = figures["base points z = g^-1(x)"] = latent_projection(z, labels=labels)
-                fig.axes[0].set_title("base points z = g^-1(x), first two principal components",
-                                      fontsize=10)
+                fig.axes[0].set_title(
+                    "base points z = g^-1(x), first two principal components", fontsize=10
+                )
         elif sequence and info.get("kind") == "piano_roll":
             k = min(len(batch), 2)
             recon = model.reconstruct(batch)
@@ -89,29 +97,38 @@ def model_figures(model: nn.Module, batch: Batch, info: dict | None = None,
             figures["sample (note probabilities)"] = piano_roll(x_sample)
             for title in ("reconstruction (note probabilities)", "sample (note probabilities)"):
                 fig = figures[title]  # grey levels are probabilities: say which
-                fig.colorbar(fig.axes[0].images[0], ax=fig.axes, label="P(note on)",
-                             shrink=0.9)
+                fig.colorbar(fig.axes[0].images[0], ax=fig.axes, label="P(note on)", shrink=0.9)
             figures["latent space"] = latent_projection(z, batch.mask)
         elif not latent and batch.a is not None and batch.x.shape[-1] == 2:
             # a conditional flow: densities for a few contexts of the batch, samples on top
             extent = float(batch.x.abs().max()) * 1.15
             figures["density p(x | a) per context, samples on top"] = flow_density(
-                model, batch.a[:4], extent=extent)
+                model, batch.a[:4], extent=extent
+            )
             figures["base points z = g^-1(x | a)"] = latent_projection(z, labels=labels)
         elif sequence:
             shown = min(batch.x.shape[-1], 8)  # the dimensions _paths draws
             obs = _with_units(info.get("obs_names"), shown)
-            states = None if batch.z is None else _with_units(
-                info.get("state_names"), min(batch.z.shape[-1], 8))
+            states = (
+                None
+                if batch.z is None
+                else _with_units(info.get("state_names"), min(batch.z.shape[-1], 8))
+            )
             figures["latent paths"] = latent_trajectories(z, batch.z, batch.mask, names=states)
             figures["observations (solid) and reconstructions (dashed)"] = observation_paths(
-                batch.x, model.reconstruct(batch), batch.mask, names=obs)
+                batch.x, model.reconstruct(batch), batch.mask, names=obs
+            )
             k = min(len(batch), 4)
-            _, x_sample = model.sample(k, steps=batch.x.shape[1],
-                                       a=None if batch.a is None else batch.a[:k])
-            figures["samples (driven by the same actions when there are any)"] = \
-                observation_paths(x_sample, None, None if batch.mask is None else batch.mask[:k],
-                                  names=obs, title="samples from the model")
+            _, x_sample = model.sample(
+                k, steps=batch.x.shape[1], a=None if batch.a is None else batch.a[:k]
+            )
+            figures["samples (driven by the same actions when there are any)"] = observation_paths(
+                x_sample,
+                None,
+                None if batch.mask is None else batch.mask[:k],
+                names=obs,
+                title="samples from the model",
+            )
             figures["latent space"] = latent_projection(z, batch.mask)
         else:
             figures["latent space"] = latent_projection(z, labels=labels)

@@ -24,8 +24,10 @@ def flow_log_density(model: nn.Module, context: Tensor, xs: Tensor, ys: Tensor) 
     ``x [2]``) on the grid ``xs [Nx] x ys [Ny]``, ``[Ny, Nx]`` (row ``i`` is ``y = ys[i]``), for
     one context ``context [A]``."""
     if model.has_latents or model.config.x_dim != 2:
-        raise ValueError("density contours need a conditional flow model (exact log p(x | a), no "
-                         "latents) over 2-D x, such as realnvp on moons")
+        raise ValueError(
+            "density contours need a conditional flow model (exact log p(x | a), no "
+            "latents) over 2-D x, such as realnvp on moons"
+        )
     p = next(model.parameters())
     gx, gy = torch.meshgrid(xs.to(p), ys.to(p), indexing="xy")  # [Ny, Nx] each
     points = torch.stack([gx, gy], dim=-1).reshape(-1, 2)  # [Ny * Nx, 2]
@@ -35,8 +37,13 @@ def flow_log_density(model: nn.Module, context: Tensor, xs: Tensor, ys: Tensor) 
 
 
 @torch.no_grad()
-def flow_density(model: nn.Module, contexts: Tensor, extent: float = 2.5,
-                 resolution: int = 80, n_samples: int = 300) -> Figure:
+def flow_density(
+    model: nn.Module,
+    contexts: Tensor,
+    extent: float = 2.5,
+    resolution: int = 80,
+    n_samples: int = 300,
+) -> Figure:
     """Density contours of p(x | a) for each context ``contexts [K, A]`` (one axis each, on
     the square ``[-extent, extent]^2``) with ``n_samples`` samples x ~ p(x | a) on top."""
     contexts = contexts[:, None] if contexts.dim() == 1 else contexts
@@ -47,11 +54,12 @@ def flow_density(model: nn.Module, contexts: Tensor, extent: float = 2.5,
     model_was_training = model.training
     model.eval()
     try:
-        for ax, a in zip(axes, contexts):
+        for ax, a in zip(axes, contexts, strict=False):
             density = flow_log_density(model, a, grid, grid).exp()
             ax.contourf(_cpu(grid), _cpu(grid), _cpu(density), levels=12, cmap="Blues")
-            _, x = model.sample(n_samples, a=a.reshape(1, -1).expand(n_samples, -1).to(
-                next(model.parameters())))
+            _, x = model.sample(
+                n_samples, a=a.reshape(1, -1).expand(n_samples, -1).to(next(model.parameters()))
+            )
             x = _cpu(x)
             ax.scatter(x[:, 0], x[:, 1], s=2, color="C3", alpha=0.5)
             ax.set_xlim(-extent, extent)
@@ -74,9 +82,14 @@ def _density_grid(extent: float, resolution: int, like: Tensor) -> tuple[Tensor,
 
 
 @torch.no_grad()
-def conditional_densities(models: dict[str, nn.Module], context: Tensor, extent: float = 2.5,
-                          resolution: int = 100, data: Tensor | None = None,
-                          samples: dict[str, Tensor] | None = None) -> Figure:
+def conditional_densities(
+    models: dict[str, nn.Module],
+    context: Tensor,
+    extent: float = 2.5,
+    resolution: int = 100,
+    data: Tensor | None = None,
+    samples: dict[str, Tensor] | None = None,
+) -> Figure:
     """Density p(x | a) of each model at one context ``context [A]``, one panel per model on
     the square ``[-extent, extent]^2`` with a shared colour scale and colour bar.
 
@@ -90,34 +103,48 @@ def conditional_densities(models: dict[str, nn.Module], context: Tensor, extent:
     p = next(next(iter(models.values())).parameters())
     grid, points = _density_grid(extent, resolution, p)
     a = context.to(p).reshape(1, -1).expand(len(points), -1)  # [G*G, A]
-    densities = {name: model(a).log_prob(points).exp().reshape(resolution, resolution)
-                 for name, model in models.items()}
+    densities = {
+        name: model(a).log_prob(points).exp().reshape(resolution, resolution)
+        for name, model in models.items()
+    }
     top = max(float(d.max()) for d in densities.values())
     levels = np.linspace(0.0, top, 16)
     fig = Figure(figsize=(3.4 * len(models) + 1.0, 3.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(models), sharex=True, sharey=True))
-    for ax, (name, density) in zip(axes, densities.items()):
-        filled = ax.contourf(_cpu(grid), _cpu(grid), _cpu(density), levels=levels,
-                             cmap="viridis")
+    for ax, (name, density) in zip(axes, densities.items(), strict=False):
+        filled = ax.contourf(_cpu(grid), _cpu(grid), _cpu(density), levels=levels, cmap="viridis")
         if data is not None:
             d = _cpu(data)
             ax.scatter(d[:, 0], d[:, 1], s=2, color="w", alpha=0.6, label="data")
         if samples is not None and name in samples:
             s = _cpu(samples[name])
             ax.scatter(s[:, 0], s[:, 1], s=2, color="C3", alpha=0.7, label="samples")
-        ax.set(xlim=(-extent, extent), ylim=(-extent, extent), aspect="equal", title=name,
-               xlabel="$x_1$ (data units)")
+        ax.set(
+            xlim=(-extent, extent),
+            ylim=(-extent, extent),
+            aspect="equal",
+            title=name,
+            xlabel="$x_1$ (data units)",
+        )
         if data is not None or (samples is not None and name in samples):
             ax.legend(loc="lower left", fontsize=7, markerscale=3, framealpha=0.6)
     axes[0].set_ylabel("$x_2$ (data units)")
-    fig.colorbar(filled, ax=list(axes), label="density p(x | a) (per unit area)", shrink=0.9,
-                 format="%.2f")
+    fig.colorbar(
+        filled, ax=list(axes), label="density p(x | a) (per unit area)", shrink=0.9, format="%.2f"
+    )
     return fig
 
 
 @torch.no_grad()
-def flow_layers(flow: nn.Module, context: Tensor, layers: Sequence[int], extent: float = 2.5,
-                resolution: int = 100, n_samples: int = 800, seed: int = 0) -> Figure:
+def flow_layers(
+    flow: nn.Module,
+    context: Tensor,
+    layers: Sequence[int],
+    extent: float = 2.5,
+    resolution: int = 100,
+    n_samples: int = 800,
+    seed: int = 0,
+) -> Figure:
     """The base density of a conditional RealNVP carried through its first ``k`` coupling
     layers, one panel per ``k`` in ``layers`` (0 = the base, ``len(flow.nets)`` = the whole
     flow), at one context ``context [A]``.
@@ -132,8 +159,10 @@ def flow_layers(flow: nn.Module, context: Tensor, layers: Sequence[int], extent:
     layers = list(layers)
     bad = [k for k in layers if not 0 <= k <= total]
     if not layers or bad:
-        raise ValueError(f"layers must be counts between 0 and {total} (the flow's coupling "
-                         f"layers), got {layers}")
+        raise ValueError(
+            f"layers must be counts between 0 and {total} (the flow's coupling "
+            f"layers), got {layers}"
+        )
     p = next(flow.parameters())
     grid, points = _density_grid(extent, resolution, p)
     a = context.to(p).reshape(1, -1)
@@ -143,8 +172,7 @@ def flow_layers(flow: nn.Module, context: Tensor, layers: Sequence[int], extent:
     a_s = a.expand(n_samples, -1)
     b = flow.base_distribution(a_s)
     # base points from the base's own mean and scale, with the generator fixed
-    z = b.mean + b.stddev * torch.randn(n_samples, 2, generator=g, device=p.device,
-                                        dtype=p.dtype)
+    z = b.mean + b.stddev * torch.randn(n_samples, 2, generator=g, device=p.device, dtype=p.dtype)
     colour = _cpu(z[:, 0])
     sample_transforms = flow.transforms(a_s)
     densities, carried = [], []
@@ -159,15 +187,18 @@ def flow_layers(flow: nn.Module, context: Tensor, layers: Sequence[int], extent:
     levels = np.linspace(0.0, top, 16)
     fig = Figure(figsize=(3.2 * len(layers) + 2.0, 3.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(layers), sharex=True, sharey=True))
-    for ax, k, density, x in zip(axes, layers, densities, carried):
-        filled = ax.contourf(_cpu(grid), _cpu(grid), _cpu(density), levels=levels,
-                             cmap="Greys")
+    for ax, k, density, x in zip(axes, layers, densities, carried, strict=False):
+        filled = ax.contourf(_cpu(grid), _cpu(grid), _cpu(density), levels=levels, cmap="Greys")
         dots = ax.scatter(*_cpu(x).T, s=2, c=colour, cmap="plasma", alpha=0.6)
         title = "base" if k == 0 else f"after {k} of {total} layers"
-        ax.set(xlim=(-extent, extent), ylim=(-extent, extent), aspect="equal", title=title,
-               xlabel="first coordinate (data units)")
+        ax.set(
+            xlim=(-extent, extent),
+            ylim=(-extent, extent),
+            aspect="equal",
+            title=title,
+            xlabel="first coordinate (data units)",
+        )
     axes[0].set_ylabel("second coordinate (data units)")
-    fig.colorbar(filled, ax=list(axes), label="density (per unit area)", shrink=0.9,
-                 format="%.2f")
+    fig.colorbar(filled, ax=list(axes), label="density (per unit area)", shrink=0.9, format="%.2f")
     fig.colorbar(dots, ax=list(axes), label="the point's base coordinate $z_1$", shrink=0.9)
     return fig

@@ -18,15 +18,22 @@ from vaelab.plots.base import (
 # ----------------------------------------------------------------------------- images
 
 
-def image_grid(x: Tensor, image_shape: Sequence[int], ncols: int = 8,
-               title: str | None = None, figsize: tuple[float, float] | None = None) -> Figure:
+def image_grid(
+    x: Tensor,
+    image_shape: Sequence[int],
+    ncols: int = 8,
+    title: str | None = None,
+    figsize: tuple[float, float] | None = None,
+) -> Figure:
     """Images ``x [N, H*W]`` (or ``[N, H, W]``), values in [0, 1], tiled ``ncols`` wide in a
     single axis with one-pixel gaps."""
     h, w = (int(s) for s in image_shape)
     images = _cpu(x)
     if images.ndim < 2 or images[0].size != h * w:
-        raise ValueError(f"x must be [N, {h * w}] or [N, {h}, {w}] for image_shape {(h, w)}, "
-                         f"got {list(images.shape)}")
+        raise ValueError(
+            f"x must be [N, {h * w}] or [N, {h}, {w}] for image_shape {(h, w)}, "
+            f"got {list(images.shape)}"
+        )
     images = images.reshape(-1, h, w)
     n = len(images)
     ncols = max(1, min(ncols, n))
@@ -35,7 +42,9 @@ def image_grid(x: Tensor, image_shape: Sequence[int], ncols: int = 8,
     canvas = np.full((nrows * (h + 1) + 1, ncols * (w + 1) + 1), np.nan, dtype=np.float32)
     for i, image in enumerate(images):
         r, c = divmod(i, ncols)
-        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = image
+        canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = (
+            image
+        )
     if figsize is None:
         figsize = (min(1.0 * ncols + 0.5, 10), min(1.0 * nrows + 0.6, 10))
     fig = Figure(figsize=figsize, layout="constrained")
@@ -49,15 +58,21 @@ def image_grid(x: Tensor, image_shape: Sequence[int], ncols: int = 8,
 
 
 @torch.no_grad()
-def latent_traversal(model: nn.Module, image_shape: Sequence[int], dims: Sequence[int],
-                     values: Sequence[float] | Tensor) -> Figure:
+def latent_traversal(
+    model: nn.Module,
+    image_shape: Sequence[int],
+    dims: Sequence[int],
+    values: Sequence[float] | Tensor,
+) -> Figure:
     """Decoder means E[x | z] along each latent dimension in ``dims``: row ``i`` sets
     ``z[dims[i]]`` to each of ``values`` (columns) with the other dimensions at 0, the prior
     mean. Needs ``model.decode(z [B, Z]) -> x [B, X]``."""
     decode = model.decode
     if decode(torch.zeros(1, model.config.z_dim, device=next(model.parameters()).device)) is None:
-        raise ValueError(f"{type(model).__name__} has no decode(z); a latent traversal needs "
-                         f"a model that maps z [B, Z] to x [B, X]")
+        raise ValueError(
+            f"{type(model).__name__} has no decode(z); a latent traversal needs "
+            f"a model that maps z [B, Z] to x [B, X]"
+        )
     z_dim = model.config.z_dim
     dims = [int(d) for d in dims]
     bad = [d for d in dims if not 0 <= d < z_dim]
@@ -69,23 +84,30 @@ def latent_traversal(model: nn.Module, image_shape: Sequence[int], dims: Sequenc
     for row, d in enumerate(dims):
         z[row, :, d] = values
     x = decode(z.reshape(-1, z_dim))  # [len(dims) * len(values), X]
-    fig = image_grid(x, image_shape, ncols=len(values),
-                     title=f"latent traversal: z_d from {float(values[0]):.2g} to "
-                           f"{float(values[-1]):.2g}, other dims 0")
+    fig = image_grid(
+        x,
+        image_shape,
+        ncols=len(values),
+        title=f"latent traversal: z_d from {float(values[0]):.2g} to "
+        f"{float(values[-1]):.2g}, other dims 0",
+    )
     ax = fig.axes[0]
     h = int(image_shape[0])
     ax.set_axis_on()
     ax.set_xticks([])
-    ax.set_yticks([1 + r * (h + 1) + h / 2 for r in range(len(dims))],
-                  [f"z{d}" for d in dims])
+    ax.set_yticks([1 + r * (h + 1) + h / 2 for r in range(len(dims))], [f"z{d}" for d in dims])
     for spine in ax.spines.values():
         spine.set_visible(False)
     return fig
 
 
 @torch.no_grad()
-def decoded_image(model: nn.Module, z_values: dict[int, float], image_shape: Sequence[int],
-                  title: str | None = None) -> Figure:
+def decoded_image(
+    model: nn.Module,
+    z_values: dict[int, float],
+    image_shape: Sequence[int],
+    title: str | None = None,
+) -> Figure:
     """The decoder mean E[x | z] as one image, ``z`` at the prior mean 0 except the dims in
     ``z_values`` (dim -> value): the dashboard's latent sliders."""
     p = next(model.parameters())

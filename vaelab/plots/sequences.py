@@ -30,10 +30,18 @@ def _affine_fit(z: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return fitted, r2
 
 
-def _paths(solid: np.ndarray | None, dashed: np.ndarray | None, lengths: list[int],
-           ylabel: str, titles: Sequence[str] | None, max_sequences: int,
-           max_dims: int, names: Sequence[str] | None = None,
-           styles: tuple[str, str] = ("", ""), title: str | None = None) -> Figure:
+def _paths(
+    solid: np.ndarray | None,
+    dashed: np.ndarray | None,
+    lengths: list[int],
+    ylabel: str,
+    titles: Sequence[str] | None,
+    max_sequences: int,
+    max_dims: int,
+    names: Sequence[str] | None = None,
+    styles: tuple[str, str] = ("", ""),
+    title: str | None = None,
+) -> Figure:
     """Paths ``[B, T, D]`` against time, one axis per dimension (labelled ``names[d]``, else
     ``ylabel`` and ``d``), one colour per sequence, observed steps only; ``solid`` and
     ``dashed`` share colours. A legend names the sequences and, when both are drawn, what
@@ -43,8 +51,9 @@ def _paths(solid: np.ndarray | None, dashed: np.ndarray | None, lengths: list[in
     first = solid if solid is not None else dashed
     panels = min(first.shape[-1], max_dims)
     if names is not None and len(names) < panels:
-        raise ValueError(f"names must give one label per drawn dimension ({panels}), got "
-                         f"{len(names)}")
+        raise ValueError(
+            f"names must give one label per drawn dimension ({panels}), got {len(names)}"
+        )
     sequences = min(len(first), max_sequences)
     fig = Figure(figsize=(9, 1.6 * panels + 0.9), layout="constrained")
     axes = np.atleast_1d(fig.subplots(panels, 1, sharex=True))
@@ -58,23 +67,37 @@ def _paths(solid: np.ndarray | None, dashed: np.ndarray | None, lengths: list[in
         if titles is not None:
             ax.set_title(titles[d], fontsize=9)
     axes[-1].set_xlabel("time step t")
-    handles = [Line2D([], [], color=f"C{i % 10}", lw=1.2, label=f"sequence {i}")
-               for i in range(sequences)]
+    handles = [
+        Line2D([], [], color=f"C{i % 10}", lw=1.2, label=f"sequence {i}") for i in range(sequences)
+    ]
     if solid is not None and dashed is not None:
-        handles += [Line2D([], [], color="k", lw=1.2, ls=ls, label=label)
-                    for ls, label in zip(("-", "--"), styles)]
+        handles += [
+            Line2D([], [], color="k", lw=1.2, ls=ls, label=label)
+            for ls, label in zip(("-", "--"), styles, strict=False)
+        ]
     # above the axes, or below them under a title (matplotlib's constrained layout draws an
     # "outside upper" legend over the suptitle)
-    fig.legend(handles=handles, loc=f"outside {'lower' if title else 'upper'} center",
-               ncols=len(handles), fontsize=8, frameon=False)
+    fig.legend(
+        handles=handles,
+        loc=f"outside {'lower' if title else 'upper'} center",
+        ncols=len(handles),
+        fontsize=8,
+        frameon=False,
+    )
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
 
 
-def latent_trajectories(z: Tensor, z_true: Tensor | None = None, mask: Tensor | None = None,
-                        max_sequences: int = 4, max_dims: int = 8,
-                        names: Sequence[str] | None = None, title: str | None = None) -> Figure:
+def latent_trajectories(
+    z: Tensor,
+    z_true: Tensor | None = None,
+    mask: Tensor | None = None,
+    max_sequences: int = 4,
+    max_dims: int = 8,
+    names: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Figure:
     """Latent paths over time, one axis per dimension, one colour per sequence.
 
     Parameters
@@ -94,17 +117,29 @@ def latent_trajectories(z: Tensor, z_true: Tensor | None = None, mask: Tensor | 
         The figure's title.
     """
     if z.dim() != 3:
-        raise ValueError(f"z must be [B, T, Z], got {list(z.shape)}; for static latents "
-                         f"[B, Z] use latent_projection")
+        raise ValueError(
+            f"z must be [B, T, Z], got {list(z.shape)}; for static latents "
+            f"[B, Z] use latent_projection"
+        )
     b, t, _ = z.shape
     lengths = _lengths(mask, b, t)
     zs = _cpu(z)
     if z_true is None:
-        return _paths(zs, None, lengths, "z", None, max_sequences, max_dims, names,
-                      title=title or "posterior means E_q[z_t] of each latent dimension")
+        return _paths(
+            zs,
+            None,
+            lengths,
+            "z",
+            None,
+            max_sequences,
+            max_dims,
+            names,
+            title=title or "posterior means E_q[z_t] of each latent dimension",
+        )
     if z_true.dim() != 3 or z_true.shape[:2] != z.shape[:2]:
-        raise ValueError(f"z_true must be [B, T, Z'] with B, T = {b}, {t}, got "
-                         f"{list(z_true.shape)}")
+        raise ValueError(
+            f"z_true must be [B, T, Z'] with B, T = {b}, {t}, got {list(z_true.shape)}"
+        )
     truth = _cpu(z_true)
     observed = np.concatenate([zs[i, :n] for i, n in enumerate(lengths)])
     target = np.concatenate([truth[i, :n] for i, n in enumerate(lengths)])
@@ -112,26 +147,53 @@ def latent_trajectories(z: Tensor, z_true: Tensor | None = None, mask: Tensor | 
     aligned = np.zeros_like(truth)  # back to [B, T, Z'], padding left at 0 and not drawn
     start = 0
     for i, n in enumerate(lengths):
-        aligned[i, :n] = fitted[start:start + n]
+        aligned[i, :n] = fitted[start : start + n]
         start += n
-    titles = [f"true (solid) vs inferred, affinely aligned (dashed); R^2 = {v:.3f}"
-              for v in r2]
-    return _paths(truth, aligned, lengths, "true z", titles, max_sequences, max_dims, names,
-                  ("true state", "inferred, affinely aligned"), title)
+    titles = [f"true (solid) vs inferred, affinely aligned (dashed); R^2 = {v:.3f}" for v in r2]
+    return _paths(
+        truth,
+        aligned,
+        lengths,
+        "true z",
+        titles,
+        max_sequences,
+        max_dims,
+        names,
+        ("true state", "inferred, affinely aligned"),
+        title,
+    )
 
 
-def observation_paths(x: Tensor, x_rec: Tensor | None = None, mask: Tensor | None = None,
-                      max_sequences: int = 4, max_dims: int = 8,
-                      names: Sequence[str] | None = None, title: str | None = None) -> Figure:
+def observation_paths(
+    x: Tensor,
+    x_rec: Tensor | None = None,
+    mask: Tensor | None = None,
+    max_sequences: int = 4,
+    max_dims: int = 8,
+    names: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Figure:
     """Observed sequences ``x [B, T, X]`` (solid) and reconstructions ``x_rec [B, T, X]``
     (dashed) over time, one axis per feature (labelled ``names[d]`` when given);
     ``mask [B, T]`` hides the padding; ``title`` says what is shown (e.g. samples)."""
     if x.dim() != 3 or (x_rec is not None and x_rec.shape != x.shape):
-        raise ValueError(f"x and x_rec must both be [B, T, X], got {list(x.shape)} and "
-                         f"{None if x_rec is None else list(x_rec.shape)}")
+        raise ValueError(
+            f"x and x_rec must both be [B, T, X], got {list(x.shape)} and "
+            f"{None if x_rec is None else list(x_rec.shape)}"
+        )
     lengths = _lengths(mask, x.shape[0], x.shape[1])
-    return _paths(_cpu(x), None if x_rec is None else _cpu(x_rec), lengths, "x", None,
-                  max_sequences, max_dims, names, ("data", "reconstruction"), title)
+    return _paths(
+        _cpu(x),
+        None if x_rec is None else _cpu(x_rec),
+        lengths,
+        "x",
+        None,
+        max_sequences,
+        max_dims,
+        names,
+        ("data", "reconstruction"),
+        title,
+    )
 
 
 def _principal_components(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,15 +202,16 @@ def _principal_components(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     centred = points - points.mean(axis=0, keepdims=True)
     _, s, vh = np.linalg.svd(centred, full_matrices=False)
     proj = centred @ vh[:2].T  # [N, min(2, Z)]
-    var = s ** 2 / max(float((s ** 2).sum()), 1e-12)
+    var = s**2 / max(float((s**2).sum()), 1e-12)
     if proj.shape[1] == 1:
         proj = np.concatenate([proj, np.zeros_like(proj)], axis=1)
         var = np.concatenate([var, [0.0]])
     return proj, var[:2]
 
 
-def latent_projection(z: Tensor, mask: Tensor | None = None, labels: Tensor | None = None,
-                      max_sequences: int = 16) -> Figure:
+def latent_projection(
+    z: Tensor, mask: Tensor | None = None, labels: Tensor | None = None, max_sequences: int = 16
+) -> Figure:
     """Latents on their first two principal components.
 
     Sequences ``z [B, T, Z]``: each path (observed steps only) as a thin line with points
@@ -166,8 +229,13 @@ def latent_projection(z: Tensor, mask: Tensor | None = None, labels: Tensor | No
         proj, var = _principal_components(points)
         start = 0
         for n in lengths:
-            ax.plot(proj[start:start + n, 0], proj[start:start + n, 1], color="grey",
-                    lw=0.6, alpha=0.6)
+            ax.plot(
+                proj[start : start + n, 0],
+                proj[start : start + n, 1],
+                color="grey",
+                lw=0.6,
+                alpha=0.6,
+            )
             start += n
         art = ax.scatter(proj[:, 0], proj[:, 1], c=times, cmap="viridis", s=8)
         fig.colorbar(art, ax=ax, label="time step t")
@@ -186,9 +254,14 @@ def latent_projection(z: Tensor, mask: Tensor | None = None, labels: Tensor | No
     return fig
 
 
-def posterior_bands(truth: Tensor, bands: dict[str, tuple[Tensor, Tensor]], t: int | None = None,
-                    names: Sequence[str] | None = None, density_dim: int = 0,
-                    unit: str = "state units") -> Figure:
+def posterior_bands(
+    truth: Tensor,
+    bands: dict[str, tuple[Tensor, Tensor]],
+    t: int | None = None,
+    names: Sequence[str] | None = None,
+    density_dim: int = 0,
+    unit: str = "state units",
+) -> Figure:
     """Marginals of one sequence's latent states against its true state: one axis per state
     dimension, each band its mean (line) and mean +- 2 standard deviations (shaded), the true
     state in black; with ``t`` a vertical line at step t and a last axis with each band's
@@ -211,8 +284,10 @@ def posterior_bands(truth: Tensor, bands: dict[str, tuple[Tensor, Tensor]], t: i
     steps, dims = truth_np.shape
     for label, (mean, std) in bands.items():
         if tuple(mean.shape) != (steps, dims) or tuple(std.shape) != (steps, dims):
-            raise ValueError(f"band {label!r}: mean and std must be [{steps}, {dims}] like "
-                             f"truth, got {list(mean.shape)} and {list(std.shape)}")
+            raise ValueError(
+                f"band {label!r}: mean and std must be [{steps}, {dims}] like "
+                f"truth, got {list(mean.shape)} and {list(std.shape)}"
+            )
     if t is not None and not 0 <= t < steps:
         raise ValueError(f"t must be in 0..{steps - 1}, got {t}")
     names = list(names) if names is not None else [f"z_{i + 1}" for i in range(dims)]
@@ -226,8 +301,9 @@ def posterior_bands(truth: Tensor, bands: dict[str, tuple[Tensor, Tensor]], t: i
         for i, (label, (mean, std)) in enumerate(bands.items()):
             m, s = _cpu(mean)[:, d], _cpu(std)[:, d]
             ax.plot(time, m, color=f"C{i}", lw=1.2, label=f"{label}: mean")
-            ax.fill_between(time, m - 2 * s, m + 2 * s, color=f"C{i}", alpha=0.25,
-                            label=f"{label}: +-2 sd")
+            ax.fill_between(
+                time, m - 2 * s, m + 2 * s, color=f"C{i}", alpha=0.25, label=f"{label}: +-2 sd"
+            )
         if t is not None:
             ax.axvline(t + 1, color="grey", ls=":", lw=1)
         ax.set_xlabel("time step t")
@@ -251,11 +327,13 @@ def posterior_bands(truth: Tensor, bands: dict[str, tuple[Tensor, Tensor]], t: i
         ax.legend(fontsize=7)
     return fig
 
+
 # ----------------------------------------------------------------------------- piano rolls
 
 
-def piano_roll(x: Tensor, mask: Tensor | None = None, titles: Sequence[str] | None = None,
-               note_min: int = 21) -> Figure:
+def piano_roll(
+    x: Tensor, mask: Tensor | None = None, titles: Sequence[str] | None = None, note_min: int = 21
+) -> Figure:
     """Piano rolls, notes (MIDI, from ``note_min``) against time, one axis per sequence.
 
     ``x [T, P]`` or ``[B, T, P]`` binary notes or note probabilities; ``mask [B, T]`` trims
@@ -271,9 +349,16 @@ def piano_roll(x: Tensor, mask: Tensor | None = None, titles: Sequence[str] | No
     fig = Figure(figsize=(9, 2.2 * b + 0.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(b, 1))
     for i, ax in enumerate(axes):
-        ax.imshow(rolls[i, :lengths[i]].T, origin="lower", aspect="auto", cmap="gray_r",
-                  vmin=0, vmax=1, interpolation="nearest",
-                  extent=(-0.5, lengths[i] - 0.5, note_min - 0.5, note_min + p - 0.5))
+        ax.imshow(
+            rolls[i, : lengths[i]].T,
+            origin="lower",
+            aspect="auto",
+            cmap="gray_r",
+            vmin=0,
+            vmax=1,
+            interpolation="nearest",
+            extent=(-0.5, lengths[i] - 0.5, note_min - 0.5, note_min + p - 0.5),
+        )
         ax.set_ylabel("MIDI note")
         if titles is not None and i < len(titles):
             ax.set_title(titles[i], fontsize=10)

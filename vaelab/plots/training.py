@@ -17,9 +17,13 @@ from vaelab.plots.base import (
 # ----------------------------------------------------------------------------- training
 
 
-def training_curves(history: Sequence[dict], reference: dict | None = None,
-                    diagnostics: Sequence[dict] | None = None,
-                    figsize: tuple[float, float] = (13, 6), unit: str = "nats") -> Figure:
+def training_curves(
+    history: Sequence[dict],
+    reference: dict | None = None,
+    diagnostics: Sequence[dict] | None = None,
+    figsize: tuple[float, float] = (13, 6),
+    unit: str = "nats",
+) -> Figure:
     """Curves of a metrics history as written by :func:`vaelab.train.fit`.
 
     One axis per entry of ``CURVES`` and one for the active units: the train records as a
@@ -33,14 +37,22 @@ def training_curves(history: Sequence[dict], reference: dict | None = None,
     per observed step, per example for static data): ``unit`` labels the y axes of -ELBO,
     log-likelihood and KL (e.g. ``"nats per time step"``).
     """
-    ylabels = {"nelbo": unit, "log_likelihood": unit, "kl": unit,
-               "kl_weight": "weight (1 = the ELBO)", "grad_norm": "L2 norm"}
+    ylabels = {
+        "nelbo": unit,
+        "log_likelihood": unit,
+        "kl": unit,
+        "kl_weight": "weight (1 = the ELBO)",
+        "grad_norm": "L2 norm",
+    }
     train = [r for r in history if r.get("kind") == "train"]
     val = [r for r in history if r.get("kind") == "val"]
     weights = {r["kl_weight"] for r in train if "kl_weight" in r}
     constant_weight = weights.pop() if len(weights) == 1 else None
-    curves = [(key, title) for key, title in CURVES
-              if not (key == "kl_weight" and constant_weight is not None)]
+    curves = [
+        (key, title)
+        for key, title in CURVES
+        if not (key == "kl_weight" and constant_weight is not None)
+    ]
     panels = len(curves) + (diagnostics is not None)
     fig = Figure(figsize=figsize)
     # a fixed layout: redrawn every few seconds by the dashboard, and constrained layout
@@ -49,7 +61,7 @@ def training_curves(history: Sequence[dict], reference: dict | None = None,
     axes = list(fig.subplots(2, math.ceil(panels / 2)).ravel())
     for extra in axes[panels:]:  # no empty panel
         fig.delaxes(extra)
-    for ax, (key, title) in zip(axes, curves):
+    for ax, (key, title) in zip(axes, curves, strict=False):
         if key == "kl" and constant_weight is not None:
             title = f"{title}; KL weight {constant_weight:g} throughout"
         ax.set_title(title, fontsize=10)
@@ -57,20 +69,32 @@ def training_curves(history: Sequence[dict], reference: dict | None = None,
         ax.set_ylabel(ylabels.get(key, ""))
         points = [(r["step"], r[key]) for r in train if key in r]
         if points:
-            steps, values = zip(*points)
+            steps, values = zip(*points, strict=False)
             ax.plot(steps, values, lw=1, color="C0", label="train")
         vpoints = [(r["step"], r[key]) for r in val if key in r]
         if key in VAL_KEYS and vpoints:
-            steps, values = zip(*vpoints)
+            steps, values = zip(*vpoints, strict=False)
             ax.plot(steps, values, "o", color="C3", ms=5, label="validation")
         if not points and not vpoints:
-            ax.text(0.5, 0.5, "no records yet", ha="center", va="center",
-                    transform=ax.transAxes, color="grey")
+            ax.text(
+                0.5,
+                0.5,
+                "no records yet",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                color="grey",
+            )
     reference = reference or {}
     for split, colour in (("train", "C2"), ("val", "C1")):
         if f"exact_nll_{split}" in reference:
-            axes[0].axhline(reference[f"exact_nll_{split}"], color=colour, ls="--", lw=1,
-                            label=f"exact -log p(x), true system ({split})")
+            axes[0].axhline(
+                reference[f"exact_nll_{split}"],
+                color=colour,
+                ls="--",
+                lw=1,
+                label=f"exact -log p(x), true system ({split})",
+            )
     if val or reference:
         axes[0].legend(fontsize=7)
     if diagnostics is None:
@@ -81,14 +105,21 @@ def training_curves(history: Sequence[dict], reference: dict | None = None,
     ax.set_ylabel("active latent dimensions")
     points = [(d["step"], d["active_units"]) for d in diagnostics if "active_units" in d]
     if points:
-        steps, values = zip(*points)
+        steps, values = zip(*points, strict=False)
         ax.plot(steps, values, "o-", ms=3, lw=1, color="C4")
         z_dim = len(diagnostics[-1]["activity"])
         ax.set_ylim(-0.3, z_dim + 0.3)
         ax.axhline(z_dim, color="grey", lw=0.8, ls=":")
     else:
-        ax.text(0.5, 0.5, "no records yet", ha="center", va="center", transform=ax.transAxes,
-                color="grey")
+        ax.text(
+            0.5,
+            0.5,
+            "no records yet",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            color="grey",
+        )
     return fig
 
 
@@ -110,12 +141,15 @@ def latent_usage(entry: dict, threshold: float = ACTIVE_THRESHOLD, unit: str = "
     ax.set_yscale("log")
     ax.axhline(threshold, color="C3", ls="--", lw=1, label=f"threshold {threshold}")
     step = f" at step {entry['step']}" if entry.get("step") is not None else ""
-    ax.set_title(f"activity: {int((activity > threshold).sum())} of {len(activity)} "
-                 f"active dimensions{step}", fontsize=10)
+    ax.set_title(
+        f"activity: {int((activity > threshold).sum())} of {len(activity)} "
+        f"active dimensions{step}",
+        fontsize=10,
+    )
     ax.set_ylabel("Cov_x(E_q[z_u]) (squared latent units)")
     ax.legend(fontsize=8)
     # every label readable: at most 16 tick labels, however many dimensions
-    ticks = dims[::max(1, math.ceil(len(dims) / 16))]
+    ticks = dims[:: max(1, math.ceil(len(dims) / 16))]
     if kl is not None:
         kl = np.asarray(kl, dtype=np.float64)
         axes[0].bar(dims, kl, color=colours)
@@ -126,9 +160,12 @@ def latent_usage(entry: dict, threshold: float = ACTIVE_THRESHOLD, unit: str = "
         a.set_xticks(ticks)
     return fig
 
-def run_comparison(runs: dict[str, Sequence[dict]],
-                   keys: Sequence[str] = ("nelbo", "kl", "kl_weight"),
-                   smooth: int = 1) -> Figure:
+
+def run_comparison(
+    runs: dict[str, Sequence[dict]],
+    keys: Sequence[str] = ("nelbo", "kl", "kl_weight"),
+    smooth: int = 1,
+) -> Figure:
     """Training curves of several runs on shared axes, one axis per record key (titles from
     ``CURVES``), one colour per run: e.g. a run with KL annealing against one without.
     ``runs`` maps a label to a history of :func:`vaelab.train.fit`; ``smooth`` > 1 draws the
@@ -138,20 +175,26 @@ def run_comparison(runs: dict[str, Sequence[dict]],
     titles = dict(CURVES)
     fig = Figure(figsize=(4.2 * len(keys), 3.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(keys)))
-    for ax, key in zip(axes, keys):
+    for ax, key in zip(axes, keys, strict=False):
         for i, (label, history) in enumerate(runs.items()):
-            points = [(r["step"], r[key]) for r in history
-                      if r.get("kind") == "train" and key in r]
+            points = [
+                (r["step"], r[key]) for r in history if r.get("kind") == "train" and key in r
+            ]
             if not points:
                 continue
-            steps, values = (np.asarray(v, dtype=np.float64) for v in zip(*points))
+            steps, values = (np.asarray(v, dtype=np.float64) for v in zip(*points, strict=False))
             if smooth > 1 and len(values) >= smooth:
                 values = np.convolve(values, np.ones(smooth) / smooth, mode="valid")
-                steps = steps[smooth - 1:]
+                steps = steps[smooth - 1 :]
             ax.plot(steps, values, color=f"C{i}", lw=1.2, label=label)
         ax.set_title(titles.get(key, key), fontsize=10)
         ax.set_xlabel("training step")
-        ax.set_ylabel("nats per time step" if key in ("nelbo", "log_likelihood", "kl")
-                      else "weight (1 = the ELBO)" if key == "kl_weight" else key)
+        ax.set_ylabel(
+            "nats per time step"
+            if key in ("nelbo", "log_likelihood", "kl")
+            else "weight (1 = the ELBO)"
+            if key == "kl_weight"
+            else key
+        )
         ax.legend(fontsize=8)
     return fig

@@ -35,9 +35,23 @@ from vaelab.train import optim
 CHECKPOINT_FORMAT = "vaelab-checkpoint-2"
 FORMATS = ("vaelab-checkpoint-1", CHECKPOINT_FORMAT)
 # what fit writes into every checkpoint, and the fields it may add (older checkpoints lack them)
-CHECKPOINT_FIELDS = frozenset({
-    "format", "model", "config", "state_dict", "optimizer", "scheduler", "train_config", "data",
-    "step", "epoch", "batch_in_epoch", "history", "rng"})
+CHECKPOINT_FIELDS = frozenset(
+    {
+        "format",
+        "model",
+        "config",
+        "state_dict",
+        "optimizer",
+        "scheduler",
+        "train_config",
+        "data",
+        "step",
+        "epoch",
+        "batch_in_epoch",
+        "history",
+        "rng",
+    }
+)
 OPTIONAL_CHECKPOINT_FIELDS = frozenset({"checksum", "resumes", "recipe", "world"})
 _IMPORTED_AT = time.time()  # temporary files older than this are no process's of ours
 
@@ -91,11 +105,16 @@ def _write_error(path: Path, err: OSError, size: int | None = None) -> Checkpoin
     else:
         what = err.strerror or str(err)
     need = f"; it needs {size / 2**20:.2f} MiB" if size is not None else ""
-    before = (f"the previous {path.name} there is intact" if path.is_file()
-              else f"no {path.name} was there before")
+    before = (
+        f"the previous {path.name} there is intact"
+        if path.is_file()
+        else f"no {path.name} was there before"
+    )
     return CheckpointWriteError(
-        err.errno, f"could not write checkpoint {path} in folder {path.parent}: {what}{need} "
-        f"({err}); {before}. Make room there (or pass another --out folder) and resume")
+        err.errno,
+        f"could not write checkpoint {path} in folder {path.parent}: {what}{need} "
+        f"({err}); {before}. Make room there (or pass another --out folder) and resume",
+    )
 
 
 def _tensors(obj, where: str = "") -> Iterator[tuple[str, torch.Tensor]]:
@@ -185,9 +204,20 @@ def torch_reason(err: Exception) -> str:
     return type(err).__name__ if "weights_only" in text else text
 
 
-_FIELD_TYPES = {"model": str, "config": dict, "state_dict": dict, "optimizer": dict,
-                "scheduler": dict, "train_config": dict, "data": dict, "step": int, "epoch": int,
-                "batch_in_epoch": int, "history": list, "rng": dict}
+_FIELD_TYPES = {
+    "model": str,
+    "config": dict,
+    "state_dict": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "train_config": dict,
+    "data": dict,
+    "step": int,
+    "epoch": int,
+    "batch_in_epoch": int,
+    "history": list,
+    "rng": dict,
+}
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -211,8 +241,10 @@ def _read(path: Path, map_location: str | torch.device) -> dict:
     if path.is_dir():
         raise ValueError(f"{path} is a folder; pass the checkpoint.pt file inside it")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found; pass the checkpoint.pt that "
-                                f"'python -m vaelab train --out DIR' wrote into DIR")
+        raise FileNotFoundError(
+            f"checkpoint {path} not found; pass the checkpoint.pt that "
+            f"'python -m vaelab train --out DIR' wrote into DIR"
+        )
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -220,16 +252,21 @@ def _read(path: Path, map_location: str | torch.device) -> dict:
         if found is None:  # not a pickle of ours at all (e.g. a text file)
             tail = str(e).partition("WeightsUnpickler error:")[2].strip()
             reason = tail.splitlines()[0] if tail else torch_reason(e)
-            raise ValueError(f"{path} is not a readable vaelab checkpoint: the file is "
-                             f"truncated, damaged or of another kind ({reason})") from None
+            raise ValueError(
+                f"{path} is not a readable vaelab checkpoint: the file is "
+                f"truncated, damaged or of another kind ({reason})"
+            ) from None
         what = f" ({found.group(1)})" if found else ""
         raise ValueError(
             f"{path} holds Python objects{what} that vaelab does not load: vaelab reads only "
             f"tensors and plain containers, so that no code in a file can run. It is not a "
-            f"checkpoint written by vaelab; use one from 'python -m vaelab train'") from None
+            f"checkpoint written by vaelab; use one from 'python -m vaelab train'"
+        ) from None
     except Exception as e:  # noqa: BLE001 - any other failure here means an unusable file
-        raise ValueError(f"{path} is not a readable vaelab checkpoint: the file is truncated, "
-                         f"damaged or of another kind ({torch_reason(e)})") from None
+        raise ValueError(
+            f"{path} is not a readable vaelab checkpoint: the file is truncated, "
+            f"damaged or of another kind ({torch_reason(e)})"
+        ) from None
 
 
 def _check_format(path: Path, state) -> None:
@@ -238,26 +275,34 @@ def _check_format(path: Path, state) -> None:
     if fmt not in FORMATS:
         newer = re.fullmatch(r"vaelab-checkpoint-(\d+)", fmt) if isinstance(fmt, str) else None
         if newer and int(newer.group(1)) > int(CHECKPOINT_FORMAT.rsplit("-", 1)[1]):
-            raise ValueError(f"{path} was written by a newer vaelab (format {fmt!r}; this one "
-                             f"reads {CHECKPOINT_FORMAT!r}): upgrade vaelab to load it")
-        raise ValueError(f"{path} is not a vaelab checkpoint (format {CHECKPOINT_FORMAT!r}, "
-                         f"found {fmt!r})")
+            raise ValueError(
+                f"{path} was written by a newer vaelab (format {fmt!r}; this one "
+                f"reads {CHECKPOINT_FORMAT!r}): upgrade vaelab to load it"
+            )
+        raise ValueError(
+            f"{path} is not a vaelab checkpoint (format {CHECKPOINT_FORMAT!r}, found {fmt!r})"
+        )
     missing = sorted(CHECKPOINT_FIELDS - set(state))
     if missing:
-        raise ValueError(f"{path} is an incomplete vaelab checkpoint: it lacks {missing}; it "
-                         f"was edited or written by another program. Use a checkpoint.pt "
-                         f"written by 'python -m vaelab train'")
+        raise ValueError(
+            f"{path} is an incomplete vaelab checkpoint: it lacks {missing}; it "
+            f"was edited or written by another program. Use a checkpoint.pt "
+            f"written by 'python -m vaelab train'"
+        )
     extra = sorted(set(state) - CHECKPOINT_FIELDS - OPTIONAL_CHECKPOINT_FIELDS, key=repr)
     if extra:
-        raise ValueError(f"{path} has fields this vaelab does not know ({extra}): it was "
-                         f"written by a newer vaelab (upgrade) or by another program")
+        raise ValueError(
+            f"{path} has fields this vaelab does not know ({extra}): it was "
+            f"written by a newer vaelab (upgrade) or by another program"
+        )
     for key, kind in _FIELD_TYPES.items():
         value = state[key]
-        if not isinstance(value, kind) or (kind is int and (isinstance(value, bool)
-                                                             or value < 0)):
-            raise ValueError(f"{path} is a damaged vaelab checkpoint: its {key!r} is "
-                             f"{type(value).__name__} {value!r:.60}, not {kind.__name__}"
-                             + (" >= 0" if kind is int else ""))
+        if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 0)):
+            raise ValueError(
+                f"{path} is a damaged vaelab checkpoint: its {key!r} is "
+                f"{type(value).__name__} {value!r:.60}, not {kind.__name__}"
+                + (" >= 0" if kind is int else "")
+            )
 
 
 def _check_checksum(path: Path, state: dict) -> None:
@@ -266,52 +311,82 @@ def _check_checksum(path: Path, state: dict) -> None:
     if "checksum" not in state:
         if old:
             return  # written before checksums
-        raise ValueError(f"{path} lacks its checksum: it was edited or written by another "
-                         f"program; use a checkpoint.pt written by 'python -m vaelab train'")
+        raise ValueError(
+            f"{path} lacks its checksum: it was edited or written by another "
+            f"program; use a checkpoint.pt written by 'python -m vaelab train'"
+        )
     try:
         expected = tensor_checksum(state) if old else checksum(state)
     except RecursionError:
-        raise ValueError(f"{path} is a damaged vaelab checkpoint: its values are nested too "
-                         f"deeply to be a checkpoint vaelab wrote") from None
+        raise ValueError(
+            f"{path} is a damaged vaelab checkpoint: its values are nested too "
+            f"deeply to be a checkpoint vaelab wrote"
+        ) from None
     if state["checksum"] != expected:
         what = "tensors" if old else "contents"
-        raise ValueError(f"checkpoint {path} is corrupt: its {what} do not match their "
-                         f"checksum (a damaged disk or copy, or an edit); use another "
-                         f"checkpoint, e.g. best.pt, or retrain")
+        raise ValueError(
+            f"checkpoint {path} is corrupt: its {what} do not match their "
+            f"checksum (a damaged disk or copy, or an edit); use another "
+            f"checkpoint, e.g. best.pt, or retrain"
+        )
 
 
 def _check_contents(path: Path, state: dict) -> None:
     """The values a resume reads: history records, random states, the optimiser recipe."""
-    bad = next((r for r in state["history"] if not isinstance(r, dict)
-                or r.get("kind") not in ("train", "val", "end")), None)
+    bad = next(
+        (
+            r
+            for r in state["history"]
+            if not isinstance(r, dict) or r.get("kind") not in ("train", "val", "end")
+        ),
+        None,
+    )
     if bad is not None:
-        raise ValueError(f"{path} is a damaged vaelab checkpoint: a history record is "
-                         f"{bad!r:.60}, not a dict with kind 'train', 'val' or 'end'")
+        raise ValueError(
+            f"{path} is a damaged vaelab checkpoint: a history record is "
+            f"{bad!r:.60}, not a dict with kind 'train', 'val' or 'end'"
+        )
     rng = state["rng"]
-    if not all(isinstance(rng.get(k), torch.Tensor) and rng[k].dtype == torch.uint8
-               for k in ("data", "torch")):
-        raise ValueError(f"{path} is a damaged vaelab checkpoint: its 'rng' lacks the random "
-                         f"states 'data' and 'torch' (uint8 tensors) that a resume restores")
+    if not all(
+        isinstance(rng.get(k), torch.Tensor) and rng[k].dtype == torch.uint8
+        for k in ("data", "torch")
+    ):
+        raise ValueError(
+            f"{path} is a damaged vaelab checkpoint: its 'rng' lacks the random "
+            f"states 'data' and 'torch' (uint8 tensors) that a resume restores"
+        )
     world = state.get("world", 1)
     if isinstance(world, bool) or not isinstance(world, int) or world < 1:
-        raise ValueError(f"{path} is a damaged vaelab checkpoint: its 'world' is {world!r}, "
-                         f"not a number of processes >= 1")
+        raise ValueError(
+            f"{path} is a damaged vaelab checkpoint: its 'world' is {world!r}, "
+            f"not a number of processes >= 1"
+        )
     if "recipe" in state:
         if not isinstance(state["recipe"], dict):
-            raise ValueError(f"{path} is a damaged vaelab checkpoint: its 'recipe' is "
-                             f"{type(state['recipe']).__name__}, not dict")
+            raise ValueError(
+                f"{path} is a damaged vaelab checkpoint: its 'recipe' is "
+                f"{type(state['recipe']).__name__}, not dict"
+            )
         optim.from_dict(state["recipe"])  # a known recipe, or a ValueError naming it
 
 
 def check_finite(path: str | Path, state_dict: dict) -> None:
     """ValueError when a checkpoint's weights hold NaN or inf (a run that diverged before
     vaelab refused such steps, or an edited file): nothing can be computed from them."""
-    bad = next((k for k, v in state_dict.items()
-                if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    bad = next(
+        (
+            k
+            for k, v in state_dict.items()
+            if v.is_floating_point() and not bool(torch.isfinite(v).all())
+        ),
+        None,
+    )
     if bad is not None:
-        raise ValueError(f"{path} holds non-finite weights ({bad} has NaN or inf values): "
-                         f"nothing can be evaluated or trained from them; use another "
-                         f"checkpoint (best.pt, or an earlier one) or retrain")
+        raise ValueError(
+            f"{path} holds non-finite weights ({bad} has NaN or inf values): "
+            f"nothing can be evaluated or trained from them; use another "
+            f"checkpoint (best.pt, or an earlier one) or retrain"
+        )
 
 
 def upgrade(state: dict) -> dict:
@@ -344,8 +419,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     try:
         model.load_state_dict(state["state_dict"])
     except RuntimeError as e:  # sizes or names that its own config does not give
-        raise ValueError(f"{path}: its weights do not fit the model its config describes "
-                         f"({torch_reason(e)}); the file was edited or damaged") from None
+        raise ValueError(
+            f"{path}: its weights do not fit the model its config describes "
+            f"({torch_reason(e)}); the file was edited or damaged"
+        ) from None
     return model.to(device).eval(), state
-
-

@@ -78,19 +78,24 @@ class TrainConfig:
             "eval_every": (self.eval_every >= 0, ">= 0 epochs (0: no validation)"),
             "max_steps": (self.max_steps is None or self.max_steps >= 1, ">= 1 or None"),
             "max_abs_loss": (self.max_abs_loss > 0, "> 0"),
-            "sync_every": (self.sync_every is None or self.sync_every >= 1,
-                           ">= 1 steps or None (1 on the CPU, 50 on a GPU)"),
+            "sync_every": (
+                self.sync_every is None or self.sync_every >= 1,
+                ">= 1 steps or None (1 on the CPU, 50 on a GPU)",
+            ),
             "seed": (0 <= self.seed < 2**32, "in [0, 2**32) (numpy's range)"),
         }
         bad = nan + [k for k, (ok, _) in checks.items() if not ok]
         if bad:
             k = bad[0]
             rule = checks[k][1] if k in checks else "a number, not NaN"
-            raise ValueError(f"TrainConfig.{k}={getattr(self, k)!r} is out of range: it must "
-                             f"be {rule}")
+            raise ValueError(
+                f"TrainConfig.{k}={getattr(self, k)!r} is out of range: it must be {rule}"
+            )
         if self.out_dir == "":
-            raise ValueError("TrainConfig.out_dir is '' (an empty path); pass a folder name, or "
-                             "None to keep nothing on disk")
+            raise ValueError(
+                "TrainConfig.out_dir is '' (an empty path); pass a folder name, or "
+                "None to keep nothing on disk"
+            )
         select_device(self.device)  # raises on an unknown or absent device
 
 
@@ -105,18 +110,25 @@ def select_device(name: str = "auto") -> torch.device:
         raise ValueError(f"unknown device {name!r}; use 'auto', 'cpu' or 'cuda'") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' asked for but no CUDA GPU is visible; use 'auto' "
-                             "or 'cpu'")
+            raise ValueError(
+                "device 'cuda' asked for but no CUDA GPU is visible; use 'auto' or 'cpu'"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r} asked for but this machine has "
-                             f"{torch.cuda.device_count()} CUDA GPU(s); use 'cuda' or 'cpu'")
+            raise ValueError(
+                f"device {name!r} asked for but this machine has "
+                f"{torch.cuda.device_count()} CUDA GPU(s); use 'cuda' or 'cpu'"
+            )
         return device
     if device.type == "mps":
         if not torch.backends.mps.is_available():
-            raise ValueError(f"device {name!r} (Apple's Metal) is not available in this torch "
-                             f"build or machine; use 'auto' or 'cpu'")
+            raise ValueError(
+                f"device {name!r} (Apple's Metal) is not available in this torch "
+                f"build or machine; use 'auto' or 'cpu'"
+            )
         return device
     if device.type != "cpu":
-        raise ValueError(f"device {name!r} cannot train vaelab models (only 'cpu', 'cuda' and "
-                         f"'mps' hold real tensors); use 'auto', 'cpu' or 'cuda'")
+        raise ValueError(
+            f"device {name!r} cannot train vaelab models (only 'cpu', 'cuda' and "
+            f"'mps' hold real tensors); use 'auto', 'cpu' or 'cuda'"
+        )
     return device

@@ -20,13 +20,18 @@ from torch import Tensor
 from vaelab.train.guard import TrainingDiverged, check_step
 
 
-def flag_divergence(optimizer: torch.optim.Optimizer, sums: Tensor, grad_norm: Tensor,
-                    max_abs: float, limit: float) -> None:
+def flag_divergence(
+    optimizer: torch.optim.Optimizer, sums: Tensor, grad_norm: Tensor, max_abs: float, limit: float
+) -> None:
     """Set the fused optimiser's ``found_inf`` when this step diverged (by check_step's rule,
     on the device), keeping an earlier flag: the update is skipped until fit reads it."""
     loss = sums[4]
-    bad = ~(torch.isfinite(loss) & (loss.abs() <= max_abs) & (loss <= limit)
-            & torch.isfinite(grad_norm))
+    bad = ~(
+        torch.isfinite(loss)
+        & (loss.abs() <= max_abs)
+        & (loss <= limit)
+        & torch.isfinite(grad_norm)
+    )
     found = getattr(optimizer, "found_inf", None)
     optimizer.found_inf = bad.float() if found is None else torch.maximum(found, bad)
 
@@ -34,13 +39,19 @@ def flag_divergence(optimizer: torch.optim.Optimizer, sums: Tensor, grad_norm: T
 def values(record: dict, values: list[float]) -> dict:
     """A step's record from its ``[elbo, log-lik, kl, steps, loss, grad norm]`` sums."""
     elbo_sum, ll_sum, kl_sum, steps, value, grad_norm = values
-    return {**{k: v for k, v in record.items() if k != "device"}, "loss": value,
-            "nelbo": -elbo_sum / steps, "log_likelihood": ll_sum / steps, "kl": kl_sum / steps,
-            "grad_norm": grad_norm}
+    return {
+        **{k: v for k, v in record.items() if k != "device"},
+        "loss": value,
+        "nelbo": -elbo_sum / steps,
+        "log_likelihood": ll_sum / steps,
+        "kl": kl_sum / steps,
+        "grad_norm": grad_norm,
+    }
 
 
-def read_records(pending: list[dict], max_abs_loss: float = math.inf,
-                 limit: float = math.inf) -> list[dict]:
+def read_records(
+    pending: list[dict], max_abs_loss: float = math.inf, limit: float = math.inf
+) -> list[dict]:
     """The records of steps that train_step left on the device, read in one transfer
     (one host-device synchronisation); raises :class:`TrainingDiverged` at the first bad step,
     with the records before it returned on the exception's ``records``."""

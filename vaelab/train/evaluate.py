@@ -12,8 +12,13 @@ from vaelab.objectives import importance_log_likelihood
 
 
 @torch.no_grad()
-def evaluate_elbo(model: nn.Module, data: Data, batch_size: int = 256, samples: int = 1,
-                  device: torch.device | None = None) -> dict:
+def evaluate_elbo(
+    model: nn.Module,
+    data: Data,
+    batch_size: int = 256,
+    samples: int = 1,
+    device: torch.device | None = None,
+) -> dict:
     """Returns ``{"nelbo", "log_likelihood", "kl"}`` per observed step (per example for static
     data), each ELBO averaged over ``samples`` draws from the guide."""
     if samples < 1:
@@ -33,14 +38,23 @@ def evaluate_elbo(model: nn.Module, data: Data, batch_size: int = 256, samples: 
             total["kl"] += float(t.kl.sum()) / samples
         steps += float(t.steps.sum())
     model.train(was_training)
-    return {"nelbo": -total["elbo"] / steps, "log_likelihood": total["log_likelihood"] / steps,
-            "kl": total["kl"] / steps}
+    return {
+        "nelbo": -total["elbo"] / steps,
+        "log_likelihood": total["log_likelihood"] / steps,
+        "kl": total["kl"] / steps,
+    }
 
 
 @torch.no_grad()
-def evaluate_nll(model: nn.Module, data: Data, num_samples: int = 1000, batch_size: int = 16,
-                 chunk_size: int | None = None, device: torch.device | None = None,
-                 progress: bool = False) -> float:
+def evaluate_nll(
+    model: nn.Module,
+    data: Data,
+    num_samples: int = 1000,
+    batch_size: int = 16,
+    chunk_size: int | None = None,
+    device: torch.device | None = None,
+    progress: bool = False,
+) -> float:
     """Importance-sampled NLL per observed step (per example for static data): an estimate of
     -log p(x), not a bound. See :func:`vaelab.objectives.importance_log_likelihood`; the default
     ``chunk_size`` fits each chunk to its batch's length, so long sequences stay within memory."""
@@ -50,8 +64,9 @@ def evaluate_nll(model: nn.Module, data: Data, num_samples: int = 1000, batch_si
     total, steps = 0.0, 0.0
     generator = torch.Generator().manual_seed(0)
     batches = data.batches(batch_size, shuffle=False, generator=generator)
-    for batch in tqdm(batches, total=data.num_batches(batch_size), disable=not progress,
-                      desc="IS log p(x)"):
+    for batch in tqdm(
+        batches, total=data.num_batches(batch_size), disable=not progress, desc="IS log p(x)"
+    ):
         batch = batch.to(device)
         total += float(importance_log_likelihood(model, batch, num_samples, chunk_size).sum())
         steps += float(batch.mask.sum()) if batch.mask is not None else len(batch)

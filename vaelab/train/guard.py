@@ -35,8 +35,9 @@ class TrainingInterrupted(KeyboardInterrupt):
     saved state (None when there is none) and ``step`` its step. The message says how to
     resume."""
 
-    def __init__(self, message: str, checkpoint: Path | None = None,
-                 step: int | None = None) -> None:
+    def __init__(
+        self, message: str, checkpoint: Path | None = None, step: int | None = None
+    ) -> None:
         super().__init__(message)
         self.checkpoint, self.step = checkpoint, step
 
@@ -79,8 +80,7 @@ def suggested_lr(lr: float) -> float:
     return lr / 10 if lr / 10 <= 1e-2 else 1e-3
 
 
-def check_step(step: int, values: list[float], max_abs: float, limit: float = math.inf
-               ) -> None:
+def check_step(step: int, values: list[float], max_abs: float, limit: float = math.inf) -> None:
     """Raise TrainingDiverged (its ``step`` set) if step ``step``'s ``[elbo, log-lik, kl,
     steps, loss(, grad norm)]`` show a non-finite or exploding loss, or a non-finite gradient
     norm."""
@@ -96,12 +96,16 @@ def _check(step: int, values: list[float], max_abs: float, limit: float) -> None
     if not math.isfinite(value):
         raise TrainingDiverged(f"non-finite loss at step {step}")
     if abs(value) > max_abs:
-        raise TrainingDiverged(f"exploding loss {value:.3g} at step {step} (beyond "
-                               f"TrainConfig.max_abs_loss={max_abs:g})")
+        raise TrainingDiverged(
+            f"exploding loss {value:.3g} at step {step} (beyond "
+            f"TrainConfig.max_abs_loss={max_abs:g})"
+        )
     if value > limit:
-        raise TrainingDiverged(f"exploding loss {value:.4g} at step {step}, far above the "
-                               f"run's own level at its start or its recent steps (the limit "
-                               f"was {limit:.4g})")
+        raise TrainingDiverged(
+            f"exploding loss {value:.4g} at step {step}, far above the "
+            f"run's own level at its start or its recent steps (the limit "
+            f"was {limit:.4g})"
+        )
     if len(values) > 5 and not math.isfinite(values[5]):
         raise TrainingDiverged(f"non-finite gradient norm at step {step}")
 
@@ -128,8 +132,12 @@ def deferred_stop() -> Iterator:
             raise KeyboardInterrupt
         stop.requested = True
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        print(f"\n{name}: stopping after this step and saving a checkpoint ({name} again to "
-              f"stop at once)", file=sys.stderr, flush=True)
+        print(
+            f"\n{name}: stopping after this step and saving a checkpoint ({name} again to "
+            f"stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     for s in ours:
         signal.signal(s, handler)
@@ -156,10 +164,11 @@ def advice(saved: Path | None, lr: float | None, diverged: bool) -> str:
     first step (resuming would recompute the failing loss from the same saved weights)."""
     if diverged:
         lower = f"{suggested_lr(lr):.3g}" if lr is not None else "a tenth of it"
-        return (f"Start a new run into another folder and lower the learning rate (e.g. "
-                f"--lr {lower}; in Python TrainConfig(lr={lower})), raise min_scale, or check "
-                f"the data for extreme values")
+        return (
+            f"Start a new run into another folder and lower the learning rate (e.g. "
+            f"--lr {lower}; in Python TrainConfig(lr={lower})), raise min_scale, or check "
+            f"the data for extreme values"
+        )
     if saved is None:
         return "There is nothing to resume from"
-    return (f"Resume with the same command and --resume {saved} (in Python: fit(..., "
-            f"resume=path))")
+    return f"Resume with the same command and --resume {saved} (in Python: fit(..., resume=path))"

@@ -25,10 +25,16 @@ from vaelab.train.config import TrainConfig
 from vaelab.train.step import train_step
 
 
-def fit(model: nn.Module, train: Data, val: Data | None, config: TrainConfig,
-        callback: runs.Callback | Sequence[runs.Callback] | None = None,
-        resume: str | Path | None = None, data_spec: dict | None = None,
-        optimizer: optim.Adam | None = None) -> list[dict]:
+def fit(
+    model: nn.Module,
+    train: Data,
+    val: Data | None,
+    config: TrainConfig,
+    callback: runs.Callback | Sequence[runs.Callback] | None = None,
+    resume: str | Path | None = None,
+    data_spec: dict | None = None,
+    optimizer: optim.Adam | None = None,
+) -> list[dict]:
     """Train ``model`` on ``train`` by maximising the (annealed) ELBO; returns the history.
 
     Parameters
@@ -63,19 +69,34 @@ def fit(model: nn.Module, train: Data, val: Data | None, config: TrainConfig,
     callbacks = runs.check_arguments(model, train, val, config, callback, data_spec)
     run = runs.start(model, train, config, data_spec, callbacks, optimizer, resume)
     state = run.state
-    bar = tqdm(total=config.max_steps or config.epochs * run.steps_per_epoch,
-               initial=state.step, disable=not (config.progress and run.ctx.main),
-               desc=f"train {model.name}")
+    bar = tqdm(
+        total=config.max_steps or config.epochs * run.steps_per_epoch,
+        initial=state.step,
+        disable=not (config.progress and run.ctx.main),
+        desc=f"train {model.name}",
+    )
     stopped = done = False
     try:
         with guard.deferred_stop() as stop:
             while state.epoch < config.epochs and not (stopped or done or stop.requested):
                 pending = []  # steps whose metrics are still on the device
                 for i, batch in runs.remaining_batches(run, train):
-                    pending.append(train_step(
-                        run.net, batch, run.optimizer, run.scheduler, config, state.step,
-                        run.anneal_steps, run.weight_decay, run.ctx, run.sync_every == 1,
-                        run.recipe, run.limit()))
+                    pending.append(
+                        train_step(
+                            run.net,
+                            batch,
+                            run.optimizer,
+                            run.scheduler,
+                            config,
+                            state.step,
+                            run.anneal_steps,
+                            run.weight_decay,
+                            run.ctx,
+                            run.sync_every == 1,
+                            run.recipe,
+                            run.limit(),
+                        )
+                    )
                     state.step, state.batch_in_epoch = state.step + 1, i + 1
                     bar.update(1)
                     done = config.max_steps is not None and state.step >= config.max_steps

@@ -21,13 +21,20 @@ from vaelab.data import Data
 from vaelab.train.config import TrainConfig
 
 
-def adam(params, config: TrainConfig, device: torch.device, weight_decay: float = 0.0,
-         eps: float = 1e-8) -> torch.optim.Adam:
+def adam(
+    params, config: TrainConfig, device: torch.device, weight_decay: float = 0.0, eps: float = 1e-8
+) -> torch.optim.Adam:
     """fit's optimiser: Adam with ``config``'s learning rate and betas, fused (one kernel for
     every parameter: about 8x faster than the per-tensor loop on the CPU, where the DMM's step
     has some thirty small tensors) on the CPU and CUDA."""
-    return torch.optim.Adam(params, lr=config.lr, betas=config.betas, eps=eps,
-                            weight_decay=weight_decay, fused=device.type in ("cpu", "cuda"))
+    return torch.optim.Adam(
+        params,
+        lr=config.lr,
+        betas=config.betas,
+        eps=eps,
+        weight_decay=weight_decay,
+        fused=device.type in ("cpu", "cuda"),
+    )
 
 
 def per_step_decay(summed: float, train: Data, batch_size: int) -> float:
@@ -47,8 +54,13 @@ class Adam:
     """The default recipe: :func:`adam` with the run's (per-step) weight decay, and nothing
     done to the gradients between the backward pass and the norm clip."""
 
-    def build(self, params: Iterable[nn.Parameter], config: TrainConfig, device: torch.device,
-              weight_decay: float) -> torch.optim.Optimizer:
+    def build(
+        self,
+        params: Iterable[nn.Parameter],
+        config: TrainConfig,
+        device: torch.device,
+        weight_decay: float,
+    ) -> torch.optim.Optimizer:
         """The optimiser over ``params``; ``weight_decay`` is per observed step."""
         return adam(params, config, device, self.optimizer_decay(weight_decay), self.eps())
 
@@ -60,8 +72,13 @@ class Adam:
         """Adam's epsilon."""
         return 1e-8
 
-    def before_clip(self, params: list[nn.Parameter], config: TrainConfig,
-                    steps: float | Tensor, weight_decay: float) -> None:
+    def before_clip(
+        self,
+        params: list[nn.Parameter],
+        config: TrainConfig,
+        steps: float | Tensor,
+        weight_decay: float,
+    ) -> None:
         """Change the gradients before the norm clip; ``steps`` is the batch's observed steps
         over every guide draw (a float, or a device tensor when reads are deferred)."""
 
@@ -90,11 +107,14 @@ class ClippedAdam(Adam):
 
     def __post_init__(self) -> None:
         if not self.clip_value_sum >= 0:  # also NaN
-            raise ValueError(f"ClippedAdam.clip_value_sum={self.clip_value_sum!r} is out of "
-                             f"range: it must be >= 0 (0: off)")
+            raise ValueError(
+                f"ClippedAdam.clip_value_sum={self.clip_value_sum!r} is out of "
+                f"range: it must be >= 0 (0: off)"
+            )
         if not self.adam_eps > 0:
-            raise ValueError(f"ClippedAdam.adam_eps={self.adam_eps!r} is out of range: it must "
-                             f"be > 0")
+            raise ValueError(
+                f"ClippedAdam.adam_eps={self.adam_eps!r} is out of range: it must be > 0"
+            )
 
     def eps(self) -> float:
         return self.adam_eps
@@ -132,13 +152,17 @@ def from_dict(spec: dict) -> Adam:
     fields = dict(spec)
     name = fields.pop("name", None)
     if name not in RECIPES:
-        raise ValueError(f"unknown optimiser recipe {name!r} (this vaelab knows "
-                         f"{sorted(RECIPES)}); the checkpoint was written by a newer vaelab: "
-                         f"upgrade to resume it")
+        raise ValueError(
+            f"unknown optimiser recipe {name!r} (this vaelab knows "
+            f"{sorted(RECIPES)}); the checkpoint was written by a newer vaelab: "
+            f"upgrade to resume it"
+        )
     known = {f.name for f in dataclasses.fields(RECIPES[name])}
     if set(fields) - known:
-        raise ValueError(f"optimiser recipe {name} has unknown settings "
-                         f"{sorted(set(fields) - known)}; it was written by a newer vaelab")
+        raise ValueError(
+            f"optimiser recipe {name} has unknown settings "
+            f"{sorted(set(fields) - known)}; it was written by a newer vaelab"
+        )
     return RECIPES[name](**fields)
 
 

@@ -131,26 +131,38 @@ def _step_in(path: Path | None) -> int | None:
 def check_arguments(model, train, val, config, callbacks, data_spec) -> list[Callback]:
     """fit's arguments checked; returns the callbacks as a list."""
     if not isinstance(model, nn.Module) or not callable(getattr(model, "elbo", None)):
-        raise ValueError(  # noqa: TRY004 - the house style: ValueError at every boundary
+        raise ValueError(
             f"model must be a vaelab model (an nn.Module with elbo(batch)), got "
-            f"{type(model).__name__}; build one with vaelab.config.make_model")
+            f"{type(model).__name__}; build one with vaelab.config.make_model"
+        )
     if not dataclasses.is_dataclass(getattr(model, "config", None)):
-        raise ValueError(f"{type(model).__name__} has no dataclass .config; checkpoints store "
-                         f"it, so fit needs a model built from one of vaelab.MODELS' configs")
+        raise ValueError(
+            f"{type(model).__name__} has no dataclass .config; checkpoints store "
+            f"it, so fit needs a model built from one of vaelab.MODELS' configs"
+        )
     if not isinstance(config, TrainConfig):
-        raise ValueError(  # noqa: TRY004
-            f"config must be a TrainConfig, got {type(config).__name__}")
-    callbacks = [] if callbacks is None else (
-        [callbacks] if callable(callbacks) else list(callbacks)
-        if isinstance(callbacks, (list, tuple)) else [callbacks])
+        raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
+    callbacks = (
+        []
+        if callbacks is None
+        else (
+            [callbacks]
+            if callable(callbacks)
+            else list(callbacks)
+            if isinstance(callbacks, (list, tuple))
+            else [callbacks]
+        )
+    )
     for c in callbacks:
         if not callable(c):
-            raise ValueError(  # noqa: TRY004 - the house style: ValueError at every boundary
-                f"callback must be callable, a list of callables or None, got "
-                f"{type(c).__name__}")
+            raise ValueError(
+                f"callback must be callable, a list of callables or None, got {type(c).__name__}"
+            )
     if data_spec is not None and not isinstance(data_spec, dict):
-        raise ValueError(f"data_spec must be a dict such as {{'name': 'digits'}} or None, got "
-                         f"{type(data_spec).__name__}")
+        raise ValueError(
+            f"data_spec must be a dict such as {{'name': 'digits'}} or None, got "
+            f"{type(data_spec).__name__}"
+        )
     _check_data(model, train, val)
     return callbacks
 
@@ -158,21 +170,27 @@ def check_arguments(model, train, val, config, callbacks, data_spec) -> list[Cal
 def _check_data(model, train, val) -> None:
     for name, data in (("train", train), ("val", val)):
         if not isinstance(data, Data) and not (name == "val" and data is None):
-            raise ValueError(f"{name} must be a vaelab.data.Data, got {type(data).__name__}; "
-                             f"load one with vaelab.datasets.load_dataset")
+            raise ValueError(
+                f"{name} must be a vaelab.data.Data, got {type(data).__name__}; "
+                f"load one with vaelab.datasets.load_dataset"
+            )
     if len(train) == 0:
         raise ValueError("the training data is empty")
     cfg_x = getattr(model.config, "x_dim", None)
     if cfg_x is not None and cfg_x != train.x_dim:
-        raise ValueError(f"model x_dim={cfg_x} but the data has {train.x_dim} features per "
-                         f"observation; build the model with x_dim={train.x_dim}")
+        raise ValueError(
+            f"model x_dim={cfg_x} but the data has {train.x_dim} features per "
+            f"observation; build the model with x_dim={train.x_dim}"
+        )
     if val is not None:
         if len(val) == 0:
             raise ValueError("the validation data is empty; pass val=None to skip validation")
         for what in ("x_dim", "a_dim", "is_sequence"):
             if getattr(val, what) != getattr(train, what):
-                raise ValueError(f"val has {what}={getattr(val, what)} but train has "
-                                 f"{getattr(train, what)}: both must come from one data set")
+                raise ValueError(
+                    f"val has {what}={getattr(val, what)} but train has "
+                    f"{getattr(train, what)}: both must come from one data set"
+                )
 
 
 def _prepare_out_dir(out_dir: str | None) -> tuple[Path | None, int | None]:
@@ -182,13 +200,17 @@ def _prepare_out_dir(out_dir: str | None) -> tuple[Path | None, int | None]:
         return None, None
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"out_dir {out} is a file, not a folder; pass a folder (new or "
-                         f"existing) for checkpoint.pt")
+        raise ValueError(
+            f"out_dir {out} is a file, not a folder; pass a folder (new or "
+            f"existing) for checkpoint.pt"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"cannot create the checkpoint folder {out} ({err.strerror or err}); "
-                         f"pass another folder") from None
+        raise ValueError(
+            f"cannot create the checkpoint folder {out} ({err.strerror or err}); "
+            f"pass another folder"
+        ) from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise ValueError(f"the checkpoint folder {out} is not writable; pass another folder")
     lock = _lock(out)
@@ -209,8 +231,10 @@ def _lock(out: Path) -> int | None:
         except OSError:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise ValueError(f"{out} is in use by another training run ({holder}); wait for "
-                             f"it to end, stop it, or pass another --out folder") from None
+            raise ValueError(
+                f"{out} is in use by another training run ({holder}); wait for "
+                f"it to end, stop it, or pass another --out folder"
+            ) from None
         try:  # the file we locked may have been removed by the holder that just ended
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
                 break
@@ -231,15 +255,24 @@ def unlock(run: Run) -> None:
         run.lock = None
 
 
-def start(model: nn.Module, train: Data, config: TrainConfig, data_spec: dict | None,
-          callbacks: list[Callback], optimizer: optim.Adam | None = None,
-          resume_from: str | Path | None = None) -> Run:
+def start(
+    model: nn.Module,
+    train: Data,
+    config: TrainConfig,
+    data_spec: dict | None,
+    callbacks: list[Callback],
+    optimizer: optim.Adam | None = None,
+    resume_from: str | Path | None = None,
+) -> Run:
     """Seed, move the model, and build the optimiser and schedule of a run (under torchrun:
     join the process group; only rank 0 writes checkpoints and holds the folder's lock); with
     ``resume_from``, restore that checkpoint's state."""
     ckpt = None if resume_from is None else checkpoint.load_checkpoint(resume_from)
-    recipe = (optimizer or optim.Adam()) if ckpt is None else resume.recipe(resume_from, ckpt,
-                                                                             optimizer)
+    recipe = (
+        (optimizer or optim.Adam())
+        if ckpt is None
+        else resume.recipe(resume_from, ckpt, optimizer)
+    )
     ctx = distributed.context(select_device(config.device))
     device = ctx.device
     out, lock = _prepare_out_dir(config.out_dir) if ctx.main else (None, None)
@@ -249,15 +282,31 @@ def start(model: nn.Module, train: Data, config: TrainConfig, data_spec: dict | 
         torch.manual_seed(config.seed + ctx.rank)  # each process its own guide noise
     model.to(device).train()
     batch_size = config.batch_size * ctx.world  # the global batch
-    weight_decay = config.weight_decay + optim.per_step_decay(config.weight_decay_sum, train,
-                                                              batch_size)
+    weight_decay = config.weight_decay + optim.per_step_decay(
+        config.weight_decay_sum, train, batch_size
+    )
     optimizer = recipe.build(model.parameters(), config, device, weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
     steps_per_epoch = train.num_batches(batch_size)
-    run = Run(model, config, recipe, device, optimizer, scheduler, generator,
-              generator.get_state(), weight_decay, steps_per_epoch,
-              round(config.anneal_epochs * steps_per_epoch), out, dict(data_spec or {}),
-              callbacks, lock=lock, ctx=ctx, net=distributed.wrap(model, ctx))
+    run = Run(
+        model,
+        config,
+        recipe,
+        device,
+        optimizer,
+        scheduler,
+        generator,
+        generator.get_state(),
+        weight_decay,
+        steps_per_epoch,
+        round(config.anneal_epochs * steps_per_epoch),
+        out,
+        dict(data_spec or {}),
+        callbacks,
+        lock=lock,
+        ctx=ctx,
+        net=distributed.wrap(model, ctx),
+    )
     if ckpt is not None:
         try:
             restore(run, resume_from, ckpt)
@@ -273,8 +322,16 @@ def restore(run: Run, path: str | Path, ckpt: dict) -> None:
     (:func:`vaelab.train.resume.check`), load every state, and apply the
     :data:`~vaelab.train.resume.RESUMABLE` settings that changed."""
     config = run.config
-    changed = resume.check(path, ckpt, run.model.name, asdict(run.model.config), run.data_spec,
-                           asdict(config), run.recipe, run.ctx.world)
+    changed = resume.check(
+        path,
+        ckpt,
+        run.model.name,
+        asdict(run.model.config),
+        run.data_spec,
+        asdict(config),
+        run.recipe,
+        run.ctx.world,
+    )
     run.data_spec = run.data_spec or dict(ckpt["data"])
     checkpoint.check_finite(path, ckpt["state_dict"])
     changed.update(_world_change(run, path, ckpt))
@@ -283,9 +340,11 @@ def restore(run: Run, path: str | Path, ckpt: dict) -> None:
         run.optimizer.load_state_dict(ckpt["optimizer"])
         run.scheduler.load_state_dict(ckpt["scheduler"])
     except (RuntimeError, ValueError, KeyError) as e:
-        raise ValueError(f"{path}: its states do not fit this model and optimiser "
-                         f"({checkpoint.torch_reason(e)}); the file was edited or "
-                         f"damaged") from None
+        raise ValueError(
+            f"{path}: its states do not fit this model and optimiser "
+            f"({checkpoint.torch_reason(e)}); the file was edited or "
+            f"damaged"
+        ) from None
     # the changes a resume may make, applied from here on
     if "lr" in changed:  # the optimiser's own lr came back with its state: replace it
         for group in run.optimizer.param_groups:
@@ -297,8 +356,9 @@ def restore(run: Run, path: str | Path, ckpt: dict) -> None:
     if "batch_size" in changed:  # per_step_decay depends on it
         for group in run.optimizer.param_groups:
             group["weight_decay"] = run.recipe.optimizer_decay(run.weight_decay)
-    run.state = TrainState(ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"],
-                           list(ckpt["history"]))
+    run.state = TrainState(
+        ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"], list(ckpt["history"])
+    )
     run.epoch_rng = ckpt["rng"]["data"]
     torch.set_rng_state(ckpt["rng"]["torch"])
     if run.device.type == "cuda" and "cuda" in ckpt["rng"]:
@@ -311,9 +371,13 @@ def restore(run: Run, path: str | Path, ckpt: dict) -> None:
         if r["kind"] == "train" and isinstance(r.get("loss"), (int, float)):
             run.level.add(float(r["loss"]))
     run.resumes = list(ckpt.get("resumes", []))
-    run.resumes.append({"step": run.state.step, "from": str(path),
-                        "changed": {k: list(v) for k, v in changed.items()
-                                    if k not in resume.UNRECORDED}})
+    run.resumes.append(
+        {
+            "step": run.state.step,
+            "from": str(path),
+            "changed": {k: list(v) for k, v in changed.items() if k not in resume.UNRECORDED},
+        }
+    )
 
 
 def _world_change(run: Run, path: str | Path, ckpt: dict) -> dict:
@@ -326,11 +390,12 @@ def _world_change(run: Run, path: str | Path, ckpt: dict) -> dict:
     before = ckpt["train_config"]["batch_size"] * old
     after = run.config.batch_size * new
     if before != after:  # at an epoch's end: resume.check_progress refuses it inside one
-        keep = (f" (pass --batch-size {before // new} to keep it)" if before % new == 0
-                else "")
-        warnings.warn(f"resuming {path} in {new} process(es) where it trained in {old}: the "
-                      f"global batch changes from {before} to {after} examples{keep}",
-                      stacklevel=2)
+        keep = f" (pass --batch-size {before // new} to keep it)" if before % new == 0 else ""
+        warnings.warn(
+            f"resuming {path} in {new} process(es) where it trained in {old}: the "
+            f"global batch changes from {before} to {after} examples{keep}",
+            stacklevel=2,
+        )
     return {"world": (old, new), "global_batch_size": (before, after)}
 
 
@@ -339,8 +404,12 @@ def remaining_batches(run: Run, train: Data) -> Iterator[tuple[int, Batch]]:
     the epoch's order is replayed from its random state and the batches done are skipped.
     Under torchrun every process draws the same global batches and keeps its own rows."""
     run.generator.set_state(run.epoch_rng)
-    batches = train.batches(run.config.batch_size * run.ctx.world, shuffle=True,
-                            generator=run.generator, jitter=run.config.bucket_jitter)
+    batches = train.batches(
+        run.config.batch_size * run.ctx.world,
+        shuffle=True,
+        generator=run.generator,
+        jitter=run.config.bucket_jitter,
+    )
     for i, batch in enumerate(batches):
         if i >= run.state.batch_in_epoch:
             part = distributed.shard(batch, run.ctx)
@@ -367,8 +436,9 @@ def emit_steps(run: Run, pending: list[dict], bar) -> bool:
         run.level.add(record["loss"])
         go_on = run.emit({**record, "epoch": run.state.epoch, "seconds": seconds}) and go_on
     if records:
-        bar.set_postfix(nelbo=f"{records[-1]['nelbo']:.3f}",
-                        kl_w=f"{records[-1]['kl_weight']:.2f}")
+        bar.set_postfix(
+            nelbo=f"{records[-1]['nelbo']:.3f}", kl_w=f"{records[-1]['kl_weight']:.2f}"
+        )
     return distributed.agree(not go_on, run.ctx)
 
 
@@ -382,8 +452,9 @@ def end_of_epoch(run: Run, val: Data | None) -> bool:
     stopped = improved = False
     if val is not None and config.eval_every and state.epoch % config.eval_every == 0:
         metrics = evaluate_elbo(run.model, val, config.batch_size, device=run.device)
-        stopped = not run.emit({"kind": "val", "step": state.step, "epoch": state.epoch,
-                                **metrics})
+        stopped = not run.emit(
+            {"kind": "val", "step": state.step, "epoch": state.epoch, **metrics}
+        )
         run.model.train()
         improved = metrics["nelbo"] < run.best  # early stopping by selection: keep the best
         run.best = min(run.best, metrics["nelbo"])
@@ -432,14 +503,16 @@ def save(run: Run, name: str = "checkpoint.pt") -> None:
         run.saved_step = run.state.step
 
 
-
 def diverged(run: Run, err: guard.TrainingDiverged) -> guard.TrainingDiverged:
     """``err`` with what survived on disk and what to do, the last good step's learning rate
     (with sync_every > 1 the schedule has run on to the read) and the failing step."""
-    lr = next((r["lr"] for r in reversed(run.state.history) if r["kind"] == "train"),
-              run.optimizer.param_groups[0]["lr"])
-    new = guard.TrainingDiverged(f"{err}; {run.survivor()}. "
-                                 f"{guard.advice(run.saved_path(), lr, diverged=True)}")
+    lr = next(
+        (r["lr"] for r in reversed(run.state.history) if r["kind"] == "train"),
+        run.optimizer.param_groups[0]["lr"],
+    )
+    new = guard.TrainingDiverged(
+        f"{err}; {run.survivor()}. {guard.advice(run.saved_path(), lr, diverged=True)}"
+    )
     new.lr, new.step, new.suggested_lr = lr, err.step, guard.suggested_lr(lr)
     return new
 
@@ -447,8 +520,18 @@ def diverged(run: Run, err: guard.TrainingDiverged) -> guard.TrainingDiverged:
 def interrupted(run: Run) -> guard.TrainingInterrupted:
     """The ``end`` record emitted, and the exception saying where to resume from."""
     path = run.saved_path()
-    run.emit({"kind": "end", "step": run.state.step, "epoch": run.state.epoch,
-              "stopped": True, "interrupted": True})
+    run.emit(
+        {
+            "kind": "end",
+            "step": run.state.step,
+            "epoch": run.state.epoch,
+            "stopped": True,
+            "interrupted": True,
+        }
+    )
     return guard.TrainingInterrupted(
         f"interrupted at step {run.state.step}; {run.survivor()}. "
-        f"{guard.advice(path, None, diverged=False)}", path, _step_in(path))
+        f"{guard.advice(path, None, diverged=False)}",
+        path,
+        _step_in(path),
+    )

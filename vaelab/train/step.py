@@ -15,11 +15,20 @@ from vaelab.train.config import TrainConfig
 from vaelab.train.guard import TrainingDiverged, check_step
 
 
-def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
-               scheduler: torch.optim.lr_scheduler.LRScheduler, config: TrainConfig,
-               step: int, anneal_steps: int = 0, weight_decay: float = 0.0,
-               ctx: distributed.Context | None = None, sync: bool = True,
-               recipe: optim.Adam | None = None, limit: float = math.inf) -> dict:
+def train_step(
+    model: nn.Module,
+    batch: Batch,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: TrainConfig,
+    step: int,
+    anneal_steps: int = 0,
+    weight_decay: float = 0.0,
+    ctx: distributed.Context | None = None,
+    sync: bool = True,
+    recipe: optim.Adam | None = None,
+    limit: float = math.inf,
+) -> dict:
     """One optimiser step on ``batch``, which is step ``step + 1`` of the run; returns its
     metrics record (``kind="train"``). Under torchrun (``ctx``, ``model`` wrapped in
     DistributedDataParallel) ``batch`` is this process's share of the global batch, and loss
@@ -41,8 +50,15 @@ def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
         objective, sums = distributed.global_loss(terms, w, ctx)
     else:
         objective = loss(terms, w)
-        sums = torch.stack([terms.elbo.sum(), terms.log_likelihood.sum(), terms.kl.sum(),
-                            terms.steps.sum(), objective]).detach()
+        sums = torch.stack(
+            [
+                terms.elbo.sum(),
+                terms.log_likelihood.sum(),
+                terms.kl.sum(),
+                terms.steps.sum(),
+                objective,
+            ]
+        ).detach()
     record = {"kind": "train", "step": step + 1, "epoch": None, "kl_weight": w}
     if sync:  # a bad loss stops here, before the backward pass
         values = sums.tolist()
@@ -50,8 +66,9 @@ def train_step(model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
     optimizer.zero_grad(set_to_none=True)
     objective.backward()
     params = list(model.parameters())
-    (recipe or optim.Adam()).before_clip(params, config, values[3] if sync else sums[3],
-                                         weight_decay)
+    (recipe or optim.Adam()).before_clip(
+        params, config, values[3] if sync else sums[3], weight_decay
+    )
     grad_norm = nn.utils.clip_grad_norm_(params, config.clip_norm).detach()
     if sync:
         values.append(float(grad_norm))
@@ -83,9 +100,13 @@ def _elbo(model: nn.Module, batch: Batch, config: TrainConfig, step: int):
             raise TrainingDiverged(
                 f"the model's distributions rejected their arguments at step {step + 1} "
                 f"({reason}), on data that earlier steps trained on: the parameters left the "
-                f"region where the model is defined") from err
-        name = model.module.name if isinstance(model, nn.parallel.DistributedDataParallel) \
+                f"region where the model is defined"
+            ) from err
+        name = (
+            model.module.name
+            if isinstance(model, nn.parallel.DistributedDataParallel)
             else model.name
+        )
         raise ValueError(f"{name} cannot train on this data: {reason}") from err
 
 
