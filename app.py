@@ -671,7 +671,7 @@ def explore(run: dict) -> None:
             else 0
         )
         steps = observed_steps(batch, index)
-        t = c2.slider("time step t", 0, steps - 1, 0, key="explore_t") if steps > 1 else 0
+        t = c2.slider("time step t", 1, steps, 1, key="explore_t") if steps > 1 else 1
         st.image(png(plots.sequence_explorer(model, batch, t, index=index, info=info)))
     if "image_shape" in info and run["settings"].get("has_latents", True):
         st.subheader("latent sliders: E[x | z], other dimensions at the prior mean 0")

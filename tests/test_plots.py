@@ -197,7 +197,7 @@ def test_latent_projection_matches_svd_and_skips_padding():
         np.testing.assert_allclose(
             np.abs(offsets[:, k]), proj[:, k].abs().numpy(), rtol=1e-4, atol=1e-5
         )
-    np.testing.assert_array_equal(ax.collections[0].get_array(), [0, 1, 2, 3, 4, 5, 0, 1, 2, 3])
+    np.testing.assert_array_equal(ax.collections[0].get_array(), [1, 2, 3, 4, 5, 6, 1, 2, 3, 4])  # t = 1..T
     assert len(ax.lines) == 2  # one path per sequence
 
 
@@ -346,22 +346,22 @@ def _tiny(name: str, data: str, **sizes):
 def test_sequence_explorer_shows_the_pendulum_at_t():
     model, val = _tiny("ssm", "pendulum")
     batch = val.batch(torch.arange(3))
-    t, i = 7, 1
+    t, i = 8, 1  # the 8th step, index 7
     fig = plots.sequence_explorer(model, batch, t, index=i, info=val.info)
     marks = _marked_times(fig)
     timed = [title for title, xs in marks.items() if xs]
     assert len(timed) == 3 and all(marks[title] == [t] for title in timed)  # every time axis
     axes = {ax.get_title(): ax for ax in fig.axes}
-    (pendulum,) = [ax for title, ax in axes.items() if title.startswith("the pendulum at t = 7")]
-    theta = float(batch.z[i, t, 0])
+    (pendulum,) = [ax for title, ax in axes.items() if title.startswith("the pendulum at t = 8")]
+    theta = float(batch.z[i, t - 1, 0])
     (rod,) = [line for line in pendulum.lines if line.get_gid() == "true-rod"]
     np.testing.assert_allclose(
         [rod.get_xdata()[1], rod.get_ydata()[1]], [np.sin(theta), -np.cos(theta)], atol=1e-6
     )
     (bob,) = [line for line in pendulum.lines if line.get_gid() == "observed-bob"]
-    x = batch.x[i, t].numpy()
+    x = batch.x[i, t - 1].numpy()
     np.testing.assert_allclose([bob.get_xdata()[0], bob.get_ydata()[0]], [x[1], -x[0]], atol=1e-6)
-    assert "(0.7 s)" in pendulum.get_title()  # dt = 0.1
+    assert "(0.7 s)" in pendulum.get_title()  # dt = 0.1, x_1 at 0 s
     labels = " ".join(ax.get_ylabel() + ax.get_xlabel() for ax in fig.axes)
     for unit in ("(rad, rad/s)", "(pendulum lengths)", "(latent units)", "time step t"):
         assert unit in labels
@@ -370,14 +370,18 @@ def test_sequence_explorer_shows_the_pendulum_at_t():
         for title, ax in axes.items()
         if "latent path" in title or "pendulum" in title or "true state" in title
     )
-    with pytest.raises(ValueError, match="t must be an observed step in 0..49"):
-        plots.sequence_explorer(model, batch, 50, info=val.info)
+    with pytest.raises(ValueError, match=r"t must be an observed step in 1\.\.50, got 0"):
+        plots.sequence_explorer(model, batch, 0, info=val.info)
+    with pytest.raises(ValueError, match=r"1\.\.50, got 51"):
+        plots.sequence_explorer(model, batch, 51, info=val.info)
+    (path,) = [ax for title, ax in axes.items() if title.startswith("latent path")]
+    assert path.lines[0].get_xdata()[0] == 1 and path.get_xlim()[0] > 0  # t counts from 1
 
 
 def test_sequence_explorer_linear_system_marks_observation_and_true_position():
     model, val = _tiny("ssm", "linear")
     batch = val.batch(torch.arange(2))
-    fig = plots.sequence_explorer(model, batch, 4, index=0, info=val.info)
+    fig = plots.sequence_explorer(model, batch, 5, index=0, info=val.info)  # index 4
     (plane,) = [ax for ax in fig.axes if ax.get_title() == "observation plane"]
     (point,) = [line for line in plane.lines if line.get_gid() == "observed-point"]
     np.testing.assert_allclose(
@@ -388,23 +392,24 @@ def test_sequence_explorer_linear_system_marks_observation_and_true_position():
         [star.get_xdata()[0], star.get_ydata()[0]], batch.z[0, 4, :2].numpy(), atol=1e-6
     )  # p_x, p_y of the state
     assert plane.get_xlabel() == "p_x (data units)"
-    assert all(xs == [4] for xs in _marked_times(fig).values() if xs)
+    assert all(xs == [5] for xs in _marked_times(fig).values() if xs)
 
 
 def test_piano_roll_frame_shows_the_notes_at_t_and_many_latents_as_a_heat_map():
     steps, z_dim = 12, 100  # the DMM's default latent size
     x = torch.zeros(steps, 88)
-    x[5, [39, 43, 46]] = 1.0  # C4, E4, G4 (MIDI 60, 64, 67) at t = 5
+    x[5, [39, 43, 46]] = 1.0  # C4, E4, G4 (MIDI 60, 64, 67) at t = 6 (index 5)
     x[2, 30] = 1.0
     z = torch.randn(steps, z_dim)
     rec = torch.full((steps, 88), 0.25)
-    fig = plots.piano_roll_frame(z, x, 5, rec)
+    fig = plots.piano_roll_frame(z, x, 6, rec)
     latent, roll, keys = fig.axes[:3]
     assert latent.images and latent.get_ylabel() == "latent dimension u"
     assert len([t for t in latent.get_yticks() if 0 <= t < z_dim]) <= 7  # readable ticks
-    assert _marked_times(fig)[latent.get_title()] == [5]
-    assert _marked_times(fig)[roll.get_title()] == [5]
-    assert keys.get_title() == "notes at t = 5: C4, E4, G4"
+    assert _marked_times(fig)[latent.get_title()] == [6]
+    assert _marked_times(fig)[roll.get_title()] == [6]
+    assert keys.get_title() == "notes at t = 6: C4, E4, G4"
+    assert roll.get_xlim() == (0.5, steps + 0.5)  # t = 1..T
     heights = {round(p.get_x() + p.get_width() / 2): p.get_height() for p in keys.patches}
     assert {n for n, h in heights.items() if h > 0} == {60, 64, 67}
     assert keys.get_legend() is not None

@@ -24,8 +24,13 @@ MAX_LATENT_LINES = 8  # more latent dimensions are drawn as a heat map, one row 
 
 
 def _mark_time(ax, t: int) -> None:
-    """A vertical line at time step ``t`` (gid :data:`MARKER`)."""
+    """A vertical line at time step ``t`` (1..T; gid :data:`MARKER`)."""
     ax.axvline(t, color="C3", lw=1.5, alpha=0.8, gid=MARKER)
+
+
+def _times(steps: int) -> np.ndarray:
+    """The time axis t = 1..T, counted as the text counts steps."""
+    return np.arange(1, steps + 1)
 
 
 def _side_legend(ax, **kw) -> None:
@@ -34,13 +39,13 @@ def _side_legend(ax, **kw) -> None:
 
 
 def _latent_path_axis(fig, ax, z: np.ndarray, t: int) -> None:
-    """Posterior means ``z [T, Z]`` against time with step ``t`` marked: one line per
-    dimension (a legend up to :data:`MAX_LATENT_LINES`), a heat map beyond."""
+    """Posterior means ``z [T, Z]`` against time t = 1..T with step ``t`` marked: one line
+    per dimension (a legend up to :data:`MAX_LATENT_LINES`), a heat map beyond."""
     steps, z_dim = z.shape
     if z_dim <= MAX_LATENT_LINES:
         for u in range(z_dim):
-            ax.plot(np.arange(steps), z[:, u], color=f"C{u}", lw=1.2, label=f"$z_{{{u}}}$")
-            ax.plot([t], [z[t, u]], "o", color=f"C{u}", ms=6)
+            ax.plot(_times(steps), z[:, u], color=f"C{u}", lw=1.2, label=f"$z_{{{u + 1}}}$")
+            ax.plot([t], [z[t - 1, u]], "o", color=f"C{u}", ms=6)
         ax.set_ylabel("$E_q[z_t]$ (latent units)")
         _side_legend(ax, title="dimension", title_fontsize=9)
     else:
@@ -53,12 +58,12 @@ def _latent_path_axis(fig, ax, z: np.ndarray, t: int) -> None:
             vmin=-bound,
             vmax=bound,
             interpolation="nearest",
-            extent=(-0.5, steps - 0.5, -0.5, z_dim - 0.5),
+            extent=(0.5, steps + 0.5, 0.5, z_dim + 0.5),
         )
         ax.set_ylabel("latent dimension u")
         ax.yaxis.set_major_locator(ticker.MaxNLocator(6, integer=True))
         fig.colorbar(image, ax=ax, label="$E_q[z_{t,u}]$ (latent units)", pad=0.01)
-    ax.set_xlim(-0.5, steps - 0.5)
+    ax.set_xlim(0.5, steps + 0.5)
     ax.set_xlabel("time step t")
     _mark_time(ax, t)
     ax.set_title(f"latent path (posterior means) of this sequence, t = {t} marked", fontsize=11)
@@ -70,8 +75,8 @@ def _check_frame(z: np.ndarray, x: np.ndarray, t: int) -> None:
             f"z and x must be one sequence, [T, Z] and [T, X] with the same T, "
             f"got {list(z.shape)} and {list(x.shape)}"
         )
-    if not 0 <= t < len(x):
-        raise ValueError(f"t must be an observed step in 0..{len(x) - 1}, got {t}")
+    if not 1 <= t <= len(x):
+        raise ValueError(f"t must be an observed step in 1..{len(x)}, got {t}")
 
 
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -108,11 +113,11 @@ def piano_roll_frame(
         vmin=0,
         vmax=1,
         interpolation="nearest",
-        extent=(-0.5, steps - 0.5, note_min - 0.5, note_min + keys - 0.5),
+        extent=(0.5, steps + 0.5, note_min - 0.5, note_min + keys - 0.5),
     )
     _mark_time(ax, t)
     ax.set(
-        xlim=(-0.5, steps - 0.5),
+        xlim=(0.5, steps + 0.5),
         ylim=(low - 0.5, high + 0.5),
         xlabel="time step t",
         ylabel="MIDI note",
@@ -123,12 +128,12 @@ def piano_roll_frame(
     axes[0].sharex(ax)
     ax = axes[2]
     notes = np.arange(note_min, note_min + keys)
-    ax.bar(notes, xs[t], width=0.9, color="0.2", label="data: note on at t")
+    ax.bar(notes, xs[t - 1], width=0.9, color="0.2", label="data: note on at t")
     if x_rec is not None:
         rec = _cpu(x_rec)
         ax.step(
             notes,
-            rec[t],
+            rec[t - 1],
             where="mid",
             color="C0",
             lw=1.5,
@@ -143,7 +148,7 @@ def piano_roll_frame(
     ticks = [n for n in range(low, high + 1) if n % 12 in (0, 7)]  # C and G of each octave
     ax.set_xticks(ticks, [note_name(n) for n in ticks])
     ax.xaxis.set_minor_locator(ticker.MultipleLocator(1))
-    on = [note_name(int(n)) for n in notes[xs[t] > 0.5]]
+    on = [note_name(int(n)) for n in notes[xs[t - 1] > 0.5]]
     ax.set_title(f"notes at t = {t}: " + (", ".join(on) if on else "none"), fontsize=11)
     ax.legend(fontsize=9, loc="upper right")
     return fig
@@ -169,7 +174,7 @@ def pendulum_frame(
             f"pendulum observations must be [T, 2] = (cos theta, sin theta), got {list(xs.shape)}"
         )
     steps = len(xs)
-    time = np.arange(steps)
+    time = _times(steps)
     # at most 11.5 in wide: shown in a ~1000 px column, its 9 pt text stays >= 9 px
     fig = Figure(figsize=(11.5, 7.5), layout="constrained")
     grid = fig.add_gridspec(3, 2, width_ratios=[2.2, 1])
@@ -216,7 +221,7 @@ def pendulum_frame(
     ax_p.plot(np.cos(circle), np.sin(circle), color="0.8", lw=1, ls=":")
     ax_p.plot([0], [0], "s", color="k", ms=6)
     if z_true is not None:
-        theta = float(_cpu(z_true)[t, 0])
+        theta = float(_cpu(z_true)[t - 1, 0])
         bob = (math.sin(theta), -math.cos(theta))
         ax_p.plot(
             [0, bob[0]],
@@ -228,8 +233,8 @@ def pendulum_frame(
         )
         ax_p.plot(*bob, "o", color="k", ms=12)
     ax_p.plot(
-        xs[t, 1],
-        -xs[t, 0],
+        xs[t - 1, 1],
+        -xs[t - 1, 0],
         "o",
         color="C3",
         ms=9,
@@ -239,8 +244,8 @@ def pendulum_frame(
     if x_rec is not None:
         rec = _cpu(x_rec)
         ax_p.plot(
-            rec[t, 1],
-            -rec[t, 0],
+            rec[t - 1, 1],
+            -rec[t - 1, 0],
             "x",
             color="C0",
             ms=10,
@@ -254,7 +259,7 @@ def pendulum_frame(
         xlabel="horizontal (pendulum lengths)",
         ylabel="vertical (pendulum lengths)",
     )
-    when = f"t = {t}" + (f" ({t * dt:.1f} s)" if dt else "")
+    when = f"t = {t}" + (f" ({(t - 1) * dt:.1f} s)" if dt else "")  # x_1 is at time 0
     ax_p.set_title(f"the pendulum at {when}", fontsize=11)
     ax_p.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.17))
     return fig
@@ -284,7 +289,7 @@ def observation_frame(
     ax_z = fig.add_subplot(grid[0, 0])
     _latent_path_axis(fig, ax_z, zs, t)
     ax_x = fig.add_subplot(grid[1, 0], sharex=ax_z)
-    time = np.arange(steps)
+    time = _times(steps)
     for d in range(min(x_dim, 8)):
         ax_x.plot(time, xs[:, d], color=f"C{d}", lw=1.2, label=f"$x$: {names[d]}")
         if x_rec is not None:
@@ -305,8 +310,8 @@ def observation_frame(
     ax_p = fig.add_subplot(grid[:, 1])
     ax_p.plot(xs[:, 0], xs[:, 1], color="0.7", lw=1, label="observed path")
     ax_p.plot(
-        xs[t, 0],
-        xs[t, 1],
+        xs[t - 1, 0],
+        xs[t - 1, 1],
         "o",
         color="C3",
         ms=9,
@@ -316,8 +321,8 @@ def observation_frame(
     if x_rec is not None:
         rec = _cpu(x_rec)
         ax_p.plot(
-            rec[t, 0],
-            rec[t, 1],
+            rec[t - 1, 0],
+            rec[t - 1, 1],
             "x",
             color="C0",
             ms=10,
@@ -328,7 +333,7 @@ def observation_frame(
     if z_true is not None and len(found) == 2:
         truth = _cpu(z_true)[:, found]
         ax_p.plot(truth[:, 0], truth[:, 1], color="k", lw=1, ls="--", label="true path")
-        ax_p.plot(truth[t, 0], truth[t, 1], "*", color="k", ms=13, label="true state at t")
+        ax_p.plot(truth[t - 1, 0], truth[t - 1, 1], "*", color="k", ms=13, label="true state at t")
     ax_p.set(xlabel=f"{names[0]} (data units)", ylabel=f"{names[1]} (data units)", aspect="equal")
     ax_p.set_title("observation plane", fontsize=11)
     ax_p.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.17))
@@ -343,7 +348,7 @@ def sequence_explorer(
     posterior means (``model.latents``) and reconstruction (``model.reconstruct``): a
     piano-roll frame (``info["kind"] == "piano_roll"``), the pendulum
     (``info["system"] == "pendulum"``), else the observations (and their plane when 2-D).
-    ``t`` counts the sequence's observed steps (0-based)."""
+    ``t`` counts the sequence's observed steps as the text does, 1..T."""
     info = info or {}
     if batch.x.dim() != 3:
         raise ValueError(

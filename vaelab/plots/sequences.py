@@ -62,7 +62,7 @@ def _paths(
             n, colour = lengths[i], f"C{i % 10}"
             for series, style in ((solid, "-"), (dashed, "--")):
                 if series is not None:
-                    ax.plot(np.arange(n), series[i, :n, d], color=colour, lw=1.2, ls=style)
+                    ax.plot(np.arange(1, n + 1), series[i, :n, d], color=colour, lw=1.2, ls=style)
         ax.set_ylabel(names[d] if names is not None else f"{ylabel}{d}")
         if titles is not None:
             ax.set_title(titles[d], fontsize=9)
@@ -225,7 +225,7 @@ def latent_projection(
         b, t, _ = zs.shape
         lengths = _lengths(mask, b, t)[:max_sequences]
         points = np.concatenate([zs[i, :n] for i, n in enumerate(lengths)])
-        times = np.concatenate([np.arange(n) for n in lengths])
+        times = np.concatenate([np.arange(1, n + 1) for n in lengths])  # t = 1..T
         proj, var = _principal_components(points)
         start = 0
         for n in lengths:
@@ -357,7 +357,7 @@ def piano_roll(
             vmin=0,
             vmax=1,
             interpolation="nearest",
-            extent=(-0.5, lengths[i] - 0.5, note_min - 0.5, note_min + p - 0.5),
+            extent=(0.5, lengths[i] + 0.5, note_min - 0.5, note_min + p - 0.5),
         )
         ax.set_ylabel("MIDI note")
         if titles is not None and i < len(titles):
