@@ -6,6 +6,13 @@ measured in the same run.
     python benchmarks/dmm_aug.py --data-dir ../shared/data/polyphonic --datasets jsb \\
         --epochs 40 --samples 500 --threads 1
 
+With --alternate ROUNDS it only times: one model per label, built once with its preset, trains
+one epoch each in turn, ROUNDS times (dmm, dmm_aug, dmm_aug_made, dmm, ...), so every model
+meets the same machine load; the first round is a warm-up and is not counted. It prints each
+epoch's seconds and the ratio to the plain DMM's epoch of the same round:
+
+    nice -n 5 python benchmarks/dmm_aug.py --alternate 6 --threads 1
+
 Each model trains with its preset (krishnan, krishnan-aug, krishnan-aug-made) for --epochs
 (the presets' 1300 epochs are the full schedule; the KL weight's warm-up is scaled to the
 epochs run, so a short run ends annealed), then is evaluated on the test set. One JSON line
@@ -112,6 +119,52 @@ def run(label: str, dataset: str, args: argparse.Namespace, seed: int) -> dict:
     }
 
 
+def alternate(args: argparse.Namespace, dataset: str) -> None:
+    """Time epochs of the models in turn (see the module); prints JSON lines and a summary."""
+    train, _, _ = load_polyphonic(Path(args.data_dir) / FILES[dataset])
+    models, configs, optimizers = {}, {}, {}
+    for label in args.models:
+        model_name, preset = RUNS[label]
+        model_sets, train_sets = apply_preset(preset)
+        torch.manual_seed(args.seeds[0])
+        models[label] = make_model(model_name, train, model_sets)
+        configs[label] = TrainConfig(
+            **{
+                **train_sets,
+                "epochs": 1,
+                "seed": args.seeds[0],
+                "progress": False,
+                "eval_every": 0,
+                "device": args.device,
+                "preset": preset,
+            }
+        )
+        optimizers[label] = preset_optimizer(preset)
+    seconds: dict[str, list[float]] = {label: [] for label in args.models}
+    for round_ in range(args.alternate):
+        for label, model in models.items():
+            start = time.perf_counter()
+            fit(model, train, None, configs[label], optimizer=optimizers[label])
+            epoch = time.perf_counter() - start
+            print(json.dumps({"round": round_, "model": label, "epoch_s": round(epoch, 4)}))
+            if round_ > 0:  # the first round warms up
+                seconds[label].append(epoch)
+    print(
+        f"\n{dataset}: seconds per training epoch, {args.alternate - 1} rounds after a warm-up, "
+        f"{torch.get_num_threads()} thread(s), models taking turns"
+    )
+    for label, times in seconds.items():
+        line = f"  {label:13s} median {statistics.median(times):6.3f}  range {min(times):.3f}-"
+        line += f"{max(times):.3f}"
+        if label != "dmm" and "dmm" in seconds:
+            ratios = [t / d for t, d in zip(times, seconds["dmm"], strict=True)]
+            line += (
+                f"  / dmm: median {statistics.median(ratios):.2f} "
+                f"(rounds {min(ratios):.2f}-{max(ratios):.2f})"
+            )
+        print(line)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="../shared/data/polyphonic")
@@ -123,8 +176,23 @@ def main() -> None:
     p.add_argument("--elbo-samples", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--alternate",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="only time epochs, the models taking turns ROUNDS times (at least 2)",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.alternate:
+        if args.alternate < 2:
+            p.error(
+                f"--alternate needs at least 2 rounds (the first warms up), got {args.alternate}"
+            )
+        for dataset in args.datasets:
+            alternate(args, dataset)
+        return
     results = []
     for dataset in args.datasets:
         for seed in args.seeds:

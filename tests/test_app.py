@@ -33,6 +33,12 @@ SIZES = {  # every model sized to train a few steps a second
         "transition_dim_dmm_iaf": 8,
         "iaf_dim_dmm_iaf": 8,
     },
+    "dmm_aug": {
+        "z_dim_dmm_aug": 2,
+        "rnn_dim_dmm_aug": 8,
+        "emission_dim_dmm_aug": 8,
+        "transition_dim_dmm_aug": 8,
+    },
     "realnvp": {"hidden_dim_realnvp": 16, "num_layers_realnvp": 2},
 }
 
@@ -129,6 +135,28 @@ def test_page_renders_with_every_model_and_refuses_wrong_pairings():
     at.selectbox(key="model").set_value("realnvp").run()
     assert "digits" not in at.selectbox(key="data_realnvp").options
     assert _param(at, "s")  # the session's token is in the URL
+
+
+@pytest.mark.parametrize("emission", ["bernoulli", "made"])
+def test_the_augmented_dmm_is_offered_with_its_card_and_trains_on_chorales(tmp_path, emission):
+    at = session()
+    assert "dmm_aug" in at.selectbox(key="model").options
+    at.selectbox(key="model").set_value("dmm_aug").run()
+    assert "jsb" in at.selectbox(key="data_dmm_aug").options
+    assert at.selectbox(key="data_dmm_aug").value == "jsb"  # its preferred data
+    card = " ".join(_texts(at, ("markdown",)))
+    assert "**Augmented Deep Markov Model.**" in card and "x_{t-1}" in card
+    assert "arXiv:1609.09869" in card
+    # the MADE emission through the config-field box; its hidden width is at least 88 - 1
+    extra = "emission=made; made_dim=87" if emission == "made" else ""
+    run_id = _train(at, "dmm_aug", "jsb", tmp_path, extra=extra, epochs=1, max_steps=2)
+    assert run_id, _texts(at)
+    _poll(at, lambda: _state(at, tmp_path) in ("finished", "failed", "stopped"))
+    status = runs.read_status(tmp_path / run_id)
+    assert status["state"] == "finished", status
+    settings = runs.list_runs(tmp_path)[0]["settings"]
+    assert settings["model"] == "dmm_aug" and settings["data"]["name"] == "jsb"
+    assert settings["model_config"].get("emission", "bernoulli") == emission
 
 
 @pytest.mark.integration

@@ -492,3 +492,58 @@ def test_dmm_speed_on_cuda_adds_the_eager_row_that_the_gpu_figures_compare_with(
     assert run.graphs is False and run.base["sync_every"] == 1
     seconds, loss_per_step = run.epoch()  # runs on the CPU too
     assert seconds > 0 and 0 < loss_per_step < 100
+
+
+def test_dmm_aug_alternate_times_the_models_in_turns_and_divides_by_the_dmm(tmp_path):
+    import pickle
+
+    g = torch.Generator().manual_seed(0)
+    songs = [
+        [tuple(int(n) for n in 21 + torch.randperm(88, generator=g)[:4]) for _ in range(6)]
+        for _ in range(4)
+    ]
+    with open(tmp_path / "jsb_chorales.pickle", "wb") as f:
+        pickle.dump({"train": songs, "valid": songs[:1], "test": songs[:1]}, f)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "dmm_aug.py"),
+            "--data-dir",
+            str(tmp_path),
+            "--alternate",
+            "3",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    labels = ["dmm", "dmm_aug", "dmm_aug_made"]
+    # taking turns: round by round, every model once, in order
+    assert [(r["round"], r["model"]) for r in records] == [
+        (i, m) for i in range(3) for m in labels
+    ]
+    summary = {line.split()[0]: line for line in done.stdout.splitlines() if line.startswith("  ")}
+    assert set(summary) == set(labels)
+    assert "2 rounds after a warm-up" in done.stdout
+    epochs = {
+        m: [r["epoch_s"] for r in records if r["model"] == m and r["round"] > 0] for m in labels
+    }
+    for label in labels[1:]:  # the median of the two counted rounds' ratios to the dmm
+        ratios = [a / d for a, d in zip(epochs[label], epochs["dmm"], strict=True)]
+        shown = float(summary[label].split("/ dmm: median ")[1].split()[0])
+        assert shown == pytest.approx(sum(ratios) / 2, abs=0.02)
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "dmm_aug.py"), "--alternate", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=False,
+    )
+    assert bad.returncode == 2 and "--alternate needs at least 2 rounds" in bad.stderr

@@ -160,10 +160,12 @@ def test_release_of_the_course_holds_no_solution_code(tmp_path: Path) -> None:
 EXERCISE_NOTEBOOKS = [p for p in NOTEBOOKS if solution_bodies(nbformat.read(p, as_version=4))]
 
 
-def test_every_notebook_but_the_map_holds_exercises() -> None:
-    assert [p.name for p in EXERCISE_NOTEBOOKS] == [
-        p.name for p in NOTEBOOKS if not p.name.startswith("00")
-    ]
+def test_the_graded_notebooks_and_only_they_hold_exercises() -> None:
+    # every notebook but the map and 06 (an extension without a graded exercise) is an
+    # nbgrader assignment, and each assignment holds exercises
+    assert [p.name for p in EXERCISE_NOTEBOOKS] == [f"{name}.ipynb" for name in course.ASSIGNMENTS]
+    ungraded = {p.stem for p in NOTEBOOKS} - set(course.ASSIGNMENTS)
+    assert ungraded == {"00_start_here", "06_beyond_the_dmm"}
 
 
 @pytest.mark.parametrize("path", EXERCISE_NOTEBOOKS, ids=lambda p: p.name)
