@@ -660,11 +660,16 @@ def test_a_callback_learns_the_step_its_parameters_are_at(digits):
 DATA = Path(__file__).parent / "data"
 
 
-def test_a_checkpoint_from_before_the_train_package_resumes_bit_for_bit(tmp_path, capsys):
+def test_a_checkpoint_from_before_the_train_package_resumes_as_the_old_code_did(tmp_path, capsys):
     """tests/data/dmm_pyro_checkpoint_v1.pt was written by train.py (3 steps of --preset pyro,
     its train_config holding clip_value_sum=10 and decay_before_clip); resuming it to step 6
-    gives what the old code gave (the json beside it): the same losses and the same weights."""
+    gives what the old code gave (the json and the weights beside it, written by train.py at
+    a37cb24): the same losses and the same weights. Bit for bit on one machine (the old and the
+    new code gave the same weight checksum on the AMD EPYC that rewrote the file), but the
+    kernels' summation order differs between CPUs, so the weights are compared within float32
+    rounding rather than by a checksum of their bits."""
     expected = json.loads((DATA / "dmm_pyro_checkpoint_v1_resumed.json").read_text())
+    old_weights = torch.load(DATA / "dmm_pyro_checkpoint_v1_resumed_state.pt", weights_only=True)
     path = tmp_path / "checkpoint.pt"
     shutil.copy(DATA / "dmm_pyro_checkpoint_v1.pt", path)
     ckpt = load_checkpoint(path)  # the old fields became the recipe that trains as they did
@@ -682,9 +687,11 @@ def test_a_checkpoint_from_before_the_train_package_resumes_bit_for_bit(tmp_path
     ckpt = load_checkpoint(path)
     records = [r for r in ckpt["history"] if r["kind"] == "train"]
     assert ckpt["step"] == expected["step"] == 6
-    assert [r["loss"] for r in records] == expected["loss"]
-    assert [r["nelbo"] for r in records] == expected["nelbo"]
-    assert tensor_checksum({"s": ckpt["state_dict"]}) == expected["state_dict_sha256"]
+    assert [r["loss"] for r in records] == pytest.approx(expected["loss"], rel=1e-6)
+    assert [r["nelbo"] for r in records] == pytest.approx(expected["nelbo"], rel=1e-6)
+    assert ckpt["state_dict"].keys() == old_weights.keys()
+    for name, weight in ckpt["state_dict"].items():
+        torch.testing.assert_close(weight, old_weights[name], rtol=1e-5, atol=1e-7, msg=name)
     with pytest.raises(ValueError, match=r"it trained with ClippedAdam\(clip_value_sum=10.0"):
         model = build_model(ckpt["model"], ckpt["config"])
         train, val, _ = load_dataset(**ckpt["data"])
