@@ -9,8 +9,9 @@ import sys
 import traceback
 import types
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -71,7 +72,7 @@ def call_student(
     name: str,
     fn: Callable,
     *args: object,
-    forbidden: dict[object, str] | None = None,
+    forbidden: Mapping[Any, str] | None = None,
     forbidden_files: dict[str, str] | None = None,
     no_grad: bool = False,
     context: str = "",

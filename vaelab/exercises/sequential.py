@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.distributions import kl_divergence
+from torch.distributions import Independent, kl_divergence
 from torch.nn.functional import softplus
 
 from vaelab.data import Batch
@@ -95,6 +95,7 @@ def elbo_case(seed: int, batch: int = 5, steps: int = 7, padding: str = "nan") -
     with torch.no_grad():  # the same path, unpacked into its per-step terms
         x, a, _ = model.check(data)
         z, q_z = model.posterior(data)
+        assert isinstance(q_z, Independent)  # the SSM's guide: a diagonal Gaussian per step
         log_px = model.emitter(z).log_prob(x)  # [B, T]
         kl = kl_divergence(q_z.base_dist, model.prior(z, a).base_dist)  # [B, T, Z]
     if padding == "nan":
@@ -289,20 +290,20 @@ def check_kalman_step(kalman_step: Callable) -> None:
             "the covariance update has the wrong sign: P_filt = P - K C P = (I - K C) P, an "
             "observation never adds uncertainty": (m + K @ (x - C @ m), P + K @ C @ P),
         }
-        update_hints = {k: v for k, v in update_hints.items() if v is not None}
+        hints = {k: v for k, v in update_hints.items() if v is not None}
         check_close(
             f"{name}'s m_filt",
             m_f,
             case["m_filt"],
             dtype=dtype,
-            hints={k: v[0] for k, v in update_hints.items()},
+            hints={k: v[0] for k, v in hints.items()},
         )
         check_close(
             f"{name}'s P_filt",
             P_f,
             case["P_filt"],
             dtype=dtype,
-            hints={k: v[1] for k, v in update_hints.items()},
+            hints={k: v[1] for k, v in hints.items()},
         )
         m_ok, P_ok = case["m_filt"], case["P_filt"]
         check_close(
@@ -533,7 +534,7 @@ def check_ssm_elbo(ssm_elbo: Callable) -> None:
     models (filtering and smoothing guides) and batches whose padding holds NaN; the result
     must carry gradients, since the notebook trains with it."""
     name = "ssm_elbo"
-    library = {
+    library: dict[object, str] = {
         SSM.elbo: "SSM.elbo is the library's answer; assemble the terms yourself",
         SSM.forward: "SSM.forward is SSM.elbo, the library's answer",
     }
@@ -564,7 +565,7 @@ def check_ssm_elbo(ssm_elbo: Callable) -> None:
                 "[..., None], batch.x, 0.0) before scoring, and the same for batch.a)"
             ),
         )
-        check_shape(name, got, expected.shape)
+        got = check_shape(name, got, expected.shape)
         if not torch.isfinite(got.detach()).all():
             raise Mistake(
                 f"{name} returned NaN: the padding holds NaN here; keep only the "
