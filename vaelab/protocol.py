@@ -62,6 +62,19 @@ def is_binary(x: Tensor) -> bool:
     return bool(((x == 0) | (x == 1)).all())
 
 
+MAX_LEVELS = 256  # data in [0, 1] with at most this many distinct values: pixels or notes
+
+
+def discrete_levels(data: Data) -> int | None:
+    """The number of distinct values of ``data.x`` when they all lie in [0, 1] and are at
+    most :data:`MAX_LEVELS` (pixels, notes), else None (real-valued data)."""
+    x = data.x
+    if x.numel() == 0 or float(x.min()) < 0.0 or float(x.max()) > 1.0:
+        return None
+    levels = torch.unique(x).numel()
+    return levels if levels <= MAX_LEVELS else None
+
+
 class Model(nn.Module, ABC):
     """A latent-variable model trained by its ELBO (or, for a flow, its exact likelihood).
 
@@ -153,7 +166,10 @@ class Model(nn.Module, ABC):
     @torch.no_grad()
     def incompatibility(self, data: Data) -> str | None:
         """Why this model cannot train on ``data``, in a newcomer's words, or None when it
-        can: the model's own checks on two examples, then the likelihood's support."""
+        can: the model's own checks on two examples, then the likelihood's support (a
+        density over real values refuses 0/1 data and data of a few levels in [0, 1], such as
+        grey-level pixels: its log p(x) has no bound there). The CLI and the dashboard both
+        ask this."""
         batch = data.batch(torch.arange(min(2, len(data))))
         what = data.name.split("-")[0]
         try:
@@ -176,10 +192,19 @@ class Model(nn.Module, ABC):
         if terms.log_likelihood.shape != (len(batch),):
             return f"{self.name}.elbo returned {list(terms.log_likelihood.shape)} terms, not [B]"
         x = batch.x if batch.mask is None else batch.x[batch.mask]
-        if self.continuous and is_binary(x):
+        if not self.continuous:
+            return None
+        if is_binary(x):
             return (
                 f"{self.name}'s likelihood is a density over real values; {what} holds 0/1 "
                 f"values, where a density is unbounded and its nats measure nothing"
+            )
+        levels = discrete_levels(data)
+        if levels is not None:
+            return (
+                f"{self.name} is a density over real numbers; {what} holds values in [0, 1] "
+                f"with {levels} levels (pixels or notes), where a density's log p(x) has no "
+                f"bound and its nats mean nothing: pick a model with a Bernoulli likelihood"
             )
         return None
 
