@@ -344,7 +344,7 @@ def test_sweep_without_training_arguments(tmp_path, capsys):
     ],
 )
 def test_train_refuses_a_density_on_data_of_a_few_levels(tmp_path, capsys, argv):
-    """The CLI asks Model.incompatibility, the dashboard's rule: a density over real values on
+    """The CLI asks Model.support_mismatch, the dashboard's rule: a density over real values on
     digits kept at its 17 grey levels in [0, 1] is refused before training, with the reason."""
     out = tmp_path / "run"
     data = ["--data", "digits", "--data-option", "binarize=false", "--out", str(out)]

@@ -7,7 +7,8 @@ capability is an attribute or a method of the base with an honest default, never
 ``hasattr`` or ``inspect`` (dynamax's state-space base is the example followed).
 
     Model                       elbo (abstract), sample, latents, reconstruct, kl_per_dim,
-                                decode, importance_log_likelihood, incompatibility
+                                decode, importance_log_likelihood, incompatibility,
+                                support_mismatch
     SequentialModel(Model)      check (masks), prior, posterior, the masked ELBO assembly and
                                 ancestral sampling from four factors: initial_prior,
                                 transition_prior, emission, guide
@@ -166,10 +167,8 @@ class Model(nn.Module, ABC):
     @torch.no_grad()
     def incompatibility(self, data: Data) -> str | None:
         """Why this model cannot train on ``data``, in a newcomer's words, or None when it
-        can: the model's own checks on two examples, then the likelihood's support (a
-        density over real values refuses 0/1 data and data of a few levels in [0, 1], such as
-        grey-level pixels: its log p(x) has no bound there). The CLI and the dashboard both
-        ask this."""
+        can: the model's own checks on two examples (the dashboard's summary of what the
+        trainer reports in detail), then :meth:`support_mismatch`."""
         batch = data.batch(torch.arange(min(2, len(data))))
         what = data.name.split("-")[0]
         try:
@@ -191,9 +190,21 @@ class Model(nn.Module, ABC):
             return f"{self.name} cannot train on {what}: {text}"
         if terms.log_likelihood.shape != (len(batch),):
             return f"{self.name}.elbo returned {list(terms.log_likelihood.shape)} terms, not [B]"
-        x = batch.x if batch.mask is None else batch.x[batch.mask]
+        return self.support_mismatch(data, batch)
+
+    @torch.no_grad()
+    def support_mismatch(self, data: Data, batch: Batch | None = None) -> str | None:
+        """Why the likelihood cannot measure ``data``, or None: a density over real values
+        refuses 0/1 data and data of at most :data:`MAX_LEVELS` levels in [0, 1] (grey-level
+        pixels), where its log p(x) has no bound. ``batch``: two examples of ``data`` already
+        drawn. The rule of the CLI (before training) and of the dashboard (in
+        :meth:`incompatibility`)."""
         if not self.continuous:
             return None
+        if batch is None:
+            batch = data.batch(torch.arange(min(2, len(data))))
+        what = data.name.split("-")[0]
+        x = batch.x if batch.mask is None else batch.x[batch.mask]
         if is_binary(x):
             return (
                 f"{self.name}'s likelihood is a density over real values; {what} holds 0/1 "
