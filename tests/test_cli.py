@@ -334,3 +334,23 @@ def test_sweep_command_prints_every_run_and_a_summary(tmp_path, capsys):
 def test_sweep_without_training_arguments(tmp_path, capsys):
     assert main(["sweep", "--seeds", "0", "--out", str(tmp_path)]) == 2
     assert "needs the training arguments after --" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--model", "realnvp"],
+        ["--model", "vae", "--set", "likelihood=gaussian"],
+    ],
+)
+def test_train_refuses_a_density_on_data_of_a_few_levels(tmp_path, capsys, argv):
+    """The CLI asks Model.support_mismatch, the dashboard's rule: a density over real values on
+    digits kept at its 17 grey levels in [0, 1] is refused before training, with the reason."""
+    out = tmp_path / "run"
+    data = ["--data", "digits", "--data-option", "binarize=false", "--out", str(out)]
+    assert main(["train", *argv, *data]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ")
+    assert "density over real numbers" in err and "17 levels" in err, err
+    assert "pick a model with a Bernoulli likelihood" in err
+    assert not (out / "checkpoint.pt").exists()

@@ -174,3 +174,29 @@ def test_a_copy_or_pickle_of_a_dmm_leaves_its_cuda_graphs_behind():
         assert captured_graphs(twin.combiner) == {} and captured_graphs(model.combiner)
         for a, b in zip(model.parameters(), twin.parameters(), strict=False):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("options", [{}, KRISHNAN], ids=["learned-z0", "standard-prior"])
+def test_the_prior_over_a_whole_padded_path_is_the_models_prior(options):
+    """The prior of the fast path's device branch (every step of [N, T, Z] at once, p(z_1)
+    from the model's initial_prior at t = 1), which only a GPU runs through elbo: the same
+    distribution as the readable SequentialModel.prior, value and gradient, float64."""
+    from vaelab.fast.dmm import _prior_steps
+
+    model = small_dmm(**options).double()
+    z = torch.randn(4, 6, SMALL["z_dim"], dtype=torch.double, requires_grad=True)
+    z_prev = torch.cat([model.z_0.expand(4, 1, -1), z[:, :-1]], dim=1)
+    first = (torch.arange(6) == 0)[:, None]  # [T, 1]
+    quick = _prior_steps(model, z_prev, z.new_zeros(4, 6, 0), first)
+    plain = model.prior(z)
+    torch.testing.assert_close(quick.mean, plain.mean)
+    torch.testing.assert_close(quick.stddev, plain.stddev)
+    point = torch.randn(4, 6, SMALL["z_dim"], dtype=torch.double)
+    grads = [
+        torch.autograd.grad(p.log_prob(point).sum(), [z, *model.parameters()], allow_unused=True)
+        for p in (quick, plain)
+    ]
+    for a, b in zip(*grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b)

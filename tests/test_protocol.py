@@ -12,9 +12,10 @@ from torch import Tensor, nn
 from torch.distributions import Independent, Normal
 
 from tests.test_gpu import SMALL
-from vaelab import MODELS, Model, SequentialModel, register
+from vaelab import MODELS, Model, SequentialModel, live, register
 from vaelab.__main__ import main
 from vaelab.config import make_model
+from vaelab.data import Data, load_digits
 from vaelab.datasets import load_dataset
 from vaelab.distributions import BernoulliLogits, DiagGaussian
 from vaelab.train import TrainConfig, fit, load_checkpoint, load_model
@@ -178,6 +179,23 @@ def test_a_model_names_why_it_cannot_train_on_a_data_set(name, data, reason):
     why = model.incompatibility(train)
     assert why is not None
     assert any(part in why for part in reason.split("|")), why
+
+
+@pytest.mark.parametrize("name", ["realnvp", "ssm"])
+def test_the_dashboard_and_the_cli_refuse_a_density_on_data_of_a_few_levels_alike(name):
+    """One rule: a density over real values on data of at most 256 levels in [0, 1] (digits at
+    17 grey levels; for ssm, the same values as sequences of 8 rows) is refused by
+    Model.support_mismatch (the CLI's check), and incompatibility (the dashboard's) says the
+    same; a model with a Bernoulli likelihood is not refused."""
+    train = load_digits(binarize=False)[0]
+    if name == "ssm":
+        train = Data(train.x.reshape(-1, 8, 8), name="digit rows")
+    model = make_model(name, train, SMALL[name][1])
+    why = model.support_mismatch(train)
+    assert why is not None and "17 levels" in why and "density over real numbers" in why, why
+    assert model.incompatibility(train) == live.incompatibility(name, train) == why
+    vae = make_model("vae", load_digits(binarize=False)[0], SMALL["vae"][1])
+    assert vae.support_mismatch(load_digits(binarize=False)[0]) is None
 
 
 def test_a_class_that_is_not_a_model_cannot_register():

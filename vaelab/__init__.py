@@ -10,7 +10,7 @@ from __future__ import annotations
 
 # isort: off
 # imported in the course's order, which is the order models register in (the dashboard's list)
-from vaelab import vae, ssm, realnvp, dmm, dmm_aug  # noqa: F401
+from vaelab import vae, ssm, realnvp, dmm, dmm_iaf, dmm_aug  # noqa: F401
 
 # isort: on
 from vaelab.dmm import DMM, DMMIAF, DMMConfig, DMMIAFConfig

@@ -165,6 +165,10 @@ def _train(args: argparse.Namespace, writer: RunWriter | None) -> int:
     else:
         _check_size(args, train, model_sets)
         model = make_model(args.model, train, model_sets)
+        with torch.random.fork_rng(devices=[]):  # the check draws; the seeded run must not see it
+            why = model.support_mismatch(train)  # the dashboard's rule; fit names the rest
+        if why is not None:
+            raise ValueError(why)
     args.resolved = (model, config)  # for the divergence advice's command
     if writer is not None:
         writer.start(

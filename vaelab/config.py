@@ -10,10 +10,9 @@ import numbers
 import types
 import typing
 
-from torch import nn
-
 from vaelab import MODELS
 from vaelab.data import Data
+from vaelab.protocol import Model
 
 
 def parse_sets(pairs: list[str], flag: str = "--set") -> dict:
@@ -41,7 +40,7 @@ def data_spec(name: str, path: str | None, options: dict) -> dict:
     return spec
 
 
-def make_model(name: str, train: Data, overrides: dict) -> nn.Module:
+def make_model(name: str, train: Data, overrides: dict) -> Model:
     """Model ``name`` sized for the data (``x_dim``, ``a_dim``), with config overrides."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")

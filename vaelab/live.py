@@ -29,7 +29,7 @@ from vaelab.diagnostics import (  # noqa: F401  (the dashboard's names for them)
     observed,
     reference_metrics,
 )
-from vaelab.protocol import Model, model_class
+from vaelab.protocol import Model, discrete_levels, model_class  # noqa: F401  (a live name)
 from vaelab.train import TrainConfig, load_checkpoint
 
 
@@ -54,19 +54,6 @@ def check_compatible(model: Model, data: Data, n: int = 2) -> None:
         raise ValueError(f"elbo must return [B] terms, got {list(terms.log_likelihood.shape)}")
 
 
-MAX_LEVELS = 256  # data in [0, 1] with at most this many distinct values: pixels or notes
-
-
-def discrete_levels(data: Data) -> int | None:
-    """The number of distinct values of ``data.x`` when they all lie in [0, 1] and are at
-    most :data:`MAX_LEVELS` (pixels, notes), else None (real-valued data)."""
-    x = data.x
-    if x.numel() == 0 or float(x.min()) < 0.0 or float(x.max()) > 1.0:
-        return None
-    levels = torch.unique(x).numel()
-    return levels if levels <= MAX_LEVELS else None
-
-
 @functools.cache
 def builtin_dataset(name: str) -> tuple[Data, Data, Data]:
     """``load_dataset(name)`` of a built-in data set (no path), loaded once per process."""
@@ -78,21 +65,9 @@ def builtin_dataset(name: str) -> tuple[Data, Data, Data]:
 def incompatibility(model_name: str, data: Data) -> str | None:
     """Why model ``model_name`` (default config, sized for ``data``) cannot train on ``data``,
     in a newcomer's words, or None when it can: the model's own
-    :meth:`~vaelab.protocol.Model.incompatibility`, and for a continuous density also data of
-    a few levels in [0, 1] (grey-level pixels: the density has no bound there either)."""
+    :meth:`~vaelab.protocol.Model.incompatibility`, the rule the CLI applies too."""
     model = model_class(model_name)(make_model(model_name, data, {}).config)
-    why = model.incompatibility(data)
-    if why is not None or not model.continuous:
-        return why
-    levels = discrete_levels(data)
-    if levels is None:
-        return None
-    return (
-        f"{model_name} is a density over real numbers; {data.name.split('-')[0]} holds "
-        f"values in [0, 1] with {levels} levels (pixels or notes), where a density's "
-        f"log p(x) has no bound and its nats mean nothing: pick a model with a Bernoulli "
-        f"likelihood"
-    )
+    return model.incompatibility(data)
 
 
 @functools.cache

@@ -7,7 +7,8 @@ capability is an attribute or a method of the base with an honest default, never
 ``hasattr`` or ``inspect`` (dynamax's state-space base is the example followed).
 
     Model                       elbo (abstract), sample, latents, reconstruct, kl_per_dim,
-                                decode, importance_log_likelihood, incompatibility
+                                decode, importance_log_likelihood, incompatibility,
+                                support_mismatch
     SequentialModel(Model)      check (masks), prior, posterior, the masked ELBO assembly and
                                 ancestral sampling from four factors: initial_prior,
                                 transition_prior, emission, guide
@@ -60,6 +61,19 @@ def shift(a: Tensor) -> Tensor:
 def is_binary(x: Tensor) -> bool:
     """True when every observed value of ``x`` is 0 or 1 (notes, binarised pixels)."""
     return bool(((x == 0) | (x == 1)).all())
+
+
+MAX_LEVELS = 256  # data in [0, 1] with at most this many distinct values: pixels or notes
+
+
+def discrete_levels(data: Data) -> int | None:
+    """The number of distinct values of ``data.x`` when they all lie in [0, 1] and are at
+    most :data:`MAX_LEVELS` (pixels, notes), else None (real-valued data)."""
+    x = data.x
+    if x.numel() == 0 or float(x.min()) < 0.0 or float(x.max()) > 1.0:
+        return None
+    levels = torch.unique(x).numel()
+    return levels if levels <= MAX_LEVELS else None
 
 
 class Model(nn.Module, ABC):
@@ -153,7 +167,8 @@ class Model(nn.Module, ABC):
     @torch.no_grad()
     def incompatibility(self, data: Data) -> str | None:
         """Why this model cannot train on ``data``, in a newcomer's words, or None when it
-        can: the model's own checks on two examples, then the likelihood's support."""
+        can: the model's own checks on two examples (the dashboard's summary of what the
+        trainer reports in detail), then :meth:`support_mismatch`."""
         batch = data.batch(torch.arange(min(2, len(data))))
         what = data.name.split("-")[0]
         try:
@@ -175,11 +190,32 @@ class Model(nn.Module, ABC):
             return f"{self.name} cannot train on {what}: {text}"
         if terms.log_likelihood.shape != (len(batch),):
             return f"{self.name}.elbo returned {list(terms.log_likelihood.shape)} terms, not [B]"
+        return self.support_mismatch(data, batch)
+
+    @torch.no_grad()
+    def support_mismatch(self, data: Data, batch: Batch | None = None) -> str | None:
+        """Why the likelihood cannot measure ``data``, or None: a density over real values
+        refuses 0/1 data and data of at most :data:`MAX_LEVELS` levels in [0, 1] (grey-level
+        pixels), where its log p(x) has no bound. ``batch``: two examples of ``data`` already
+        drawn. The rule of the CLI (before training) and of the dashboard (in
+        :meth:`incompatibility`)."""
+        if not self.continuous:
+            return None
+        if batch is None:
+            batch = data.batch(torch.arange(min(2, len(data))))
+        what = data.name.split("-")[0]
         x = batch.x if batch.mask is None else batch.x[batch.mask]
-        if self.continuous and is_binary(x):
+        if is_binary(x):
             return (
                 f"{self.name}'s likelihood is a density over real values; {what} holds 0/1 "
                 f"values, where a density is unbounded and its nats measure nothing"
+            )
+        levels = discrete_levels(data)
+        if levels is not None:
+            return (
+                f"{self.name} is a density over real numbers; {what} holds values in [0, 1] "
+                f"with {levels} levels (pixels or notes), where a density's log p(x) has no "
+                f"bound and its nats mean nothing: pick a model with a Bernoulli likelihood"
             )
         return None
 

@@ -9,8 +9,9 @@ import sys
 import traceback
 import types
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -71,7 +72,7 @@ def call_student(
     name: str,
     fn: Callable,
     *args: object,
-    forbidden: dict[object, str] | None = None,
+    forbidden: Mapping[Any, str] | None = None,
     forbidden_files: dict[str, str] | None = None,
     no_grad: bool = False,
     context: str = "",
@@ -130,6 +131,36 @@ def call_student(
     return out
 
 
+def call_checked(
+    name: str,
+    fn: Callable,
+    *args: object,
+    outputs: int = 1,
+    shapes: str = "",
+    forbidden: Mapping[Any, str] | None = None,
+    forbidden_files: dict[str, str] | None = None,
+) -> Any:  # a tensor, or a tuple of ``outputs`` of them
+    """Run the student's ``fn`` without gradients (:func:`call_student`: a crash is a
+    :class:`Mistake` naming the function and the student's line, followed by ``shapes``, what
+    the inputs are); a wrong number of outputs is a Mistake too."""
+    out = call_student(
+        name,
+        fn,
+        *args,
+        forbidden=forbidden,
+        forbidden_files=forbidden_files,
+        no_grad=True,
+        context=shapes,
+    )
+    if outputs == 1:
+        if isinstance(out, tuple):
+            raise Mistake(f"{name} returned a tuple; return one tensor")
+        return out
+    if not isinstance(out, tuple) or len(out) != outputs:
+        raise Mistake(f"{name} must return a tuple of {outputs} tensors")
+    return out
+
+
 def check_shape(name: str, got: object, expected: tuple[int, ...] | torch.Size) -> Tensor:
     """Raise :class:`Mistake` unless ``got`` is a tensor of shape ``expected``."""
     if not isinstance(got, Tensor):
@@ -139,6 +170,18 @@ def check_shape(name: str, got: object, expected: tuple[int, ...] | torch.Size) 
             f"{name} returned shape {list(got.shape)}, expected {list(expected)}: "
             f"check which dimension you reduced (or forgot to reduce)"
         )
+    return got
+
+
+def check_padding_kept_out(
+    name: str, got: object, shape: tuple[int, ...] | torch.Size, fix: str
+) -> Tensor:
+    """``got`` as a tensor of ``shape`` (:func:`check_shape`) without NaN, for sums over padded
+    sequences whose padding holds NaN: a NaN result means the padding leaked in, and ``fix``
+    (what follows "the padding holds NaN here") says how to keep it out."""
+    got = check_shape(name, got, shape)
+    if not torch.isfinite(got.detach()).all():
+        raise Mistake(f"{name} returned NaN: the padding holds NaN here{fix}")
     return got
 
 

@@ -200,6 +200,11 @@ def check_learnable_laplace(module_class: Callable[..., torch.nn.Module]) -> tup
                     f"{name}'s forward raised {type(err).__name__} at training step "
                     f"{step}: {err}{student_line(err)}"
                 ) from err
+        if not isinstance(q, Distribution):
+            raise Mistake(
+                f"{name}'s forward({FIT_N}) must return a torch.distributions.Distribution, "
+                f"got {type(q).__name__}"
+            )
         nll = -q.log_prob(data).mean()
         try:
             nll.backward()

@@ -112,6 +112,8 @@ def _call(
     )
     if isinstance(out, tuple):
         raise Mistake(f"{name} returned a tuple; return one tensor")
+    if not isinstance(out, Tensor):
+        raise Mistake(f"{name} must return a torch.Tensor, got {type(out).__name__}")
     return out
 
 
@@ -231,7 +233,7 @@ def flow_cases() -> list[tuple[str, Tensor, Transform, Distribution, torch.dtype
     g = torch.Generator().manual_seed(7)
     x_exp = 0.3 + 2 * torch.rand(9, 4, generator=g, dtype=torch.float64)  # positive: in range
     cases.insert(2, ("exp", x_exp, IndependentTransform(ExpTransform(), 1), torch.float64))
-    out = []
+    out: list[tuple[str, Tensor, Transform, Distribution, torch.dtype]] = []
     for i, (what, x, transform, dtype) in enumerate(cases):
         d = x.shape[-1]
         g = torch.Generator().manual_seed(100 + i)
@@ -345,9 +347,11 @@ def train_moons_flow(layer_class: Callable, steps: int = MOONS_STEPS) -> float:
     flow = _Flow(layer_class)
     optimizer = torch.optim.Adam(flow.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
+    a = train.a
+    assert a is not None  # moons carry their context a
     for _ in range(steps):
         i = torch.randint(len(train), (256,), generator=g)
-        loss = -flow(train.a[i]).log_prob(train.x[i]).mean()
+        loss = -flow(a[i]).log_prob(train.x[i]).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

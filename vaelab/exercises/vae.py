@@ -140,7 +140,7 @@ def check_reparameterize(reparameterize: Callable[[Tensor, Tensor, Tensor], Tens
                 "noise; write z from mu, logvar and the eps passed in"
             },
         )
-        check_shape("reparameterize", got, (B, J))
+        got = check_shape("reparameterize", got, (B, J))
         expected = m + (0.5 * lv).exp() * eps64
         hints = {
             "you multiplied eps by the variance exp(logvar): the scale is exp(logvar / 2), "
@@ -217,7 +217,7 @@ def check_iwae(iwae_bound: Callable[[Tensor, Tensor, Tensor], Tensor]) -> None:
                 f"iwae_bound returned shape [{k}] for inputs [{k}, {B}]: you "
                 f"combined over the batch (dim 1); the K samples are dim 0"
             )
-        check_shape("iwae_bound", got, (B,))
+        got = check_shape("iwae_bound", got, (B,))
         if not torch.isfinite(got.detach()).all():
             raise Mistake(
                 "iwae_bound returned -inf or NaN: exp() of log-weights near -800 "
@@ -350,11 +350,12 @@ def _train_with(annealed_loss: Callable) -> float:
                 if fn is None:
                     value = loss(terms, kl_weight(step, WARMUP_STEPS, 0.0))
                 else:
-                    value = call_student(
+                    out = call_student(
                         "annealed_loss", fn, terms.log_likelihood, terms.kl, step, WARMUP_STEPS
                     )
-                    if not isinstance(value, Tensor) or value.dim() != 0:
+                    if not isinstance(out, Tensor) or out.dim() != 0:
                         raise Mistake("annealed_loss must return one number, a 0-d tensor")
+                    value = out
                     if not value.requires_grad:
                         raise Mistake(
                             "annealed_loss's value has no gradient: build it from "

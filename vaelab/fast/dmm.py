@@ -92,14 +92,12 @@ def guide(
 
 
 def _prior_steps(model: DMM, z_prev: Tensor, a_prev: Tensor, first: Tensor) -> Independent:
-    """p(z_t | z_{t-1}, a_{t-1}) from ``z_prev [..., Z]``; p(z_1) where ``first [..., 1]``
-    (z_prev holds z_0 and a_prev 0 there, so only the standard N(0, I) initial prior
-    differs)."""
+    """p(z_t | z_{t-1}, a_{t-1}) from ``z_prev [..., Z]``, and the model's own p(z_1)
+    (:meth:`~vaelab.dmm.DMM.initial_prior`) where ``first [..., 1]``."""
     p_z = model.transition_prior(z_prev, a_prev)
-    if not model.config.standard_initial_prior:
-        return p_z
-    loc = torch.where(first, 0.0, p_z.base_dist.loc)
-    return Independent(Normal(loc, torch.where(first, 1.0, p_z.base_dist.scale)), 1)
+    p_1 = model.initial_prior(1)  # batch [1]
+    loc = torch.where(first, p_1.mean[0], p_z.mean)
+    return Independent(Normal(loc, torch.where(first, p_1.stddev[0], p_z.stddev)), 1)
 
 
 def elbo(

@@ -9,13 +9,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from matplotlib import ticker
-from torch import Tensor, nn
+from torch import Tensor
 
 from vaelab.data import Batch
 from vaelab.plots.base import (
     Figure,
     _cpu,
 )
+from vaelab.protocol import Model
 
 # ----------------------------------------------------------------------------- exploration
 
@@ -342,7 +343,7 @@ def observation_frame(
 
 @torch.no_grad()
 def sequence_explorer(
-    model: nn.Module, batch: Batch, t: int, index: int = 0, info: dict | None = None
+    model: Model, batch: Batch, t: int, index: int = 0, info: dict | None = None
 ) -> Figure:
     """Sequence ``index`` of ``batch`` explored at time step ``t``, from the model's
     posterior means (``model.latents``) and reconstruction (``model.reconstruct``): a
@@ -358,20 +359,20 @@ def sequence_explorer(
     if not 0 <= index < len(batch):
         raise ValueError(f"index must be in 0..{len(batch) - 1}, got {index}")
     device = next(model.parameters()).device
-    one = Batch(
-        *(
-            None if v is None else v[index : index + 1].to(device)
-            for v in (batch.x, batch.a, batch.mask, batch.z)
-        )
-    )
+    pick = lambda v: None if v is None else v[index : index + 1]
+    one = Batch(batch.x[index : index + 1], pick(batch.a), pick(batch.mask), pick(batch.z))
+    one = one.to(device)
     steps = int(one.mask.sum()) if one.mask is not None else one.x.shape[1]
     was_training = model.training
     model.eval()
     try:
         z = model.latents(one)[0, :steps]  # [T, Z], observed steps only
-        x_rec = model.reconstruct(one)[0, :steps]
+        recon = model.reconstruct(one)
     finally:
         model.train(was_training)
+    if recon is None:
+        raise ValueError(f"{model.name} has no decoder: there is no reconstruction to explore")
+    x_rec = recon[0, :steps]
     x = one.x[0, :steps]
     z_true = None if one.z is None else one.z[0, :steps]
     if info.get("kind") == "piano_roll":

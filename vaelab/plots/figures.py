@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vaelab.data import Batch
 from vaelab.plots.base import (
@@ -19,6 +19,7 @@ from vaelab.plots.sequences import (
     observation_paths,
     piano_roll,
 )
+from vaelab.protocol import Model
 
 # ----------------------------------------------------------------------------- dashboard
 
@@ -36,7 +37,7 @@ def _with_units(names: Sequence[str] | None, count: int) -> list[str] | None:
 
 @torch.no_grad()
 def model_figures(
-    model: nn.Module,
+    model: Model,
     batch: Batch,
     info: dict | None = None,
     labels: Tensor | None = None,
@@ -66,8 +67,8 @@ def model_figures(
         if "image_shape" in info and not sequence:
             shape = info["image_shape"]
             k = min(len(batch), 8)
-            if latent:
-                recon = model.reconstruct(batch)
+            recon = model.reconstruct(batch) if latent else None
+            if recon is not None:
                 figures["data (top) and reconstructions (bottom)"] = image_grid(
                     torch.cat([batch.x[:k], recon[:k]]), shape, ncols=k
                 )
@@ -92,10 +93,13 @@ def model_figures(
             recon = model.reconstruct(batch)
             mask = None if batch.mask is None else batch.mask[:k]
             figures["data"] = piano_roll(batch.x[:k], mask)
-            figures["reconstruction (note probabilities)"] = piano_roll(recon[:k], mask)
+            if recon is not None:
+                figures["reconstruction (note probabilities)"] = piano_roll(recon[:k], mask)
             _, x_sample = model.sample(k, steps=batch.x.shape[1])
             figures["sample (note probabilities)"] = piano_roll(x_sample)
             for title in ("reconstruction (note probabilities)", "sample (note probabilities)"):
+                if title not in figures:
+                    continue
                 fig = figures[title]  # grey levels are probabilities: say which
                 fig.colorbar(fig.axes[0].images[0], ax=fig.axes, label="P(note on)", shrink=0.9)
             figures["latent space"] = latent_projection(z, batch.mask)

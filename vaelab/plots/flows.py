@@ -6,20 +6,22 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vaelab.data import Batch
+from vaelab.flows import ConditionalRealNVP
 from vaelab.plots.base import (
     Figure,
     _cpu,
 )
+from vaelab.protocol import Model
 from vaelab.realnvp import ConditionalFlowModel
 
 # ----------------------------------------------------------------------------- flows
 
 
 @torch.no_grad()
-def flow_log_density(model: nn.Module, context: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
+def flow_log_density(model: Model, context: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
     """Returns log p(x | a) of a conditional flow model (``model.flow(a)`` a distribution over
     ``x [2]``) on the grid ``xs [Nx] x ys [Ny]``, ``[Ny, Nx]`` (row ``i`` is ``y = ys[i]``), for
     one context ``context [A]``."""
@@ -38,7 +40,7 @@ def flow_log_density(model: nn.Module, context: Tensor, xs: Tensor, ys: Tensor) 
 
 @torch.no_grad()
 def flow_density(
-    model: nn.Module,
+    model: Model,
     contexts: Tensor,
     extent: float = 2.5,
     resolution: int = 80,
@@ -60,8 +62,8 @@ def flow_density(
             _, x = model.sample(
                 n_samples, a=a.reshape(1, -1).expand(n_samples, -1).to(next(model.parameters()))
             )
-            x = _cpu(x)
-            ax.scatter(x[:, 0], x[:, 1], s=2, color="C3", alpha=0.5)
+            x_np = _cpu(x)
+            ax.scatter(x_np[:, 0], x_np[:, 1], s=2, color="C3", alpha=0.5)
             ax.set_xlim(-extent, extent)
             ax.set_ylim(-extent, extent)
             ax.set_aspect("equal")
@@ -83,7 +85,7 @@ def _density_grid(extent: float, resolution: int, like: Tensor) -> tuple[Tensor,
 
 @torch.no_grad()
 def conditional_densities(
-    models: dict[str, nn.Module],
+    models: dict[str, Model],
     context: Tensor,
     extent: float = 2.5,
     resolution: int = 100,
@@ -137,7 +139,7 @@ def conditional_densities(
 
 @torch.no_grad()
 def flow_layers(
-    flow: nn.Module,
+    flow: ConditionalRealNVP | ConditionalFlowModel,
     context: Tensor,
     layers: Sequence[int],
     extent: float = 2.5,

@@ -8,12 +8,13 @@ from collections.abc import Sequence
 import matplotlib
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vaelab.plots.base import (
     Figure,
     _cpu,
 )
+from vaelab.protocol import Model
 
 # ----------------------------------------------------------------------------- images
 
@@ -57,9 +58,20 @@ def image_grid(
     return fig
 
 
+def _decode(model: Model, z: Tensor) -> Tensor:
+    """``model.decode(z)``, E[x | z] for ``z [N, Z]``; ValueError for a model without one."""
+    x = model.decode(z)
+    if x is None:
+        raise ValueError(
+            f"{type(model).__name__} has no decode(z); a latent traversal needs "
+            f"a model that maps z [B, Z] to x [B, X]"
+        )
+    return x
+
+
 @torch.no_grad()
 def latent_traversal(
-    model: nn.Module,
+    model: Model,
     image_shape: Sequence[int],
     dims: Sequence[int],
     values: Sequence[float] | Tensor,
@@ -67,12 +79,7 @@ def latent_traversal(
     """Decoder means E[x | z] along each latent dimension in ``dims``: row ``i`` sets
     ``z[dims[i]]`` to each of ``values`` (columns) with the other dimensions at 0, the prior
     mean. Needs ``model.decode(z [B, Z]) -> x [B, X]``."""
-    decode = model.decode
-    if decode(torch.zeros(1, model.config.z_dim, device=next(model.parameters()).device)) is None:
-        raise ValueError(
-            f"{type(model).__name__} has no decode(z); a latent traversal needs "
-            f"a model that maps z [B, Z] to x [B, X]"
-        )
+    _decode(model, torch.zeros(1, model.config.z_dim, device=next(model.parameters()).device))
     z_dim = model.config.z_dim
     dims = [int(d) for d in dims]
     bad = [d for d in dims if not 0 <= d < z_dim]
@@ -83,7 +90,7 @@ def latent_traversal(
     z = torch.zeros(len(dims), len(values), z_dim, dtype=p.dtype, device=p.device)
     for row, d in enumerate(dims):
         z[row, :, d] = values
-    x = decode(z.reshape(-1, z_dim))  # [len(dims) * len(values), X]
+    x = _decode(model, z.reshape(-1, z_dim))  # [len(dims) * len(values), X]
     fig = image_grid(
         x,
         image_shape,
@@ -103,7 +110,7 @@ def latent_traversal(
 
 @torch.no_grad()
 def decoded_image(
-    model: nn.Module,
+    model: Model,
     z_values: dict[int, float],
     image_shape: Sequence[int],
     title: str | None = None,
@@ -114,7 +121,7 @@ def decoded_image(
     z = torch.zeros(1, model.config.z_dim, dtype=p.dtype, device=p.device)
     for d, v in z_values.items():
         z[0, int(d)] = float(v)
-    fig = image_grid(model.decode(z), image_shape, ncols=1, title=title, figsize=(3.9, 3.2))
+    fig = image_grid(_decode(model, z), image_shape, ncols=1, title=title, figsize=(3.9, 3.2))
     ax = fig.axes[0]
     fig.colorbar(ax.images[0], ax=ax, shrink=0.8, label="pixel mean E[x_i | z]")
     return fig

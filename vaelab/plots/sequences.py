@@ -49,6 +49,8 @@ def _paths(
     from matplotlib.lines import Line2D
 
     first = solid if solid is not None else dashed
+    if first is None:
+        raise ValueError("_paths needs solid or dashed paths [B, T, D] to draw")
     panels = min(first.shape[-1], max_dims)
     if names is not None and len(names) < panels:
         raise ValueError(
@@ -79,7 +81,7 @@ def _paths(
     # "outside upper" legend over the suptitle)
     fig.legend(
         handles=handles,
-        loc=f"outside {'lower' if title else 'upper'} center",
+        loc="outside lower center" if title else "outside upper center",
         ncols=len(handles),
         fontsize=8,
         frameon=False,
@@ -318,8 +320,8 @@ def posterior_bands(
         hi = max(centres) + 4 * max(widths)
         grid = np.linspace(lo, hi, 400)
         for i, (label, (mean, std)) in enumerate(bands.items()):
-            m, s = float(_cpu(mean)[t, density_dim]), float(_cpu(std)[t, density_dim])
-            density = np.exp(-0.5 * ((grid - m) / s) ** 2) / (s * math.sqrt(2 * math.pi))
+            m_t, s_t = float(_cpu(mean)[t, density_dim]), float(_cpu(std)[t, density_dim])
+            density = np.exp(-0.5 * ((grid - m_t) / s_t) ** 2) / (s_t * math.sqrt(2 * math.pi))
             ax.plot(grid, density, color=f"C{i}", label=label)
         ax.axvline(true_value, color="k", lw=1.5, label="true state")
         ax.set_xlabel(f"{names[density_dim]} at t = {t + 1} ({unit})")
@@ -347,7 +349,7 @@ def piano_roll(
     b, t, p = rolls.shape
     lengths = _lengths(mask, b, t)
     fig = Figure(figsize=(9, 2.2 * b + 0.4), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(b, 1))
+    axes = fig.subplots(b, 1, squeeze=False)[:, 0]
     for i, ax in enumerate(axes):
         ax.imshow(
             rolls[i, : lengths[i]].T,

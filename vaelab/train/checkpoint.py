@@ -25,9 +25,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from vaelab.config import check_types
+from vaelab.protocol import Model
 from vaelab.train import optim
 
 # format 2: the checksum is required and covers every value (format 1, written before
@@ -297,7 +297,8 @@ def _check_format(path: Path, state) -> None:
         )
     for key, kind in _FIELD_TYPES.items():
         value = state[key]
-        if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 0)):
+        negative = isinstance(value, int) and (isinstance(value, bool) or value < 0)
+        if not isinstance(value, kind) or (kind is int and negative):
             raise ValueError(
                 f"{path} is a damaged vaelab checkpoint: its {key!r} is "
                 f"{type(value).__name__} {value!r:.60}, not {kind.__name__}"
@@ -401,7 +402,7 @@ def upgrade(state: dict) -> dict:
     return {**state, "train_config": train_config, "recipe": optim.to_dict(recipe)}
 
 
-def build_model(name: str, config: dict) -> nn.Module:
+def build_model(name: str, config: dict) -> Model:
     """A fresh model from ``MODELS[name]`` and a config dict (as stored in checkpoints)."""
     from vaelab import MODELS
 
@@ -411,7 +412,7 @@ def build_model(name: str, config: dict) -> nn.Module:
     return model_cls(config_cls(**check_types(config_cls, config, flag="checkpoint config:")))
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Model, dict]:
     """The model stored in a checkpoint, in eval mode, and the checkpoint dict."""
     state = load_checkpoint(path, map_location=device)
     model = build_model(state["model"], state["config"])

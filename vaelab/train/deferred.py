@@ -33,7 +33,11 @@ def flag_divergence(
         & torch.isfinite(grad_norm)
     )
     found = getattr(optimizer, "found_inf", None)
-    optimizer.found_inf = bad.float() if found is None else torch.maximum(found, bad)
+    # torch's fused Adam reads found_inf with getattr (as GradScaler sets it); its stubs do
+    # not declare the attribute
+    optimizer.found_inf = (  # type: ignore[attr-defined]
+        bad.float() if found is None else torch.maximum(found, bad)
+    )
 
 
 def values(record: dict, values: list[float]) -> dict:
@@ -58,7 +62,7 @@ def read_records(
     if not any("device" in r for r in pending):  # read already (train_step's sync=True)
         return list(pending)
     rows = torch.stack([r["device"] for r in pending]).tolist()
-    done = []
+    done: list[dict] = []
     for record, row in zip(pending, rows, strict=True):
         try:
             check_step(record["step"], row, max_abs_loss, limit)

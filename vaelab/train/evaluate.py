@@ -4,16 +4,16 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from vaelab.data import Data
 from vaelab.objectives import importance_log_likelihood
+from vaelab.protocol import Model
 
 
 @torch.no_grad()
 def evaluate_elbo(
-    model: nn.Module,
+    model: Model,
     data: Data,
     batch_size: int = 256,
     samples: int = 1,
@@ -47,7 +47,7 @@ def evaluate_elbo(
 
 @torch.no_grad()
 def evaluate_nll(
-    model: nn.Module,
+    model: Model,
     data: Data,
     num_samples: int = 1000,
     batch_size: int = 16,

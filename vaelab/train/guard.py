@@ -15,8 +15,10 @@ import statistics
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 
 class TrainingDiverged(RuntimeError):
@@ -28,6 +30,7 @@ class TrainingDiverged(RuntimeError):
     lr: float | None = None
     step: int | None = None
     suggested_lr: float | None = None
+    records: Sequence[dict] = ()  # deferred reads: the good steps' records before this one
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -121,7 +124,10 @@ def deferred_stop() -> Iterator:
         requested = False
 
     stop = Stop()
-    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    defaults: dict[int, Callable[[int, FrameType | None], Any] | int] = {
+        signal.SIGINT: signal.default_int_handler,
+        signal.SIGTERM: signal.SIG_DFL,
+    }
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return

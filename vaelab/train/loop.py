@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from torch import nn
 from tqdm.auto import tqdm
 
 from vaelab import distributed
 from vaelab.data import Data
+from vaelab.protocol import Model
 from vaelab.train import guard, optim
 from vaelab.train import run as runs
 from vaelab.train.config import TrainConfig
@@ -26,7 +26,7 @@ from vaelab.train.step import train_step
 
 
 def fit(
-    model: nn.Module,
+    model: Model,
     train: Data,
     val: Data | None,
     config: TrainConfig,

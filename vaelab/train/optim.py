@@ -45,7 +45,7 @@ def per_step_decay(summed: float, train: Data, batch_size: int) -> float:
     ``summed`` over the mean observed steps per batch (Pyro's DMM: 2.0 on the sum over 20
     chorales, about 1150 steps, gives 1.7e-3 here; several times less on longer pieces).
     """
-    steps = float(train.lengths.sum()) if train.is_sequence else float(len(train))
+    steps = float(train._seq_lengths().sum()) if train.is_sequence else float(len(train))
     return summed / (steps / train.num_batches(batch_size))
 
 

@@ -10,6 +10,7 @@ import math
 import os
 import random
 import socket
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -22,16 +23,15 @@ from torch import nn
 
 from vaelab import distributed
 from vaelab.data import Batch, Data
+from vaelab.protocol import Model
 from vaelab.train import checkpoint, deferred, guard, optim, resume
 from vaelab.train.config import TrainConfig, select_device
 from vaelab.train.evaluate import evaluate_elbo
 
 Callback = Callable[[dict], "bool | None"]
 
-try:  # a lock per output folder; released by the OS when the process ends, however it ends
-    import fcntl
-except ImportError:  # pragma: no cover - not on POSIX: no lock
-    fcntl = None
+if sys.platform != "win32":  # a lock per output folder, which the OS drops when the process
+    import fcntl  # ends, however it ends; Windows has no fcntl: no lock there
 
 
 def seed_everything(seed: int) -> None:
@@ -58,12 +58,12 @@ class TrainState:
 class Run:
     """What one call of :func:`fit` trains and saves."""
 
-    model: nn.Module
+    model: Model
     config: TrainConfig
     recipe: optim.Adam
     device: torch.device
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: torch.optim.lr_scheduler.ExponentialLR
     generator: torch.Generator  # the data order's random stream
     epoch_rng: torch.Tensor  # its state at the start of the current epoch
     weight_decay: float  # per observed step (see optim.per_step_decay)
@@ -82,7 +82,7 @@ class Run:
     # under torchrun: this process's place, and the DistributedDataParallel wrapper training
     # calls (``model`` itself when alone); see vaelab.distributed
     ctx: distributed.Context = field(default_factory=distributed.Context)
-    net: nn.Module | None = None
+    net: nn.Module = field(kw_only=True)
 
     @property
     def sync_every(self) -> int:
@@ -221,7 +221,7 @@ def _prepare_out_dir(out_dir: str | None) -> tuple[Path | None, int | None]:
 def _lock(out: Path) -> int | None:
     """Hold ``out/.lock`` (an advisory lock the OS drops when the process ends, however it
     ends), naming the holder in it; ValueError when another run holds it."""
-    if fcntl is None:
+    if sys.platform == "win32":  # pragma: no cover
         return None
     path = out / ".lock"
     while True:
@@ -256,7 +256,7 @@ def unlock(run: Run) -> None:
 
 
 def start(
-    model: nn.Module,
+    model: Model,
     train: Data,
     config: TrainConfig,
     data_spec: dict | None,
@@ -267,12 +267,11 @@ def start(
     """Seed, move the model, and build the optimiser and schedule of a run (under torchrun:
     join the process group; only rank 0 writes checkpoints and holds the folder's lock); with
     ``resume_from``, restore that checkpoint's state."""
-    ckpt = None if resume_from is None else checkpoint.load_checkpoint(resume_from)
-    recipe = (
-        (optimizer or optim.Adam())
-        if ckpt is None
-        else resume.recipe(resume_from, ckpt, optimizer)
-    )
+    if resume_from is None:
+        source, recipe = None, optimizer or optim.Adam()
+    else:
+        source = (resume_from, checkpoint.load_checkpoint(resume_from))
+        recipe = resume.recipe(*source, optimizer)
     ctx = distributed.context(select_device(config.device))
     device = ctx.device
     out, lock = _prepare_out_dir(config.out_dir) if ctx.main else (None, None)
@@ -285,15 +284,15 @@ def start(
     weight_decay = config.weight_decay + optim.per_step_decay(
         config.weight_decay_sum, train, batch_size
     )
-    optimizer = recipe.build(model.parameters(), config, device, weight_decay)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
+    torch_optimizer = recipe.build(model.parameters(), config, device, weight_decay)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(torch_optimizer, gamma=config.lr_decay)
     steps_per_epoch = train.num_batches(batch_size)
     run = Run(
         model,
         config,
         recipe,
         device,
-        optimizer,
+        torch_optimizer,
         scheduler,
         generator,
         generator.get_state(),
@@ -307,9 +306,9 @@ def start(
         ctx=ctx,
         net=distributed.wrap(model, ctx),
     )
-    if ckpt is not None:
+    if source is not None:
         try:
-            restore(run, resume_from, ckpt)
+            restore(run, *source)
         except BaseException:
             unlock(run)
             distributed.leave(ctx)
