@@ -197,7 +197,8 @@ def test_latent_projection_matches_svd_and_skips_padding():
         np.testing.assert_allclose(
             np.abs(offsets[:, k]), proj[:, k].abs().numpy(), rtol=1e-4, atol=1e-5
         )
-    np.testing.assert_array_equal(ax.collections[0].get_array(), [1, 2, 3, 4, 5, 6, 1, 2, 3, 4])  # t = 1..T
+    times = [1, 2, 3, 4, 5, 6, 1, 2, 3, 4]  # t = 1..T
+    np.testing.assert_array_equal(ax.collections[0].get_array(), times)
     assert len(ax.lines) == 2  # one path per sequence
 
 
