@@ -176,13 +176,19 @@ def shard(batch: Batch, ctx: Context) -> Batch | None:
         return batch
     if len(batch) < ctx.world:
         return None
-    take = lambda t: None if t is None else t[ctx.rank :: ctx.world]
-    part = Batch(take(batch.x), take(batch.a), take(batch.mask), take(batch.z))
+    rows = slice(ctx.rank, None, ctx.world)
+    part = Batch(batch.x[rows], *(None if t is None else t[rows] for t in _extras(batch)))
     if part.mask is not None:
-        t_max = int(part.mask.sum(dim=1).max())
-        trim = lambda t: None if t is None else t[:, :t_max]
-        part = Batch(trim(part.x), trim(part.a), trim(part.mask), trim(part.z))
+        steps = slice(0, int(part.mask.sum(dim=1).max()))
+        part = Batch(
+            part.x[:, steps], *(None if t is None else t[:, steps] for t in _extras(part))
+        )
     return part
+
+
+def _extras(batch: Batch) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``(a, mask, z)``, the optional fields of a batch, in Batch's order."""
+    return batch.a, batch.mask, batch.z
 
 
 def all_sum(values: Tensor, ctx: Context) -> Tensor:

@@ -41,7 +41,9 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
+from vaelab import writes
 from vaelab.datasets import DATASETS
 
 STATES = ("queued", "training", "paused", "stopped", "finished", "failed")
@@ -157,9 +159,7 @@ def check_data_spec(spec: dict, hosting: Hosting) -> dict:
 def write_json(path: Path, value: dict) -> None:
     """``value`` as JSON at ``path``, through a temporary file and ``os.replace``, so a
     reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)
+    writes.write_atomic(path, json.dumps(value), "run file", sync=False)  # WriteError: disk
 
 
 def read_json(path: Path) -> dict:
@@ -215,7 +215,7 @@ class RunWriter:
         self.started = time.monotonic()
         self.step = 0
         self.reason: str | None = None  # why the writer asked fit to stop
-        self._metrics: io.TextIOBase | None = None
+        self._metrics: BinaryIO | None = None
         self._written = -math.inf
 
     def start(self, settings: dict) -> RunWriter:
@@ -225,7 +225,7 @@ class RunWriter:
         write_json(self.folder / "settings.json", settings)
         self.max_seconds = float(read_json(self.folder / "limits.json").get("max_seconds") or 0.0)
         self.started = time.monotonic()
-        self._metrics = open(self.folder / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self._metrics = open(self.folder / "metrics.jsonl", "ab", buffering=0)  # noqa: SIM115
         self.status("training")
         return self
 
@@ -249,8 +249,8 @@ class RunWriter:
     def __call__(self, record: dict) -> bool:
         if self._metrics is None:
             raise ValueError("RunWriter.start(settings) opens the run folder; call it before fit")
-        self._metrics.write(json.dumps({**record, "wall": time.time()}) + "\n")
-        self._metrics.flush()
+        line = json.dumps({**record, "wall": time.time()})
+        writes.append_record(self._metrics, line, self.folder / "metrics.jsonl")
         self.step = int(record.get("step", self.step))
         if record.get("kind") == "end":
             return True
@@ -280,6 +280,13 @@ class RunWriter:
             self._metrics.close()
         if not self.folder.is_dir():
             return  # nothing was written: e.g. --out named a file
+        if kind is None:
+            self._end(kind, error)
+            return
+        with contextlib.suppress(OSError):  # e.g. a full disk, which the error reports
+            self._end(kind, error)
+
+    def _end(self, kind, error) -> None:
         if kind is None:
             self.status("stopped" if self.reason else "finished", self.reason or "")
         elif issubclass(kind, KeyboardInterrupt):
