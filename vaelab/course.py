@@ -108,6 +108,12 @@ def read_notebook(path: Path) -> nbformat.NotebookNode:
         ) from None
 
 
+def _text(nb: nbformat.NotebookNode) -> str:
+    """The file text of ``nb``, as ``nbformat.write`` writes it (ending in a newline)."""
+    text = nbformat.writes(nb)
+    return text if text.endswith("\n") else text + "\n"
+
+
 def _between(lines: list[str], begin: str, end: str, where: str) -> list[tuple[int, int]]:
     """Pairs (begin line, end line) of the marker lines in ``lines``; ValueError naming
     ``where`` if they are unbalanced or nested."""
@@ -219,7 +225,7 @@ def release(dst: str | Path, src: str | Path | None = None) -> list[Path]:
     # built in a temporary folder that becomes dst: a full disk leaves no half release
     with writes.new_folder(dst, "student release") as tmp:
         for name, student, replaced, title in released:
-            (tmp / name).write_text(nbformat.writes(student), encoding="utf-8")
+            (tmp / name).write_text(_text(student), encoding="utf-8")
             exercises = f"{replaced} exercise(s)" if replaced else "no exercises"
             listing.append(f"- `{name}`: {title} ({exercises})")
         (tmp / "README.md").write_text(RELEASE_README + "\n".join(listing) + "\n")
@@ -263,8 +269,7 @@ def nbgrader_course(dst: str | Path, src: str | Path | None = None) -> list[Path
     with writes.new_folder(dst, "nbgrader course") as tmp:  # all of it or nothing
         for name, nb in notebooks:
             (tmp / "source" / name).mkdir(parents=True)
-            text = nbformat.writes(nb)
-            (tmp / "source" / name / f"{name}.ipynb").write_text(text, encoding="utf-8")
+            (tmp / "source" / name / f"{name}.ipynb").write_text(_text(nb), encoding="utf-8")
         (tmp / "nbgrader_config.py").write_text(NBGRADER_CONFIG.read_text())
     return [dst / "source" / name / f"{name}.ipynb" for name in ASSIGNMENTS]
 
