@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from vaelab.sweep import SweepRun, run_sweep, summarise
+from vaelab.sweep import METRICS, SweepRun, run_sweep, summarise
 
 TINY = [
     "--model",
@@ -33,6 +32,7 @@ def test_sweep_runs_every_seed_as_its_own_process(tmp_path: Path) -> None:
     for r in runs:
         assert (tmp_path / f"seed_{r.seed}" / "checkpoint.pt").is_file()
         assert r.result["steps"] == 2
+        assert set(METRICS) <= set(r.result)  # every metric --metric accepts is reported
         ckpt = torch.load(r.out / "checkpoint.pt", weights_only=True)
         assert ckpt["train_config"]["seed"] == r.seed
     # different seeds train different weights
@@ -49,7 +49,9 @@ def test_sweep_reports_a_failed_run_with_its_message(tmp_path: Path) -> None:
     runs = run_sweep([*TINY, "--set", "z_dim=-1"], seeds=[0], out=tmp_path)
     assert runs[0].returncode == 2 and runs[0].result is None
     assert "z_dim" in runs[0].error
-    assert summarise(runs)["failed"] == 1 and math.isnan(summarise(runs)["mean"])
+    summary = summarise(runs)
+    assert summary["failed"] == 1 and summary["mean"] is None  # JSON null, never NaN
+    assert summary["notes"] == ["no run finished with a val_nelbo, so there is no mean"]
 
 
 @pytest.mark.parametrize(
@@ -58,6 +60,7 @@ def test_sweep_reports_a_failed_run_with_its_message(tmp_path: Path) -> None:
         (TINY, [], 1, "at least one seed"),
         (TINY, [1, 1], 1, "must differ"),
         (TINY, [0], 0, "--jobs must be >= 1"),
+        (TINY, [0], -1, "--jobs must be >= 1"),
         ([*TINY, "--seed", "3"], [0], 1, "sets --seed itself"),
         ([*TINY, "--out=x"], [0], 1, "sets --out itself"),
     ],
@@ -75,4 +78,5 @@ def test_sweep_out_must_not_be_a_file(tmp_path: Path) -> None:
 
 def test_summarise_single_run_has_no_spread() -> None:
     summary = summarise([SweepRun(0, Path("."), 0, {"val_nelbo": 3.0})])
-    assert summary["mean"] == 3.0 and math.isnan(summary["sd"])
+    assert summary["mean"] == 3.0 and summary["sd"] is None
+    assert summary["notes"] == ["one run has no spread: sd is null (pass two or more seeds)"]

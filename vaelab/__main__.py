@@ -13,15 +13,13 @@ from pathlib import Path
 
 import torch
 
-from vaelab import MODELS
+from vaelab import MODELS, sweep
 from vaelab.config import check_types, data_spec, make_model, parse_sets
 from vaelab.datasets import DATASETS, load_dataset
 from vaelab.kalman import exact_nll
 from vaelab.presets import PRESETS, apply_preset, preset_optimizer
 from vaelab.runs import RunWriter
-from vaelab.sweep import run_sweep, summarise
 from vaelab.train import (
-    CheckpointWriteError,
     TrainConfig,
     TrainingDiverged,
     TrainingInterrupted,
@@ -35,6 +33,7 @@ from vaelab.train import (
     seed_everything,
     select_device,
 )
+from vaelab.writes import WriteError
 
 
 def _train_config(args: argparse.Namespace, base: dict) -> TrainConfig:
@@ -273,22 +272,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             "sweep needs the training arguments after --, e.g. python -m vaelab "
             "sweep --seeds 0 1 2 --out runs/sweep -- --model vae --data digits"
         )
-    runs = run_sweep(train_args, args.seeds, args.out, jobs=args.jobs, threads=args.threads)
-    for run in runs:
-        print(
-            json.dumps(
-                {
-                    "seed": run.seed,
-                    "out": str(run.out),
-                    "returncode": run.returncode,
-                    "error": run.error,
-                    **(run.result or {}),
-                }
-            )
-        )
-    summary = summarise(runs, args.metric)
-    print(json.dumps({"summary": summary}))
-    return 0 if summary["failed"] == 0 else 1
+    return sweep.main(train_args, args.seeds, args.out, args.jobs, args.threads, args.metric)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -479,7 +463,11 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--out", required=True, help="folder; run S writes OUT/seed_S/")
     w.add_argument("--jobs", type=int, default=1, help="processes at a time (one per core or GPU)")
     w.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    w.add_argument("--metric", default="val_nelbo", help="result field summarised")
+    w.add_argument(
+        "--metric",
+        default="val_nelbo",
+        help=f"result field summarised: {', '.join(sweep.METRICS)}",
+    )
     w.add_argument(
         "train_args",
         nargs=argparse.REMAINDER,
@@ -523,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    except CheckpointWriteError as err:  # disk full, no permission: not the user's input
+    except WriteError as err:  # disk full, no permission: not the user's input
         print(f"error: {err.strerror}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as err:

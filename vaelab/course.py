@@ -25,6 +25,8 @@ from pathlib import Path
 
 import nbformat
 
+from vaelab import writes
+
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 BEGIN_SCHEME, END_SCHEME = "=== BEGIN MARK SCHEME ===", "=== END MARK SCHEME ==="
@@ -52,6 +54,11 @@ Notebooks:
 
 def _source_dir(src: str | Path | None) -> Path:
     src = DEFAULT_SOURCE if src is None else Path(src)
+    if src.exists() and not src.is_dir():
+        raise ValueError(
+            f"--source {src} is a file; pass the folder holding the solution notebooks "
+            f"(e.g. --source notebooks)"
+        )
     if not src.is_dir():
         raise FileNotFoundError(
             f"notebook folder {src} does not exist; pass --source with the "
@@ -64,6 +71,47 @@ def _source_dir(src: str | Path | None) -> Path:
             f"the solution notebooks"
         )
     return src
+
+
+def _out_folder(dst: str | Path, what: str, example: str) -> Path:
+    """``dst`` checked as an output folder: not empty text, not a file, nor below one."""
+    if not str(dst).strip():
+        raise ValueError(f"DIR is empty; pass a folder for the {what} (e.g. {example})")
+    dst = Path(dst)
+    if dst.exists() and not dst.is_dir():
+        raise ValueError(
+            f"{dst} is a file, not a folder; pass a new or empty folder for the {what} "
+            f"(e.g. {example})"
+        )
+    for parent in dst.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(
+                    f"{parent} is a file, so it cannot hold the folder {dst}; pass a "
+                    f"folder path for the {what}"
+                )
+            break
+    return dst
+
+
+def read_notebook(path: Path) -> nbformat.NotebookNode:
+    """The notebook at ``path`` (version 4); ValueError naming the file when nbformat cannot
+    read it (not JSON, not a notebook, a folder named .ipynb)."""
+    try:
+        return nbformat.read(path, as_version=4)
+    except Exception as err:  # noqa: BLE001 - nbformat raises many kinds for a bad file
+        text = str(err).strip().splitlines()
+        why = text[0] if text else type(err).__name__
+        raise ValueError(
+            f"{path} is not a notebook nbformat can read ({why[:200]}); fix it or move it "
+            f"out of the --source folder"
+        ) from None
+
+
+def _text(nb: nbformat.NotebookNode) -> str:
+    """The file text of ``nb``, as ``nbformat.write`` writes it (ending in a newline)."""
+    text = nbformat.writes(nb)
+    return text if text.endswith("\n") else text + "\n"
 
 
 def _between(lines: list[str], begin: str, end: str, where: str) -> list[tuple[int, int]]:
@@ -103,7 +151,7 @@ def strip_solutions(source: str, where: str = "cell", stub: tuple[str, ...] = ST
     lines = source.split("\n")
     spans = _between(lines, BEGIN_SOLUTION, END_SOLUTION, where)
     for start, stop in reversed(spans):
-        indent = re.match(r"\s*", lines[start]).group(0)
+        indent = lines[start][: len(lines[start]) - len(lines[start].lstrip())]
         lines[start : stop + 1] = [indent + line for line in stub]
     for start, stop in reversed(_between(lines, BEGIN_HIDDEN, END_HIDDEN, where)):
         del lines[start : stop + 1]
@@ -160,8 +208,8 @@ def release(dst: str | Path, src: str | Path | None = None) -> list[Path]:
     """Write the student release of every notebook in ``src`` (default: the repository's
     notebooks/) into the new or empty folder ``dst``, with a README.md; returns the notebooks
     written. Nothing is written when a notebook's markers are unbalanced."""
-    src, dst = _source_dir(src), Path(dst)
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+    src, dst = _source_dir(src), _out_folder(dst, "student release", "release/")
+    if dst.is_dir() and any(dst.iterdir()):
         raise ValueError(
             f"release folder {dst} exists and is not empty; choose a new folder or "
             f"remove it first (the release never overwrites files)"
@@ -170,18 +218,18 @@ def release(dst: str | Path, src: str | Path | None = None) -> list[Path]:
         raise ValueError("the release folder must differ from the source folder")
     released = []
     for path in sorted(src.glob("*.ipynb")):
-        nb = nbformat.read(path, as_version=4)
+        nb = read_notebook(path)
         student, replaced = student_version(nb, path.name)
         released.append((path.name, student, replaced, _title(nb, path.stem)))
-    dst.mkdir(parents=True, exist_ok=True)
-    written, listing = [], []
-    for name, student, replaced, title in released:
-        nbformat.write(student, dst / name)
-        written.append(dst / name)
-        exercises = f"{replaced} exercise(s)" if replaced else "no exercises"
-        listing.append(f"- `{name}`: {title} ({exercises})")
-    (dst / "README.md").write_text(RELEASE_README + "\n".join(listing) + "\n")
-    return written
+    listing = []
+    # built in a temporary folder that becomes dst: a full disk leaves no half release
+    with writes.new_folder(dst, "student release") as tmp:
+        for name, student, replaced, title in released:
+            (tmp / name).write_text(_text(student), encoding="utf-8")
+            exercises = f"{replaced} exercise(s)" if replaced else "no exercises"
+            listing.append(f"- `{name}`: {title} ({exercises})")
+        (tmp / "README.md").write_text(RELEASE_README + "\n".join(listing) + "\n")
+    return [dst / name for name, *_ in released]
 
 
 ASSIGNMENTS = (
@@ -199,8 +247,8 @@ def nbgrader_course(dst: str | Path, src: str | Path | None = None) -> list[Path
     graded notebook (one assignment per notebook, named as its file), and the course's
     ``nbgrader_config.py`` (grading mode). Returns the source notebooks written. nbgrader
     then runs in ``dst`` (docs/instructors.md)."""
-    src, dst = _source_dir(src), Path(dst)
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+    src, dst = _source_dir(src), _out_folder(dst, "nbgrader course", "course/")
+    if dst.is_dir() and any(dst.iterdir()):
         raise ValueError(
             f"course folder {dst} exists and is not empty; choose a new folder "
             f"(nbgrader keeps its gradebook there, which this never overwrites)"
@@ -213,16 +261,17 @@ def nbgrader_course(dst: str | Path, src: str | Path | None = None) -> list[Path
         )
     if not NBGRADER_CONFIG.is_file():
         raise FileNotFoundError(f"{NBGRADER_CONFIG} is missing; run from a checkout of vaelab")
-    written = []
+    notebooks = []
     for name in ASSIGNMENTS:
-        folder = dst / "source" / name
-        folder.mkdir(parents=True)
-        nb = nbformat.read(src / f"{name}.ipynb", as_version=4)
+        nb = read_notebook(src / f"{name}.ipynb")
         student_version(nb, name)  # unbalanced markers fail here, before nbgrader sees them
-        nbformat.write(nb, folder / f"{name}.ipynb")
-        written.append(folder / f"{name}.ipynb")
-    (dst / "nbgrader_config.py").write_text(NBGRADER_CONFIG.read_text())
-    return written
+        notebooks.append((name, nb))
+    with writes.new_folder(dst, "nbgrader course") as tmp:  # all of it or nothing
+        for name, nb in notebooks:
+            (tmp / "source" / name).mkdir(parents=True)
+            (tmp / "source" / name / f"{name}.ipynb").write_text(_text(nb), encoding="utf-8")
+        (tmp / "nbgrader_config.py").write_text(NBGRADER_CONFIG.read_text())
+    return [dst / "source" / name / f"{name}.ipynb" for name in ASSIGNMENTS]
 
 
 def build_site(
@@ -239,17 +288,21 @@ def build_site(
     raises ValueError naming the notebook, with nbclient's report of the cell."""
     from nbconvert import HTMLExporter
 
-    src, dst = _source_dir(src), Path(dst)
-    if dst.exists() and not dst.is_dir():
-        raise ValueError(f"site folder {dst} is a file; choose a folder")
-    dst.mkdir(parents=True, exist_ok=True)
+    if timeout < 1:
+        raise ValueError(f"--timeout must be >= 1 seconds per cell, got {timeout}")
+    src, dst = _source_dir(src), _out_folder(dst, "course site", "build/site/")
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise writes.write_error("course site", dst, err, "nothing was written") from err
     exporter = HTMLExporter()
-    pages, entries = [], []
+    pages: list[Path] = []
+    entries = []
     stems = [path.stem for path in sorted(src.glob("*.ipynb"))]
     for path in sorted(src.glob("*.ipynb")):
-        nb = nbformat.read(path, as_version=4)
+        nb = read_notebook(path)
         if execute:
-            options = {"timeout": timeout}
+            options: dict[str, object] = {"timeout": timeout}
             if kernel_name:
                 options["kernel_name"] = kernel_name
             env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # inline backend
@@ -257,7 +310,7 @@ def build_site(
         body, _ = exporter.from_notebook_node(nb)
         body = _link_pages(body, stems)
         page = dst / f"{path.stem}.html"
-        page.write_text(body, encoding="utf-8")
+        _write_page(page, body, pages)
         pages.append(page)
         entries.append(
             f'<li><a href="{html.escape(page.name)}">{html.escape(_title(nb, path.stem))}</a></li>'
@@ -269,16 +322,31 @@ def build_site(
             "short runs, not from the full runs the text describes"
         )
     index = dst / "index.html"
-    index.write_text(
+    _write_page(
+        index,
         '<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">'
         "<title>vaelab course</title></head>\n<body>\n<h1>vaelab course</h1>\n"
         "<p>Variational autoencoders, sequential VAEs, deep Markov models and normalizing "
         f"flows in PyTorch. The notebooks in course order ({how}):</p>\n<ol>\n"
         + "\n".join(entries)
         + "\n</ol>\n</body>\n</html>\n",
-        encoding="utf-8",
+        pages,
     )
     return [index, *pages]
+
+
+def _write_page(page: Path, body: str, written: list[Path]) -> None:
+    """One page of the site, atomically; a WriteError says which pages are complete."""
+    done = f"{len(written)} page(s) before it were written" if written else "no page was written"
+    index = page.parent / "index.html"
+    kept = "the previous index.html is unchanged" if index.is_file() else "no index.html yet"
+    writes.write_atomic(
+        page,
+        body,
+        "course page",
+        survives=f"{writes.previous(page)}; {done}; {kept}",
+        fix="Make room there (or pass another DIR) and run course site again",
+    )
 
 
 def _link_pages(body: str, stems: list[str]) -> str:
@@ -293,12 +361,19 @@ def _link_pages(body: str, stems: list[str]) -> str:
 
 
 def _execute(nb: nbformat.NotebookNode, path: Path, options: dict, env: dict) -> None:
+    from jupyter_client.kernelspec import NoSuchKernel
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
     client = NotebookClient(nb, resources={"metadata": {"path": str(path.parent)}}, **options)
     try:
         client.execute(env=env)
+    except NoSuchKernel as err:
+        raise ValueError(
+            f"{path.name} asks for the Jupyter kernel {err.name!r}, which is not installed; "
+            f"install ipykernel in this environment (python -m ipykernel install --user) "
+            f"or build with --no-execute"
+        ) from None
     except (CellExecutionError, CellTimeoutError) as err:
         raise ValueError(
             f"{path.name} failed while executing for the site; fix the notebook, "

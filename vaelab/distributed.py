@@ -13,13 +13,19 @@ environment; :func:`vaelab.train.fit` sees them through :func:`context` and
   (:func:`global_loss`): N processes on batches of B train as one process on batches of N * B;
 - sums the logged metrics over processes, and writes checkpoints, the progress bar and
   callbacks on rank 0 only. Checkpoints hold the unwrapped model's state, so a checkpoint from
-  a DDP run loads and resumes in a single process.
+  a DDP run loads and resumes in a single process;
+- watches the process that started it (torchrun's agent, :class:`ParentWatch`): when the agent
+  dies (SIGKILL, out of memory) the workers stop as after SIGTERM, saving a clean checkpoint,
+  instead of training on with no one to collect them.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -39,6 +45,7 @@ class Context:
     local_rank: int = 0
     owns_group: bool = False  # this process group was started by fit and is ended by it
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # one GPU each
+    watch: ParentWatch | None = None  # stops this process when torchrun's agent dies
 
     @property
     def active(self) -> bool:
@@ -81,7 +88,75 @@ def context(device: torch.device) -> Context:
     owns = not dist.is_initialized()
     if owns:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Context(rank, world, local, owns, device)
+    return Context(rank, world, local, owns, device, ParentWatch(rank).start())
+
+
+# seconds a worker whose agent died may take to finish its step and save before it exits
+# anyway (a collective waits forever when another worker died with the agent)
+PARENT_GRACE = 30.0
+
+
+class ParentWatch:
+    """Stops this worker when the process that started it ends (torchrun's agent, killed with
+    SIGKILL or by the out-of-memory killer): a daemon thread polls ``os.getppid()``, which
+    changes when the parent dies and the worker is handed to init (or a subreaper).
+
+    It then sends this process SIGTERM, which :func:`vaelab.train.fit` turns into "stop after
+    this step and save a checkpoint" (every worker sees its agent die, and the workers agree to
+    stop together); a worker that has not ended ``grace`` seconds later (a collective waiting
+    for a worker that died with the agent never returns) exits with status 1, keeping the
+    checkpoint last written (saves are atomic). Polling, not ``prctl(PR_SET_PDEATHSIG)``: that
+    signal fires when the parent *thread* that started the worker ends, which need not be the
+    agent's end, and it is Linux only.
+
+    ``getppid``, ``kill`` and ``exit`` are the operating system's; tests pass their own.
+    """
+
+    def __init__(
+        self,
+        rank: int = 0,
+        poll: float = 0.5,
+        grace: float = PARENT_GRACE,
+        getppid: Callable[[], int] = os.getppid,
+        kill: Callable[[], None] | None = None,
+        exit: Callable[[int], object] = os._exit,
+    ) -> None:
+        self.rank, self.poll, self.grace = rank, poll, grace
+        self.getppid, self.exit = getppid, exit
+        self.kill = kill or (lambda: os.kill(os.getpid(), signal.SIGTERM))
+        self.parent = getppid()
+        self.done = threading.Event()  # set by stop(): the worker left the process group
+        self.fired = False
+        self.thread = threading.Thread(target=self._run, name="vaelab-parent-watch", daemon=True)
+
+    def start(self) -> ParentWatch:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.done.set()
+
+    def _run(self) -> None:
+        while self.getppid() == self.parent:
+            if self.done.wait(self.poll):
+                return
+        self.fired = True
+        print(
+            f"\nrank {self.rank}: the process that started it (pid {self.parent}, torchrun's "
+            f"agent) has ended; stopping after this step and saving a checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.kill()
+        if self.done.wait(self.grace):
+            return
+        print(
+            f"rank {self.rank}: still running {self.grace:g} s after its agent ended (another "
+            f"worker is gone too); exiting now, the last checkpoint written is kept",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.exit(1)
 
 
 def wrap(model: nn.Module, ctx: Context) -> nn.Module:
@@ -101,13 +176,19 @@ def shard(batch: Batch, ctx: Context) -> Batch | None:
         return batch
     if len(batch) < ctx.world:
         return None
-    take = lambda t: None if t is None else t[ctx.rank :: ctx.world]
-    part = Batch(take(batch.x), take(batch.a), take(batch.mask), take(batch.z))
+    rows = slice(ctx.rank, None, ctx.world)
+    part = Batch(batch.x[rows], *(None if t is None else t[rows] for t in _extras(batch)))
     if part.mask is not None:
-        t_max = int(part.mask.sum(dim=1).max())
-        trim = lambda t: None if t is None else t[:, :t_max]
-        part = Batch(trim(part.x), trim(part.a), trim(part.mask), trim(part.z))
+        steps = slice(0, int(part.mask.sum(dim=1).max()))
+        part = Batch(
+            part.x[:, steps], *(None if t is None else t[:, steps] for t in _extras(part))
+        )
     return part
+
+
+def _extras(batch: Batch) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``(a, mask, z)``, the optional fields of a batch, in Batch's order."""
+    return batch.a, batch.mask, batch.z
 
 
 def all_sum(values: Tensor, ctx: Context) -> Tensor:
@@ -153,8 +234,10 @@ def agree(flag: bool, ctx: Context) -> bool:
 
 
 def leave(ctx: Context) -> None:
-    """Leave the process group if fit joined it (after a barrier when every process is
-    still there; on an error the others are ended by torchrun)."""
+    """Stop watching the agent, and leave the process group if fit joined it (after a barrier
+    when every process is still there; on an error the others are ended by torchrun)."""
+    if ctx.watch is not None:
+        ctx.watch.stop()
     if ctx.owns_group and dist.is_initialized():
         if sys.exc_info()[0] is None:
             dist.barrier()

@@ -6,18 +6,31 @@ digits --epochs 20`` runs ``python -m vaelab train`` once per seed, at most ``--
 ``OUT/seed_S/`` and its own log, then prints one JSON line per run and a summary (mean and
 standard deviation of the final validation -ELBO over seeds). Students learn more from five
 seeds than from one big batch: the spread says which differences are noise.
+
+Ctrl-C stops the runs in progress as ``train`` stops (each saves a checkpoint and its log's
+last line says how to resume), starts no more, prints what finished and exits with 130. The
+JSON is strict: a value that is not a number (a mean over no runs, a spread of one run) is
+``null``, and the summary's ``notes`` say why.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
+
+# the numbers ``python -m vaelab train`` prints in its JSON line (vaelab.__main__._train)
+METRICS = ("val_nelbo", "train_nelbo", "steps")
+STOPPING = "stopping after this step"  # what train prints when Ctrl-C reaches it (train.guard)
+STOP_GRACE = 60.0  # seconds a stopped run may take to save its checkpoint
 
 
 @dataclass
@@ -27,6 +40,16 @@ class SweepRun:
     returncode: int | None = None
     result: dict | None = None
     error: str | None = None
+    interrupted: bool = False  # stopped by the sweep's Ctrl-C (None returncode: never started)
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run_sweep`; ``runs`` are every run, finished, stopped (their
+    checkpoints saved) or never started (``returncode`` None)."""
+
+    def __init__(self, runs: list[SweepRun]) -> None:
+        super().__init__("sweep interrupted")
+        self.runs = runs
 
 
 def _command(train_args: list[str], seed: int, out: Path) -> list[str]:
@@ -43,13 +66,25 @@ def _command(train_args: list[str], seed: int, out: Path) -> list[str]:
     ]
 
 
-def _check_args(train_args: list[str], seeds: list[int], jobs: int, out: Path) -> None:
+def check_metric(metric: str) -> None:
+    """ValueError naming the metrics a sweep can summarise unless ``metric`` is one."""
+    if metric not in METRICS:
+        raise ValueError(
+            f"--metric {metric!r} is not a number train reports; pass one of {', '.join(METRICS)}"
+        )
+
+
+def _check_args(
+    train_args: list[str], seeds: list[int], jobs: int, out: Path, threads: int = 1
+) -> None:
     if not seeds:
         raise ValueError("sweep needs at least one seed: pass --seeds 0 1 2")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"sweep seeds must differ, got {seeds}")
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1 processes at a time, got {jobs}")
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1 torch threads per process, got {threads}")
     for flag in ("--seed", "--out"):
         if any(a == flag or a.startswith(flag + "=") for a in train_args):
             raise ValueError(
@@ -69,6 +104,61 @@ def _gpu_count() -> int:
         return 0
 
 
+@dataclass
+class _Job:
+    run: SweepRun
+    proc: subprocess.Popen[str]
+    log: IO[str]
+    log_path: Path
+
+
+def _collect(job: _Job) -> SweepRun:
+    """The finished job's result (its JSON line) or error (its log's last line)."""
+    run, proc = job.run, job.proc
+    stdout = proc.stdout.read() if proc.stdout is not None else ""
+    if proc.stdout is not None:
+        proc.stdout.close()
+    job.log.close()
+    run.returncode = proc.returncode
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if proc.returncode == 0 and lines:
+        run.result = json.loads(lines[-1])
+    else:
+        err = job.log_path.read_text(errors="replace").strip().splitlines()
+        run.error = err[-1] if err else f"exit code {proc.returncode}"
+    return run
+
+
+def _stop(jobs: list[_Job], grace: float = STOP_GRACE) -> None:
+    """Ctrl-C for the runs in progress: a terminal's Ctrl-C reached them already (they share
+    its process group); the others (``kill -INT`` to the sweep alone) get SIGINT here, once,
+    so that each finishes its step and saves a checkpoint. Runs still going after ``grace``
+    seconds (or after a second Ctrl-C) get a second SIGINT (stop at once, keeping the last
+    checkpoint), then SIGKILL."""
+    time.sleep(0.5)  # the terminal's signal is handled within a step
+
+    def told(job: _Job) -> bool:
+        return STOPPING in job.log_path.read_text(errors="replace")
+
+    for job in jobs:
+        job.run.interrupted = True
+        if job.proc.poll() is None and not told(job):
+            job.proc.send_signal(signal.SIGINT)
+    with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: stop them at once
+        _wait(jobs, grace)
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        alive = [job for job in jobs if job.proc.poll() is None]
+        for job in alive:
+            job.proc.send_signal(sig)
+        _wait(alive, 5.0)
+
+
+def _wait(jobs: list[_Job], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while any(job.proc.poll() is None for job in jobs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def run_sweep(
     train_args: list[str],
     seeds: list[int],
@@ -79,63 +169,149 @@ def run_sweep(
 ) -> list[SweepRun]:
     """Run ``python -m vaelab train TRAIN_ARGS --seed S --out OUT/seed_S`` for every seed, at
     most ``jobs`` at once with ``threads`` torch threads each; returns the runs with their
-    JSON results (or the error each printed)."""
+    JSON results (or the error each printed).
+
+    Raises :class:`SweepInterrupted` (a KeyboardInterrupt) on Ctrl-C, after the runs in
+    progress have saved their checkpoints and ended; it holds every run.
+    """
     out = Path(out)
-    _check_args(train_args, seeds, jobs, out)
+    _check_args(train_args, seeds, jobs, out, threads)
     out.mkdir(parents=True, exist_ok=True)
     gpus = _gpu_count()
     pending = [SweepRun(seed, out / f"seed_{seed}") for seed in seeds]
-    running: list[tuple[SweepRun, subprocess.Popen, object]] = []
+    running: list[_Job] = []
     done: list[SweepRun] = []
     slot = 0
-    while pending or running:
-        while pending and len(running) < jobs:
-            run = pending.pop(0)
-            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # torch's intra-op threads
-            if gpus:
-                env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
-            slot += 1
-            log = open(out / f"seed_{run.seed}.log", "w")  # noqa: SIM115 - closed below
-            proc = subprocess.Popen(
-                _command(train_args, run.seed, run.out),
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-            )
-            running.append((run, proc, log))
-        for item in list(running):
-            run, proc, log = item
-            if proc.poll() is None:
-                continue
-            stdout = proc.stdout.read()
-            proc.stdout.close()
-            log.close()
-            running.remove(item)
-            run.returncode = proc.returncode
-            lines = [line for line in stdout.splitlines() if line.startswith("{")]
-            if proc.returncode == 0 and lines:
-                run.result = json.loads(lines[-1])
-            else:
-                err = (out / f"seed_{run.seed}.log").read_text().strip().splitlines()
-                run.error = err[-1] if err else f"exit code {proc.returncode}"
-            done.append(run)
-        time.sleep(poll)
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                run = pending.pop(0)
+                env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # torch's threads
+                if gpus:
+                    env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+                slot += 1
+                log_path = out / f"seed_{run.seed}.log"
+                log = open(log_path, "w")  # noqa: SIM115 - closed in _collect
+                proc = subprocess.Popen(
+                    _command(train_args, run.seed, run.out),
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    text=True,
+                )
+                running.append(_Job(run, proc, log, log_path))
+            for job in [job for job in running if job.proc.poll() is not None]:
+                done.append(_collect(job))
+                running.remove(job)
+            time.sleep(poll)
+    except KeyboardInterrupt:
+        running = [job for job in running if job.run not in done]  # Ctrl-C between the two
+        _stop(running)
+        done += [_collect(job) for job in running]
+        raise SweepInterrupted(sorted([*done, *pending], key=lambda r: r.seed)) from None
     return sorted(done, key=lambda r: r.seed)
 
 
 def summarise(runs: list[SweepRun], key: str = "val_nelbo") -> dict:
-    """Mean, sample standard deviation and range of ``key`` over the runs that finished."""
-    values = [r.result[key] for r in runs if r.result and r.result.get(key) is not None]
+    """Mean, sample standard deviation and range of ``key`` over the runs that finished.
+    A value that is undefined (no run reported ``key``; one run has no spread) is None, and
+    ``notes`` says why; ``failed`` counts runs that ended with an error, ``interrupted`` those
+    a Ctrl-C stopped and ``not_started`` those it kept from starting."""
+    check_metric(key)
+    results = [r.result for r in runs if r.result is not None]
+    failed = [r for r in runs if r.result is None and r.returncode is not None]
+    values = [float(result[key]) for result in results if _number(result.get(key))]
     n = len(values)
-    mean = sum(values) / n if n else math.nan
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+    notes = []
+    missing = len(results) - n
+    if missing:
+        notes.append(
+            f"{missing} finished run(s) reported no {key}"
+            + (
+                " (validation runs at the end of an epoch: with --max-steps short of one "
+                "there is none; pass --metric train_nelbo)"
+                if key == "val_nelbo"
+                else ""
+            )
+        )
+    if n == 0:
+        notes.append(f"no run finished with a {key}, so there is no mean")
+    elif n == 1:
+        notes.append("one run has no spread: sd is null (pass two or more seeds)")
+    mean = sum(values) / n if n else None
+    sd = (
+        math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+        if n > 1 and mean is not None
+        else None
+    )
     return {
         "metric": key,
         "runs": n,
-        "failed": sum(r.result is None for r in runs),
+        "failed": sum(not r.interrupted for r in failed),
+        "interrupted": sum(r.interrupted for r in failed),
+        "not_started": sum(r.returncode is None for r in runs),
         "mean": mean,
         "sd": sd,
-        "min": min(values, default=math.nan),
-        "max": max(values, default=math.nan),
+        "min": min(values, default=None),
+        "max": max(values, default=None),
+        "notes": notes,
     }
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def strict_json(record: dict) -> str:
+    """``record`` as strict JSON: every NaN or infinity becomes null, named in ``notes``."""
+    bad = sorted(k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v))
+    if not bad:
+        return json.dumps(record, allow_nan=False)
+    notes = [*record.get("notes", []), *(f"{k} was {record[k]}, printed as null" for k in bad)]
+    return json.dumps({**record, **dict.fromkeys(bad), "notes": notes}, allow_nan=False)
+
+
+def main(
+    train_args: list[str],
+    seeds: list[int],
+    out: str | Path,
+    jobs: int = 1,
+    threads: int = 1,
+    metric: str = "val_nelbo",
+) -> int:
+    """``python -m vaelab sweep``: run, print one JSON line per run and the summary; returns
+    the exit code (0 all finished with the metric, 1 a run failed or none reported the
+    metric, 130 Ctrl-C: the runs finished so far are summarised)."""
+    check_metric(metric)
+    try:
+        runs, interrupted = run_sweep(train_args, seeds, out, jobs, threads), False
+    except SweepInterrupted as stop:
+        runs, interrupted = stop.runs, True
+    for run in runs:
+        if run.returncode is None:
+            continue  # never started
+        record = {
+            "seed": run.seed,
+            "out": str(run.out),
+            "returncode": run.returncode,
+            "error": run.error,
+            **(run.result or {}),
+        }
+        print(strict_json(record))
+    summary = summarise(runs, metric)
+    print(strict_json({"summary": summary}))
+    if interrupted:
+        print(
+            f"\ninterrupted: {len([r for r in runs if r.result is not None])} of {len(runs)} "
+            f"runs finished and are summarised above; {summary['interrupted']} stopped with "
+            f"a checkpoint (the last line of OUT/seed_S.log says how to resume); "
+            f"{summary['not_started']} not started",
+            file=sys.stderr,
+        )
+        return 130
+    if summary["failed"]:
+        return 1
+    if summary["runs"] == 0:
+        print(f"error: {'; '.join(summary['notes'])}", file=sys.stderr)
+        return 1
+    return 0

@@ -7,6 +7,7 @@ prior: the coupling flow of Dinh et al. 2017 (arXiv:1605.08803) over N(0, I).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -48,6 +49,12 @@ class VAEConfig:
             raise ValueError(
                 f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}"
             )
+        if not self.min_scale > 0:  # as the SSM: softplus(...) + 0 can reach 0 (log 0 = -inf)
+            raise ValueError(
+                f"min_scale must be > 0 so scales stay positive, got {self.min_scale}"
+            )
+        if not math.isfinite(self.min_scale):
+            raise ValueError(f"min_scale must be finite (e.g. 1e-3), got {self.min_scale}")
         activation(self.activation)  # raises on an unknown name
         self.hidden_dims = list(self.hidden_dims)
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import signal
 import subprocess
 from pathlib import Path
+
+from vaelab import writes
 
 STATES = ("queued", "training", "paused", "stopped", "finished", "failed")
 ACTIVE = ("queued", "training", "paused")  # a run that has not ended
@@ -23,9 +24,7 @@ _CHILDREN: dict[int, subprocess.Popen] = {}  # the processes this server started
 def write_json(path: Path, value: dict) -> None:
     """``value`` as JSON at ``path``, through a temporary file and ``os.replace``, so a
     reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)
+    writes.write_atomic(path, json.dumps(value), "run file", sync=False)  # WriteError: disk
 
 
 def read_json(path: Path) -> dict:

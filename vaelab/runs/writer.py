@@ -3,13 +3,15 @@ requests (pause, continue, stop) it obeys."""
 
 from __future__ import annotations
 
-import io
+import contextlib
 import json
 import math
 import os
 import time
 from pathlib import Path
+from typing import BinaryIO
 
+from vaelab import writes
 from vaelab.runs.folder import ACTIONS, PAUSE_POLL, STATUS_EVERY, read_json, write_json
 
 
@@ -33,7 +35,7 @@ class RunWriter:
         self.started = time.monotonic()
         self.step = 0
         self.reason: str | None = None  # why the writer asked fit to stop
-        self._metrics: io.TextIOBase | None = None
+        self._metrics: BinaryIO | None = None
         self._written = -math.inf
 
     def start(self, settings: dict) -> RunWriter:
@@ -43,7 +45,7 @@ class RunWriter:
         write_json(self.folder / "settings.json", settings)
         self.max_seconds = float(read_json(self.folder / "limits.json").get("max_seconds") or 0.0)
         self.started = time.monotonic()
-        self._metrics = open(self.folder / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self._metrics = open(self.folder / "metrics.jsonl", "ab", buffering=0)  # noqa: SIM115
         self.status("training")
         return self
 
@@ -67,8 +69,8 @@ class RunWriter:
     def __call__(self, record: dict) -> bool:
         if self._metrics is None:
             raise ValueError("RunWriter.start(settings) opens the run folder; call it before fit")
-        self._metrics.write(json.dumps({**record, "wall": time.time()}) + "\n")
-        self._metrics.flush()
+        line = json.dumps({**record, "wall": time.time()})
+        writes.append_record(self._metrics, line, self.folder / "metrics.jsonl")
         self.step = int(record.get("step", self.step))
         if record.get("kind") == "end":
             return True
@@ -98,6 +100,13 @@ class RunWriter:
             self._metrics.close()
         if not self.folder.is_dir():
             return  # nothing was written: e.g. --out named a file
+        if kind is None:
+            self._end(kind, error)
+            return
+        with contextlib.suppress(OSError):  # e.g. a full disk, which the error reports
+            self._end(kind, error)
+
+    def _end(self, kind, error) -> None:
         if kind is None:
             self.status("stopped" if self.reason else "finished", self.reason or "")
         elif issubclass(kind, KeyboardInterrupt):

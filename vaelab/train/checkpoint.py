@@ -12,7 +12,6 @@ under torchrun; absent: 1) and ``recipe`` (fit's optimiser recipe, :mod:`vaelab.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import os
@@ -29,6 +28,7 @@ import torch
 from vaelab.config import check_types
 from vaelab.protocol import Model
 from vaelab.train import optim
+from vaelab.writes import WriteError, reason
 
 # format 2: the checksum is required and covers every value (format 1, written before
 # vaelab 0.2: tensors only, optional; still read, with the comparison fields upgraded)
@@ -56,7 +56,7 @@ OPTIONAL_CHECKPOINT_FIELDS = frozenset({"checksum", "resumes", "recipe", "world"
 _IMPORTED_AT = time.time()  # temporary files older than this are no process's of ours
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(WriteError):
     """A checkpoint could not be written (disk full, a file-size limit, no permission); the
     previous one is intact and no temporary file is left."""
 
@@ -98,12 +98,7 @@ def link_or_copy(src: Path, dst: Path) -> None:
 
 
 def _write_error(path: Path, err: OSError, size: int | None = None) -> CheckpointWriteError:
-    if err.errno == errno.ENOSPC:
-        what = "the disk holding it is full"
-    elif err.errno == errno.EFBIG:
-        what = "the file is larger than this process may write (ulimit -f)"
-    else:
-        what = err.strerror or str(err)
+    what = reason(err)
     need = f"; it needs {size / 2**20:.2f} MiB" if size is not None else ""
     before = (
         f"the previous {path.name} there is intact"

@@ -82,8 +82,9 @@ def check_data(resume: str | Path, ckpt: dict, spec: dict) -> None:
         if not same_data_spec({k: spec.get(k)}, {k: ckpt["data"].get(k)})
     )
     flag = {"name": "--data", "path": "--data-path"}.get(key, f"--data-option {key}")
+    trained_on = "" if key == "name" else f" (trained on data set {ckpt['data'].get('name')!r})"
     raise ValueError(
-        f"cannot resume {resume}: its data {key} is {ckpt['data'].get(key)!r} "
+        f"cannot resume {resume}{trained_on}: its data {key} is {ckpt['data'].get(key)!r} "
         f"but {spec.get(key)!r} here ({flag}); a resumed run keeps its data: "
         f"drop {flag}, or train a new model into another --out folder"
     )

@@ -117,6 +117,11 @@ class Run:
         return self.out / "checkpoint.pt"
 
     def survivor(self) -> str:
+        if not self.ctx.main:  # under torchrun only rank 0 writes, and says what it wrote
+            return (
+                f"rank {self.ctx.rank} of {self.ctx.world} stopped with the others; rank 0 "
+                f"writes the checkpoint and says how to resume"
+            )
         saved = self.saved_path()
         return guard.survivor(self.out, saved, _step_in(saved))
 
@@ -528,9 +533,9 @@ def interrupted(run: Run) -> guard.TrainingInterrupted:
             "interrupted": True,
         }
     )
+    what = guard.advice(path, None, diverged=False) if run.ctx.main else ""
     return guard.TrainingInterrupted(
-        f"interrupted at step {run.state.step}; {run.survivor()}. "
-        f"{guard.advice(path, None, diverged=False)}",
+        f"interrupted at step {run.state.step}; {run.survivor()}. {what}".rstrip(),
         path,
         _step_in(path),
     )

@@ -1,0 +1,808 @@
+"""Reliability leftovers of issue 35: torchrun workers stop when their agent dies; sweep's
+Ctrl-C, flags and JSON; the course commands' messages; evaluate's --data-option; the VAE's
+min_scale; and a full disk (RLIMIT_FSIZE, a small tmpfs) for every write besides
+checkpoints: metrics, the course site and the student release. Each ends in one sentence
+naming the path and what survives, a non-zero exit, no traceback and no temporary file."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+from helpers import config
+
+from tests.test_reliability import run_cli
+from tests.test_reliability_trainer import RUN_FOLDER_FILES
+from vaelab import distributed, sweep
+from vaelab.data import load_digits
+from vaelab.ssm import SSMConfig
+from vaelab.train import fit, load_checkpoint
+from vaelab.vae import VAE, VAEConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_VAE = [
+    "--model",
+    "vae",
+    "--data",
+    "digits",
+    "--set",
+    "hidden_dims=[8]",
+    "--set",
+    "z_dim=2",
+    "--train-set",
+    "progress=False",
+]
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    return {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if p.name.endswith(".tmp"))
+
+
+# ----------------------------------------------------------------------------- torchrun
+
+
+def test_parent_watch_sends_sigterm_when_the_parent_changes_then_exits_after_the_grace():
+    parents = iter([100, 100, 100, 1])  # the agent (pid 100) dies on the fourth look
+    calls: list[str] = []
+    exited = threading.Event()
+    watch = distributed.ParentWatch(
+        rank=1,
+        poll=0.01,
+        grace=0.05,
+        getppid=lambda: next(parents, 1),
+        kill=lambda: calls.append("SIGTERM"),
+        exit=lambda code: (calls.append(f"exit {code}"), exited.set()),
+    ).start()
+    assert exited.wait(5)
+    assert watch.parent == 100 and watch.fired
+    assert calls == ["SIGTERM", "exit 1"]
+
+
+def test_parent_watch_ends_quietly_when_the_worker_leaves_first():
+    calls: list[str] = []
+    watch = distributed.ParentWatch(
+        poll=0.01, getppid=lambda: 100, kill=lambda: calls.append("SIGTERM"), exit=calls.append
+    ).start()
+    time.sleep(0.05)
+    watch.stop()
+    watch.thread.join(5)
+    assert not watch.thread.is_alive() and not watch.fired and calls == []
+
+
+def test_parent_watch_stopped_in_time_does_not_exit():
+    """SIGTERM made the worker save and leave within the grace: no forced exit."""
+    parents = iter([100])
+    calls: list[str] = []
+    watch: distributed.ParentWatch | None = None
+
+    def kill() -> None:
+        calls.append("SIGTERM")
+        assert watch is not None
+        watch.stop()  # what fit's leave() does once the checkpoint is saved
+
+    watch = distributed.ParentWatch(
+        poll=0.01, grace=5, getppid=lambda: next(parents, 1), kill=kill, exit=calls.append
+    )
+    watch.start().thread.join(5)
+    assert calls == ["SIGTERM"]
+
+
+def test_killing_the_torchrun_agent_stops_its_workers_with_a_clean_folder(tmp_path):
+    """SIGKILL to torchrun's agent alone (its workers are left running): each worker sees its
+    parent gone, the two stop together after a step, rank 0 saves a checkpoint, and no
+    process, temporary file or lock is left."""
+    out = tmp_path / "run"
+    log = tmp_path / "torchrun.log"
+    with open(log, "w") as f:
+        agent = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                "2",
+                "-m",
+                "vaelab",
+                "train",
+                *TINY_VAE,
+                "--batch-size",
+                "8",
+                "--epochs",
+                "100000",
+                "--out",
+                str(out),
+            ],
+            env=_env(),
+            cwd=tmp_path,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: nothing else gets our signals
+        )
+    workers: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 240
+        metrics = out / "metrics.jsonl"
+        while not (metrics.is_file() and metrics.stat().st_size > 0):  # training has begun
+            assert agent.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        workers = psutil.Process(agent.pid).children()
+        assert len(workers) == 2, workers
+        agent.send_signal(signal.SIGKILL)
+        agent.wait(10)
+        killed = time.monotonic()
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        took = time.monotonic() - killed
+        assert not alive, f"workers {alive} still running 30 s after their agent died"
+        print(f"workers ended {took:.1f} s after the agent's SIGKILL")
+    finally:
+        for p in workers:
+            if p.is_running():
+                p.kill()
+        if agent.poll() is None:
+            agent.kill()
+    text = log.read_text()
+    assert "Traceback" not in text, text[-3000:]
+    assert "torchrun's agent) has ended; stopping after this step" in text, text[-3000:]
+    assert "rank 1 of 2 stopped with the others; rank 0 writes the checkpoint" in text
+    assert f"--resume {out}/checkpoint.pt" in text, text[-3000:]
+    ckpt = load_checkpoint(out / "checkpoint.pt")  # loadable, and its checksum holds
+    assert ckpt["step"] > 0 and ckpt.get("world") == 2
+    assert not _temporaries(out)
+    assert {p.name for p in out.iterdir()} - RUN_FOLDER_FILES <= {"checkpoint.pt", "best.pt"}
+
+
+# ----------------------------------------------------------------------------- sweep
+
+TINY_SWEEP = [*TINY_VAE, "--batch-size", "64"]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--threads", "0"], "--threads must be >= 1 torch threads per process, got 0"),
+        (["--jobs", "0"], "--jobs must be >= 1 processes at a time, got 0"),
+        (
+            ["--metric", "nosuch"],
+            (
+                "--metric 'nosuch' is not a number train reports; pass one of val_nelbo, "
+                "train_nelbo, steps"
+            ),
+        ),
+    ],
+)
+def test_sweep_refuses_a_wrong_flag_by_name_before_starting(tmp_path, capsys, flags, message):
+    out = tmp_path / "sweep"
+    code, stdout, err = run_cli(
+        ["sweep", "--seeds", "0", "--out", str(out), *flags, "--", *TINY_SWEEP], capsys
+    )
+    assert code == 2 and f"error: {message}" in err and stdout == ""
+    assert not out.exists()  # nothing started
+
+
+def test_sweep_prints_null_and_the_reason_never_nan_and_fails_without_a_metric(tmp_path, capsys):
+    """Two steps end before the first epoch's validation: no run reports val_nelbo. The
+    summary's mean is null with the reason, and the exit code is 1, not 0."""
+    out = tmp_path / "sweep"
+    code, stdout, err = run_cli(
+        ["sweep", "--seeds", "0", "--out", str(out), "--", *TINY_SWEEP, "--max-steps", "2"],
+        capsys,
+    )
+    assert "NaN" not in stdout and "Infinity" not in stdout
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    assert lines[0]["seed"] == 0 and lines[0]["val_nelbo"] is None
+    summary = lines[-1]["summary"]
+    assert summary["runs"] == 0 and summary["failed"] == 0
+    assert summary["mean"] is summary["sd"] is summary["min"] is None
+    assert "1 finished run(s) reported no val_nelbo" in summary["notes"][0]
+    assert "pass --metric train_nelbo" in summary["notes"][0]
+    assert code == 1 and "error: 1 finished run(s) reported no val_nelbo" in err
+    # the same runs summarised by a metric they report: a number, and exit 0
+    code, stdout, err = run_cli(
+        [
+            "sweep",
+            "--seeds",
+            "1",
+            "--out",
+            str(tmp_path / "train"),
+            "--metric",
+            "train_nelbo",
+            "--",
+            *TINY_SWEEP,
+            "--max-steps",
+            "2",
+        ],
+        capsys,
+    )
+    summary = json.loads(stdout.splitlines()[-1])["summary"]
+    assert code == 0, err
+    assert summary["runs"] == 1 and math.isfinite(summary["mean"]) and summary["sd"] is None
+
+
+def test_strict_json_turns_nan_into_null_and_says_so():
+    text = sweep.strict_json({"seed": 0, "val_nelbo": math.nan, "train_nelbo": math.inf})
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {
+        "seed": 0,
+        "val_nelbo": None,
+        "train_nelbo": None,
+        "notes": ["train_nelbo was inf, printed as null", "val_nelbo was nan, printed as null"],
+    }
+    assert (
+        sweep.summarise([sweep.SweepRun(0, Path("x"), 0, {"val_nelbo": math.nan})])["mean"] is None
+    )  # a NaN result is not averaged
+
+
+# A stand-in for ``python -m vaelab train``: seed 0 finishes at once; the others train until
+# SIGINT, then say so as train does (train.guard), and exit 130 naming how many SIGINTs came.
+FAKE_TRAIN = textwrap.dedent("""
+    import json, signal, sys, time
+    seed = int(sys.argv[sys.argv.index("--seed") + 1])
+    if seed == 0:
+        print(json.dumps({"val_nelbo": 40.0, "train_nelbo": 41.0, "steps": 5}))
+        sys.exit(0)
+    got = []
+    def stop(signum, frame):
+        got.append(signum)
+        print("Ctrl-C: stopping after this step and saving a checkpoint", file=sys.stderr,
+              flush=True)
+    signal.signal(signal.SIGINT, stop)
+    print("training", file=sys.stderr, flush=True)
+    while not got:
+        time.sleep(0.01)
+    time.sleep(1.0)  # finishing the step and saving
+    print(f"to resume: python -m vaelab train --resume seed_{seed}/checkpoint.pt "
+          f"({len(got)} SIGINT)", file=sys.stderr)
+    sys.exit(130)
+""")
+
+
+def _fake_train(monkeypatch) -> None:
+    monkeypatch.setattr(
+        sweep,
+        "_command",
+        lambda args, seed, out: [sys.executable, "-c", FAKE_TRAIN, "--seed", str(seed)],
+    )
+
+
+def _interrupt_when_training(log: Path, also_child: bool = False) -> threading.Thread:
+    """Ctrl-C to this process (as ``kill -INT`` to the sweep) once ``log`` says the run
+    trains; with ``also_child``, first to the run too, as a terminal's Ctrl-C reaches both."""
+
+    def go() -> None:
+        deadline = time.monotonic() + 60
+        while not (log.is_file() and "training" in log.read_text()):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+        if also_child:
+            for child in psutil.Process().children():
+                if "-c" in child.cmdline():
+                    child.send_signal(signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_ctrl_c_during_a_sweep_summarises_the_finished_runs_and_exits_130(
+    tmp_path, capsys, monkeypatch, terminal
+):
+    """Seeds 0, 1, 2 one at a time: seed 0 finishes, Ctrl-C comes while seed 1 trains. The
+    sweep passes SIGINT on to seed 1 (once: not when the terminal's Ctrl-C reached it too),
+    waits for it to save, starts no more, prints the finished run's summary and exits 130."""
+    _fake_train(monkeypatch)
+    out = tmp_path / "sweep"
+    _interrupt_when_training(out / "seed_1.log", also_child=terminal)
+    start = time.monotonic()
+    code, stdout, err = run_cli(
+        ["sweep", "--seeds", "0", "1", "2", "--out", str(out), "--", "--model", "vae"], capsys
+    )
+    assert time.monotonic() - start < 30  # the stopped run was waited for, not the grace
+    assert code == 130, err
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    assert [line.get("seed") for line in lines[:-1]] == [0, 1]  # seed 2 never started
+    assert lines[0]["returncode"] == 0 and lines[0]["val_nelbo"] == 40.0
+    assert lines[1]["returncode"] == 130
+    assert lines[1]["error"] == (
+        "to resume: python -m vaelab train --resume seed_1/checkpoint.pt (1 SIGINT)"
+    )
+    summary = lines[-1]["summary"]
+    assert summary["runs"] == 1 and summary["mean"] == 40.0 and summary["sd"] is None
+    assert (summary["failed"], summary["interrupted"], summary["not_started"]) == (0, 1, 1)
+    assert (
+        "interrupted: 1 of 3 runs finished and are summarised above; 1 stopped with a "
+        "checkpoint (the last line of OUT/seed_S.log says how to resume); 1 not started" in err
+    )
+    assert not (out / "seed_2.log").exists()
+
+
+def test_ctrl_c_to_a_real_sweep_saves_the_running_checkpoint(tmp_path):
+    """The CLI as a process: SIGINT to the sweep alone, while its run trains; the run saves a
+    checkpoint that loads, the sweep exits 130 with the summary and no traceback."""
+    out = tmp_path / "sweep"
+    sweep_proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vaelab",
+            "sweep",
+            "--seeds",
+            "0",
+            "1",
+            "--out",
+            str(out),
+            "--",
+            *TINY_SWEEP,
+            "--epochs",
+            "100000",
+        ],
+        env=_env(),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        metrics = out / "seed_0" / "metrics.jsonl"
+        deadline = time.monotonic() + 240
+        while not (metrics.is_file() and metrics.stat().st_size > 0):
+            assert sweep_proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        sweep_proc.send_signal(signal.SIGINT)
+        stdout, stderr = sweep_proc.communicate(timeout=120)
+    finally:
+        if sweep_proc.poll() is None:
+            os.killpg(sweep_proc.pid, signal.SIGKILL)
+    assert sweep_proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "interrupted: 0 of 2 runs finished" in stderr and "1 not started" in stderr
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    assert lines[0]["returncode"] == 130
+    assert f"--resume {out}/seed_0/checkpoint.pt" in lines[0]["error"]
+    assert lines[-1]["summary"]["interrupted"] == 1 and lines[-1]["summary"]["mean"] is None
+    assert load_checkpoint(out / "seed_0" / "checkpoint.pt")["step"] > 0
+    assert not _temporaries(out)
+
+
+# ----------------------------------------------------------------------------- course
+
+
+def _notebook(folder: Path, name: str, kernel: str = "python3") -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": kernel, "display_name": kernel, "language": "python"}
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {name}"), nbformat.v4.new_code_cell("1 + 1")]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def a_file(tmp_path) -> Path:
+    path = tmp_path / "notes.txt"
+    path.write_text("not a folder")
+    return path
+
+
+@pytest.mark.parametrize(
+    "sub, what, example",
+    [
+        ("release", "student release", "release/"),
+        ("nbgrader", "nbgrader course", "course/"),
+        ("site", "course site", "build/site/"),
+    ],
+)
+def test_course_output_that_is_a_file_is_named_as_a_file(a_file, capsys, sub, what, example):
+    code, out, err = run_cli(
+        ["course", sub, str(a_file), "--source", str(ROOT / "notebooks")], capsys
+    )
+    assert code == 2 and out == ""
+    assert err == (
+        f"error: {a_file} is a file, not a folder; pass a new or empty folder for the "
+        f"{what} (e.g. {example})\n"
+    )
+    assert a_file.read_text() == "not a folder"
+    code, _, err = run_cli(["course", sub, str(a_file / "sub")], capsys)
+    assert code == 2 and err == (
+        f"error: {a_file} is a file, so it cannot hold the folder {a_file / 'sub'}; pass a "
+        f"folder path for the {what}\n"
+    )
+    code, _, err = run_cli(["course", sub, " "], capsys)
+    assert (
+        code == 2
+        and err == f"error: DIR is empty; pass a folder for the {what} (e.g. {example})\n"
+    )
+
+
+def test_course_source_that_is_a_file_or_missing_is_named(a_file, tmp_path, capsys):
+    for sub in ("release", "nbgrader", "site"):
+        code, _, err = run_cli(
+            ["course", sub, str(tmp_path / sub), "--source", str(a_file)], capsys
+        )
+        assert code == 2 and err == (
+            f"error: --source {a_file} is a file; pass the folder holding the solution "
+            f"notebooks (e.g. --source notebooks)\n"
+        )
+        code, _, err = run_cli(
+            ["course", sub, str(tmp_path / sub), "--source", str(tmp_path / "none")], capsys
+        )
+        assert code == 2 and "does not exist; pass --source with the folder" in err
+        assert not (tmp_path / sub).exists()
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        ("not json", "Notebook does not appear to be JSON"),
+        ('{"cells": 5}', "'int' object is not iterable"),
+        ("[]", "'list' object has no attribute 'get'"),
+        (
+            (
+                '{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": '
+                '[{"cell_type": "code", "source": 3}]}'
+            ),
+            "The notebook is invalid",
+        ),
+    ],
+)
+def test_a_broken_notebook_in_the_source_is_named_in_one_sentence(tmp_path, capsys, content, why):
+    src = tmp_path / "src"
+    _notebook(src, "00_fine")
+    (src / "01_broken.ipynb").write_text(content)
+    for extra in (["release"], ["site", "--no-execute"]):
+        argv = ["course", extra[0], str(tmp_path / extra[0]), "--source", str(src), *extra[1:]]
+        code, _, err = run_cli(argv, capsys)
+        assert code == 2, err
+        assert err.startswith(
+            f"error: {src / '01_broken.ipynb'} is not a notebook nbformat can read ("
+        )
+        assert why in err and err.endswith("; fix it or move it out of the --source folder\n")
+        assert err.count("\n") == 1
+    assert not (tmp_path / "release").exists()
+
+
+def test_course_site_refuses_a_timeout_below_one_second_and_a_missing_kernel(tmp_path, capsys):
+    src = tmp_path / "src"
+    _notebook(src, "00_only", kernel="no-such-kernel")
+    code, _, err = run_cli(["course", "site", str(tmp_path / "s"), "--timeout", "0"], capsys)
+    assert code == 2 and err == "error: --timeout must be >= 1 seconds per cell, got 0\n"
+    code, _, err = run_cli(["course", "site", str(tmp_path / "s"), "--source", str(src)], capsys)
+    assert code == 2 and err == (
+        "error: 00_only.ipynb asks for the Jupyter kernel 'no-such-kernel', which is not "
+        "installed; install ipykernel in this environment (python -m ipykernel install "
+        "--user) or build with --no-execute\n"
+    )
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ckpt")
+    train, val, _ = load_digits()
+    fit(
+        VAE(VAEConfig(x_dim=64, z_dim=2, hidden_dims=[8])),
+        train.subset(slice(0, 64)),
+        val.subset(slice(0, 32)),
+        config(out, epochs=1),
+        data_spec={"name": "digits"},
+    )
+    return out / "checkpoint.pt"
+
+
+@pytest.mark.parametrize("option", ["foo", "=1", "binarize"])
+def test_evaluate_data_option_without_key_value_names_its_own_flag(checkpoint, capsys, option):
+    code, out, err = run_cli(
+        ["evaluate", "--checkpoint", str(checkpoint), "--samples", "0", "--data-option", option],
+        capsys,
+    )
+    assert code == 2 and out == ""
+    assert "--data-option takes key=value" in err and "--set" not in err
+
+
+def test_a_data_option_mismatch_on_resume_names_the_data_set(checkpoint, tmp_path, capsys):
+    code, _, err = run_cli(
+        [
+            "train",
+            "--resume",
+            str(checkpoint),
+            "--out",
+            str(tmp_path),
+            "--epochs",
+            "2",
+            "--data-option",
+            "binarize=False",
+        ],
+        capsys,
+    )
+    assert code == 2
+    assert (
+        f"cannot resume {checkpoint} (trained on data set 'digits'): its data binarize is "
+        f"None but False here (--data-option binarize); a resumed run keeps its data: drop "
+        f"--data-option binarize" in err
+    )
+
+
+# ----------------------------------------------------------------------------- min_scale
+
+
+@pytest.mark.parametrize("value", [0.0, -1e-3, math.nan])
+def test_vae_refuses_min_scale_zero_as_the_ssm_does(value):
+    with pytest.raises(ValueError) as vae_err:
+        VAEConfig(x_dim=4, z_dim=2, min_scale=value)
+    with pytest.raises(ValueError) as ssm_err:
+        SSMConfig(x_dim=4, z_dim=2, min_scale=value)
+    assert str(vae_err.value) == str(ssm_err.value)
+    assert str(vae_err.value) == f"min_scale must be > 0 so scales stay positive, got {value}"
+    with pytest.raises(ValueError, match="min_scale must be finite"):
+        VAEConfig(x_dim=4, z_dim=2, min_scale=math.inf)
+    assert VAEConfig(x_dim=4, z_dim=2, min_scale=1e-6).min_scale == 1e-6
+
+
+def test_cli_vae_min_scale_zero_is_refused_before_training(tmp_path, capsys):
+    code, _, err = run_cli(
+        [
+            "train",
+            *TINY_VAE,
+            "--set",
+            "min_scale=0",
+            "--out",
+            str(tmp_path / "r"),
+            "--max-steps",
+            "1",
+        ],
+        capsys,
+    )
+    assert code == 2 and "min_scale must be > 0 so scales stay positive, got 0" in err
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+# ----------------------------------------------------------------------------- disk full
+
+
+def _limit_file_size(size: int):
+    def preexec() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    return preexec
+
+
+def _vaelab(args: list[str], cwd: Path, limit: int | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vaelab", *args],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=cwd,
+        timeout=600,
+        check=False,
+        preexec_fn=None if limit is None else _limit_file_size(limit),
+    )
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs at tmp_path/disk: a disk that fills up for real (ENOSPC)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root; the RLIMIT_FSIZE tests cover this write")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        if subprocess.run(["umount", str(disk)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _free(folder: Path) -> int:
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """Fill ``disk`` until at most ``leave`` bytes are free; returns the filler file."""
+    filler = disk / "filler"
+    with open(filler, "ab") as f:
+        while _free(disk) > leave:
+            try:
+                f.write(b"\0" * 4096)
+                f.flush()
+            except OSError:
+                break
+    return filler
+
+
+def _lines_parse(path: Path) -> int:
+    text = path.read_text()
+    assert text == "" or text.endswith("\n"), "a half-written last line"
+    return len([json.loads(line) for line in text.splitlines()])
+
+
+def test_metrics_beyond_a_file_size_limit_are_one_sentence_and_no_half_line(tmp_path):
+    """A resumed folder whose metrics.jsonl is near ``ulimit -f``: the next record cannot be
+    appended. The file is cut back to its complete records; the message names it and the
+    checkpoint that survives; exit 1; no temporary file or lock."""
+    out = tmp_path / "run"
+    out.mkdir()
+    limit = 1 << 20
+    earlier = json.dumps({"kind": "train", "step": 0, "nelbo": 1.0, "note": "x" * 100}) + "\n"
+    metrics = out / "metrics.jsonl"
+    metrics.write_text(earlier * ((limit - 50) // len(earlier)))
+    before = metrics.read_bytes()
+    assert limit - len(before) < 300  # less room than one record
+    done = _vaelab(["train", *TINY_VAE, "--out", str(out), "--max-steps", "3"], tmp_path, limit)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: could not write metrics {metrics}: the file is larger than this process "
+        f"may write (ulimit -f) ([Errno 27] File too large); metrics.jsonl keeps every "
+        f"complete record before this one; no checkpoint had been written there yet. Make "
+        f"room there (or pass another --out folder) and start again"
+    )
+    assert metrics.read_bytes() == before
+    assert not _temporaries(out) and not (out / ".lock").exists()
+
+
+def test_a_disk_filling_up_during_training_ends_in_one_sentence(small_disk):
+    """A real full disk (a 1 MiB tmpfs, filled once training has begun): whichever write
+    meets it first (metrics, status, checkpoint) ends the run with exit 1 and one sentence
+    naming its file; no temporary file, no half line, the checkpoint there loads."""
+    out = small_disk / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vaelab",
+            "train",
+            *TINY_VAE,
+            "--out",
+            str(out),
+            "--epochs",
+            "100000",
+        ],
+        env=_env(),
+        cwd=small_disk.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        metrics = out / "metrics.jsonl"
+        while not (metrics.is_file() and metrics.stat().st_size > 0):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+            time.sleep(0.2)
+        _fill(small_disk, 0)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, stderr[-3000:]
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        rf"error: could not write (metrics|run file|checkpoint) {re.escape(str(out))}/\S+"
+        rf"( in folder {re.escape(str(out))})?: the disk holding it is full.*",
+        last,
+    ), last
+    (small_disk / "filler").unlink()
+    _lines_parse(metrics)
+    assert not _temporaries(small_disk) and not (out / ".lock").exists()
+    if (out / "checkpoint.pt").exists():
+        load_checkpoint(out / "checkpoint.pt")
+
+
+def _release_fails_cleanly(done: subprocess.CompletedProcess, dst: Path, why: str) -> None:
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert re.fullmatch(
+        rf"error: could not write student release {re.escape(str(dst))}: {re.escape(why)} "
+        rf"\(.*\); nothing was written to {re.escape(str(dst))} \(the partial student "
+        rf"release was removed\)\. Make room there \(or choose another folder\) and try "
+        rf"again\n",
+        done.stderr,
+    ), done.stderr
+    assert not dst.exists()
+    assert not [p.name for p in dst.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_release_beyond_a_file_size_limit_leaves_no_half_release(tmp_path):
+    dst = tmp_path / "release"
+    done = _vaelab(["course", "release", str(dst)], tmp_path, limit=16_000)
+    _release_fails_cleanly(done, dst, "the file is larger than this process may write (ulimit -f)")
+    empty = tmp_path / "empty"  # an empty folder named as the release: still empty after
+    empty.mkdir()
+    done = _vaelab(["course", "release", str(empty)], tmp_path, limit=16_000)
+    assert done.returncode == 1 and "nothing was written to" in done.stderr
+    assert empty.is_dir() and not any(empty.iterdir())
+
+
+def test_release_onto_a_full_disk_leaves_no_half_release(small_disk):
+    _fill(small_disk, 64 * 1024)
+    dst = small_disk / "release"
+    done = _vaelab(["course", "release", str(dst)], small_disk.parent)
+    _release_fails_cleanly(done, dst, "the disk holding it is full")
+
+
+def test_nbgrader_layout_beyond_a_file_size_limit_leaves_nothing(tmp_path):
+    dst = tmp_path / "course"
+    done = _vaelab(["course", "nbgrader", str(dst)], tmp_path, limit=16_000)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"could not write nbgrader course {dst}: the file is larger" in done.stderr
+    assert not dst.exists() and not _temporaries(tmp_path)
+
+
+def _site_source(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    for name in ("00_first", "01_second"):
+        _notebook(src, name)
+    return src
+
+
+def test_site_beyond_a_file_size_limit_keeps_the_previous_pages(tmp_path):
+    """A site built before, rebuilt under ``ulimit -f`` smaller than a page: the first page's
+    write fails, the message says the previous page and index are intact, and they are."""
+    src, site = _site_source(tmp_path), tmp_path / "site"
+    first = _vaelab(["course", "site", str(site), "--source", str(src), "--no-execute"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = {p.name: p.read_bytes() for p in site.iterdir()}
+    page = site / "00_first.html"
+    assert len(before["00_first.html"]) > 20_000  # nbconvert's pages carry their styles
+    done = _vaelab(
+        ["course", "site", str(site), "--source", str(src), "--no-execute"], tmp_path, 20_000
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert re.fullmatch(
+        rf"error: could not write course page {re.escape(str(page))}: the file is larger than "
+        rf"this process may write \(ulimit -f\); it needs [0-9.]+ MiB \(.*\); the previous "
+        rf"00_first.html is intact; no page was written; the previous index.html is "
+        rf"unchanged\. Make room there \(or pass another DIR\) and run course site again\n",
+        done.stderr,
+    ), done.stderr
+    assert {p.name: p.read_bytes() for p in site.iterdir()} == before
+    assert not _temporaries(site)
+
+
+def test_site_onto_a_full_disk_names_the_page_and_leaves_no_temporary_file(small_disk, tmp_path):
+    src, site = _site_source(tmp_path), small_disk / "site"
+    _fill(small_disk, 16 * 1024)
+    done = _vaelab(["course", "site", str(site), "--source", str(src), "--no-execute"], tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert (
+        f"error: could not write course page {site}/00_first.html: the disk holding it is full"
+        in done.stderr
+    )
+    assert "no 00_first.html was there; no page was written; no index.html yet" in done.stderr
+    assert not _temporaries(small_disk) and not (site / "00_first.html").exists()
