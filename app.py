@@ -21,7 +21,7 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from vaelab import MODELS, charts, plots, runs
+from vaelab import MODELS, charts, instructor, plots, runs
 from vaelab.audio import piano_roll_wav
 from vaelab.config import parse_sets
 from vaelab.datasets import load_dataset
@@ -63,6 +63,14 @@ torch.set_num_threads(1)  # the page's own torch work (figures) takes one core
 try:
     HOSTING = runs.Hosting.from_env()
 except ValueError as e:  # a mistyped setting of the instructor's: said once, plainly
+    st.error(f"server setting: {e}")
+    st.stop()
+
+try:  # the instructor's view exists only with a password in .streamlit/secrets.toml
+    INSTRUCTOR_PASSWORD = instructor.configured_password(st.secrets)
+except FileNotFoundError:  # no secrets file at all: no instructor view
+    INSTRUCTOR_PASSWORD = None
+except ValueError as e:
     st.error(f"server setting: {e}")
     st.stop()
 
@@ -238,6 +246,20 @@ with st.sidebar:
             )
         else:
             st.success(f"uploaded {state.uploaded['text']}; press 'Resume'")
+    if INSTRUCTOR_PASSWORD is not None:
+        with st.expander("instructor"):
+            given = st.text_input(
+                "instructor password",
+                type="password",
+                key="instructor_pw",
+                help="the password in the server's .streamlit/secrets.toml; shows every "
+                "session's runs, each of which can be stopped",
+            )
+            if given and not instructor.password_ok(given, INSTRUCTOR_PASSWORD):
+                st.error("wrong instructor password")
+INSTRUCTOR = INSTRUCTOR_PASSWORD is not None and instructor.password_ok(
+    state.get("instructor_pw", ""), INSTRUCTOR_PASSWORD
+)
 
 
 # ----------------------------------------------------------------------------- runs and actions
@@ -743,7 +765,51 @@ def compare(run: dict | None, visible: list[dict]) -> None:
     st.caption(panel["caption"])
 
 
+def on_instructor_stop(run_id: str | None) -> None:
+    state.pop("message", None)
+    if not INSTRUCTOR:  # the password was changed or cleared since the page was drawn
+        say("the instructor password is needed to stop another session's run")
+        return
+    if run_id is None:
+        say("choose a run to stop")
+        return
+    try:
+        say(instructor.stop_any(root, run_id), "success")
+    except (ValueError, OSError) as e:
+        say(str(e))
+
+
+@st.fragment(run_every=POLL_SECONDS * 2.5)
+def instructor_view() -> None:
+    """Every run of every session under the runs root, re-read every 5 s; any can be
+    stopped. Drawn only for a session that typed the instructor password."""
+    every_run = runs.list_runs(root)
+    st.subheader("instructor: every run of every session")
+    if not every_run:
+        st.info("no run yet")
+        return
+    st.dataframe(instructor.class_table(every_run), hide_index=True, key="instructor_table")
+    active = instructor.stoppable(every_run)
+    c1, c2 = st.columns([3, 1])
+    picked = c1.selectbox(
+        "run to stop",
+        active,
+        index=None,
+        placeholder="a run that has not ended" if active else "no run is training or queued",
+        key="instructor_pick",
+    )
+    c2.button(
+        "Stop this run",
+        key="instructor_stop",
+        disabled=picked is None,
+        on_click=on_instructor_stop,
+        args=(picked,),
+    )
+
+
 run_panel()
+if INSTRUCTOR:
+    instructor_view()
 if run is not None:
     records = runs.read_metrics(run["folder"])[0] if run["state"] not in runs.ACTIVE else []
     d1, d2 = st.columns(2)

@@ -401,3 +401,78 @@ def test_views_of_a_finished_run_compare_and_export(tmp_path):
     _ok(at)
     overlay = __import__("json").loads(at.get("vega_lite_chart")[-1].proto.spec)
     assert overlay["encoding"]["color"]["scale"]["domain"] == ["small", "wide"]
+
+
+PASSWORD = "correct horse battery staple"  # the tests' own secret, never a real one
+
+
+def instructor_session(password: str | None = None, **query) -> AppTest:
+    """A session of a server whose secrets hold the instructor password; ``password`` is
+    what this session types into the instructor box (None: nothing)."""
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.secrets["instructor_password"] = PASSWORD
+    for key, value in query.items():
+        at.query_params[key] = value
+    at.run()
+    _ok(at)
+    if password is not None:
+        at.text_input(key="instructor_pw").set_value(password).run()
+        _ok(at)
+    return at
+
+
+def _instructor_shown(at: AppTest) -> bool:
+    return any(
+        "every run of every session" in h.value for h in at.subheader
+    ) or "instructor_stop" in {b.key for b in at.button}
+
+
+def test_instructor_view_exists_only_with_the_password_and_refuses_a_wrong_one(hosted):
+    plain = session()  # no password in the server's secrets: no instructor box at all
+    assert "instructor_pw" not in {w.key for w in plain.text_input}
+    assert not _instructor_shown(plain)
+    student = instructor_session()  # configured, nothing typed: the box, nothing else
+    assert "instructor_pw" in {w.key for w in student.text_input}
+    assert not _instructor_shown(student) and not student.dataframe
+    wrong = instructor_session("correct horse")
+    assert "wrong instructor password" in [e.value for e in wrong.error]
+    assert not _instructor_shown(wrong) and not wrong.dataframe
+    right = instructor_session(PASSWORD)
+    assert "wrong instructor password" not in [e.value for e in right.error]
+    assert _instructor_shown(right)
+    assert any("no run yet" in i.value for i in right.info)
+
+
+@pytest.mark.integration
+def test_the_instructor_sees_two_sessions_runs_and_stops_one(hosted):
+    alice, bob = instructor_session(), instructor_session()
+    run_a = _train(alice, epochs=100000)
+    run_b = _train(bob, extra="hidden_dims=[12]", epochs=100000)
+    for at in (alice, bob):
+        _poll(at, lambda at=at: _state(at, hosted) == "training")
+    # a student cannot stop another's run: no instructor controls, and a request is refused
+    assert not _instructor_shown(alice)
+    with pytest.raises(ValueError, match="belongs to another session"):
+        runs.request(hosted, run_b, _param(alice, "s"), "stop")
+    teacher = instructor_session(PASSWORD)
+    table = teacher.dataframe[0].value
+    assert set(table["run"]) == {run_a, run_b}  # both sessions' runs
+    assert set(table["state"]) == {"training"} and set(table["model"]) == {"vae"}
+    assert set(table["session"]) == {
+        runs.owner_hash(_param(at, "s"))[:8] for at in (alice, bob)
+    }  # shortened owners, never a token
+    assert sorted(teacher.selectbox(key="instructor_pick").options) == sorted([run_a, run_b])
+    teacher.selectbox(key="instructor_pick").set_value(run_b).run()
+    teacher.button(key="instructor_stop").click().run()
+    _ok(teacher)
+    assert any("asked to stop" in s.value for s in teacher.success)
+    # the owner's panel shows its run stopped; the other session's run trains on
+    _poll(bob, lambda: _state(bob, hosted) == "stopped")
+    _poll(bob, lambda: "**stopped**" in " ".join(_texts(bob, ("markdown",))))
+    assert _state(alice, hosted) == "training"
+    teacher.run()
+    stopped = teacher.dataframe[0].value.set_index("run")["state"]
+    assert stopped[run_b] == "stopped" and stopped[run_a] == "training"
+    assert teacher.selectbox(key="instructor_pick").options == [run_a]
+    alice.button(key="stop").click().run()
+    _poll(alice, lambda: _state(alice, hosted) == "stopped")

@@ -547,3 +547,40 @@ def test_dmm_aug_alternate_times_the_models_in_turns_and_divides_by_the_dmm(tmp_
         check=False,
     )
     assert bad.returncode == 2 and "--alternate needs at least 2 rounds" in bad.stderr
+
+
+@pytest.mark.browser
+def test_dashboard_soak_drives_the_hosted_server_and_reports_its_memory(tmp_path):
+    """``soak.py --dashboard`` for half a minute: sessions start runs that finish, the
+    server's memory is sampled, and the drift is the last sample minus the baseline."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "soak.py"),
+            "--dashboard",
+            "--minutes",
+            "0.75",
+            "--warmup",
+            "0.2",
+            "--every",
+            "5",
+            "--run-steps",
+            "30",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("t=") and "server resident" in lines[0]
+    result = json.loads(lines[-1])
+    assert result["mode"] == "dashboard" and result["runs_finished"] >= 1
+    assert result["session_errors"] == 0
+    assert result["folders_finished"] == result["runs_finished"]
+    assert 50 < result["rss_mb_first"] <= result["rss_mb_max"]
+    assert result["samples"] >= 5 and result["warmup_s"] >= 12
+    end = result["rss_mb_end"] - result["rss_mb_after_warmup"]
+    assert result["first_hour_drift_mb"] == pytest.approx(end, abs=0.11)
