@@ -495,6 +495,9 @@ def test_course_site_refuses_a_timeout_below_one_second_and_a_missing_kernel(tmp
         "installed; install ipykernel in this environment (python -m ipykernel install "
         "--user) or build with --no-execute\n"
     )
+    # the failed kernel start left no handler of nbclient's behind (fit's SIGTERM needs these)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 # ----------------------------------------------------------------------------- evaluate

@@ -21,6 +21,7 @@ from __future__ import annotations
 import html
 import os
 import re
+import signal
 from pathlib import Path
 
 import nbformat
@@ -366,6 +367,9 @@ def _execute(nb: nbformat.NotebookNode, path: Path, options: dict, env: dict) ->
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
     client = NotebookClient(nb, resources={"metadata": {"path": str(path.parent)}}, **options)
+    # nbclient's kernel start can leave its own SIGTERM/SIGINT handlers behind when it fails;
+    # the caller's (e.g. fit's Ctrl-C handling later in the same process) come back after it
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         client.execute(env=env)
     except NoSuchKernel as err:
@@ -380,6 +384,10 @@ def _execute(nb: nbformat.NotebookNode, path: Path, options: dict, env: dict) ->
             f"or build with --no-execute to render it as stored:\n"
             f"{re.sub(ANSI, '', str(err))}"
         ) from None
+    finally:
+        for s, handler in handlers.items():
+            if handler is not None and signal.getsignal(s) is not handler:
+                signal.signal(s, handler)
 
 
 def add_course_parser(sub) -> None:
