@@ -806,3 +806,66 @@ def test_site_onto_a_full_disk_names_the_page_and_leaves_no_temporary_file(small
     )
     assert "no 00_first.html was there; no page was written; no index.html yet" in done.stderr
     assert not _temporaries(small_disk) and not (site / "00_first.html").exists()
+
+
+# ----------------------------------------------------------------------------- re-test (rel2)
+
+
+def _train_tiny(out: Path, capsys, *extra: str) -> tuple[int, str, str]:
+    return run_cli(["train", *TINY_VAE, "--max-steps", "2", "--out", str(out), *extra], capsys)
+
+
+def _folder_state(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_train_refuses_an_out_folder_holding_another_run_and_leaves_it_as_it_was(tmp_path, capsys):
+    """Finding 3: a new run into a finished run's folder would replace its checkpoint and
+    append to its metrics; it is refused before anything is written, and resuming that
+    run's own checkpoint into its folder still goes on."""
+    run = tmp_path / "run"
+    assert _train_tiny(run, capsys)[0] == 0
+    before = _folder_state(run)
+    assert json.loads(before["status.json"])["state"] == "finished"
+    code, out, err = _train_tiny(run, capsys)
+    assert code == 2 and out == ""
+    assert (
+        f"error: --out {run} holds another run (checkpoint.pt, metrics.jsonl), which "
+        f"training would overwrite; pass a new or empty folder for --out, or --resume "
+        f"{run / 'checkpoint.pt'} to continue it" in err
+    )
+    assert _folder_state(run) == before  # not even status.json says "failed"
+    other = tmp_path / "other"  # a resume of another run into this folder: refused too
+    assert _train_tiny(other, capsys)[0] == 0
+    code, _, err = _train_tiny(run, capsys, "--resume", str(other / "checkpoint.pt"))
+    assert code == 2 and f"--out {run} holds another run" in err
+    assert _folder_state(run) == before
+    code, _, err = run_cli(
+        ["train", "--resume", str(run / "checkpoint.pt"), "--max-steps", "3"], capsys
+    )
+    assert code == 0, err
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 3
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _train_tiny(empty, capsys)[0] == 0
+
+
+@pytest.mark.parametrize("kind", ["folder", "missing", "foreign"])
+def test_a_failed_resume_writes_no_status_outside_its_own_out_folder(tmp_path, capsys, kind):
+    """Finding 9: ``train --resume P`` that fails (P a folder, missing, not a checkpoint)
+    writes nothing beside P; with --out, the failure is recorded in that folder only."""
+    place = tmp_path / "place"
+    place.mkdir()
+    target = {"folder": place, "missing": place / "none.pt", "foreign": place / "x.pt"}[kind]
+    if kind == "foreign":
+        target.write_text("not a checkpoint")
+    code, out, err = run_cli(["train", "--resume", str(target)], capsys)
+    assert code == 2 and out == "" and str(target) in err
+    assert not (place / "status.json").exists() and not (tmp_path / "status.json").exists()
+    run = tmp_path / "run"
+    run.mkdir()  # as the dashboard queues it
+    code, _, err = run_cli(["train", "--resume", str(target), "--out", str(run)], capsys)
+    assert code == 2 and str(target) in err
+    assert not (place / "status.json").exists()
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and str(target) in status["message"]

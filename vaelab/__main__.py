@@ -105,15 +105,50 @@ def _resumed(args: argparse.Namespace, spec: dict, ckpt: dict, model_sets: dict)
 def cmd_train(args: argparse.Namespace) -> int:
     """Train, writing the run folder (:class:`vaelab.runs.RunWriter`: metrics, status,
     requests) on rank 0 when there is an output folder."""
-    folder = args.out or (args.resume and str(Path(args.resume).parent))
+    ckpt = None
+    if args.resume is not None and args.out is None:
+        # the checkpoint's folder becomes the run's only once the checkpoint loads: a failed
+        # --resume (a folder, a missing or foreign file) writes no status.json anywhere
+        ckpt = _from_checkpoint(args)
+    _check_not_another_run(args)  # before the writer, which would mark that run failed
+    folder = args.out
     if folder is None or int(os.environ.get("RANK", "0")) != 0:
-        return _train(args, None)
+        return _train(args, None, ckpt)
     with RunWriter(folder) as writer:
-        return _train(args, writer)
+        return _train(args, writer, ckpt)
 
 
-def _train(args: argparse.Namespace, writer: RunWriter | None) -> int:
-    ckpt = None if args.resume is None else _from_checkpoint(args)
+RUN_FILES = ("checkpoint.pt", "best.pt", "metrics.jsonl")  # what a run that trained leaves
+
+
+def _check_not_another_run(args: argparse.Namespace) -> None:
+    """Refuse an --out folder holding another run's files (a checkpoint, metrics): training
+    into it would replace its checkpoint and append to its metrics. Resuming that run's own
+    checkpoint into its own folder is how it goes on."""
+    if not args.out or not args.out.strip():
+        return  # _train names an empty or missing --out
+    out = Path(args.out)
+    if not out.is_dir():
+        return
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if not found:
+        return
+    if args.resume is not None and Path(args.resume).resolve().parent == out.resolve():
+        return
+    hint = (
+        f"--resume {out / 'checkpoint.pt'} to continue it"
+        if (out / "checkpoint.pt").is_file()
+        else "a new folder"
+    )
+    raise ValueError(
+        f"--out {out} holds another run ({', '.join(found)}), which training would "
+        f"overwrite; pass a new or empty folder for --out, or {hint}"
+    )
+
+
+def _train(args: argparse.Namespace, writer: RunWriter | None, ckpt: dict | None = None) -> int:
+    if ckpt is None and args.resume is not None:
+        ckpt = _from_checkpoint(args)
     missing = [
         flag
         for flag, value in (("--model", args.model), ("--data", args.data), ("--out", args.out))
