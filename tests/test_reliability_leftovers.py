@@ -869,3 +869,45 @@ def test_a_failed_resume_writes_no_status_outside_its_own_out_folder(tmp_path, c
     assert not (place / "status.json").exists()
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "failed" and str(target) in status["message"]
+
+
+@pytest.mark.parametrize(
+    "train_set, flag",
+    [("max_steps=-1", ["--max-steps", "2"]), ("epochs=0", ["--epochs", "1"])],
+)
+def test_a_train_field_set_by_train_set_and_its_flag_is_refused(tmp_path, capsys, train_set, flag):
+    """Finding 5: the --train-set value was dropped unchecked when the flag set the field."""
+    code, out, err = run_cli(
+        ["train", *TINY_VAE, "--train-set", train_set, *flag, "--out", str(tmp_path / "r")],
+        capsys,
+    )
+    field = train_set.split("=")[0]
+    message = (
+        f"error: {field} is set twice, by --train-set {train_set} and by {flag[0]} {flag[1]}; "
+        f"pass it once (use {flag[0]})"
+    )
+    assert code == 2 and out == "" and message in err
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_train_set_out_dir_is_refused_pointing_at_out(tmp_path, capsys):
+    """Finding 4: --train-set out_dir=X was silently ignored for --out."""
+    code, out, err = run_cli(
+        [
+            "train",
+            *TINY_VAE,
+            "--max-steps",
+            "1",
+            "--train-set",
+            f"out_dir={tmp_path / 'x'}",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capsys,
+    )
+    assert code == 2 and out == ""
+    assert (
+        f"error: --train-set out_dir={str(tmp_path / 'x')!r} is not how train picks its "
+        f"folder; use --out {tmp_path / 'x'}" in err
+    )
+    assert not (tmp_path / "x").exists() and not (tmp_path / "r" / "checkpoint.pt").exists()

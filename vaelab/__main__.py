@@ -45,18 +45,27 @@ def _train_config(args: argparse.Namespace, base: dict) -> TrainConfig:
             f"--train-set preset={sets['preset']!r} would only label the run; use "
             f"--preset NAME, which applies the preset's settings"
         )
-    given = {
-        k: v
-        for k, v in {
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "seed": args.seed,
-            "device": args.device,
-            "max_steps": args.max_steps,
-        }.items()
-        if v is not None
+    if "out_dir" in sets:
+        raise ValueError(
+            f"--train-set out_dir={sets['out_dir']!r} is not how train picks its folder; "
+            f"use --out {sets['out_dir']}"
+        )
+    flags = {
+        "epochs": ("--epochs", args.epochs),
+        "batch_size": ("--batch-size", args.batch_size),
+        "lr": ("--lr", args.lr),
+        "seed": ("--seed", args.seed),
+        "device": ("--device", args.device),
+        "max_steps": ("--max-steps", args.max_steps),
     }
+    given = {k: v for k, (_, v) in flags.items() if v is not None}
+    twice = next((k for k in sets if k in given), None)
+    if twice is not None:
+        flag = flags[twice][0]
+        raise ValueError(
+            f"{twice} is set twice, by --train-set {twice}={sets[twice]!r} and by {flag} "
+            f"{given[twice]}; pass it once (use {flag})"
+        )
     return TrainConfig(**{**base, **sets, **given, "out_dir": args.out})
 
 
