@@ -542,9 +542,37 @@ def test_a_data_option_mismatch_on_resume_names_the_data_set(checkpoint, tmp_pat
     assert code == 2
     assert (
         f"cannot resume {checkpoint} (trained on data set 'digits'): its data binarize is "
-        f"None but False here (--data-option binarize); a resumed run keeps its data: drop "
+        f"True but False here (--data-option binarize); a resumed run keeps its data: drop "
         f"--data-option binarize" in err
     )
+
+
+@pytest.mark.parametrize("option", ["binarize=True", "binarize=true"])
+def test_resume_accepts_a_data_option_equal_to_the_loaders_default(
+    checkpoint, tmp_path, capsys, option
+):
+    """Finding 10: the checkpoint records digits without options (binarize left at its
+    default, True); naming that default on resume is the same data, not a change."""
+    code, out, err = run_cli(
+        [
+            "train",
+            "--resume",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "go_on"),
+            "--epochs",
+            "2",
+            "--max-steps",
+            str(load_checkpoint(checkpoint)["step"] + 1),
+            "--data-option",
+            option,
+            "--train-set",
+            "progress=False",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert json.loads(out)["steps"] == load_checkpoint(checkpoint)["step"] + 1
 
 
 # ----------------------------------------------------------------------------- min_scale
