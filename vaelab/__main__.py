@@ -139,19 +139,20 @@ def _check_not_another_run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if not out.is_dir():
         return
-    found = [name for name in RUN_FILES if (out / name).exists()]
+    # an empty metrics.jsonl: a run refused before its first step (e.g. the folder was in use)
+    found = [n for n in RUN_FILES if (out / n).is_file() and (out / n).stat().st_size > 0]
     if not found:
         return
     if args.resume is not None and Path(args.resume).resolve().parent == out.resolve():
         return
     hint = (
-        f"--resume {out / 'checkpoint.pt'} to continue it"
+        f", or --resume {out / 'checkpoint.pt'} to continue it"
         if (out / "checkpoint.pt").is_file()
-        else "a new folder"
+        else ""
     )
     raise ValueError(
         f"--out {out} holds another run ({', '.join(found)}), which training would "
-        f"overwrite; pass a new or empty folder for --out, or {hint}"
+        f"overwrite; pass a new or empty folder for --out{hint}"
     )
 
 
