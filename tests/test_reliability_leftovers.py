@@ -939,3 +939,17 @@ def test_train_set_out_dir_is_refused_pointing_at_out(tmp_path, capsys):
         f"folder; use --out {tmp_path / 'x'}" in err
     )
     assert not (tmp_path / "x").exists() and not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("dst", ["", " "])
+def test_course_site_refuses_an_empty_dir_and_writes_nothing_here(
+    tmp_path, monkeypatch, capsys, dst
+):
+    """Finding 2: ``course site --no-execute ''`` must not render into the current folder."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(
+        ["course", "site", "--no-execute", dst, "--source", str(ROOT / "notebooks")], capsys
+    )
+    assert code == 2 and out == ""
+    assert err == "error: DIR is empty; pass a folder for the course site (e.g. build/site/)\n"
+    assert list(tmp_path.iterdir()) == []
