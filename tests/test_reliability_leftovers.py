@@ -953,3 +953,35 @@ def test_course_site_refuses_an_empty_dir_and_writes_nothing_here(
     assert code == 2 and out == ""
     assert err == "error: DIR is empty; pass a folder for the course site (e.g. build/site/)\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_whose_runs_fail_prints_each_runs_reason_on_stderr(tmp_path, capsys):
+    """Finding 8: bad training arguments ended the sweep with exit 1 and only the summary;
+    each failed run's one-line reason (its log's last line) is printed, naming the log."""
+    out = tmp_path / "sweep"
+    code, stdout, err = run_cli(
+        [
+            "sweep",
+            "--seeds",
+            "0",
+            "-1",
+            "--out",
+            str(out),
+            "--",
+            *TINY_SWEEP,
+            "--max-steps",
+            "1",
+            "--model",
+            "nosuch",
+        ],
+        capsys,
+    )
+    assert code == 1
+    assert json.loads(stdout.splitlines()[-1])["summary"]["failed"] == 2
+    for seed in (-1, 0):
+        reason = (out / f"seed_{seed}.log").read_text().strip().splitlines()[-1]
+        assert "invalid choice: 'nosuch'" in reason
+        assert (
+            f"error: seed {seed} failed (exit code 2): {reason} (the whole output is in "
+            f"{out / f'seed_{seed}.log'})" in err
+        )

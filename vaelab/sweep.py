@@ -310,6 +310,14 @@ def main(
         )
         return 130
     if summary["failed"]:
+        out = Path(out)
+        for run in runs:
+            if run.result is None and run.returncode is not None and not run.interrupted:
+                print(
+                    f"error: seed {run.seed} failed (exit code {run.returncode}): {run.error} "
+                    f"(the whole output is in {out / f'seed_{run.seed}.log'})",
+                    file=sys.stderr,
+                )
         return 1
     if summary["runs"] == 0:
         print(f"error: {'; '.join(summary['notes'])}", file=sys.stderr)
