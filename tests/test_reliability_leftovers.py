@@ -985,3 +985,64 @@ def test_a_sweep_whose_runs_fail_prints_each_runs_reason_on_stderr(tmp_path, cap
             f"error: seed {seed} failed (exit code 2): {reason} (the whole output is in "
             f"{out / f'seed_{seed}.log'})" in err
         )
+
+
+def _importing_torch(pid: int) -> bool:
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(
+    "sig, code, why", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "stopped")]
+)
+def test_a_signal_while_python_m_vaelab_starts_is_one_sentence(tmp_path, sig, code, why):
+    """Finding 1: Ctrl-C (or SIGTERM) while vaelab/__init__.py imports torch printed a
+    KeyboardInterrupt traceback (SIGTERM: nothing at all)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vaelab", "models"],
+        env=_env(),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not _importing_torch(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert stdout == "" and "Traceback" not in stderr
+    assert stderr.strip().startswith(why) and stderr.strip().endswith(
+        "while starting; nothing was written"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_importing_vaelab_as_a_library_leaves_the_signal_handlers_alone():
+    probe = (
+        "import signal, vaelab\n"
+        "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
+        "assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=_env(), capture_output=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_sigterm_during_evaluate_is_one_sentence_and_restores_the_handler(checkpoint, capsys):
+    """Finding 1's second half: SIGTERM while evaluate runs (rc 143, no message before)."""
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        code, out, err = run_cli(
+            ["evaluate", "--checkpoint", str(checkpoint), "--samples", "100000000"], capsys
+        )
+    finally:
+        timer.cancel()
+    assert code == 143 and out == ""
+    assert err == "\nstopped (SIGTERM): evaluate ended; nothing was written\n"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -7,12 +7,15 @@ import dataclasses
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
 import torch
 
+import vaelab
 from vaelab import MODELS, sweep
 from vaelab.config import check_types, data_spec, make_model, parse_sets
 from vaelab.datasets import DATASETS, load_dataset
@@ -395,7 +398,25 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+class Terminated(Exception):
+    """SIGTERM while a command that writes nothing (evaluate) runs."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _restore_signals() -> None:
+    """The default Ctrl-C and SIGTERM behaviour again, in place of vaelab/__init__.py's
+    start-up handler, so that fit's own handling (vaelab.train.guard) applies."""
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    for signum, default in defaults.items():
+        if signal.getsignal(signum) is vaelab._stopped_while_starting:
+            signal.signal(signum, default)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _restore_signals()
     parser = argparse.ArgumentParser(prog="python -m vaelab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -531,8 +552,14 @@ def main(argv: list[str] | None = None) -> int:
     add_course_parser(sub)
 
     args = parser.parse_args(argv)
+    term = None
+    if args.command == "evaluate" and threading.current_thread() is threading.main_thread():
+        term = signal.signal(signal.SIGTERM, _terminate)  # train's fit has its own handling
     try:
         return args.func(args)
+    except Terminated:
+        print(f"\nstopped (SIGTERM): {args.command} ended; nothing was written", file=sys.stderr)
+        return 143
     except TrainingInterrupted as err:  # Ctrl-C: fit saved what it could and says so
         print(f"\ninterrupted: {err}", file=sys.stderr)
         if err.checkpoint is not None and args.command == "train":
@@ -565,6 +592,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a file that cannot be read (permissions, a folder for a file)
         print(f"error: {err}", file=sys.stderr)
         return 1
+    finally:
+        if term is not None:
+            signal.signal(signal.SIGTERM, term)
 
 
 def _resume_command(argv: list[str] | None, checkpoint: Path) -> str:
