@@ -255,8 +255,9 @@ def test_strict_json_turns_nan_into_null_and_says_so():
 # A stand-in for ``python -m vaelab train``: seed 0 finishes at once; the others train until
 # SIGINT, then say so as train does (train.guard), and exit 130 naming how many SIGINTs came.
 FAKE_TRAIN = textwrap.dedent("""
-    import json, signal, sys, time
+    import json, pathlib, signal, sys, time
     seed = int(sys.argv[sys.argv.index("--seed") + 1])
+    out = pathlib.Path(sys.argv[sys.argv.index("--out") + 1])
     if seed == 0:
         print(json.dumps({"val_nelbo": 40.0, "train_nelbo": 41.0, "steps": 5}))
         sys.exit(0)
@@ -270,6 +271,8 @@ FAKE_TRAIN = textwrap.dedent("""
     while not got:
         time.sleep(0.01)
     time.sleep(1.0)  # finishing the step and saving
+    out.mkdir(parents=True)
+    (out / "checkpoint.pt").write_bytes(b"saved")
     print(f"to resume: python -m vaelab train --resume seed_{seed}/checkpoint.pt "
           f"({len(got)} SIGINT)", file=sys.stderr)
     sys.exit(130)
@@ -280,7 +283,15 @@ def _fake_train(monkeypatch) -> None:
     monkeypatch.setattr(
         sweep,
         "_command",
-        lambda args, seed, out: [sys.executable, "-c", FAKE_TRAIN, "--seed", str(seed)],
+        lambda args, seed, out: [
+            sys.executable,
+            "-c",
+            FAKE_TRAIN,
+            "--seed",
+            str(seed),
+            "--out",
+            str(out),
+        ],
     )
 
 
@@ -332,15 +343,19 @@ def test_ctrl_c_during_a_sweep_summarises_the_finished_runs_and_exits_130(
     assert summary["runs"] == 1 and summary["mean"] == 40.0 and summary["sd"] is None
     assert (summary["failed"], summary["interrupted"], summary["not_started"]) == (0, 1, 1)
     assert (
-        "interrupted: 1 of 3 runs finished and are summarised above; 1 stopped with a "
-        "checkpoint (the last line of OUT/seed_S.log says how to resume); 1 not started" in err
+        f"interrupted: 1 of 3 runs finished and are summarised above; 1 stopped with a "
+        f"checkpoint ({out / 'seed_1'}; the last line of OUT/seed_S.log says how to resume); "
+        f"1 not started" in err
     )
     assert not (out / "seed_2.log").exists()
 
 
-def test_ctrl_c_to_a_real_sweep_saves_the_running_checkpoint(tmp_path):
-    """The CLI as a process: SIGINT to the sweep alone, while its run trains; the run saves a
-    checkpoint that loads, the sweep exits 130 with the summary and no traceback."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_to_a_real_sweep_saves_the_running_checkpoint(tmp_path, sig):
+    """The CLI as a process: SIGINT (or SIGTERM, finding 6) to the sweep alone, while its run
+    trains; the sweep sends the run SIGINT, the run saves a checkpoint that loads, the sweep
+    exits 130 (143) with the summary naming that checkpoint's folder, no traceback, and no
+    process left."""
     out = tmp_path / "sweep"
     sweep_proc = subprocess.Popen(
         [
@@ -371,14 +386,20 @@ def test_ctrl_c_to_a_real_sweep_saves_the_running_checkpoint(tmp_path):
         while not (metrics.is_file() and metrics.stat().st_size > 0):
             assert sweep_proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
-        sweep_proc.send_signal(signal.SIGINT)
+        workers = psutil.Process(sweep_proc.pid).children()
+        sweep_proc.send_signal(sig)
         stdout, stderr = sweep_proc.communicate(timeout=120)
+        assert not [w for w in workers if w.is_running() and w.status() != "zombie"]
     finally:
         if sweep_proc.poll() is None:
             os.killpg(sweep_proc.pid, signal.SIGKILL)
-    assert sweep_proc.returncode == 130, stderr
+    assert sweep_proc.returncode == 128 + sig, stderr
     assert "Traceback" not in stderr
-    assert "interrupted: 0 of 2 runs finished" in stderr and "1 not started" in stderr
+    assert (
+        f"interrupted: 0 of 2 runs finished and are summarised above; 1 stopped with a "
+        f"checkpoint ({out / 'seed_0'}; the last line" in stderr
+    )
+    assert "1 not started" in stderr
     lines = [json.loads(line) for line in stdout.splitlines()]
     assert lines[0]["returncode"] == 130
     assert f"--resume {out}/seed_0/checkpoint.pt" in lines[0]["error"]
