@@ -1067,3 +1067,42 @@ def test_sigterm_during_evaluate_is_one_sentence_and_restores_the_handler(checkp
     assert code == 143 and out == ""
     assert err == "\nstopped (SIGTERM): evaluate ended; nothing was written\n"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_evaluate_on_data_of_another_shape_names_the_data_the_checkpoint_needs(tmp_path, capsys):
+    """Finding 11: an SSM trained on 'linear' evaluated on pendulum said "build the model
+    with a_dim=1", which evaluate cannot do; it now names the data the checkpoint needs."""
+    run = tmp_path / "ssm"
+    code, _, err = run_cli(
+        [
+            "train",
+            "--model",
+            "ssm",
+            "--data",
+            "linear",
+            *("--set", "hidden_dim=8", "--set", "rnn_dim=8", "--set", "z_dim=2"),
+            *("--max-steps", "1", "--batch-size", "8", "--train-set", "progress=False"),
+            *("--out", str(run)),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    ckpt = str(run / "checkpoint.pt")
+    code, out, err = run_cli(
+        ["evaluate", "--checkpoint", ckpt, "--data", "pendulum", "--samples", "2"], capsys
+    )
+    assert code == 2 and out == ""
+    assert err.startswith(
+        f"error: --checkpoint {ckpt} holds a ssm model trained on other data ('linear': "
+        f"sequences of x_dim="
+    )
+    assert "but --data pendulum gives sequences of x_dim=" in err
+    assert err.rstrip().endswith(
+        "evaluate it on 'linear' (drop --data), or pass a checkpoint trained on 'pendulum'"
+    )
+    assert "a_dim=1" in err and "build the model" not in err
+    code, out, err = run_cli(
+        ["evaluate", "--checkpoint", ckpt, "--samples", "2", "--split", "val"], capsys
+    )
+    assert code == 0, err
+    assert math.isfinite(json.loads(out)["val_nll_importance_K2"])

@@ -356,6 +356,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not spec:
         raise ValueError("the checkpoint records no data set; pass --data (and --data-path)")
     _, val, test = load_dataset(**spec)
+    _check_evaluated_data(args.checkpoint, ckpt, model, spec, test)
     torch.manual_seed(args.seed)
     result = {
         "model": ckpt["model"],
@@ -385,6 +386,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             )
     print(json.dumps(result))
     return 0
+
+
+def _check_evaluated_data(path: str, ckpt: dict, model, spec: dict, data) -> None:
+    """The data evaluate loaded has the shape the checkpoint's model was trained on (kind,
+    features, actions); otherwise a sentence naming the data it needs, not a model setting
+    that evaluate cannot change."""
+
+    def shape(sequential: bool, x_dim: int, a_dim: int) -> str:
+        kind = "sequences" if sequential else "vectors"
+        return f"{kind} of x_dim={x_dim}" + (f", a_dim={a_dim}" if sequential else "")
+
+    a_dim = model.a_dim if model.sequential else 0
+    needs = shape(model.sequential, model.config.x_dim, a_dim)
+    has = shape(data.is_sequence, data.x_dim, data.a_dim if data.is_sequence else 0)
+    if needs == has:
+        return
+    trained = (ckpt.get("data") or {}).get("name")
+    fix = (
+        f"evaluate it on {trained!r} (drop --data), or pass a checkpoint trained on "
+        f"{spec.get('name')!r}"
+        if trained
+        else f"pass data of that shape, or a checkpoint trained on {spec.get('name')!r}"
+    )
+    raise ValueError(
+        f"--checkpoint {path} holds a {ckpt['model']} model trained on other data "
+        f"({repr(trained) if trained else 'not recorded'}: {needs}), but --data "
+        f"{spec.get('name')} gives {has}; {fix}"
+    )
 
 
 def cmd_models(args: argparse.Namespace) -> int:
