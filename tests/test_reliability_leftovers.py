@@ -1106,3 +1106,43 @@ def test_evaluate_on_data_of_another_shape_names_the_data_the_checkpoint_needs(t
     )
     assert code == 0, err
     assert math.isfinite(json.loads(out)["val_nll_importance_K2"])
+
+
+def test_data_of_1e30_fails_at_the_first_step_naming_the_data_not_the_learning_rate(
+    tmp_path, capsys
+):
+    """Finding 12, second half: a loss that is non-finite at the run's very first step (no
+    update yet) cannot be the learning rate's doing; the advice names the data and settings
+    and gives no restart command with a lower rate."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "huge.npz"
+    np.savez(path, x=(rng.standard_normal((40, 6, 2)) * 1e30).astype(np.float32))
+    code, out, err = run_cli(
+        [
+            "train",
+            "--model",
+            "ssm",
+            *("--data", "arrays", "--data-path", str(path)),
+            *("--set", "hidden_dim=8", "--set", "rnn_dim=8", "--set", "z_dim=2"),
+            *("--max-steps", "3", "--batch-size", "8", "--train-set", "progress=False"),
+            *("--out", str(tmp_path / "run")),
+        ],
+        capsys,
+    )
+    assert code == 3 and out == ""
+    assert re.search(r"error: (non-finite|exploding) loss [^;]*at step 1", err), err
+    assert (
+        "It failed at the run's very first step, before any update, so the learning rate is "
+        "not the cause: the data or the settings are" in err
+    )
+    assert "lower learning rate" not in err and "--lr" not in err
+
+
+def test_cli_vae_min_scale_minus_one_is_refused_up_front(tmp_path, capsys):
+    """Finding 12, first half (fixed by rel): min_scale=-1 is refused before training, not
+    reported as divergence with a restart command keeping the bad value."""
+    code, _, err = _train_tiny(tmp_path / "r", capsys, "--set", "min_scale=-1")
+    assert code == 2 and "min_scale must be > 0 so scales stay positive, got -1" in err
+    assert "learning rate" not in err and not (tmp_path / "r").exists()

@@ -599,7 +599,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
-        if args.command == "train" and getattr(args, "resolved", None) is not None:
+        if (
+            args.command == "train"
+            and getattr(args, "resolved", None) is not None
+            and not err.at_start  # a lower rate would fail again: the message says why
+        ):
             print(
                 f"to start again with a lower learning rate: python -m vaelab "
                 f"{_restart_command(args, err)}",
