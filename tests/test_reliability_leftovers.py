@@ -1060,7 +1060,11 @@ def test_sigterm_during_evaluate_is_one_sentence_and_restores_the_handler(checkp
     timer.start()
     try:
         code, out, err = run_cli(
-            ["evaluate", "--checkpoint", str(checkpoint), "--samples", "100000000"], capsys
+            [
+                "evaluate",
+                *("--checkpoint", str(checkpoint), "--samples", "100000000", "--allow-large"),
+            ],
+            capsys,
         )
     finally:
         timer.cancel()
@@ -1146,3 +1150,47 @@ def test_cli_vae_min_scale_minus_one_is_refused_up_front(tmp_path, capsys):
     code, _, err = _train_tiny(tmp_path / "r", capsys, "--set", "min_scale=-1")
     assert code == 2 and "min_scale must be > 0 so scales stay positive, got -1" in err
     assert "learning rate" not in err and not (tmp_path / "r").exists()
+
+
+def test_evaluate_refuses_an_impossible_sample_count_up_front(checkpoint, capsys):
+    """Finding 7: --samples 1000000000 ran silently for minutes; the work (K x observed
+    steps of the splits evaluated) is checked before any estimate runs."""
+    from vaelab.__main__ import MAX_IMPORTANCE_WORK
+
+    _, val, test = load_digits()
+    start = time.monotonic()
+    code, out, err = run_cli(
+        ["evaluate", "--checkpoint", str(checkpoint), "--samples", "1000000000"], capsys
+    )
+    assert time.monotonic() - start < 30
+    steps = len(val) + len(test)
+    assert code == 2 and out == ""
+    assert (
+        f"error: --samples 1000000000 on {steps} observed steps (both) is "
+        f"{1e9 * steps:.3g} importance paths x steps, over the limit of "
+        f"{MAX_IMPORTANCE_WORK:.0e}" in err
+    )
+    assert "--allow-large if you mean it" in err
+    # just over the limit on one split: refused too; a small estimate runs
+    k = MAX_IMPORTANCE_WORK // len(val) + 1
+    code, _, err = run_cli(
+        ["evaluate", "--checkpoint", str(checkpoint), "--samples", str(k), "--split", "val"],
+        capsys,
+    )
+    assert code == 2 and f"on {len(val)} observed steps (val)" in err
+    code, out, err = run_cli(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(checkpoint),
+            "--samples",
+            "2",
+            "--elbo-samples",
+            "0",
+            "--split",
+            "val",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert math.isfinite(json.loads(out)["val_nll_importance_K2"])
