@@ -11,7 +11,9 @@ import signal
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 import torch
 
@@ -464,10 +466,10 @@ def _terminate(signum: int, frame: object) -> None:
 def _restore_signals() -> None:
     """The default Ctrl-C and SIGTERM behaviour again, in place of vaelab/__init__.py's
     start-up handler, so that fit's own handling (vaelab.train.guard) applies."""
-    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
-    for signum, default in defaults.items():
-        if signal.getsignal(signum) is vaelab._stopped_while_starting:
-            signal.signal(signum, default)
+    if signal.getsignal(signal.SIGINT) is vaelab._stopped_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) is vaelab._stopped_while_starting:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -613,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     add_course_parser(sub)
 
     args = parser.parse_args(argv)
-    term = None
+    term: Callable[[int, FrameType | None], object] | int | None = None
     if args.command == "evaluate" and threading.current_thread() is threading.main_thread():
         term = signal.signal(signal.SIGTERM, _terminate)  # train's fit has its own handling
     try:
