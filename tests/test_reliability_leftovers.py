@@ -700,27 +700,30 @@ def _lines_parse(path: Path) -> int:
 
 
 def test_metrics_beyond_a_file_size_limit_are_one_sentence_and_no_half_line(tmp_path):
-    """A resumed folder whose metrics.jsonl is near ``ulimit -f``: the next record cannot be
+    """A resumed run whose metrics.jsonl is near ``ulimit -f``: the next record cannot be
     appended. The file is cut back to its complete records; the message names it and the
     checkpoint that survives; exit 1; no temporary file or lock."""
     out = tmp_path / "run"
-    out.mkdir()
+    first = _vaelab(["train", *TINY_VAE, "--out", str(out), "--max-steps", "1"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    ckpt = out / "checkpoint.pt"
+    saved = ckpt.read_bytes()
     limit = 1 << 20
     earlier = json.dumps({"kind": "train", "step": 0, "nelbo": 1.0, "note": "x" * 100}) + "\n"
     metrics = out / "metrics.jsonl"
     metrics.write_text(earlier * ((limit - 50) // len(earlier)))
     before = metrics.read_bytes()
     assert limit - len(before) < 300  # less room than one record
-    done = _vaelab(["train", *TINY_VAE, "--out", str(out), "--max-steps", "3"], tmp_path, limit)
+    done = _vaelab(["train", "--resume", str(ckpt), "--max-steps", "3"], tmp_path, limit)
     assert done.returncode == 1, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         f"error: could not write metrics {metrics}: the file is larger than this process "
         f"may write (ulimit -f) ([Errno 27] File too large); metrics.jsonl keeps every "
-        f"complete record before this one; no checkpoint had been written there yet. Make "
-        f"room there (or pass another --out folder) and start again"
+        f"complete record before this one; the last checkpoint, {ckpt}, is intact. Make "
+        f"room there and resume with --resume {ckpt}"
     )
-    assert metrics.read_bytes() == before
+    assert metrics.read_bytes() == before and ckpt.read_bytes() == saved
     assert not _temporaries(out) and not (out / ".lock").exists()
 
 
