@@ -902,6 +902,16 @@ def test_train_refuses_an_out_folder_holding_another_run_and_leaves_it_as_it_was
     assert _train_tiny(empty, capsys)[0] == 0
 
 
+@pytest.mark.parametrize("out", ["", " "])
+def test_train_with_an_empty_out_writes_nothing_in_the_current_folder(
+    tmp_path, monkeypatch, capsys, out
+):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["train", *TINY_VAE, "--max-steps", "1", "--out", out], capsys)
+    assert code == 2 and "error: --out is empty; pass a folder name for checkpoint.pt" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("kind", ["folder", "missing", "foreign"])
 def test_a_failed_resume_writes_no_status_outside_its_own_out_folder(tmp_path, capsys, kind):
     """Finding 9: ``train --resume P`` that fails (P a folder, missing, not a checkpoint)

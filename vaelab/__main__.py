@@ -125,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         # --resume (a folder, a missing or foreign file) writes no status.json anywhere
         ckpt = _from_checkpoint(args)
     _check_not_another_run(args)  # before the writer, which would mark that run failed
-    folder = args.out
+    folder = args.out if args.out and args.out.strip() else None  # '' is no folder: "."
     if folder is None or int(os.environ.get("RANK", "0")) != 0:
         return _train(args, None, ckpt)
     with RunWriter(folder) as writer:
