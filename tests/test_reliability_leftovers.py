@@ -1069,6 +1069,7 @@ def test_importing_vaelab_as_a_library_leaves_the_signal_handlers_alone():
 
 def test_sigterm_during_evaluate_is_one_sentence_and_restores_the_handler(checkpoint, capsys):
     """Finding 1's second half: SIGTERM while evaluate runs (rc 143, no message before)."""
+    before = signal.getsignal(signal.SIGTERM)
     timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
     timer.start()
     try:
@@ -1083,7 +1084,7 @@ def test_sigterm_during_evaluate_is_one_sentence_and_restores_the_handler(checkp
         timer.cancel()
     assert code == 143 and out == ""
     assert err == "\nstopped (SIGTERM): evaluate ended; nothing was written\n"
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_evaluate_on_data_of_another_shape_names_the_data_the_checkpoint_needs(tmp_path, capsys):
