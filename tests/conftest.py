@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 
@@ -14,3 +16,15 @@ def _seed():
     """Every test starts from the same random state (CPU runs are reproducible)."""
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers():
+    """Every test leaves SIGINT and SIGTERM as it found them: a notebook kernel's asyncio
+    loop (the course tests) installs no-op handlers, and fit's Ctrl-C handling (which takes
+    only signals left at their defaults) would then be missing from every later test."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for signum, handler in before.items():
+        if handler is not None and signal.getsignal(signum) is not handler:  # None: set in C
+            signal.signal(signum, handler)

@@ -255,8 +255,9 @@ def test_strict_json_turns_nan_into_null_and_says_so():
 # A stand-in for ``python -m vaelab train``: seed 0 finishes at once; the others train until
 # SIGINT, then say so as train does (train.guard), and exit 130 naming how many SIGINTs came.
 FAKE_TRAIN = textwrap.dedent("""
-    import json, signal, sys, time
+    import json, pathlib, signal, sys, time
     seed = int(sys.argv[sys.argv.index("--seed") + 1])
+    out = pathlib.Path(sys.argv[sys.argv.index("--out") + 1])
     if seed == 0:
         print(json.dumps({"val_nelbo": 40.0, "train_nelbo": 41.0, "steps": 5}))
         sys.exit(0)
@@ -270,6 +271,8 @@ FAKE_TRAIN = textwrap.dedent("""
     while not got:
         time.sleep(0.01)
     time.sleep(1.0)  # finishing the step and saving
+    out.mkdir(parents=True)
+    (out / "checkpoint.pt").write_bytes(b"saved")
     print(f"to resume: python -m vaelab train --resume seed_{seed}/checkpoint.pt "
           f"({len(got)} SIGINT)", file=sys.stderr)
     sys.exit(130)
@@ -280,7 +283,15 @@ def _fake_train(monkeypatch) -> None:
     monkeypatch.setattr(
         sweep,
         "_command",
-        lambda args, seed, out: [sys.executable, "-c", FAKE_TRAIN, "--seed", str(seed)],
+        lambda args, seed, out: [
+            sys.executable,
+            "-c",
+            FAKE_TRAIN,
+            "--seed",
+            str(seed),
+            "--out",
+            str(out),
+        ],
     )
 
 
@@ -332,15 +343,19 @@ def test_ctrl_c_during_a_sweep_summarises_the_finished_runs_and_exits_130(
     assert summary["runs"] == 1 and summary["mean"] == 40.0 and summary["sd"] is None
     assert (summary["failed"], summary["interrupted"], summary["not_started"]) == (0, 1, 1)
     assert (
-        "interrupted: 1 of 3 runs finished and are summarised above; 1 stopped with a "
-        "checkpoint (the last line of OUT/seed_S.log says how to resume); 1 not started" in err
+        f"interrupted: 1 of 3 runs finished and are summarised above; 1 stopped with a "
+        f"checkpoint ({out / 'seed_1'}; the last line of OUT/seed_S.log says how to resume); "
+        f"1 not started" in err
     )
     assert not (out / "seed_2.log").exists()
 
 
-def test_ctrl_c_to_a_real_sweep_saves_the_running_checkpoint(tmp_path):
-    """The CLI as a process: SIGINT to the sweep alone, while its run trains; the run saves a
-    checkpoint that loads, the sweep exits 130 with the summary and no traceback."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_to_a_real_sweep_saves_the_running_checkpoint(tmp_path, sig):
+    """The CLI as a process: SIGINT (or SIGTERM, finding 6) to the sweep alone, while its run
+    trains; the sweep sends the run SIGINT, the run saves a checkpoint that loads, the sweep
+    exits 130 (143) with the summary naming that checkpoint's folder, no traceback, and no
+    process left."""
     out = tmp_path / "sweep"
     sweep_proc = subprocess.Popen(
         [
@@ -371,14 +386,20 @@ def test_ctrl_c_to_a_real_sweep_saves_the_running_checkpoint(tmp_path):
         while not (metrics.is_file() and metrics.stat().st_size > 0):
             assert sweep_proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
-        sweep_proc.send_signal(signal.SIGINT)
+        workers = psutil.Process(sweep_proc.pid).children()
+        sweep_proc.send_signal(sig)
         stdout, stderr = sweep_proc.communicate(timeout=120)
+        assert not [w for w in workers if w.is_running() and w.status() != "zombie"]
     finally:
         if sweep_proc.poll() is None:
             os.killpg(sweep_proc.pid, signal.SIGKILL)
-    assert sweep_proc.returncode == 130, stderr
+    assert sweep_proc.returncode == 128 + sig, stderr
     assert "Traceback" not in stderr
-    assert "interrupted: 0 of 2 runs finished" in stderr and "1 not started" in stderr
+    assert (
+        f"interrupted: 0 of 2 runs finished and are summarised above; 1 stopped with a "
+        f"checkpoint ({out / 'seed_0'}; the last line" in stderr
+    )
+    assert "1 not started" in stderr
     lines = [json.loads(line) for line in stdout.splitlines()]
     assert lines[0]["returncode"] == 130
     assert f"--resume {out}/seed_0/checkpoint.pt" in lines[0]["error"]
@@ -545,9 +566,37 @@ def test_a_data_option_mismatch_on_resume_names_the_data_set(checkpoint, tmp_pat
     assert code == 2
     assert (
         f"cannot resume {checkpoint} (trained on data set 'digits'): its data binarize is "
-        f"None but False here (--data-option binarize); a resumed run keeps its data: drop "
+        f"True but False here (--data-option binarize); a resumed run keeps its data: drop "
         f"--data-option binarize" in err
     )
+
+
+@pytest.mark.parametrize("option", ["binarize=True", "binarize=true"])
+def test_resume_accepts_a_data_option_equal_to_the_loaders_default(
+    checkpoint, tmp_path, capsys, option
+):
+    """Finding 10: the checkpoint records digits without options (binarize left at its
+    default, True); naming that default on resume is the same data, not a change."""
+    code, out, err = run_cli(
+        [
+            "train",
+            "--resume",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "go_on"),
+            "--epochs",
+            "2",
+            "--max-steps",
+            str(load_checkpoint(checkpoint)["step"] + 1),
+            "--data-option",
+            option,
+            "--train-set",
+            "progress=False",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert json.loads(out)["steps"] == load_checkpoint(checkpoint)["step"] + 1
 
 
 # ----------------------------------------------------------------------------- min_scale
@@ -654,27 +703,30 @@ def _lines_parse(path: Path) -> int:
 
 
 def test_metrics_beyond_a_file_size_limit_are_one_sentence_and_no_half_line(tmp_path):
-    """A resumed folder whose metrics.jsonl is near ``ulimit -f``: the next record cannot be
+    """A resumed run whose metrics.jsonl is near ``ulimit -f``: the next record cannot be
     appended. The file is cut back to its complete records; the message names it and the
     checkpoint that survives; exit 1; no temporary file or lock."""
     out = tmp_path / "run"
-    out.mkdir()
+    first = _vaelab(["train", *TINY_VAE, "--out", str(out), "--max-steps", "1"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    ckpt = out / "checkpoint.pt"
+    saved = ckpt.read_bytes()
     limit = 1 << 20
     earlier = json.dumps({"kind": "train", "step": 0, "nelbo": 1.0, "note": "x" * 100}) + "\n"
     metrics = out / "metrics.jsonl"
     metrics.write_text(earlier * ((limit - 50) // len(earlier)))
     before = metrics.read_bytes()
     assert limit - len(before) < 300  # less room than one record
-    done = _vaelab(["train", *TINY_VAE, "--out", str(out), "--max-steps", "3"], tmp_path, limit)
+    done = _vaelab(["train", "--resume", str(ckpt), "--max-steps", "3"], tmp_path, limit)
     assert done.returncode == 1, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == (
         f"error: could not write metrics {metrics}: the file is larger than this process "
         f"may write (ulimit -f) ([Errno 27] File too large); metrics.jsonl keeps every "
-        f"complete record before this one; no checkpoint had been written there yet. Make "
-        f"room there (or pass another --out folder) and start again"
+        f"complete record before this one; the last checkpoint, {ckpt}, is intact. Make "
+        f"room there and resume with --resume {ckpt}"
     )
-    assert metrics.read_bytes() == before
+    assert metrics.read_bytes() == before and ckpt.read_bytes() == saved
     assert not _temporaries(out) and not (out / ".lock").exists()
 
 
@@ -809,3 +861,353 @@ def test_site_onto_a_full_disk_names_the_page_and_leaves_no_temporary_file(small
     )
     assert "no 00_first.html was there; no page was written; no index.html yet" in done.stderr
     assert not _temporaries(small_disk) and not (site / "00_first.html").exists()
+
+
+# ----------------------------------------------------------------------------- re-test (rel2)
+
+
+def _train_tiny(out: Path, capsys, *extra: str) -> tuple[int, str, str]:
+    return run_cli(["train", *TINY_VAE, "--max-steps", "2", "--out", str(out), *extra], capsys)
+
+
+def _folder_state(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_train_refuses_an_out_folder_holding_another_run_and_leaves_it_as_it_was(tmp_path, capsys):
+    """Finding 3: a new run into a finished run's folder would replace its checkpoint and
+    append to its metrics; it is refused before anything is written, and resuming that
+    run's own checkpoint into its folder still goes on."""
+    run = tmp_path / "run"
+    assert _train_tiny(run, capsys)[0] == 0
+    before = _folder_state(run)
+    assert json.loads(before["status.json"])["state"] == "finished"
+    code, out, err = _train_tiny(run, capsys)
+    assert code == 2 and out == ""
+    assert (
+        f"error: --out {run} holds another run (checkpoint.pt, metrics.jsonl), which "
+        f"training would overwrite; pass a new or empty folder for --out, or --resume "
+        f"{run / 'checkpoint.pt'} to continue it" in err
+    )
+    assert _folder_state(run) == before  # not even status.json says "failed"
+    other = tmp_path / "other"  # a resume of another run into this folder: refused too
+    assert _train_tiny(other, capsys)[0] == 0
+    code, _, err = _train_tiny(run, capsys, "--resume", str(other / "checkpoint.pt"))
+    assert code == 2 and f"--out {run} holds another run" in err
+    assert _folder_state(run) == before
+    code, _, err = run_cli(
+        ["train", "--resume", str(run / "checkpoint.pt"), "--max-steps", "3"], capsys
+    )
+    assert code == 0, err
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 3
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _train_tiny(empty, capsys)[0] == 0
+
+
+@pytest.mark.parametrize("out", ["", " "])
+def test_train_with_an_empty_out_writes_nothing_in_the_current_folder(
+    tmp_path, monkeypatch, capsys, out
+):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["train", *TINY_VAE, "--max-steps", "1", "--out", out], capsys)
+    assert code == 2 and "error: --out is empty; pass a folder name for checkpoint.pt" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["folder", "missing", "foreign"])
+def test_a_failed_resume_writes_no_status_outside_its_own_out_folder(tmp_path, capsys, kind):
+    """Finding 9: ``train --resume P`` that fails (P a folder, missing, not a checkpoint)
+    writes nothing beside P; with --out, the failure is recorded in that folder only."""
+    place = tmp_path / "place"
+    place.mkdir()
+    target = {"folder": place, "missing": place / "none.pt", "foreign": place / "x.pt"}[kind]
+    if kind == "foreign":
+        target.write_text("not a checkpoint")
+    code, out, err = run_cli(["train", "--resume", str(target)], capsys)
+    assert code == 2 and out == "" and str(target) in err
+    assert not (place / "status.json").exists() and not (tmp_path / "status.json").exists()
+    run = tmp_path / "run"
+    run.mkdir()  # as the dashboard queues it
+    code, _, err = run_cli(["train", "--resume", str(target), "--out", str(run)], capsys)
+    assert code == 2 and str(target) in err
+    assert not (place / "status.json").exists()
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and str(target) in status["message"]
+
+
+@pytest.mark.parametrize(
+    "train_set, flag",
+    [("max_steps=-1", ["--max-steps", "2"]), ("epochs=0", ["--epochs", "1"])],
+)
+def test_a_train_field_set_by_train_set_and_its_flag_is_refused(tmp_path, capsys, train_set, flag):
+    """Finding 5: the --train-set value was dropped unchecked when the flag set the field."""
+    code, out, err = run_cli(
+        ["train", *TINY_VAE, "--train-set", train_set, *flag, "--out", str(tmp_path / "r")],
+        capsys,
+    )
+    field = train_set.split("=")[0]
+    message = (
+        f"error: {field} is set twice, by --train-set {train_set} and by {flag[0]} {flag[1]}; "
+        f"pass it once (use {flag[0]})"
+    )
+    assert code == 2 and out == "" and message in err
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_train_set_out_dir_is_refused_pointing_at_out(tmp_path, capsys):
+    """Finding 4: --train-set out_dir=X was silently ignored for --out."""
+    code, out, err = run_cli(
+        [
+            "train",
+            *TINY_VAE,
+            "--max-steps",
+            "1",
+            "--train-set",
+            f"out_dir={tmp_path / 'x'}",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        capsys,
+    )
+    assert code == 2 and out == ""
+    assert (
+        f"error: --train-set out_dir={str(tmp_path / 'x')!r} is not how train picks its "
+        f"folder; use --out {tmp_path / 'x'}" in err
+    )
+    assert not (tmp_path / "x").exists() and not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("dst", ["", " "])
+def test_course_site_refuses_an_empty_dir_and_writes_nothing_here(
+    tmp_path, monkeypatch, capsys, dst
+):
+    """Finding 2: ``course site --no-execute ''`` must not render into the current folder."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(
+        ["course", "site", "--no-execute", dst, "--source", str(ROOT / "notebooks")], capsys
+    )
+    assert code == 2 and out == ""
+    assert err == "error: DIR is empty; pass a folder for the course site (e.g. build/site/)\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_whose_runs_fail_prints_each_runs_reason_on_stderr(tmp_path, capsys):
+    """Finding 8: bad training arguments ended the sweep with exit 1 and only the summary;
+    each failed run's one-line reason (its log's last line) is printed, naming the log."""
+    out = tmp_path / "sweep"
+    code, stdout, err = run_cli(
+        [
+            "sweep",
+            "--seeds",
+            "0",
+            "-1",
+            "--out",
+            str(out),
+            "--",
+            *TINY_SWEEP,
+            "--max-steps",
+            "1",
+            "--model",
+            "nosuch",
+        ],
+        capsys,
+    )
+    assert code == 1
+    assert json.loads(stdout.splitlines()[-1])["summary"]["failed"] == 2
+    for seed in (-1, 0):
+        reason = (out / f"seed_{seed}.log").read_text().strip().splitlines()[-1]
+        assert "invalid choice: 'nosuch'" in reason
+        assert (
+            f"error: seed {seed} failed (exit code 2): {reason} (the whole output is in "
+            f"{out / f'seed_{seed}.log'})" in err
+        )
+
+
+def _importing_torch(pid: int) -> bool:
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize(
+    "sig, code, why", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "stopped")]
+)
+def test_a_signal_while_python_m_vaelab_starts_is_one_sentence(tmp_path, sig, code, why):
+    """Finding 1: Ctrl-C (or SIGTERM) while vaelab/__init__.py imports torch printed a
+    KeyboardInterrupt traceback (SIGTERM: nothing at all)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vaelab", "models"],
+        env=_env(),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not _importing_torch(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert stdout == "" and "Traceback" not in stderr
+    assert stderr.strip().startswith(why) and stderr.strip().endswith(
+        "while starting; nothing was written"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_importing_vaelab_as_a_library_leaves_the_signal_handlers_alone():
+    probe = (
+        "import signal, vaelab\n"
+        "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
+        "assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=_env(), capture_output=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_sigterm_during_evaluate_is_one_sentence_and_restores_the_handler(checkpoint, capsys):
+    """Finding 1's second half: SIGTERM while evaluate runs (rc 143, no message before)."""
+    before = signal.getsignal(signal.SIGTERM)
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        code, out, err = run_cli(
+            [
+                "evaluate",
+                *("--checkpoint", str(checkpoint), "--samples", "100000000", "--allow-large"),
+            ],
+            capsys,
+        )
+    finally:
+        timer.cancel()
+    assert code == 143 and out == ""
+    assert err == "\nstopped (SIGTERM): evaluate ended; nothing was written\n"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_evaluate_on_data_of_another_shape_names_the_data_the_checkpoint_needs(tmp_path, capsys):
+    """Finding 11: an SSM trained on 'linear' evaluated on pendulum said "build the model
+    with a_dim=1", which evaluate cannot do; it now names the data the checkpoint needs."""
+    run = tmp_path / "ssm"
+    code, _, err = run_cli(
+        [
+            "train",
+            "--model",
+            "ssm",
+            "--data",
+            "linear",
+            *("--set", "hidden_dim=8", "--set", "rnn_dim=8", "--set", "z_dim=2"),
+            *("--max-steps", "1", "--batch-size", "8", "--train-set", "progress=False"),
+            *("--out", str(run)),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    ckpt = str(run / "checkpoint.pt")
+    code, out, err = run_cli(
+        ["evaluate", "--checkpoint", ckpt, "--data", "pendulum", "--samples", "2"], capsys
+    )
+    assert code == 2 and out == ""
+    assert err.startswith(
+        f"error: --checkpoint {ckpt} holds a ssm model trained on other data ('linear': "
+        f"sequences of x_dim="
+    )
+    assert "but --data pendulum gives sequences of x_dim=" in err
+    assert err.rstrip().endswith(
+        "evaluate it on 'linear' (drop --data), or pass a checkpoint trained on 'pendulum'"
+    )
+    assert "a_dim=1" in err and "build the model" not in err
+    code, out, err = run_cli(
+        ["evaluate", "--checkpoint", ckpt, "--samples", "2", "--split", "val"], capsys
+    )
+    assert code == 0, err
+    assert math.isfinite(json.loads(out)["val_nll_importance_K2"])
+
+
+def test_data_of_1e30_fails_at_the_first_step_naming_the_data_not_the_learning_rate(
+    tmp_path, capsys
+):
+    """Finding 12, second half: a loss that is non-finite at the run's very first step (no
+    update yet) cannot be the learning rate's doing; the advice names the data and settings
+    and gives no restart command with a lower rate."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "huge.npz"
+    np.savez(path, x=(rng.standard_normal((40, 6, 2)) * 1e30).astype(np.float32))
+    code, out, err = run_cli(
+        [
+            "train",
+            "--model",
+            "ssm",
+            *("--data", "arrays", "--data-path", str(path)),
+            *("--set", "hidden_dim=8", "--set", "rnn_dim=8", "--set", "z_dim=2"),
+            *("--max-steps", "3", "--batch-size", "8", "--train-set", "progress=False"),
+            *("--out", str(tmp_path / "run")),
+        ],
+        capsys,
+    )
+    assert code == 3 and out == ""
+    assert re.search(r"error: (non-finite|exploding) loss [^;]*at step 1", err), err
+    assert (
+        "It failed at the run's very first step, before any update, so the learning rate is "
+        "not the cause: the data or the settings are" in err
+    )
+    assert "lower learning rate" not in err and "--lr" not in err
+
+
+def test_cli_vae_min_scale_minus_one_is_refused_up_front(tmp_path, capsys):
+    """Finding 12, first half (fixed by rel): min_scale=-1 is refused before training, not
+    reported as divergence with a restart command keeping the bad value."""
+    code, _, err = _train_tiny(tmp_path / "r", capsys, "--set", "min_scale=-1")
+    assert code == 2 and "min_scale must be > 0 so scales stay positive, got -1" in err
+    assert "learning rate" not in err and not (tmp_path / "r").exists()
+
+
+def test_evaluate_refuses_an_impossible_sample_count_up_front(checkpoint, capsys):
+    """Finding 7: --samples 1000000000 ran silently for minutes; the work (K x observed
+    steps of the splits evaluated) is checked before any estimate runs."""
+    from vaelab.__main__ import MAX_IMPORTANCE_WORK
+
+    _, val, test = load_digits()
+    start = time.monotonic()
+    code, out, err = run_cli(
+        ["evaluate", "--checkpoint", str(checkpoint), "--samples", "1000000000"], capsys
+    )
+    assert time.monotonic() - start < 30
+    steps = len(val) + len(test)
+    assert code == 2 and out == ""
+    assert (
+        f"error: --samples 1000000000 on {steps} observed steps (both) is "
+        f"{1e9 * steps:.3g} importance paths x steps, over the limit of "
+        f"{MAX_IMPORTANCE_WORK:.0e}" in err
+    )
+    assert "--allow-large if you mean it" in err
+    # just over the limit on one split: refused too; a small estimate runs
+    k = MAX_IMPORTANCE_WORK // len(val) + 1
+    code, _, err = run_cli(
+        ["evaluate", "--checkpoint", str(checkpoint), "--samples", str(k), "--split", "val"],
+        capsys,
+    )
+    assert code == 2 and f"on {len(val)} observed steps (val)" in err
+    code, out, err = run_cli(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(checkpoint),
+            "--samples",
+            "2",
+            "--elbo-samples",
+            "0",
+            "--split",
+            "val",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert math.isfinite(json.loads(out)["val_nll_importance_K2"])

@@ -7,12 +7,17 @@ import dataclasses
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 import torch
 
+import vaelab
 from vaelab import MODELS, sweep
 from vaelab.config import check_types, data_spec, make_model, parse_sets
 from vaelab.datasets import DATASETS, load_dataset
@@ -45,18 +50,27 @@ def _train_config(args: argparse.Namespace, base: dict) -> TrainConfig:
             f"--train-set preset={sets['preset']!r} would only label the run; use "
             f"--preset NAME, which applies the preset's settings"
         )
-    given = {
-        k: v
-        for k, v in {
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "seed": args.seed,
-            "device": args.device,
-            "max_steps": args.max_steps,
-        }.items()
-        if v is not None
+    if "out_dir" in sets:
+        raise ValueError(
+            f"--train-set out_dir={sets['out_dir']!r} is not how train picks its folder; "
+            f"use --out {sets['out_dir']}"
+        )
+    flags = {
+        "epochs": ("--epochs", args.epochs),
+        "batch_size": ("--batch-size", args.batch_size),
+        "lr": ("--lr", args.lr),
+        "seed": ("--seed", args.seed),
+        "device": ("--device", args.device),
+        "max_steps": ("--max-steps", args.max_steps),
     }
+    given = {k: v for k, (_, v) in flags.items() if v is not None}
+    twice = next((k for k in sets if k in given), None)
+    if twice is not None:
+        flag = flags[twice][0]
+        raise ValueError(
+            f"{twice} is set twice, by --train-set {twice}={sets[twice]!r} and by {flag} "
+            f"{given[twice]}; pass it once (use {flag})"
+        )
     return TrainConfig(**{**base, **sets, **given, "out_dir": args.out})
 
 
@@ -105,15 +119,51 @@ def _resumed(args: argparse.Namespace, spec: dict, ckpt: dict, model_sets: dict)
 def cmd_train(args: argparse.Namespace) -> int:
     """Train, writing the run folder (:class:`vaelab.runs.RunWriter`: metrics, status,
     requests) on rank 0 when there is an output folder."""
-    folder = args.out or (args.resume and str(Path(args.resume).parent))
+    ckpt = None
+    if args.resume is not None and args.out is None:
+        # the checkpoint's folder becomes the run's only once the checkpoint loads: a failed
+        # --resume (a folder, a missing or foreign file) writes no status.json anywhere
+        ckpt = _from_checkpoint(args)
+    _check_not_another_run(args)  # before the writer, which would mark that run failed
+    folder = args.out if args.out and args.out.strip() else None  # '' is no folder: "."
     if folder is None or int(os.environ.get("RANK", "0")) != 0:
-        return _train(args, None)
+        return _train(args, None, ckpt)
     with RunWriter(folder) as writer:
-        return _train(args, writer)
+        return _train(args, writer, ckpt)
 
 
-def _train(args: argparse.Namespace, writer: RunWriter | None) -> int:
-    ckpt = None if args.resume is None else _from_checkpoint(args)
+RUN_FILES = ("checkpoint.pt", "best.pt", "metrics.jsonl")  # what a run that trained leaves
+
+
+def _check_not_another_run(args: argparse.Namespace) -> None:
+    """Refuse an --out folder holding another run's files (a checkpoint, metrics): training
+    into it would replace its checkpoint and append to its metrics. Resuming that run's own
+    checkpoint into its own folder is how it goes on."""
+    if not args.out or not args.out.strip():
+        return  # _train names an empty or missing --out
+    out = Path(args.out)
+    if not out.is_dir():
+        return
+    # an empty metrics.jsonl: a run refused before its first step (e.g. the folder was in use)
+    found = [n for n in RUN_FILES if (out / n).is_file() and (out / n).stat().st_size > 0]
+    if not found:
+        return
+    if args.resume is not None and Path(args.resume).resolve().parent == out.resolve():
+        return
+    hint = (
+        f", or --resume {out / 'checkpoint.pt'} to continue it"
+        if (out / "checkpoint.pt").is_file()
+        else ""
+    )
+    raise ValueError(
+        f"--out {out} holds another run ({', '.join(found)}), which training would "
+        f"overwrite; pass a new or empty folder for --out{hint}"
+    )
+
+
+def _train(args: argparse.Namespace, writer: RunWriter | None, ckpt: dict | None = None) -> int:
+    if ckpt is None and args.resume is not None:
+        ckpt = _from_checkpoint(args)
     missing = [
         flag
         for flag, value in (("--model", args.model), ("--data", args.data), ("--out", args.out))
@@ -308,6 +358,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not spec:
         raise ValueError("the checkpoint records no data set; pass --data (and --data-path)")
     _, val, test = load_dataset(**spec)
+    _check_evaluated_data(args.checkpoint, ckpt, model, spec, test)
+    splits = [d for name, d in (("val", val), ("test", test)) if args.split in (name, "both")]
+    _check_work(args, splits)
     torch.manual_seed(args.seed)
     result = {
         "model": ckpt["model"],
@@ -339,6 +392,58 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# importance paths x observed time steps (examples for a static model) evaluate may compute:
+# the largest estimate here, K=5000 on MNIST's 10000 test images or K=2000 on a polyphonic test
+# set, is about 1e8; ten times that is minutes to hours on a CPU
+MAX_IMPORTANCE_WORK = 1_000_000_000
+
+
+def _observed_steps(data) -> int:
+    return int(data.lengths.sum()) if data.is_sequence else len(data)
+
+
+def _check_work(args: argparse.Namespace, splits: list) -> None:
+    """Refuse an importance-sampling estimate too large to be meant (e.g. --samples 1e9)
+    before it runs silently for hours: K x the observed steps of the splits evaluated."""
+    steps = sum(_observed_steps(d) for d in splits)
+    work = args.samples * steps
+    if work > MAX_IMPORTANCE_WORK and not args.allow_large:
+        raise ValueError(
+            f"--samples {args.samples} on {steps} observed steps ({args.split}) is "
+            f"{work:.3g} importance paths x steps, over the limit of "
+            f"{MAX_IMPORTANCE_WORK:.0e} (hours of work); pass fewer --samples (1000 is the "
+            f"usual), --split val or test, or --allow-large if you mean it"
+        )
+
+
+def _check_evaluated_data(path: str, ckpt: dict, model, spec: dict, data) -> None:
+    """The data evaluate loaded has the shape the checkpoint's model was trained on (kind,
+    features, actions); otherwise a sentence naming the data it needs, not a model setting
+    that evaluate cannot change."""
+
+    def shape(sequential: bool, x_dim: int, a_dim: int) -> str:
+        kind = "sequences" if sequential else "vectors"
+        return f"{kind} of x_dim={x_dim}" + (f", a_dim={a_dim}" if sequential else "")
+
+    a_dim = model.a_dim if model.sequential else 0
+    needs = shape(model.sequential, model.config.x_dim, a_dim)
+    has = shape(data.is_sequence, data.x_dim, data.a_dim if data.is_sequence else 0)
+    if needs == has:
+        return
+    trained = (ckpt.get("data") or {}).get("name")
+    fix = (
+        f"evaluate it on {trained!r} (drop --data), or pass a checkpoint trained on "
+        f"{spec.get('name')!r}"
+        if trained
+        else f"pass data of that shape, or a checkpoint trained on {spec.get('name')!r}"
+    )
+    raise ValueError(
+        f"--checkpoint {path} holds a {ckpt['model']} model trained on other data "
+        f"({repr(trained) if trained else 'not recorded'}: {needs}), but --data "
+        f"{spec.get('name')} gives {has}; {fix}"
+    )
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     """One line per registered model (vaelab.MODELS): name, kind, unit, preferred data set."""
     for name, (_, cls) in MODELS.items():
@@ -350,7 +455,25 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+class Terminated(Exception):
+    """SIGTERM while a command that writes nothing (evaluate) runs."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _restore_signals() -> None:
+    """The default Ctrl-C and SIGTERM behaviour again, in place of vaelab/__init__.py's
+    start-up handler, so that fit's own handling (vaelab.train.guard) applies."""
+    if signal.getsignal(signal.SIGINT) is vaelab._stopped_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) is vaelab._stopped_while_starting:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _restore_signals()
     parser = argparse.ArgumentParser(prog="python -m vaelab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -451,6 +574,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     e.add_argument("--device", default="auto")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument(
+        "--allow-large",
+        action="store_true",
+        help=f"run an estimate of more than {MAX_IMPORTANCE_WORK:.0e} importance paths x "
+        f"observed steps",
+    )
     e.set_defaults(func=cmd_evaluate)
 
     w = sub.add_parser(
@@ -486,8 +615,14 @@ def main(argv: list[str] | None = None) -> int:
     add_course_parser(sub)
 
     args = parser.parse_args(argv)
+    term: Callable[[int, FrameType | None], object] | int | None = None
+    if args.command == "evaluate" and threading.current_thread() is threading.main_thread():
+        term = signal.signal(signal.SIGTERM, _terminate)  # train's fit has its own handling
     try:
         return args.func(args)
+    except Terminated:
+        print(f"\nstopped (SIGTERM): {args.command} ended; nothing was written", file=sys.stderr)
+        return 143
     except TrainingInterrupted as err:  # Ctrl-C: fit saved what it could and says so
         print(f"\ninterrupted: {err}", file=sys.stderr)
         if err.checkpoint is not None and args.command == "train":
@@ -498,7 +633,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
-        if args.command == "train" and getattr(args, "resolved", None) is not None:
+        if (
+            args.command == "train"
+            and getattr(args, "resolved", None) is not None
+            and not err.at_start  # a lower rate would fail again: the message says why
+        ):
             print(
                 f"to start again with a lower learning rate: python -m vaelab "
                 f"{_restart_command(args, err)}",
@@ -520,6 +659,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a file that cannot be read (permissions, a folder for a file)
         print(f"error: {err}", file=sys.stderr)
         return 1
+    finally:
+        if term is not None:
+            signal.signal(signal.SIGTERM, term)
 
 
 def _resume_command(argv: list[str] | None, checkpoint: Path) -> str:

@@ -69,6 +69,23 @@ def loader_options(name: str) -> list[str]:
     ]
 
 
+def with_defaults(spec: dict) -> dict:
+    """``spec`` with every loader option it leaves out at its loader's default, so that two
+    specs of the same data compare equal however they were written (``binarize=True`` is
+    digits' default)."""
+    loader = DATASETS.get(spec.get("name"))  # type: ignore[arg-type]
+    if loader is None:
+        return dict(spec)
+    defaults = {
+        p.name: p.default
+        for p in inspect.signature(loader).parameters.values()
+        if p.name not in ("name", "path")
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and p.default is not p.empty
+    }
+    return {**defaults, **spec}
+
+
 def validate_data_spec(spec: object) -> dict:
     """Check a data spec before anything is read from it, and return it as a new dict.
 

@@ -7,8 +7,10 @@ digits --epochs 20`` runs ``python -m vaelab train`` once per seed, at most ``--
 standard deviation of the final validation -ELBO over seeds). Students learn more from five
 seeds than from one big batch: the spread says which differences are noise.
 
-Ctrl-C stops the runs in progress as ``train`` stops (each saves a checkpoint and its log's
-last line says how to resume), starts no more, prints what finished and exits with 130. The
+Ctrl-C (or SIGTERM, to the sweep alone or its process group) stops the runs in progress as
+``train`` stops (the sweep sends each SIGINT: it saves a checkpoint and its log's last line says
+how to resume), starts no more, prints what finished and which checkpoints were saved, and
+exits with 130 (143 for SIGTERM). The
 JSON is strict: a value that is not a number (a mean over no runs, a spread of one run) is
 ``null``, and the summary's ``notes`` say why.
 """
@@ -22,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,12 +47,38 @@ class SweepRun:
 
 
 class SweepInterrupted(KeyboardInterrupt):
-    """Ctrl-C during :func:`run_sweep`; ``runs`` are every run, finished, stopped (their
-    checkpoints saved) or never started (``returncode`` None)."""
+    """Ctrl-C (or SIGTERM) during :func:`run_sweep`; ``runs`` are every run, finished,
+    stopped (their checkpoints saved) or never started (``returncode`` None); ``signum`` the
+    signal that stopped the sweep."""
 
-    def __init__(self, runs: list[SweepRun]) -> None:
+    def __init__(self, runs: list[SweepRun], signum: int = signal.SIGINT) -> None:
         super().__init__("sweep interrupted")
         self.runs = runs
+        self.signum = signum
+
+
+class _Signals:
+    """SIGINT and SIGTERM to the sweep, recorded (``got``) rather than raised, so that they
+    never land inside ``Popen`` (a started run the sweep would not know of, left training
+    with a closed pipe) or inside the collection of a finished run. In the main thread only;
+    elsewhere Ctrl-C raises KeyboardInterrupt as usual."""
+
+    def __init__(self) -> None:
+        self.got: list[int] = []
+        self._before: dict[int, object] = {}
+
+    def __enter__(self) -> _Signals:  # noqa: PYI034  (Self needs Python 3.11)
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._before[signum] = signal.signal(signum, self._record)
+        return self
+
+    def _record(self, signum: int, frame: object) -> None:
+        self.got.append(signum)
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._before.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
 
 
 def _command(train_args: list[str], seed: int, out: Path) -> list[str]:
@@ -129,7 +158,7 @@ def _collect(job: _Job) -> SweepRun:
     return run
 
 
-def _stop(jobs: list[_Job], grace: float = STOP_GRACE) -> None:
+def _stop(jobs: list[_Job], grace: float = STOP_GRACE, signals: _Signals | None = None) -> None:
     """Ctrl-C for the runs in progress: a terminal's Ctrl-C reached them already (they share
     its process group); the others (``kill -INT`` to the sweep alone) get SIGINT here, once,
     so that each finishes its step and saves a checkpoint. Runs still going after ``grace``
@@ -145,7 +174,7 @@ def _stop(jobs: list[_Job], grace: float = STOP_GRACE) -> None:
         if job.proc.poll() is None and not told(job):
             job.proc.send_signal(signal.SIGINT)
     with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C: stop them at once
-        _wait(jobs, grace)
+        _wait(jobs, grace, signals)
     for sig in (signal.SIGINT, signal.SIGKILL):
         alive = [job for job in jobs if job.proc.poll() is None]
         for job in alive:
@@ -153,9 +182,12 @@ def _stop(jobs: list[_Job], grace: float = STOP_GRACE) -> None:
         _wait(alive, 5.0)
 
 
-def _wait(jobs: list[_Job], timeout: float) -> None:
+def _wait(jobs: list[_Job], timeout: float, signals: _Signals | None = None) -> None:
+    """Until ``jobs`` end, ``timeout`` passes or a second signal reaches the sweep."""
     deadline = time.monotonic() + timeout
     while any(job.proc.poll() is None for job in jobs) and time.monotonic() < deadline:
+        if signals is not None and len(signals.got) > 1:
+            return
         time.sleep(0.05)
 
 
@@ -171,8 +203,9 @@ def run_sweep(
     most ``jobs`` at once with ``threads`` torch threads each; returns the runs with their
     JSON results (or the error each printed).
 
-    Raises :class:`SweepInterrupted` (a KeyboardInterrupt) on Ctrl-C, after the runs in
-    progress have saved their checkpoints and ended; it holds every run.
+    Raises :class:`SweepInterrupted` (a KeyboardInterrupt) on Ctrl-C or SIGTERM, after the
+    runs in progress have been sent SIGINT, saved their checkpoints and ended; it holds every
+    run.
     """
     out = Path(out)
     _check_args(train_args, seeds, jobs, out, threads)
@@ -181,35 +214,56 @@ def run_sweep(
     pending = [SweepRun(seed, out / f"seed_{seed}") for seed in seeds]
     running: list[_Job] = []
     done: list[SweepRun] = []
-    slot = 0
-    try:
-        while pending or running:
-            while pending and len(running) < jobs:
-                run = pending.pop(0)
-                env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # torch's threads
-                if gpus:
-                    env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
-                slot += 1
-                log_path = out / f"seed_{run.seed}.log"
-                log = open(log_path, "w")  # noqa: SIM115 - closed in _collect
-                proc = subprocess.Popen(
-                    _command(train_args, run.seed, run.out),
-                    env=env,
-                    stdout=subprocess.PIPE,
-                    stderr=log,
-                    text=True,
-                )
-                running.append(_Job(run, proc, log, log_path))
-            for job in [job for job in running if job.proc.poll() is not None]:
-                done.append(_collect(job))
-                running.remove(job)
-            time.sleep(poll)
-    except KeyboardInterrupt:
-        running = [job for job in running if job.run not in done]  # Ctrl-C between the two
-        _stop(running)
-        done += [_collect(job) for job in running]
-        raise SweepInterrupted(sorted([*done, *pending], key=lambda r: r.seed)) from None
+    with _Signals() as signals:
+        try:
+            _loop(pending, running, done, train_args, out, jobs, threads, gpus, poll, signals)
+        except KeyboardInterrupt:  # Ctrl-C outside the main thread
+            signals.got.append(signal.SIGINT)
+        if signals.got:
+            running = [job for job in running if job.run not in done]
+            _stop(running, signals=signals)
+            done += [_collect(job) for job in running]
+            raise SweepInterrupted(
+                sorted([*done, *pending], key=lambda r: r.seed), signals.got[0]
+            ) from None
     return sorted(done, key=lambda r: r.seed)
+
+
+def _loop(
+    pending: list[SweepRun],
+    running: list[_Job],
+    done: list[SweepRun],
+    train_args: list[str],
+    out: Path,
+    jobs: int,
+    threads: int,
+    gpus: int,
+    poll: float,
+    signals: _Signals,
+) -> None:
+    """Start and collect runs until all are done or a signal reached the sweep."""
+    slot = 0
+    while (pending or running) and not signals.got:
+        while pending and len(running) < jobs and not signals.got:
+            run = pending.pop(0)
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # torch's threads
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+            slot += 1
+            log_path = out / f"seed_{run.seed}.log"
+            log = open(log_path, "w")  # noqa: SIM115 - closed in _collect
+            proc = subprocess.Popen(
+                _command(train_args, run.seed, run.out),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
+            running.append(_Job(run, proc, log, log_path))
+        for job in [job for job in running if job.proc.poll() is not None]:
+            done.append(_collect(job))
+            running.remove(job)
+        time.sleep(poll)
 
 
 def summarise(runs: list[SweepRun], key: str = "val_nelbo") -> dict:
@@ -281,12 +335,14 @@ def main(
 ) -> int:
     """``python -m vaelab sweep``: run, print one JSON line per run and the summary; returns
     the exit code (0 all finished with the metric, 1 a run failed or none reported the
-    metric, 130 Ctrl-C: the runs finished so far are summarised)."""
+    metric, 130 Ctrl-C or 143 SIGTERM: the runs finished so far are summarised, and the
+    message names the checkpoints the stopped runs saved)."""
     check_metric(metric)
+    signum = 0
     try:
-        runs, interrupted = run_sweep(train_args, seeds, out, jobs, threads), False
+        runs = run_sweep(train_args, seeds, out, jobs, threads)
     except SweepInterrupted as stop:
-        runs, interrupted = stop.runs, True
+        runs, signum = stop.runs, stop.signum
     for run in runs:
         if run.returncode is None:
             continue  # never started
@@ -300,16 +356,33 @@ def main(
         print(strict_json(record))
     summary = summarise(runs, metric)
     print(strict_json({"summary": summary}))
-    if interrupted:
+    if signum:
+        stopped = [r for r in runs if r.interrupted and r.result is None and r.returncode]
+        saved = [r for r in stopped if (r.out / "checkpoint.pt").is_file()]
+        kept = (
+            f"{len(saved)} stopped with a checkpoint ({', '.join(str(r.out) for r in saved)}; "
+            f"the last line of OUT/seed_S.log says how to resume)"
+            if saved
+            else "0 stopped with a checkpoint"
+        )
+        unsaved = len(stopped) - len(saved)
         print(
             f"\ninterrupted: {len([r for r in runs if r.result is not None])} of {len(runs)} "
-            f"runs finished and are summarised above; {summary['interrupted']} stopped with "
-            f"a checkpoint (the last line of OUT/seed_S.log says how to resume); "
-            f"{summary['not_started']} not started",
+            f"runs finished and are summarised above; {kept}; "
+            + (f"{unsaved} stopped before their first checkpoint; " if unsaved else "")
+            + f"{summary['not_started']} not started",
             file=sys.stderr,
         )
-        return 130
+        return 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM
     if summary["failed"]:
+        out = Path(out)
+        for run in runs:
+            if run.result is None and run.returncode is not None and not run.interrupted:
+                print(
+                    f"error: seed {run.seed} failed (exit code {run.returncode}): {run.error} "
+                    f"(the whole output is in {out / f'seed_{run.seed}.log'})",
+                    file=sys.stderr,
+                )
         return 1
     if summary["runs"] == 0:
         print(f"error: {'; '.join(summary['notes'])}", file=sys.stderr)

@@ -29,7 +29,8 @@ class TrainingDiverged(RuntimeError):
 
     lr: float | None = None
     step: int | None = None
-    suggested_lr: float | None = None
+    suggested_lr: float | None = None  # None at the first step: the rate is not the cause
+    at_start: bool = False  # no good step before it: the data or the settings, not the rate
     records: Sequence[dict] = ()  # deferred reads: the good steps' records before this one
 
 
@@ -165,9 +166,19 @@ def survivor(out: Path | None, saved: Path | None, step: int | None) -> str:
     return f"the last checkpoint, {saved}, holds step {step}"
 
 
-def advice(saved: Path | None, lr: float | None, diverged: bool) -> str:
+AT_START = (
+    "It failed at the run's very first step, before any update, so the learning rate is "
+    "not the cause: the data or the settings are (check the data for extreme or non-finite "
+    "values, e.g. rescale it to about [-10, 10], and the model settings given with --set)"
+)
+
+
+def advice(saved: Path | None, lr: float | None, diverged: bool, at_start: bool = False) -> str:
     """What to do next. After divergence: start again with a lower rate, applied from the
-    first step (resuming would recompute the failing loss from the same saved weights)."""
+    first step (resuming would recompute the failing loss from the same saved weights);
+    after divergence at the first step (``at_start``): look at the data and settings."""
+    if diverged and at_start:
+        return AT_START
     if diverged:
         lower = f"{suggested_lr(lr):.3g}" if lr is not None else "a tenth of it"
         return (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vaelab.datasets import with_defaults
 from vaelab.train import optim
 
 # TrainConfig fields a resume may change: from the resume on they apply (a new lr is set in the
@@ -74,18 +75,21 @@ def check_model(resume: str | Path, ckpt: dict, name: str, config: dict) -> None
 def check_data(resume: str | Path, ckpt: dict, spec: dict) -> None:
     """The data asked for is the checkpoint's (name, path and loader options); an empty
     ``spec`` keeps the checkpoint's."""
-    if not spec or not ckpt["data"] or same_data_spec(spec, ckpt["data"]):
+    if not spec or not ckpt["data"]:
+        return
+    given, stored = with_defaults(spec), with_defaults(ckpt["data"])  # options left out: defaults
+    if same_data_spec(given, stored):
         return
     key = next(
         k
-        for k in sorted(set(spec) | set(ckpt["data"]))
-        if not same_data_spec({k: spec.get(k)}, {k: ckpt["data"].get(k)})
+        for k in sorted(set(given) | set(stored), key=lambda k: (k != "name", k != "path", k))
+        if not same_data_spec({k: given.get(k)}, {k: stored.get(k)})
     )
     flag = {"name": "--data", "path": "--data-path"}.get(key, f"--data-option {key}")
-    trained_on = "" if key == "name" else f" (trained on data set {ckpt['data'].get('name')!r})"
+    trained_on = "" if key == "name" else f" (trained on data set {stored.get('name')!r})"
     raise ValueError(
-        f"cannot resume {resume}{trained_on}: its data {key} is {ckpt['data'].get(key)!r} "
-        f"but {spec.get(key)!r} here ({flag}); a resumed run keeps its data: "
+        f"cannot resume {resume}{trained_on}: its data {key} is {stored.get(key)!r} "
+        f"but {given.get(key)!r} here ({flag}); a resumed run keeps its data: "
         f"drop {flag}, or train a new model into another --out folder"
     )
 

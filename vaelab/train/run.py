@@ -514,10 +514,11 @@ def diverged(run: Run, err: guard.TrainingDiverged) -> guard.TrainingDiverged:
         (r["lr"] for r in reversed(run.state.history) if r["kind"] == "train"),
         run.optimizer.param_groups[0]["lr"],
     )
-    new = guard.TrainingDiverged(
-        f"{err}; {run.survivor()}. {guard.advice(run.saved_path(), lr, diverged=True)}"
-    )
-    new.lr, new.step, new.suggested_lr = lr, err.step, guard.suggested_lr(lr)
+    at_start = run.level.first is None and not err.records  # no good step, even on resume
+    what = guard.advice(run.saved_path(), lr, diverged=True, at_start=at_start)
+    new = guard.TrainingDiverged(f"{err}; {run.survivor()}. {what}")
+    new.lr, new.step, new.at_start = lr, err.step, at_start
+    new.suggested_lr = None if at_start else guard.suggested_lr(lr)
     return new
 
 
