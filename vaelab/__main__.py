@@ -10,7 +10,6 @@ import shlex
 import signal
 import sys
 import threading
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -19,6 +18,14 @@ import torch
 
 import vaelab
 from vaelab import MODELS, sweep
+from vaelab.cli_checks import (  # MAX_IMPORTANCE_WORK: read here by tests
+    MAX_IMPORTANCE_WORK,
+    MAX_PARAMETERS,
+    check_evaluated_data,
+    check_not_another_run,
+    check_size,
+    check_work,
+)
 from vaelab.config import check_types, data_spec, make_model, parse_sets
 from vaelab.datasets import DATASETS, load_dataset
 from vaelab.kalman import exact_nll
@@ -124,41 +131,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         # the checkpoint's folder becomes the run's only once the checkpoint loads: a failed
         # --resume (a folder, a missing or foreign file) writes no status.json anywhere
         ckpt = _from_checkpoint(args)
-    _check_not_another_run(args)  # before the writer, which would mark that run failed
+    check_not_another_run(args)  # before the writer, which would mark that run failed
     folder = args.out if args.out and args.out.strip() else None  # '' is no folder: "."
     if folder is None or int(os.environ.get("RANK", "0")) != 0:
         return _train(args, None, ckpt)
     with RunWriter(folder) as writer:
         return _train(args, writer, ckpt)
-
-
-RUN_FILES = ("checkpoint.pt", "best.pt", "metrics.jsonl")  # what a run that trained leaves
-
-
-def _check_not_another_run(args: argparse.Namespace) -> None:
-    """Refuse an --out folder holding another run's files (a checkpoint, metrics): training
-    into it would replace its checkpoint and append to its metrics. Resuming that run's own
-    checkpoint into its own folder is how it goes on."""
-    if not args.out or not args.out.strip():
-        return  # _train names an empty or missing --out
-    out = Path(args.out)
-    if not out.is_dir():
-        return
-    # an empty metrics.jsonl: a run refused before its first step (e.g. the folder was in use)
-    found = [n for n in RUN_FILES if (out / n).is_file() and (out / n).stat().st_size > 0]
-    if not found:
-        return
-    if args.resume is not None and Path(args.resume).resolve().parent == out.resolve():
-        return
-    hint = (
-        f", or --resume {out / 'checkpoint.pt'} to continue it"
-        if (out / "checkpoint.pt").is_file()
-        else ""
-    )
-    raise ValueError(
-        f"--out {out} holds another run ({', '.join(found)}), which training would "
-        f"overwrite; pass a new or empty folder for --out{hint}"
-    )
 
 
 def _train(args: argparse.Namespace, writer: RunWriter | None, ckpt: dict | None = None) -> int:
@@ -212,7 +190,7 @@ def _train(args: argparse.Namespace, writer: RunWriter | None, ckpt: dict | None
     if ckpt is not None:  # the checkpoint's own model config
         model = build_model(ckpt["model"], ckpt["config"])
     else:
-        _check_size(args, train, model_sets)
+        check_size(args, train, model_sets)
         model = make_model(args.model, train, model_sets)
         with torch.random.fork_rng(devices=[]):  # the check draws; the seeded run must not see it
             why = model.support_mismatch(train)  # the dashboard's rule; fit names the rest
@@ -256,51 +234,6 @@ def _train(args: argparse.Namespace, writer: RunWriter | None, ckpt: dict | None
         )
     )
     return 0
-
-
-MAX_PARAMETERS = 50_000_000  # 200 MB of float32 weights; the largest model here has ~2e6
-MAX_SIZE = 1_000_000  # any width, length or count in a model config (MNIST's x_dim is 784)
-
-
-def _check_size(args: argparse.Namespace, train, model_sets: dict) -> None:
-    """Refuse a model too large to be meant, before allocating it: it is built on torch's
-    meta device (shapes only, no memory) and its parameters counted."""
-    sizes = ", ".join(f"{k}={v!r}" for k, v in model_sets.items()) or "the defaults"
-    for key, value in model_sets.items():  # before building: a count of 1e9 layers would hang
-        values = value if isinstance(value, (list, tuple)) else [value]
-        big = [
-            v for v in values if isinstance(v, int) and not isinstance(v, bool) and v > MAX_SIZE
-        ]
-        if big and not args.allow_large:
-            raise ValueError(
-                f"--set {key}={value!r} is above {MAX_SIZE:.0e}, larger than any "
-                f"size or count a model here needs; pass a smaller value, or "
-                f"--allow-large if you mean it"
-            )
-    try:
-        with torch.device("meta"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "Initializing zero-element tensors is a no-op"
-            probe = make_model(args.model, train, model_sets)
-    except RuntimeError as err:  # e.g. a negative width
-        reason = str(err).splitlines()[0]
-        raise ValueError(
-            f"--model {args.model} cannot be built with {sizes} ({reason}); "
-            f"every size must be a positive integer"
-        ) from None
-    empty = next((name for name, p in probe.named_parameters() if 0 in p.shape), None)
-    if empty is not None:
-        raise ValueError(
-            f"--model {args.model} with {sizes} has a layer of width 0 "
-            f"({empty}); every size must be a positive integer"
-        )
-    count = sum(p.numel() for p in probe.parameters())
-    if count > MAX_PARAMETERS and not args.allow_large:
-        raise ValueError(
-            f"--model {args.model} with {sizes} has {count:.3g} parameters "
-            f"({count * 4 / 2**30:.3g} GiB of weights, more again for Adam), over "
-            f"the limit of {MAX_PARAMETERS:.0e}; pass smaller sizes with --set, or "
-            f"--allow-large if you mean it"
-        )
 
 
 def _preset(name: str, model: str) -> tuple[dict, dict]:
@@ -358,9 +291,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not spec:
         raise ValueError("the checkpoint records no data set; pass --data (and --data-path)")
     _, val, test = load_dataset(**spec)
-    _check_evaluated_data(args.checkpoint, ckpt, model, spec, test)
+    check_evaluated_data(args.checkpoint, ckpt, model, spec, test)
     splits = [d for name, d in (("val", val), ("test", test)) if args.split in (name, "both")]
-    _check_work(args, splits)
+    check_work(args, splits)
     torch.manual_seed(args.seed)
     result = {
         "model": ckpt["model"],
@@ -393,57 +326,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # importance paths x observed time steps (examples for a static model) evaluate may compute:
-# the largest estimate here, K=5000 on MNIST's 10000 test images or K=2000 on a polyphonic test
-# set, is about 1e8; ten times that is minutes to hours on a CPU
-MAX_IMPORTANCE_WORK = 1_000_000_000
-
-
-def _observed_steps(data) -> int:
-    return int(data.lengths.sum()) if data.is_sequence else len(data)
-
-
-def _check_work(args: argparse.Namespace, splits: list) -> None:
-    """Refuse an importance-sampling estimate too large to be meant (e.g. --samples 1e9)
-    before it runs silently for hours: K x the observed steps of the splits evaluated."""
-    steps = sum(_observed_steps(d) for d in splits)
-    work = args.samples * steps
-    if work > MAX_IMPORTANCE_WORK and not args.allow_large:
-        raise ValueError(
-            f"--samples {args.samples} on {steps} observed steps ({args.split}) is "
-            f"{work:.3g} importance paths x steps, over the limit of "
-            f"{MAX_IMPORTANCE_WORK:.0e} (hours of work); pass fewer --samples (1000 is the "
-            f"usual), --split val or test, or --allow-large if you mean it"
-        )
-
-
-def _check_evaluated_data(path: str, ckpt: dict, model, spec: dict, data) -> None:
-    """The data evaluate loaded has the shape the checkpoint's model was trained on (kind,
-    features, actions); otherwise a sentence naming the data it needs, not a model setting
-    that evaluate cannot change."""
-
-    def shape(sequential: bool, x_dim: int, a_dim: int) -> str:
-        kind = "sequences" if sequential else "vectors"
-        return f"{kind} of x_dim={x_dim}" + (f", a_dim={a_dim}" if sequential else "")
-
-    a_dim = model.a_dim if model.sequential else 0
-    needs = shape(model.sequential, model.config.x_dim, a_dim)
-    has = shape(data.is_sequence, data.x_dim, data.a_dim if data.is_sequence else 0)
-    if needs == has:
-        return
-    trained = (ckpt.get("data") or {}).get("name")
-    fix = (
-        f"evaluate it on {trained!r} (drop --data), or pass a checkpoint trained on "
-        f"{spec.get('name')!r}"
-        if trained
-        else f"pass data of that shape, or a checkpoint trained on {spec.get('name')!r}"
-    )
-    raise ValueError(
-        f"--checkpoint {path} holds a {ckpt['model']} model trained on other data "
-        f"({repr(trained) if trained else 'not recorded'}: {needs}), but --data "
-        f"{spec.get('name')} gives {has}; {fix}"
-    )
-
-
 def cmd_models(args: argparse.Namespace) -> int:
     """One line per registered model (vaelab.MODELS): name, kind, unit, preferred data set."""
     for name, (_, cls) in MODELS.items():
