@@ -1214,3 +1214,45 @@ def test_evaluate_refuses_an_impossible_sample_count_up_front(checkpoint, capsys
     )
     assert code == 0, err
     assert math.isfinite(json.loads(out)["val_nll_importance_K2"])
+
+
+# ----------------------------------------------------------------------------- second re-test
+
+
+@pytest.mark.parametrize("flag", ["--set", "--train-set", "--data-option"])
+def test_a_key_given_twice_is_refused_by_its_flag(tmp_path, capsys, flag):
+    values = {"--set": "z_dim=3", "--train-set": "lr=0.01", "--data-option": "n_val=50"}
+    key, _, value = values[flag].partition("=")
+    twice = [flag, f"{key}={value}", flag, f"{key}={value}"]
+    code, _, err = run_cli(
+        ["train", "--model", "vae", "--data", "digits", *twice, "--out", str(tmp_path / "o")],
+        capsys,
+    )
+    assert code == 2 and err == f"error: {flag} sets {key} twice; give each key once\n"
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_refuses_the_filesystem_root_as_its_out_folder(capsys):
+    before = set(os.listdir("/"))
+    code, _, err = run_cli(
+        ["train", "--model", "vae", "--data", "digits", "--max-steps", "1", "--out", "/"], capsys
+    )
+    assert code == 2 and "--out / is the filesystem's root" in err
+    assert set(os.listdir("/")) == before
+
+
+def test_sweep_refuses_an_empty_out(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(
+        ["sweep", "--seeds", "0", "--out", "", "--", "--model", "vae", "--data", "digits"], capsys
+    )
+    assert code == 2 and "--out is empty" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_with_nothing_to_estimate_is_refused(checkpoint, capsys):
+    code, out, err = run_cli(
+        ["evaluate", "--checkpoint", str(checkpoint), "--samples", "0", "--elbo-samples", "0"],
+        capsys,
+    )
+    assert code == 2 and out == "" and "leave nothing to evaluate" in err

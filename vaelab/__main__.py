@@ -264,6 +264,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"--samples and --elbo-samples must be >= 0 (0 skips that figure), "
             f"got {args.samples} and {args.elbo_samples}"
         )
+    if args.samples == 0 and args.elbo_samples == 0:
+        raise ValueError(
+            "--samples 0 and --elbo-samples 0 leave nothing to evaluate; keep one of them "
+            "above 0 (e.g. --elbo-samples 1)"
+        )
     if args.batch_size < 1:
         raise ValueError(
             f"--batch-size must be >= 1 sequences (or examples) per batch, got {args.batch_size}"

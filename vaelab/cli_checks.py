@@ -23,6 +23,10 @@ def check_not_another_run(args: argparse.Namespace) -> None:
     if not args.out or not args.out.strip():
         return  # _train names an empty or missing --out
     out = Path(args.out)
+    if out.resolve() == Path(out.resolve().anchor):
+        raise ValueError(
+            f"--out {args.out} is the filesystem's root; pass a folder for this run's files"
+        )
     if not out.is_dir():
         return
     # an empty metrics.jsonl: a run refused before its first step (e.g. the folder was in use)

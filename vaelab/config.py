@@ -22,6 +22,8 @@ def parse_sets(pairs: list[str], flag: str = "--set") -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"{flag} takes key=value, got {pair!r}")
+        if key in out:
+            raise ValueError(f"{flag} sets {key} twice; give each key once")
         if value.lower() in ("true", "false"):  # analytic_kl=false as well as =False
             out[key] = value.lower() == "true"
             continue

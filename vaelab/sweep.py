@@ -338,6 +338,8 @@ def main(
     metric, 130 Ctrl-C or 143 SIGTERM: the runs finished so far are summarised, and the
     message names the checkpoints the stopped runs saved)."""
     check_metric(metric)
+    if not str(out).strip():
+        raise ValueError("--out is empty; pass a folder name for the seeds' run folders")
     signum = 0
     try:
         runs = run_sweep(train_args, seeds, out, jobs, threads)
