@@ -11,6 +11,14 @@ import torch
 torch.set_num_threads(1)
 
 
+# A suite started in the background by a non-interactive shell (`make test &`, a CI runner's
+# job) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler, in this
+# process or in the processes the tests start. The Ctrl-C tests test what a user's terminal
+# gives: Python's default handler here, and (a handled signal is reset to the default on
+# exec) the default disposition in every child.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     """Every test starts from the same random state (CPU runs are reproducible)."""
