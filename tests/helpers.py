@@ -8,6 +8,20 @@ from torch import nn
 from vaelab.objectives import loss
 from vaelab.train import TrainConfig
 
+# the CLI arguments of the smallest real training run: a VAE on the built-in digits
+TINY_VAE = [
+    "--model",
+    "vae",
+    "--data",
+    "digits",
+    "--set",
+    "hidden_dims=[8]",
+    "--set",
+    "z_dim=2",
+    "--train-set",
+    "progress=False",
+]
+
 
 def assert_every_parameter_gets_gradient(model: nn.Module, batch) -> None:
     """Backpropagate ``loss(model.elbo(batch))`` and assert every named parameter receives a

@@ -6,22 +6,10 @@ from __future__ import annotations
 import time
 
 import pytest
+from helpers import TINY_VAE as TINY
 
 from vaelab import instructor, runs
 from vaelab.runs import Hosting
-
-TINY = [
-    "--model",
-    "vae",
-    "--data",
-    "digits",
-    "--set",
-    "hidden_dims=[8]",
-    "--set",
-    "z_dim=2",
-    "--train-set",
-    "progress=False",
-]
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 import nbformat
 import psutil
 import pytest
-from helpers import config
+from helpers import TINY_VAE, config
 
 from tests.test_reliability import run_cli
 from tests.test_reliability_trainer import RUN_FOLDER_FILES
@@ -33,18 +33,6 @@ from vaelab.train import fit, load_checkpoint
 from vaelab.vae import VAE, VAEConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_VAE = [
-    "--model",
-    "vae",
-    "--data",
-    "digits",
-    "--set",
-    "hidden_dims=[8]",
-    "--set",
-    "z_dim=2",
-    "--train-set",
-    "progress=False",
-]
 
 
 def _env() -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import config
+from helpers import TINY_VAE, config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -55,18 +55,6 @@ RUN_FOLDER_FILES = {
 
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_VAE = [
-    "--model",
-    "vae",
-    "--data",
-    "digits",
-    "--set",
-    "hidden_dims=[8]",
-    "--set",
-    "z_dim=2",
-    "--train-set",
-    "progress=False",
-]
 
 
 @pytest.fixture(scope="module")

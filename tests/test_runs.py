@@ -12,23 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import TINY_VAE as TINY
 
 from vaelab import runs
 from vaelab.runs import Hosting, RunWriter
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "--model",
-    "vae",
-    "--data",
-    "digits",
-    "--set",
-    "hidden_dims=[8]",
-    "--set",
-    "z_dim=2",
-    "--train-set",
-    "progress=False",
-]
 
 
 @pytest.fixture(autouse=True)
