@@ -579,7 +579,10 @@ def test_dashboard_soak_drives_the_hosted_server_and_reports_its_memory(tmp_path
     result = json.loads(lines[-1])
     assert result["mode"] == "dashboard" and result["runs_finished"] >= 1
     assert result["session_errors"] == 0
-    assert result["folders_finished"] == result["runs_finished"]
+    # Every run a session saw finish has a finished folder; a run cut off by the deadline
+    # may still finish on the server before it stops, so it may add one finished folder.
+    extra = result["folders_finished"] - result["runs_finished"]
+    assert 0 <= extra <= result["cut_off_at_end"], result
     assert 50 < result["rss_mb_first"] <= result["rss_mb_max"]
     assert result["samples"] >= 5 and result["warmup_s"] >= 12
     end = result["rss_mb_end"] - result["rss_mb_after_warmup"]

@@ -349,9 +349,11 @@ def test_two_sessions_own_their_runs_and_a_reload_reattaches(hosted_server, tmp_
                 _fill(page, "hidden size", width)
                 _fill(page, "epochs", "1000")
                 _button(page, "Train").click()
+                # a run's process imports torch before its first step: minutes on a
+                # loaded 2-core machine, so this one wait is longer than the page's
                 expect(
                     page.get_by_text(re.compile(r": vae on digits — training, step [1-9]"))
-                ).to_be_visible()
+                ).to_be_visible(timeout=3 * UI_LIMIT_MS)
             assert not b.get_by_text(re.compile("wrong type")).count()  # a's error is a's
             runs_root = tmp_path / "runs"
             ids = {page: re.search(r"run=([\w-]+)", page.url).group(1) for page in pages}

@@ -95,6 +95,8 @@ def _prior_steps(model: DMM, z_prev: Tensor, a_prev: Tensor, first: Tensor) -> I
     """p(z_t | z_{t-1}, a_{t-1}) from ``z_prev [..., Z]``, and the model's own p(z_1)
     (:meth:`~vaelab.dmm.DMM.initial_prior`) where ``first [..., 1]``."""
     p_z = model.transition_prior(z_prev, a_prev)
+    if not model.config.standard_initial_prior:
+        return p_z  # p(z_1) = p(z_1 | z_0, a_0 = 0), and z_prev, a_prev are z_0, 0 there
     p_1 = model.initial_prior(1)  # batch [1]
     loc = torch.where(first, p_1.mean[0], p_z.mean)
     return Independent(Normal(loc, torch.where(first, p_1.stddev[0], p_z.stddev)), 1)
