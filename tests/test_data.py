@@ -684,7 +684,7 @@ def test_validate_data_spec_accepts_what_the_loaders_take(tmp_path):
         (
             {"name": "jsb", "path": "x.pickle"},
             ValueError,
-            r"'jsb' has no such option\(s\) \['path'\]",
+            r"'jsb' is built in and reads no file, so it takes no path \(--data-path x.pickle\)",
         ),
         (
             {"name": "digits", "__class__": "os.system"},

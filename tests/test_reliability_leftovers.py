@@ -711,11 +711,15 @@ def test_metrics_beyond_a_file_size_limit_are_one_sentence_and_no_half_line(tmp_
     done = _vaelab(["train", "--resume", str(ckpt), "--max-steps", "3"], tmp_path, limit)
     assert done.returncode == 1, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == (
+    error, advice = done.stderr.strip().splitlines()[-2:]
+    assert error == (
         f"error: could not write metrics {metrics}: the file is larger than this process "
         f"may write (ulimit -f) ([Errno 27] File too large); metrics.jsonl keeps every "
-        f"complete record before this one; the last checkpoint, {ckpt}, is intact. Make "
-        f"room there and resume with --resume {ckpt}"
+        f"complete record before this one; the last checkpoint, {ckpt}, is intact. Raise "
+        f"the file-size limit (ulimit -f) and resume with --resume {ckpt}"
+    )
+    assert advice == (
+        f"to resume once there is room: python -m vaelab train --max-steps 3 --resume {ckpt}"
     )
     assert metrics.read_bytes() == before and ckpt.read_bytes() == saved
     assert not _temporaries(out) and not (out / ".lock").exists()
@@ -757,7 +761,7 @@ def test_a_disk_filling_up_during_training_ends_in_one_sentence(small_disk):
             proc.kill()
     assert proc.returncode == 1, stderr[-3000:]
     assert "Traceback" not in stderr
-    last = stderr.strip().splitlines()[-1]
+    last = [line for line in stderr.strip().splitlines() if line.startswith("error:")][-1]
     assert re.fullmatch(
         rf"error: could not write (metrics|run file|checkpoint) {re.escape(str(out))}/\S+"
         rf"( in folder {re.escape(str(out))})?: the disk holding it is full.*",
@@ -773,10 +777,11 @@ def test_a_disk_filling_up_during_training_ends_in_one_sentence(small_disk):
 def _release_fails_cleanly(done: subprocess.CompletedProcess, dst: Path, why: str) -> None:
     assert done.returncode == 1, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
+    room = r"Raise the file-size limit \(ulimit -f\)" if "ulimit" in why else "Make room there"
     assert re.fullmatch(
         rf"error: could not write student release {re.escape(str(dst))}: {re.escape(why)} "
         rf"\(.*\); nothing was written to {re.escape(str(dst))} \(the partial student "
-        rf"release was removed\)\. Make room there \(or choose another folder\) and try "
+        rf"release was removed\)\. {room} \(or choose another folder\) and try "
         rf"again\n",
         done.stderr,
     ), done.stderr
@@ -834,7 +839,8 @@ def test_site_beyond_a_file_size_limit_keeps_the_previous_pages(tmp_path):
         rf"error: could not write course page {re.escape(str(page))}: the file is larger than "
         rf"this process may write \(ulimit -f\); it needs [0-9.]+ MiB \(.*\); the previous "
         rf"00_first.html is intact; no page was written; the previous index.html is "
-        rf"unchanged\. Make room there \(or pass another DIR\) and run course site again\n",
+        rf"unchanged\. Raise the file-size limit \(ulimit -f\) \(or pass another DIR\) and "
+        rf"run course site again\n",
         done.stderr,
     ), done.stderr
     assert {p.name: p.read_bytes() for p in site.iterdir()} == before
@@ -1244,3 +1250,86 @@ def test_evaluate_with_nothing_to_estimate_is_refused(checkpoint, capsys):
         capsys,
     )
     assert code == 2 and out == "" and "leave nothing to evaluate" in err
+
+
+# ------------------------------------------------- the outside re-test's second round, closed
+
+
+def test_a_first_run_that_cannot_save_says_how_to_start_again_and_that_works(tmp_path):
+    """Under ``ulimit -f`` a first run fails at its first checkpoint: nothing exists to
+    resume, so the message says to remove the folder and run the same command again; the
+    same command into that folder is refused by a sentence saying the same; following the
+    advice (remove, rerun without the limit) trains."""
+    out = tmp_path / "run"
+    command = ["train", *TINY_VAE, "--out", str(out), "--max-steps", "2"]
+    done = _vaelab(command, tmp_path, limit=20_000)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert "no checkpoint.pt was there before" in last and "--resume" not in done.stderr
+    assert last.endswith(
+        f"Raise the file-size limit (ulimit -f) and run the same command again after removing "
+        f"{out} (nothing was saved there to resume from), or pass another --out folder"
+    )
+    again = _vaelab(command, tmp_path)
+    assert again.returncode == 2 and again.stderr.strip().splitlines()[-1] == (
+        f"error: --out {out} holds a run that failed before it saved a checkpoint "
+        f"(metrics.jsonl; {out / 'status.json'} says why); remove that folder (rm -r {out}) "
+        f"and run the same command again, or pass another --out folder"
+    )
+    subprocess.run(["rm", "-r", str(out)], check=True)
+    assert _vaelab(command, tmp_path).returncode == 0
+    assert (out / "checkpoint.pt").is_file()
+
+
+def test_evaluate_with_a_data_option_the_likelihood_cannot_score_names_the_option(
+    checkpoint, capsys
+):
+    code, out, err = run_cli(
+        ["evaluate", "--checkpoint", str(checkpoint), "--data-option", "binarize=false"], capsys
+    )
+    assert code == 2 and out == ""
+    assert err.strip().endswith(
+        "vae's Bernoulli likelihood needs 0/1 data; digits is real-valued; it was trained "
+        "with binarize=True; drop --data-option binarize=False"
+    ), err
+    assert "gaussian" not in err
+
+
+def test_a_data_path_for_a_built_in_data_set_is_named_as_the_flag(checkpoint, tmp_path, capsys):
+    for argv in (
+        ["evaluate", "--checkpoint", str(checkpoint), "--data-path", str(tmp_path / "x.npz")],
+        ["train", *TINY_VAE, "--data-path", str(tmp_path / "x.npz"), "--out", str(tmp_path / "o")],
+    ):
+        code, _, err = run_cli(argv, capsys)
+        assert code == 2, err
+        assert "data set 'digits' is built in and reads no file" in err
+        assert "drop --data-path" in err and "'path'" not in err
+
+
+def test_a_device_file_and_a_link_loop_are_named_for_what_they_are(tmp_path, capsys):
+    (tmp_path / "zero.npz").symlink_to("/dev/zero")
+    (tmp_path / "a.npz").symlink_to(tmp_path / "b.npz")
+    (tmp_path / "b.npz").symlink_to(tmp_path / "a.npz")
+    (tmp_path / "gone.npz").symlink_to(tmp_path / "nothing.npz")
+    for name, says in (
+        ("zero.npz", "is not a regular file (a device, a pipe or a socket"),
+        ("a.npz", "is a symbolic link that leads nowhere"),
+        ("gone.npz", "is a symbolic link that leads nowhere"),
+    ):
+        argv = ["train", "--model", "vae", "--data", "arrays", "--data-path", str(tmp_path / name)]
+        code, _, err = run_cli([*argv, "--out", str(tmp_path / "o")], capsys)
+        assert code == 2 and says in err, err
+
+
+def test_a_path_too_long_for_the_filesystem_is_one_sentence(tmp_path, capsys):
+    out = tmp_path / ("a" * 300)
+    code, _, err = run_cli(["train", *TINY_VAE, "--out", str(out)], capsys)
+    assert code == 1
+    assert "is too long for this filesystem" in err and "300 in its longest part" in err
+    assert "Errno" not in err
+
+
+def test_an_empty_argument_is_shown_as_empty(tmp_path, capsys):
+    code, _, err = run_cli(["course", "site", str(tmp_path / "s"), "--no-execute", ""], capsys)
+    assert code == 2
+    assert "unrecognized arguments: '' (one is empty: an unset variable or stray quotes)" in err

@@ -312,9 +312,9 @@ def test_evaluate_data_flags_act_on_the_checkpoints_data_set(checkpoint, capsys)
     assert code == 0, err
     # the option reaches the loader: grey levels, which the Bernoulli decoder refuses
     code, _, err = run_cli([*base, "--data-option", "binarize=False"], capsys)
-    assert code == 2 and "the Bernoulli decoder needs binary x (0 or 1)" in err
+    assert code == 2 and "Bernoulli likelihood needs 0/1 data; digits is real-valued" in err
     code, _, err = run_cli([*base, "--data-path", "other.npz"], capsys)
-    assert code == 2 and "data set 'digits' has no such option(s) ['path']" in err
+    assert code == 2 and "data set 'digits' is built in and reads no file" in err
 
 
 def test_resume_with_another_data_path_is_refused_by_name(checkpoint, tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import shlex
@@ -22,6 +23,7 @@ from vaelab.cli_checks import (  # MAX_IMPORTANCE_WORK: read here by tests
     MAX_IMPORTANCE_WORK,
     MAX_PARAMETERS,
     check_evaluated_data,
+    check_evaluated_support,
     check_not_another_run,
     check_size,
     check_work,
@@ -297,6 +299,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ValueError("the checkpoint records no data set; pass --data (and --data-path)")
     _, val, test = load_dataset(**spec)
     check_evaluated_data(args.checkpoint, ckpt, model, spec, test)
+    check_evaluated_support(args.checkpoint, ckpt, model, spec, test)
     splits = [d for name, d in (("val", val), ("test", test)) if args.split in (name, "both")]
     check_work(args, splits)
     torch.manual_seed(args.seed)
@@ -501,7 +504,10 @@ def main(argv: list[str] | None = None) -> int:
 
     add_course_parser(sub)
 
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # argparse's own message shows an empty argument as nothing at all
+        empty = " (one is empty: an unset variable or stray quotes)" if "" in extra else ""
+        parser.error(f"unrecognized arguments: {shlex.join(extra)}{empty}")
     term: Callable[[int, FrameType | None], object] | int | None = None
     if args.command == "evaluate" and threading.current_thread() is threading.main_thread():
         term = signal.signal(signal.SIGTERM, _terminate)  # train's fit has its own handling
@@ -539,16 +545,35 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except WriteError as err:  # disk full, no permission: not the user's input
         print(f"error: {err.strerror}", file=sys.stderr)
+        saved = Path(args.out) / "checkpoint.pt" if getattr(args, "out", None) else None
+        if args.command == "train" and saved is not None and saved.is_file():
+            print(
+                f"to resume once there is room: python -m vaelab {_resume_command(argv, saved)}",
+                file=sys.stderr,
+            )
         return 1
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a file that cannot be read (permissions, a folder for a file)
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_os_error(err)}", file=sys.stderr)
         return 1
     finally:
         if term is not None:
             signal.signal(signal.SIGTERM, term)
+
+
+def _os_error(err: OSError) -> str:
+    """``err`` in one sentence; a name too long for the filesystem says which and the fix."""
+    if err.errno != errno.ENAMETOOLONG or not err.filename:
+        return str(err)
+    name = str(err.filename)
+    longest = max(Path(name).parts, key=len)
+    return (
+        f"the path {name[:60]}... is too long for this filesystem ({len(name)} characters, "
+        f"{len(longest)} in its longest part; most filesystems allow 255 per part and 4096 in "
+        f"all); pass a shorter one"
+    )
 
 
 def _resume_command(argv: list[str] | None, checkpoint: Path) -> str:

@@ -6,12 +6,14 @@ checkpoint's. Each raises ValueError with the sentence ``python -m vaelab`` prin
 from __future__ import annotations
 
 import argparse
+import json
 import warnings
 from pathlib import Path
 
 import torch
 
 from vaelab.config import make_model
+from vaelab.datasets import with_defaults
 
 RUN_FILES = ("checkpoint.pt", "best.pt", "metrics.jsonl")  # what a run that trained leaves
 
@@ -35,6 +37,12 @@ def check_not_another_run(args: argparse.Namespace) -> None:
         return
     if args.resume is not None and Path(args.resume).resolve().parent == out.resolve():
         return
+    if not {"checkpoint.pt", "best.pt"} & set(found) and _state(out) == "failed":
+        raise ValueError(
+            f"--out {out} holds a run that failed before it saved a checkpoint "
+            f"({', '.join(found)}; {out / 'status.json'} says why); remove that folder "
+            f"(rm -r {out}) and run the same command again, or pass another --out folder"
+        )
     hint = (
         f", or --resume {out / 'checkpoint.pt'} to continue it"
         if (out / "checkpoint.pt").is_file()
@@ -44,6 +52,14 @@ def check_not_another_run(args: argparse.Namespace) -> None:
         f"--out {out} holds another run ({', '.join(found)}), which training would "
         f"overwrite; pass a new or empty folder for --out{hint}"
     )
+
+
+def _state(out: Path) -> str | None:
+    """The state in ``out/status.json`` (None when it is missing or unreadable)."""
+    try:
+        return json.loads((out / "status.json").read_text()).get("state")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 MAX_PARAMETERS = 50_000_000  # 200 MB of float32 weights; the largest model here has ~2e6
@@ -139,4 +155,26 @@ def check_evaluated_data(path: str, ckpt: dict, model, spec: dict, data) -> None
         f"--checkpoint {path} holds a {ckpt['model']} model trained on other data "
         f"({repr(trained) if trained else 'not recorded'}: {needs}), but --data "
         f"{spec.get('name')} gives {has}; {fix}"
+    )
+
+
+def check_evaluated_support(path: str, ckpt: dict, model, spec: dict, data) -> None:
+    """The checkpoint's likelihood can score the data evaluate loaded (e.g. a Bernoulli decoder
+    and digits loaded with ``binarize=False`` cannot); otherwise a sentence naming the data
+    options that differ from the checkpoint's, which are what to drop."""
+    problem = model.incompatibility(data)
+    if problem is None:
+        return
+    trained, spec = with_defaults(ckpt.get("data") or {}), with_defaults(spec)
+    changed = [k for k, v in spec.items() if k != "path" and k in trained and trained[k] != v]
+    if spec.get("name") != trained.get("name"):
+        fix = f"evaluate it on {trained.get('name')!r} (drop --data)"
+    elif changed:
+        was = ", ".join(f"{k}={trained[k]!r}" for k in changed)
+        now = " ".join(f"{k}={spec[k]!r}" for k in changed)
+        fix = f"it was trained with {was}; drop --data-option {now}"
+    else:
+        fix = "evaluate it on the data it was trained on"
+    raise ValueError(
+        f"--checkpoint {path} holds a model that cannot score this data: {problem}; {fix}"
     )

@@ -110,6 +110,12 @@ def validate_data_spec(spec: object) -> dict:
         raise ValueError(f"unknown data set {name!r}; choose one of {sorted(DATASETS)}")
     options = loader_options(name)
     unknown = sorted(str(k) for k in spec if k != "name" and k not in options)
+    if "path" in unknown and spec["path"] is not None:
+        raise ValueError(
+            f"data set {name!r} is built in and reads no file, so it takes no path "
+            f"(--data-path {spec['path']}); drop --data-path, or pick a data set that reads one "
+            f"({', '.join(sorted(n for n in DATASETS if 'path' in loader_options(n)))})"
+        )
     if unknown and not (unknown == ["path"] and spec["path"] is None):
         takes = [o for o in options if o != "path"]
         raise ValueError(
@@ -150,6 +156,11 @@ def _check_spec_path(name: str, path: object) -> str:
             f"{path!r:.60} (type {type(path).__name__})"
         )
     p = Path(path)
+    if p.is_symlink() and not p.exists():
+        raise FileNotFoundError(
+            f"data set {name!r}: path {path} is a symbolic link that leads nowhere (its "
+            f"target is missing, or the links form a loop); pass {what} itself"
+        )
     if not p.exists():
         raise FileNotFoundError(
             f"data set {name!r}: path {path} does not exist; pass {what} "
@@ -161,10 +172,15 @@ def _check_spec_path(name: str, path: object) -> str:
             f"data set {name!r}: path {path} is a file, but this data set reads a "
             f"folder; pass {what}"
         )
-    if kind == "file" and not p.is_file():
+    if kind == "file" and p.is_dir():
         raise ValueError(
             f"data set {name!r}: path {path} is a folder, but this data set reads "
             f"a file; pass {what}"
+        )
+    if kind == "file" and not p.is_file():  # a device (/dev/zero), a pipe, a socket
+        raise ValueError(
+            f"data set {name!r}: path {path} is not a regular file (a device, a pipe or "
+            f"a socket, which may never end); pass {what}"
         )
     return path
 

@@ -36,6 +36,13 @@ def reason(err: OSError) -> str:
     return err.strerror or str(err)
 
 
+def make_room(err: OSError) -> str:
+    """The first words of the fix for ``err``: room on the disk, or a higher file-size limit."""
+    if err.errno == errno.EFBIG:
+        return "Raise the file-size limit (ulimit -f)"
+    return "Make room there"
+
+
 def write_error(
     what: str,
     path: Path,
@@ -48,6 +55,8 @@ def write_error(
     if isinstance(err, WriteError):
         return err
     need = f"; it needs {size / 2**20:.2f} MiB" if size is not None else ""
+    if fix.startswith("Make room there"):
+        fix = make_room(err) + fix.removeprefix("Make room there")
     return WriteError(
         err.errno,
         f"could not write {what} {path}: {reason(err)}{need} ({err}); {survives}. {fix}",

@@ -28,7 +28,7 @@ import torch
 from vaelab.config import check_types
 from vaelab.protocol import Model
 from vaelab.train import optim
-from vaelab.writes import WriteError, reason
+from vaelab.writes import WriteError, make_room, reason
 
 # format 2: the checksum is required and covers every value (format 1, written before
 # vaelab 0.2: tensors only, optional; still read, with the comparison fields upgraded)
@@ -105,10 +105,17 @@ def _write_error(path: Path, err: OSError, size: int | None = None) -> Checkpoin
         if path.is_file()
         else f"no {path.name} was there before"
     )
+    latest = path.parent / "checkpoint.pt"
+    then = (
+        f"and resume with --resume {latest}"
+        if latest.is_file()
+        else f"and run the same command again after removing {path.parent} (nothing was saved "
+        f"there to resume from), or pass another --out folder"
+    )
     return CheckpointWriteError(
         err.errno,
         f"could not write checkpoint {path} in folder {path.parent}: {what}{need} "
-        f"({err}); {before}. Make room there (or pass another --out folder) and resume",
+        f"({err}); {before}. {make_room(err)} {then}",
     )
 
 
