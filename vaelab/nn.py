@@ -94,7 +94,9 @@ class MADE(nn.Module):
     num_outputs : int
         Outputs per input dim (e.g. 2: shift and pre-gate).
     context_dim : int
-        Width of a context vector every hidden unit may read (0 for none).
+        Width of a context vector (0 for none) that every hidden unit and, through a direct
+        unmasked connection, every output reads; without that connection the first dim's
+        outputs (degree 1, no hidden unit below them) would be constants.
     """
 
     def __init__(
@@ -129,6 +131,9 @@ class MADE(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.output = MaskedLinear(len(degrees[-1]), num_outputs * in_dim, mask)
         self.context = nn.Linear(context_dim, hidden_dims[0]) if context_dim > 0 else None
+        self.context_out = (
+            nn.Linear(context_dim, num_outputs * in_dim, bias=False) if context_dim > 0 else None
+        )
         self.activation = activation()
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
@@ -143,6 +148,8 @@ class MADE(nn.Module):
         for layer in self.layers[1:]:
             h = self.activation(layer(h))
         out = self.output(h)  # [..., K * D]
+        if self.context_out is not None:
+            out = out + self.context_out(context)
         return out.unflatten(-1, (self.num_outputs, self.in_dim))  # [..., K, D]
 
 
