@@ -137,6 +137,7 @@ def test_page_renders_with_every_model_and_refuses_wrong_pairings():
     assert _param(at, "s")  # the session's token is in the URL
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 @pytest.mark.parametrize("emission", ["bernoulli", "made"])
 def test_the_augmented_dmm_is_offered_with_its_card_and_trains_on_chorales(tmp_path, emission):
     at = session()

@@ -17,6 +17,7 @@ from vaelab.train import load_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
     cmd = [
         sys.executable,
@@ -109,6 +110,7 @@ def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
     assert group["weight_decay"] == 0.0
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_dmm_jsb_time_limit_stops_with_a_checkpoint_that_resume_continues(tmp_path):
     base = [
         sys.executable,
@@ -306,6 +308,7 @@ def test_pyro_training_rejects_unknown_settings_and_static_data():
         PyroTraining(Data(torch.rand(5, 88)))
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_dmm_speed_vs_pyro_times_one_tiny_epoch_of_each():
     done = subprocess.run(
         [
@@ -442,6 +445,7 @@ def test_dmm_jsb_rejects_an_unknown_preset_naming_the_known_ones(capsys):
     )
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_dmm_jsb_preset_reaches_the_checkpoints_and_the_result(tmp_path):
     cmd = [
         sys.executable,
@@ -494,6 +498,7 @@ def test_dmm_speed_on_cuda_adds_the_eager_row_that_the_gpu_figures_compare_with(
     assert seconds > 0 and 0 < loss_per_step < 100
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_dmm_aug_alternate_times_the_models_in_turns_and_divides_by_the_dmm(tmp_path):
     import pickle
 

@@ -296,6 +296,7 @@ def test_bad_preset(tmp_path, capsys, args, match):
     assert match in err and "Traceback" not in err
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_sweep_command_prints_every_run_and_a_summary(tmp_path, capsys):
     code = main(
         [

@@ -168,6 +168,7 @@ def test_the_graded_notebooks_and_only_they_hold_exercises() -> None:
     assert ungraded == {"00_start_here", "06_beyond_the_dmm"}
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 @pytest.mark.parametrize("path", EXERCISE_NOTEBOOKS, ids=lambda p: p.name)
 def test_released_notebook_stops_at_its_first_exercise(
     path: Path,
@@ -221,6 +222,7 @@ class Links(HTMLParser):
             self.links += [v for k, v in attrs if k == "href"]
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_site_builds_with_an_index_linking_every_notebook(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -252,6 +254,7 @@ def test_site_builds_with_an_index_linking_every_notebook(
     )
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_site_executes_notebooks_and_reports_a_failing_one(
     tmp_path: Path,
     kernel_env: dict[str, str],  # noqa: F811  (the kernelspec)

@@ -57,6 +57,7 @@ def _python(tmp_path: Path, *args: str, torchrun: bool = False) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_two_gloo_processes_train_as_one_process_on_the_global_batch(tmp_path: Path):
     script = tmp_path / "flow.py"
     script.write_text(FLOW_SCRIPT)
@@ -108,6 +109,7 @@ def test_bad_torchrun_environment(monkeypatch):
         distributed.context(torch.device("cpu"))
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_torchrun_cli_run_resumes_in_a_single_process(tmp_path: Path):
     """The README's command: python -m torch.distributed.run --nproc-per-node 2 -m vaelab
     train ...; rank 0 alone prints and writes; the checkpoint then resumes without torchrun."""

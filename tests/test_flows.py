@@ -290,6 +290,7 @@ def test_load_moons_is_a_rotated_two_moons():
         load_moons(n=10)
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_conditional_flow_beats_conditional_gaussian_on_two_moons():
     train, _, test = load_moons(n=3001, n_val=1, n_test=1000)  # no validation needed
 

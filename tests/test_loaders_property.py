@@ -314,6 +314,7 @@ def test_restricted_unpickler_names_the_refused_global(module, name, opcode):
 # ----------------------------------------------------------------------------- imports
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 @pytest.mark.parametrize(
     "module, never",
     [

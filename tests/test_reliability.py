@@ -121,6 +121,7 @@ SEED_DRIVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_the_cli_seed_reproduces_every_models_weights_in_fresh_processes(tmp_path):
     procs = []
     for scramble, seeds in ((11, "0,1"), (12345, "0")):  # two fresh processes, side by side
@@ -965,6 +966,7 @@ KILL_DRIVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
     path = tmp_path / "checkpoint.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -991,6 +993,7 @@ def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(tmp_path):
 # ----------------------------------------------------------------------------- long runs
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_soak_benchmark_smoke_run_prints_memory_and_final_figures(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(

@@ -190,6 +190,7 @@ def test_sweep_refuses_a_wrong_flag_by_name_before_starting(tmp_path, capsys, fl
     assert not out.exists()  # nothing started
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_sweep_prints_null_and_the_reason_never_nan_and_fails_without_a_metric(tmp_path, capsys):
     """Two steps end before the first epoch's validation: no run reports val_nelbo. The
     summary's mean is null with the reason, and the exit code is 1, not 0."""
@@ -307,6 +308,7 @@ def _interrupt_when_training(log: Path, also_child: bool = False) -> threading.T
     return thread
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 @pytest.mark.parametrize("terminal", [False, True])
 def test_ctrl_c_during_a_sweep_summarises_the_finished_runs_and_exits_130(
     tmp_path, capsys, monkeypatch, terminal
@@ -341,6 +343,7 @@ def test_ctrl_c_during_a_sweep_summarises_the_finished_runs_and_exits_130(
     assert not (out / "seed_2.log").exists()
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_to_a_real_sweep_saves_the_running_checkpoint(tmp_path, sig):
     """The CLI as a process: SIGINT (or SIGTERM, finding 6) to the sweep alone, while its run
@@ -693,6 +696,7 @@ def _lines_parse(path: Path) -> int:
     return len([json.loads(line) for line in text.splitlines()])
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_metrics_beyond_a_file_size_limit_are_one_sentence_and_no_half_line(tmp_path):
     """A resumed run whose metrics.jsonl is near ``ulimit -f``: the next record cannot be
     appended. The file is cut back to its complete records; the message names it and the
@@ -725,6 +729,7 @@ def test_metrics_beyond_a_file_size_limit_are_one_sentence_and_no_half_line(tmp_
     assert not _temporaries(out) and not (out / ".lock").exists()
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_a_disk_filling_up_during_training_ends_in_one_sentence(small_disk):
     """A real full disk (a 1 MiB tmpfs, filled once training has begun): whichever write
     meets it first (metrics, status, checkpoint) ends the run with exit 1 and one sentence
@@ -789,6 +794,7 @@ def _release_fails_cleanly(done: subprocess.CompletedProcess, dst: Path, why: st
     assert not [p.name for p in dst.parent.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_release_beyond_a_file_size_limit_leaves_no_half_release(tmp_path):
     dst = tmp_path / "release"
     done = _vaelab(["course", "release", str(dst)], tmp_path, limit=16_000)
@@ -800,6 +806,7 @@ def test_release_beyond_a_file_size_limit_leaves_no_half_release(tmp_path):
     assert empty.is_dir() and not any(empty.iterdir())
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_release_onto_a_full_disk_leaves_no_half_release(small_disk):
     _fill(small_disk, 64 * 1024)
     dst = small_disk / "release"
@@ -807,6 +814,7 @@ def test_release_onto_a_full_disk_leaves_no_half_release(small_disk):
     _release_fails_cleanly(done, dst, "the disk holding it is full")
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_nbgrader_layout_beyond_a_file_size_limit_leaves_nothing(tmp_path):
     dst = tmp_path / "course"
     done = _vaelab(["course", "nbgrader", str(dst)], tmp_path, limit=16_000)
@@ -822,6 +830,7 @@ def _site_source(tmp_path: Path) -> Path:
     return src
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_site_beyond_a_file_size_limit_keeps_the_previous_pages(tmp_path):
     """A site built before, rebuilt under ``ulimit -f`` smaller than a page: the first page's
     write fails, the message says the previous page and index are intact, and they are."""
@@ -847,6 +856,7 @@ def test_site_beyond_a_file_size_limit_keeps_the_previous_pages(tmp_path):
     assert not _temporaries(site)
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_site_onto_a_full_disk_names_the_page_and_leaves_no_temporary_file(small_disk, tmp_path):
     src, site = _site_source(tmp_path), small_disk / "site"
     _fill(small_disk, 16 * 1024)
@@ -989,6 +999,7 @@ def test_course_site_refuses_an_empty_dir_and_writes_nothing_here(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_a_sweep_whose_runs_fail_prints_each_runs_reason_on_stderr(tmp_path, capsys):
     """Finding 8: bad training arguments ended the sweep with exit 1 and only the summary;
     each failed run's one-line reason (its log's last line) is printed, naming the log."""
@@ -1255,6 +1266,7 @@ def test_evaluate_with_nothing_to_estimate_is_refused(checkpoint, capsys):
 # ------------------------------------------------- the outside re-test's second round, closed
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_a_first_run_that_cannot_save_says_how_to_start_again_and_that_works(tmp_path):
     """Under ``ulimit -f`` a first run fails at its first checkpoint: nothing exists to
     resume, so the message says to remove the folder and run the same command again; the

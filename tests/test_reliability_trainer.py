@@ -73,6 +73,7 @@ def _limit_file_size(size: int):
     return preexec
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_a_file_size_limit_names_the_path_and_space_and_leaves_no_temporary_file(tmp_path):
     """``ulimit -f``: the checkpoint's write fails with EFBIG; the message names the file, the
     space it needs and what survives, the exit code is 1, and no temporary file is left."""
@@ -229,6 +230,7 @@ def test_sigterm_saves_a_checkpoint_like_ctrl_c(digits, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # lock released
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_sigterm_to_a_training_process_exits_130_with_the_resume_command(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -267,6 +267,7 @@ def test_gap_equals_kl_to_exact_posterior(guide):
     assert ((log_p - m_elbo - kl).abs() < 5 * (se_elbo**2 + se_kl**2).sqrt()).all()
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_trained_guide_closes_the_gap():
     """With the true point-mass system frozen in the model, training only the smoothing guide
     (< 20 s) shrinks log p - ELBO from 170 nats per step to below 2 nats per step (1.56

@@ -25,6 +25,7 @@ TINY = [
 ]
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_sweep_runs_every_seed_as_its_own_process(tmp_path: Path) -> None:
     runs = run_sweep(TINY, seeds=[0, 1, 2], out=tmp_path, jobs=2)
     assert [r.seed for r in runs] == [0, 1, 2]
@@ -45,6 +46,7 @@ def test_sweep_runs_every_seed_as_its_own_process(tmp_path: Path) -> None:
     assert summary["min"] == min(values) and summary["max"] == max(values)
 
 
+@pytest.mark.integration  # a process of its own: make test, not test-fast
 def test_sweep_reports_a_failed_run_with_its_message(tmp_path: Path) -> None:
     runs = run_sweep([*TINY, "--set", "z_dim=-1"], seeds=[0], out=tmp_path)
     assert runs[0].returncode == 2 and runs[0].result is None
