@@ -1345,3 +1345,10 @@ def test_an_empty_argument_is_shown_as_empty(tmp_path, capsys):
     code, _, err = run_cli(["course", "site", str(tmp_path / "s"), "--no-execute", ""], capsys)
     assert code == 2
     assert "unrecognized arguments: '' (one is empty: an unset variable or stray quotes)" in err
+
+
+def test_an_out_folder_that_is_a_link_loop_is_one_sentence(tmp_path, capsys):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    code, _, err = run_cli(["train", *TINY_VAE, "--out", str(tmp_path / "a")], capsys)
+    assert code == 2 and "cannot be followed" in err and "symbolic link loop" in err

@@ -25,6 +25,13 @@ def check_not_another_run(args: argparse.Namespace) -> None:
     if not args.out or not args.out.strip():
         return  # _train names an empty or missing --out
     out = Path(args.out)
+    try:
+        out.resolve(strict=False)
+    except (RuntimeError, OSError) as err:  # Python 3.11 raises RuntimeError on a link loop
+        raise ValueError(
+            f"--out {args.out} cannot be followed ({err}): a symbolic link loop or a broken "
+            f"path; pass a plain folder for this run's files"
+        ) from None
     if out.resolve() == Path(out.resolve().anchor):
         raise ValueError(
             f"--out {args.out} is the filesystem's root; pass a folder for this run's files"
