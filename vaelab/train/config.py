@@ -111,7 +111,7 @@ def select_device(name: str = "auto") -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(
-                "device 'cuda' asked for but no CUDA GPU is visible; use 'auto' or 'cpu'"
+                f"device {name!r} asked for but no CUDA GPU is visible; use 'auto' or 'cpu'"
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(
@@ -128,7 +128,11 @@ def select_device(name: str = "auto") -> torch.device:
         return device
     if device.type != "cpu":
         raise ValueError(
-            f"device {name!r} cannot train vaelab models (only 'cpu', 'cuda' and "
+            f"device {name!r} cannot run vaelab models (only 'cpu', 'cuda' and "
             f"'mps' hold real tensors); use 'auto', 'cpu' or 'cuda'"
+        )
+    if device.index not in (None, 0):
+        raise ValueError(
+            f"device {name!r}: torch has one CPU device, whose threads use every core; use 'cpu'"
         )
     return device
