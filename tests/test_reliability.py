@@ -223,7 +223,7 @@ def test_resume_at_an_epochs_end_may_change_the_batch_size(digits, tmp_path):
     with pytest.raises(
         ValueError,
         match=r"with batch_size=80: it stopped inside epoch 1 "
-        r"\(after batch 2 of 32\)",
+        r"\(after its batch 2, of 32 examples each\)",
     ):
         fit(
             small_vae(),
@@ -691,8 +691,15 @@ def test_a_flipped_bit_in_the_file_is_reported(checkpoint, tmp_path):
     assert not torch.equal(raw["state_dict"]["encoder.net.0.weight"], weight)
     with pytest.raises(
         ValueError, match=f"checkpoint {path} is corrupt: its contents do not match their checksum"
-    ):
+    ) as caught:
         load_checkpoint(path)
+    assert str(caught.value).endswith("; retrain")  # no other checkpoint beside it
+    (tmp_path / "best.pt").write_bytes(b"")
+    with pytest.raises(ValueError) as caught:
+        load_checkpoint(path)
+    assert str(caught.value).endswith(
+        f"use {tmp_path / 'best.pt'}, the run's other checkpoint, or retrain"
+    )
 
 
 def test_checksum_is_stable_and_older_checkpoints_without_it_still_load(checkpoint, tmp_path):

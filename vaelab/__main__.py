@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             action="append",
             default=[],
             metavar="KEY=VALUE",
-            help="loader keyword, e.g. binarize=static",
+            help="loader keyword, e.g. binarize=false (digits)",
         )
 
     t = sub.add_parser("train", help="train a model and write DIR/checkpoint.pt")

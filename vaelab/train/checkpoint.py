@@ -97,6 +97,14 @@ def link_or_copy(src: Path, dst: Path) -> None:
         raise _write_error(dst, err) from err
 
 
+def _other_checkpoint(path: str | Path) -> str:
+    """The advice after a damaged checkpoint: the run's other checkpoint if it has one."""
+    path = Path(path)
+    others = [p for p in (path.with_name("best.pt"), path.with_name("checkpoint.pt")) if p != path]
+    found = next((p for p in others if p.is_file()), None)
+    return f"use {found}, the run's other checkpoint, or retrain" if found else "retrain"
+
+
 def _write_error(path: Path, err: OSError, size: int | None = None) -> CheckpointWriteError:
     what = reason(err)
     need = f"; it needs {size / 2**20:.2f} MiB" if size is not None else ""
@@ -329,8 +337,7 @@ def _check_checksum(path: Path, state: dict) -> None:
         what = "tensors" if old else "contents"
         raise ValueError(
             f"checkpoint {path} is corrupt: its {what} do not match their "
-            f"checksum (a damaged disk or copy, or an edit); use another "
-            f"checkpoint, e.g. best.pt, or retrain"
+            f"checksum (a damaged disk or copy, or an edit); {_other_checkpoint(path)}"
         )
 
 

@@ -131,8 +131,8 @@ def check_progress(
             )
         raise ValueError(
             f"cannot resume {resume} with batch_size={config['batch_size']}: it stopped inside "
-            f"epoch {ckpt['epoch'] + 1} (after batch {ckpt['batch_in_epoch']} of "
-            f"{ckpt['train_config']['batch_size']}); resume with batch_size="
+            f"epoch {ckpt['epoch'] + 1} (after its batch {ckpt['batch_in_epoch']}, of "
+            f"{ckpt['train_config']['batch_size']} examples each); resume with batch_size="
             f"{ckpt['train_config']['batch_size']}, or from a checkpoint written at an "
             f"epoch's end"
         )
