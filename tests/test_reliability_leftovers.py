@@ -1352,3 +1352,30 @@ def test_an_out_folder_that_is_a_link_loop_is_one_sentence(tmp_path, capsys):
     (tmp_path / "b").symlink_to(tmp_path / "a")
     code, _, err = run_cli(["train", *TINY_VAE, "--out", str(tmp_path / "a")], capsys)
     assert code == 2 and "cannot be followed" in err and "symbolic link loop" in err
+
+
+@pytest.mark.integration  # a process of its own: make test, not test-fast
+def test_a_resume_after_a_failed_save_keeps_the_history_of_its_checkpoint(tmp_path):
+    """A resumed run that cannot write its checkpoint (ulimit -f) has appended records past
+    the intact checkpoint's step; following the printed resume command drops them, so the
+    folder's history counts each step once."""
+    out = tmp_path / "run"
+    first = _vaelab(["train", *TINY_VAE, "--out", str(out), "--max-steps", "3"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    ckpt = out / "checkpoint.pt"
+    failed = _vaelab(["train", "--resume", str(ckpt), "--max-steps", "6"], tmp_path, 20_000)
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    metrics = out / "metrics.jsonl"
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert max(steps) > 3  # records past the checkpoint's step 3 were written
+    advice = failed.stderr.strip().splitlines()[-1]
+    assert advice.startswith("to resume once there is room: python -m vaelab ")
+    command = advice.removeprefix("to resume once there is room: python -m vaelab ").split()
+    again = _vaelab(command, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    train = [
+        r["step"]
+        for r in map(json.loads, metrics.read_text().splitlines())
+        if r["kind"] == "train"
+    ]
+    assert train == [1, 2, 3, 4, 5, 6]

@@ -208,7 +208,8 @@ def _train(args: argparse.Namespace, writer: RunWriter | None, ckpt: dict | None
                 "data": spec,
                 "unit": model.unit,
                 "has_latents": model.has_latents,
-            }
+            },
+            resumed_at=None if ckpt is None else int(ckpt["step"]),
         )
     history = fit(
         model,

@@ -38,16 +38,36 @@ class RunWriter:
         self._metrics: BinaryIO | None = None
         self._written = -math.inf
 
-    def start(self, settings: dict) -> RunWriter:
+    def start(self, settings: dict, resumed_at: int | None = None) -> RunWriter:
         """Open the folder for training: ``settings.json``, status ``training``; returns
-        the writer, to be passed to fit as its callback."""
+        the writer, to be passed to fit as its callback. ``resumed_at``: the step of the
+        checkpoint a resumed run starts from; records after it (written by a run that ended
+        before it could save them) are dropped, so the history is the checkpoint's."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        if resumed_at is not None:
+            self._cut_metrics(resumed_at)
         write_json(self.folder / "settings.json", settings)
         self.max_seconds = float(read_json(self.folder / "limits.json").get("max_seconds") or 0.0)
         self.started = time.monotonic()
         self._metrics = open(self.folder / "metrics.jsonl", "ab", buffering=0)  # noqa: SIM115
         self.status("training")
         return self
+
+    def _cut_metrics(self, step: int) -> None:
+        path = self.folder / "metrics.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a half line from a killed process
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        if len(kept) != len(lines):
+            writes.write_atomic(path, "".join(kept), "metrics")
 
     def status(self, state: str, message: str = "") -> None:
         write_json(
