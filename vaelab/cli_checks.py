@@ -6,7 +6,6 @@ checkpoint's. Each raises ValueError with the sentence ``python -m vaelab`` prin
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 
 from vaelab.config import make_model
 from vaelab.datasets import with_defaults
+from vaelab.runs.folder import read_json
 
 RUN_FILES = ("checkpoint.pt", "best.pt", "metrics.jsonl")  # what a run that trained leaves
 
@@ -26,13 +26,13 @@ def check_not_another_run(args: argparse.Namespace) -> None:
         return  # _train names an empty or missing --out
     out = Path(args.out)
     try:
-        out.resolve(strict=False)
+        resolved = out.resolve()
     except (RuntimeError, OSError) as err:  # Python 3.11 raises RuntimeError on a link loop
         raise ValueError(
             f"--out {args.out} cannot be followed ({err}): a symbolic link loop or a broken "
             f"path; pass a plain folder for this run's files"
         ) from None
-    if out.resolve() == Path(out.resolve().anchor):
+    if resolved == Path(resolved.anchor):
         raise ValueError(
             f"--out {args.out} is the filesystem's root; pass a folder for this run's files"
         )
@@ -42,9 +42,10 @@ def check_not_another_run(args: argparse.Namespace) -> None:
     found = [n for n in RUN_FILES if (out / n).is_file() and (out / n).stat().st_size > 0]
     if not found:
         return
-    if args.resume is not None and Path(args.resume).resolve().parent == out.resolve():
+    if args.resume is not None and Path(args.resume).resolve().parent == resolved:
         return
-    if not {"checkpoint.pt", "best.pt"} & set(found) and _state(out) == "failed":
+    failed = read_json(out / "status.json").get("state") == "failed"
+    if failed and not {"checkpoint.pt", "best.pt"} & set(found):
         raise ValueError(
             f"--out {out} holds a run that failed before it saved a checkpoint "
             f"({', '.join(found)}; {out / 'status.json'} says why); remove that folder "
@@ -59,14 +60,6 @@ def check_not_another_run(args: argparse.Namespace) -> None:
         f"--out {out} holds another run ({', '.join(found)}), which training would "
         f"overwrite; pass a new or empty folder for --out{hint}"
     )
-
-
-def _state(out: Path) -> str | None:
-    """The state in ``out/status.json`` (None when it is missing or unreadable)."""
-    try:
-        return json.loads((out / "status.json").read_text()).get("state")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 MAX_PARAMETERS = 50_000_000  # 200 MB of float32 weights; the largest model here has ~2e6
