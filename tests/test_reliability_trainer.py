@@ -34,6 +34,7 @@ from vaelab.train import (
     TrainingInterrupted,
     checksum,
     fit,
+    guard,
     load_checkpoint,
     same_values,
     save_checkpoint,
@@ -228,6 +229,21 @@ def test_sigterm_saves_a_checkpoint_like_ctrl_c(digits, tmp_path):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
     assert load_checkpoint(path)["step"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # lock released
+
+
+def test_a_stop_agreed_with_other_ranks_is_not_this_ranks_first_signal():
+    """Under torchrun another rank's signal sets ``requested`` here through the agreement; this
+    rank's own first SIGTERM, arriving while it saves, must not cut the save short (it did:
+    the checkpoint was never written). Only its second one stops at once."""
+    with guard.deferred_stop() as stop:
+        stop.requested = True  # as distributed.agree sets it
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs here, and must not raise
+        assert stop.requested and stop.signalled
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 @pytest.mark.integration  # a process of its own: make test, not test-fast

@@ -119,10 +119,15 @@ def deferred_stop() -> Iterator:
     """While training, the first Ctrl-C (or SIGTERM, as a job scheduler or the dashboard sends)
     asks fit to stop after the current step, so the checkpoint it saves is a clean one; a
     second one interrupts at once. Only in the main thread, and only for the signals still at
-    Python's defaults (a program that handles them itself keeps its handlers)."""
+    Python's defaults (a program that handles them itself keeps its handlers).
+
+    "A second one" counts this process's own signals: under torchrun the workers agree to stop
+    (``requested`` set by another rank's signal), and this rank's first signal arriving
+    after that agreement, while it saves, must not cut the save short."""
 
     class Stop:
-        requested = False
+        requested = False  # by a signal here, or agreed with the other processes
+        signalled = False  # a signal reached this process
 
     stop = Stop()
     defaults: dict[int, Callable[[int, FrameType | None], Any] | int] = {
@@ -135,9 +140,9 @@ def deferred_stop() -> Iterator:
     ours = [s for s, d in defaults.items() if signal.getsignal(s) is d]
 
     def handler(signum, frame):
-        if stop.requested:
+        if stop.signalled:
             raise KeyboardInterrupt
-        stop.requested = True
+        stop.requested = stop.signalled = True
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         print(
             f"\n{name}: stopping after this step and saving a checkpoint ({name} again to "
