@@ -1379,3 +1379,25 @@ def test_a_resume_after_a_failed_save_keeps_the_history_of_its_checkpoint(tmp_pa
         if r["kind"] == "train"
     ]
     assert train == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_resume_into_another_folder_continues_the_run_there_and_says_so(tmp_path, capsys):
+    """--resume R --out OTHER acts: OTHER is a new run folder whose history begins with R's
+    records up to the checkpoint, and R's folder is left as it was."""
+    first = tmp_path / "first"
+    code, _, err = run_cli(["train", *TINY_VAE, "--out", str(first), "--max-steps", "3"], capsys)
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in first.iterdir() if p.name != "status.json"}
+    other = tmp_path / "other"
+    argv = ["train", "--resume", str(first / "checkpoint.pt"), "--max-steps", "5"]
+    code, _, err = run_cli([*argv, "--out", str(other)], capsys)
+    assert code == 0, err
+    assert f"continuing {first / 'checkpoint.pt'} (step 3) in {other}, a new run folder" in err
+    steps = [
+        r["step"]
+        for r in map(json.loads, (other / "metrics.jsonl").read_text().splitlines())
+        if r["kind"] == "train"
+    ]
+    assert steps == [1, 2, 3, 4, 5]
+    assert load_checkpoint(other / "checkpoint.pt")["step"] == 5
+    assert {p.name: p.read_bytes() for p in first.iterdir() if p.name != "status.json"} == before

@@ -199,6 +199,18 @@ def _train(args: argparse.Namespace, writer: RunWriter | None, ckpt: dict | None
         if why is not None:
             raise ValueError(why)
     args.resolved = (model, config)  # for the divergence advice's command
+    history = None  # a resume into another folder: a new run, whose history begins as R's
+    if (
+        writer is not None
+        and ckpt is not None
+        and Path(args.resume).parent.resolve() != out.resolve()
+    ):
+        history = Path(args.resume).parent / "metrics.jsonl"
+        print(
+            f"continuing {args.resume} (step {ckpt['step']}) in {out}, a new run folder; "
+            f"{Path(args.resume).parent} is left as it is",
+            file=sys.stderr,
+        )
     if writer is not None:
         writer.start(
             {
@@ -210,6 +222,7 @@ def _train(args: argparse.Namespace, writer: RunWriter | None, ckpt: dict | None
                 "has_latents": model.has_latents,
             },
             resumed_at=None if ckpt is None else int(ckpt["step"]),
+            history=history,
         )
     history = fit(
         model,
@@ -392,7 +405,11 @@ def main(argv: list[str] | None = None) -> int:
         "--model", choices=sorted(MODELS), help="the model (with --resume: the checkpoint's)"
     )
     data_args(t, required=False)
-    t.add_argument("--out", help="output folder (with --resume: the checkpoint's folder)")
+    t.add_argument(
+        "--out",
+        help="output folder (with --resume: the checkpoint's folder, or a new one that "
+        "continues the run there and leaves the original as it is)",
+    )
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lr", type=float)

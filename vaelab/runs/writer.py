@@ -38,36 +38,30 @@ class RunWriter:
         self._metrics: BinaryIO | None = None
         self._written = -math.inf
 
-    def start(self, settings: dict, resumed_at: int | None = None) -> RunWriter:
+    def start(
+        self, settings: dict, resumed_at: int | None = None, history: Path | None = None
+    ) -> RunWriter:
         """Open the folder for training: ``settings.json``, status ``training``; returns
         the writer, to be passed to fit as its callback. ``resumed_at``: the step of the
         checkpoint a resumed run starts from; records after it (written by a run that ended
-        before it could save them) are dropped, so the history is the checkpoint's."""
+        before it could save them) are dropped, so the history is the checkpoint's.
+        ``history``: the metrics file of the run whose checkpoint is resumed into this new
+        folder; its records up to ``resumed_at`` begin this folder's, so the run is whole."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        metrics = self.folder / "metrics.jsonl"
         if resumed_at is not None:
-            self._cut_metrics(resumed_at)
+            if history is not None and not metrics.is_file():
+                writes.write_atomic(metrics, "".join(records_upto(history, resumed_at)), "metrics")
+            elif metrics.is_file():
+                kept = records_upto(metrics, resumed_at)
+                if len(kept) != len(metrics.read_text().splitlines()):
+                    writes.write_atomic(metrics, "".join(kept), "metrics")
         write_json(self.folder / "settings.json", settings)
         self.max_seconds = float(read_json(self.folder / "limits.json").get("max_seconds") or 0.0)
         self.started = time.monotonic()
-        self._metrics = open(self.folder / "metrics.jsonl", "ab", buffering=0)  # noqa: SIM115
+        self._metrics = open(metrics, "ab", buffering=0)  # noqa: SIM115
         self.status("training")
         return self
-
-    def _cut_metrics(self, step: int) -> None:
-        path = self.folder / "metrics.jsonl"
-        if not path.is_file():
-            return
-        lines = path.read_text().splitlines(keepends=True)
-        kept = []
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a half line from a killed process
-            if isinstance(record, dict) and record.get("step", 0) <= step:
-                kept.append(line if line.endswith("\n") else line + "\n")
-        if len(kept) != len(lines):
-            writes.write_atomic(path, "".join(kept), "metrics")
 
     def status(self, state: str, message: str = "") -> None:
         write_json(
@@ -137,3 +131,19 @@ class RunWriter:
             )
         else:
             self.status("failed", f"{type(error).__name__}: {error}")
+
+
+def records_upto(path: Path, step: int) -> list[str]:
+    """The lines of a metrics file whose records are at ``step`` or before (a half line from
+    a killed process is dropped), each ending in a newline; none if the file is missing."""
+    if not path.is_file():
+        return []
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    return kept
