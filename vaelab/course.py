@@ -205,6 +205,16 @@ def _title(nb: nbformat.NotebookNode, fallback: str) -> str:
     return fallback
 
 
+def _put(path: Path, text: str) -> None:
+    """``path.write_text``; an error while writing (a full disk, ``ulimit -f``) names the file,
+    which the operating system's error for a write leaves out."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as err:
+        err.filename = err.filename or str(path)
+        raise
+
+
 def release(dst: str | Path, src: str | Path | None = None) -> list[Path]:
     """Write the student release of every notebook in ``src`` (default: the repository's
     notebooks/) into the new or empty folder ``dst``, with a README.md; returns the notebooks
@@ -226,10 +236,10 @@ def release(dst: str | Path, src: str | Path | None = None) -> list[Path]:
     # built in a temporary folder that becomes dst: a full disk leaves no half release
     with writes.new_folder(dst, "student release") as tmp:
         for name, student, replaced, title in released:
-            (tmp / name).write_text(_text(student), encoding="utf-8")
+            _put(tmp / name, _text(student))
             exercises = f"{replaced} exercise(s)" if replaced else "no exercises"
             listing.append(f"- `{name}`: {title} ({exercises})")
-        (tmp / "README.md").write_text(RELEASE_README + "\n".join(listing) + "\n")
+        _put(tmp / "README.md", RELEASE_README + "\n".join(listing) + "\n")
     return [dst / name for name, *_ in released]
 
 

@@ -145,7 +145,8 @@ def new_folder(dst: str | Path, what: str) -> Iterator[Path]:
     """Build the new (or empty) folder ``dst`` in a temporary sibling folder, yielded, that
     becomes ``dst`` when the block ends; when a write fails (or Ctrl-C) the temporary folder is
     removed and ``dst`` is as it was. An ``OSError`` inside the block becomes a
-    :class:`WriteError` naming ``what``."""
+    :class:`WriteError` naming ``what`` and the file (``err.filename``, when it is set), as it
+    would have been named in ``dst``."""
     dst = Path(dst)
     parent = dst.parent
     survives = f"nothing was written to {dst} (the partial {what} was removed)"
@@ -161,5 +162,9 @@ def new_folder(dst: str | Path, what: str) -> Iterator[Path]:
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, OSError):
-            raise write_error(what, dst, err, survives) from err
+            where = dst  # the file that failed, named as it would have been in dst
+            if err.filename and Path(err.filename).is_relative_to(tmp):
+                where = dst / Path(err.filename).relative_to(tmp)
+            named = OSError(err.errno, err.strerror, str(where)) if where != dst else err
+            raise write_error(what, where, named, survives) from err
         raise
