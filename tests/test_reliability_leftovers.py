@@ -172,6 +172,7 @@ TINY_SWEEP = [*TINY_VAE, "--batch-size", "64"]
     [
         (["--threads", "0"], "--threads must be >= 1 torch threads per process, got 0"),
         (["--jobs", "0"], "--jobs must be >= 1 processes at a time, got 0"),
+        (["--seeds", "-1"], "sweep seeds must be in [0, 2**32) (numpy's range), got [-1]"),
         (
             ["--metric", "nosuch"],
             (
@@ -188,6 +189,37 @@ def test_sweep_refuses_a_wrong_flag_by_name_before_starting(tmp_path, capsys, fl
     )
     assert code == 2 and f"error: {message}" in err and stdout == ""
     assert not out.exists()  # nothing started
+
+
+def test_sweep_refuses_resume_in_its_training_arguments(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--seeds", "0", "--out", str(out), "--", *TINY_SWEEP, "--resume", "x.pt"]
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 2 and stdout == "" and not out.exists()
+    assert "sweep starts new runs, one per seed; drop --resume from the training" in err
+    assert "python -m vaelab train --resume OUT/seed_S/checkpoint.pt" in err
+
+
+def test_a_sweep_into_a_folder_holding_its_seeds_runs_is_refused_up_front(tmp_path, capsys):
+    """An earlier sweep's seed_1 trained there: the new sweep names it, starts nothing (not
+    seed_2 either) and says how to continue it; a seed whose run was refused at its start
+    (no metrics) is no obstacle."""
+    out = tmp_path / "sweep"
+    (out / "seed_1").mkdir(parents=True)
+    (out / "seed_1" / "metrics.jsonl").write_text('{"kind": "train", "step": 1}\n')
+    (out / "seed_1" / "checkpoint.pt").write_bytes(b"x")
+    (out / "seed_3").mkdir()
+    (out / "seed_3" / "metrics.jsonl").write_text("")
+    argv = ["sweep", "--seeds", "1", "2", "3", "--out", str(out), "--", *TINY_SWEEP]
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 2 and stdout == "", err
+    assert (
+        f"error: --out {out} already holds the runs of seed_1 from an earlier sweep, which "
+        f"this one would overwrite; pass a new folder for --out, other --seeds, or remove "
+        f"them (rm -r {out / 'seed_1'}). To continue one: python -m vaelab train --resume "
+        f"{out / 'seed_1' / 'checkpoint.pt'}"
+    ) in err
+    assert sorted(p.name for p in out.iterdir()) == ["seed_1", "seed_3"]  # nothing started
 
 
 @pytest.mark.integration  # a process of its own: make test, not test-fast

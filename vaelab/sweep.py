@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from vaelab.cli_checks import RUN_FILES
+
 # the numbers ``python -m vaelab train`` prints in its JSON line (vaelab.__main__._train)
 METRICS = ("val_nelbo", "train_nelbo", "steps")
 STOPPING = "stopping after this step"  # what train prints when Ctrl-C reaches it (train.guard)
@@ -114,14 +116,45 @@ def _check_args(
         raise ValueError(f"--jobs must be >= 1 processes at a time, got {jobs}")
     if threads < 1:
         raise ValueError(f"--threads must be >= 1 torch threads per process, got {threads}")
+    bad = [s for s in seeds if not 0 <= s < 2**32]
+    if bad:
+        raise ValueError(f"sweep seeds must be in [0, 2**32) (numpy's range), got {bad}")
     for flag in ("--seed", "--out"):
-        if any(a == flag or a.startswith(flag + "=") for a in train_args):
+        if _given(flag, train_args):
             raise ValueError(
                 f"sweep sets {flag} itself for every run; drop {flag} from the "
                 f"training arguments after --"
             )
+    if _given("--resume", train_args):
+        raise ValueError(
+            "sweep starts new runs, one per seed; drop --resume from the training arguments "
+            "after --. To continue a seed's run: python -m vaelab train --resume "
+            "OUT/seed_S/checkpoint.pt"
+        )
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; pass a folder for the runs")
+    used = [f"seed_{s}" for s in seeds if _trained(out / f"seed_{s}")]
+    if used:
+        resume = out / used[0] / "checkpoint.pt"
+        raise ValueError(
+            f"--out {out} already holds the runs of {', '.join(used)} from an earlier sweep, "
+            f"which this one would overwrite; pass a new folder for --out, other --seeds, or "
+            f"remove them (rm -r {' '.join(str(out / u) for u in used)})"
+            + (
+                f". To continue one: python -m vaelab train --resume {resume}"
+                if resume.is_file()
+                else ""
+            )
+        )
+
+
+def _trained(folder: Path) -> bool:
+    """Whether ``folder`` holds a run that trained (a run refused at its start left none)."""
+    return any((folder / n).is_file() and (folder / n).stat().st_size > 0 for n in RUN_FILES)
+
+
+def _given(flag: str, args: list[str]) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in args)
 
 
 def _gpu_count() -> int:
