@@ -817,8 +817,8 @@ def _release_fails_cleanly(done: subprocess.CompletedProcess, dst: Path, why: st
     room = r"Raise the file-size limit \(ulimit -f\)" if "ulimit" in why else "Make room there"
     assert re.fullmatch(
         rf"error: could not write student release {re.escape(str(dst))}/\S+\.(ipynb|md): "
-        rf"{re.escape(why)} \(.*\); nothing was written to {re.escape(str(dst))} \(the partial student "
-        rf"release was removed\)\. {room} \(or choose another folder\) and try "
+        rf"{re.escape(why)} \(.*\); nothing was written to {re.escape(str(dst))} \(the "
+        rf"partial student release was removed\)\. {room} \(or choose another folder\) and try "
         rf"again\n",
         done.stderr,
     ), done.stderr
