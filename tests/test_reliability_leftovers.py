@@ -1433,3 +1433,28 @@ def test_a_resume_into_another_folder_continues_the_run_there_and_says_so(tmp_pa
     assert steps == [1, 2, 3, 4, 5]
     assert load_checkpoint(other / "checkpoint.pt")["step"] == 5
     assert {p.name: p.read_bytes() for p in first.iterdir() if p.name != "status.json"} == before
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--set min_scale=nan", "min_scale must be > 0 so scales stay positive, got nan"),
+        ("--set min_scale=inf", "min_scale must be finite (e.g. 1e-3), got inf"),
+        ("--train-set lr=nan", "TrainConfig.lr=nan is out of range: it must be > 0 and finite"),
+    ],
+)
+def test_nan_and_inf_are_numbers_refused_by_the_fields_rule_not_by_type(
+    tmp_path, capsys, flag, message
+):
+    code, _, err = run_cli(
+        ["train", *TINY_VAE, "--out", str(tmp_path / "r"), *flag.split()], capsys
+    )
+    assert code == 2 and f"error: {message}" in err and "wrong type" not in err, err
+
+
+def test_an_infinite_clip_norm_is_applied(tmp_path, capsys):
+    out = tmp_path / "r"
+    argv = ["train", *TINY_VAE, "--out", str(out), "--max-steps", "1", "--train-set"]
+    code, _, err = run_cli([*argv, "clip_norm=inf"], capsys)
+    assert code == 0, err
+    assert load_checkpoint(out / "checkpoint.pt")["train_config"]["clip_norm"] == math.inf

@@ -79,9 +79,12 @@ def _describe(hint) -> str:
     )
 
 
+_NON_FINITE = {"nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
+
+
 def _conform_scalar(value, hint):
     """``value`` as the plain type ``hint`` (bool, int, float, str; numpy's numbers too), or
-    raise ``TypeError``; an int is a float, a bool is neither."""
+    raise ``TypeError``; an int is a float, a bool is neither, "nan" and "inf" are floats."""
     kinds = {
         bool: lambda v: isinstance(v, bool),
         int: lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
@@ -90,6 +93,8 @@ def _conform_scalar(value, hint):
     }
     if hint not in kinds:
         return value  # a type configs do not use: left to the config's own checks
+    if hint is float and isinstance(value, str) and value.strip().lower() in _NON_FINITE:
+        return float(value)  # clip_norm=inf is meant; min_scale=nan the config refuses by rule
     if not kinds[hint](value):
         raise TypeError
     return hint(value)
