@@ -1458,3 +1458,23 @@ def test_an_infinite_clip_norm_is_applied(tmp_path, capsys):
     code, _, err = run_cli([*argv, "clip_norm=inf"], capsys)
     assert code == 0, err
     assert load_checkpoint(out / "checkpoint.pt")["train_config"]["clip_norm"] == math.inf
+
+
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b"hello world\n", "it is a text file (it begins 'hello world')"),
+        (b"iiiii", "it is a text file (it begins 'iiiii')"),
+        (b"", "the file is empty"),
+        (b"\x80\x02}q\x00.", "the file is truncated, damaged or of another kind ("),
+    ],
+)
+def test_a_file_that_is_no_checkpoint_is_described_not_given_a_byte_code(
+    tmp_path, capsys, content, says
+):
+    path = tmp_path / "c.pt"
+    path.write_bytes(content)
+    code, _, err = run_cli(["evaluate", "--checkpoint", str(path)], capsys)
+    assert code == 2 and f"{path} is not a readable vaelab checkpoint: {says}" in err, err
+    assert not re.search(r"\((Unsupported operand )?\d+\)", err), err
+    assert "pass a checkpoint.pt written by 'python -m vaelab train'" in err

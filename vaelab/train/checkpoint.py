@@ -262,10 +262,7 @@ def _read(path: Path, map_location: str | torch.device) -> dict:
         if found is None:  # not a pickle of ours at all (e.g. a text file)
             tail = str(e).partition("WeightsUnpickler error:")[2].strip()
             reason = tail.splitlines()[0] if tail else torch_reason(e)
-            raise ValueError(
-                f"{path} is not a readable vaelab checkpoint: the file is "
-                f"truncated, damaged or of another kind ({reason})"
-            ) from None
+            raise ValueError(_unreadable(path, reason)) from None
         what = f" ({found.group(1)})" if found else ""
         raise ValueError(
             f"{path} holds Python objects{what} that vaelab does not load: vaelab reads only "
@@ -273,10 +270,35 @@ def _read(path: Path, map_location: str | torch.device) -> dict:
             f"checkpoint written by vaelab; use one from 'python -m vaelab train'"
         ) from None
     except Exception as e:  # noqa: BLE001 - any other failure here means an unusable file
-        raise ValueError(
-            f"{path} is not a readable vaelab checkpoint: the file is truncated, "
-            f"damaged or of another kind ({torch_reason(e)})"
-        ) from None
+        raise ValueError(_unreadable(path, torch_reason(e))) from None
+
+
+def _unreadable(path: Path, reason: str) -> str:
+    """Why ``path`` could not be read, in words: a text file is named as one (its first
+    line shown), and a reason that is only the unpickler's byte code (``105``, ``Unsupported
+    operand 105``) is left out."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(200)
+    except OSError:
+        head = b""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as err:  # binary, or a character cut at the 200th byte
+        text = head[: err.start].decode("utf-8") if err.start >= len(head) - 3 else ""
+    first = text.strip().splitlines()[0][:60] if text.strip() else ""
+    if not head:
+        what = "the file is empty (a save that never happened, or a copy cut short)"
+    elif first and all(c.isprintable() or c in "\t\r\n" for c in text):
+        what = f"it is a text file (it begins {first!r})"
+    elif re.fullmatch(r"(Unsupported operand )?\d+", reason) or not reason:
+        what = "the file is truncated, damaged or of another kind"
+    else:
+        what = f"the file is truncated, damaged or of another kind ({reason})"
+    return (
+        f"{path} is not a readable vaelab checkpoint: {what}; pass a checkpoint.pt written "
+        f"by 'python -m vaelab train'"
+    )
 
 
 def _check_format(path: Path, state) -> None:
