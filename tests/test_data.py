@@ -189,9 +189,12 @@ def test_polyphonic_piano_roll(tmp_path):
 @pytest.mark.parametrize(
     "obj, match",
     [
-        ({"train": [], "valid": []}, "expected a dict with keys 'train', 'valid', 'test'"),
-        ([1, 2, 3], "expected a dict with keys"),
-        ({**SONGS, "train": [[(20,)]]}, "note 20, outside the piano's MIDI range"),
+        (
+            {"train": [], "valid": []},
+            r"\.pickle: expected a dict with keys 'train', .*, found \['train', 'valid'\]",
+        ),
+        ([1, 2, 3], r"\.pickle: expected a dict with keys .*, found a list"),
+        ({**SONGS, "train": [[(20,)]]}, r"\.pickle \['train'\]: sequence 0 step 0 has note 20, "),
         ({**SONGS, "test": [[(109,)]]}, "note 109, outside"),
         ({**SONGS, "valid": [[]]}, "non-empty sequences"),
     ],
@@ -486,7 +489,7 @@ def test_real_polyphonic_pickles_load_without_globals(name):
         ),
         (
             {**SONGS, "test": [[60, 64]]},
-            r"test: sequence 0 step 0 is 60 \(type int\), not a collection of notes",
+            r"songs.pickle \['test'\]: sequence 0 step 0 is 60 \(type int\), not a collection",
         ),
         ({**SONGS, "test": [[(60,), "64"]]}, r"step 1 is '64' \(type str\), not a collection"),
         ({**SONGS, "train": [5]}, r"sequence 0 is 5 \(type int\).*each sequence is a list"),

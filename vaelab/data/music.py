@@ -101,42 +101,46 @@ def _note_number(note: object, name: str, i: int, t: int) -> int:
     return int(note)
 
 
-def piano_roll(sequences: list, name: str, transpose: int = 0) -> Data:
+def piano_roll(sequences: list, name: str, transpose: int = 0, where: str | None = None) -> Data:
     """Sequences of time steps, each a collection of MIDI notes in 21..108, as a padded binary
-    piano roll ``x [N, T, 88]`` with ``lengths`` (``transpose``: see :class:`Data`)."""
+    piano roll ``x [N, T, 88]`` with ``lengths`` (``transpose``: see :class:`Data`). Errors
+    name the sequences ``where`` (e.g. a file and its split; default ``name``)."""
+    label = where or name
     collection = list | tuple | set | frozenset | np.ndarray
     if not isinstance(sequences, list | tuple):
-        raise ValueError(f"{name}: expected a list of sequences, got a {type(sequences).__name__}")
+        raise ValueError(
+            f"{label}: expected a list of sequences, got a {type(sequences).__name__}"
+        )
     for i, seq in enumerate(sequences):
         if not isinstance(seq, list | tuple):
             raise ValueError(
-                f"{name}: sequence {i} is {seq!r:.40} (type "
+                f"{label}: sequence {i} is {seq!r:.40} (type "
                 f"{type(seq).__name__}); "
                 f"each sequence is a list of time steps, each a tuple of notes"
             )
         for t, notes in enumerate(seq):
             if not isinstance(notes, collection):
                 raise ValueError(
-                    f"{name}: sequence {i} step {t} is {notes!r:.40} (type "
+                    f"{label}: sequence {i} step {t} is {notes!r:.40} (type "
                     f"{type(notes).__name__}), not a collection of notes; write "
                     f"each step as a tuple of MIDI numbers, e.g. (60, 64, 67), "
                     f"or () for silence"
                 )
     lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
     if len(sequences) == 0 or int(lengths.min()) == 0:
-        raise ValueError(f"{name}: every split needs non-empty sequences")
-    where, notes = [], []  # (sequence, step) and MIDI number of every note played
+        raise ValueError(f"{label}: every split needs non-empty sequences")
+    at, notes = [], []  # (sequence, step) and MIDI number of every note played
     for i, seq in enumerate(sequences):
         for t, step in enumerate(seq):
             for note in step:
-                where.append((i, t))
+                at.append((i, t))
                 notes.append(note)
     for k, note in enumerate(notes):  # one pass in Python; the rare odd note checked in full
         if type(note) is not int or not NOTE_MIN <= note < NOTE_MIN + NUM_NOTES:
-            notes[k] = _note_number(note, name, *where[k])
+            notes[k] = _note_number(note, label, *at[k])
     x = torch.zeros(len(sequences), int(lengths.max()), NUM_NOTES)
     if notes:
-        rows, steps = torch.tensor(where, dtype=torch.long).reshape(-1, 2).unbind(1)
+        rows, steps = torch.tensor(at, dtype=torch.long).reshape(-1, 2).unbind(1)
         x[rows, steps, torch.tensor(notes, dtype=torch.long) - NOTE_MIN] = 1.0
     return Data(x, lengths=lengths, transpose=transpose, name=name, info={"kind": "piano_roll"})
 
@@ -159,19 +163,25 @@ def load_polyphonic(path: str | Path, transpose: int = 0) -> tuple[Data, Data, D
         )
     with open(path, "rb") as f:
         d = read_notes_pickle(f, str(path))
-    return _polyphonic_splits(d, path.stem, transpose)
+    return _polyphonic_splits(d, path.stem, transpose, str(path))
 
 
-def _polyphonic_splits(d: object, name: str, transpose: int = 0) -> tuple[Data, Data, Data]:
+def _polyphonic_splits(
+    d: object, name: str, transpose: int = 0, where: str | None = None
+) -> tuple[Data, Data, Data]:
+    """The three splits of pickle ``d``, named ``name-train`` etc.; errors name ``where``
+    (the file) and the split."""
+    where = where or name
     if not isinstance(d, dict) or not {"train", "valid", "test"} <= set(d):
+        found = sorted(map(str, d)) if isinstance(d, dict) else f"a {type(d).__name__}"
         raise ValueError(
-            f"{name}: expected a dict with keys 'train', 'valid', 'test' of "
-            f"sequences of MIDI notes"
+            f"{where}: expected a dict with keys 'train', 'valid', 'test' of "
+            f"sequences of MIDI notes, found {found}"
         )
     return (
-        piano_roll(d["train"], f"{name}-train", transpose),  # augment training only
-        piano_roll(d["valid"], f"{name}-valid"),
-        piano_roll(d["test"], f"{name}-test"),
+        piano_roll(d["train"], f"{name}-train", transpose, f"{where} ['train']"),  # augmented
+        piano_roll(d["valid"], f"{name}-valid", where=f"{where} ['valid']"),
+        piano_roll(d["test"], f"{name}-test", where=f"{where} ['test']"),
     )
 
 
@@ -181,4 +191,4 @@ def load_jsb(transpose: int = 0) -> tuple[Data, Data, Data]:
     transpose = check_int("transpose", transpose, low=0)
     with resources.files("vaelab.assets").joinpath("jsb_chorales.pickle").open("rb") as f:
         d = read_notes_pickle(f, "vaelab/assets/jsb_chorales.pickle")
-    return _polyphonic_splits(d, "jsb", transpose)
+    return _polyphonic_splits(d, "jsb", transpose, "vaelab/assets/jsb_chorales.pickle")
