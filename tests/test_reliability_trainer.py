@@ -152,11 +152,43 @@ def test_the_printed_command_after_divergence_trains_past_the_failing_step(
     ).group(1)
     words = shlex.split(command)
     assert words[words.index("--lr") + 1] == "0.001" and "--resume" not in words
+    assert "to resume with a lower learning rate" not in err  # no checkpoint worth it
     code, _, err = run_cli(words, capsys)
     assert code == 0, err
     ckpt = load_checkpoint(Path(words[words.index("--out") + 1]) / "checkpoint.pt")
     assert ckpt["step"] > failing and ckpt["train_config"]["lr"] == 1e-3
     assert same_values(ckpt["config"]["z_dim"], 2)  # the same model as the failed run
+
+
+def test_a_resumed_run_that_diverges_is_told_to_resume_at_a_lower_rate_and_that_works(
+    tmp_path, capsys
+):
+    """A run trained well for an epoch, resumed with --lr 10: its checkpoint's weights took a
+    good step after it, so the advice resumes from it at a lower rate; the printed command,
+    followed word for word, trains past the failing step and keeps the run's first epoch."""
+    out = tmp_path / "run"
+    tiny = ["--train-set", "progress=False", "--set", "hidden_dims=[16]", "--set", "z_dim=2"]
+    first = ["train", "--model", "vae", "--data", "digits", "--epochs", "1", "--out", str(out)]
+    code, _, err = run_cli([*first, *tiny], capsys)
+    assert code == 0, err
+    saved = load_checkpoint(out / "checkpoint.pt")["step"]
+    ckpt = out / "checkpoint.pt"
+    argv = ["train", "--resume", str(ckpt), "--epochs", "3", "--lr", "10"]
+    code, _, err = run_cli([*argv, "--train-set", "progress=False"], capsys)
+    assert code == 3, err
+    failing = int(re.search(r"at step (\d+)", err).group(1))
+    assert failing >= saved + 2
+    assert f"resume from it with a lower learning rate (--resume {ckpt} --lr 0.001" in err
+    command = re.search(r"to resume with a lower learning rate: python -m vaelab (.*)", err).group(
+        1
+    )
+    words = shlex.split(command)
+    assert words[words.index("--resume") + 1] == str(ckpt)
+    code, _, err = run_cli(words, capsys)
+    assert code == 0, err
+    done = load_checkpoint(ckpt)
+    assert done["step"] > failing and done["epoch"] == 3
+    assert done["train_config"]["lr"] == float(words[words.index("--lr") + 1])
 
 
 def test_a_distribution_rejecting_its_argument_mid_run_is_divergence(

@@ -544,16 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
-        if (
-            args.command == "train"
-            and getattr(args, "resolved", None) is not None
-            and not err.at_start  # a lower rate would fail again: the message says why
-        ):
-            print(
-                f"to start again with a lower learning rate: python -m vaelab "
-                f"{_restart_command(args, err)}",
-                file=sys.stderr,
-            )
+        _print_commands_after_divergence(args, argv, err)
         return 3
     except KeyboardInterrupt:  # Ctrl-C outside training (start-up, evaluate): nothing saved
         print(
@@ -581,6 +572,26 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, term)
 
 
+def _print_commands_after_divergence(
+    args: argparse.Namespace, argv: list[str] | None, err: TrainingDiverged
+) -> None:
+    """The command lines the divergence message advises: resume at a lower rate (a resumed
+    run whose checkpoint trained well after it) and start again at that rate."""
+    if args.command != "train" or getattr(args, "resolved", None) is None or err.at_start:
+        return  # at the first step a lower rate would fail again: the message says why
+    if err.resume_from is not None:
+        print(
+            f"to resume with a lower learning rate: python -m vaelab "
+            f"{_resume_command(argv, err.resume_from, err.suggested_lr)}",
+            file=sys.stderr,
+        )
+    print(
+        f"to start again with a lower learning rate: python -m vaelab "
+        f"{_restart_command(args, err)}",
+        file=sys.stderr,
+    )
+
+
 def _os_error(err: OSError) -> str:
     """``err`` in one sentence; a name too long for the filesystem says which and the fix."""
     if err.errno != errno.ENAMETOOLONG or not err.filename:
@@ -594,18 +605,22 @@ def _os_error(err: OSError) -> str:
     )
 
 
-def _resume_command(argv: list[str] | None, checkpoint: Path) -> str:
-    """The train command line again, with ``--resume checkpoint`` instead of any other."""
+def _resume_command(argv: list[str] | None, checkpoint: Path, lr: float | None = None) -> str:
+    """The train command line again, with ``--resume checkpoint`` instead of any other (and
+    ``--lr lr`` instead of any other, when given)."""
     words = list(sys.argv[1:] if argv is None else argv)
+    replaced = {"--resume", *(["--lr"] if lr is not None else [])}
     kept = []
     skip = False
     for word in words:
         if skip:
             skip = False
-        elif word == "--resume":
+        elif word in replaced:
             skip = True
-        elif not word.startswith("--resume="):
+        elif not any(word.startswith(flag + "=") for flag in replaced):
             kept.append(word)
+    if lr is not None:
+        kept += ["--lr", f"{lr:.3g}"]
     return shlex.join([*kept, "--resume", str(checkpoint)])
 
 

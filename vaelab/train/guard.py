@@ -25,13 +25,15 @@ class TrainingDiverged(RuntimeError):
     """A non-finite or exploding loss or gradient: training stopped before the parameters took
     it; the message says which checkpoint on disk holds the last good state. ``lr`` is the
     learning rate of the last good step, ``step`` the failing one, ``suggested_lr`` the rate
-    the message suggests."""
+    the message suggests, ``resume_from`` the checkpoint to resume from at that rate (a
+    resumed run whose checkpoint took a good step after it) or None: start a new run."""
 
     lr: float | None = None
     step: int | None = None
     suggested_lr: float | None = None  # None at the first step: the rate is not the cause
     at_start: bool = False  # no good step before it: the data or the settings, not the rate
     records: Sequence[dict] = ()  # deferred reads: the good steps' records before this one
+    resume_from: Path | None = None  # a resumed run's checkpoint worth resuming from
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -178,12 +180,28 @@ AT_START = (
 )
 
 
-def advice(saved: Path | None, lr: float | None, diverged: bool, at_start: bool = False) -> str:
+def advice(
+    saved: Path | None,
+    lr: float | None,
+    diverged: bool,
+    at_start: bool = False,
+    resumable: Path | None = None,
+) -> str:
     """What to do next. After divergence: start again with a lower rate, applied from the
-    first step (resuming would recompute the failing loss from the same saved weights);
-    after divergence at the first step (``at_start``): look at the data and settings."""
+    first step (resuming would recompute the failing loss from the same saved weights); or,
+    for a resumed run whose checkpoint ``resumable`` took a good step after it was saved,
+    resume from it with a lower rate; after divergence at the first step (``at_start``):
+    look at the data and settings."""
     if diverged and at_start:
         return AT_START
+    if diverged and resumable is not None:
+        lower = f"{suggested_lr(lr):.3g}" if lr is not None else "a tenth of it"
+        return (
+            f"Its weights trained well on the step after it: resume from it with a lower "
+            f"learning rate (--resume {resumable} --lr {lower}; in Python fit(..., "
+            f"resume=path) with TrainConfig(lr={lower})), or start a new run into another "
+            f"folder at that rate"
+        )
     if diverged:
         lower = f"{suggested_lr(lr):.3g}" if lr is not None else "a tenth of it"
         return (

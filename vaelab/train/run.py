@@ -515,9 +515,15 @@ def diverged(run: Run, err: guard.TrainingDiverged) -> guard.TrainingDiverged:
         run.optimizer.param_groups[0]["lr"],
     )
     at_start = run.level.first is None and not err.records  # no good step, even on resume
-    what = guard.advice(run.saved_path(), lr, diverged=True, at_start=at_start)
+    saved = run.saved_path()
+    # a resumed run whose checkpoint's weights took a good step after it: resuming from it
+    # with a lower rate retraces that step (resume is exact) and then moves less
+    resumable = bool(run.resumes) and saved is not None and not at_start
+    step = _step_in(saved) if resumable else None
+    resume_from = saved if step is not None and err.step >= step + 2 else None
+    what = guard.advice(saved, lr, diverged=True, at_start=at_start, resumable=resume_from)
     new = guard.TrainingDiverged(f"{err}; {run.survivor()}. {what}")
-    new.lr, new.step, new.at_start = lr, err.step, at_start
+    new.lr, new.step, new.at_start, new.resume_from = lr, err.step, at_start, resume_from
     new.suggested_lr = None if at_start else guard.suggested_lr(lr)
     return new
 
