@@ -1478,3 +1478,35 @@ def test_a_file_that_is_no_checkpoint_is_described_not_given_a_byte_code(
     assert code == 2 and f"{path} is not a readable vaelab checkpoint: {says}" in err, err
     assert not re.search(r"\((Unsupported operand )?\d+\)", err), err
     assert "pass a checkpoint.pt written by 'python -m vaelab train'" in err
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["course"], "the following arguments are required: course_command"),
+        (["course", "foo"], "invalid choice: 'foo' (choose from 'release', 'nbgrader', 'site')"),
+        (["course", "release"], "the following arguments are required: DIR"),
+        (["course", "release", "{t}/r", "--source", "{t}/none"], "folder {t}/none does not exist"),
+        (["course", "release", "{t}/r", "--source", "{t}/f.txt"], "--source {t}/f.txt is a file"),
+        (["course", "release", ""], "DIR is empty; pass a folder for the student release"),
+        (["course", "release", "{t}/full"], "release folder {t}/full exists and is not empty"),
+        (["course", "release", "{t}/r", "--source", "{t}"], "no .ipynb notebooks in {t};"),
+        (["course", "release", "{t}/r", "--source", "{t}/bad"], "{t}/bad/x.ipynb is not a"),
+        (["course", "site", "{t}/s", "--no-execute", "--source", "{t}/bad"], "is not a notebook"),
+        (["course", "site", "{t}/f.txt", "--no-execute"], "{t}/f.txt is a file, not a folder"),
+        (["course", "nbgrader", "{t}/n", "--source", "{t}/bad"], "{t}/bad lacks 01_vae_elbo"),
+        (["course", "nbgrader", "{t}/f.txt"], "{t}/f.txt is a file, not a folder"),
+        (["course", "release", "{t}/r", "--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_course_refuses_wrong_arguments_by_name_and_writes_nothing(tmp_path, capsys, argv, says):
+    (tmp_path / "f.txt").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.ipynb").write_text("not json")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, stdout, err = run_cli([a.format(t=tmp_path) for a in argv], capsys)
+    assert code == 2 and says.format(t=tmp_path) in err, err + stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    assert (tmp_path / "full" / "keep.txt").read_text() == "x"

@@ -302,16 +302,16 @@ def build_site(
     if timeout < 1:
         raise ValueError(f"--timeout must be >= 1 seconds per cell, got {timeout}")
     src, dst = _source_dir(src), _out_folder(dst, "course site", "build/site/")
-    try:
+    notebooks = [(path, read_notebook(path)) for path in sorted(src.glob("*.ipynb"))]
+    try:  # after every notebook was read: a bad one leaves no empty folder behind
         dst.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise writes.write_error("course site", dst, err, "nothing was written") from err
     exporter = HTMLExporter()
     pages: list[Path] = []
     entries = []
-    stems = [path.stem for path in sorted(src.glob("*.ipynb"))]
-    for path in sorted(src.glob("*.ipynb")):
-        nb = read_notebook(path)
+    stems = [path.stem for path, _ in notebooks]
+    for path, nb in notebooks:
         if execute:
             options: dict[str, object] = {"timeout": timeout}
             if kernel_name:
