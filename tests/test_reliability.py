@@ -857,9 +857,7 @@ def test_disk_full_names_the_folder_and_keeps_the_previous_checkpoint(
         fit(small_vae(), train, val, config(tmp_path, epochs=2), resume=path)
     monkeypatch.undo()
     assert info.value.errno == errno.ENOSPC
-    assert (
-        f"could not write checkpoint {path} in folder {tmp_path}: the disk holding it is full"
-    ) in str(info.value)
+    assert (f"could not write checkpoint {path}: the disk holding it is full") in str(info.value)
     assert "the previous checkpoint.pt there is intact" in str(info.value)
     assert path.read_bytes() == before and load_checkpoint(path)["step"] == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "checkpoint.pt"]

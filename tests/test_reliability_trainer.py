@@ -102,7 +102,7 @@ def test_a_file_size_limit_names_the_path_and_space_and_leaves_no_temporary_file
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert re.search(
-        rf"could not write checkpoint {out}/checkpoint.pt in folder {out}: the "
+        rf"could not write checkpoint {out}/checkpoint.pt: the "
         rf"file is larger than this process may write \(ulimit -f\); it needs "
         rf"[0-9.]+ MiB .*no checkpoint.pt was there before",
         proc.stderr,

@@ -199,13 +199,13 @@ def _train(args: argparse.Namespace, writer: RunWriter | None, ckpt: dict | None
         if why is not None:
             raise ValueError(why)
     args.resolved = (model, config)  # for the divergence advice's command
-    history = None  # a resume into another folder: a new run, whose history begins as R's
+    earlier = None  # a resume into another folder: a new run, whose history begins as R's
     if (
         writer is not None
         and ckpt is not None
         and Path(args.resume).parent.resolve() != out.resolve()
     ):
-        history = Path(args.resume).parent / "metrics.jsonl"
+        earlier = Path(args.resume).parent / "metrics.jsonl"
         print(
             f"continuing {args.resume} (step {ckpt['step']}) in {out}, a new run folder; "
             f"{Path(args.resume).parent} is left as it is",
@@ -222,7 +222,7 @@ def _train(args: argparse.Namespace, writer: RunWriter | None, ckpt: dict | None
                 "has_latents": model.has_latents,
             },
             resumed_at=None if ckpt is None else int(ckpt["step"]),
-            history=history,
+            history=earlier,
         )
     history = fit(
         model,

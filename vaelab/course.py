@@ -356,7 +356,7 @@ def _write_page(page: Path, body: str, written: list[Path]) -> None:
         body,
         "course page",
         survives=f"{writes.previous(page)}; {done}; {kept}",
-        fix="Make room there (or pass another DIR) and run course site again",
+        then="(or pass another DIR) and run course site again",
     )
 
 

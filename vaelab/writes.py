@@ -49,17 +49,18 @@ def write_error(
     err: OSError,
     survives: str,
     size: int | None = None,
-    fix: str = "Make room there (or choose another folder) and try again",
+    then: str = "(or choose another folder) and try again",
+    cls: type[WriteError] = WriteError,
 ) -> WriteError:
-    """The WriteError for ``err`` while writing ``what`` at ``path``."""
+    """The ``cls`` error for ``err`` while writing ``what`` at ``path``: why, the space it
+    needed, what ``survives``, and the fix (:func:`make_room`, then ``then``)."""
     if isinstance(err, WriteError):
         return err
     need = f"; it needs {size / 2**20:.2f} MiB" if size is not None else ""
-    if fix.startswith("Make room there"):
-        fix = make_room(err) + fix.removeprefix("Make room there")
-    return WriteError(
+    return cls(
         err.errno,
-        f"could not write {what} {path}: {reason(err)}{need} ({err}); {survives}. {fix}",
+        f"could not write {what} {path}: {reason(err)}{need} ({err}); {survives}. "
+        f"{make_room(err)} {then}",
     )
 
 
@@ -73,7 +74,7 @@ def write_atomic(
     data: bytes | str,
     what: str = "file",
     survives: str | None = None,
-    fix: str = "Make room there (or choose another folder) and try again",
+    then: str = "(or choose another folder) and try again",
     sync: bool = True,
 ) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder (fsync'd unless
@@ -82,7 +83,7 @@ def write_atomic(
 
     Raises :class:`WriteError` when the write fails; the temporary file is removed and
     ``path`` is unchanged. ``survives`` (default: whether a previous file is intact) and
-    ``fix`` complete the message.
+    ``then`` (after the fix's first words, :func:`make_room`) complete the message.
     """
     path = Path(path)
     raw = data.encode() if isinstance(data, str) else data
@@ -90,7 +91,7 @@ def write_atomic(
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
-        raise write_error(what, path, err, survives, len(raw), fix) from err
+        raise write_error(what, path, err, survives, len(raw), then) from err
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
@@ -101,11 +102,11 @@ def write_atomic(
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError):
-            raise write_error(what, path, err, survives, len(raw), fix) from err
+            raise write_error(what, path, err, survives, len(raw), then) from err
         raise
 
 
-def append(f: BinaryIO, data: bytes, path: Path, what: str, survives: str, fix: str) -> None:
+def append(f: BinaryIO, data: bytes, path: Path, what: str, survives: str, then: str) -> None:
     """Append ``data`` (whole lines) to the unbuffered file ``f`` (opened ``"ab"``,
     ``buffering=0``) at ``path``: all of it, or, when the disk is full, nothing (the file is cut
     back to its previous end, so it holds no half line) and a :class:`WriteError`."""
@@ -118,7 +119,7 @@ def append(f: BinaryIO, data: bytes, path: Path, what: str, survives: str, fix: 
     except OSError as err:
         with contextlib.suppress(OSError):
             os.ftruncate(f.fileno(), start)
-        raise write_error(what, path, err, survives, None, fix) from err
+        raise write_error(what, path, err, survives, None, then) from err
 
 
 def append_record(f: BinaryIO, line: str, path: Path) -> None:
@@ -131,13 +132,13 @@ def append_record(f: BinaryIO, line: str, path: Path) -> None:
         if checkpoint.is_file()
         else "no checkpoint had been written there yet"
     )
-    fix = (
-        f"Make room there and resume with --resume {checkpoint}"
+    then = (
+        f"and resume with --resume {checkpoint}"
         if checkpoint.is_file()
-        else "Make room there (or pass another --out folder) and start again"
+        else "(or pass another --out folder) and start again"
     )
     survives = f"{path.name} keeps every complete record before this one; {saved}"
-    append(f, (line + "\n").encode(), path, "metrics", survives, fix)
+    append(f, (line + "\n").encode(), path, "metrics", survives, then)
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ import torch
 from vaelab.config import check_types
 from vaelab.protocol import Model
 from vaelab.train import optim
-from vaelab.writes import WriteError, make_room, reason
+from vaelab.writes import WriteError, write_error
 
 # format 2: the checksum is required and covers every value (format 1, written before
 # vaelab 0.2: tensors only, optional; still read, with the comparison fields upgraded)
@@ -105,9 +105,9 @@ def _other_checkpoint(path: str | Path) -> str:
     return f"use {found}, the run's other checkpoint, or retrain" if found else "retrain"
 
 
-def _write_error(path: Path, err: OSError, size: int | None = None) -> CheckpointWriteError:
-    what = reason(err)
-    need = f"; it needs {size / 2**20:.2f} MiB" if size is not None else ""
+def _write_error(path: Path, err: OSError, size: int | None = None) -> WriteError:
+    """:func:`vaelab.writes.write_error` for a checkpoint: what survives, and how to go on
+    (resume from the run's checkpoint.pt, or start again when there is none)."""
     before = (
         f"the previous {path.name} there is intact"
         if path.is_file()
@@ -120,11 +120,7 @@ def _write_error(path: Path, err: OSError, size: int | None = None) -> Checkpoin
         else f"and run the same command again after removing {path.parent} (nothing was saved "
         f"there to resume from), or pass another --out folder"
     )
-    return CheckpointWriteError(
-        err.errno,
-        f"could not write checkpoint {path} in folder {path.parent}: {what}{need} "
-        f"({err}); {before}. {make_room(err)} {then}",
-    )
+    return write_error("checkpoint", path, err, before, size, then, CheckpointWriteError)
 
 
 def _tensors(obj, where: str = "") -> Iterator[tuple[str, torch.Tensor]]:

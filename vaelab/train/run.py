@@ -520,7 +520,8 @@ def diverged(run: Run, err: guard.TrainingDiverged) -> guard.TrainingDiverged:
     # with a lower rate retraces that step (resume is exact) and then moves less
     resumable = bool(run.resumes) and saved is not None and not at_start
     step = _step_in(saved) if resumable else None
-    resume_from = saved if step is not None and err.step >= step + 2 else None
+    good_after = step is not None and err.step is not None and err.step >= step + 2
+    resume_from = saved if good_after else None
     what = guard.advice(saved, lr, diverged=True, at_start=at_start, resumable=resume_from)
     new = guard.TrainingDiverged(f"{err}; {run.survivor()}. {what}")
     new.lr, new.step, new.at_start, new.resume_from = lr, err.step, at_start, resume_from
