@@ -385,6 +385,10 @@ def test_bad_shapes_raise_and_name_the_fix():
             "applies to compat.rnn_type='rnn' only",
         ),
         ({"rnn_dropout": 0.1}, "use compat.rnn_output_dropout"),
+        (
+            {"compat": {"rnn_type": "lstm"}},
+            r"compat must be a vaelab.dmm_variants.Compat, got dict",
+        ),
     ],
 )
 def test_config_checks(kw, match):

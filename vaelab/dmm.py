@@ -36,7 +36,7 @@ from torch.distributions import Distribution, Independent, Normal
 from vaelab import fast
 from vaelab.data import Batch
 from vaelab.distributions import BernoulliLogits
-from vaelab.dmm_variants import Compat, guide_rnn, positive_scale, standard_normal
+from vaelab.dmm_variants import Compat, check_compat, guide_rnn, positive_scale, standard_normal
 from vaelab.flows import IAFStack
 from vaelab.nn import MLP, reverse_sequences
 from vaelab.objectives import ELBOTerms
@@ -81,7 +81,7 @@ class DMMConfig:
         for name, (ok, rule) in _FIELD_RULES.items():
             if not ok(getattr(self, name)):
                 raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
-        self.compat.check(self)
+        check_compat(self)
         if self.rnn_dropout > 0 and self.rnn_layers == 1:
             raise ValueError(
                 "rnn_dropout acts between RNN layers only; set rnn_layers >= 2, "
@@ -209,8 +209,8 @@ class DMM(SequentialModel):
         self.transition = GatedTransition(c.z_dim, c.transition_dim, c.min_scale, variance)
         self.combiner = Combiner(c.z_dim, c.rnn_dim, c.min_scale, variance)
         self.embed, self.rnn = guide_rnn(c)  # x_t into an Elman RNN, or compat's LSTM
-        lstm = c.compat.rnn_type == "lstm"  # and its cell state:
-        self.c_0 = nn.Parameter(torch.zeros(c.rnn_layers, 1, c.rnn_dim)) if lstm else None
+        cell = torch.zeros(c.rnn_layers, 1, c.rnn_dim)  # an LSTM's initial cell state, trained
+        self.c_0 = nn.Parameter(cell) if c.compat.rnn_type == "lstm" else None
         self.output_dropout = nn.Dropout(c.compat.rnn_output_dropout)
         self.iaf = IAFStack(c.z_dim, c.num_iafs, c.iaf_dim) if c.num_iafs > 0 else None
         if c.compat.standard_initial_prior:  # p(z_1) = N(0, I); the guide starts from 0

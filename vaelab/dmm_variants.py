@@ -47,12 +47,20 @@ class Compat:
                 f"compat.rnn_output_dropout must be in [0, 1), got {self.rnn_output_dropout!r}"
             )
 
-    def check(self, config: DMMConfig) -> None:
-        """The checks that read the DMM's own fields too."""
-        if self.rnn_type == "lstm" and config.rnn_nonlinearity != "tanh":
-            raise ValueError(
-                "rnn_nonlinearity applies to compat.rnn_type='rnn' only; leave it at 'tanh'"
-            )
+
+def check_compat(config: DMMConfig) -> None:
+    """``DMMConfig``'s checks of its ``compat``: a :class:`Compat`, agreeing with the DMM's
+    own fields."""
+    if not isinstance(config.compat, Compat):
+        raise ValueError(
+            f"compat must be a vaelab.dmm_variants.Compat, got "
+            f"{type(config.compat).__name__}; e.g. compat=Compat(rnn_type='lstm'), or "
+            f"vaelab.config.build_config(DMMConfig, {{'compat.rnn_type': 'lstm'}})"
+        )
+    if config.compat.rnn_type == "lstm" and config.rnn_nonlinearity != "tanh":
+        raise ValueError(
+            "rnn_nonlinearity applies to compat.rnn_type='rnn' only; leave it at 'tanh'"
+        )
 
 
 def positive_scale(s: Tensor, min_scale: float, softplus_variance: bool) -> Tensor:
