@@ -23,7 +23,7 @@ import torch
 
 from vaelab import MODELS, charts, instructor, plots, runs
 from vaelab.audio import piano_roll_wav
-from vaelab.config import parse_sets
+from vaelab.config import config_keys, parse_sets
 from vaelab.datasets import load_dataset
 from vaelab.live import (
     accepted_data,
@@ -163,7 +163,7 @@ with st.sidebar:
     extra = st.text_input(
         "other config fields (key=value; key=value)",
         key=widget(f"extra_{model_name}", ""),
-        help=f"fields of {config_cls.__name__}: {', '.join(model_defaults)}",
+        help=f"fields of {config_cls.__name__}: {', '.join(config_keys(config_cls))}",
     )
 
     st.header("Training")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from vaelab.config import build_config
 from vaelab.datasets import load_dataset
 from vaelab.dmm import DMM, DMMIAF, DMMConfig, DMMIAFConfig
 from vaelab.presets import PRESETS, apply_preset, preset_optimizer
@@ -55,16 +56,17 @@ REFERENCES = {
 PICKLES = ("jsb_chorales", "nottingham", "piano_midi", "musedata")
 
 
-# preset fields that flags set (flag dest -> field); the preset's other fields pass through
+# preset fields that flags set (flag dest -> field, keyed as --set takes it); the preset's other
+# fields pass through
 MODEL_FLAGS = {
     "rnn_nonlinearity": "rnn_nonlinearity",
-    "rnn_type": "rnn_type",
-    "input_embedding": "input_embedding",
-    "rnn_output_dropout": "rnn_output_dropout",
+    "rnn_type": "compat.rnn_type",
+    "input_embedding": "compat.input_embedding",
+    "rnn_output_dropout": "compat.rnn_output_dropout",
     "emission_dim": "emission_dim",
     "transition_dim": "transition_dim",
-    "softplus_variance": "softplus_variance",
-    "standard_initial_prior": "standard_initial_prior",
+    "softplus_variance": "compat.softplus_variance",
+    "standard_initial_prior": "compat.standard_initial_prior",
     "num_iafs": "num_iafs",
 }
 TRAIN_FLAGS = {
@@ -118,19 +120,16 @@ def configs(
     shared = {
         **model_preset,
         "x_dim": x_dim,
-        "rnn_nonlinearity": args.rnn_nonlinearity,
-        "softplus_variance": args.softplus_variance,
-        "standard_initial_prior": args.standard_initial_prior,
-        "emission_dim": args.emission_dim,
-        "transition_dim": args.transition_dim,
-        "rnn_type": args.rnn_type,
-        "input_embedding": args.input_embedding,
-        "rnn_output_dropout": args.rnn_output_dropout,
+        **{
+            field: getattr(args, dest) for dest, field in MODEL_FLAGS.items() if dest != "num_iafs"
+        },
     }
     if args.num_iafs > 0:  # the IAF guide's KL is a Monte Carlo estimate (no closed form)
-        model_config = DMMIAFConfig(**{**shared, "analytic_kl": False, "num_iafs": args.num_iafs})
+        model_config = build_config(
+            DMMIAFConfig, {**shared, "analytic_kl": False, "num_iafs": args.num_iafs}
+        )
     else:
-        model_config = DMMConfig(**shared, analytic_kl=not args.mc_kl)
+        model_config = build_config(DMMConfig, {**shared, "analytic_kl": not args.mc_kl})
     config = TrainConfig(
         **{
             **DMM.train_defaults,
@@ -236,13 +235,13 @@ def run(name: str, spec: dict, args: argparse.Namespace) -> dict:
         "z_dim": model.config.z_dim,
         "rnn_dim": model.config.rnn_dim,
         "batch_size": config.batch_size,
-        "softplus_variance": model.config.softplus_variance,
-        "standard_initial_prior": model.config.standard_initial_prior,
+        "softplus_variance": model.config.compat.softplus_variance,
+        "standard_initial_prior": model.config.compat.standard_initial_prior,
         "emission_dim": model.config.emission_dim,
         "transition_dim": model.config.transition_dim,
-        "rnn_type": model.config.rnn_type,
-        "input_embedding": model.config.input_embedding,
-        "rnn_output_dropout": model.config.rnn_output_dropout,
+        "rnn_type": model.config.compat.rnn_type,
+        "input_embedding": model.config.compat.input_embedding,
+        "rnn_output_dropout": model.config.compat.rnn_output_dropout,
         "clip_norm": config.clip_norm,
         "adam_eps": args.adam_eps,
         "betas": config.betas,

@@ -48,6 +48,7 @@ from collections.abc import Callable
 import torch
 
 from vaelab import fast
+from vaelab.config import build_config
 from vaelab.data import Data, load_jsb
 from vaelab.dmm import DMM, DMMIAF, DMMConfig, DMMIAFConfig
 from vaelab.objectives import loss
@@ -130,9 +131,9 @@ class OurTraining:
         torch.manual_seed(seed)
         if self.num_iafs:
             kw = {**self.model_kw, "analytic_kl": False, "num_iafs": self.num_iafs}
-            self.model = DMMIAF(DMMIAFConfig(**kw))
+            self.model = DMMIAF(build_config(DMMIAFConfig, kw))
         else:
-            self.model = DMM(DMMConfig(**self.model_kw))
+            self.model = DMM(build_config(DMMConfig, self.model_kw))
         self.seed = seed
 
     def epoch(self) -> tuple[float, float]:

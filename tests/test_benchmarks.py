@@ -80,8 +80,10 @@ def test_dmm_jsb_reports_the_last_and_the_best_epoch(tmp_path):
     state = load_checkpoint(ckpt)  # records the model's settings and the data set it saw
     assert state["config"]["analytic_kl"] is False
     assert state["config"]["rnn_nonlinearity"] == "relu"
-    for record in (state["config"], result):  # Krishnan et al.'s parameterisation
+    # Krishnan et al.'s parameterisation (in the checkpoint's config under compat)
+    for record in (state["config"]["compat"], result):
         assert record["softplus_variance"] is record["standard_initial_prior"] is True
+    for record in (state["config"], result):
         assert (record["emission_dim"], record["transition_dim"]) == (16, 24)
     assert state["data"] == {"name": "jsb"}
     # Krishnan et al.'s annealing reached fit: KL weight 0.01 at the first step, 1 at epoch 417
@@ -157,7 +159,7 @@ def test_dmm_jsb_time_limit_stops_with_a_checkpoint_that_resume_continues(tmp_pa
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (1, 0, 1)
     # Krishnan et al.'s guide (LSTM, input embedding, output dropout) reached the model, and
     # its own parameters (the embedding, the cell state) are in the checkpoint to resume from
-    for record in (state["config"], result):
+    for record in (state["config"]["compat"], result):
         assert (record["rnn_type"], record["input_embedding"], record["rnn_output_dropout"]) == (
             "lstm",
             True,
@@ -420,6 +422,10 @@ def test_dmm_jsb_preset_sets_defaults_that_explicit_flags_override():
         flags_model,
         flags_train,
     )
+    assert named_model.compat.softplus_variance and named_model.compat.standard_initial_prior
+    # Krishnan et al.'s guide flags reach DMMConfig.compat
+    model, _ = configs(parse_args(["--rnn-type", "lstm", "--input-embedding"]), 88)
+    assert (model.compat.rnn_type, model.compat.input_embedding) == ("lstm", True)
     # a field without a flag (quick's widths) reaches the model; no preset: the old defaults
     model, train = configs(parse_args(["--preset", "quick", "--emission-dim", "40"]), 88)
     assert (model.z_dim, model.rnn_dim, model.emission_dim, train.batch_size) == (16, 64, 40, 20)

@@ -188,6 +188,60 @@ def test_bad_train_input_exits_with_code_2(tmp_path, capsys, argv, message):
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+def test_set_reaches_the_dmms_comparison_settings_by_their_nested_key(tmp_path, capsys):
+    """The comparison-only DMM settings live in DMMConfig.compat (vaelab.dmm_variants): --set
+    takes them dotted, on top of a preset's; their old flat keys are refused naming the new
+    one, and a resume compares them key by key."""
+    small = ["z_dim=2", "emission_dim=4", "transition_dim=4", "rnn_dim=4"]
+    argv = ["train", "--model", "dmm", "--data", "jsb", "--preset", "krishnan"]
+    argv += [word for value in small for word in ("--set", value)]
+    argv += ["--max-steps", "1", "--train-set", "progress=False"]
+    refused = [
+        (
+            ["--set", "rnn_type=lstm"],
+            "rnn_type is now compat.rnn_type: use --set compat.rnn_type=lstm",
+        ),
+        (
+            ["--set", "softplus_variance=False"],
+            (
+                "softplus_variance is now compat.softplus_variance: use --set "
+                "compat.softplus_variance=False"
+            ),
+        ),
+        (
+            ["--set", "compat.rnn_output_dropout=abc"],
+            (
+                "--set compat.rnn_output_dropout='abc' has the wrong type: "
+                "DMMConfig.compat.rnn_output_dropout takes a number"
+            ),
+        ),
+        (["--set", "compat.rnn_type=gru"], "compat.rnn_type must be 'rnn' or 'lstm', got 'gru'"),
+    ]
+    for i, (extra, message) in enumerate(refused):
+        assert main([*argv, *extra, "--out", str(tmp_path / f"refused{i}")]) == 2
+        assert message in capsys.readouterr().err
+    out = tmp_path / "run"
+    lstm = ["--set", "compat.rnn_type=lstm", "--set", "compat.input_embedding=true"]
+    assert main([*argv, *lstm, "--out", str(out)]) == 0, capsys.readouterr().err
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["config"]["compat"] == {  # the preset's parameterisation and the --set guide
+        "rnn_type": "lstm",
+        "input_embedding": True,
+        "rnn_output_dropout": 0.0,
+        "softplus_variance": True,
+        "standard_initial_prior": True,
+    }
+    assert {"c_0", "embed.0.weight"} <= set(ckpt["state_dict"])
+    resume = ["train", "--resume", str(out / "checkpoint.pt"), "--max-steps", "2"]
+    resume += ["--train-set", "progress=False"]
+    assert main([*resume, "--set", "compat.rnn_type=rnn"]) == 2
+    err = capsys.readouterr().err
+    assert "model config compat.rnn_type is 'lstm' in the checkpoint but 'rnn' here" in err
+    assert "drop --set compat.rnn_type" in err
+    assert main([*resume, "--set", "compat.rnn_type=lstm"]) == 0, capsys.readouterr().err
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 2
+
+
 def test_evaluate_missing_checkpoint_exits_with_code_2(tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(tmp_path / "none.pt")]) == 2
     assert "not found" in capsys.readouterr().err

@@ -11,15 +11,18 @@ from tests.helpers import assert_every_parameter_gets_gradient
 from vaelab import MODELS, fast
 from vaelab.data import Batch, load_jsb
 from vaelab.dmm import DMM, DMMIAF, DMMConfig, DMMIAFConfig
+from vaelab.dmm_variants import Compat
 from vaelab.nn import reverse_sequences
 from vaelab.objectives import elbo_samples, importance_log_likelihood, loss
 from vaelab.train import TrainConfig, evaluate_elbo, fit, per_step_decay
 
 SMALL = {"x_dim": 6, "z_dim": 3, "emission_dim": 8, "transition_dim": 8, "rnn_dim": 10}
-# Krishnan et al.'s choices where Pyro's example differs (DMMConfig's comparison options)
-KRISHNAN = {"softplus_variance": True, "standard_initial_prior": True}
+# Krishnan et al.'s choices where Pyro's example differs (DMMConfig.compat, vaelab.dmm_variants)
+KRISHNAN_FIELDS = {"softplus_variance": True, "standard_initial_prior": True}
+KRISHNAN = {"compat": Compat(**KRISHNAN_FIELDS)}
 # and their guide: an LSTM over a ReLU embedding of x_t, dropout on its outputs in training
-LSTM_GUIDE = {"rnn_type": "lstm", "input_embedding": True, "rnn_output_dropout": 0.1}
+LSTM_FIELDS = {"rnn_type": "lstm", "input_embedding": True, "rnn_output_dropout": 0.1}
+LSTM_GUIDE = {"compat": Compat(**LSTM_FIELDS)}
 
 
 def small_dmm(**kw) -> DMM:
@@ -146,7 +149,7 @@ def test_monte_carlo_elbo_is_log_joint_minus_log_q(options):
         small_dmm,
         small_dmm_iaf,
         lambda: small_dmm_iaf(**KRISHNAN),
-        lambda: small_dmm(**KRISHNAN, **LSTM_GUIDE),
+        lambda: small_dmm(compat=Compat(**KRISHNAN_FIELDS, **LSTM_FIELDS)),
     ],
 )
 def test_every_parameter_gets_a_gradient(make):
@@ -377,15 +380,32 @@ def test_bad_shapes_raise_and_name_the_fix():
         ({"rnn_dropout": 1.0}, r"rnn_dropout must be in \[0, 1\)"),
         ({"min_scale": 0.0}, "min_scale must be > 0"),
         ({"rnn_nonlinearity": "sigmoid"}, "rnn_nonlinearity must be 'tanh' or 'relu'"),
-        ({"rnn_type": "gru"}, "rnn_type must be 'rnn' or 'lstm'"),
-        ({"rnn_type": "lstm", "rnn_nonlinearity": "relu"}, "applies to rnn_type='rnn' only"),
-        ({"rnn_output_dropout": 1.0}, r"rnn_output_dropout must be in \[0, 1\)"),
-        ({"rnn_dropout": 0.1}, "use rnn_output_dropout"),
+        (
+            {"compat": Compat(rnn_type="lstm"), "rnn_nonlinearity": "relu"},
+            "applies to compat.rnn_type='rnn' only",
+        ),
+        ({"rnn_dropout": 0.1}, "use compat.rnn_output_dropout"),
+        (
+            {"compat": {"rnn_type": "lstm"}},
+            r"compat must be a vaelab.dmm_variants.Compat, got dict",
+        ),
     ],
 )
 def test_config_checks(kw, match):
     with pytest.raises(ValueError, match=match):
         DMMConfig(**kw)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"rnn_type": "gru"}, "compat.rnn_type must be 'rnn' or 'lstm'"),
+        ({"rnn_output_dropout": 1.0}, r"compat.rnn_output_dropout must be in \[0, 1\)"),
+    ],
+)
+def test_compat_checks(kw, match):
+    with pytest.raises(ValueError, match=match):
+        Compat(**kw)
 
 
 def test_iaf_guide_refuses_the_analytic_kl():
@@ -421,7 +441,7 @@ def test_lstm_guide_output_dropout_acts_in_training_only():
         assert 0.05 < dropped.sum() / observed.sum() < 0.15
     assert not torch.equal(train_a, train_b)  # a fresh mask each call
     # no dropout configured: training and evaluation give the same states
-    model = small_dmm(rnn_type="lstm")
+    model = small_dmm(compat=Compat(rnn_type="lstm"))
     torch.testing.assert_close(model.rnn_states(x, lengths), model.eval().rnn_states(x, lengths))
 
 

@@ -123,9 +123,9 @@ def test_the_fast_elbo_equals_the_readable_one_with_every_gradient(
 @pytest.mark.parametrize("options", [{}, KRISHNAN], ids=["dmm", "krishnan"])
 def test_the_fast_path_runs_the_transition_once_per_batch(options):
     """The fast ELBO's prior comes from one batched transition call: p(z_1) = p(z_1 | z_0)
-    is that call's first step (z_prev = z_0 there), and ``standard_initial_prior``'s N(0, I)
-    needs no transition. A second call for p(z_1) cost the redesign 5 % of a CPU epoch
-    before it was found (benchmarks/README.md)."""
+    is that call's first step (z_prev = z_0 there), and ``compat.standard_initial_prior``'s
+    N(0, I) needs no transition. A second call for p(z_1) cost the redesign 5 % of a CPU
+    epoch before it was found (benchmarks/README.md)."""
     model = small_dmm(**options)
     seen = []
     model.transition.register_forward_hook(lambda *_: seen.append(1))

@@ -223,6 +223,9 @@ def test_plan_run_builds_the_command_and_applies_the_caps(digits):
     assert capped[capped.index("--max-steps") + 1] == "50"
     free = plan_run("vae", "digits", None, {}, TRAIN, Hosting())[0]
     assert "--max-steps" not in free  # on a laptop: no cap
+    # a nested config's field (DMMConfig.compat) goes to the command by its dotted key
+    dmm = plan_run("dmm", "jsb", None, {"compat.rnn_type": "lstm"}, TRAIN, Hosting())[0]
+    assert dmm[dmm.index("compat.rnn_type='lstm'") - 1] == "--set"
     params = count_parameters("vae", digits[0], {"z_dim": 4, "hidden_dims": [16]})
     assert params == sum(
         p.numel()
@@ -236,6 +239,7 @@ def test_plan_run_builds_the_command_and_applies_the_caps(digits):
         ("vae", "digits", {"z_dim": 100000}, {}, "parameters, over this server's cap"),
         ("vae", "digits", {"z_dim": "x"}, {}, "z_dim='x' has the wrong type"),
         ("vae", "digits", {"nope": 1}, {}, "has no field"),
+        ("dmm", "jsb", {"rnn_type": "lstm"}, {}, "rnn_type is now compat.rnn_type"),
         ("vae", "digits", {"z_dim": 0}, {}, "z_dim"),
         ("ssm", "jsb", {}, {}, "density over real values"),
         ("realnvp", "digits", {}, {}, "density over real values"),

@@ -4,13 +4,16 @@ the values are what their docs say they reproduce."""
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
 
 from vaelab import MODELS
+from vaelab.config import build_config, flat
 from vaelab.data import Batch
 from vaelab.dmm import DMM
+from vaelab.dmm_variants import Compat
 from vaelab.presets import PRESETS, apply_preset, preset_optimizer
 from vaelab.train import Adam, ClippedAdam, TrainConfig
 
@@ -21,9 +24,10 @@ def test_every_preset_builds_a_valid_model_and_train_config(name):
     preset = PRESETS[name]
     assert preset.name == name and len(preset.doc) > 80  # says what it reproduces
     config_cls, model_cls = MODELS[preset.model_name]
-    config = config_cls(**model_kw)
+    config = build_config(config_cls, model_kw)
+    stored = flat(asdict(config))  # keyed as the preset keys them: compat.softplus_variance
     for field, value in model_kw.items():
-        assert getattr(config, field) == value
+        assert stored[field] == value
     # alone and over the model's own defaults, as the CLI layers them
     for train in (
         TrainConfig(**train_kw),
@@ -47,8 +51,8 @@ def test_apply_preset_returns_fresh_dicts():
     model_kw["emission_dim"], train_kw["lr"] = 1, 1.0
     assert apply_preset("krishnan") == (
         {
-            "softplus_variance": True,
-            "standard_initial_prior": True,
+            "compat.softplus_variance": True,
+            "compat.standard_initial_prior": True,
             "emission_dim": 200,
             "transition_dim": 400,
         },
@@ -101,9 +105,11 @@ def test_krishnan_preset_is_the_readmes_best_command():
     }
     for field, value in expected.items():
         assert getattr(train, field) == value, field
-    config = MODELS["dmm"][0](**model_kw)
+    config = build_config(MODELS["dmm"][0], model_kw)
     assert config.rnn_nonlinearity == "tanh" and config.analytic_kl is True
     assert (config.emission_dim, config.transition_dim) == (200, 400)
+    # Krishnan et al.'s parameterisation, on Pyro's Elman guide
+    assert config.compat == Compat(softplus_variance=True, standard_initial_prior=True)
 
 
 def test_preset_optimizer_is_plain_adam_unless_a_preset_reproduces_another_optimiser():

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ import vaelab.train
 from vaelab.__main__ import main
 from vaelab.data import Batch, load_digits
 from vaelab.datasets import load_dataset
+from vaelab.dmm import DMM, DMMConfig
+from vaelab.dmm_variants import Compat
 from vaelab.objectives import ELBOTerms
 from vaelab.train import (
     CHECKPOINT_FORMAT,
@@ -22,6 +25,7 @@ from vaelab.train import (
     TrainConfig,
     TrainingDiverged,
     build_model,
+    checksum,
     evaluate_elbo,
     fit,
     load_checkpoint,
@@ -703,6 +707,40 @@ def test_a_checkpoint_from_before_the_train_package_resumes_as_the_old_code_did(
             resume=path,
             optimizer=Adam(),
         )
+
+
+def test_a_dmm_checkpoint_with_flat_comparison_fields_loads_and_resumes_nested(tmp_path):
+    """Before DMMConfig.compat (vaelab.dmm_variants) a DMM checkpoint's config held
+    softplus_variance, standard_initial_prior, ... flat. load_checkpoint checks the file as
+    written (its checksum covers the flat config), then moves them into config["compat"]:
+    the model built from it has the same config and the same ELBO, and a resume agrees."""
+    train, val, _ = load_dataset("jsb")
+    train, val = train.subset(slice(0, 8)), val.subset(slice(0, 4))
+    compat = Compat(softplus_variance=True, standard_initial_prior=True)
+    model = DMM(DMMConfig(z_dim=3, emission_dim=8, transition_dim=8, rnn_dim=8, compat=compat))
+    fit(model, train, val, config(tmp_path, epochs=1, batch_size=4), data_spec={"name": "jsb"})
+    path = tmp_path / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    nested = state["config"]
+    assert nested["compat"] == asdict(compat)  # what this vaelab writes
+    # the old form: the five fields flat beside the others, under a checksum of its own
+    state["config"] = {**{k: v for k, v in nested.items() if k != "compat"}, **nested["compat"]}
+    assert state["config"]["softplus_variance"] is True and "compat" not in state["config"]
+    state["checksum"] = checksum(state)
+    save_checkpoint(path, state)
+    loaded, ckpt = load_model(path)
+    assert ckpt["config"] == nested and loaded.config == model.config
+    batch = val.batch(torch.arange(4))
+    noise = torch.randn(4, batch.x.shape[1], 3)
+    torch.testing.assert_close(
+        loaded.elbo(batch, noise=noise).elbo, model.eval().elbo(batch, noise=noise).elbo
+    )
+    # resuming the old file: the model's nested config and the upgraded one agree
+    history = fit(
+        DMM(model.config), train, val, config(tmp_path, epochs=2, batch_size=4), resume=path
+    )
+    assert history[-1]["kind"] == "end" and load_checkpoint(path)["epoch"] == 2
+    assert load_checkpoint(path)["config"] == nested
 
 
 def test_an_unknown_optimiser_recipe_is_refused_by_name(tmp_path):

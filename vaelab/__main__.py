@@ -28,7 +28,7 @@ from vaelab.cli_checks import (  # MAX_IMPORTANCE_WORK: read here by tests
     check_size,
     check_work,
 )
-from vaelab.config import check_types, data_spec, make_model, parse_sets
+from vaelab.config import check_types, data_spec, flat, make_model, parse_sets
 from vaelab.datasets import DATASETS, load_dataset
 from vaelab.kalman import exact_nll
 from vaelab.presets import PRESETS, apply_preset, preset_optimizer
@@ -106,7 +106,7 @@ def _resumed(args: argparse.Namespace, spec: dict, ckpt: dict, model_sets: dict)
     (vaelab.train.resume, as fit does) that the command line asks for its model and data."""
     if args.model in MODELS:
         check_types(MODELS[args.model][0], model_sets)  # unknown --set keys named
-    resume.check_model(args.resume, ckpt, args.model, {**ckpt["config"], **model_sets})
+    resume.check_model(args.resume, ckpt, args.model, {**flat(ckpt["config"]), **flat(model_sets)})
     resume.check_data(args.resume, ckpt, spec)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     base = {k: v for k, v in ckpt["train_config"].items() if k in fields}
@@ -182,7 +182,7 @@ def _train(args: argparse.Namespace, writer: RunWriter | None, ckpt: dict | None
             args.resume,
             ckpt,
             args.model,
-            {**ckpt["config"], **model_sets},
+            {**flat(ckpt["config"]), **flat(model_sets)},
             spec,
             dataclasses.asdict(config),
             world=world,
@@ -637,15 +637,16 @@ def _restart_command(args: argparse.Namespace, err: TrainingDiverged) -> str:
     for option in args.data_option:
         words += ["--data-option", option]
     sized = ("x_dim", "a_dim")
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
-    for key, value in dataclasses.asdict(model.config).items():
-        field = fields[key]
-        default = (
-            field.default_factory()
-            if field.default_factory is not dataclasses.MISSING
-            else field.default
-        )
-        if key not in sized and not resume.same_values(value, default):
+    defaults = flat(
+        {
+            f.name: f.default_factory()
+            if f.default_factory is not dataclasses.MISSING
+            else f.default
+            for f in dataclasses.fields(config_cls)
+        }
+    )
+    for key, value in flat(dataclasses.asdict(model.config)).items():
+        if key not in sized and not resume.same_values(value, defaults[key]):
             words += ["--set", f"{key}={value!r}"]
     flags = {
         "lr": "--lr",

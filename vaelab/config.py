@@ -16,7 +16,8 @@ from vaelab.protocol import Model
 
 
 def parse_sets(pairs: list[str], flag: str = "--set") -> dict:
-    """``["z_dim=8", "hidden_dims=[64,64]"]`` -> dict, values parsed as Python literals."""
+    """``["z_dim=8", "hidden_dims=[64,64]"]`` -> dict, values parsed as Python literals; a
+    nested config's field keeps its dotted key (``compat.rnn_type``)."""
     out: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -48,11 +49,54 @@ def make_model(name: str, train: Data, overrides: dict) -> Model:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     config_cls, model_cls = MODELS[name]
     fields = {f.name for f in dataclasses.fields(config_cls)}
-    overrides = check_types(config_cls, overrides)
     sized = {"x_dim": train.x_dim}
     if "a_dim" in fields:
         sized["a_dim"] = train.a_dim
-    return model_cls(config_cls(**{**sized, **overrides}))
+    return model_cls(build_config(config_cls, {**sized, **overrides}))
+
+
+def flat(values: dict) -> dict:
+    """Config values keyed as ``--set`` takes them: a nested config (a dataclass, or the dict
+    ``asdict`` makes of it) becomes dotted keys, ``{"compat": {"rnn_type": "lstm"}}`` ->
+    ``{"compat.rnn_type": "lstm"}``. Later keys win, so ``{**stored, **given}`` layers."""
+    out: dict = {}
+    for key, value in values.items():
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = dataclasses.asdict(value)
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in flat(value).items()})
+        else:
+            out[key] = value
+    return out
+
+
+def build_config(config_cls: type, values: dict, flag: str = "--set") -> typing.Any:
+    """``config_cls`` from ``values`` (plain, dotted or nested keys, as :func:`flat` takes),
+    checked by :func:`check_types`; a nested config's fields left out keep its defaults."""
+    hints = typing.get_type_hints(config_cls)
+    kwargs: dict = {}
+    for key, value in check_types(config_cls, values, flag).items():
+        outer, dot, inner = key.partition(".")
+        if dot:
+            kwargs.setdefault(outer, {})[inner] = value
+        else:
+            kwargs[key] = value
+    for key, value in kwargs.items():
+        if isinstance(value, dict):
+            kwargs[key] = build_config(hints[key], value, flag)
+    return config_cls(**kwargs)
+
+
+def config_keys(config_cls: type) -> list[str]:
+    """The keys ``--set`` takes for ``config_cls``: its fields, a nested config's dotted."""
+    hints = typing.get_type_hints(config_cls)
+    keys = []
+    for f in dataclasses.fields(config_cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += [f"{f.name}.{k}" for k in config_keys(hints[f.name])]
+        else:
+            keys.append(f.name)
+    return keys
 
 
 _PLURAL = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
@@ -129,25 +173,49 @@ def _conform(value, hint):
 
 def check_types(config_cls: type, values: dict, flag: str = "--set") -> dict:
     """``values`` checked against the field types of dataclass ``config_cls``; returns them
-    with ints widened to floats and lists to tuples where the field says so.
+    keyed as :func:`flat` keys them (a nested config's fields dotted), with ints widened to
+    floats and lists to tuples where the field says so.
 
     Raises ``ValueError`` naming the first unknown field or wrongly typed value (as the CLI's
-    ``flag`` would take it, e.g. ``--set z_dim=abc``) and what it should be.
+    ``flag`` would take it, e.g. ``--set z_dim=abc``) and what it should be; a field that
+    moved into a nested config is named with its new key.
     """
     hints = typing.get_type_hints(config_cls)
-    fields = [f.name for f in dataclasses.fields(config_cls)]
-    unknown = sorted(set(values) - set(fields))
+    flattened: dict = {}
+    for key, value in values.items():
+        nested = key in hints and dataclasses.is_dataclass(hints[key])
+        if nested and not isinstance(value, (dict, hints[key])):
+            first = config_keys(hints[key])[0]
+            raise ValueError(
+                f"{flag} {key}={value!r} has the wrong type: {config_cls.__name__}.{key} "
+                f"holds settings of its own; set each, e.g. {flag} {key}.{first}=..."
+            )
+        flattened.update(flat({key: value}) if nested else {key: value})
+    values = flattened
+    keys = config_keys(config_cls)
+    unknown = sorted(set(values) - set(keys))
     if unknown:
+        moved = {k.rpartition(".")[2]: k for k in keys if "." in k}
+        old = next((k for k in unknown if k in moved), None)
+        if old is not None:
+            value = values[old]
+            shown = value if isinstance(value, str) else repr(value)
+            raise ValueError(f"{old} is now {moved[old]}: use {flag} {moved[old]}={shown}")
         raise ValueError(
-            f"{config_cls.__name__} has no field(s) {unknown}; fields are {sorted(fields)}"
+            f"{config_cls.__name__} has no field(s) {unknown}; fields are {sorted(keys)}"
         )
     out = {}
     for key, value in values.items():
+        owner, name = config_cls, key
+        while "." in name:  # a nested config's field
+            outer, _, name = name.partition(".")
+            owner = typing.get_type_hints(owner)[outer]
+        hint = typing.get_type_hints(owner)[name]
         try:
-            out[key] = _conform(value, hints[key])
+            out[key] = _conform(value, hint)
         except TypeError:
             raise ValueError(
                 f"{flag} {key}={value!r} has the wrong type: {config_cls.__name__}.{key} "
-                f"takes {_describe(hints[key])}"
+                f"takes {_describe(hint)}"
             ) from None
     return out

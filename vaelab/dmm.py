@@ -3,22 +3,20 @@
 Krishnan, Shalit & Sontag 2017, "Structured Inference Networks for Nonlinear State Space
 Models" (arXiv:1609.09869). Decomposition and names in the spirit of Pyro's DMM example.
 
-Generative model, for t = 1..T, with a trainable z_0 (``standard_initial_prior``: p(z_1) =
-N(0, I), as in Krishnan et al.'s code):
+Generative model, for t = 1..T, with a trainable z_0:
 
     p(z_t | z_{t-1}) = N(loc(z_{t-1}), diag scale(z_{t-1})^2)    (gated transition)
     p(x_t | z_t)     = Bernoulli(logits(z_t)) over 88 piano keys  (emitter)
 
-Guide ("ST-R" in the paper), with a trainable z_q_0 (0 with ``standard_initial_prior``):
+Guide ("ST-R" in the paper), with a trainable z_q_0:
 
     q(z_t | z_{t-1}, x_{t:T}) = N(loc(h_t), diag scale(h_t)^2),
     h_t = 1/2 (tanh(W z_{t-1} + b) + h_rnn_t),  h_rnn_t a backward RNN over x_{t:T},
 
-an Elman RNN as in Pyro's example, or (``rnn_type="lstm"``, ``input_embedding``,
-``rnn_output_dropout``) Krishnan et al.'s LSTM over a ReLU embedding of x_t with dropout on its
-outputs; optionally followed by inverse autoregressive flows (``num_iafs > 0``). The true posterior
-p(z_t | z_{t-1}, x_{1:T}) depends only on z_{t-1} and x_{t:T}, which is why the RNN runs
-backward in time.
+an Elman RNN as in Pyro's example; optionally followed by inverse autoregressive flows
+(``num_iafs > 0``). The true posterior p(z_t | z_{t-1}, x_{1:T}) depends only on z_{t-1} and
+x_{t:T}, which is why the RNN runs backward in time. Krishnan et al.'s code differs in a few
+choices (an LSTM guide, N(0, I) for p(z_1), ...): ``DMMConfig.compat``, :mod:`vaelab.dmm_variants`.
 
 Only the guide is sequential: once the path z_{1:T} is sampled, the transition prior and the
 emitter are evaluated for every time step in one batched call each. This file is the readable
@@ -28,17 +26,17 @@ model; ``vaelab.fast.dmm`` computes the same ELBO faster and is on by default (`
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
-from torch.nn.functional import softplus
 
 from vaelab import fast
 from vaelab.data import Batch
 from vaelab.distributions import BernoulliLogits
+from vaelab.dmm_variants import Compat, check_compat, guide_rnn, positive_scale, standard_normal
 from vaelab.flows import IAFStack
 from vaelab.nn import MLP, reverse_sequences
 from vaelab.objectives import ELBOTerms
@@ -50,9 +48,7 @@ _FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     **{name: (lambda v: v >= 1, ">= 1") for name in _SIZES},
     "rnn_nonlinearity": (lambda v: v in ("tanh", "relu"), "'tanh' or 'relu'"),
     "num_iafs": (lambda v: v >= 0, ">= 0"),
-    "rnn_type": (lambda v: v in ("rnn", "lstm"), "'rnn' or 'lstm'"),
     "rnn_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "rnn_output_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "min_scale": (lambda v: v > 0, "> 0 (a scale of exactly 0 makes the ELBO non-finite)"),
 }
 
@@ -72,46 +68,30 @@ class DMMConfig:
     rnn_nonlinearity: str = "tanh"
     rnn_layers: int = 1
     rnn_dropout: float = 0.0
-    # Krishnan et al.'s guide, for comparisons (presets): an LSTM over a ReLU embedding of
-    # x_t, dropout on its outputs while training (their 0.1)
-    rnn_type: str = "rnn"
-    input_embedding: bool = False
-    rnn_output_dropout: float = 0.0
     num_iafs: int = 0  # inverse autoregressive flows after the Gaussian guide
     iaf_dim: int = 100  # hidden width of each IAF's MADE
     # floor on every scale (Pyro's example diverged when a softplus underflowed to 0): keeps
     # log N(z; loc, scale) <= 6 nats per dimension
     min_scale: float = 1e-3
     analytic_kl: bool = True  # closed-form KL per step (the paper); False: one-sample MC
-    # Krishnan et al.'s code, for comparisons (presets): softplus gives the variance, not
-    # the scale; p(z_1) = N(0, I) and the guide starts from z_0 = 0, neither trained
-    softplus_variance: bool = False
-    standard_initial_prior: bool = False
+    # the settings that reproduce Krishnan et al.'s code, set by presets (vaelab.dmm_variants)
+    compat: Compat = field(default_factory=Compat)
 
     def __post_init__(self) -> None:
         for name, (ok, rule) in _FIELD_RULES.items():
             if not ok(getattr(self, name)):
                 raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
-        if self.rnn_type == "lstm" and self.rnn_nonlinearity != "tanh":
-            raise ValueError("rnn_nonlinearity applies to rnn_type='rnn' only; leave it at 'tanh'")
+        check_compat(self)
         if self.rnn_dropout > 0 and self.rnn_layers == 1:
             raise ValueError(
                 "rnn_dropout acts between RNN layers only; set rnn_layers >= 2, "
-                "or use rnn_output_dropout for a one-layer RNN's outputs"
+                "or use compat.rnn_output_dropout for a one-layer RNN's outputs"
             )
         if self.num_iafs > 0 and self.analytic_kl:
             raise ValueError(
                 "analytic_kl=True needs num_iafs=0: the KL of an IAF posterior "
                 "has no closed form; set analytic_kl=False"
             )
-
-
-def positive_scale(s: Tensor, min_scale: float, softplus_variance: bool) -> Tensor:
-    """A Gaussian's scale from an unconstrained ``s``: ``softplus(s) + min_scale`` (Pyro), or
-    ``sqrt(softplus(s) + min_scale^2)`` when softplus gives the variance (Krishnan et al.)."""
-    if softplus_variance:
-        return torch.sqrt(softplus(s) + min_scale**2)
-    return softplus(s) + min_scale
 
 
 class Emitter(nn.Module):
@@ -131,7 +111,7 @@ class GatedTransition(nn.Module):
     A gate g in (0, 1) mixes a linear path (initialised to the identity, so an untrained
     model starts near a random walk) with a non-linear proposal:
     ``loc = (1 - g) * linear(z) + g * proposed``, ``scale = softplus(linear(relu(proposed)))
-    + min_scale`` (or the variance through softplus, :func:`positive_scale`).
+    + min_scale`` (or ``compat``'s variance through softplus, :func:`positive_scale`).
     """
 
     def __init__(
@@ -160,9 +140,8 @@ class GatedTransition(nn.Module):
         gate = torch.sigmoid(self.gate(z_prev))
         proposed = self.proposed_mean(z_prev)
         loc = (1 - gate) * self.z_to_loc(z_prev) + gate * proposed
-        scale = positive_scale(
-            self.z_to_scale(torch.relu(proposed)), self.min_scale, self.softplus_variance
-        )
+        s = self.z_to_scale(torch.relu(proposed))
+        scale = positive_scale(s, self.min_scale, self.softplus_variance)
         return Independent(Normal(loc, scale), 1)
 
 
@@ -226,30 +205,15 @@ class DMM(SequentialModel):
         super().__init__()
         self.config = c = config
         self.emitter: nn.Module = Emitter(c.x_dim, c.z_dim, c.emission_dim)  # DMMAug's differs
-        self.transition = GatedTransition(
-            c.z_dim, c.transition_dim, c.min_scale, c.softplus_variance
-        )
-        self.combiner = Combiner(c.z_dim, c.rnn_dim, c.min_scale, c.softplus_variance)
-        rnn_in = c.x_dim
-        self.embed = None
-        if c.input_embedding:
-            self.embed = nn.Sequential(nn.Linear(c.x_dim, c.rnn_dim), nn.ReLU())
-            rnn_in = c.rnn_dim
-        rnn = nn.LSTM if c.rnn_type == "lstm" else nn.RNN
-        kw = {} if c.rnn_type == "lstm" else {"nonlinearity": c.rnn_nonlinearity}
-        self.rnn = rnn(
-            rnn_in,
-            c.rnn_dim,
-            num_layers=c.rnn_layers,
-            batch_first=True,
-            dropout=c.rnn_dropout,
-            **kw,
-        )
-        if c.rnn_type == "lstm":
-            self.c_0 = nn.Parameter(torch.zeros(c.rnn_layers, 1, c.rnn_dim))  # cell state
-        self.output_dropout = nn.Dropout(c.rnn_output_dropout)
+        variance = c.compat.softplus_variance
+        self.transition = GatedTransition(c.z_dim, c.transition_dim, c.min_scale, variance)
+        self.combiner = Combiner(c.z_dim, c.rnn_dim, c.min_scale, variance)
+        self.embed, self.rnn = guide_rnn(c)  # x_t into an Elman RNN, or compat's LSTM
+        cell = torch.zeros(c.rnn_layers, 1, c.rnn_dim)  # an LSTM's initial cell state, trained
+        self.c_0 = nn.Parameter(cell) if c.compat.rnn_type == "lstm" else None
+        self.output_dropout = nn.Dropout(c.compat.rnn_output_dropout)
         self.iaf = IAFStack(c.z_dim, c.num_iafs, c.iaf_dim) if c.num_iafs > 0 else None
-        if c.standard_initial_prior:  # p(z_1) = N(0, I); the guide starts from 0
+        if c.compat.standard_initial_prior:  # p(z_1) = N(0, I); the guide starts from 0
             self.register_buffer("z_0", torch.zeros(c.z_dim))
             self.register_buffer("z_q_0", torch.zeros(c.z_dim))
         else:
@@ -261,10 +225,9 @@ class DMM(SequentialModel):
     # ------------------------------------------------------------------------- the factors
 
     def initial_prior(self, n: int) -> Independent:
-        """Returns p(z_1) = p(z_1 | z_0), or N(0, I) with ``standard_initial_prior``."""
-        if self.config.standard_initial_prior:
-            zeros = self.z_0.expand(n, -1)
-            return Independent(Normal(zeros, torch.ones_like(zeros)), 1)
+        """Returns p(z_1) = p(z_1 | z_0), or N(0, I) with ``compat.standard_initial_prior``."""
+        if self.config.compat.standard_initial_prior:
+            return standard_normal(self.z_0, n)
         return self.transition(self.z_0.expand(n, -1))
 
     def transition_prior(self, z_prev: Tensor, a_prev: Tensor) -> Independent:
@@ -286,12 +249,10 @@ class DMM(SequentialModel):
         """
         observed = torch.arange(x.shape[1], device=x.device) < lengths.to(x.device)[:, None]
         x = torch.where(observed[..., None], x, 0.0)  # the padding may hold NaN
-        x_rev = reverse_sequences(x, lengths)
-        if self.embed is not None:
-            x_rev = self.embed(x_rev)
+        x_rev = self.embed(reverse_sequences(x, lengths))
         h_0 = self.h_0.expand(-1, x.shape[0], -1).contiguous()  # [layers, B, R]
         state: Tensor | tuple[Tensor, Tensor] = h_0
-        if self.config.rnn_type == "lstm":
+        if self.c_0 is not None:  # an LSTM
             state = (h_0, self.c_0.expand(-1, x.shape[0], -1).contiguous())
         out, _ = self.rnn(x_rev, state)  # [B, T, R], reversed time
         return reverse_sequences(self.output_dropout(out), lengths)

@@ -71,7 +71,7 @@ class DMMAug(DMM):
         super().__init__(config)
         c = config
         self.transition = GatedTransition(
-            c.z_dim, c.transition_dim, c.min_scale, c.softplus_variance, extra_dim=c.x_dim
+            c.z_dim, c.transition_dim, c.min_scale, c.compat.softplus_variance, extra_dim=c.x_dim
         )
         if c.emission == "made":
             self.emitter = MADEBernoulli(c.z_dim + c.x_dim, c.x_dim, c.made_dim)
@@ -86,8 +86,9 @@ class DMMAug(DMM):
         return x, x, mask
 
     def initial_prior(self, n: int) -> Independent:
-        """Returns p(z_1) = p(z_1 | z_0, x_0 = 0), or N(0, I) with ``standard_initial_prior``."""
-        if self.config.standard_initial_prior:
+        """Returns p(z_1) = p(z_1 | z_0, x_0 = 0), or N(0, I) with
+        ``compat.standard_initial_prior``."""
+        if self.config.compat.standard_initial_prior:
             return super().initial_prior(n)
         z_0 = self.z_0.expand(n, -1)
         return self.transition(torch.cat([z_0, z_0.new_zeros(n, self.config.x_dim)], -1))

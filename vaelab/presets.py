@@ -2,12 +2,15 @@
 flag string: ``apply_preset("krishnan")`` gives the model-config and TrainConfig overrides.
 
     model_kw, train_kw = apply_preset("pyro")
-    model = DMM(DMMConfig(**model_kw))
+    model = DMM(build_config(DMMConfig, model_kw))
     config = TrainConfig(**{**DMM.train_defaults, **train_kw})
     fit(model, train, val, config, optimizer=preset_optimizer("pyro"))
 
 Each preset's ``doc`` says what it reproduces. A preset's values are defaults: settings given
-explicitly (a command-line flag, ``--set``) go on top of them.
+explicitly (a command-line flag, ``--set``) go on top of them. Model settings are keyed as
+``--set`` takes them: the comparison-only ones in ``DMMConfig.compat``
+(:mod:`vaelab.dmm_variants`) as ``compat.softplus_variance`` and so on
+(:func:`vaelab.config.build_config` builds the config).
 """
 
 from __future__ import annotations
@@ -68,8 +71,8 @@ _PYRO_WIDTHS = {"z_dim": 100, "emission_dim": 100, "transition_dim": 200, "rnn_d
 
 # Krishnan et al.'s settings (the krishnan preset), shared by the augmented models' presets
 _KRISHNAN_MODEL = {
-    "softplus_variance": True,
-    "standard_initial_prior": True,
+    "compat.softplus_variance": True,
+    "compat.standard_initial_prior": True,
     "emission_dim": 200,
     "transition_dim": 400,
 }
@@ -111,8 +114,8 @@ PRESETS: dict[str, Preset] = {
         README's test -ELBO 6.941 and IS NLL 6.526 (K=2000), seed 0, at epoch 1300; nothing in
         the schedule depends on the total, so --epochs only moves the stop.""",
             {
-                "softplus_variance": True,
-                "standard_initial_prior": True,
+                "compat.softplus_variance": True,
+                "compat.standard_initial_prior": True,
                 "emission_dim": 200,
                 "transition_dim": 400,
             },

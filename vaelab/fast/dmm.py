@@ -37,16 +37,9 @@ if TYPE_CHECKING:
 def rnn_states(model: DMM, x: Tensor, lengths: Tensor) -> Tensor:
     """``model.rnn_states``, with the CPU's one-layer Elman RNN through :func:`elman_rnn`."""
     c, rnn = model.config, model.rnn
-    if not (
-        c.rnn_type == "rnn"
-        and isinstance(rnn, nn.RNN)
-        and c.rnn_layers == 1
-        and x.device.type == "cpu"
-    ):
+    if not (isinstance(rnn, nn.RNN) and c.rnn_layers == 1 and x.device.type == "cpu"):
         return model.rnn_states(x, lengths)
-    x_rev = reverse_sequences(x, lengths)
-    if model.embed is not None:
-        x_rev = model.embed(x_rev)
+    x_rev = model.embed(reverse_sequences(x, lengths))
     h_0 = model.h_0[0].expand(x.shape[0], -1)  # [B, R]
     out = elman_rnn(rnn, x_rev, h_0, lengths)  # padding skipped
     return reverse_sequences(model.output_dropout(out), lengths)
@@ -95,7 +88,7 @@ def _prior_steps(model: DMM, z_prev: Tensor, a_prev: Tensor, first: Tensor) -> I
     """p(z_t | z_{t-1}, a_{t-1}) from ``z_prev [..., Z]``, and the model's own p(z_1)
     (:meth:`~vaelab.dmm.DMM.initial_prior`) where ``first [..., 1]``."""
     p_z = model.transition_prior(z_prev, a_prev)
-    if not model.config.standard_initial_prior:
+    if not model.config.compat.standard_initial_prior:
         return p_z  # p(z_1) = p(z_1 | z_0, a_0 = 0), and z_prev, a_prev are z_0, 0 there
     p_1 = model.initial_prior(1)  # batch [1]
     loc = torch.where(first, p_1.mean[0], p_z.mean)

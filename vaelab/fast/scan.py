@@ -170,7 +170,7 @@ class _Scan(nn.Module):
         self.combiner = combiner
         if isinstance(z_q_0, nn.Parameter):
             self.z_q_0 = z_q_0
-        else:  # standard_initial_prior: a buffer
+        else:  # compat.standard_initial_prior: a buffer
             self.register_buffer("z_q_0", z_q_0)
 
     def forward(self, h_rows: Tensor, noise_rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -12,6 +12,7 @@ under torchrun; absent: 1) and ``recipe`` (fit's optimiser recipe, :mod:`vaelab.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -25,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from vaelab.config import check_types
+from vaelab.config import build_config
+from vaelab.dmm_variants import Compat
 from vaelab.protocol import Model
 from vaelab.train import optim
 from vaelab.writes import WriteError, write_error
@@ -418,15 +420,29 @@ def check_finite(path: str | Path, state_dict: dict) -> None:
 
 
 def upgrade(state: dict) -> dict:
-    """A checkpoint written before the optimiser recipes (its train_config has
-    ``clip_value_sum``, ``decay_before_clip`` and ``adam_eps``) in today's form: those fields
-    become the ``recipe`` that trains as they did
-    (:func:`vaelab.train.optim.from_old_train_config`)."""
+    """An older checkpoint in today's form (after its checksum was checked, over the state as
+    written):
+
+    - written before the optimiser recipes (its train_config has ``clip_value_sum``,
+      ``decay_before_clip`` and ``adam_eps``): those fields become the ``recipe`` that trains
+      as they did (:func:`vaelab.train.optim.from_old_train_config`);
+    - a DMM's config from before ``compat`` (:mod:`vaelab.dmm_variants`): its flat
+      ``rnn_type``, ``softplus_variance``, ... move into ``config["compat"]``.
+    """
     fields = {"clip_value_sum", "decay_before_clip", "adam_eps"}
-    if not fields & set(state["train_config"]):
-        return state
-    train_config, recipe = optim.from_old_train_config(state["train_config"])
-    return {**state, "train_config": train_config, "recipe": optim.to_dict(recipe)}
+    if fields & set(state["train_config"]):
+        train_config, recipe = optim.from_old_train_config(state["train_config"])
+        state = {**state, "train_config": train_config, "recipe": optim.to_dict(recipe)}
+    moved = _COMPAT_FIELDS & set(state["config"])
+    if moved:
+        config = {k: v for k, v in state["config"].items() if k not in moved}
+        compat = {k: v for k, v in state["config"].items() if k in moved}
+        compat = {**config.get("compat", {}), **compat}
+        state = {**state, "config": {**config, "compat": compat}}
+    return state
+
+
+_COMPAT_FIELDS = frozenset(f.name for f in dataclasses.fields(Compat))
 
 
 def build_model(name: str, config: dict) -> Model:
@@ -436,7 +452,7 @@ def build_model(name: str, config: dict) -> Model:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     config_cls, model_cls = MODELS[name]
-    return model_cls(config_cls(**check_types(config_cls, config, flag="checkpoint config:")))
+    return model_cls(build_config(config_cls, config, flag="checkpoint config:"))
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Model, dict]:

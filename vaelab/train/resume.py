@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vaelab.config import flat
 from vaelab.datasets import with_defaults
 from vaelab.train import optim
 
@@ -56,17 +57,19 @@ def same_data_spec(a: dict, b: dict) -> bool:
 
 
 def check_model(resume: str | Path, ckpt: dict, name: str, config: dict) -> None:
-    """The model asked for is the checkpoint's: its registry ``name`` and every config value."""
+    """The model asked for is the checkpoint's: its registry ``name`` and every config value
+    (a nested config's field by field, keyed as ``--set`` takes them: ``compat.rnn_type``)."""
     if ckpt["model"] != name:
         raise ValueError(
             f"--resume {resume} holds a {ckpt['model']!r} model, not {name!r}; "
             f"pass --model {ckpt['model']} (or drop --model)"
         )
-    for key in sorted(ckpt["config"]):
-        if key not in config or not same_values(config[key], ckpt["config"][key]):
+    stored, config = flat(ckpt["config"]), flat(config)
+    for key in sorted(stored):
+        if key not in config or not same_values(config[key], stored[key]):
             raise ValueError(
                 f"cannot resume {resume}: model config {key} is "
-                f"{ckpt['config'].get(key)!r} in the checkpoint but {config.get(key)!r} here; "
+                f"{stored[key]!r} in the checkpoint but {config.get(key)!r} here; "
                 f"a resumed run keeps its model (its config comes from the checkpoint): drop "
                 f"--set {key}, or train a new model into another --out folder"
             )
