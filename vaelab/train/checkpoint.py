@@ -433,7 +433,7 @@ def upgrade(state: dict) -> dict:
     if fields & set(state["train_config"]):
         train_config, recipe = optim.from_old_train_config(state["train_config"])
         state = {**state, "train_config": train_config, "recipe": optim.to_dict(recipe)}
-    moved = _COMPAT_FIELDS & set(state["config"])
+    moved = _COMPAT_FIELDS & set(state["config"]) if _has_compat(state["model"]) else set()
     if moved:
         config = {k: v for k, v in state["config"].items() if k not in moved}
         compat = {k: v for k, v in state["config"].items() if k in moved}
@@ -443,6 +443,14 @@ def upgrade(state: dict) -> dict:
 
 
 _COMPAT_FIELDS = frozenset(f.name for f in dataclasses.fields(Compat))
+
+
+def _has_compat(name: object) -> bool:
+    """Whether registered model ``name``'s config has a ``compat`` (the DMM family's)."""
+    from vaelab import MODELS
+
+    entry = MODELS.get(name) if isinstance(name, str) else None
+    return entry is not None and "compat" in {f.name for f in dataclasses.fields(entry[0])}
 
 
 def build_model(name: str, config: dict) -> Model:
