@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import json
 import os
 import shlex
@@ -18,7 +17,7 @@ from types import FrameType
 import torch
 
 import vaelab
-from vaelab import MODELS, sweep
+from vaelab import MODELS, cli_advice, sweep
 from vaelab.cli_checks import (  # MAX_IMPORTANCE_WORK: read here by tests
     MAX_IMPORTANCE_WORK,
     MAX_PARAMETERS,
@@ -538,13 +537,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted: {err}", file=sys.stderr)
         if err.checkpoint is not None and args.command == "train":
             print(
-                f"to resume: python -m vaelab {_resume_command(argv, err.checkpoint)}",
+                f"to resume: python -m vaelab {cli_advice.resume_command(argv, err.checkpoint)}",
                 file=sys.stderr,
             )
         return 130
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
-        _print_commands_after_divergence(args, argv, err)
+        cli_advice.print_commands_after_divergence(args, argv, err)
         return 3
     except KeyboardInterrupt:  # Ctrl-C outside training (start-up, evaluate): nothing saved
         print(
@@ -556,118 +555,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err.strerror}", file=sys.stderr)
         saved = Path(args.out) / "checkpoint.pt" if getattr(args, "out", None) else None
         if args.command == "train" and saved is not None and saved.is_file():
-            print(
-                f"to resume once there is room: python -m vaelab {_resume_command(argv, saved)}",
-                file=sys.stderr,
-            )
+            again = cli_advice.resume_command(argv, saved)
+            print(f"to resume once there is room: python -m vaelab {again}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a file that cannot be read (permissions, a folder for a file)
-        print(f"error: {_os_error(err)}", file=sys.stderr)
+        print(f"error: {cli_advice.os_error(err)}", file=sys.stderr)
         return 1
     finally:
         if term is not None:
             signal.signal(signal.SIGTERM, term)
-
-
-def _print_commands_after_divergence(
-    args: argparse.Namespace, argv: list[str] | None, err: TrainingDiverged
-) -> None:
-    """The command lines the divergence message advises: resume at a lower rate (a resumed
-    run whose checkpoint trained well after it) and start again at that rate."""
-    if args.command != "train" or getattr(args, "resolved", None) is None or err.at_start:
-        return  # at the first step a lower rate would fail again: the message says why
-    if err.resume_from is not None:
-        print(
-            f"to resume with a lower learning rate: python -m vaelab "
-            f"{_resume_command(argv, err.resume_from, err.suggested_lr)}",
-            file=sys.stderr,
-        )
-    print(
-        f"to start again with a lower learning rate: python -m vaelab "
-        f"{_restart_command(args, err)}",
-        file=sys.stderr,
-    )
-
-
-def _os_error(err: OSError) -> str:
-    """``err`` in one sentence; a name too long for the filesystem says which and the fix."""
-    if err.errno != errno.ENAMETOOLONG or not err.filename:
-        return str(err)
-    name = str(err.filename)
-    longest = max(Path(name).parts, key=len)
-    return (
-        f"the path {name[:60]}... is too long for this filesystem ({len(name)} characters, "
-        f"{len(longest)} in its longest part; most filesystems allow 255 per part and 4096 in "
-        f"all); pass a shorter one"
-    )
-
-
-def _resume_command(argv: list[str] | None, checkpoint: Path, lr: float | None = None) -> str:
-    """The train command line again, with ``--resume checkpoint`` instead of any other (and
-    ``--lr lr`` instead of any other, when given)."""
-    words = list(sys.argv[1:] if argv is None else argv)
-    replaced = {"--resume", *(["--lr"] if lr is not None else [])}
-    kept = []
-    skip = False
-    for word in words:
-        if skip:
-            skip = False
-        elif word in replaced:
-            skip = True
-        elif not any(word.startswith(flag + "=") for flag in replaced):
-            kept.append(word)
-    if lr is not None:
-        kept += ["--lr", f"{lr:.3g}"]
-    return shlex.join([*kept, "--resume", str(checkpoint)])
-
-
-def _restart_command(args: argparse.Namespace, err: TrainingDiverged) -> str:
-    """A new run of the same model, data and settings, with a lower learning rate applied
-    from the first step, into a new folder: resuming would recompute the failing loss from
-    the same saved weights. The rate is the one the message suggests."""
-    model, config = args.resolved
-    config_cls = type(model.config)
-    lower = err.suggested_lr if err.suggested_lr is not None else config.lr / 10
-    words = ["train", "--model", model.name, "--data", args.data]
-    if args.data_path is not None:
-        words += ["--data-path", args.data_path]
-    for option in args.data_option:
-        words += ["--data-option", option]
-    sized = ("x_dim", "a_dim")
-    defaults = flat(
-        {
-            f.name: f.default_factory()
-            if f.default_factory is not dataclasses.MISSING
-            else f.default
-            for f in dataclasses.fields(config_cls)
-        }
-    )
-    for key, value in flat(dataclasses.asdict(model.config)).items():
-        if key not in sized and not resume.same_values(value, defaults[key]):
-            words += ["--set", f"{key}={value!r}"]
-    flags = {
-        "lr": "--lr",
-        "epochs": "--epochs",
-        "batch_size": "--batch-size",
-        "seed": "--seed",
-        "max_steps": "--max-steps",
-        "device": "--device",
-    }
-    skip = {"out_dir", "progress", "preset", *flags}
-    for key, value in dataclasses.asdict(config).items():
-        if key not in skip and value != TrainConfig.__dataclass_fields__[key].default:
-            words += ["--train-set", f"{key}={value!r}"]
-    if config.preset is not None:
-        words += ["--preset", config.preset]
-    values = {**dataclasses.asdict(config), "lr": float(f"{lower:.3g}")}
-    for key, flag in flags.items():
-        if values[key] is not None and (key != "device" or values[key] != "auto"):
-            words += [flag, str(values[key])]
-    words += ["--out", f"{str(args.out).rstrip('/')}-lr{values['lr']:g}"]
-    return shlex.join(words)
 
 
 if __name__ == "__main__":

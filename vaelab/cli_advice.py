@@ -1,0 +1,114 @@
+"""What the command line prints after a run fails: the command lines that go on from it
+(resume at a lower rate, start again at a lower rate, resume once there is room) and an
+``OSError`` in one sentence. Pure functions of the parsed arguments and the error, used by
+:func:`vaelab.__main__.main`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import errno
+import shlex
+import sys
+from pathlib import Path
+
+from vaelab.config import flat
+from vaelab.train import TrainConfig, TrainingDiverged, resume
+
+
+def print_commands_after_divergence(
+    args: argparse.Namespace, argv: list[str] | None, err: TrainingDiverged
+) -> None:
+    """The command lines the divergence message advises: resume at a lower rate (a resumed
+    run whose checkpoint trained well after it) and start again at that rate."""
+    if args.command != "train" or getattr(args, "resolved", None) is None or err.at_start:
+        return  # at the first step a lower rate would fail again: the message says why
+    if err.resume_from is not None:
+        print(
+            f"to resume with a lower learning rate: python -m vaelab "
+            f"{resume_command(argv, err.resume_from, err.suggested_lr)}",
+            file=sys.stderr,
+        )
+    print(
+        f"to start again with a lower learning rate: python -m vaelab "
+        f"{restart_command(args, err)}",
+        file=sys.stderr,
+    )
+
+
+def os_error(err: OSError) -> str:
+    """``err`` in one sentence; a name too long for the filesystem says which and the fix."""
+    if err.errno != errno.ENAMETOOLONG or not err.filename:
+        return str(err)
+    name = str(err.filename)
+    longest = max(Path(name).parts, key=len)
+    return (
+        f"the path {name[:60]}... is too long for this filesystem ({len(name)} characters, "
+        f"{len(longest)} in its longest part; most filesystems allow 255 per part and 4096 in "
+        f"all); pass a shorter one"
+    )
+
+
+def resume_command(argv: list[str] | None, checkpoint: Path, lr: float | None = None) -> str:
+    """The train command line again, with ``--resume checkpoint`` instead of any other (and
+    ``--lr lr`` instead of any other, when given)."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    replaced = {"--resume", *(["--lr"] if lr is not None else [])}
+    kept = []
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in replaced:
+            skip = True
+        elif not any(word.startswith(flag + "=") for flag in replaced):
+            kept.append(word)
+    if lr is not None:
+        kept += ["--lr", f"{lr:.3g}"]
+    return shlex.join([*kept, "--resume", str(checkpoint)])
+
+
+def restart_command(args: argparse.Namespace, err: TrainingDiverged) -> str:
+    """A new run of the same model, data and settings, with a lower learning rate applied
+    from the first step, into a new folder: resuming would recompute the failing loss from
+    the same saved weights. The rate is the one the message suggests."""
+    model, config = args.resolved
+    config_cls = type(model.config)
+    lower = err.suggested_lr if err.suggested_lr is not None else config.lr / 10
+    words = ["train", "--model", model.name, "--data", args.data]
+    if args.data_path is not None:
+        words += ["--data-path", args.data_path]
+    for option in args.data_option:
+        words += ["--data-option", option]
+    sized = ("x_dim", "a_dim")
+    defaults = flat(
+        {
+            f.name: f.default_factory()
+            if f.default_factory is not dataclasses.MISSING
+            else f.default
+            for f in dataclasses.fields(config_cls)
+        }
+    )
+    for key, value in flat(dataclasses.asdict(model.config)).items():
+        if key not in sized and not resume.same_values(value, defaults[key]):
+            words += ["--set", f"{key}={value!r}"]
+    flags = {
+        "lr": "--lr",
+        "epochs": "--epochs",
+        "batch_size": "--batch-size",
+        "seed": "--seed",
+        "max_steps": "--max-steps",
+        "device": "--device",
+    }
+    skip = {"out_dir", "progress", "preset", *flags}
+    for key, value in dataclasses.asdict(config).items():
+        if key not in skip and value != TrainConfig.__dataclass_fields__[key].default:
+            words += ["--train-set", f"{key}={value!r}"]
+    if config.preset is not None:
+        words += ["--preset", config.preset]
+    values = {**dataclasses.asdict(config), "lr": float(f"{lower:.3g}")}
+    for key, flag in flags.items():
+        if values[key] is not None and (key != "device" or values[key] != "auto"):
+            words += [flag, str(values[key])]
+    words += ["--out", f"{str(args.out).rstrip('/')}-lr{values['lr']:g}"]
+    return shlex.join(words)
