@@ -29,7 +29,7 @@ from tests.test_reliability_trainer import RUN_FOLDER_FILES
 from vaelab import distributed, sweep
 from vaelab.data import load_digits
 from vaelab.ssm import SSMConfig
-from vaelab.train import fit, load_checkpoint
+from vaelab.train import TrainingInterrupted, fit, load_checkpoint
 from vaelab.vae import VAE, VAEConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def _temporaries(folder: Path) -> list[str]:
 # ----------------------------------------------------------------------------- torchrun
 
 
-def test_parent_watch_sends_sigterm_when_the_parent_changes_then_exits_after_the_grace():
+def test_parent_watch_fires_when_the_parent_changes_then_exits_after_the_grace():
     parents = iter([100, 100, 100, 1])  # the agent (pid 100) dies on the fourth look
     calls: list[str] = []
     exited = threading.Event()
@@ -56,41 +56,54 @@ def test_parent_watch_sends_sigterm_when_the_parent_changes_then_exits_after_the
         poll=0.01,
         grace=0.05,
         getppid=lambda: next(parents, 1),
-        kill=lambda: calls.append("SIGTERM"),
         exit=lambda code: (calls.append(f"exit {code}"), exited.set()),
     ).start()
     assert exited.wait(5)
     assert watch.parent == 100 and watch.fired
-    assert calls == ["SIGTERM", "exit 1"]
+    assert distributed.orphaned(distributed.Context(watch=watch))
+    assert calls == ["exit 1"]
 
 
 def test_parent_watch_ends_quietly_when_the_worker_leaves_first():
-    calls: list[str] = []
-    watch = distributed.ParentWatch(
-        poll=0.01, getppid=lambda: 100, kill=lambda: calls.append("SIGTERM"), exit=calls.append
-    ).start()
+    calls: list[int] = []
+    watch = distributed.ParentWatch(poll=0.01, getppid=lambda: 100, exit=calls.append).start()
     time.sleep(0.05)
     watch.stop()
     watch.thread.join(5)
     assert not watch.thread.is_alive() and not watch.fired and calls == []
+    assert not distributed.orphaned(distributed.Context(watch=watch))
 
 
 def test_parent_watch_stopped_in_time_does_not_exit():
-    """SIGTERM made the worker save and leave within the grace: no forced exit."""
+    """The worker saved and left within the grace: no forced exit."""
     parents = iter([100])
-    calls: list[str] = []
-    watch: distributed.ParentWatch | None = None
-
-    def kill() -> None:
-        calls.append("SIGTERM")
-        assert watch is not None
-        watch.stop()  # what fit's leave() does once the checkpoint is saved
-
+    calls: list[int] = []
     watch = distributed.ParentWatch(
-        poll=0.01, grace=5, getppid=lambda: next(parents, 1), kill=kill, exit=calls.append
-    )
-    watch.start().thread.join(5)
-    assert calls == ["SIGTERM"]
+        poll=0.01, grace=5, getppid=lambda: next(parents, 1), exit=calls.append
+    ).start()
+    deadline = time.monotonic() + 5
+    while not watch.fired and time.monotonic() < deadline:
+        time.sleep(0.01)
+    watch.stop()  # what fit's leave() does once the checkpoint is saved
+    watch.thread.join(5)
+    assert watch.fired and not watch.thread.is_alive() and calls == []
+
+
+def test_fit_stops_after_a_step_once_the_agent_is_gone(tmp_path, monkeypatch):
+    """What a worker does when its ParentWatch fires: it votes to stop at the next agreement,
+    saves a checkpoint and reports the interruption with the command to resume. No signal is
+    involved, so nothing can end the process between leaving the loop and that report."""
+    from vaelab.train import loop
+
+    looks = iter([False, False, True])  # the agent dies during step 3
+    monkeypatch.setattr(loop.distributed, "orphaned", lambda ctx: next(looks, True))
+    train, val, _ = load_digits()
+    train, val = train.subset(slice(0, 160)), val.subset(slice(0, 48))
+    model = VAE(VAEConfig(x_dim=64, z_dim=2, hidden_dims=[8]))
+    with pytest.raises(TrainingInterrupted) as info:
+        fit(model, train, val, config(tmp_path, epochs=3))
+    assert info.value.step == 3 and info.value.checkpoint == tmp_path / "checkpoint.pt"
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
 
 
 @pytest.mark.integration

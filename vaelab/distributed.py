@@ -15,14 +15,13 @@ environment; :func:`vaelab.train.fit` sees them through :func:`context` and
   callbacks on rank 0 only. Checkpoints hold the unwrapped model's state, so a checkpoint from
   a DDP run loads and resumes in a single process;
 - watches the process that started it (torchrun's agent, :class:`ParentWatch`): when the agent
-  dies (SIGKILL, out of memory) the workers stop as after SIGTERM, saving a clean checkpoint,
-  instead of training on with no one to collect them.
+  dies (SIGKILL, out of memory) the workers stop together after a step, as after SIGTERM,
+  saving a clean checkpoint, instead of training on with no one to collect them.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -45,7 +44,7 @@ class Context:
     local_rank: int = 0
     owns_group: bool = False  # this process group was started by fit and is ended by it
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # one GPU each
-    watch: ParentWatch | None = None  # stops this process when torchrun's agent dies
+    watch: ParentWatch | None = None  # notices when torchrun's agent dies
 
     @property
     def active(self) -> bool:
@@ -101,15 +100,17 @@ class ParentWatch:
     SIGKILL or by the out-of-memory killer): a daemon thread polls ``os.getppid()``, which
     changes when the parent dies and the worker is handed to init (or a subreaper).
 
-    It then sends this process SIGTERM, which :func:`vaelab.train.fit` turns into "stop after
-    this step and save a checkpoint" (every worker sees its agent die, and the workers agree to
-    stop together); a worker that has not ended ``grace`` seconds later (a collective waiting
-    for a worker that died with the agent never returns) exits with status 1, keeping the
-    checkpoint last written (saves are atomic). Polling, not ``prctl(PR_SET_PDEATHSIG)``: that
-    signal fires when the parent *thread* that started the worker ends, which need not be the
-    agent's end, and it is Linux only.
+    It then sets ``fired``, and :func:`vaelab.train.fit` votes to stop at its next agreement
+    with the other workers (every worker sees its agent die): they leave together after a
+    step, and rank 0 saves a checkpoint. No signal is sent: one landing after fit has left its
+    loop would end the process before it reports which checkpoint survives. A worker that has
+    not ended ``grace`` seconds later (a collective waiting for a worker that died with the
+    agent never returns) exits with status 1, keeping the checkpoint last written (saves are
+    atomic). Polling, not ``prctl(PR_SET_PDEATHSIG)``: that signal fires when the parent
+    *thread* that started the worker ends, which need not be the agent's end, and it is Linux
+    only.
 
-    ``getppid``, ``kill`` and ``exit`` are the operating system's; tests pass their own.
+    ``getppid`` and ``exit`` are the operating system's; tests pass their own.
     """
 
     def __init__(
@@ -118,12 +119,10 @@ class ParentWatch:
         poll: float = 0.5,
         grace: float = PARENT_GRACE,
         getppid: Callable[[], int] = os.getppid,
-        kill: Callable[[], None] | None = None,
         exit: Callable[[int], object] = os._exit,
     ) -> None:
         self.rank, self.poll, self.grace = rank, poll, grace
         self.getppid, self.exit = getppid, exit
-        self.kill = kill or (lambda: os.kill(os.getpid(), signal.SIGTERM))
         self.parent = getppid()
         self.done = threading.Event()  # set by stop(): the worker left the process group
         self.fired = False
@@ -140,14 +139,13 @@ class ParentWatch:
         while self.getppid() == self.parent:
             if self.done.wait(self.poll):
                 return
-        self.fired = True
         print(
             f"\nrank {self.rank}: the process that started it (pid {self.parent}, torchrun's "
             f"agent) has ended; stopping after this step and saving a checkpoint",
             file=sys.stderr,
             flush=True,
         )
-        self.kill()
+        self.fired = True
         if self.done.wait(self.grace):
             return
         print(
@@ -157,6 +155,11 @@ class ParentWatch:
             flush=True,
         )
         self.exit(1)
+
+
+def orphaned(ctx: Context) -> bool:
+    """True once this worker's torchrun agent has died (see :class:`ParentWatch`)."""
+    return ctx.watch is not None and ctx.watch.fired
 
 
 def wrap(model: nn.Module, ctx: Context) -> nn.Module:

@@ -123,13 +123,12 @@ def deferred_stop() -> Iterator:
     second one interrupts at once. Only in the main thread, and only for the signals still at
     Python's defaults (a program that handles them itself keeps its handlers).
 
-    "A second one" counts this process's own signals: under torchrun the workers agree to stop
-    (``requested`` set by another rank's signal), and this rank's first signal arriving
-    after that agreement, while it saves, must not cut the save short."""
+    ``requested`` is this process's own: under torchrun, fit agrees on it with the other
+    processes and decides on the agreed value, never writing that back here, so another rank's
+    stop does not turn this rank's first signal, arriving while it saves, into "a second one"."""
 
     class Stop:
-        requested = False  # by a signal here, or agreed with the other processes
-        signalled = False  # a signal reached this process
+        requested = False  # a signal reached this process
 
     stop = Stop()
     defaults: dict[int, Callable[[int, FrameType | None], Any] | int] = {
@@ -142,9 +141,9 @@ def deferred_stop() -> Iterator:
     ours = [s for s, d in defaults.items() if signal.getsignal(s) is d]
 
     def handler(signum, frame):
-        if stop.signalled:
+        if stop.requested:
             raise KeyboardInterrupt
-        stop.requested = stop.signalled = True
+        stop.requested = True
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         print(
             f"\n{name}: stopping after this step and saving a checkpoint ({name} again to "

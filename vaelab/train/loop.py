@@ -75,10 +75,10 @@ def fit(
         disable=not (config.progress and run.ctx.main),
         desc=f"train {model.name}",
     )
-    stopped = done = False
+    stopped = done = halt = False  # halt: a signal's stop, as the processes agreed on it
     try:
         with guard.deferred_stop() as stop:
-            while state.epoch < config.epochs and not (stopped or done or stop.requested):
+            while state.epoch < config.epochs and not (stopped or done or halt):
                 pending = []  # steps whose metrics are still on the device
                 for i, batch in runs.remaining_batches(run, train):
                     pending.append(
@@ -103,14 +103,21 @@ def fit(
                     if len(pending) < run.sync_every and not done:
                         continue
                     stopped = runs.emit_steps(run, pending, bar)  # processes leave together
-                    stop.requested = distributed.agree(stop.requested, run.ctx)
-                    if stopped or done or stop.requested:
+                    # decide on the agreed value only: a signal landing after the agreement
+                    # must not make this process leave alone (it counts at the next one)
+                    halt = distributed.agree(
+                        stop.requested or distributed.orphaned(run.ctx), run.ctx
+                    )
+                    if stopped or done or halt:
                         break
                 else:  # the epoch ran to its end
                     stopped = runs.emit_steps(run, pending, bar) or runs.end_of_epoch(run, val)
+                    halt = distributed.agree(
+                        stop.requested or distributed.orphaned(run.ctx), run.ctx
+                    )
             if run.saved_step != state.step:  # stopped, max_steps or Ctrl-C mid-epoch
                 runs.save(run)
-            if stop.requested and not (stopped or done) and state.epoch < config.epochs:
+            if halt and not (stopped or done) and state.epoch < config.epochs:
                 raise KeyboardInterrupt  # reported below, with the checkpoint just saved
     except guard.TrainingDiverged as err:
         raise runs.diverged(run, err) from err.__cause__
