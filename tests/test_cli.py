@@ -23,7 +23,7 @@ def test_train_then_evaluate(tmp_path, capsys):
             "--data",
             "digits",
             "--out",
-            str(out),
+            f"{out}/",  # a trailing slash, as shell completion leaves it: printed once, not //
             "--max-steps",
             "5",
             "--batch-size",

@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import torch
 from helpers import config, timeless
 
 import vaelab.train
+import vaelab.writes
 from vaelab.__main__ import main
 from vaelab.data import Data, load_digits
 from vaelab.train import (
@@ -870,6 +872,34 @@ def test_cli_disk_full_exits_1_without_a_traceback(tmp_path, capsys, monkeypatch
     monkeypatch.setattr(vaelab.train.checkpoint.torch, "save", full)
     code, _, err = run_cli([*DIGITS, "--out", str(tmp_path / "run")], capsys)
     assert code == 1 and "the disk holding it is full" in err and str(tmp_path / "run") in err
+
+
+def test_a_full_disk_before_any_checkpoint_gives_advice_that_works(tmp_path, capsys, monkeypatch):
+    """metrics.jsonl cannot be written and no checkpoint exists yet: the advice is to remove the
+    folder and run the same command again (it used to say "start again", and the same command
+    was then refused because the folder held a failed run). The test follows it."""
+    out = tmp_path / "run"
+    real = vaelab.writes.append
+
+    class Full:  # the metrics file, on a disk that is full
+        def __init__(self, f):
+            self.f = f
+
+        def fileno(self):
+            return self.f.fileno()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(vaelab.writes, "append", lambda f, *rest: real(Full(f), *rest))
+    argv = [*DIGITS, "--out", str(out)]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 1 and "Traceback" not in err, err
+    assert f"run the same command again after removing {out}" in err, err
+    monkeypatch.undo()
+    shutil.rmtree(out)
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
 
 
 def _interrupt_at(steps: set[int]):

@@ -240,7 +240,7 @@ def _train(args: argparse.Namespace, writer: RunWriter | None, ckpt: dict | None
     print(
         json.dumps(
             {
-                "checkpoint": f"{args.out}/checkpoint.pt",
+                "checkpoint": str(Path(args.out) / "checkpoint.pt"),
                 "best": str(best) if best.exists() else None,
                 "steps": last["end"]["step"],
                 "train_nelbo": last.get("train", {}).get("nelbo"),

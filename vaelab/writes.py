@@ -135,7 +135,9 @@ def append_record(f: BinaryIO, line: str, path: Path) -> None:
     then = (
         f"and resume with --resume {checkpoint}"
         if checkpoint.is_file()
-        else "(or pass another --out folder) and start again"
+        # the folder now holds a failed run, which the same command refuses until it is gone
+        else f"and run the same command again after removing {path.parent}, or pass another "
+        "--out folder"
     )
     survives = f"{path.name} keeps every complete record before this one; {saved}"
     append(f, (line + "\n").encode(), path, "metrics", survives, then)
