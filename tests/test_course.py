@@ -349,3 +349,25 @@ def test_every_graded_cell_carries_nbgrader_metadata() -> None:
             if meta:
                 ids.append(meta["grade_id"])
         assert len(ids) == len(set(ids)), f"{path.name}: duplicate grade ids"
+
+
+def test_site_failing_on_its_first_page_leaves_no_empty_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under ``ulimit -f`` the first page cannot be written: the folder course site made for it
+    is removed again (it was left empty); a folder that was there before is left alone."""
+    src = tmp_path / "src"
+    src.mkdir()
+    nbformat.write(nbformat.v4.new_notebook(cells=[new_markdown("# A")]), src / "a.ipynb")
+
+    def too_big(page, body, written):
+        raise OSError(27, "File too large", str(page))
+
+    monkeypatch.setattr(course, "_write_page", too_big)
+    with pytest.raises(OSError, match="File too large"):
+        course.build_site(src, tmp_path / "site", execute=False)
+    assert not (tmp_path / "site").exists()
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(OSError, match="File too large"):
+        course.build_site(src, tmp_path / "mine", execute=False)
+    assert (tmp_path / "mine").is_dir()

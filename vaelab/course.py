@@ -18,6 +18,7 @@ Command line: ``python -m vaelab course release DIR [--source notebooks]`` and
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import re
@@ -303,47 +304,62 @@ def build_site(
         raise ValueError(f"--timeout must be >= 1 seconds per cell, got {timeout}")
     src, dst = _source_dir(src), _out_folder(dst, "course site", "build/site/")
     notebooks = [(path, read_notebook(path)) for path in sorted(src.glob("*.ipynb"))]
-    try:  # after every notebook was read: a bad one leaves no empty folder behind
-        dst.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise writes.write_error("course site", dst, err, "nothing was written") from err
-    exporter = HTMLExporter()
-    pages: list[Path] = []
-    entries = []
-    stems = [path.stem for path, _ in notebooks]
-    for path, nb in notebooks:
-        if execute:
-            options: dict[str, object] = {"timeout": timeout}
-            if kernel_name:
-                options["kernel_name"] = kernel_name
-            env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # inline backend
-            _execute(nb, path, options, env)
-        body, _ = exporter.from_notebook_node(nb)
-        body = _link_pages(body, stems)
-        page = dst / f"{path.stem}.html"
-        _write_page(page, body, pages)
-        pages.append(page)
-        entries.append(
-            f'<li><a href="{html.escape(page.name)}">{html.escape(_title(nb, path.stem))}</a></li>'
+    with _removed_if_left_empty(dst):  # a failure before the first page leaves no folder
+        try:  # after every notebook was read: a bad one leaves no empty folder behind
+            dst.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise writes.write_error("course site", dst, err, "nothing was written") from err
+        exporter = HTMLExporter()
+        pages: list[Path] = []
+        entries = []
+        stems = [path.stem for path, _ in notebooks]
+        for path, nb in notebooks:
+            if execute:
+                options: dict[str, object] = {"timeout": timeout}
+                if kernel_name:
+                    options["kernel_name"] = kernel_name
+                env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # inline backend
+                _execute(nb, path, options, env)
+            body, _ = exporter.from_notebook_node(nb)
+            body = _link_pages(body, stems)
+            page = dst / f"{path.stem}.html"
+            _write_page(page, body, pages)
+            pages.append(page)
+            entries.append(
+                f'<li><a href="{html.escape(page.name)}">'
+                f"{html.escape(_title(nb, path.stem))}</a></li>"
+            )
+        how = "executed when the site was built" if execute else "as stored, without outputs"
+        if execute and os.environ.get("VAELAB_SMALL") == "1":
+            how += (
+                ", in the short setting (VAELAB_SMALL=1): figures and printed numbers come from "
+                "short runs, not from the full runs the text describes"
+            )
+        index = dst / "index.html"
+        _write_page(
+            index,
+            '<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">'
+            "<title>vaelab course</title></head>\n<body>\n<h1>vaelab course</h1>\n"
+            "<p>Variational autoencoders, sequential VAEs, deep Markov models and normalizing "
+            f"flows in PyTorch. The notebooks in course order ({how}):</p>\n<ol>\n"
+            + "\n".join(entries)
+            + "\n</ol>\n</body>\n</html>\n",
+            pages,
         )
-    how = "executed when the site was built" if execute else "as stored, without outputs"
-    if execute and os.environ.get("VAELAB_SMALL") == "1":
-        how += (
-            ", in the short setting (VAELAB_SMALL=1): figures and printed numbers come from "
-            "short runs, not from the full runs the text describes"
-        )
-    index = dst / "index.html"
-    _write_page(
-        index,
-        '<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">'
-        "<title>vaelab course</title></head>\n<body>\n<h1>vaelab course</h1>\n"
-        "<p>Variational autoencoders, sequential VAEs, deep Markov models and normalizing "
-        f"flows in PyTorch. The notebooks in course order ({how}):</p>\n<ol>\n"
-        + "\n".join(entries)
-        + "\n</ol>\n</body>\n</html>\n",
-        pages,
-    )
     return [index, *pages]
+
+
+@contextlib.contextmanager
+def _removed_if_left_empty(folder: Path):
+    """Remove ``folder`` on an error if this block created it and it is still empty."""
+    created = not folder.exists()
+    try:
+        yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: the pages already written stay
+        raise
 
 
 def _write_page(page: Path, body: str, written: list[Path]) -> None:
