@@ -409,3 +409,23 @@ def test_train_refuses_a_density_on_data_of_a_few_levels(tmp_path, capsys, argv)
     assert "density over real numbers" in err and "17 levels" in err, err
     assert "pick a model with a Bernoulli likelihood" in err
     assert not (out / "checkpoint.pt").exists()
+
+
+def test_evaluate_names_the_data_file_it_read(tmp_path, capsys):
+    """The result line of an evaluation on a file says which file, not only the loader's
+    name: two evaluations of one checkpoint on two files must be told apart."""
+    import numpy as np
+
+    path = tmp_path / "walks.npz"
+    x = np.random.default_rng(0).standard_normal((40, 6, 2)).cumsum(axis=1)
+    np.savez(path, x=x.astype(np.float32))
+    data = ["--data", "arrays", "--data-path", str(path)]
+    out = tmp_path / "run"
+    train = ["train", "--model", "ssm", *data, "--out", str(out), "--max-steps", "2"]
+    sizes = ["--set", "hidden_dim=8", "--set", "rnn_dim=8", "--set", "z_dim=2"]
+    assert main([*train, *sizes, "--batch-size", "8", "--train-set", "progress=False"]) == 0
+    capsys.readouterr()
+    evaluate = ["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--samples", "0"]
+    assert main([*evaluate, *data]) == 0
+    printed = _last_json(capsys.readouterr().out)
+    assert printed["data"] == "arrays" and printed["data_path"] == str(path)

@@ -319,6 +319,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = {
         "model": ckpt["model"],
         "data": spec.get("name"),
+        **({"data_path": str(spec["path"])} if spec.get("path") else {}),  # which file
         "step": ckpt["step"],
         "epoch": ckpt["epoch"],
         "unit": "nats per observed time step" if test.is_sequence else "nats per example",
