@@ -162,6 +162,13 @@ def orphaned(ctx: Context) -> bool:
     return ctx.watch is not None and ctx.watch.fired
 
 
+def agree_to_stop(requested: bool, ctx: Context) -> bool:
+    """True on every process when any was asked to stop (``requested``: a signal) or lost its
+    torchrun agent. fit leaves its loop on this value only, never on its own flag: a signal
+    landing after the agreement counts at the next one, so no process leaves alone."""
+    return agree(requested or orphaned(ctx), ctx)
+
+
 def wrap(model: nn.Module, ctx: Context) -> nn.Module:
     """The module training calls: DistributedDataParallel over ``model`` when distributed."""
     if not ctx.active:

@@ -135,7 +135,8 @@ def append_record(f: BinaryIO, line: str, path: Path) -> None:
     then = (
         f"and resume with --resume {checkpoint}"
         if checkpoint.is_file()
-        # the folder now holds a failed run, which the same command refuses until it is gone
+        # records already written make the folder a failed run, which the same command
+        # refuses until it is gone
         else f"and run the same command again after removing {path.parent}, or pass another "
         "--out folder"
     )

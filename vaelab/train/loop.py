@@ -75,7 +75,7 @@ def fit(
         disable=not (config.progress and run.ctx.main),
         desc=f"train {model.name}",
     )
-    stopped = done = halt = False  # halt: a signal's stop, as the processes agreed on it
+    stopped = done = halt = False  # halt: a stop the processes agreed on (agree_to_stop)
     try:
         with guard.deferred_stop() as stop:
             while state.epoch < config.epochs and not (stopped or done or halt):
@@ -103,18 +103,12 @@ def fit(
                     if len(pending) < run.sync_every and not done:
                         continue
                     stopped = runs.emit_steps(run, pending, bar)  # processes leave together
-                    # decide on the agreed value only: a signal landing after the agreement
-                    # must not make this process leave alone (it counts at the next one)
-                    halt = distributed.agree(
-                        stop.requested or distributed.orphaned(run.ctx), run.ctx
-                    )
+                    halt = distributed.agree_to_stop(stop.requested, run.ctx)
                     if stopped or done or halt:
                         break
                 else:  # the epoch ran to its end
                     stopped = runs.emit_steps(run, pending, bar) or runs.end_of_epoch(run, val)
-                    halt = distributed.agree(
-                        stop.requested or distributed.orphaned(run.ctx), run.ctx
-                    )
+                    halt = distributed.agree_to_stop(stop.requested, run.ctx)
             if run.saved_step != state.step:  # stopped, max_steps or Ctrl-C mid-epoch
                 runs.save(run)
             if halt and not (stopped or done) and state.epoch < config.epochs:
