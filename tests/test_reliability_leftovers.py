@@ -11,6 +11,7 @@ import math
 import os
 import re
 import resource
+import shlex
 import signal
 import subprocess
 import sys
@@ -1073,7 +1074,8 @@ def test_a_sweep_whose_runs_fail_prints_each_runs_reason_on_stderr(tmp_path, cap
         assert "invalid choice: 'nosuch'" in reason
         assert (
             f"error: seed {seed} failed (exit code 2): {reason} (the whole output is in "
-            f"{out / f'seed_{seed}.log'})" in err
+            f"{out / f'seed_{seed}.log'}; the seed's own command, which that advice is about: "
+            f"python -m vaelab train" in err
         )
 
 
@@ -1523,3 +1525,32 @@ def test_course_refuses_wrong_arguments_by_name_and_writes_nothing(tmp_path, cap
     assert code == 2 and says.format(t=tmp_path) in err, err + stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
     assert (tmp_path / "full" / "keep.txt").read_text() == "x"
+
+
+# ------------------------------------------------------------------- outside re-test 4, closed
+
+
+@pytest.mark.integration  # processes of their own: make test, not test-fast
+def test_a_failed_seed_names_the_command_its_advice_is_about_and_following_it_works(tmp_path):
+    """Re-test 4, finding 2: a seed that cannot save (``ulimit -f``) relays train's advice
+    ("run the same command again after removing .../seed_0, or pass another --out folder"),
+    which is about the seed's train command, not the sweep's; the sweep now prints that
+    command, and following the advice with it trains."""
+    out = tmp_path / "sweep"
+    done = _vaelab(
+        ["sweep", "--seeds", "0", "--out", str(out), "--", *TINY_SWEEP, "--max-steps", "2"],
+        tmp_path,
+        limit=20_000,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: seed 0 failed (exit code 1): error: could not write")
+    assert f"run the same command again after removing {out / 'seed_0'}" in last
+    own = last.split("the seed's own command, which that advice is about: ")[1].rstrip(")")
+    argv = shlex.split(own)
+    assert argv[:4] == ["python", "-m", "vaelab", "train"]
+    assert argv[-4:] == ["--seed", "0", "--out", str(out / "seed_0")]
+    subprocess.run(["rm", "-r", str(out / "seed_0")], check=True)
+    again = _vaelab(argv[3:], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert load_checkpoint(out / "seed_0" / "checkpoint.pt")["train_config"]["seed"] == 0

@@ -21,6 +21,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -413,9 +414,13 @@ def main(
         out = Path(out)
         for run in runs:
             if run.result is None and run.returncode is not None and not run.interrupted:
+                # The seed's reason is train's own sentence, so any advice in it ("the same
+                # command", "--out") is about the seed's train command: print that command.
+                own = shlex.join(["python", *_command(train_args, run.seed, run.out)[1:]])
                 print(
                     f"error: seed {run.seed} failed (exit code {run.returncode}): {run.error} "
-                    f"(the whole output is in {out / f'seed_{run.seed}.log'})",
+                    f"(the whole output is in {out / f'seed_{run.seed}.log'}; the seed's own "
+                    f"command, which that advice is about: {own})",
                     file=sys.stderr,
                 )
         return 1
