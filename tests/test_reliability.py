@@ -594,7 +594,10 @@ class NotAllowed:  # a class in a checkpoint: weights_only refuses it
         ),
         (
             lambda c, t: _rewrite(c, t, _set("format", "mine")),
-            r"is not a vaelab checkpoint \(format 'vaelab-checkpoint-2', found 'mine'\)",
+            (
+                r"is not a vaelab checkpoint \(its format is 'mine', not "
+                r"'vaelab-checkpoint-2'\); pass a checkpoint.pt written by"
+            ),
         ),
         (
             lambda c, t: _rewrite(c, t, _set("step", "five")),

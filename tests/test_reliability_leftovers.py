@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import re
 import resource
 import shlex
@@ -23,6 +24,7 @@ from pathlib import Path
 import nbformat
 import psutil
 import pytest
+import torch
 from helpers import TINY_VAE, config
 
 from tests.test_reliability import run_cli
@@ -1554,3 +1556,66 @@ def test_a_failed_seed_names_the_command_its_advice_is_about_and_following_it_wo
     again = _vaelab(argv[3:], tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert load_checkpoint(out / "seed_0" / "checkpoint.pt")["train_config"]["seed"] == 0
+
+
+# ------------------------------------------------------------------------ outside re-test 5
+
+
+class _Touches:
+    """Unpickled, it would create ``marker``: no vaelab command may ever run it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("protocol", [2, 4])  # GLOBAL and STACK_GLOBAL name the object
+def test_a_plain_pickle_that_would_run_code_is_named_as_such_without_torchs_warning(
+    tmp_path, capsys, recwarn, protocol
+):
+    """Re-test 5, finding 5.1: a plain pickle (not torch's zip format) naming os.system was
+    refused as "truncated, damaged or of another kind" after torch's UserWarning about the
+    pickle protocol; it is now named like the zip one (its object, posix.system), with no
+    warning, and nothing runs."""
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps(_Touches(marker), protocol=protocol))
+    for argv in (
+        ["evaluate", "--checkpoint", str(path)],
+        ["train", "--resume", str(path), "--epochs", "1"],
+    ):
+        code, stdout, err = run_cli(argv, capsys)
+        assert code == 2 and stdout == "", err
+        assert err == (
+            f"error: {path} holds Python objects (posix.system) that vaelab does not load: "
+            f"vaelab reads only tensors and plain containers, so that no code in a file can "
+            f"run. It is not a checkpoint written by vaelab; use one from "
+            f"'python -m vaelab train'\n"
+        )
+    assert not marker.exists()
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
+
+
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        ([1, 2], "it holds a list, not a checkpoint's dict"),
+        (torch.zeros(3), "it holds a Tensor, not a checkpoint's dict"),
+        ({"format": None}, "its format is None, not 'vaelab-checkpoint-2'"),
+    ],
+)
+def test_a_torch_file_that_is_no_checkpoint_says_what_it_holds_and_the_fix(
+    tmp_path, capsys, content, says
+):
+    """Re-test 5, finding 5.2: a torch file holding a list said "(format
+    'vaelab-checkpoint-2', found None)" and named no fix."""
+    path = tmp_path / "other.pt"
+    torch.save(content, path)
+    code, _, err = run_cli(["evaluate", "--checkpoint", str(path)], capsys)
+    assert code == 2
+    assert err == (
+        f"error: {path} is not a vaelab checkpoint ({says}); pass a checkpoint.pt written "
+        f"by 'python -m vaelab train'\n"
+    )

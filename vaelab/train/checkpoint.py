@@ -17,10 +17,13 @@ import hashlib
 import io
 import os
 import pickle
+import pickletools
 import re
 import shutil
 import tempfile
 import time
+import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -254,21 +257,44 @@ def _read(path: Path, map_location: str | torch.device) -> dict:
             f"'python -m vaelab train --out DIR' wrote into DIR"
         )
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns of a plain pickle's protocol, then fails
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL (\S+)", str(e))
+        named = re.search(r"GLOBAL (\S+)", str(e))
+        found = named.group(1) if named else _plain_pickle_global(path)
         if found is None:  # not a pickle of ours at all (e.g. a text file)
             tail = str(e).partition("WeightsUnpickler error:")[2].strip()
             reason = tail.splitlines()[0] if tail else torch_reason(e)
             raise ValueError(_unreadable(path, reason)) from None
-        what = f" ({found.group(1)})" if found else ""
         raise ValueError(
-            f"{path} holds Python objects{what} that vaelab does not load: vaelab reads only "
+            f"{path} holds Python objects ({found}) that vaelab does not load: vaelab reads only "
             f"tensors and plain containers, so that no code in a file can run. It is not a "
             f"checkpoint written by vaelab; use one from 'python -m vaelab train'"
         ) from None
     except Exception as e:  # noqa: BLE001 - any other failure here means an unusable file
         raise ValueError(_unreadable(path, torch_reason(e))) from None
+
+
+def _plain_pickle_global(path: Path) -> str | None:
+    """The first Python object (``module.name``) that a plain pickle (not torch's zip
+    format) names, found by listing its opcodes with :mod:`pickletools`, which runs none;
+    None for a file that is not such a pickle."""
+    if zipfile.is_zipfile(path):
+        return None
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if isinstance(arg, str):
+                    strings.append(arg)
+                if op.name == "GLOBAL":
+                    return str(arg).replace(" ", ".")
+                if op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    return ".".join(strings[-2:])
+    except Exception:  # noqa: BLE001 - not a pickle (or a damaged one): no object named
+        return None
+    return None
 
 
 def _unreadable(path: Path, reason: str) -> str:
@@ -309,8 +335,14 @@ def _check_format(path: Path, state) -> None:
                 f"{path} was written by a newer vaelab (format {fmt!r}; this one "
                 f"reads {CHECKPOINT_FORMAT!r}): upgrade vaelab to load it"
             )
+        found = (
+            f"its format is {fmt!r}, not {CHECKPOINT_FORMAT!r}"
+            if isinstance(state, dict)
+            else f"it holds a {type(state).__name__}, not a checkpoint's dict"
+        )
         raise ValueError(
-            f"{path} is not a vaelab checkpoint (format {CHECKPOINT_FORMAT!r}, found {fmt!r})"
+            f"{path} is not a vaelab checkpoint ({found}); pass a checkpoint.pt written by "
+            f"'python -m vaelab train'"
         )
     missing = sorted(CHECKPOINT_FIELDS - set(state))
     if missing:
