@@ -462,7 +462,11 @@ DIGITS = [
         (["--lr", "nan"], r"TrainConfig\.lr=nan is out of range: it must be > 0 and finite"),
         (["--lr", "inf"], r"TrainConfig\.lr=inf is out of range"),
         (["--seed", "-1"], r"TrainConfig\.seed=-1 is out of range"),
-        (["--batch-size", "0"], r"TrainConfig\.batch_size=0 is out of range: it must be >= 1"),
+        (["--batch-size", "0"], r"TrainConfig\.batch_size=0 is out of range: it must be in \["),
+        (
+            ["--batch-size", str(2**63)],  # re-test 5, 7.1: torch's "Overflow when unpacking"
+            r"TrainConfig\.batch_size=9223372036854775808 is out of range: .* \[1, 2\*\*31\)",
+        ),
         (["--max-steps", "-4"], r"TrainConfig\.max_steps=-4 is out of range"),
         (["--device", "tpu"], r"unknown device 'tpu'"),
         (["--data-option", "binarize"], r"--data-option takes key=value"),

@@ -1619,3 +1619,56 @@ def test_a_torch_file_that_is_no_checkpoint_says_what_it_holds_and_the_fix(
         f"error: {path} is not a vaelab checkpoint ({says}); pass a checkpoint.pt written "
         f"by 'python -m vaelab train'\n"
     )
+
+
+def test_a_batch_size_torch_cannot_index_is_refused_by_name_and_leaves_no_folder(
+    checkpoint, tmp_path, capsys
+):
+    """Re-test 5, finding 7.1: --batch-size 2**63 ended in torch's "Overflow when unpacking
+    long long" and left a failed run folder; it is refused by name before anything is
+    written, in train and in evaluate."""
+    out = tmp_path / "run"
+    code, _, err = run_cli(
+        ["train", *TINY_VAE, "--batch-size", str(2**63), "--out", str(out)], capsys
+    )
+    assert code == 2 and "Overflow" not in err
+    assert f"TrainConfig.batch_size={2**63} is out of range: it must be in [1, 2**31)" in err
+    assert not out.exists()
+    code, _, err = run_cli(
+        ["evaluate", "--checkpoint", str(checkpoint), "--batch-size", str(2**31)], capsys
+    )
+    assert code == 2 and err == (
+        f"error: --batch-size must be in [1, 2**31) sequences (or examples) per batch, got "
+        f"{2**31}\n"
+    )
+
+
+def test_evaluate_refuses_an_impossible_elbo_sample_count_up_front(checkpoint, capsys):
+    """Re-test 5, finding 7.2: --elbo-samples 100000000 ran for minutes with no word, where
+    --samples of that size was refused; the guide draws x steps meet the same limit."""
+    from vaelab.__main__ import MAX_IMPORTANCE_WORK
+
+    _, val, _ = load_digits()
+    start = time.monotonic()
+    code, out, err = run_cli(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(checkpoint),
+            "--split",
+            "val",
+            "--samples",
+            "0",
+            "--elbo-samples",
+            "100000000",
+        ],
+        capsys,
+    )
+    assert time.monotonic() - start < 30
+    assert code == 2 and out == ""
+    assert err == (
+        f"error: --elbo-samples 100000000 on {len(val)} observed steps (val) is "
+        f"{1e8 * len(val):.3g} guide draws x steps, over the limit of "
+        f"{MAX_IMPORTANCE_WORK:.0e} (hours of work); pass fewer --elbo-samples (1 to 100 is "
+        f"the usual), --split val or test, or --allow-large if you mean it\n"
+    )

@@ -284,9 +284,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "--samples 0 and --elbo-samples 0 leave nothing to evaluate; keep one of them "
             "above 0 (e.g. --elbo-samples 1)"
         )
-    if args.batch_size < 1:
+    if not 1 <= args.batch_size < 2**31:
         raise ValueError(
-            f"--batch-size must be >= 1 sequences (or examples) per batch, got {args.batch_size}"
+            f"--batch-size must be in [1, 2**31) sequences (or examples) per batch, got "
+            f"{args.batch_size}"
         )
     if args.chunk_size is not None and args.chunk_size < 1:
         raise ValueError(
@@ -485,8 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument(
         "--allow-large",
         action="store_true",
-        help=f"run an estimate of more than {MAX_IMPORTANCE_WORK:.0e} importance paths x "
-        f"observed steps",
+        help=f"run an estimate of more than {MAX_IMPORTANCE_WORK:.0e} importance paths (or "
+        f"guide draws) x observed steps",
     )
     e.set_defaults(func=cmd_evaluate)
 

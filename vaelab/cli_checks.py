@@ -117,17 +117,21 @@ def observed_steps(data) -> int:
 
 
 def check_work(args: argparse.Namespace, splits: list) -> None:
-    """Refuse an importance-sampling estimate too large to be meant (e.g. --samples 1e9)
-    before it runs silently for hours: K x the observed steps of the splits evaluated."""
+    """Refuse an estimate too large to be meant (e.g. --samples 1e9, --elbo-samples 1e8)
+    before it runs silently for hours: draws x the observed steps of the splits evaluated."""
     steps = sum(observed_steps(d) for d in splits)
-    work = args.samples * steps
-    if work > MAX_IMPORTANCE_WORK and not args.allow_large:
-        raise ValueError(
-            f"--samples {args.samples} on {steps} observed steps ({args.split}) is "
-            f"{work:.3g} importance paths x steps, over the limit of "
-            f"{MAX_IMPORTANCE_WORK:.0e} (hours of work); pass fewer --samples (1000 is the "
-            f"usual), --split val or test, or --allow-large if you mean it"
-        )
+    for flag, draws, what, usual in (
+        ("--samples", args.samples, "importance paths", "1000"),
+        ("--elbo-samples", args.elbo_samples, "guide draws", "1 to 100"),
+    ):
+        work = draws * steps
+        if work > MAX_IMPORTANCE_WORK and not args.allow_large:
+            raise ValueError(
+                f"{flag} {draws} on {steps} observed steps ({args.split}) is {work:.3g} "
+                f"{what} x steps, over the limit of {MAX_IMPORTANCE_WORK:.0e} (hours of "
+                f"work); pass fewer {flag} ({usual} is the usual), --split val or test, or "
+                f"--allow-large if you mean it"
+            )
 
 
 def check_evaluated_data(path: str, ckpt: dict, model, spec: dict, data) -> None:

@@ -60,7 +60,8 @@ class TrainConfig:
         nan = [k for k, v in values.items() if isinstance(v, float) and math.isnan(v)]
         checks = {  # field: (holds, the rule in words)
             "epochs": (self.epochs >= 1, ">= 1"),
-            "batch_size": (self.batch_size >= 1, ">= 1"),
+            # past 2**31 torch cannot index a batch; a batch larger than the data is the data
+            "batch_size": (1 <= self.batch_size < 2**31, "in [1, 2**31)"),
             "bucket_jitter": (self.bucket_jitter >= 0, ">= 0 (inf: plain shuffling)"),
             "lr": (0 < self.lr < math.inf, "> 0 and finite"),
             "betas": (all(0 <= b < 1 for b in self.betas), "two values in [0, 1)"),
