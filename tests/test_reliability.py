@@ -537,8 +537,8 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--batch-size", "0"], r"--batch-size must be >= 1 .* got 0"),
-        (["--batch-size", "-5"], r"--batch-size must be >= 1 .* got -5"),
+        (["--batch-size", "0"], r"--batch-size must be in \[1, 2\*\*31\) .* got 0"),
+        (["--batch-size", "-5"], r"--batch-size must be in \[1, 2\*\*31\) .* got -5"),
         (["--chunk-size", "0"], r"--chunk-size must be >= 1"),
         (["--samples", "-1"], r"--samples and --elbo-samples must be >= 0"),
         (["--seed", "-2"], r"--seed must be in \[0, 2\*\*32\)"),

@@ -6,6 +6,7 @@ naming the path and what survives, a non-zero exit, no traceback and no temporar
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -1672,3 +1673,50 @@ def test_evaluate_refuses_an_impossible_elbo_sample_count_up_front(checkpoint, c
         f"{MAX_IMPORTANCE_WORK:.0e} (hours of work); pass fewer --elbo-samples (1 to 100 is "
         f"the usual), --split val or test, or --allow-large if you mean it\n"
     )
+
+
+@pytest.mark.parametrize(
+    "argv, given",
+    [
+        (["train", *TINY_VAE, "--out", "/sys/vaelab_run"], "--out /sys/vaelab_run"),
+        (
+            ["sweep", "--seeds", "0", "--out", "/proc/self/sw", "--", *TINY_VAE],
+            "--out /proc/self/sw",
+        ),
+    ],
+)
+def test_an_unusable_out_folder_is_named_with_its_flag_and_the_fix(capsys, argv, given):
+    """Re-test 5, finding 8.2: an --out the OS refuses (here /sys and /proc, where even root
+    may not make folders) printed the bare OSError ("[Errno 1] Operation not permitted");
+    the sentence now names the argument and the fix."""
+    code, _, err = run_cli(argv, capsys)
+    assert code in (1, 2) and "Errno" not in err, err
+    assert f"(from {given}): " in err
+    assert err.rstrip().endswith(
+        "pass a path that exists (or can be made) and that this user may read and write"
+    )
+
+
+@pytest.mark.parametrize("command", ["release", "site"])
+def test_a_course_folder_the_os_refuses_is_not_told_to_make_room(tmp_path, capsys, command):
+    """Re-test 5, finding 8.3: a permission error (not a full disk) under course release and
+    course site advised "Make room there"; the advice now fits the error."""
+    dst = "/sys/vaelab_course"
+    argv = ["course", command, dst, *(["--no-execute"] if command == "site" else [])]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 1 and "Traceback" not in err, err
+    assert "Make room" not in err
+    assert "Make sure that folder exists and this user may write there" in err
+    assert not Path(dst).exists()
+
+
+def test_the_fix_in_a_write_error_fits_its_cause():
+    """A full disk asks for room, ``ulimit -f`` for a higher limit, and anything else (no
+    permission, a read-only disk, no such folder) for a folder this user can write."""
+    from vaelab.writes import make_room
+
+    assert make_room(OSError(errno.ENOSPC, "full")) == "Make room there"
+    assert make_room(OSError(errno.EDQUOT, "quota")) == "Make room there"
+    assert make_room(OSError(errno.EFBIG, "big")).startswith("Raise the file-size limit")
+    for code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT):
+        assert make_room(OSError(code, "x")).startswith("Make sure that folder exists")

@@ -561,10 +561,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"to resume once there is room: python -m vaelab {again}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        raw = isinstance(err, OSError) and err.errno is not None  # the OS's, not our sentence
+        text = cli_advice.os_error(err, args) if raw and isinstance(err, OSError) else err
+        print(f"error: {text}", file=sys.stderr)
         return 2
-    except OSError as err:  # a file that cannot be read (permissions, a folder for a file)
-        print(f"error: {cli_advice.os_error(err)}", file=sys.stderr)
+    except OSError as err:  # a path that cannot be used (permissions, a folder for a file)
+        print(f"error: {cli_advice.os_error(err, args)}", file=sys.stderr)
         return 1
     finally:
         if term is not None:

@@ -36,17 +36,37 @@ def print_commands_after_divergence(
     )
 
 
-def os_error(err: OSError) -> str:
-    """``err`` in one sentence; a name too long for the filesystem says which and the fix."""
-    if err.errno != errno.ENAMETOOLONG or not err.filename:
+def os_error(err: OSError, args: argparse.Namespace | None = None) -> str:
+    """``err`` in one sentence naming the path, the argument it came from and the fix; a
+    name too long for the filesystem says which part."""
+    if not err.filename:
         return str(err)
     name = str(err.filename)
+    if err.errno != errno.ENAMETOOLONG:
+        given = _argument_holding(name, args)
+        return (
+            f"cannot use {name}{f' (from {given})' if given else ''}: "
+            f"{err.strerror or err}; pass a path that exists (or can be made) and that this "
+            f"user may read and write"
+        )
     longest = max(Path(name).parts, key=len)
     return (
         f"the path {name[:60]}... is too long for this filesystem ({len(name)} characters, "
         f"{len(longest)} in its longest part; most filesystems allow 255 per part and 4096 in "
         f"all); pass a shorter one"
     )
+
+
+def _argument_holding(name: str, args: argparse.Namespace | None) -> str | None:
+    """The argument (``--out runs/x``, ``DIR site``) whose path is ``name`` or holds it."""
+    for key, value in vars(args or argparse.Namespace()).items():
+        if not isinstance(value, str) or not value.strip() or key in ("command", "func"):
+            continue
+        top = value.rstrip("/") or "/"
+        if name in (value, top) or name.startswith(top.rstrip("/") + "/"):
+            flag = key.upper() if key == "dir" else "--" + key.replace("_", "-")
+            return f"{flag} {value}"
+    return None
 
 
 def resume_command(argv: list[str] | None, checkpoint: Path, lr: float | None = None) -> str:

@@ -37,10 +37,13 @@ def reason(err: OSError) -> str:
 
 
 def make_room(err: OSError) -> str:
-    """The first words of the fix for ``err``: room on the disk, or a higher file-size limit."""
+    """The first words of the fix for ``err``: room on the disk, a higher file-size limit,
+    or (no permission, no such folder, a read-only disk) a folder this user can write."""
     if err.errno == errno.EFBIG:
         return "Raise the file-size limit (ulimit -f)"
-    return "Make room there"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "Make room there"
+    return "Make sure that folder exists and this user may write there"
 
 
 def write_error(
