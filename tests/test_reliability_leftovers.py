@@ -387,9 +387,15 @@ def test_ctrl_c_during_a_sweep_summarises_the_finished_runs_and_exits_130(
     assert (
         f"interrupted: 1 of 3 runs finished and are summarised above; 1 stopped with a "
         f"checkpoint ({out / 'seed_1'}; the last line of OUT/seed_S.log says how to resume); "
-        f"1 not started" in err
+        f"1 not started (to run them: python -m vaelab sweep --seeds 2 --out {out} -- "
+        f"--model vae)" in err
     )
     assert not (out / "seed_2.log").exists()
+    # re-test 5, finding 8.1: the seeds not started get their command, which the sweep's
+    # checks accept as it stands (the fake run of seed 2 would wait for a Ctrl-C)
+    rest = shlex.split(err.split("(to run them: ")[1].rsplit(")", 1)[0])
+    assert rest[3:] == ["sweep", "--seeds", "2", "--out", str(out), "--", "--model", "vae"]
+    sweep._check_args(rest[7:], [2], 1, out, 1)
 
 
 @pytest.mark.integration  # a process of its own: make test, not test-fast

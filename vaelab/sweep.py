@@ -402,11 +402,22 @@ def main(
             else "0 stopped with a checkpoint"
         )
         unsaved = len(stopped) - len(saved)
+        waiting = [str(r.seed) for r in runs if r.returncode is None]
+        options = [
+            *(["--jobs", str(jobs)] if jobs != 1 else []),
+            *(["--threads", str(threads)] if threads != 1 else []),
+            *(["--metric", metric] if metric != "val_nelbo" else []),
+        ]
+        rest = shlex.join(
+            ["python", "-m", "vaelab", "sweep", "--seeds", *waiting, "--out", str(out)]
+            + [*options, "--", *train_args]
+        )
         print(
             f"\ninterrupted: {len([r for r in runs if r.result is not None])} of {len(runs)} "
             f"runs finished and are summarised above; {kept}; "
             + (f"{unsaved} stopped before their first checkpoint; " if unsaved else "")
-            + f"{summary['not_started']} not started",
+            + f"{summary['not_started']} not started"
+            + (f" (to run them: {rest})" if waiting else ""),
             file=sys.stderr,
         )
         return 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM
