@@ -1726,3 +1726,29 @@ def test_the_fix_in_a_write_error_fits_its_cause():
     assert make_room(OSError(errno.EFBIG, "big")).startswith("Raise the file-size limit")
     for code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT):
         assert make_room(OSError(code, "x")).startswith("Make sure that folder exists")
+
+
+def test_the_start_up_handler_covers_building_the_parser(monkeypatch, capsys):
+    """Re-test 5, finding 9.6: Ctrl-C about 3 s into start-up, while main() built its parser
+    (which imports the course module), gave a 80-line traceback: main() had restored the
+    default handlers first. They are restored only once the arguments are parsed."""
+    import vaelab
+    import vaelab.course
+
+    seen = []
+    real = vaelab.course.add_course_parser
+
+    def add_course_parser(sub):
+        seen.append(signal.getsignal(signal.SIGINT))
+        return real(sub)
+
+    monkeypatch.setattr(vaelab.course, "add_course_parser", add_course_parser)
+    before = signal.signal(signal.SIGINT, vaelab._stopped_while_starting)
+    try:
+        code, _, _ = run_cli(["models"], capsys)
+        after = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert code == 0
+    assert seen == [vaelab._stopped_while_starting]
+    assert after is signal.default_int_handler

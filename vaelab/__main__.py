@@ -378,7 +378,6 @@ def _restore_signals() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _restore_signals()
     parser = argparse.ArgumentParser(prog="python -m vaelab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -527,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra:  # argparse's own message shows an empty argument as nothing at all
         empty = " (one is empty: an unset variable or stray quotes)" if "" in extra else ""
         parser.error(f"unrecognized arguments: {shlex.join(extra)}{empty}")
+    # the start-up handler stays until here: building the parser imports the course module
+    _restore_signals()
     term: Callable[[int, FrameType | None], object] | int | None = None
     if args.command == "evaluate" and threading.current_thread() is threading.main_thread():
         term = signal.signal(signal.SIGTERM, _terminate)  # train's fit has its own handling
