@@ -1752,3 +1752,77 @@ def test_the_start_up_handler_covers_building_the_parser(monkeypatch, capsys):
     assert code == 0
     assert seen == [vaelab._stopped_while_starting]
     assert after is signal.default_int_handler
+
+
+@pytest.mark.integration  # kernels of their own: make test, not test-fast
+@pytest.mark.parametrize(
+    "sig, group, code, why",
+    [
+        (signal.SIGINT, True, 130, "interrupted"),  # a terminal's Ctrl-C reaches the kernel too
+        (signal.SIGINT, False, 130, "interrupted"),
+        (signal.SIGTERM, False, 143, "stopped (SIGTERM)"),
+    ],
+)
+def test_a_signal_while_course_site_executes_says_which_pages_were_written(
+    tmp_path, sig, group, code, why
+):
+    """Re-test 5, finding 9.1: Ctrl-C or SIGTERM while course site ran a notebook ended in a
+    traceback (CancelledError, DeadKernelError, an AssertionError inside nbclient) with exit
+    code 1, leaving a partial site that nothing called partial."""
+    src, dst, running = tmp_path / "src", tmp_path / "site", tmp_path / "running"
+    _notebook(src, "01_first")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "py", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_code_cell(
+            f"import pathlib, time\npathlib.Path({str(running)!r}).touch()\ntime.sleep(300)"
+        )
+    ]
+    nbformat.write(nb, src / "02_second.ipynb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vaelab", "course", "site", str(dst), "--source", str(src)],
+        env=_env(),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not running.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.1)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == code and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"{why}: course site stopped while building 02_second.ipynb; 1 page(s) were written "
+        f"to {dst} (01_first.html), and there is no index.html yet: the site is incomplete. "
+        f"Run the same command again to build it whole"
+    )
+    assert sorted(p.name for p in dst.iterdir()) == ["01_first.html"]
+
+
+@pytest.mark.integration  # a kernel of its own: make test, not test-fast
+def test_a_kernel_that_dies_during_course_site_is_one_sentence(tmp_path, capsys):
+    """A notebook whose kernel dies (here it exits) is named, with the kernel's last line,
+    in place of nbclient's DeadKernelError traceback."""
+    src = tmp_path / "src"
+    src.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "py", "language": "python"}
+    cell = "import os, sys\nprint('going', file=sys.__stderr__, flush=True)\nos._exit(3)"
+    nb.cells = [nbformat.v4.new_code_cell(cell)]
+    nbformat.write(nb, src / "01_dies.ipynb")
+    argv = ["course", "site", str(tmp_path / "site"), "--source", str(src)]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert err.startswith("error: 01_dies.ipynb: its kernel died while executing for the site")
+    assert "going" in err

@@ -548,7 +548,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         cli_advice.print_commands_after_divergence(args, argv, err)
         return 3
-    except KeyboardInterrupt:  # Ctrl-C outside training (start-up, evaluate): nothing saved
+    except KeyboardInterrupt as err:  # Ctrl-C outside training (start-up, evaluate)
+        signum = getattr(err, "signum", None)  # course site: its text says what was written
+        if signum is not None and str(err):
+            why = "interrupted" if signum == signal.SIGINT else "stopped (SIGTERM)"
+            print(f"\n{why}: {err}", file=sys.stderr)
+            return 128 + signum
         print(
             f"\ninterrupted: {args.command} stopped before it finished; nothing was written",
             file=sys.stderr,

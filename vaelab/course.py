@@ -18,11 +18,15 @@ Command line: ``python -m vaelab course release DIR [--source notebooks]`` and
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import html
 import os
 import re
 import signal
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
@@ -313,40 +317,101 @@ def build_site(
         pages: list[Path] = []
         entries = []
         stems = [path.stem for path, _ in notebooks]
-        for path, nb in notebooks:
-            if execute:
-                options: dict[str, object] = {"timeout": timeout}
-                if kernel_name:
-                    options["kernel_name"] = kernel_name
-                env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # inline backend
-                _execute(nb, path, options, env)
-            body, _ = exporter.from_notebook_node(nb)
-            body = _link_pages(body, stems)
-            page = dst / f"{path.stem}.html"
-            _write_page(page, body, pages)
-            pages.append(page)
-            entries.append(
-                f'<li><a href="{html.escape(page.name)}">'
-                f"{html.escape(_title(nb, path.stem))}</a></li>"
+        with _stopped_as(SiteInterrupted) as pending, _interrupted_site(dst, pages, pending):
+            for path, nb in notebooks:
+                pending[:] = [path.name]
+                if execute:
+                    options: dict[str, object] = {"timeout": timeout}
+                    if kernel_name:
+                        options["kernel_name"] = kernel_name
+                    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # inline
+                    _execute(nb, path, options, env)
+                body, _ = exporter.from_notebook_node(nb)
+                body = _link_pages(body, stems)
+                page = dst / f"{path.stem}.html"
+                _write_page(page, body, pages)
+                pages.append(page)
+                entries.append(
+                    f'<li><a href="{html.escape(page.name)}">'
+                    f"{html.escape(_title(nb, path.stem))}</a></li>"
+                )
+            pending[:] = ["index.html"]
+            how = "executed when the site was built" if execute else "as stored, without outputs"
+            if execute and os.environ.get("VAELAB_SMALL") == "1":
+                how += (
+                    ", in the short setting (VAELAB_SMALL=1): figures and printed numbers come "
+                    "from short runs, not from the full runs the text describes"
+                )
+            index = dst / "index.html"
+            _write_page(
+                index,
+                '<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">'
+                "<title>vaelab course</title></head>\n<body>\n<h1>vaelab course</h1>\n"
+                "<p>Variational autoencoders, sequential VAEs, deep Markov models and normalizing "
+                f"flows in PyTorch. The notebooks in course order ({how}):</p>\n<ol>\n"
+                + "\n".join(entries)
+                + "\n</ol>\n</body>\n</html>\n",
+                pages,
             )
-        how = "executed when the site was built" if execute else "as stored, without outputs"
-        if execute and os.environ.get("VAELAB_SMALL") == "1":
-            how += (
-                ", in the short setting (VAELAB_SMALL=1): figures and printed numbers come from "
-                "short runs, not from the full runs the text describes"
-            )
-        index = dst / "index.html"
-        _write_page(
-            index,
-            '<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8">'
-            "<title>vaelab course</title></head>\n<body>\n<h1>vaelab course</h1>\n"
-            "<p>Variational autoencoders, sequential VAEs, deep Markov models and normalizing "
-            f"flows in PyTorch. The notebooks in course order ({how}):</p>\n<ol>\n"
-            + "\n".join(entries)
-            + "\n</ol>\n</body>\n</html>\n",
-            pages,
-        )
     return [index, *pages]
+
+
+class SiteInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM, ``signum``) while ``course site`` built; once raised through
+    :func:`_interrupted_site`, its text says which pages were written and what to do."""
+
+    def __init__(self, signum: int = signal.SIGINT, message: str = "") -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _stopped_as(error: type[SiteInterrupted]) -> Iterator[list[str]]:
+    """Ctrl-C and SIGTERM raise ``error(signum)`` inside the block (the main thread's
+    handlers, restored after it); yields a list for the caller's note of what it is doing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise error(signum)
+
+    handlers = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield []
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def _interrupted_site(dst: Path, pages: list[Path], doing: list[str]) -> Iterator[None]:
+    """A :class:`SiteInterrupted` (or Ctrl-C) inside the block, told: the pages written
+    so far stay, and the site is incomplete until the command runs again."""
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        index = dst / "index.html"
+        written = (
+            f"{len(pages)} page(s) were written to {dst} ({', '.join(p.name for p in pages)})"
+            if pages
+            else f"no page was written to {dst}"
+        )
+        kept = (
+            "its previous index.html is unchanged and links the earlier build"
+            if index.is_file()
+            else "there is no index.html yet"
+        )
+        raise SiteInterrupted(
+            signum,
+            f"course site stopped while building {doing[0] if doing else 'the site'}; "
+            f"{written}, and {kept}: the site is incomplete. Run the same command again "
+            f"to build it whole",
+        ) from None
 
 
 @contextlib.contextmanager
@@ -388,16 +453,53 @@ def _link_pages(body: str, stems: list[str]) -> str:
 
 
 def _execute(nb: nbformat.NotebookNode, path: Path, options: dict, env: dict) -> None:
+    """Run ``nb`` in place. Ctrl-C or SIGTERM meanwhile raises :class:`SiteInterrupted`
+    (nbclient stops the kernel on either; our handler, set once the kernel is up, records
+    which came), never a failing cell's report."""
     from jupyter_client.kernelspec import NoSuchKernel
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
-    client = NotebookClient(nb, resources={"metadata": {"path": str(path.parent)}}, **options)
+    got: list[int] = []
+
+    def record(signum: int, frame: object) -> None:
+        got.append(signum)  # nbclient's own handler (the loop's) stops the kernel
+
+    def on_start(**_: object) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for s in STOP_SIGNALS:
+                signal.signal(s, record)
+
+    client = NotebookClient(
+        nb,
+        resources={"metadata": {"path": str(path.parent)}},
+        on_notebook_start=on_start,
+        **options,
+    )
     # nbclient's kernel start can leave its own SIGTERM/SIGINT handlers behind when it fails;
     # the caller's (e.g. fit's Ctrl-C handling later in the same process) come back after it
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    # the kernel's own stderr goes to a file: a terminal's Ctrl-C reaches the kernel too, and
+    # its traceback is not ours to print; a kernel that dies says its last line from there
+    kernel_log = tempfile.TemporaryFile("w+", errors="replace")  # noqa: SIM115 - closed below
     try:
-        client.execute(env=env)
+        try:
+            client.execute(env=env, stderr=kernel_log)
+        except BaseException as err:
+            stopped = isinstance(err, (KeyboardInterrupt, asyncio.CancelledError))
+            if got or stopped or getattr(client, "_async_cleanup_kernel_future", None):
+                raise SiteInterrupted(got[0] if got else signal.SIGINT) from None
+            raise
+        if got:  # the signal came as the last cell ended
+            raise SiteInterrupted(got[0])
+    except DeadKernelError:
+        kernel_log.seek(0)
+        last = (kernel_log.read().strip().splitlines() or ["(it printed nothing)"])[-1]
+        raise ValueError(
+            f"{path.name}: its kernel died while executing for the site (its last line: "
+            f"{last}); fix the notebook (memory? a crashing library?), or build with "
+            f"--no-execute to render it as stored"
+        ) from None
     except NoSuchKernel as err:
         raise ValueError(
             f"{path.name} asks for the Jupyter kernel {err.name!r}, which is not installed; "
@@ -411,6 +513,7 @@ def _execute(nb: nbformat.NotebookNode, path: Path, options: dict, env: dict) ->
             f"{re.sub(ANSI, '', str(err))}"
         ) from None
     finally:
+        kernel_log.close()
         for s, handler in handlers.items():
             if handler is not None and signal.getsignal(s) is not handler:
                 signal.signal(s, handler)
