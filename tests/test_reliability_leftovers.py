@@ -1826,3 +1826,37 @@ def test_a_kernel_that_dies_during_course_site_is_one_sentence(tmp_path, capsys)
     assert code == 2 and "Traceback" not in err, err
     assert err.startswith("error: 01_dies.ipynb: its kernel died while executing for the site")
     assert "going" in err
+
+
+def test_an_allocation_past_the_memory_is_one_sentence(tmp_path, capsys, monkeypatch):
+    """Re-test 5, finding 7.3: --allow-large lets z_dim=100000000 past the size estimate, and
+    building the model then ended in torch's "can't allocate memory" traceback. The model
+    build is made to fail as torch's allocator does (an honest 160 GB request may succeed
+    lazily on a machine that overcommits)."""
+    import vaelab.__main__ as cli
+
+    def build(*args, **kwargs):
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:118] data. DefaultCPUAllocator: can't allocate "
+            "memory: you tried to allocate 160000000000 bytes. Error code 12"
+        )
+
+    monkeypatch.setattr(cli, "make_model", build)
+    at = TINY_VAE.index("z_dim=2")
+    tiny = TINY_VAE[: at - 1] + TINY_VAE[at + 1 :]  # without its --set z_dim=2
+    argv = ["train", *tiny, "--set", "z_dim=100000000", "--allow-large"]
+    code, _, err = run_cli([*argv, "--out", str(tmp_path / "r")], capsys)
+    assert code == 1 and err == (
+        "error: out of memory: this machine could not give the memory this run asked for "
+        "(149 GiB in one piece); use smaller sizes (--set), a smaller --batch-size, or a "
+        "machine with more memory (--allow-large lets a size past vaelab's estimate through, "
+        "not past the memory)\n"
+    )
+
+
+def test_out_of_memory_is_told_apart_from_other_runtime_errors():
+    from vaelab.cli_advice import out_of_memory
+
+    assert out_of_memory(MemoryError()).startswith("out of memory: this machine")
+    assert "the GPU" in out_of_memory(torch.OutOfMemoryError("CUDA out of memory."))
+    assert out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None

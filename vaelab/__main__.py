@@ -377,7 +377,7 @@ def _restore_signals() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m vaelab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -526,6 +526,11 @@ def main(argv: list[str] | None = None) -> int:
     if extra:  # argparse's own message shows an empty argument as nothing at all
         empty = " (one is empty: an unset variable or stray quotes)" if "" in extra else ""
         parser.error(f"unrecognized arguments: {shlex.join(extra)}{empty}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
     # the start-up handler stays until here: building the parser imports the course module
     _restore_signals()
     term: Callable[[int, FrameType | None], object] | int | None = None
@@ -573,6 +578,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as err:  # a path that cannot be used (permissions, a folder for a file)
         print(f"error: {cli_advice.os_error(err, args)}", file=sys.stderr)
+        return 1
+    except (MemoryError, RuntimeError) as err:  # e.g. a size let through by --allow-large
+        if (said := cli_advice.out_of_memory(err)) is None:
+            raise
+        print(f"error: {said}", file=sys.stderr)
         return 1
     finally:
         if term is not None:

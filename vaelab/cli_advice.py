@@ -8,9 +8,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import re
 import shlex
 import sys
 from pathlib import Path
+
+import torch
 
 from vaelab.config import flat
 from vaelab.train import TrainConfig, TrainingDiverged, resume
@@ -54,6 +57,24 @@ def os_error(err: OSError, args: argparse.Namespace | None = None) -> str:
         f"the path {name[:60]}... is too long for this filesystem ({len(name)} characters, "
         f"{len(longest)} in its longest part; most filesystems allow 255 per part and 4096 in "
         f"all); pass a shorter one"
+    )
+
+
+def out_of_memory(err: BaseException) -> str | None:
+    """The sentence for an allocation that failed (``MemoryError``, torch's CPU "can't allocate
+    memory" or CUDA out-of-memory), naming the bytes asked for when torch says; None for any
+    other error."""
+    text = str(err)
+    cuda = isinstance(err, torch.OutOfMemoryError)
+    if not (isinstance(err, MemoryError) or cuda or "can't allocate memory" in text):
+        return None
+    asked = re.search(r"tried to allocate (\d+) bytes", text)
+    size = f" ({int(asked.group(1)) / 2**30:.3g} GiB in one piece)" if asked else ""
+    where = "the GPU" if cuda else "this machine"
+    return (
+        f"out of memory: {where} could not give the memory this run asked for{size}; "
+        f"use smaller sizes (--set), a smaller --batch-size, or a machine with more memory "
+        f"(--allow-large lets a size past vaelab's estimate through, not past the memory)"
     )
 
 
