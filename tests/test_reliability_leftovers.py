@@ -1860,3 +1860,31 @@ def test_out_of_memory_is_told_apart_from_other_runtime_errors():
     assert out_of_memory(MemoryError()).startswith("out of memory: this machine")
     assert "the GPU" in out_of_memory(torch.OutOfMemoryError("CUDA out of memory."))
     assert out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+
+
+def test_ctrl_c_before_the_first_step_says_what_the_folder_holds_and_the_advice_works(
+    tmp_path, capsys, monkeypatch
+):
+    """Re-test 5, finding 9.7: Ctrl-C a few seconds into train (the run folder opened, fit's
+    own handling not yet in place) said "nothing was written", and status.json claimed a
+    checkpoint that did not exist. Ctrl-C is simulated at the call of fit."""
+    import vaelab.__main__ as cli
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    argv = ["train", *TINY_VAE, "--max-steps", "2", "--out", str(out)]
+    monkeypatch.setattr(cli, "fit", ctrl_c)
+    code, _, err = run_cli(argv, capsys)
+    assert code == 130
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: train stopped before its first step; {out} holds the run's settings "
+        f"and no checkpoint: run the same command again to start it"
+    )
+    status = json.loads((out / "status.json").read_text())
+    assert status["message"] == "interrupted (Ctrl-C or SIGINT) before its first checkpoint"
+    monkeypatch.undo()
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 2

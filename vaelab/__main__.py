@@ -559,10 +559,7 @@ def main(argv: list[str] | None = None) -> int:
             why = "interrupted" if signum == signal.SIGINT else "stopped (SIGTERM)"
             print(f"\n{why}: {err}", file=sys.stderr)
             return 128 + signum
-        print(
-            f"\ninterrupted: {args.command} stopped before it finished; nothing was written",
-            file=sys.stderr,
-        )
+        print(f"\ninterrupted: {cli_advice.stopped_early(args)}", file=sys.stderr)
         return 130
     except WriteError as err:  # disk full, no permission: not the user's input
         print(f"error: {err.strerror}", file=sys.stderr)

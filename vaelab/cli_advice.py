@@ -60,6 +60,22 @@ def os_error(err: OSError, args: argparse.Namespace | None = None) -> str:
     )
 
 
+def stopped_early(args: argparse.Namespace) -> str:
+    """What a Ctrl-C outside training left: nothing, or (train, once its run folder was
+    opened) a folder with the run's settings and no checkpoint, which the same command
+    starts again."""
+    out = getattr(args, "out", None) if args.command == "train" else None
+    folder = Path(out) if out and out.strip() else None
+    if folder is None or not (folder / "settings.json").is_file():
+        return f"{args.command} stopped before it finished; nothing was written"
+    if (folder / "checkpoint.pt").is_file():  # a resumed run, stopped before its first step
+        return f"train stopped before its first step; {folder / 'checkpoint.pt'} is as it was"
+    return (
+        f"train stopped before its first step; {folder} holds the run's settings and no "
+        f"checkpoint: run the same command again to start it"
+    )
+
+
 def out_of_memory(err: BaseException) -> str | None:
     """The sentence for an allocation that failed (``MemoryError``, torch's CPU "can't allocate
     memory" or CUDA out-of-memory), naming the bytes asked for when torch says; None for any

@@ -124,10 +124,15 @@ class RunWriter:
         if kind is None:
             self.status("stopped" if self.reason else "finished", self.reason or "")
         elif issubclass(kind, KeyboardInterrupt):
+            saved = (self.folder / "checkpoint.pt").is_file()
             self.status(
                 "stopped",
                 self.reason
-                or "interrupted (Ctrl-C or SIGINT); the checkpoint holds the last finished step",
+                or (
+                    "interrupted (Ctrl-C or SIGINT); the checkpoint holds the last finished step"
+                    if saved
+                    else "interrupted (Ctrl-C or SIGINT) before its first checkpoint"
+                ),
             )
         else:
             self.status("failed", f"{type(error).__name__}: {error}")
