@@ -1888,3 +1888,50 @@ def test_ctrl_c_before_the_first_step_says_what_the_folder_holds_and_the_advice_
     code, _, err = run_cli(argv, capsys)
     assert code == 0, err
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 2
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "loop"])
+def test_a_special_file_given_as_a_checkpoint_is_named_for_what_it_is(tmp_path, capsys, kind):
+    """Re-test 5, finding 9.3: /dev/null, a FIFO and a symbolic link loop given to
+    --checkpoint or --resume were all "not found"."""
+    path = tmp_path / "c.pt"
+    if kind == "device":
+        path = Path("/dev/null")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        (tmp_path / "other.pt").symlink_to(path)
+        path.symlink_to(tmp_path / "other.pt")
+    says = (
+        "is a symbolic link that leads nowhere (its target is missing, or the links form a loop)"
+        if kind == "loop"
+        else "is not a regular file (a device, a pipe or a socket, which may never end)"
+    )
+    for argv in (["evaluate", "--checkpoint", str(path)], ["train", "--resume", str(path)]):
+        code, _, err = run_cli(argv, capsys)
+        assert code == 2 and f"{path} {says}" in err and "not found" not in err, err
+
+
+def test_an_out_folder_that_cannot_hold_files_gets_no_disk_space_advice(capsys):
+    """Re-test 5, finding 9.2: --out /proc/self (a folder no file can be made in) was told
+    "it needs 0.00 MiB ... Make room there"."""
+    code, _, err = run_cli(["train", *TINY_VAE, "--max-steps", "2", "--out", "/proc/self"], capsys)
+    assert code == 1 and "Traceback" not in err, err
+    assert "MiB" not in err and "Make room" not in err
+    assert "could not write run file /proc/self/settings.json" in err
+    assert "Make sure that folder exists and this user may write there" in err
+
+
+def test_a_quoted_tilde_means_the_home_folder(tmp_path, capsys, monkeypatch):
+    """Re-test 5, finding 9.4: --out "~/x" (quoted, so the shell left it) made a folder
+    named "~" in the current one; the home folder is meant, as the shell would read it."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    code, _, err = run_cli(["train", *TINY_VAE, "--max-steps", "2", "--out", "~/run"], capsys)
+    assert code == 0, err
+    assert (home / "run" / "checkpoint.pt").is_file() and list(cwd.iterdir()) == []
+    code, _, err = run_cli(["evaluate", "--checkpoint", "~/run/checkpoint.pt"], capsys)
+    assert code == 0, err

@@ -158,6 +158,7 @@ def test_the_printed_command_after_divergence_trains_past_the_failing_step(
     ckpt = load_checkpoint(Path(words[words.index("--out") + 1]) / "checkpoint.pt")
     assert ckpt["step"] > failing and ckpt["train_config"]["lr"] == 1e-3
     assert same_values(ckpt["config"]["z_dim"], 2)  # the same model as the failed run
+    assert ckpt["train_config"]["progress"] is False  # re-test 5, 9.5: every setting kept
 
 
 def test_a_resumed_run_that_diverges_is_told_to_resume_at_a_lower_rate_and_that_works(

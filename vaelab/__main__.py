@@ -377,6 +377,9 @@ def _restore_signals() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+PATH_ARGUMENTS = ("out", "resume", "checkpoint", "data_path", "dir", "source")
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m vaelab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -526,6 +529,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     if extra:  # argparse's own message shows an empty argument as nothing at all
         empty = " (one is empty: an unset variable or stray quotes)" if "" in extra else ""
         parser.error(f"unrecognized arguments: {shlex.join(extra)}{empty}")
+    for key in PATH_ARGUMENTS:  # "~/runs" quoted (or from a script) means the home folder,
+        value = getattr(args, key, None)  # as the shell would have read it unquoted
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, key, os.path.expanduser(value))
     return args
 
 

@@ -157,7 +157,7 @@ def restart_command(args: argparse.Namespace, err: TrainingDiverged) -> str:
         "max_steps": "--max-steps",
         "device": "--device",
     }
-    skip = {"out_dir", "progress", "preset", *flags}
+    skip = {"out_dir", "preset", *flags}
     for key, value in dataclasses.asdict(config).items():
         if key not in skip and value != TrainConfig.__dataclass_fields__[key].default:
             words += ["--train-set", f"{key}={value!r}"]

@@ -59,7 +59,8 @@ def write_error(
     needed, what ``survives``, and the fix (:func:`make_room`, then ``then``)."""
     if isinstance(err, WriteError):
         return err
-    need = f"; it needs {size / 2**20:.2f} MiB" if size is not None else ""
+    space = err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # the size matters
+    need = f"; it needs {size / 2**20:.2f} MiB" if size is not None and space else ""
     return cls(
         err.errno,
         f"could not write {what} {path}: {reason(err)}{need} ({err}); {survives}. "

@@ -251,6 +251,16 @@ def _read(path: Path, map_location: str | torch.device) -> dict:
     """``torch.load(weights_only=True)`` of ``path``, its failures as ValueErrors."""
     if path.is_dir():
         raise ValueError(f"{path} is a folder; pass the checkpoint.pt file inside it")
+    if path.is_symlink() and not path.exists():
+        raise FileNotFoundError(
+            f"checkpoint {path} is a symbolic link that leads nowhere (its target is missing, "
+            f"or the links form a loop); pass the checkpoint.pt itself"
+        )
+    if path.exists() and not path.is_file():  # a device (/dev/null), a pipe, a socket
+        raise ValueError(
+            f"{path} is not a regular file (a device, a pipe or a socket, which may never "
+            f"end); pass a checkpoint.pt written by 'python -m vaelab train'"
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"checkpoint {path} not found; pass the checkpoint.pt that "
