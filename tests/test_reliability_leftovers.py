@@ -1935,3 +1935,27 @@ def test_a_quoted_tilde_means_the_home_folder(tmp_path, capsys, monkeypatch):
     assert (home / "run" / "checkpoint.pt").is_file() and list(cwd.iterdir()) == []
     code, _, err = run_cli(["evaluate", "--checkpoint", "~/run/checkpoint.pt"], capsys)
     assert code == 0, err
+
+
+def test_course_site_never_replaces_a_page_it_did_not_write(tmp_path, capsys):
+    """Re-test 5, note 8.4: course site wrote into any folder, replacing a user's file that
+    had a page's name; such a file is now refused by name and left as it was, while a
+    folder a site was built in is rebuilt, and other files stay untouched."""
+    src, dst = tmp_path / "src", tmp_path / "site"
+    _notebook(src, "01_first")
+    dst.mkdir()
+    (dst / "notes.txt").write_text("mine")
+    (dst / "01_first.html").write_text("<p>my own page</p>")
+    argv = ["course", "site", str(dst), "--no-execute", "--source", str(src)]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and err == (
+        f"error: {dst} holds 01_first.html, which a vaelab course site did not write and "
+        f"this build would replace; move it away, or pass another DIR (a new folder, or one "
+        f"a course site was built in)\n"
+    )
+    assert (dst / "01_first.html").read_text() == "<p>my own page</p>"
+    (dst / "01_first.html").unlink()
+    assert run_cli(argv, capsys)[0] == 0
+    assert run_cli(argv, capsys)[0] == 0  # its own pages: rebuilt
+    assert sorted(p.name for p in dst.iterdir()) == ["01_first.html", "index.html", "notes.txt"]
+    assert (dst / "notes.txt").read_text() == "mine"

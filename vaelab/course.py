@@ -308,6 +308,7 @@ def build_site(
         raise ValueError(f"--timeout must be >= 1 seconds per cell, got {timeout}")
     src, dst = _source_dir(src), _out_folder(dst, "course site", "build/site/")
     notebooks = [(path, read_notebook(path)) for path in sorted(src.glob("*.ipynb"))]
+    _check_not_overwriting(dst, ["index.html", *(f"{path.stem}.html" for path, _ in notebooks)])
     with _removed_if_left_empty(dst):  # a failure before the first page leaves no folder
         try:  # after every notebook was read: a bad one leaves no empty folder behind
             dst.mkdir(parents=True, exist_ok=True)
@@ -427,14 +428,36 @@ def _removed_if_left_empty(folder: Path):
         raise
 
 
+SITE_MARK = "<!-- a page of the vaelab course site (python -m vaelab course site) -->\n"
+
+
+def _check_not_overwriting(dst: Path, names: list[str]) -> None:
+    """A page the build would replace must be one a course site wrote (it begins with
+    :data:`SITE_MARK`): a file of the same name that is anything else is refused, untouched."""
+    foreign = []
+    for name in names:
+        path = dst / name
+        if path.is_file():
+            with open(path, "rb") as f:
+                if not f.read(len(SITE_MARK) + 16).startswith(SITE_MARK.encode()):
+                    foreign.append(name)
+    if foreign:
+        raise ValueError(
+            f"{dst} holds {', '.join(foreign)}, which a vaelab course site did not write and "
+            f"this build would replace; move {'them' if len(foreign) > 1 else 'it'} away, or "
+            f"pass another DIR (a new folder, or one a course site was built in)"
+        )
+
+
 def _write_page(page: Path, body: str, written: list[Path]) -> None:
-    """One page of the site, atomically; a WriteError says which pages are complete."""
+    """One page of the site, atomically, marked as the site's (:data:`SITE_MARK`); a
+    WriteError says which pages are complete."""
     done = f"{len(written)} page(s) before it were written" if written else "no page was written"
     index = page.parent / "index.html"
     kept = "the previous index.html is unchanged" if index.is_file() else "no index.html yet"
     writes.write_atomic(
         page,
-        body,
+        SITE_MARK + body,
         "course page",
         survives=f"{writes.previous(page)}; {done}; {kept}",
         then="(or pass another DIR) and run course site again",
