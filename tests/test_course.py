@@ -11,7 +11,7 @@ import pytest
 from nbclient import NotebookClient
 
 from tests.test_notebooks import KERNEL, NOTEBOOKS, kernel_env  # noqa: F401  (fixture)
-from vaelab import course
+from vaelab import course, course_site
 from vaelab.__main__ import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -269,13 +269,15 @@ def test_site_executes_notebooks_and_reports_a_failing_one(
         ),
         src / "a.ipynb",
     )
-    pages = course.build_site(src, tmp_path / "site", execute=True, timeout=60, kernel_name=KERNEL)
+    pages = course_site.build_site(
+        src, tmp_path / "site", execute=True, timeout=60, kernel_name=KERNEL
+    )
     assert [p.name for p in pages] == ["index.html", "a.html"]
     assert str(sum(range(1234))) in pages[1].read_text()  # the executed output is rendered
     assert "executed when the site was built" in pages[0].read_text()
     assert "short setting" not in pages[0].read_text()
     monkeypatch.setenv("VAELAB_SMALL", "1")  # `make site VAELAB_SMALL=1`: the index says so
-    small = course.build_site(
+    small = course_site.build_site(
         src, tmp_path / "small", execute=True, timeout=60, kernel_name=KERNEL
     )
     assert "short setting (VAELAB_SMALL=1)" in small[0].read_text()
@@ -283,7 +285,9 @@ def test_site_executes_notebooks_and_reports_a_failing_one(
     with pytest.raises(
         ValueError, match="(?s)b.ipynb failed while executing.*ZeroDivisionError: division by zero"
     ):
-        course.build_site(src, tmp_path / "site2", execute=True, timeout=60, kernel_name=KERNEL)
+        course_site.build_site(
+            src, tmp_path / "site2", execute=True, timeout=60, kernel_name=KERNEL
+        )
 
 
 def test_release_removes_hidden_tests_and_written_answers() -> None:
@@ -363,11 +367,11 @@ def test_site_failing_on_its_first_page_leaves_no_empty_folder(
     def too_big(page, body, written):
         raise OSError(27, "File too large", str(page))
 
-    monkeypatch.setattr(course, "_write_page", too_big)
+    monkeypatch.setattr(course_site, "_write_page", too_big)
     with pytest.raises(OSError, match="File too large"):
-        course.build_site(src, tmp_path / "site", execute=False)
+        course_site.build_site(src, tmp_path / "site", execute=False)
     assert not (tmp_path / "site").exists()
     (tmp_path / "mine").mkdir()
     with pytest.raises(OSError, match="File too large"):
-        course.build_site(src, tmp_path / "mine", execute=False)
+        course_site.build_site(src, tmp_path / "mine", execute=False)
     assert (tmp_path / "mine").is_dir()
