@@ -187,7 +187,14 @@ TINY_SWEEP = [*TINY_VAE, "--batch-size", "64"]
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--threads", "0"], "--threads must be >= 1 torch threads per process, got 0"),
+        (["--threads", "0"], "--threads must be in [1, 1024] torch threads per process"),
+        (  # re-test 6, N4: OpenMP refused it in the seed's log, unseen
+            ["--threads", str(2**63)],
+            (
+                f"--threads must be in [1, 1024] torch threads per process (this machine has "
+                f"{os.cpu_count()} cores), got {2**63}"
+            ),
+        ),
         (["--jobs", "0"], "--jobs must be >= 1 processes at a time, got 0"),
         (["--seeds", "-1"], "sweep seeds must be in [0, 2**32) (numpy's range), got [-1]"),
         (
@@ -1959,3 +1966,92 @@ def test_course_site_never_replaces_a_page_it_did_not_write(tmp_path, capsys):
     assert run_cli(argv, capsys)[0] == 0  # its own pages: rebuilt
     assert sorted(p.name for p in dst.iterdir()) == ["01_first.html", "index.html", "notes.txt"]
     assert (dst / "notes.txt").read_text() == "mine"
+
+
+def test_a_signal_after_the_command_finished_changes_nothing(tmp_path):
+    """Re-test 6, N5: Ctrl-C as `course release` exited (its work done and said) ended the
+    process as killed: exit 130 and no word, over a complete release. The interpreter's exit
+    puts back the default handlers; once main() has returned, the signals are ignored. The
+    signal is sent from an atexit callback, that is, during the exit."""
+    probe = (
+        "import atexit, os, runpy, signal, sys, time\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.5)))\n"
+        "sys.argv = ['vaelab', 'models']\n"
+        "runpy.run_module('vaelab', run_name='__main__')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert "vae" in done.stdout
+
+
+@pytest.mark.parametrize("flag", ["--samples", "--elbo-samples"])
+def test_a_size_no_run_can_finish_is_refused_even_with_allow_large(checkpoint, capsys, flag):
+    """Re-test 6, N3: --samples 2**63 --allow-large ran silently with no end; a size whose
+    work no run can finish is refused, and one let through by --allow-large is announced."""
+    code, out, err = run_cli(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(checkpoint),
+            "--split",
+            "val",
+            flag,
+            str(2**63),
+            "--allow-large",
+        ],
+        capsys,
+    )
+    assert code == 2 and out == "" and "more than any run can finish" in err, err
+    _, val, _ = load_digits()
+    from vaelab.__main__ import MAX_IMPORTANCE_WORK
+
+    draws = MAX_IMPORTANCE_WORK // len(val) + 1
+    other = "--elbo-samples" if flag == "--samples" else "--samples"
+    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        code, _, err = run_cli(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(checkpoint),
+                "--split",
+                "val",
+                flag,
+                str(draws),
+                other,
+                "0",
+                "--allow-large",
+            ],
+            capsys,
+        )
+    finally:
+        timer.cancel()
+    assert code == 130
+    assert err.startswith(f"note: {flag} {draws} on {len(val)} observed steps is ")
+    assert "(--allow-large): this may take hours; Ctrl-C stops it" in err
+
+
+def test_a_tilde_naming_no_user_is_refused(tmp_path, capsys, monkeypatch):
+    """Re-test 6, N1: --out "~nosuchuser/run" made a folder named "~nosuchuser"."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["train", *TINY_VAE, "--out", "~nosuchuser_zz/run"], capsys)
+    assert code == 2 and err == (
+        "error: ~nosuchuser_zz/run: there is no user 'nosuchuser_zz' whose home folder "
+        "~nosuchuser_zz could mean; write ./~nosuchuser_zz/run for a folder of that name\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_that_cannot_be_read_is_not_called_empty(capsys):
+    """Re-test 6, N2: /proc/self/mem (it exists; reading it is an I/O error) was "empty"."""
+    code, _, err = run_cli(["evaluate", "--checkpoint", "/proc/self/mem"], capsys)
+    assert code == 2 and "empty" not in err
+    assert "/proc/self/mem is not a readable vaelab checkpoint: it cannot be read as a file" in err

@@ -26,6 +26,7 @@ from vaelab.cli_checks import (  # MAX_IMPORTANCE_WORK: read here by tests
     check_not_another_run,
     check_size,
     check_work,
+    expand_home,
 )
 from vaelab.config import check_types, data_spec, flat, make_model, parse_sets
 from vaelab.datasets import DATASETS, load_dataset
@@ -377,9 +378,6 @@ def _restore_signals() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-PATH_ARGUMENTS = ("out", "resume", "checkpoint", "data_path", "dir", "source")
-
-
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m vaelab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -529,10 +527,6 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     if extra:  # argparse's own message shows an empty argument as nothing at all
         empty = " (one is empty: an unset variable or stray quotes)" if "" in extra else ""
         parser.error(f"unrecognized arguments: {shlex.join(extra)}{empty}")
-    for key in PATH_ARGUMENTS:  # "~/runs" quoted (or from a script) means the home folder,
-        value = getattr(args, key, None)  # as the shell would have read it unquoted
-        if isinstance(value, str) and value.startswith("~"):
-            setattr(args, key, os.path.expanduser(value))
     return args
 
 
@@ -544,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "evaluate" and threading.current_thread() is threading.main_thread():
         term = signal.signal(signal.SIGTERM, _terminate)  # train's fit has its own handling
     try:
+        expand_home(args)
         return args.func(args)
     except Terminated:
         print(f"\nstopped (SIGTERM): {args.command} ended; nothing was written", file=sys.stderr)
@@ -594,4 +589,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # the work is done and said: a Ctrl-C during the interpreter's exit (which puts back the
+    # default handlers) would end it as killed, 130 and no word, over a finished command
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, signal.SIG_IGN)
+    sys.exit(code)

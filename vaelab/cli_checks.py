@@ -6,6 +6,8 @@ checkpoint's. Each raises ValueError with the sentence ``python -m vaelab`` prin
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -125,12 +127,25 @@ def check_work(args: argparse.Namespace, splits: list) -> None:
         ("--elbo-samples", args.elbo_samples, "guide draws", "1 to 100"),
     ):
         work = draws * steps
+        if work >= 2**63:  # no machine finishes it, --allow-large or not
+            raise ValueError(
+                f"{flag} {draws} on {steps} observed steps ({args.split}) is {work:.3g} "
+                f"{what} x steps, more than any run can finish; pass fewer {flag} ({usual} "
+                f"is the usual)"
+            )
         if work > MAX_IMPORTANCE_WORK and not args.allow_large:
             raise ValueError(
                 f"{flag} {draws} on {steps} observed steps ({args.split}) is {work:.3g} "
                 f"{what} x steps, over the limit of {MAX_IMPORTANCE_WORK:.0e} (hours of "
                 f"work); pass fewer {flag} ({usual} is the usual), --split val or test, or "
                 f"--allow-large if you mean it"
+            )
+        if work > MAX_IMPORTANCE_WORK:  # let through: say so before the long silence
+            print(
+                f"note: {flag} {draws} on {steps} observed steps is {work:.3g} {what} x "
+                f"steps, past the limit of {MAX_IMPORTANCE_WORK:.0e} (--allow-large): this "
+                f"may take hours; Ctrl-C stops it",
+                file=sys.stderr,
             )
 
 
@@ -182,3 +197,23 @@ def check_evaluated_support(path: str, ckpt: dict, model, spec: dict, data) -> N
     raise ValueError(
         f"--checkpoint {path} holds a model that cannot score this data: {problem}; {fix}"
     )
+
+
+PATH_ARGUMENTS = ("out", "resume", "checkpoint", "data_path", "dir", "source")
+
+
+def expand_home(args: argparse.Namespace) -> None:
+    """``~/runs`` or ``~user/runs``, quoted (or from a script), means the home folder, as the
+    shell would have read it unquoted; a ``~name`` naming no user is refused."""
+    for key in PATH_ARGUMENTS:
+        value = getattr(args, key, None)
+        if not (isinstance(value, str) and value.startswith("~")):
+            continue
+        home = os.path.expanduser(value)
+        if home == value:
+            name = value[1:].split("/", 1)[0]
+            raise ValueError(
+                f"{value}: there is no user {name!r} whose home folder ~{name} could mean; "
+                f"write ./{value} for a folder of that name"
+            )
+        setattr(args, key, home)

@@ -84,6 +84,9 @@ class _Signals:
             signal.signal(signum, handler)  # type: ignore[arg-type]
 
 
+MAX_THREADS = 1024
+
+
 def _command(train_args: list[str], seed: int, out: Path) -> list[str]:
     return [
         sys.executable,
@@ -115,8 +118,11 @@ def _check_args(
         raise ValueError(f"sweep seeds must differ, got {seeds}")
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1 processes at a time, got {jobs}")
-    if threads < 1:
-        raise ValueError(f"--threads must be >= 1 torch threads per process, got {threads}")
+    if not 1 <= threads <= MAX_THREADS:  # OpenMP refuses a count past its own limit
+        raise ValueError(
+            f"--threads must be in [1, {MAX_THREADS}] torch threads per process (this machine "
+            f"has {os.cpu_count()} cores), got {threads}"
+        )
     bad = [s for s in seeds if not 0 <= s < 2**32]
     if bad:
         raise ValueError(f"sweep seeds must be in [0, 2**32) (numpy's range), got {bad}")

@@ -314,8 +314,11 @@ def _unreadable(path: Path, reason: str) -> str:
     try:
         with open(path, "rb") as f:
             head = f.read(200)
-    except OSError:
-        head = b""
+    except OSError as err:  # e.g. /proc/self/mem, which exists but reads as an I/O error
+        return (
+            f"{path} is not a readable vaelab checkpoint: it cannot be read as a file "
+            f"({err.strerror or err}); pass a checkpoint.pt written by 'python -m vaelab train'"
+        )
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as err:  # binary, or a character cut at the 200th byte
