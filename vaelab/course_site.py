@@ -244,9 +244,12 @@ def _execute(nb: nbformat.NotebookNode, path: Path, options: dict, env: dict) ->
         try:
             client.execute(env=env, stderr=kernel_log)
         except BaseException as err:
-            stopped = isinstance(err, (KeyboardInterrupt, asyncio.CancelledError))
-            if got or stopped or getattr(client, "_async_cleanup_kernel_future", None):
+            # a signal: ours recorded it, or nbclient's handler began stopping the kernel
+            signalled = got or getattr(client, "_async_cleanup_kernel_future", None)
+            if signalled or isinstance(err, KeyboardInterrupt):
                 raise SiteInterrupted(got[0] if got else signal.SIGINT) from None
+            if isinstance(err, asyncio.CancelledError):  # a kernel that died, seen mid-reply
+                raise DeadKernelError("the kernel stopped") from None
             raise
         if got:  # the signal came as the last cell ended
             raise SiteInterrupted(got[0])
