@@ -6,6 +6,7 @@ or in a non-zero exit with one sentence and no traceback."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -635,3 +636,94 @@ def test_a_two_process_checkpoint_resumed_alone_says_how_the_global_batch_change
         r"global batches of 64; pass batch_size=64",
     ):
         fit(model, train, val, config(tmp_path / "c", epochs=2), resume=inside)
+
+
+def test_a_signal_while_fit_reports_its_stop_leaves_the_report_whole(
+    digits, tmp_path, monkeypatch
+):
+    """Re-test 6, N6: a second Ctrl-C 0.02 s after the first could land while fit built its
+    report of the stop, and a bare KeyboardInterrupt left fit: the command line then said
+    "stopped before its first step" over a checkpoint of step 704. Once fit reports, a
+    further signal changes nothing."""
+    from vaelab.train import loop
+
+    train, val = digits
+    real = loop.runs.interrupted
+
+    def interrupted(run):
+        os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, while the report is built
+        time.sleep(0.05)
+        return real(run)
+
+    def first(record):
+        if record.get("step") == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        return True
+
+    monkeypatch.setattr(loop.runs, "interrupted", interrupted)
+    model = VAE(VAEConfig(x_dim=64, z_dim=2, hidden_dims=[8]))
+    with pytest.raises(TrainingInterrupted) as info:
+        fit(model, train, val, config(tmp_path, epochs=3), callback=first)
+    assert info.value.step == load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # a library's fit
+
+
+def test_the_command_line_keeps_signals_away_until_a_stop_is_reported():
+    """Re-test 6, N7: a SIGTERM 0.02 s after a Ctrl-C, once fit had stopped, met Python's
+    default and killed the process before it said anything, leaving status "training" and
+    its lock. Under the command line (HOLD_AFTER_STOP) a stopped fit leaves both signals
+    ignored until main() has reported; a library's fit puts the defaults back."""
+    token = guard.HOLD_AFTER_STOP.set(True)
+    try:
+        with guard.deferred_stop():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        guard.HOLD_AFTER_STOP.reset(token)
+        guard.release_held()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    with guard.deferred_stop():  # not held: a stop without the command line
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.integration  # a process of its own: make test, not test-fast
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM])
+def test_two_signals_close_together_end_in_the_stop_report(tmp_path, second):
+    """Re-test 6, N6 and N7 as the tester sent them: Ctrl-C, then a second signal 0.02 s
+    later. The process ends with the report of its stop and a resume command, and its
+    folder says "stopped"."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vaelab",
+            "train",
+            *TINY_VAE,
+            "--out",
+            str(out),
+            "--epochs",
+            "100000",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.02)
+    proc.send_signal(second)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    step = load_checkpoint(out / "checkpoint.pt")["step"]
+    assert f"holds step {step}" in err and "to resume: python -m vaelab train" in err
+    assert json.loads((out / "status.json").read_text())["state"] == "stopped"
+    assert not (out / ".lock").exists()

@@ -41,6 +41,7 @@ from vaelab.train import (
     evaluate_elbo,
     evaluate_nll,
     fit,
+    guard,
     load_checkpoint,
     load_model,
     resume,
@@ -534,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     # the start-up handler stays until here: building the parser imports the course module
     _restore_signals()
+    hold = guard.HOLD_AFTER_STOP.set(True)  # a stopped fit leaves signals off while we report
     term: Callable[[int, FrameType | None], object] | int | None = None
     if args.command == "evaluate" and threading.current_thread() is threading.main_thread():
         term = signal.signal(signal.SIGTERM, _terminate)  # train's fit has its own handling
@@ -586,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if term is not None:
             signal.signal(signal.SIGTERM, term)
+        guard.HOLD_AFTER_STOP.reset(hold)
+        guard.release_held()
 
 
 if __name__ == "__main__":

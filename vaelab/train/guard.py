@@ -9,6 +9,7 @@ step is refused before the optimiser takes it, so the parameters stay the last g
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import signal
 import statistics
@@ -116,6 +117,26 @@ def _check(step: int, values: list[float], max_abs: float, limit: float) -> None
         raise TrainingDiverged(f"non-finite gradient norm at step {step}")
 
 
+HOLD_AFTER_STOP: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "HOLD_AFTER_STOP", default=False
+)  # set by ``python -m vaelab``, whose process ends after reporting a stop
+
+
+_HELD: list[int] = []  # the signals deferred_stop left ignored (HOLD_AFTER_STOP)
+
+
+def release_held() -> None:
+    """Python's defaults again for the signals a stopped fit left ignored."""
+    defaults: dict[int, Callable[[int, FrameType | None], Any] | int] = {
+        signal.SIGINT: signal.default_int_handler,
+        signal.SIGTERM: signal.SIG_DFL,
+    }
+    while _HELD:
+        s = _HELD.pop()
+        if signal.getsignal(s) is signal.SIG_IGN:
+            signal.signal(s, defaults[s])
+
+
 @contextlib.contextmanager
 def deferred_stop() -> Iterator:
     """While training, the first Ctrl-C (or SIGTERM, as a job scheduler or the dashboard sends)
@@ -129,6 +150,7 @@ def deferred_stop() -> Iterator:
 
     class Stop:
         requested = False  # a signal reached this process
+        closing = False  # fit is reporting the stop: a further signal changes nothing
 
     stop = Stop()
     defaults: dict[int, Callable[[int, FrameType | None], Any] | int] = {
@@ -141,6 +163,8 @@ def deferred_stop() -> Iterator:
     ours = [s for s, d in defaults.items() if signal.getsignal(s) is d]
 
     def handler(signum, frame):
+        if stop.closing:
+            return
         if stop.requested:
             raise KeyboardInterrupt
         stop.requested = True
@@ -157,8 +181,12 @@ def deferred_stop() -> Iterator:
     try:
         yield stop
     finally:
+        # the command line, stopping on a signal, keeps further ones away while it reports
+        hold = stop.requested and HOLD_AFTER_STOP.get()
         for s in ours:
-            signal.signal(s, defaults[s])
+            signal.signal(s, signal.SIG_IGN if hold else defaults[s])
+        if hold:
+            _HELD.extend(ours)
 
 
 def survivor(out: Path | None, saved: Path | None, step: int | None) -> str:

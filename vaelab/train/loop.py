@@ -76,8 +76,8 @@ def fit(
         desc=f"train {model.name}",
     )
     stopped = done = halt = False  # halt: a stop the processes agreed on (agree_to_stop)
-    try:
-        with guard.deferred_stop() as stop:
+    with guard.deferred_stop() as stop:
+        try:
             while state.epoch < config.epochs and not (stopped or done or halt):
                 pending = []  # steps whose metrics are still on the device
                 for i, batch in runs.remaining_batches(run, train):
@@ -113,13 +113,16 @@ def fit(
                 runs.save(run)
             if halt and not (stopped or done) and state.epoch < config.epochs:
                 raise KeyboardInterrupt  # reported below, with the checkpoint just saved
-    except guard.TrainingDiverged as err:
-        raise runs.diverged(run, err) from err.__cause__
-    except KeyboardInterrupt:
-        raise runs.interrupted(run) from None
-    finally:
-        bar.close()
-        runs.unlock(run)
-        distributed.leave(run.ctx)
+        except guard.TrainingDiverged as err:
+            stop.closing = True
+            raise runs.diverged(run, err) from err.__cause__
+        except KeyboardInterrupt:  # its report is made whole: a further signal waits
+            stop.closing = True
+            raise runs.interrupted(run) from None
+        finally:
+            stop.closing = True
+            bar.close()
+            runs.unlock(run)
+            distributed.leave(run.ctx)
     run.emit({"kind": "end", "step": state.step, "epoch": state.epoch, "stopped": stopped})
     return state.history
