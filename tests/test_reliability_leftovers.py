@@ -1255,8 +1255,8 @@ def test_evaluate_refuses_an_impossible_sample_count_up_front(checkpoint, capsys
     assert code == 2 and out == ""
     assert (
         f"error: --samples 1000000000 on {steps} observed steps (both) is "
-        f"{1e9 * steps:.3g} importance paths x steps, over the limit of "
-        f"{MAX_IMPORTANCE_WORK:.0e}" in err
+        f"{10**9 * steps:,} importance paths x steps, over the limit of "
+        f"{MAX_IMPORTANCE_WORK:,}" in err
     )
     assert "--allow-large if you mean it" in err
     # just over the limit on one split: refused too; a small estimate runs
@@ -1682,9 +1682,9 @@ def test_evaluate_refuses_an_impossible_elbo_sample_count_up_front(checkpoint, c
     assert code == 2 and out == ""
     assert err == (
         f"error: --elbo-samples 100000000 on {len(val)} observed steps (val) is "
-        f"{1e8 * len(val):.3g} guide draws x steps, over the limit of "
-        f"{MAX_IMPORTANCE_WORK:.0e} (hours of work); pass fewer --elbo-samples (1 to 100 is "
-        f"the usual), --split val or test, or --allow-large if you mean it\n"
+        f"{10**8 * len(val):,} guide draws x steps, over the limit of "
+        f"{MAX_IMPORTANCE_WORK:,} (hours of work); pass fewer --elbo-samples (1 to 100 is "
+        f"the usual), or --allow-large if you mean it\n"
     )
 
 
@@ -1890,7 +1890,7 @@ def test_ctrl_c_before_the_first_step_says_what_the_folder_holds_and_the_advice_
         f"and no checkpoint: run the same command again to start it"
     )
     status = json.loads((out / "status.json").read_text())
-    assert status["message"] == "interrupted (Ctrl-C or SIGINT) before its first checkpoint"
+    assert status["message"] == "interrupted (Ctrl-C or SIGTERM) before its first checkpoint"
     monkeypatch.undo()
     code, _, err = run_cli(argv, capsys)
     assert code == 0, err

@@ -134,16 +134,17 @@ def check_work(args: argparse.Namespace, splits: list) -> None:
                 f"is the usual)"
             )
         if work > MAX_IMPORTANCE_WORK and not args.allow_large:
+            split = ", --split val or test" if args.split == "both" else ""
             raise ValueError(
-                f"{flag} {draws} on {steps} observed steps ({args.split}) is {work:.3g} "
-                f"{what} x steps, over the limit of {MAX_IMPORTANCE_WORK:.0e} (hours of "
-                f"work); pass fewer {flag} ({usual} is the usual), --split val or test, or "
+                f"{flag} {draws} on {steps} observed steps ({args.split}) is {work:,} "
+                f"{what} x steps, over the limit of {MAX_IMPORTANCE_WORK:,} (hours of "
+                f"work); pass fewer {flag} ({usual} is the usual){split}, or "
                 f"--allow-large if you mean it"
             )
         if work > MAX_IMPORTANCE_WORK:  # let through: say so before the long silence
             print(
-                f"note: {flag} {draws} on {steps} observed steps is {work:.3g} {what} x "
-                f"steps, past the limit of {MAX_IMPORTANCE_WORK:.0e} (--allow-large): this "
+                f"note: {flag} {draws} on {steps} observed steps is {work:,} {what} x "
+                f"steps, past the limit of {MAX_IMPORTANCE_WORK:,} (--allow-large): this "
                 f"may take hours; Ctrl-C stops it",
                 file=sys.stderr,
             )

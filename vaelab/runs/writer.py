@@ -20,7 +20,7 @@ class RunWriter:
     JSON lines, ``status.json``; it obeys ``request.json`` (pause waits in the callback,
     stop returns ``False``, so fit saves a checkpoint and ends) and the wall-time cap of
     ``limits.json``. As a context manager it records how the process ended: ``finished``,
-    ``stopped`` (a request, a cap, Ctrl-C or SIGINT) or ``failed`` with the error's message.
+    ``stopped`` (a request, a cap, Ctrl-C or SIGTERM) or ``failed`` with the error's message.
 
     Parameters
     ----------
@@ -129,9 +129,9 @@ class RunWriter:
                 "stopped",
                 self.reason
                 or (
-                    "interrupted (Ctrl-C or SIGINT); the checkpoint holds the last finished step"
+                    "interrupted (Ctrl-C or SIGTERM); the checkpoint holds the last finished step"
                     if saved
-                    else "interrupted (Ctrl-C or SIGINT) before its first checkpoint"
+                    else "interrupted (Ctrl-C or SIGTERM) before its first checkpoint"
                 ),
             )
         else:
