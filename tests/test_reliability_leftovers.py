@@ -1819,7 +1819,7 @@ def test_a_signal_while_course_site_executes_says_which_pages_were_written(
 
 
 @pytest.mark.integration  # a kernel of its own: make test, not test-fast
-def test_a_kernel_that_dies_during_course_site_is_one_sentence(tmp_path, capsys):
+def test_a_kernel_that_dies_during_course_site_is_one_sentence(tmp_path):
     """A notebook whose kernel dies (here it exits) is named, with the kernel's last line,
     in place of nbclient's DeadKernelError traceback."""
     src = tmp_path / "src"
@@ -1829,9 +1829,10 @@ def test_a_kernel_that_dies_during_course_site_is_one_sentence(tmp_path, capsys)
     cell = "import os, sys\nprint('going', file=sys.__stderr__, flush=True)\nos._exit(3)"
     nb.cells = [nbformat.v4.new_code_cell(cell)]
     nbformat.write(nb, src / "01_dies.ipynb")
-    argv = ["course", "site", str(tmp_path / "site"), "--source", str(src)]
-    code, _, err = run_cli(argv, capsys)
-    assert code == 2 and "Traceback" not in err, err
+    # as a user runs it, in a process of its own
+    done = _vaelab(["course", "site", str(tmp_path / "site"), "--source", str(src)], tmp_path)
+    err = done.stderr
+    assert done.returncode == 2 and "Traceback" not in err, err
     assert err.startswith("error: 01_dies.ipynb: its kernel died while executing for the site")
     assert "going" in err
 
