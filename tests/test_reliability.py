@@ -460,6 +460,10 @@ DIGITS = [
             ),
         ),
         (["--lr", "nan"], r"TrainConfig\.lr=nan is out of range: it must be > 0 and finite"),
+        (  # the property test found it: the warm-up in steps overflowed int
+            ["--train-set", "anneal_epochs=1.6e307"],
+            r"TrainConfig\.anneal_epochs=1\.6e\+307 is out of range: it must be in \[0, 1e12\]",
+        ),
         (["--lr", "inf"], r"TrainConfig\.lr=inf is out of range"),
         (["--seed", "-1"], r"TrainConfig\.seed=-1 is out of range"),
         (["--batch-size", "0"], r"TrainConfig\.batch_size=0 is out of range: it must be in \["),

@@ -70,7 +70,12 @@ class TrainConfig:
             "weight_decay_sum": (self.weight_decay_sum >= 0, ">= 0"),
             "lr_decay": (0 < self.lr_decay <= 1, "in (0, 1]"),
             "beta": (self.beta >= 0, ">= 0"),
-            "anneal_epochs": (self.anneal_epochs >= 0, ">= 0 (0: no annealing)"),
+            # counted in steps (an int) once the data is known: a warm-up past 1e12 epochs
+            # would overflow, and never ends anyway
+            "anneal_epochs": (
+                0 <= self.anneal_epochs <= 1e12,
+                "in [0, 1e12] (0: no annealing)",
+            ),
             "min_kl_weight": (0 <= self.min_kl_weight <= 1, "in [0, 1]"),
             # each step holds train_samples copies of the batch: past 1000 it only exhausts
             # memory (an IAF guide's Monte Carlo KL needs a few)
