@@ -306,10 +306,9 @@ def test_a_second_signal_stops_at_once():
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
-@pytest.mark.integration  # a process of its own: make test, not test-fast
-def test_sigterm_to_a_training_process_exits_130_with_the_resume_command(tmp_path):
-    out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def _training_past_its_first_checkpoint(out: Path, env: dict) -> subprocess.Popen:
+    """``python -m vaelab train`` of a long tiny run into ``out`` (``env`` over this one's),
+    returned once its first checkpoint is on disk (or after two minutes)."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -324,11 +323,18 @@ def test_sigterm_to_a_training_process_exits_130_with_the_resume_command(tmp_pat
         ],
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env={**os.environ, **env},
     )
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
+    return proc
+
+
+@pytest.mark.integration  # a process of its own: make test, not test-fast
+def test_sigterm_to_a_training_process_exits_130_with_the_resume_command(tmp_path):
+    out = tmp_path / "run"
+    proc = _training_past_its_first_checkpoint(out, {"PYTHONPATH": str(ROOT)})
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -699,25 +705,9 @@ def test_two_signals_close_together_end_in_the_stop_report(tmp_path, second):
     later. The process ends with the report of its stop and a resume command, and its
     folder says "stopped"."""
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vaelab",
-            "train",
-            *TINY_VAE,
-            "--out",
-            str(out),
-            "--epochs",
-            "100000",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+    proc = _training_past_its_first_checkpoint(
+        out, {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     )
-    deadline = time.monotonic() + 120
-    while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.02)
     proc.send_signal(second)

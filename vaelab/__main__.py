@@ -373,10 +373,9 @@ def _terminate(signum: int, frame: object) -> None:
 def _restore_signals() -> None:
     """The default Ctrl-C and SIGTERM behaviour again, in place of vaelab/__init__.py's
     start-up handler, so that fit's own handling (vaelab.train.guard) applies."""
-    if signal.getsignal(signal.SIGINT) is vaelab._stopped_while_starting:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if signal.getsignal(signal.SIGTERM) is vaelab._stopped_while_starting:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for s, default in guard.DEFAULT_HANDLERS.items():
+        if signal.getsignal(s) is vaelab._stopped_while_starting:
+            signal.signal(s, default)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -124,17 +124,19 @@ HOLD_AFTER_STOP: contextvars.ContextVar[bool] = contextvars.ContextVar(
 
 _HELD: list[int] = []  # the signals deferred_stop left ignored (HOLD_AFTER_STOP)
 
+# Python's own handlers for the two stop signals, which deferred_stop replaces and restores
+DEFAULT_HANDLERS: dict[int, Callable[[int, FrameType | None], Any] | int] = {
+    signal.SIGINT: signal.default_int_handler,
+    signal.SIGTERM: signal.SIG_DFL,
+}
+
 
 def release_held() -> None:
     """Python's defaults again for the signals a stopped fit left ignored."""
-    defaults: dict[int, Callable[[int, FrameType | None], Any] | int] = {
-        signal.SIGINT: signal.default_int_handler,
-        signal.SIGTERM: signal.SIG_DFL,
-    }
     while _HELD:
         s = _HELD.pop()
         if signal.getsignal(s) is signal.SIG_IGN:
-            signal.signal(s, defaults[s])
+            signal.signal(s, DEFAULT_HANDLERS[s])
 
 
 @contextlib.contextmanager
@@ -153,10 +155,7 @@ def deferred_stop() -> Iterator:
         closing = False  # fit is reporting the stop: a further signal changes nothing
 
     stop = Stop()
-    defaults: dict[int, Callable[[int, FrameType | None], Any] | int] = {
-        signal.SIGINT: signal.default_int_handler,
-        signal.SIGTERM: signal.SIG_DFL,
-    }
+    defaults = DEFAULT_HANDLERS
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
