@@ -1921,6 +1921,41 @@ def test_a_special_file_given_as_a_checkpoint_is_named_for_what_it_is(tmp_path, 
         assert code == 2 and f"{path} {says}" in err and "not found" not in err, err
 
 
+def test_checkpoints_and_data_files_share_one_check_of_what_a_path_is(tmp_path):
+    """``writes.not_a_file`` is the one check behind both the checkpoint's and the data
+    file's messages: a missing path, a dangling link, a folder, a FIFO and a regular file."""
+    from vaelab.datasets import validate_data_spec
+    from vaelab.writes import not_a_file
+
+    (tmp_path / "file").write_bytes(b"x")
+    (tmp_path / "dir").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    expected = {
+        "file": None,
+        "none": (FileNotFoundError, "does not exist"),
+        "link": (FileNotFoundError, "is a symbolic link that leads nowhere"),
+        "dir": (ValueError, "is a folder"),
+        "fifo": (ValueError, "is not a regular file"),
+    }
+    for name, want in expected.items():
+        got = not_a_file(tmp_path / name)
+        if want is None:
+            assert got is None
+            continue
+        assert got is not None and got[0] is want[0] and got[1].startswith(want[1]), (name, got)
+        readers = {
+            "checkpoint": load_checkpoint,
+            "data": lambda p: validate_data_spec({"name": "polyphonic", "path": str(p)}),
+        }
+        for reader, read in readers.items():
+            with pytest.raises(want[0]) as raised:
+                read(tmp_path / name)
+            # a missing checkpoint is said as "not found"; every other case in the helper's words
+            says = "not found" if (reader, name) == ("checkpoint", "none") else want[1]
+            assert f"{tmp_path / name} {says}" in str(raised.value), str(raised.value)
+
+
 def test_an_out_folder_that_cannot_hold_files_gets_no_disk_space_advice(capsys):
     """Re-test 5, finding 9.2: --out /proc/self (a folder no file can be made in) was told
     "it needs 0.00 MiB ... Make room there"."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from vaelab import systems
 from vaelab.data import Data, load_digits, load_jsb, load_mnist, load_moons, load_polyphonic
+from vaelab.writes import not_a_file
 
 Loader = Callable[..., tuple[Data, Data, Data]]
 
@@ -145,42 +146,35 @@ def _check_spec_path(name: str, path: object) -> str:
             f"data set {name!r} takes a path but its loader does not say what it reads; "
             f"register it as vaelab.datasets._needs_path(loader, what, 'file' or 'folder')"
         )
-    what, kind = loader.path_what, loader.path_kind
+    what_to_pass, kind = loader.path_what, loader.path_kind
     if path is None:
-        raise ValueError(f"data set {name!r} needs a path: pass {what}")
+        raise ValueError(f"data set {name!r} needs a path: pass {what_to_pass}")
     if isinstance(path, os.PathLike):
         path = os.fspath(path)
     if not isinstance(path, str) or not path:
         raise ValueError(
-            f"data set {name!r}: path must be a non-empty str, {what}; got "
+            f"data set {name!r}: path must be a non-empty str, {what_to_pass}; got "
             f"{path!r:.60} (type {type(path).__name__})"
         )
-    p = Path(path)
-    if p.is_symlink() and not p.exists():
-        raise FileNotFoundError(
-            f"data set {name!r}: path {path} is a symbolic link that leads nowhere (its "
-            f"target is missing, or the links form a loop); pass {what} itself"
-        )
-    if not p.exists():
-        raise FileNotFoundError(
-            f"data set {name!r}: path {path} does not exist; pass {what} "
-            f"(a checkpoint records the path it was trained from: put the "
-            f"data back there or name it again)"
-        )
-    if kind == "folder" and not p.is_dir():
+    problem = not_a_file(Path(path))  # the same checks as a checkpoint's
+    if problem is not None and not (kind == "folder" and problem[1] == "is a folder"):
+        error, what = problem
+        if what == "does not exist":
+            raise FileNotFoundError(
+                f"data set {name!r}: path {path} does not exist; pass {what_to_pass} "
+                f"(a checkpoint records the path it was trained from: put the "
+                f"data back there or name it again)"
+            )
+        if what == "is a folder":
+            raise ValueError(
+                f"data set {name!r}: path {path} is a folder, but this data set reads "
+                f"a file; pass {what_to_pass}"
+            )
+        raise error(f"data set {name!r}: path {path} {what}; pass {what_to_pass}")
+    if kind == "folder" and not Path(path).is_dir():
         raise ValueError(
             f"data set {name!r}: path {path} is a file, but this data set reads a "
-            f"folder; pass {what}"
-        )
-    if kind == "file" and p.is_dir():
-        raise ValueError(
-            f"data set {name!r}: path {path} is a folder, but this data set reads "
-            f"a file; pass {what}"
-        )
-    if kind == "file" and not p.is_file():  # a device (/dev/zero), a pipe, a socket
-        raise ValueError(
-            f"data set {name!r}: path {path} is not a regular file (a device, a pipe or "
-            f"a socket, which may never end); pass {what}"
+            f"folder; pass {what_to_pass}"
         )
     return path
 

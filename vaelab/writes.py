@@ -5,6 +5,9 @@ needed and what survives, and no temporary file or half-written line is left beh
 Every file vaelab writes goes through here: checkpoints (:mod:`vaelab.train.checkpoint`), the
 run folder's metrics and status (:mod:`vaelab.runs`), the course site and the student release
 (:mod:`vaelab.course`). The CLI prints a WriteError's message and exits with 1.
+
+Reads get the other half: :func:`not_a_file` says why a path a user names (a checkpoint, a
+data file) cannot be read as a file, before anything opens it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,26 @@ from typing import BinaryIO
 class WriteError(OSError):
     """A file could not be written; ``strerror`` is the whole sentence (what, where, why,
     the space needed, what survives and what to do)."""
+
+
+def not_a_file(path: Path) -> tuple[type[Exception], str] | None:
+    """Why ``path`` cannot be read as a regular file, as ``(exception type, what it is)``, the
+    phrase to follow the path in a message; None for a regular file. A device, a pipe or a
+    socket is caught here because reading it may never end (``/dev/zero``, a FIFO)."""
+    if path.is_symlink() and not path.exists():
+        return FileNotFoundError, (
+            "is a symbolic link that leads nowhere (its target is missing, or the links form a "
+            "loop)"
+        )
+    if not path.exists():
+        return FileNotFoundError, "does not exist"
+    if path.is_dir():
+        return ValueError, "is a folder"
+    if not path.is_file():
+        return ValueError, (
+            "is not a regular file (a device, a pipe or a socket, which may never end)"
+        )
+    return None
 
 
 def reason(err: OSError) -> str:

@@ -33,7 +33,7 @@ from vaelab.config import build_config
 from vaelab.dmm_variants import Compat
 from vaelab.protocol import Model
 from vaelab.train import optim
-from vaelab.writes import WriteError, write_error
+from vaelab.writes import WriteError, not_a_file, write_error
 
 # format 2: the checksum is required and covers every value (format 1, written before
 # vaelab 0.2: tensors only, optional; still read, with the comparison fields upgraded)
@@ -249,22 +249,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def _read(path: Path, map_location: str | torch.device) -> dict:
     """``torch.load(weights_only=True)`` of ``path``, its failures as ValueErrors."""
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder; pass the checkpoint.pt file inside it")
-    if path.is_symlink() and not path.exists():
-        raise FileNotFoundError(
-            f"checkpoint {path} is a symbolic link that leads nowhere (its target is missing, "
-            f"or the links form a loop); pass the checkpoint.pt itself"
-        )
-    if path.exists() and not path.is_file():  # a device (/dev/null), a pipe, a socket
+    problem = not_a_file(path)  # the same checks as a data file's (vaelab.datasets)
+    if problem is not None:
+        error, what = problem
+        if what == "does not exist":
+            raise FileNotFoundError(
+                f"checkpoint {path} not found; pass the checkpoint.pt that "
+                f"'python -m vaelab train --out DIR' wrote into DIR"
+            )
+        if what == "is a folder":
+            raise ValueError(f"{path} is a folder; pass the checkpoint.pt file inside it")
+        if error is FileNotFoundError:  # a link that leads nowhere
+            raise FileNotFoundError(f"checkpoint {path} {what}; pass the checkpoint.pt itself")
         raise ValueError(
-            f"{path} is not a regular file (a device, a pipe or a socket, which may never "
-            f"end); pass a checkpoint.pt written by 'python -m vaelab train'"
-        )
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint {path} not found; pass the checkpoint.pt that "
-            f"'python -m vaelab train --out DIR' wrote into DIR"
+            f"{path} {what}; pass a checkpoint.pt written by 'python -m vaelab train'"
         )
     try:
         with warnings.catch_warnings():  # torch warns of a plain pickle's protocol, then fails
