@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import io
 import secrets
+import zlib
 from pathlib import Path
 
 import streamlit as st
@@ -458,7 +459,9 @@ if visible:
         index=ids.index(run["id"]) if run else None,
         format_func=names.get,
         placeholder="choose a run to show",
-        key=f"pick_{run['id'] if run else ''}",
+        # the labels are part of the key: the browser keeps the label it was sent last, so a
+        # run going from queued to training must make a new picker, not relabel the old one
+        key=f"pick_{run['id'] if run else ''}_{zlib.crc32(repr(names).encode()):08x}",
     )
     if picked is not None and (run is None or picked != run["id"]):
         st.query_params["run"] = picked

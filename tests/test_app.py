@@ -170,7 +170,8 @@ def test_five_sessions_five_runs_each_sees_and_controls_only_its_own(hosted, mon
     assert len(set(ids)) == 5 and None not in ids
     for i, at in enumerate(sessions):
         _poll(at, lambda at=at: _state(at, hosted) == "training")
-        shown = at.selectbox(key=f"pick_{ids[i]}").options
+        (picker,) = [s for s in at.selectbox if s.key.startswith(f"pick_{ids[i]}_")]
+        shown = picker.options
         assert len(shown) == 1 and shown[0].startswith(f"{ids[i]} (")  # hosted: no other
         assert shown[0].endswith(", yours)")  # session's run is even listed
         assert runs.read_json(hosted / ids[i] / "settings.json")["model_config"][

@@ -378,6 +378,17 @@ def test_two_sessions_own_their_runs_and_a_reload_reattaches(hosted_server, tmp_
             expect(a.get_by_text(re.compile(r": vae on digits — stopped"))).to_be_visible()
             expect(b.get_by_text(re.compile(r": vae on digits — training"))).to_be_visible()
             assert (runs_root / ids[a] / "checkpoint.pt").is_file()
+            # the picker's label follows the run through every change of state, not only the
+            # first (the browser keeps the label a picker was last sent)
+            b_picker = b.get_by_test_id("stSelectbox").filter(has=b.get_by_text("run", exact=True))
+            for button, state in (("Pause", "paused"), ("Continue", "training")):
+                _button(b, button).click()
+                expect(b.get_by_text(re.compile(f": vae on digits — {state}"))).to_be_visible()
+                expect(b_picker.get_by_role("combobox")).to_have_value(
+                    f"{ids[b]} ({state}, yours)"
+                )
+            a_picker = a.get_by_test_id("stSelectbox").filter(has=a.get_by_text("run", exact=True))
+            expect(a_picker.get_by_role("combobox")).to_have_value(f"{ids[a]} (stopped, yours)")
             _button(b, "Stop").click()
             expect(b.get_by_text(re.compile(r": vae on digits — stopped"))).to_be_visible()
             assert not a.get_by_test_id("stException").count()
