@@ -45,6 +45,14 @@ def rnn_states(model: DMM, x: Tensor, lengths: Tensor) -> Tensor:
     return reverse_sequences(model.output_dropout(out), lengths)
 
 
+def _gaussian(loc: Tensor, scale: Tensor) -> Independent:
+    """A diagonal Gaussian over the last axis from parameters the model's own layers made (a
+    softplus scale), without torch's argument checks: they cost an element-wise pass and a
+    host sync per tensor, and the modules' own distributions (transition, emission) keep
+    theirs, so a diverged run or bad data is still named by the trainer."""
+    return Independent(Normal(loc, scale, validate_args=False), 1)
+
+
 def guide(
     model: DMM, x: Tensor, lengths: Tensor, noise: Tensor, samples: int
 ) -> tuple[Tensor, Independent, Tensor | None]:
@@ -54,7 +62,7 @@ def guide(
     h_rnn = rnn_states(model, x, lengths)  # [B, T, R]
     if model.iaf is None and torch.is_grad_enabled():
         z, loc, scale = combiner_scan(model.combiner, model.z_q_0, h_rnn, noise, lengths, samples)
-        return z, Independent(Normal(loc, scale), 1), None
+        return z, _gaussian(loc, scale), None
     # the plain loop: IAF guides, and evaluation without gradients (it keeps nothing)
     combiner = model.combiner
     # linearity splits the combiner's A h + c into the RNN's share, projected for all steps
@@ -73,14 +81,14 @@ def guide(
         scale = combiner.scale(s)
         z_prev = torch.addcmul(loc, scale, noise_t)
         if model.iaf is not None:
-            q_t = model.iaf(Independent(Normal(loc, scale), 1))
+            q_t = model.iaf(_gaussian(loc, scale))
             for transform in q_t.transforms:  # push the base sample through the flows
                 z_prev = transform(z_prev)
             log_qs.append(q_t.log_prob(z_prev))  # cached: no inversion
         zs.append(z_prev)
         locs.append(loc)
         scales.append(scale)
-    q_z = Independent(Normal(torch.stack(locs, 1), torch.stack(scales, 1)), 1)
+    q_z = _gaussian(torch.stack(locs, 1), torch.stack(scales, 1))
     return torch.stack(zs, dim=1), q_z, torch.stack(log_qs, dim=1) if log_qs else None
 
 
@@ -92,7 +100,7 @@ def _prior_steps(model: DMM, z_prev: Tensor, a_prev: Tensor, first: Tensor) -> I
         return p_z  # p(z_1) = p(z_1 | z_0, a_0 = 0), and z_prev, a_prev are z_0, 0 there
     p_1 = model.initial_prior(1)  # batch [1]
     loc = torch.where(first, p_1.mean[0], p_z.mean)
-    return Independent(Normal(loc, torch.where(first, p_1.stddev[0], p_z.stddev)), 1)
+    return _gaussian(loc, torch.where(first, p_1.stddev[0], p_z.stddev))
 
 
 def elbo(
@@ -123,7 +131,7 @@ def elbo(
 
         first = (t == 0)[:, None]
         z_prev = torch.where(first, model.z_0, take(z, (index - 1).clamp(min=0)))
-        q_obs = Independent(Normal(take(q_z.base_dist.loc), take(q_z.base_dist.scale)), 1)
+        q_obs = _gaussian(take(q_z.base_dist.loc), take(q_z.base_dist.scale))
         log_px, kl = _scores(
             model,
             take(x),
