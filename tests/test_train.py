@@ -207,6 +207,32 @@ def test_nan_parameter_raises_and_keeps_the_last_checkpoint(digits, tmp_path):
     assert math.isfinite(evaluate_elbo(loaded, val)["nelbo"])
 
 
+def test_a_nan_guide_parameter_on_the_dmm_fast_path_stops_and_keeps_the_last_checkpoint(
+    tmp_path,
+):
+    """The fast path builds the guide's Gaussians without torch's argument checks
+    (vaelab.fast.dmm._gaussian): a guide weight turning NaN must still stop the run as a
+    divergence, with the epoch-1 checkpoint intact."""
+    train, val, _ = load_dataset("jsb")
+    train, val = train.subset(slice(0, 8)), val.subset(slice(0, 4))
+    model = DMM(DMMConfig(z_dim=3, emission_dim=8, transition_dim=8, rnn_dim=8))
+    assert model.fast
+    path = tmp_path / "checkpoint.pt"
+
+    def poison(record):
+        # after the epoch-1 checkpoint (step 2), a combiner weight turns NaN at step 3
+        if record["kind"] == "train" and record["step"] == 3:
+            assert load_checkpoint(path)["step"] == 2
+            with torch.no_grad():
+                model.combiner.hidden_to_loc_scale.weight[0, 0] = float("nan")
+
+    with pytest.raises(TrainingDiverged, match=r"non-finite .* at step 4"):
+        fit(model, train, val, config(tmp_path, epochs=3, batch_size=4), callback=poison)
+    loaded, ckpt = load_model(path)
+    assert ckpt["step"] == 2
+    assert all(torch.isfinite(p).all() for p in loaded.parameters())
+
+
 def test_nan_gradient_raises(digits, monkeypatch):
     train, _ = digits
     model = small_vae()
