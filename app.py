@@ -725,13 +725,17 @@ def compare(run: dict | None, visible: list[dict]) -> None:
         return
     same = runs.comparable(visible, run)
     names = {r["id"]: r["name"] for r in same}
+    # the labels in the key, as the run picker's: Streamlit keeps a keyed widget's labels when
+    # only format_func's output changes (a rename); the choice itself lives in overlay_picked
+    kept = [i for i in state.get("overlay_picked", []) if i in names] or [run["id"]]
     picked = st.multiselect(
         f"runs on {run['data']} ({run['unit']}) to overlay",
         list(names),
-        default=[run["id"]],
+        default=kept,
         format_func=names.get,
-        key="overlay_runs",
+        key=f"overlay_runs_{zlib.crc32(repr(names).encode()):08x}",
     )
+    state.overlay_picked = picked
     if not picked:
         return
     chosen = [

@@ -5,6 +5,7 @@ up. Runs are tiny processes over run folders (vaelab.runs)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -397,12 +398,24 @@ def test_views_of_a_finished_run_compare_and_export(tmp_path):
     _ok(at)
     at.radio(key="view").set_value("compare runs").run()
     _ok(at)
-    offered = at.multiselect(key="overlay_runs").options
-    assert sorted(offered) == ["small", "wide"]  # the flow on moons is not comparable
-    at.multiselect(key="overlay_runs").set_value(["small", "wide"]).run()
+    (overlay_box,) = [m for m in at.multiselect if m.key.startswith("overlay_runs_")]
+    assert sorted(overlay_box.options) == ["small", "wide"]  # the flow on moons is not comparable
+    overlay_box.set_value(["small", "wide"]).run()
     _ok(at)
-    overlay = __import__("json").loads(at.get("vega_lite_chart")[-1].proto.spec)
+    overlay = json.loads(at.get("vega_lite_chart")[-1].proto.spec)
     assert overlay["encoding"]["color"]["scale"]["domain"] == ["small", "wide"]
+    # a rename (here by another page, in the run's folder) shows in the box, whose key holds
+    # the labels, and the runs picked stay picked
+    meta = tmp_path / "wide" / "meta.json"
+    info = json.loads(meta.read_text()) if meta.exists() else {}
+    meta.write_text(json.dumps({**info, "name": "wider"}))
+    at.run()
+    _ok(at)
+    (overlay_box,) = [m for m in at.multiselect if m.key.startswith("overlay_runs_")]
+    assert sorted(overlay_box.options) == ["small", "wider"]
+    assert len(overlay_box.value) == 2
+    overlay = json.loads(at.get("vega_lite_chart")[-1].proto.spec)
+    assert overlay["encoding"]["color"]["scale"]["domain"] == ["small", "wider"]
 
 
 PASSWORD = "correct horse battery staple"  # the tests' own secret, never a real one
