@@ -27,20 +27,26 @@ SMALL = {
 }
 
 
+# the deeper MADE emission: two hidden layers and direct connections from the earlier notes
+DEEP = {"emission": "made", "made_layers": 2, "made_direct": True}
+
+
 def small_aug(emission: str = "bernoulli", **kw) -> DMMAug:
-    return DMMAug(DMMAugConfig(**{**SMALL, "emission": emission, **kw}))
+    settings = DEEP if emission == "made-deep" else {"emission": emission}
+    return DMMAug(DMMAugConfig(**{**SMALL, **settings, **kw}))
 
 
-EMISSIONS = ["bernoulli", "made"]
+EMISSIONS = ["bernoulli", "made", "made-deep"]
 
 
 # ----------------------------------------------------------------------------- the emission
 
 
+@pytest.mark.parametrize(("num_hidden", "direct"), [(1, False), (2, True)])
 @pytest.mark.parametrize("bits", [1, 6, 10])
-def test_the_autoregressive_bernoulli_sums_to_one_over_all_vectors(bits):
+def test_the_autoregressive_bernoulli_sums_to_one_over_all_vectors(bits, num_hidden, direct):
     """Exact normalisation: the probabilities of all 2^D vectors sum to 1 (D <= 10)."""
-    module = MADEBernoulli(4, bits, max(bits, 2)).double()
+    module = MADEBernoulli(4, bits, max(bits, 2), num_hidden=num_hidden, direct=direct).double()
     with torch.no_grad():
         for p in module.parameters():
             p.normal_(0.0, 0.7)  # away from the zero-initialised output
@@ -51,12 +57,13 @@ def test_the_autoregressive_bernoulli_sums_to_one_over_all_vectors(bits):
     torch.testing.assert_close(torch.logsumexp(log_p, dim=0), torch.zeros(3, dtype=torch.double))
 
 
-def test_the_autoregressive_bernoulli_is_the_chain_rule_and_samples_from_it():
+@pytest.mark.parametrize(("num_hidden", "direct"), [(1, False), (2, True)])
+def test_the_autoregressive_bernoulli_is_the_chain_rule_and_samples_from_it(num_hidden, direct):
     """log p(x) equals sum_d log p(x_d | x_<d) computed bit by bit (each conditional from the
     network with the later bits scrambled: they must not matter), and note-by-note sampling
     draws every vector with its probability."""
     torch.manual_seed(0)
-    module = MADEBernoulli(2, 4, 6).double()
+    module = MADEBernoulli(2, 4, 6, num_hidden=num_hidden, direct=direct).double()
     with torch.no_grad():
         for p in module.parameters():
             p.normal_(0.0, 1.0)
@@ -172,6 +179,8 @@ def test_registered_configured_and_refused_where_it_does_not_fit():
         DMMAugConfig(emission="nade")
     with pytest.raises(ValueError, match="made_dim must be >= x_dim - 1"):
         DMMAugConfig(made_dim=10)
+    with pytest.raises(ValueError, match="made_layers must be >= 1"):
+        DMMAugConfig(emission="made", made_layers=0)
     train = load_jsb()[0]
     model = DMMAug(DMMAugConfig(z_dim=4, emission_dim=8, transition_dim=8, rnn_dim=8))
     assert model.incompatibility(train) is None

@@ -92,12 +92,15 @@ def test_iaf_jacobian_is_lower_triangular_with_gate_diagonal():
     torch.testing.assert_close(torch.diagonal(jac), sigma)
 
 
-def test_made_output_depends_only_on_earlier_inputs():
+@pytest.mark.parametrize(("hidden", "direct"), [([6], False), ([6, 5], True)])
+def test_made_output_depends_only_on_earlier_inputs(hidden, direct):
     dim = 4
-    made = perturb(MADE(dim, [6], num_outputs=3, context_dim=2)).double()
+    made = perturb(MADE(dim, hidden, num_outputs=3, context_dim=2, direct=direct)).double()
     x, c = torch.randn(dim, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
     jac = jacobian(lambda v: made(v, c), x)  # [3, D, D]
     assert torch.all(jac.triu(diagonal=0) == 0)  # output for dim d ignores x_d, x_{>d}
+    if direct:  # every earlier input reaches every later output linearly, whatever the ReLUs do
+        assert (jac.tril(diagonal=-1).abs() > 0).sum() == 3 * dim * (dim - 1) // 2
     # the context is read by every output, the first dim's included (with hidden units of
     # degree 1..D-1 only, its outputs would otherwise be constants)
     by_context = jacobian(lambda u: made(x, u), c)  # [3, D, 2]

@@ -162,18 +162,26 @@ class AutoregressiveBernoulli(Distribution):
 
 class MADEBernoulli(nn.Module):
     """Returns :class:`AutoregressiveBernoulli` over ``out_dim`` bits for a context ``c``: a
-    MADE whose hidden units (``hidden_dim`` wide, at least ``out_dim - 1``) read the context."""
+    MADE whose ``num_hidden`` hidden layers (``hidden_dim`` wide, at least ``out_dim - 1``)
+    read the context, with optional direct input-to-output connections (``direct``)."""
 
     def __init__(
-        self, in_dim: int, out_dim: int, hidden_dim: int, activation: type[nn.Module] = nn.ReLU
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_dim: int,
+        activation: type[nn.Module] = nn.ReLU,
+        num_hidden: int = 1,
+        direct: bool = False,
     ) -> None:
         super().__init__()
         self.made = MADE(
             out_dim,
-            [max(hidden_dim, out_dim - 1)],
+            [max(hidden_dim, out_dim - 1)] * num_hidden,
             num_outputs=1,
             context_dim=in_dim,
             activation=activation,
+            direct=direct,
         )
 
     def forward(self, *context: Tensor) -> AutoregressiveBernoulli:

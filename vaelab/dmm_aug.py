@@ -35,11 +35,14 @@ from vaelab.protocol import register
 @dataclass
 class DMMAugConfig(DMMConfig):
     """A :class:`~vaelab.dmm.DMMConfig` plus the emission: ``"bernoulli"`` (independent notes
-    given [z_t, x_{t-1}]) or ``"made"`` (autoregressive over the notes, hidden width
-    ``made_dim``, at least x_dim - 1)."""
+    given [z_t, x_{t-1}]) or ``"made"`` (autoregressive over the notes: ``made_layers``
+    hidden layers of width ``made_dim``, at least x_dim - 1, and with ``made_direct`` a linear
+    map from the earlier notes straight to each note's logit)."""
 
     emission: str = "bernoulli"
     made_dim: int = 200
+    made_layers: int = 1
+    made_direct: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -50,6 +53,8 @@ class DMMAugConfig(DMMConfig):
                 f"made_dim must be >= x_dim - 1 = {self.x_dim - 1} (a MADE needs "
                 f"every degree), got {self.made_dim}"
             )
+        if self.made_layers < 1:
+            raise ValueError(f"made_layers must be >= 1, got {self.made_layers}")
 
 
 @register
@@ -74,7 +79,13 @@ class DMMAug(DMM):
             c.z_dim, c.transition_dim, c.min_scale, c.compat.softplus_variance, extra_dim=c.x_dim
         )
         if c.emission == "made":
-            self.emitter = MADEBernoulli(c.z_dim + c.x_dim, c.x_dim, c.made_dim)
+            self.emitter = MADEBernoulli(
+                c.z_dim + c.x_dim,
+                c.x_dim,
+                c.made_dim,
+                num_hidden=c.made_layers,
+                direct=c.made_direct,
+            )
         else:
             self.emitter = BernoulliLogits(
                 c.z_dim + c.x_dim, c.x_dim, [c.emission_dim, c.emission_dim], torch.nn.ReLU

@@ -97,6 +97,10 @@ class MADE(nn.Module):
         Width of a context vector (0 for none) that every hidden unit and, through a direct
         unmasked connection, every output reads; without that connection the first dim's
         outputs (degree 1, no hidden unit below them) would be constants.
+    direct : bool
+        Add a masked linear map straight from the inputs to the outputs (the paper's "direct
+        connections"): output ``d`` then reads every ``x_{<d}`` linearly, where through the
+        hidden layers it sees only the units of degree below ``d``, few for small ``d``.
     """
 
     def __init__(
@@ -106,6 +110,7 @@ class MADE(nn.Module):
         num_outputs: int = 2,
         context_dim: int = 0,
         activation: type[nn.Module] = nn.ReLU,
+        direct: bool = False,
     ) -> None:
         super().__init__()
         if in_dim < 1 or num_outputs < 1 or len(hidden_dims) < 1:
@@ -134,6 +139,13 @@ class MADE(nn.Module):
         self.context_out = (
             nn.Linear(context_dim, num_outputs * in_dim, bias=False) if context_dim > 0 else None
         )
+        self.direct = (
+            MaskedLinear(
+                in_dim, num_outputs * in_dim, (d_out[:, None] > degrees[0][None, :]).float()
+            )
+            if direct
+            else None
+        )
         self.activation = activation()
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
@@ -148,6 +160,8 @@ class MADE(nn.Module):
         for layer in self.layers[1:]:
             h = self.activation(layer(h))
         out = self.output(h)  # [..., K * D]
+        if self.direct is not None:
+            out = out + self.direct(x)
         if self.context_out is not None:
             out = out + self.context_out(context)
         return out.unflatten(-1, (self.num_outputs, self.in_dim))  # [..., K, D]
