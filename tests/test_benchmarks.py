@@ -446,8 +446,8 @@ def test_dmm_jsb_rejects_an_unknown_preset_naming_the_known_ones(capsys):
     assert exit_info.value.code == 2
     assert (
         "unknown preset 'fast'; choose one of "
-        "['krishnan', 'krishnan-aug', 'krishnan-aug-made', 'pyro', 'quick']"
-        in (capsys.readouterr().err)
+        "['krishnan', 'krishnan-aug', 'krishnan-aug-made', 'krishnan-aug-made-deep', 'pyro', "
+        "'quick']" in (capsys.readouterr().err)
     )
 
 

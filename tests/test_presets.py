@@ -117,3 +117,16 @@ def test_preset_optimizer_is_plain_adam_unless_a_preset_reproduces_another_optim
     assert preset_optimizer("quick") == Adam()
     with pytest.raises(ValueError, match=r"unknown preset 'nosuch'; choose one of"):
         preset_optimizer("nosuch")
+
+
+def test_the_deep_made_preset_differs_from_krishnan_aug_made_only_in_its_emission():
+    """krishnan-aug-made-deep is the measured command: the MADE preset with two hidden
+    layers of 400 units and direct connections, nothing else changed."""
+    base_model, base_train = apply_preset("krishnan-aug-made")
+    model_kw, train_kw = apply_preset("krishnan-aug-made-deep")
+    assert train_kw == base_train
+    assert model_kw == {**base_model, "made_dim": 400, "made_layers": 2, "made_direct": True}
+    assert PRESETS["krishnan-aug-made-deep"].model_name == "dmm_aug"
+    config_cls, model_cls = MODELS["dmm_aug"]
+    made = model_cls(build_config(config_cls, model_kw)).emitter.made
+    assert len(made.layers) == 2 and made.direct is not None
