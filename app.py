@@ -376,6 +376,13 @@ def on_delete(run_id: str) -> None:
         del st.query_params["run"]
 
 
+def labelled_key(prefix: str, labels: dict[str, str]) -> str:
+    """A widget key that changes with its option labels. Streamlit keeps a keyed widget's
+    labels when only ``format_func``'s output changes, so a run going from queued to training,
+    or renamed, must make a new widget, not relabel the old one."""
+    return f"{prefix}_{zlib.crc32(repr(labels).encode()):08x}"
+
+
 def current(visible: list[dict]) -> dict | None:
     """The run this page shows: the one named in the URL, if this session may see it."""
     run_id = st.query_params.get("run")
@@ -459,9 +466,7 @@ if visible:
         index=ids.index(run["id"]) if run else None,
         format_func=names.get,
         placeholder="choose a run to show",
-        # the labels are part of the key: the browser keeps the label it was sent last, so a
-        # run going from queued to training must make a new picker, not relabel the old one
-        key=f"pick_{run['id'] if run else ''}_{zlib.crc32(repr(names).encode()):08x}",
+        key=labelled_key(f"pick_{run['id'] if run else ''}", names),
     )
     if picked is not None and (run is None or picked != run["id"]):
         st.query_params["run"] = picked
@@ -725,15 +730,15 @@ def compare(run: dict | None, visible: list[dict]) -> None:
         return
     same = runs.comparable(visible, run)
     names = {r["id"]: r["name"] for r in same}
-    # the labels in the key, as the run picker's: Streamlit keeps a keyed widget's labels when
-    # only format_func's output changes (a rename); the choice itself lives in overlay_picked
+    # the key changes with the labels (labelled_key), so the choice itself lives in
+    # overlay_picked
     kept = [i for i in state.get("overlay_picked", []) if i in names] or [run["id"]]
     picked = st.multiselect(
         f"runs on {run['data']} ({run['unit']}) to overlay",
         list(names),
         default=kept,
         format_func=names.get,
-        key=f"overlay_runs_{zlib.crc32(repr(names).encode()):08x}",
+        key=labelled_key("overlay_runs", names),
     )
     state.overlay_picked = picked
     if not picked:
